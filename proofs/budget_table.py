@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Noise budget of the shipped parameter sets (proofs/noise-budget.md).
+
+Mirrors src/params/noise.rs and src/params/security.rs term by term, with the
+standard library only. Reads spec/parameters.toml; prints Markdown tables.
+
+    python3 proofs/budget_table.py
+
+Section 1 is exactly what `NoiseBudget::derive` / `check` compute. Section 2
+(security) repeats the two checks of security.rs, with tfhe-rs 1.8.2's
+binary-key fit copied as a formula. Section 3 (circuit privacy) and section 4
+(sensitivity) are derived quantities that the crate does not compute; they are
+labelled as such.
+"""
+
+import math
+import os
+import tomllib
+
+FAILURE_BITS = 40
+HE_STANDARD_MAX_LOG_Q = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+
+# ---- mirror of src/params/security.rs -------------------------------------
+
+def tuniform_variance(bound_log2):
+    """Variance of TUniform(b): uniform on [-2^b, 2^b], half weight at the ends."""
+    return (2.0 ** (2 * bound_log2 + 1) + 1.0) / 6.0
+
+
+def tfhe_min_variance_132_tuniform(lwe_dimension, modulus):
+    """tfhe-rs 1.8.2, core_crypto::commons::noise_formulas::secure_noise::
+    minimal_lwe_variance_for_132_bits_security_tuniform_impl (torus units)."""
+    return 2.0 ** (4.44 - 2.88539008177793 * math.log(modulus)) + (1.0 / 3.0) * modulus ** -2.0 * (
+        2.0 ** (2.0 * math.ceil(-0.025167785 * lwe_dimension
+                                + math.log2(math.e) * math.log(modulus) + 4.10067100000001))
+        + 0.5
+    )
+
+
+# ---- mirror of src/params/noise.rs ----------------------------------------
+
+def gaussian_tail_sigmas(bits):
+    """k with erfc(k/sqrt 2) = 2^-bits, by bisection (as noise.rs, 200 steps)."""
+    target = 2.0 ** -bits
+    lo, hi = 0.0, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if math.erfc(mid / math.sqrt(2.0)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def key_switch_parts(n, p, noise_bound_log2, base_log, levels):
+    beta2 = 2.0 ** (2 * base_log)
+    digits = n * levels * beta2 / 12.0 * tuniform_variance(noise_bound_log2) / (p * p)
+    rounding = (1.0 + n / 2.0) / 12.0
+    return digits, rounding
+
+
+def key_switch_variance(n, p, noise_bound_log2, base_log, levels):
+    d, r = key_switch_parts(n, p, noise_bound_log2, base_log, levels)
+    return d + r
+
+
+def pack_variance(log_n, shared_levels, key_switch, copies=None):
+    """Sum over tree levels l of 4^(L-l) * copies_l * Var_KS.
+
+    copies=None is noise.rs: 2^(2l-1) for l <= shared_levels, else 1.
+    """
+    total = 0.0
+    for l in range(1, log_n + 1):
+        if copies is not None:
+            c = copies(l) if l <= shared_levels else 1.0
+        else:
+            c = 2.0 ** (2 * l - 1) if l <= shared_levels else 1.0
+        total += 4.0 ** (log_n - l) * c * key_switch
+    return total
+
+
+def derive(s, pack_copies=None, linear_factor=1.0):
+    n = s["ring_degree"]
+    log_n = n.bit_length() - 1
+    q = s["ciphertext_modulus"]
+    fresh = tuniform_variance(s["noise_bound_log2"])
+    ks_digits, ks_round = key_switch_parts(n, s["special_modulus"], s["noise_bound_log2"],
+                                           s["gadget_base_log"], s["gadget_levels"])
+    ks = ks_digits + ks_round
+    pack = pack_variance(log_n, s["shared_pack_levels"], ks, pack_copies)
+    after_repack = fresh + pack
+    after_linear_std = linear_factor * 2.0 ** s["max_weight_l1_log2"] * math.sqrt(after_repack)
+    rerandomize = (n + 1.0) * fresh
+    before_flooding = after_linear_std ** 2 + pack + rerandomize
+    t = 2.0 ** s["plaintext_bits"]
+    delta = float(q >> s["plaintext_bits"])
+    margin = delta / 2.0 - t / 2.0 - 1.0
+    k = gaussian_tail_sigmas(FAILURE_BITS)
+    flooding = 2.0 ** s["flooding_bound_log2"]
+    worst = flooding + k * math.sqrt(before_flooding)
+    return dict(
+        n=n, log_n=log_n, q=q, fresh=fresh, ks_digits=ks_digits, ks_round=ks_round, ks=ks,
+        pack=pack, pack_plain=pack_variance(log_n, 0, ks), after_repack=after_repack,
+        after_linear_std=after_linear_std, rerandomize=rerandomize,
+        before_flooding=before_flooding, k=k, flooding=flooding, worst=worst,
+        margin=margin, ok=worst < margin, delta=delta, t=t,
+    )
+
+
+# ---- printing --------------------------------------------------------------
+
+def lg(x):
+    return math.log2(x)
+
+
+def lgs(var):
+    """log2 of the standard deviation of a variance."""
+    return 0.5 * math.log2(var)
+
+
+def table(header, rows, sets):
+    print("| " + header + " | " + " | ".join(s["name"] for s in sets) + " |")
+    print("|---|" + "---:|" * len(sets))
+    for label, f in rows:
+        print("| " + label + " | " + " | ".join(f(s) for s in sets) + " |")
+    print()
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "spec", "parameters.toml"), "rb") as fh:
+        sets = tomllib.load(fh)["set"]
+    for s in sets:
+        s["b"] = derive(s)
+
+    print("## 1. Noise budget as NoiseBudget::derive computes it (log2 of std unless noted)\n")
+    f2 = lambda x: f"{x:.2f}"
+    table("term", [
+        ("plaintext bits b (t = 2^b)", lambda s: str(s["plaintext_bits"])),
+        ("W = log2 max ‖w‖₁", lambda s: str(s["max_weight_l1_log2"])),
+        ("gadget B × l", lambda s: f'{s["gadget_base_log"]} × {s["gadget_levels"]}'),
+        ("ℓ* (shared levels), γ", lambda s: f'{s["shared_pack_levels"]}, {s["client_conjugate_levels"]}'),
+        ("fresh σ, TUniform(b_e)", lambda s: f2(lgs(s["b"]["fresh"]))),
+        ("key switch: digit part Σd·e/P", lambda s: f2(lgs(s["b"]["ks_digits"]))),
+        ("key switch: rounding part", lambda s: f2(lgs(s["b"]["ks_round"]))),
+        ("key switch total", lambda s: f2(lgs(s["b"]["ks"]))),
+        ("pack, ℓ* = 0 (reference)", lambda s: f2(lgs(s["b"]["pack_plain"]))),
+        ("pack, set's ℓ*", lambda s: f2(lgs(s["b"]["pack"]))),
+        ("after repack (fresh + pack)", lambda s: f2(lgs(s["b"]["after_repack"]))),
+        ("after linear (2^W · std)", lambda s: f2(lg(s["b"]["after_linear_std"]))),
+        ("output pack", lambda s: f2(lgs(s["b"]["pack"]))),
+        ("re-randomisation (N+1)σ²", lambda s: f2(lgs(s["b"]["rerandomize"]))),
+        ("σ_bf, everything before flooding", lambda s: f2(lgs(s["b"]["before_flooding"]))),
+        ("k (erfc(k/√2) = 2^-40), plain number", lambda s: f"{s['b']['k']:.4f}"),
+        ("k · σ_bf", lambda s: f2(lg(s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])))),
+        ("flooding bound 2^F", lambda s: f2(lg(s["b"]["flooding"]))),
+        ("worst case 2^F + k·σ_bf", lambda s: f"{lg(s['b']['worst']):.6f}"),
+        ("margin Δ/2 − t/2 − 1", lambda s: f"{lg(s['b']['margin']):.6f}"),
+        ("check passes", lambda s: "yes" if s["b"]["ok"] else "**no**"),
+        ("slack: log2((margin − 2^F)/(k·σ_bf))",
+         lambda s: f2(lg((s["b"]["margin"] - s["b"]["flooding"]) / (s["b"]["k"] * math.sqrt(s["b"]["before_flooding"]))))),
+        ("flooding headroom F − log2(k·σ_bf)",
+         lambda s: f2(s["flooding_bound_log2"] - lg(s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])))),
+    ], sets)
+
+    print("## 2. Security checks of security.rs\n")
+    table("quantity", [
+        ("log2(P·q)", lambda s: f"{lg(s['ciphertext_modulus']) + lg(s['special_modulus']):.3f}"),
+        ("HE-standard bound for N", lambda s: str(HE_STANDARD_MAX_LOG_Q[s["ring_degree"]])),
+        ("tfhe-rs fit: min variance (integer units)", lambda s: f"{tfhe_min_variance_132_tuniform(s['ring_degree'], float(s['ciphertext_modulus']) * s['special_modulus']) * (float(s['ciphertext_modulus']) * s['special_modulus']) ** 2:.2f}"),
+        ("fit's bound term ⌈−0.02517·N + log2(Pq) + 4.10⌉", lambda s: str(math.ceil(-0.025167785 * s["ring_degree"] + lg(float(s["ciphertext_modulus"]) * s["special_modulus"]) + 4.10067100000001))),
+        ("TUniform variance used", lambda s: f"{tuniform_variance(s['noise_bound_log2']):.2f}"),
+    ], sets)
+
+    print("## 3. Flooding as statistical circuit privacy (not computed by the crate)\n")
+    n_log = lambda s: s["b"]["log_n"]
+    B = lambda s: s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])
+    table("quantity (log2)", [
+        ("per coefficient: 2^-F · k·σ_bf", lambda s: f2(lg(B(s)) - s["flooding_bound_log2"])),
+        ("per ciphertext: N · 2^-F · k·σ_bf", lambda s: f2(n_log(s) + lg(B(s)) - s["flooding_bound_log2"])),
+        ("F needed for 2^-40 per ciphertext", lambda s: f2(lg(B(s)) + n_log(s) + 40)),
+        ("log2 q needed at that F (≈ F + b + 1)", lambda s: f2(lg(B(s)) + n_log(s) + 40 + s["plaintext_bits"] + 1)),
+    ], sets)
+
+    print("## 4. Sensitivity of the check (not computed by the crate)\n")
+    minkowski = lambda l: 2.0 ** (3 * l - 1)           # all copies of one image coherent
+    measured = lambda l: 1.7 * 2.0 ** (2 * l - 1)       # worst structured placement simulated
+    rows = []
+    for label, kw in [
+        ("shared copies ×1.7 (bit-reversal placement, simulated)", dict(pack_copies=measured)),
+        ("shared copies 2^(3ℓ−1) (Minkowski, any placement)", dict(pack_copies=minkowski)),
+        ("stacked weight polynomial, ‖ŵ‖₁ = 16 · 2^W", dict(linear_factor=16.0)),
+        ("both: Minkowski copies and 64 · 2^W", dict(pack_copies=minkowski, linear_factor=64.0)),
+    ]:
+        def fmt(s, kw=kw):
+            d = derive(s, **kw)
+            return f"{lgs(d['before_flooding']):.2f} / {'yes' if d['ok'] else '**no**'}"
+        rows.append((label + ": log2 σ_bf / passes", fmt))
+    table("variant", rows, sets)
+
+    print("## 5. Choice of ℓ*: one output, K = N values from m = 1 source (set b8)\n")
+    s = sets[0]
+    n = s["ring_degree"]
+    log_n = n.bit_length() - 1
+    ks = s["b"]["ks"]
+    print("| ℓ* | key switches m·(2^ℓ*−1) + N/2^ℓ* − 1 | monomial rotations K·2^ℓ* | "
+          "cost in key switches at c = KS/rotation = 64 / 256 / 1024 | pack std (log2) |")
+    print("|---:|---:|---:|---:|---:|")
+    for l_star in range(0, 8):
+        kss = (2 ** l_star - 1) + n // 2 ** l_star - 1
+        rot = n * 2 ** l_star
+        print(f"| {l_star} | {kss} | {rot} | "
+              f"{kss + rot / 64:.0f} / {kss + rot / 256:.0f} / {kss + rot / 1024:.0f} | "
+              f"{lgs(pack_variance(log_n, l_star, ks)):.2f} |")
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+//! Extraction without materialising LWE ciphertexts.
+//!
+//! Value i of an RLWE ciphertext `c` is the constant coefficient of
+//! `X^(−i)·c`: a signed rotation, no key material, no noise. Packing and
+//! unshuffling work on such references ([`ValueRef`]) and only rotate when a
+//! value actually enters a tree. The client reads packed values back by
+//! position ([`read_positions`]): partial extraction, only valid coefficients.
+
+use crate::rlwe::Ciphertext;
+use crate::math::Modulus;
+
+/// Coefficient `coeff` of source ciphertext `source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueRef {
+    pub source: u32,
+    pub coeff: u32,
+}
+
+impl ValueRef {
+    pub fn new(source: usize, coeff: usize) -> Self {
+        Self {
+            source: source as u32,
+            coeff: coeff as u32,
+        }
+    }
+}
+
+/// `X^(−i)·c`: a ciphertext whose constant coefficient encrypts value i.
+pub fn shifted_to_constant(q: Modulus, ct: &Ciphertext, i: usize) -> Ciphertext {
+    let n = ct.ring_degree();
+    let mut out = Ciphertext::zero(n);
+    out.monomial_mul_add(q, ct, (2 * n - i % n) % (2 * n), false);
+    out
+}
+
+/// A materialised LWE ciphertext of one coefficient, under the key's
+/// coefficient vector: `b − ⟨a, s⟩ = phase_i`. Only for interoperability
+/// with LWE-based tools; the protocol never needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LweCiphertext {
+    pub mask: Vec<u64>,
+    pub body: u64,
+}
+
+/// Sample extraction of coefficient i (mod-q negations).
+pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> LweCiphertext {
+    let (a, b) = ct.parts();
+    let n = a.len();
+    // phase_i = b_i − Σ_j a_j s_{i−j} (negacyclic): mask_k pairs with s_k.
+    let mask = (0..n)
+        .map(|k| if k <= i { a[i - k] } else { q.neg(a[n + i - k]) })
+        .collect();
+    LweCiphertext { mask, body: b[i] }
+}
+
+/// Reads decrypted values at the given positions (partial extraction).
+/// Positions out of range yield `None` rather than panicking.
+pub fn read_positions(decrypted: &[i64], positions: &[usize]) -> Option<Vec<i64>> {
+    positions.iter().map(|&p| decrypted.get(p).copied()).collect()
+}

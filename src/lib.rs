@@ -1,0 +1,34 @@
+//! # safhire
+//!
+//! Hybrid private inference for quantised neural networks with RLWE: the
+//! server evaluates linear layers on encrypted activations, shuffles and
+//! packs the results; the client decrypts, applies the exact non-linearity,
+//! re-encrypts. See `spec/` for the normative protocol and `proofs/` for the
+//! correctness and noise derivations.
+//!
+//! This crate is built in layers:
+//! * [`params`]: validated parameter sets (security, noise budget);
+//! * [`math`]: modular arithmetic and NTTs (the backend seam);
+//! * [`rlwe`]: keys, encryption, plaintext products, key switching;
+//! * [`layout`]: Cheetah-style coefficient encodings of Conv2d and mat-vec;
+//! * [`extract`] and [`pack`]: value references and PackLWEs packing;
+//! * [`wire`]: versioned binary encoding of keys and ciphertexts.
+//!
+//! **What is protected, and what is not.** Encryption hides the client's
+//! input from the server (RLWE, ≥128-bit, spec/parameters.md). Shuffling the
+//! intermediate values does *not* stop a client that chooses its inputs from
+//! recovering a layer (d+1 queries suffice, "Shuffling is Not Enough"); the
+//! crate claims no more than `proofs/` shows.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
+
+pub mod extract;
+pub mod layout;
+pub mod linear;
+pub mod math;
+pub mod pack;
+pub mod params;
+pub mod rlwe;
+pub mod rng;
+pub mod wire;

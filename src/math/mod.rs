@@ -1,0 +1,13 @@
+//! Exact arithmetic modulo NTT-friendly primes: scalars, polynomials of
+//! `Z_q[X]/(X^N+1)` and their number-theoretic transforms.
+//!
+//! This is the crate-local seam between the protocol and the backend: nothing
+//! outside `math` touches `tfhe-ntt` directly, so the transform can be swapped
+//! or accelerated without changing callers.
+
+mod modulus;
+mod ntt;
+pub mod poly;
+
+pub use modulus::{Modulus, SOLINAS};
+pub use ntt::NttPlan;

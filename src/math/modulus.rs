@@ -1,0 +1,217 @@
+//! Scalar arithmetic modulo an odd prime below 2^64.
+
+/// The Solinas ("Goldilocks") prime 2^64 − 2^32 + 1: the ciphertext modulus of
+/// every shipped parameter set. Reduction modulo it needs no division.
+pub const SOLINAS: u64 = 0xffff_ffff_0000_0001;
+
+/// An odd prime modulus with the arithmetic the ring needs. Elements are
+/// always kept fully reduced in `[0, q)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modulus {
+    q: u64,
+}
+
+impl Modulus {
+    /// Wraps `q`. Callers validate primality and NTT-friendliness (see
+    /// `params`); this only rejects values the arithmetic cannot represent.
+    pub const fn new(q: u64) -> Option<Self> {
+        if q < 3 || q % 2 == 0 {
+            None
+        } else {
+            Some(Self { q })
+        }
+    }
+
+    #[inline(always)]
+    pub const fn value(self) -> u64 {
+        self.q
+    }
+
+    /// ⌈log2 q⌉.
+    pub const fn bits(self) -> u32 {
+        64 - (self.q - 1).leading_zeros()
+    }
+
+    #[inline(always)]
+    pub fn add(self, a: u64, b: u64) -> u64 {
+        debug_assert!(a < self.q && b < self.q);
+        let (s, carry) = a.overflowing_add(b);
+        if carry || s >= self.q {
+            s.wrapping_sub(self.q)
+        } else {
+            s
+        }
+    }
+
+    #[inline(always)]
+    pub fn sub(self, a: u64, b: u64) -> u64 {
+        debug_assert!(a < self.q && b < self.q);
+        let (d, borrow) = a.overflowing_sub(b);
+        if borrow {
+            d.wrapping_add(self.q)
+        } else {
+            d
+        }
+    }
+
+    #[inline(always)]
+    pub fn neg(self, a: u64) -> u64 {
+        debug_assert!(a < self.q);
+        if a == 0 {
+            0
+        } else {
+            self.q - a
+        }
+    }
+
+    #[inline(always)]
+    pub fn mul(self, a: u64, b: u64) -> u64 {
+        self.reduce_u128(a as u128 * b as u128)
+    }
+
+    /// Reduces any 128-bit value.
+    #[inline(always)]
+    pub fn reduce_u128(self, x: u128) -> u64 {
+        if self.q == SOLINAS {
+            solinas_reduce(x)
+        } else {
+            (x % self.q as u128) as u64
+        }
+    }
+
+    /// Maps a signed integer into `[0, q)`.
+    #[inline(always)]
+    pub fn from_i64(self, x: i64) -> u64 {
+        let r = (x as i128).rem_euclid(self.q as i128);
+        r as u64
+    }
+
+    /// Maps a signed 128-bit integer into `[0, q)`.
+    #[inline(always)]
+    pub fn from_i128(self, x: i128) -> u64 {
+        x.rem_euclid(self.q as i128) as u64
+    }
+
+    /// The representative of `a` in `(−q/2, q/2]`.
+    #[inline(always)]
+    pub fn centered(self, a: u64) -> i64 {
+        debug_assert!(a < self.q);
+        if a > self.q / 2 {
+            -((self.q - a) as i64)
+        } else {
+            a as i64
+        }
+    }
+
+    pub fn pow(self, mut base: u64, mut exp: u64) -> u64 {
+        let mut acc = 1 % self.q;
+        base %= self.q;
+        while exp > 0 {
+            if exp & 1 == 1 {
+                acc = self.mul(acc, base);
+            }
+            base = self.mul(base, base);
+            exp >>= 1;
+        }
+        acc
+    }
+
+    /// Multiplicative inverse (q prime, a ≠ 0 mod q).
+    pub fn inv(self, a: u64) -> Option<u64> {
+        let a = a % self.q;
+        if a == 0 {
+            None
+        } else {
+            Some(self.pow(a, self.q - 2))
+        }
+    }
+
+    /// Deterministic Miller–Rabin, exact for all 64-bit integers.
+    pub fn is_prime(n: u64) -> bool {
+        if n < 2 {
+            return false;
+        }
+        for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
+            if n % p == 0 {
+                return n == p;
+            }
+        }
+        let m = Modulus { q: n };
+        let (mut d, mut s) = (n - 1, 0);
+        while d % 2 == 0 {
+            d /= 2;
+            s += 1;
+        }
+        'witness: for a in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
+            let mut x = m.pow(a, d);
+            if x == 1 || x == n - 1 {
+                continue;
+            }
+            for _ in 1..s {
+                x = m.mul(x, x);
+                if x == n - 1 {
+                    continue 'witness;
+                }
+            }
+            return false;
+        }
+        true
+    }
+}
+
+/// x mod (2^64 − 2^32 + 1) using 2^64 ≡ 2^32 − 1 and 2^96 ≡ −1.
+#[inline(always)]
+fn solinas_reduce(x: u128) -> u64 {
+    const EPSILON: u64 = 0xffff_ffff; // 2^64 mod SOLINAS
+    let lo = x as u64;
+    let hi = (x >> 64) as u64;
+    let hi_hi = hi >> 32;
+    let hi_lo = hi & EPSILON;
+    let (mut t0, borrow) = lo.overflowing_sub(hi_hi);
+    if borrow {
+        t0 = t0.wrapping_sub(EPSILON);
+    }
+    let t1 = hi_lo * EPSILON;
+    let (mut t2, carry) = t0.overflowing_add(t1);
+    if carry {
+        t2 = t2.wrapping_add(EPSILON);
+    }
+    if t2 >= SOLINAS {
+        t2 - SOLINAS
+    } else {
+        t2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn solinas_reduction_matches_division(x in any::<u128>()) {
+            prop_assert_eq!(solinas_reduce(x), (x % SOLINAS as u128) as u64);
+        }
+
+        #[test]
+        fn field_laws(a in 0..SOLINAS, b in 0..SOLINAS) {
+            let m = Modulus::new(SOLINAS).unwrap();
+            prop_assert_eq!(m.sub(m.add(a, b), b), a);
+            prop_assert_eq!(m.add(a, m.neg(a)), 0);
+            if a != 0 {
+                prop_assert_eq!(m.mul(a, m.inv(a).unwrap()), 1);
+            }
+            let c = m.centered(a);
+            prop_assert_eq!(m.from_i64(c), a);
+        }
+    }
+
+    #[test]
+    fn primality() {
+        assert!(Modulus::is_prime(SOLINAS));
+        assert!(Modulus::is_prime(2147377153));
+        assert!(!Modulus::is_prime(SOLINAS - 2));
+        assert!(!Modulus::is_prime(1));
+    }
+}

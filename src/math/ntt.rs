@@ -1,0 +1,129 @@
+//! Negacyclic number-theoretic transforms, delegated to `tfhe-ntt`, which
+//! selects AVX-512 (IFMA), AVX2 or scalar kernels at run time.
+
+use super::Modulus;
+
+/// A transform of length `N` modulo one prime `p ≡ 1 (mod 2N)`.
+///
+/// The forward transform leaves values in bit-reversed evaluation order; only
+/// point-wise products and sums are ever taken in that domain, so the order
+/// never matters to callers.
+pub struct NttPlan {
+    plan: tfhe_ntt::prime64::Plan,
+    modulus: Modulus,
+    n_inv: u64,
+}
+
+impl std::fmt::Debug for NttPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NttPlan")
+            .field("n", &self.plan.ntt_size())
+            .field("modulus", &self.modulus.value())
+            .finish()
+    }
+}
+
+impl NttPlan {
+    /// `None` when `p` is not an NTT-friendly prime for this `n`.
+    pub fn new(n: usize, p: u64) -> Option<Self> {
+        let modulus = Modulus::new(p)?;
+        let plan = tfhe_ntt::prime64::Plan::try_new(n, p)?;
+        let n_inv = modulus.inv(n as u64 % p)?;
+        Some(Self {
+            plan,
+            modulus,
+            n_inv,
+        })
+    }
+
+    pub fn n(&self) -> usize {
+        self.plan.ntt_size()
+    }
+
+    pub fn modulus(&self) -> Modulus {
+        self.modulus
+    }
+
+    /// `1/N mod p`, for callers that fold the normalisation into constants.
+    pub fn n_inv(&self) -> u64 {
+        self.n_inv
+    }
+
+    pub fn forward(&self, buf: &mut [u64]) {
+        self.plan.fwd(buf);
+    }
+
+    /// Inverse transform *without* the 1/N factor: callers fold 1/N into a
+    /// pre-transformed operand (keys, weights) and save a pass.
+    pub fn backward_unnormalized(&self, buf: &mut [u64]) {
+        self.plan.inv(buf);
+    }
+
+    /// Inverse transform including the 1/N factor.
+    pub fn backward(&self, buf: &mut [u64]) {
+        self.plan.inv(buf);
+        self.plan.normalize(buf);
+    }
+
+    /// Multiplies every value by 1/N.
+    pub fn normalize(&self, buf: &mut [u64]) {
+        self.plan.normalize(buf);
+    }
+
+    /// `acc += lhs ⊙ rhs` point-wise.
+    #[inline]
+    pub fn mul_accumulate(&self, acc: &mut [u64], lhs: &[u64], rhs: &[u64]) {
+        let m = self.modulus;
+        for ((a, &l), &r) in acc.iter_mut().zip(lhs).zip(rhs) {
+            *a = m.add(*a, m.mul(l, r));
+        }
+    }
+
+    /// `lhs ⊙= rhs` point-wise.
+    #[inline]
+    pub fn mul_assign(&self, lhs: &mut [u64], rhs: &[u64]) {
+        let m = self.modulus;
+        for (a, &r) in lhs.iter_mut().zip(rhs) {
+            *a = m.mul(*a, r);
+        }
+    }
+
+    /// Transforms a polynomial with small signed coefficients.
+    pub fn forward_signed(&self, coeffs: &[i64], out: &mut [u64]) {
+        for (o, &c) in out.iter_mut().zip(coeffs) {
+            *o = self.modulus.from_i64(c);
+        }
+        self.forward(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::SOLINAS;
+    use crate::math::poly;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn ntt_product_is_negacyclic_product(
+            a in proptest::collection::vec(-1000i64..1000, 64),
+            b in proptest::collection::vec(-1000i64..1000, 64),
+            p in prop_oneof![Just(SOLINAS), Just(2147377153u64)],
+        ) {
+            let plan = NttPlan::new(64, p).unwrap();
+            let m = plan.modulus();
+            let mut fa = vec![0; 64];
+            let mut fb = vec![0; 64];
+            plan.forward_signed(&a, &mut fa);
+            plan.forward_signed(&b, &mut fb);
+            prop_assert!(fa.iter().all(|&x| x < p));
+            plan.mul_assign(&mut fa, &fb);
+            plan.backward(&mut fa);
+            let expect = poly::negacyclic_mul_i64(&a, &b);
+            let got: Vec<i128> = fa.iter().map(|&x| m.centered(x) as i128).collect();
+            prop_assert_eq!(got, expect);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Coefficient-domain operations on polynomials of `Z_q[X]/(X^N+1)` that the
+//! protocol needs beyond products: monomial shifts and automorphisms.
+//!
+//! All negations are modulo `q`: `X^N = −1` must map to `q − c`, not to the
+//! two's-complement negation a power-of-two library would use.
+
+use super::Modulus;
+
+/// `out += sign · X^e · inp` for a monomial exponent `e` taken modulo `2N`.
+/// This is the workhorse of extraction and packing: every value of a
+/// ciphertext is a monomial shift away from its constant coefficient.
+#[inline]
+pub fn monomial_mul_add(m: Modulus, out: &mut [u64], inp: &[u64], e: usize, negate: bool) {
+    let n = inp.len();
+    debug_assert_eq!(out.len(), n);
+    let e = e % (2 * n);
+    // X^e = −X^(e−N) for e ≥ N.
+    let (shift, negate) = if e >= n {
+        (e - n, !negate)
+    } else {
+        (e, negate)
+    };
+    // Coefficient i lands on i+shift; the ones that wrap past N change sign.
+    let (head, tail) = inp.split_at(n - shift);
+    let (out_low, out_high) = out.split_at_mut(shift);
+    if negate {
+        sub_assign(m, out_high, head);
+        add_assign(m, out_low, tail);
+    } else {
+        add_assign(m, out_high, head);
+        sub_assign(m, out_low, tail);
+    }
+}
+
+/// `out = X^e · inp`.
+pub fn monomial_mul(m: Modulus, out: &mut [u64], inp: &[u64], e: usize) {
+    out.fill(0);
+    monomial_mul_add(m, out, inp, e, false);
+}
+
+#[inline]
+pub fn add_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
+    for (o, &i) in out.iter_mut().zip(inp) {
+        *o = m.add(*o, i);
+    }
+}
+
+#[inline]
+pub fn sub_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
+    for (o, &i) in out.iter_mut().zip(inp) {
+        *o = m.sub(*o, i);
+    }
+}
+
+pub fn scalar_mul_assign(m: Modulus, out: &mut [u64], c: u64) {
+    for o in out.iter_mut() {
+        *o = m.mul(*o, c);
+    }
+}
+
+/// `out = τ_g(inp)`, the ring automorphism `X ↦ X^g` for odd `g`: a signed
+/// permutation of the coefficients.
+pub fn automorphism(m: Modulus, out: &mut [u64], inp: &[u64], g: usize) {
+    let n = inp.len();
+    debug_assert!(g % 2 == 1);
+    let mask = 2 * n - 1;
+    for (i, &c) in inp.iter().enumerate() {
+        let j = (i * g) & mask;
+        if j < n {
+            out[j] = c;
+        } else {
+            out[j - n] = m.neg(c);
+        }
+    }
+}
+
+/// Schoolbook negacyclic product over the integers; the reference the fast
+/// paths are tested against.
+pub fn negacyclic_mul_i64(a: &[i64], b: &[i64]) -> Vec<i128> {
+    let n = a.len();
+    assert_eq!(b.len(), n, "operands must have the same length");
+    let mut out = vec![0i128; n];
+    for (i, &x) in a.iter().enumerate() {
+        if x == 0 {
+            continue;
+        }
+        for (j, &y) in b.iter().enumerate() {
+            let k = i + j;
+            let p = x as i128 * y as i128;
+            if k < n {
+                out[k] += p;
+            } else {
+                out[k - n] -= p;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::SOLINAS;
+    use proptest::prelude::*;
+
+    fn m() -> Modulus {
+        Modulus::new(SOLINAS).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn monomial_mul_matches_schoolbook(
+            a in proptest::collection::vec(-50i64..50, 32),
+            e in 0usize..64,
+        ) {
+            let m = m();
+            let inp: Vec<u64> = a.iter().map(|&x| m.from_i64(x)).collect();
+            let mut out = vec![0u64; 32];
+            monomial_mul(m, &mut out, &inp, e);
+            let mut mono = vec![0i64; 32];
+            let (pos, sign) = if e >= 32 { (e - 32, -1) } else { (e, 1) };
+            mono[pos] = sign;
+            let expect = negacyclic_mul_i64(&a, &mono);
+            let got: Vec<i128> = out.iter().map(|&x| m.centered(x) as i128).collect();
+            prop_assert_eq!(got, expect);
+        }
+
+        #[test]
+        fn automorphism_is_a_ring_homomorphism(
+            a in proptest::collection::vec(-50i64..50, 16),
+            b in proptest::collection::vec(-50i64..50, 16),
+            g in (0usize..16).prop_map(|k| 2 * k + 1),
+        ) {
+            let m = m();
+            let lift = |v: &[i64]| v.iter().map(|&x| m.from_i64(x)).collect::<Vec<u64>>();
+            let ab: Vec<i64> = negacyclic_mul_i64(&a, &b).iter().map(|&x| x as i64).collect();
+            let (mut ta, mut tb, mut tab) = (vec![0; 16], vec![0; 16], vec![0; 16]);
+            automorphism(m, &mut ta, &lift(&a), g);
+            automorphism(m, &mut tb, &lift(&b), g);
+            automorphism(m, &mut tab, &lift(&ab), g);
+            let ca: Vec<i64> = ta.iter().map(|&x| m.centered(x)).collect();
+            let cb: Vec<i64> = tb.iter().map(|&x| m.centered(x)).collect();
+            let prod: Vec<u64> = negacyclic_mul_i64(&ca, &cb).iter().map(|&x| m.from_i128(x)).collect();
+            prop_assert_eq!(prod, tab);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Parameter sets that carry their guarantees (spec/parameters.md).
+//!
+//! A [`ParameterSet`] can only be obtained through [`ParameterSet::new`] (or
+//! the loaders that call it), which checks security and the noise budget.
+//! Holding one is therefore proof that the checks passed.
+
+mod noise;
+mod security;
+
+pub use noise::{NoiseBudget, PackNoise};
+pub use security::{he_standard_max_log_q, MIN_SECURITY_BITS};
+
+use crate::math::Modulus;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The shipped parameter sets (spec/parameters.toml), embedded at build time.
+pub const SHIPPED_TOML: &str = include_str!("../../spec/parameters.toml");
+
+/// A parameter set as written in TOML: untrusted until validated.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSpec {
+    pub name: String,
+    /// N, the ring degree (power of two).
+    pub ring_degree: usize,
+    /// q, an odd NTT-friendly prime below 2^64.
+    pub ciphertext_modulus: u64,
+    /// P, the special modulus of the Galois keys (prime, ≡ 1 mod 2N, P < q).
+    pub special_modulus: u64,
+    /// Fresh noise is TUniform(noise_bound_log2) everywhere.
+    pub noise_bound_log2: u32,
+    /// b: every accumulator fits in b signed bits; t = 2^b.
+    pub plaintext_bits: u32,
+    /// Largest ‖w‖₁ of one output's weights that the noise budget covers.
+    pub max_weight_l1_log2: u32,
+    /// Key-switch gadget: digits of `gadget_base_log` bits, `gadget_levels` of them.
+    pub gadget_base_log: u32,
+    pub gadget_levels: u32,
+    /// ℓ*: lowest packing-tree levels whose key switches are shared per source.
+    pub shared_pack_levels: u32,
+    /// γ: levels replaced by client-supplied conjugates in the unshuffle repack.
+    pub client_conjugate_levels: u32,
+    /// Flooding noise is uniform on [−2^F, 2^F] (TUniform(F)).
+    pub flooding_bound_log2: u32,
+}
+
+/// Why a parameter set was refused. Always the caller's (or the spec file's)
+/// fault; names the offending field.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ParamError {
+    #[error("parameter file does not parse: {0}")]
+    Parse(String),
+    #[error("no parameter set named {0:?}")]
+    UnknownSet(String),
+    #[error("field `{field}` = {value} is out of range: {reason}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        reason: &'static str,
+    },
+    #[error(
+        "insecure: {reason} (N = {ring_degree}, log2(P·q) = {log_pq:.1}); at least {MIN_SECURITY_BITS}-bit security is required"
+    )]
+    Insecure {
+        ring_degree: usize,
+        log_pq: f64,
+        reason: String,
+    },
+    #[error(
+        "noise budget exceeded: worst-case noise 2^{needed_log2:.2} does not fit the decoding margin 2^{margin_log2:.2} \
+         at failure probability 2^-{failure_bits} per coefficient (reduce `flooding_bound_log2`, `plaintext_bits` or `max_weight_l1_log2`)"
+    )]
+    NoiseBudget {
+        needed_log2: f64,
+        margin_log2: f64,
+        failure_bits: u32,
+    },
+}
+
+/// Decryption may fail with probability at most 2^-FAILURE_BITS per coefficient.
+pub const FAILURE_BITS: u32 = 40;
+
+/// A validated parameter set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParameterSet {
+    spec: ParameterSpec,
+    budget: NoiseBudget,
+}
+
+impl ParameterSet {
+    /// The one constructor: checks ranges, primality, security and the noise
+    /// budget (spec/parameters.md, PARAM-2..PARAM-5).
+    pub fn new(spec: ParameterSpec) -> Result<Self, ParamError> {
+        check_ranges(&spec)?;
+        security::check(&spec)?;
+        let budget = NoiseBudget::derive(&spec);
+        budget.check()?;
+        Ok(Self { spec, budget })
+    }
+
+    /// Parses a TOML document of `[[set]]` tables and validates every set.
+    pub fn load_all(toml_text: &str) -> Result<Vec<Self>, ParamError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            set: Vec<ParameterSpec>,
+        }
+        let file: File = toml::from_str(toml_text).map_err(|e| ParamError::Parse(e.to_string()))?;
+        file.set.into_iter().map(Self::new).collect()
+    }
+
+    /// One of the shipped sets by name: "b8", "b12", "b16" or "wide".
+    pub fn shipped(name: &str) -> Result<Self, ParamError> {
+        Self::load_all(SHIPPED_TOML)?
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| ParamError::UnknownSet(name.to_owned()))
+    }
+
+    pub fn spec(&self) -> &ParameterSpec {
+        &self.spec
+    }
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    pub fn ring_degree(&self) -> usize {
+        self.spec.ring_degree
+    }
+    pub fn log_ring_degree(&self) -> u32 {
+        self.spec.ring_degree.trailing_zeros()
+    }
+    pub fn q(&self) -> Modulus {
+        // Checked odd in `check_ranges`.
+        Modulus::new(self.spec.ciphertext_modulus).expect("validated modulus")
+    }
+    pub fn p(&self) -> Modulus {
+        Modulus::new(self.spec.special_modulus).expect("validated modulus")
+    }
+    pub fn plaintext_bits(&self) -> u32 {
+        self.spec.plaintext_bits
+    }
+    /// Δ = ⌊q/t⌋, the scale of coefficient encoding.
+    pub fn delta(&self) -> u64 {
+        self.spec.ciphertext_modulus >> self.spec.plaintext_bits
+    }
+    pub fn noise_bound_log2(&self) -> u32 {
+        self.spec.noise_bound_log2
+    }
+    pub fn gadget_base_log(&self) -> u32 {
+        self.spec.gadget_base_log
+    }
+    pub fn gadget_levels(&self) -> usize {
+        self.spec.gadget_levels as usize
+    }
+    pub fn shared_pack_levels(&self) -> u32 {
+        self.spec.shared_pack_levels
+    }
+    pub fn client_conjugate_levels(&self) -> u32 {
+        self.spec.client_conjugate_levels
+    }
+    pub fn flooding_bound_log2(&self) -> u32 {
+        self.spec.flooding_bound_log2
+    }
+    pub fn max_weight_l1_log2(&self) -> u32 {
+        self.spec.max_weight_l1_log2
+    }
+    /// The derived noise budget (proofs/noise-budget.md).
+    pub fn budget(&self) -> &NoiseBudget {
+        &self.budget
+    }
+    /// A short identifier that binds ciphertexts and keys to this set on the wire.
+    pub fn fingerprint(&self) -> u64 {
+        // FNV-1a over the canonical field values: stable across builds.
+        let s = &self.spec;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for x in [
+            s.ring_degree as u64,
+            s.ciphertext_modulus,
+            s.special_modulus,
+            s.noise_bound_log2 as u64,
+            s.plaintext_bits as u64,
+            s.max_weight_l1_log2 as u64,
+            s.gadget_base_log as u64,
+            s.gadget_levels as u64,
+            s.shared_pack_levels as u64,
+            s.client_conjugate_levels as u64,
+            s.flooding_bound_log2 as u64,
+        ] {
+            eat(x);
+        }
+        h
+    }
+}
+
+fn out_of_range(field: &'static str, value: u64, reason: &'static str) -> ParamError {
+    ParamError::OutOfRange {
+        field,
+        value,
+        reason,
+    }
+}
+
+fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
+    let n = s.ring_degree;
+    if !n.is_power_of_two() || !(1024..=32768).contains(&n) {
+        return Err(out_of_range(
+            "ring_degree",
+            n as u64,
+            "must be a power of two in 1024..=32768",
+        ));
+    }
+    let two_n = 2 * n as u64;
+    let q = s.ciphertext_modulus;
+    if q < (1 << 40) || !Modulus::is_prime(q) || q % two_n != 1 {
+        return Err(out_of_range(
+            "ciphertext_modulus",
+            q,
+            "must be a prime ≥ 2^40 with q ≡ 1 (mod 2N)",
+        ));
+    }
+    let p = s.special_modulus;
+    if !Modulus::is_prime(p) || p % two_n != 1 || p >= q || p >= 1 << 62 {
+        return Err(out_of_range(
+            "special_modulus",
+            p,
+            "must be a prime with P ≡ 1 (mod 2N) and P < min(q, 2^62)",
+        ));
+    }
+    if !(1..=20).contains(&s.noise_bound_log2) {
+        return Err(out_of_range(
+            "noise_bound_log2",
+            s.noise_bound_log2 as u64,
+            "must be in 1..=20",
+        ));
+    }
+    let log_q = 64 - (q - 1).leading_zeros();
+    if !(2..=(log_q - 8)).contains(&s.plaintext_bits) {
+        return Err(out_of_range(
+            "plaintext_bits",
+            s.plaintext_bits as u64,
+            "must be in 2..=log2(q)−8",
+        ));
+    }
+    if s.max_weight_l1_log2 > 40 {
+        return Err(out_of_range(
+            "max_weight_l1_log2",
+            s.max_weight_l1_log2 as u64,
+            "must be at most 40",
+        ));
+    }
+    if !(1..=32).contains(&s.gadget_base_log) {
+        return Err(out_of_range(
+            "gadget_base_log",
+            s.gadget_base_log as u64,
+            "must be in 1..=32",
+        ));
+    }
+    // The decomposition is exact only if the digits cover all 64 bits of a
+    // centred representative.
+    if s.gadget_levels == 0 || s.gadget_levels > 64 || s.gadget_base_log * s.gadget_levels < 64 {
+        return Err(out_of_range(
+            "gadget_levels",
+            s.gadget_levels as u64,
+            "gadget_base_log × gadget_levels must be at least 64",
+        ));
+    }
+    let log_n = n.trailing_zeros();
+    if s.shared_pack_levels > log_n {
+        return Err(out_of_range(
+            "shared_pack_levels",
+            s.shared_pack_levels as u64,
+            "cannot exceed log2 N",
+        ));
+    }
+    if s.client_conjugate_levels > s.shared_pack_levels {
+        return Err(out_of_range(
+            "client_conjugate_levels",
+            s.client_conjugate_levels as u64,
+            "cannot exceed shared_pack_levels (conjugates replace shared levels)",
+        ));
+    }
+    if !(1..=62).contains(&s.flooding_bound_log2) {
+        return Err(out_of_range(
+            "flooding_bound_log2",
+            s.flooding_bound_log2 as u64,
+            "must be in 1..=62",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+use super::*;
+
+fn b8() -> ParameterSpec {
+    ParameterSet::shipped("b8").unwrap().spec().clone()
+}
+
+#[test]
+fn shipped_sets_validate() {
+    // PARAM-1: every shipped set passes its own checks.
+    let sets = ParameterSet::load_all(SHIPPED_TOML).unwrap();
+    let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["b8", "b12", "b16", "wide"]);
+}
+
+#[test]
+fn unknown_set_is_refused() {
+    assert_eq!(
+        ParameterSet::shipped("b9"),
+        Err(ParamError::UnknownSet("b9".into()))
+    );
+}
+
+#[test]
+fn each_out_of_range_field_is_named() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut ParameterSpec)>)> = vec![
+        ("ring_degree", Box::new(|s| s.ring_degree = 3000)),
+        ("ciphertext_modulus", Box::new(|s| s.ciphertext_modulus -= 2)),
+        ("special_modulus", Box::new(|s| s.special_modulus = 2147377155)),
+        ("noise_bound_log2", Box::new(|s| s.noise_bound_log2 = 0)),
+        ("plaintext_bits", Box::new(|s| s.plaintext_bits = 60)),
+        ("gadget_levels", Box::new(|s| s.gadget_levels = 2)),
+        ("shared_pack_levels", Box::new(|s| s.shared_pack_levels = 13)),
+        ("client_conjugate_levels", Box::new(|s| s.client_conjugate_levels = 5)),
+        ("flooding_bound_log2", Box::new(|s| s.flooding_bound_log2 = 0)),
+    ];
+    for (field, mutate) in cases {
+        let mut s = b8();
+        mutate(&mut s);
+        match ParameterSet::new(s) {
+            Err(ParamError::OutOfRange { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected OutOfRange, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn too_little_noise_is_insecure() {
+    let mut s = b8();
+    s.noise_bound_log2 = 1;
+    assert!(matches!(ParameterSet::new(s), Err(ParamError::Insecure { .. })));
+}
+
+#[test]
+fn too_large_modulus_is_insecure() {
+    // A 61-bit special modulus makes log2(P·q) = 125 > 109 at N = 4096.
+    let mut s = b8();
+    s.special_modulus = 0x1fff_ffff_ffe0_0001;
+    assert!(crate::math::Modulus::is_prime(s.special_modulus));
+    assert!(matches!(ParameterSet::new(s), Err(ParamError::Insecure { .. })));
+}
+
+#[test]
+fn flooding_beyond_the_margin_is_refused() {
+    let mut s = b8();
+    s.flooding_bound_log2 = 55;
+    assert!(matches!(ParameterSet::new(s), Err(ParamError::NoiseBudget { .. })));
+}
+
+#[test]
+fn toml_errors_are_reported_not_panicked() {
+    assert!(matches!(ParameterSet::load_all("[[set]]\nname = 3"), Err(ParamError::Parse(_))));
+    assert!(matches!(ParameterSet::load_all("garbage ="), Err(ParamError::Parse(_))));
+    let extra = SHIPPED_TOML.replacen("name = \"b8\"", "name = \"b8\"\nextra = 1", 1);
+    assert!(matches!(ParameterSet::load_all(&extra), Err(ParamError::Parse(_))));
+}
+
+#[test]
+fn tail_bound_is_two_to_minus_forty() {
+    let k = noise::gaussian_tail_sigmas(40);
+    let p = statrs::function::erf::erfc(k / std::f64::consts::SQRT_2);
+    assert!((p.log2() + 40.0).abs() < 1e-6, "{k} gives 2^{}", p.log2());
+    assert!((7.0..7.2).contains(&k));
+}
+
+#[test]
+fn fingerprints_differ_between_sets() {
+    let a = ParameterSet::shipped("b8").unwrap().fingerprint();
+    let b = ParameterSet::shipped("b12").unwrap().fingerprint();
+    assert_ne!(a, b);
+}

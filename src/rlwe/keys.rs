@@ -1,0 +1,273 @@
+//! Key material: the client's secret key, and what the server gets from it
+//! (Galois keys for packing, a public key for re-randomisation).
+//!
+//! Keys travel seeded: masks are re-derived from public seeds, so only the
+//! bodies are sent. The server expands them once into the NTT domain.
+
+use super::{expand_mask, Context};
+use crate::math::Modulus;
+use crate::rng::{Csprng, Seed128};
+
+/// The client's binary secret key. Overwritten with zeros on drop; its
+/// `Debug` prints nothing secret.
+pub struct SecretKey {
+    pub(crate) s: Vec<u64>,
+    /// NTT of s modulo q, with 1/N folded in.
+    pub(crate) s_ntt_q: Vec<u64>,
+    /// NTT of s modulo P, with 1/N folded in.
+    pub(crate) s_ntt_p: Vec<u64>,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(N = {}, ..)", self.s.len())
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        for v in [&mut self.s, &mut self.s_ntt_q, &mut self.s_ntt_p] {
+            for x in v.iter_mut() {
+                // Volatile so the wipe is not optimised away.
+                unsafe { std::ptr::write_volatile(x, 0) };
+            }
+        }
+    }
+}
+
+impl SecretKey {
+    pub fn generate(ctx: &Context, rng: &mut Csprng) -> Self {
+        let s: Vec<u64> = (0..ctx.n()).map(|_| rng.bit()).collect();
+        Self::from_binary(ctx, s)
+    }
+
+    fn from_binary(ctx: &Context, s: Vec<u64>) -> Self {
+        let mut s_ntt_q = s.clone();
+        ctx.ntt_q.forward(&mut s_ntt_q);
+        ctx.ntt_q.normalize(&mut s_ntt_q);
+        let mut s_ntt_p = s.clone();
+        ctx.ntt_p.forward(&mut s_ntt_p);
+        ctx.ntt_p.normalize(&mut s_ntt_p);
+        Self { s, s_ntt_q, s_ntt_p }
+    }
+
+    /// `a · s mod p` for the P-part of hybrid keys.
+    fn times_mod_p(&self, ctx: &Context, a: &[u64]) -> Vec<u64> {
+        let mut buf = a.to_vec();
+        ctx.ntt_p.forward(&mut buf);
+        ctx.ntt_p.mul_assign(&mut buf, &self.s_ntt_p);
+        ctx.ntt_p.backward_unnormalized(&mut buf);
+        buf
+    }
+}
+
+/// One Galois key: switches `τ_g(s)` to `s`, hybrid (modulo P·q).
+///
+/// Row j encrypts `P·β^j·τ_g(s)` under `s` modulo `P·q`, held as its two
+/// CRT residues. Stored in the NTT domain with 1/N folded in.
+#[derive(Clone)]
+pub struct GaloisKey {
+    pub(crate) g: usize,
+    pub(crate) a_q: Vec<Vec<u64>>,
+    pub(crate) b_q: Vec<Vec<u64>>,
+    pub(crate) a_p: Vec<Vec<u64>>,
+    pub(crate) b_p: Vec<Vec<u64>>,
+}
+
+/// The compact (seeded) form a client sends: one seed and two bodies per row.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeededGaloisKey {
+    pub(crate) g: usize,
+    pub(crate) rows: Vec<SeededKeyRow>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeededKeyRow {
+    pub(crate) seed: Seed128,
+    pub(crate) b_q: Vec<u64>,
+    pub(crate) b_p: Vec<u64>,
+}
+
+/// The Galois keys for `g = 2^ℓ + 1`, ℓ = 1..log2 N: all PackLWEs needs.
+#[derive(Clone)]
+pub struct GaloisKeys {
+    pub(crate) keys: Vec<GaloisKey>,
+}
+
+/// Public key `(a, a·s + e)` for re-randomising server responses.
+#[derive(Clone)]
+pub struct PublicKey {
+    pub(crate) a_ntt: Vec<u64>,
+    pub(crate) b_ntt: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeededPublicKey {
+    pub(crate) seed: Seed128,
+    pub(crate) b: Vec<u64>,
+}
+
+impl std::fmt::Debug for GaloisKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GaloisKeys({} keys)", self.keys.len())
+    }
+}
+
+impl std::fmt::Debug for SeededGaloisKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SeededGaloisKey(g = {}, {} rows)", self.g, self.rows.len())
+    }
+}
+
+impl std::fmt::Debug for SeededPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SeededPublicKey(N = {})", self.b.len())
+    }
+}
+
+/// The Galois elements PackLWEs uses, bottom level first: 2^ℓ + 1.
+pub fn packing_galois_elements(n: usize) -> impl Iterator<Item = usize> {
+    (1..=n.trailing_zeros()).map(|l| (1usize << l) + 1)
+}
+
+impl SeededGaloisKey {
+    /// Generates the key for `g` (odd, < 2N).
+    pub fn generate(ctx: &Context, sk: &SecretKey, g: usize, rng: &mut Csprng) -> Self {
+        let q = ctx.q();
+        let p = ctx.params().p();
+        let n = ctx.n();
+        let mut tau_s = vec![0u64; n];
+        crate::math::poly::automorphism(q, &mut tau_s, &sk.s, g);
+        let base_log = ctx.params().gadget_base_log();
+        let bound = ctx.params().noise_bound_log2();
+        let rows = (0..ctx.params().gadget_levels())
+            .map(|j| {
+                let seed = rng.seed();
+                let (a_q, a_p) = expand_key_masks(seed, n, q, p);
+                // P·β^j mod q: the gadget factor this row carries.
+                let factor = q.mul(p.value() % q.value(), q.pow(2, base_log as u64 * j as u64));
+                let e: Vec<i64> = (0..n).map(|_| rng.tuniform(bound)).collect();
+                let mut b_q = ctx.mask_times_key(&a_q, sk);
+                for i in 0..n {
+                    let t = q.mul(factor, tau_s[i]);
+                    b_q[i] = q.add(q.add(b_q[i], t), q.from_i64(e[i]));
+                }
+                let mut b_p = sk.times_mod_p(ctx, &a_p);
+                for i in 0..n {
+                    b_p[i] = p.add(b_p[i], p.from_i64(e[i]));
+                }
+                SeededKeyRow { seed, b_q, b_p }
+            })
+            .collect();
+        Self { g, rows }
+    }
+
+    /// The server's working form.
+    pub fn expand(&self, ctx: &Context) -> GaloisKey {
+        let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
+        let mut key = GaloisKey {
+            g: self.g,
+            a_q: vec![],
+            b_q: vec![],
+            a_p: vec![],
+            b_p: vec![],
+        };
+        let to_ntt_q = |mut v: Vec<u64>| {
+            ctx.ntt_q.forward(&mut v);
+            ctx.ntt_q.normalize(&mut v);
+            v
+        };
+        let to_ntt_p = |mut v: Vec<u64>| {
+            ctx.ntt_p.forward(&mut v);
+            ctx.ntt_p.normalize(&mut v);
+            v
+        };
+        for row in &self.rows {
+            let (a_q, a_p) = expand_key_masks(row.seed, n, q, p);
+            key.a_q.push(to_ntt_q(a_q));
+            key.a_p.push(to_ntt_p(a_p));
+            key.b_q.push(to_ntt_q(row.b_q.clone()));
+            key.b_p.push(to_ntt_p(row.b_p.clone()));
+        }
+        key
+    }
+
+    pub fn galois_element(&self) -> usize {
+        self.g
+    }
+}
+
+/// Masks of a hybrid key row: uniform mod q and uniform mod P from one seed,
+/// i.e. uniform mod P·q by the CRT.
+fn expand_key_masks(seed: Seed128, n: usize, q: Modulus, p: Modulus) -> (Vec<u64>, Vec<u64>) {
+    let mut rng = Csprng::from_seed(seed);
+    let mut a_q = vec![0; n];
+    let mut a_p = vec![0; n];
+    rng.fill_uniform(&mut a_q, q.value());
+    rng.fill_uniform(&mut a_p, p.value());
+    (a_q, a_p)
+}
+
+impl GaloisKeys {
+    /// All packing keys, seeded, as the client sends them.
+    pub fn generate_seeded(ctx: &Context, sk: &SecretKey, rng: &mut Csprng) -> Vec<SeededGaloisKey> {
+        packing_galois_elements(ctx.n())
+            .map(|g| SeededGaloisKey::generate(ctx, sk, g, rng))
+            .collect()
+    }
+
+    /// Expands and checks that exactly the packing elements are present.
+    pub fn from_seeded(ctx: &Context, seeded: &[SeededGaloisKey]) -> Option<Self> {
+        let expected: Vec<usize> = packing_galois_elements(ctx.n()).collect();
+        let got: Vec<usize> = seeded.iter().map(|k| k.g).collect();
+        (expected == got).then(|| Self {
+            keys: seeded.iter().map(|k| k.expand(ctx)).collect(),
+        })
+    }
+
+    /// The key for tree level ℓ ∈ 1..=log2 N (g = 2^ℓ + 1).
+    ///
+    /// # Panics
+    /// If ℓ is outside 1..=log2 N (a caller bug).
+    pub fn key_for_level(&self, l: u32) -> &GaloisKey {
+        &self.keys[l as usize - 1]
+    }
+}
+
+impl SeededPublicKey {
+    pub fn generate(ctx: &Context, sk: &SecretKey, rng: &mut Csprng) -> Self {
+        let seed = rng.seed();
+        let a = expand_mask(seed, ctx.n(), ctx.q());
+        let zero = vec![0u64; ctx.n()];
+        let ct = ctx.encrypt_with_mask(sk, a, &zero, rng);
+        Self { seed, b: ct.b }
+    }
+
+    pub fn expand(&self, ctx: &Context) -> PublicKey {
+        let mut a_ntt = expand_mask(self.seed, ctx.n(), ctx.q());
+        let mut b_ntt = self.b.clone();
+        for v in [&mut a_ntt, &mut b_ntt] {
+            ctx.ntt_q.forward(v);
+            ctx.ntt_q.normalize(v);
+        }
+        PublicKey { a_ntt, b_ntt }
+    }
+}
+
+impl std::fmt::Debug for GaloisKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GaloisKey(g = {}, {} rows)", self.g, self.a_q.len())
+    }
+}
+
+impl std::fmt::Debug for SeededKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SeededKeyRow(N = {})", self.b_q.len())
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey(N = {})", self.a_ntt.len())
+    }
+}

@@ -1,0 +1,43 @@
+//! Shared fixtures: one context and key set per test binary (key generation
+//! is the slow part).
+
+#![allow(dead_code)]
+
+use safhire::params::ParameterSet;
+use safhire::rlwe::{Context, GaloisKeys, PublicKey, SecretKey, SeededPublicKey};
+use safhire::rng::Csprng;
+use std::sync::OnceLock;
+
+pub struct Fixture {
+    pub ctx: Context,
+    pub sk: SecretKey,
+    pub galois: GaloisKeys,
+    pub pk: PublicKey,
+}
+
+pub fn fixture(set: &'static str) -> &'static Fixture {
+    static B8: OnceLock<Fixture> = OnceLock::new();
+    static WIDE: OnceLock<Fixture> = OnceLock::new();
+    let cell = match set {
+        "b8" => &B8,
+        "wide" => &WIDE,
+        other => panic!("no fixture for {other}"),
+    };
+    cell.get_or_init(|| {
+        let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+        let mut rng = Csprng::from_seed([42; 16]);
+        let sk = SecretKey::generate(&ctx, &mut rng);
+        let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+        let galois = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+        let pk = SeededPublicKey::generate(&ctx, &sk, &mut rng).expand(&ctx);
+        Fixture { ctx, sk, galois, pk }
+    })
+}
+
+/// Uniform values in the plaintext range of `ctx`.
+pub fn random_values(ctx: &Context, rng: &mut Csprng, len: usize) -> Vec<i64> {
+    let half = ctx.plaintext_half_range() as u64;
+    (0..len)
+        .map(|_| rng.uniform_below(2 * half) as i64 - half as i64)
+        .collect()
+}
