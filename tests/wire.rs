@@ -90,7 +90,7 @@ fn each_header_fault_has_its_own_error() {
     assert_eq!(dec(&b), Err(WireError::TrailingBytes(1)));
     assert!(matches!(dec(&good[..good.len() - 1]), Err(WireError::Truncated { .. })));
     let mut b = good.clone();
-    b[20] = 0; // ring degree field
+    b[21] = 0; // ring degree field (4096 = 0x1000)
     assert!(matches!(dec(&b), Err(WireError::WrongRingDegree { .. })));
     let mut b = good.clone();
     let last = b.len() - 8;
