@@ -142,7 +142,7 @@ def placements(name):
 
 def main():
     h = int(s.sum())
-    ks = np.stack([ks_noise() for _ in range(64)])
+    ks = np.stack([ks_noise() for _ in range(400)])
     v_model = (1 + N / 2) / 12
     print(f"one key switch (rounding part): Hamming weight {h}, variance {ks.var():.1f} "
           f"(model (1 + N/2)/12 = {v_model:.1f}), log2 std {0.5 * math.log2(ks.var()):.3f}")

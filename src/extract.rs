@@ -6,8 +6,8 @@
 //! value actually enters a tree. The client reads packed values back by
 //! position ([`read_positions`]): partial extraction, only valid coefficients.
 
-use crate::rlwe::Ciphertext;
 use crate::math::Modulus;
+use crate::rlwe::Ciphertext;
 
 /// Coefficient `coeff` of source ciphertext `source`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,7 +48,13 @@ pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> LweCiphertext {
     let n = a.len();
     // phase_i = b_i − Σ_j a_j s_{i−j} (negacyclic): mask_k pairs with s_k.
     let mask = (0..n)
-        .map(|k| if k <= i { a[i - k] } else { q.neg(a[n + i - k]) })
+        .map(|k| {
+            if k <= i {
+                a[i - k]
+            } else {
+                q.neg(a[n + i - k])
+            }
+        })
         .collect();
     LweCiphertext { mask, body: b[i] }
 }
@@ -56,5 +62,8 @@ pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> LweCiphertext {
 /// Reads decrypted values at the given positions (partial extraction).
 /// Positions out of range yield `None` rather than panicking.
 pub fn read_positions(decrypted: &[i64], positions: &[usize]) -> Option<Vec<i64>> {
-    positions.iter().map(|&p| decrypted.get(p).copied()).collect()
+    positions
+        .iter()
+        .map(|&p| decrypted.get(p).copied())
+        .collect()
 }

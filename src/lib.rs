@@ -20,7 +20,7 @@
 //! recovering a layer (d+1 queries suffice, "Shuffling is Not Enough"); the
 //! crate claims no more than `proofs/` shows.
 
-#![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
 pub mod extract;

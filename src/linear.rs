@@ -27,7 +27,12 @@ impl std::fmt::Debug for EncodedLayer {
 pub trait CoefficientLayout {
     fn input_ciphertexts(&self) -> usize;
     fn output_ciphertexts(&self) -> usize;
-    fn weight_polynomial(&self, weights: &[i64], output_ct: usize, input_ct: usize) -> Result<Option<Vec<i64>>, LayoutError>;
+    fn weight_polynomial(
+        &self,
+        weights: &[i64],
+        output_ct: usize,
+        input_ct: usize,
+    ) -> Result<Option<Vec<i64>>, LayoutError>;
 }
 
 impl CoefficientLayout for Conv2dLayout {
@@ -37,7 +42,12 @@ impl CoefficientLayout for Conv2dLayout {
     fn output_ciphertexts(&self) -> usize {
         Conv2dLayout::output_ciphertexts(self)
     }
-    fn weight_polynomial(&self, w: &[i64], o: usize, i: usize) -> Result<Option<Vec<i64>>, LayoutError> {
+    fn weight_polynomial(
+        &self,
+        w: &[i64],
+        o: usize,
+        i: usize,
+    ) -> Result<Option<Vec<i64>>, LayoutError> {
         Conv2dLayout::weight_polynomial(self, w, o, i)
     }
 }
@@ -49,18 +59,31 @@ impl CoefficientLayout for MatVecLayout {
     fn output_ciphertexts(&self) -> usize {
         MatVecLayout::output_ciphertexts(self)
     }
-    fn weight_polynomial(&self, w: &[i64], o: usize, i: usize) -> Result<Option<Vec<i64>>, LayoutError> {
+    fn weight_polynomial(
+        &self,
+        w: &[i64],
+        o: usize,
+        i: usize,
+    ) -> Result<Option<Vec<i64>>, LayoutError> {
         MatVecLayout::weight_polynomial(self, w, o, i)
     }
 }
 
 impl EncodedLayer {
-    pub fn new(ctx: &Context, layout: &impl CoefficientLayout, weights: &[i64]) -> Result<Self, LayoutError> {
+    pub fn new(
+        ctx: &Context,
+        layout: &impl CoefficientLayout,
+        weights: &[i64],
+    ) -> Result<Self, LayoutError> {
         let inputs = layout.input_ciphertexts();
         let weights = (0..layout.output_ciphertexts())
             .map(|k| {
                 (0..inputs)
-                    .map(|m| Ok(layout.weight_polynomial(weights, k, m)?.map(|w| ctx.plaintext_ntt(&w))))
+                    .map(|m| {
+                        Ok(layout
+                            .weight_polynomial(weights, k, m)?
+                            .map(|w| ctx.plaintext_ntt(&w)))
+                    })
                     .collect::<Result<Vec<_>, LayoutError>>()
             })
             .collect::<Result<Vec<_>, LayoutError>>()?;

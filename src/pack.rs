@@ -69,7 +69,9 @@ pub enum PackError {
         gamma: u32,
         needed: usize,
     },
-    #[error("requested {requested} shared levels; the parameter set's noise budget covers {allowed}")]
+    #[error(
+        "requested {requested} shared levels; the parameter set's noise budget covers {allowed}"
+    )]
     SharedLevelsOverBudget { requested: u32, allowed: u32 },
 }
 
@@ -116,7 +118,11 @@ impl<'a> Packer<'a> {
     }
 
     /// Packs `order[k]` into output `k / N`, coefficient `k % N`.
-    pub fn pack_dense(&self, sources: &[PackSource<'_>], order: &[ValueRef]) -> Result<Vec<Ciphertext>, PackError> {
+    pub fn pack_dense(
+        &self,
+        sources: &[PackSource<'_>],
+        order: &[ValueRef],
+    ) -> Result<Vec<Ciphertext>, PackError> {
         let n = self.ctx.n();
         let placements: Vec<Placement> = order
             .iter()
@@ -132,9 +138,17 @@ impl<'a> Packer<'a> {
 
     /// Packs each placement's value at its position; unassigned coefficients
     /// of the outputs decrypt to zero.
-    pub fn pack(&self, sources: &[PackSource<'_>], placements: &[Placement]) -> Result<Vec<Ciphertext>, PackError> {
+    pub fn pack(
+        &self,
+        sources: &[PackSource<'_>],
+        placements: &[Placement],
+    ) -> Result<Vec<Ciphertext>, PackError> {
         let n = self.ctx.n();
-        let gamma = self.ctx.params().client_conjugate_levels().min(self.shared_levels);
+        let gamma = self
+            .ctx
+            .params()
+            .client_conjugate_levels()
+            .min(self.shared_levels);
         for (i, src) in sources.iter().enumerate() {
             let needed = (1usize << gamma) - 1;
             if !src.conjugates.is_empty() && src.conjugates.len() < needed {
@@ -282,10 +296,7 @@ impl<'a> Packer<'a> {
             }
             level = next;
         }
-        level
-            .pop()
-            .flatten()
-            .unwrap_or_else(|| Ciphertext::zero(n))
+        level.pop().flatten().unwrap_or_else(|| Ciphertext::zero(n))
     }
 }
 
@@ -300,7 +311,12 @@ struct ImageCache<'a> {
 }
 
 impl<'a> ImageCache<'a> {
-    fn new(ctx: &'a Context, keys: &'a GaloisKeys, sources: &'a [PackSource<'a>], gamma: u32) -> Self {
+    fn new(
+        ctx: &'a Context,
+        keys: &'a GaloisKeys,
+        sources: &'a [PackSource<'a>],
+        gamma: u32,
+    ) -> Self {
         Self {
             ctx,
             keys,
@@ -323,7 +339,11 @@ impl<'a> ImageCache<'a> {
         let ctx = self.ctx;
         let q = ctx.q();
         let src = &self.sources[source as usize];
-        let client_levels = if src.conjugates.is_empty() { 0 } else { self.gamma };
+        let client_levels = if src.conjugates.is_empty() {
+            0
+        } else {
+            self.gamma
+        };
         if image < (1 << client_levels) {
             // Supplied by the client (or the source itself): only rescale.
             let base = if image == 0 {

@@ -120,7 +120,13 @@ mod tests {
     #[test]
     fn uniform_below_stays_below() {
         let mut g = Csprng::from_seed([2; 16]);
-        for q in [3u64, 1 << 40, crate::math::Modulus::new(0xffff_ffff_0000_0001).unwrap().value()] {
+        for q in [
+            3u64,
+            1 << 40,
+            crate::math::Modulus::new(0xffff_ffff_0000_0001)
+                .unwrap()
+                .value(),
+        ] {
             assert!((0..1000).all(|_| g.uniform_below(q) < q));
         }
     }

@@ -17,8 +17,8 @@
 //! trailing bytes are an error. Decoding never panics and never allocates
 //! more than the expected size (WIRE-1..WIRE-4).
 
-use crate::rlwe::{Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey, Ciphertext};
 use crate::rlwe::packing_galois_elements;
+use crate::rlwe::{Ciphertext, Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey};
 use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"SFHR";
@@ -109,10 +109,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, len: usize) -> Result<&'a [u8], WireError> {
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len()).ok_or(WireError::Truncated {
-            needed: self.pos.saturating_add(len),
-            got: self.buf.len(),
-        })?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(WireError::Truncated {
+                needed: self.pos.saturating_add(len),
+                got: self.buf.len(),
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -237,14 +241,21 @@ pub fn decode_ciphertext(ctx: &Context, bytes: &[u8]) -> Result<Ciphertext, Wire
 }
 
 pub fn encode_seeded_ciphertext(ctx: &Context, ct: &SeededCiphertext) -> Vec<u8> {
-    let mut out = header(Kind::SeededCiphertext, ctx, body_len(Kind::SeededCiphertext, ctx));
+    let mut out = header(
+        Kind::SeededCiphertext,
+        ctx,
+        body_len(Kind::SeededCiphertext, ctx),
+    );
     put_u32(&mut out, ct.body().len());
     out.extend_from_slice(ct.seed());
     put_poly(&mut out, ct.body());
     out
 }
 
-pub fn decode_seeded_ciphertext(ctx: &Context, bytes: &[u8]) -> Result<SeededCiphertext, WireError> {
+pub fn decode_seeded_ciphertext(
+    ctx: &Context,
+    bytes: &[u8],
+) -> Result<SeededCiphertext, WireError> {
     let mut r = open(bytes, Kind::SeededCiphertext, ctx)?;
     let n = r.ring_degree(ctx.n())?;
     let seed = r.seed()?;
@@ -253,7 +264,11 @@ pub fn decode_seeded_ciphertext(ctx: &Context, bytes: &[u8]) -> Result<SeededCip
 }
 
 pub fn encode_galois_key(ctx: &Context, key: &SeededGaloisKey) -> Vec<u8> {
-    let mut out = header(Kind::SeededGaloisKey, ctx, body_len(Kind::SeededGaloisKey, ctx));
+    let mut out = header(
+        Kind::SeededGaloisKey,
+        ctx,
+        body_len(Kind::SeededGaloisKey, ctx),
+    );
     put_u32(&mut out, key.g);
     put_u32(&mut out, ctx.n());
     put_u32(&mut out, key.rows.len());
@@ -266,7 +281,11 @@ pub fn encode_galois_key(ctx: &Context, key: &SeededGaloisKey) -> Vec<u8> {
 }
 
 /// Decodes the key for tree level `level` (g = 2^level + 1).
-pub fn decode_galois_key(ctx: &Context, bytes: &[u8], level: u32) -> Result<SeededGaloisKey, WireError> {
+pub fn decode_galois_key(
+    ctx: &Context,
+    bytes: &[u8],
+    level: u32,
+) -> Result<SeededGaloisKey, WireError> {
     let mut r = open(bytes, Kind::SeededGaloisKey, ctx)?;
     let expected_g = packing_galois_elements(ctx.n())
         .nth(level.saturating_sub(1) as usize)
@@ -300,7 +319,11 @@ pub fn decode_galois_key(ctx: &Context, bytes: &[u8], level: u32) -> Result<Seed
 }
 
 pub fn encode_public_key(ctx: &Context, pk: &SeededPublicKey) -> Vec<u8> {
-    let mut out = header(Kind::SeededPublicKey, ctx, body_len(Kind::SeededPublicKey, ctx));
+    let mut out = header(
+        Kind::SeededPublicKey,
+        ctx,
+        body_len(Kind::SeededPublicKey, ctx),
+    );
     put_u32(&mut out, pk.b.len());
     out.extend_from_slice(&pk.seed);
     put_poly(&mut out, &pk.b);

@@ -34,12 +34,18 @@ fn unsanitised_response_leaks_weights_sanitised_does_not() {
     let mut rng = Csprng::from_seed([3; 16]);
     let x = random_values(ctx, &mut rng, ctx.n());
     let query = ctx.encrypt(&f.sk, &x, &mut rng);
-    let w: Vec<i64> = (0..ctx.n()).map(|i| if i < 9 { (i as i64 % 5) - 2 } else { 0 }).collect();
+    let w: Vec<i64> = (0..ctx.n())
+        .map(|i| if i < 9 { (i as i64 % 5) - 2 } else { 0 })
+        .collect();
 
     let mut acc = ctx.ntt_zero();
     ctx.mul_plain_accumulate(&mut acc, &ctx.to_ntt(&query), &ctx.plaintext_ntt(&w));
     let response = ctx.from_ntt(acc);
-    assert_eq!(recover_weights(ctx, &query, &response).unwrap(), w, "the attack works on raw responses");
+    assert_eq!(
+        recover_weights(ctx, &query, &response).unwrap(),
+        w,
+        "the attack works on raw responses"
+    );
 
     let mut sanitised = response.clone();
     let mut server_rng = Csprng::from_os();
@@ -48,8 +54,14 @@ fn unsanitised_response_leaks_weights_sanitised_does_not() {
     let recovered = recover_weights(ctx, &query, &sanitised).unwrap();
     assert_ne!(recovered, w);
     // Not even close: the recovered "weights" are spread over the whole ring.
-    let large = recovered.iter().filter(|&&v| v.unsigned_abs() > 1 << 40).count();
+    let large = recovered
+        .iter()
+        .filter(|&&v| v.unsigned_abs() > 1 << 40)
+        .count();
     assert!(large > ctx.n() / 2, "only {large} large coefficients");
     // And the sanitised response still decrypts to the product.
-    assert_eq!(ctx.decrypt(&f.sk, &sanitised), ctx.decrypt(&f.sk, &response));
+    assert_eq!(
+        ctx.decrypt(&f.sk, &sanitised),
+        ctx.decrypt(&f.sk, &response)
+    );
 }

@@ -5,7 +5,9 @@ mod common;
 
 use common::fixture;
 use proptest::prelude::*;
-use safhire::layout::{conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, MatVecLayout, MatVecShape};
+use safhire::layout::{
+    conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, MatVecLayout, MatVecShape,
+};
 use safhire::linear::EncodedLayer;
 use safhire::rng::Csprng;
 
@@ -19,7 +21,10 @@ fn small(rng: &mut Csprng, len: usize, bound: i64) -> Vec<i64> {
 fn run(layer: &EncodedLayer, polys: &[Vec<i64>], seed: u8) -> Vec<Vec<i64>> {
     let f = fixture("wide");
     let mut rng = Csprng::from_seed([seed; 16]);
-    let cts: Vec<_> = polys.iter().map(|p| f.ctx.encrypt(&f.sk, p, &mut rng)).collect();
+    let cts: Vec<_> = polys
+        .iter()
+        .map(|p| f.ctx.encrypt(&f.sk, p, &mut rng))
+        .collect();
     layer
         .evaluate(&f.ctx, &cts)
         .iter()
@@ -72,8 +77,14 @@ fn multi_ciphertext_conv_matches_reference() {
     // 16×32×32 → 16 channels, 3×3, padding 1: the ResNet-20 first-stage shape,
     // large enough to split across several input and output ciphertexts.
     let shape = Conv2dShape {
-        in_channels: 16, in_height: 32, in_width: 32, out_channels: 16,
-        kernel_height: 3, kernel_width: 3, stride: 1, padding: 1,
+        in_channels: 16,
+        in_height: 32,
+        in_width: 32,
+        out_channels: 16,
+        kernel_height: 3,
+        kernel_width: 3,
+        stride: 1,
+        padding: 1,
     };
     let f = fixture("wide");
     let layout = Conv2dLayout::new(shape.clone(), f.ctx.n()).unwrap();

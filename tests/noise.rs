@@ -22,7 +22,11 @@ use statrs::distribution::{ChiSquared, ContinuousCDF};
 fn variance(samples: &[i64]) -> f64 {
     let n = samples.len() as f64;
     let mean = samples.iter().map(|&x| x as f64).sum::<f64>() / n;
-    samples.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    samples
+        .iter()
+        .map(|&x| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0)
 }
 
 /// Upper end of the one-sided 1 − 10⁻⁹ confidence bound for the variance ratio.
@@ -38,8 +42,14 @@ fn assert_within(measured: f64, model: f64, n: usize, what: &str) {
         measured.log2() / 2.0,
         model.log2() / 2.0
     );
-    assert!(measured <= model * upper, "{what}: measured variance exceeds the model");
-    assert!(measured >= model / 16.0, "{what}: model is looser than 2 bits of std");
+    assert!(
+        measured <= model * upper,
+        "{what}: measured variance exceeds the model"
+    );
+    assert!(
+        measured >= model / 16.0,
+        "{what}: model is looser than 2 bits of std"
+    );
 }
 
 fn noise_after_galois(ctx: &Context, level: u32, seed: u8) -> Vec<i64> {
@@ -66,7 +76,9 @@ fn noise_after_galois(ctx: &Context, level: u32, seed: u8) -> Vec<i64> {
 fn key_switch_noise_matches_model() {
     let f = fixture("b8");
     let ctx = &f.ctx;
-    let samples: Vec<i64> = (1..=4).flat_map(|l| noise_after_galois(ctx, l, l as u8)).collect();
+    let samples: Vec<i64> = (1..=4)
+        .flat_map(|l| noise_after_galois(ctx, l, l as u8))
+        .collect();
     let model = ctx.params().budget().pack.key_switch;
     assert_within(variance(&samples), model, samples.len(), "one key switch");
 }
@@ -91,7 +103,12 @@ fn measured_noise_within_model() {
     let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();
     let noise = ctx.noise(&f.sk, &packed[0], &expected);
     let model = ctx.params().budget().after_repack;
-    assert_within(variance(&noise), model, noise.len(), "repack K = N, shared levels");
+    assert_within(
+        variance(&noise),
+        model,
+        noise.len(),
+        "repack K = N, shared levels",
+    );
 
     // Linear layer with ‖w‖₁ at the set's bound: the Minkowski bound holds.
     let w_l1 = 1i64 << ctx.params().max_weight_l1_log2();
@@ -115,7 +132,11 @@ fn measured_noise_within_model() {
     let lin_noise = ctx.noise(&f.sk, &out, &prod);
     let std_bound = ctx.params().budget().after_linear_std;
     let measured = variance(&lin_noise);
-    eprintln!("after linear: measured std 2^{:.2}, bound 2^{:.2}", measured.log2() / 2.0, std_bound.log2());
+    eprintln!(
+        "after linear: measured std 2^{:.2}, bound 2^{:.2}",
+        measured.log2() / 2.0,
+        std_bound.log2()
+    );
     assert!(measured <= std_bound * std_bound * chi2_upper_ratio(lin_noise.len()));
     assert_eq!(ctx.decrypt(&f.sk, &out), prod);
 }

@@ -14,7 +14,9 @@ fn check_pack(sources: usize, k: usize, seed: u64, shared: Option<u32>) {
     let (ctx, sk) = (&f.ctx, &f.sk);
     let n = ctx.n();
     let mut rng = Csprng::from_seed([seed as u8; 16]);
-    let plain: Vec<Vec<i64>> = (0..sources).map(|_| random_values(ctx, &mut rng, n)).collect();
+    let plain: Vec<Vec<i64>> = (0..sources)
+        .map(|_| random_values(ctx, &mut rng, n))
+        .collect();
     let cts: Vec<_> = plain.iter().map(|v| ctx.encrypt(sk, v, &mut rng)).collect();
     // A random selection of k distinct values, in random order.
     let mut all: Vec<ValueRef> = (0..sources)
@@ -87,10 +89,22 @@ fn bad_requests_are_refused_without_panicking() {
         output: 0,
         position,
     };
-    assert!(matches!(packer.pack(&srcs, &[at(1, 0, 0)]), Err(PackError::NoSuchSource { .. })));
-    assert!(matches!(packer.pack(&srcs, &[at(0, 4096, 0)]), Err(PackError::NoSuchCoefficient { .. })));
-    assert!(matches!(packer.pack(&srcs, &[at(0, 0, 4096)]), Err(PackError::PositionOutOfRange { .. })));
-    assert!(matches!(packer.pack(&srcs, &[at(0, 0, 5), at(0, 1, 5)]), Err(PackError::PositionTaken { .. })));
+    assert!(matches!(
+        packer.pack(&srcs, &[at(1, 0, 0)]),
+        Err(PackError::NoSuchSource { .. })
+    ));
+    assert!(matches!(
+        packer.pack(&srcs, &[at(0, 4096, 0)]),
+        Err(PackError::NoSuchCoefficient { .. })
+    ));
+    assert!(matches!(
+        packer.pack(&srcs, &[at(0, 0, 4096)]),
+        Err(PackError::PositionOutOfRange { .. })
+    ));
+    assert!(matches!(
+        packer.pack(&srcs, &[at(0, 0, 5), at(0, 1, 5)]),
+        Err(PackError::PositionTaken { .. })
+    ));
     assert!(matches!(
         Packer::new(ctx, &f.galois).with_shared_levels(5),
         Err(PackError::SharedLevelsOverBudget { .. })
@@ -111,7 +125,9 @@ fn packs_into_arbitrary_positions_leaving_zeros() {
             position: 4095 - 3 * k,
         })
         .collect();
-    let out = Packer::new(ctx, &f.galois).pack(&[PackSource::plain(&ct)], &placements).unwrap();
+    let out = Packer::new(ctx, &f.galois)
+        .pack(&[PackSource::plain(&ct)], &placements)
+        .unwrap();
     assert_eq!(out.len(), 2);
     assert!(ctx.decrypt(&f.sk, &out[0]).iter().all(|&x| x == 0));
     let got = ctx.decrypt(&f.sk, &out[1]);
@@ -119,5 +135,7 @@ fn packs_into_arbitrary_positions_leaving_zeros() {
         assert_eq!(got[4095 - 3 * k], vals[7 * k]);
     }
     let filled: std::collections::HashSet<usize> = (0..100).map(|k| 4095 - 3 * k).collect();
-    assert!((0..4096).filter(|p| !filled.contains(p)).all(|p| got[p] == 0));
+    assert!((0..4096)
+        .filter(|p| !filled.contains(p))
+        .all(|p| got[p] == 0));
 }

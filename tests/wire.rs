@@ -37,7 +37,9 @@ fn keys_round_trip_and_still_work() {
     let decoded: Vec<_> = seeded
         .iter()
         .enumerate()
-        .map(|(i, k)| wire::decode_galois_key(ctx, &wire::encode_galois_key(ctx, k), i as u32 + 1).unwrap())
+        .map(|(i, k)| {
+            wire::decode_galois_key(ctx, &wire::encode_galois_key(ctx, k), i as u32 + 1).unwrap()
+        })
         .collect();
     assert_eq!(decoded, seeded);
     assert!(GaloisKeys::from_seeded(ctx, &decoded).is_some());
@@ -48,7 +50,10 @@ fn keys_round_trip_and_still_work() {
     let bytes = wire::encode_galois_key(ctx, &seeded[0]);
     assert!(matches!(
         wire::decode_galois_key(ctx, &bytes, 2),
-        Err(WireError::WrongGaloisElement { expected: 5, got: 3 })
+        Err(WireError::WrongGaloisElement {
+            expected: 5,
+            got: 3
+        })
     ));
     let pk = SeededPublicKey::generate(ctx, &f.sk, &mut rng);
     let back = wire::decode_public_key(ctx, &wire::encode_public_key(ctx, &pk)).unwrap();
@@ -88,7 +93,10 @@ fn each_header_fault_has_its_own_error() {
     let mut b = good.clone();
     b.push(0);
     assert_eq!(dec(&b), Err(WireError::TrailingBytes(1)));
-    assert!(matches!(dec(&good[..good.len() - 1]), Err(WireError::Truncated { .. })));
+    assert!(matches!(
+        dec(&good[..good.len() - 1]),
+        Err(WireError::Truncated { .. })
+    ));
     let mut b = good.clone();
     b[21] = 0; // ring degree field (4096 = 0x1000)
     assert!(matches!(dec(&b), Err(WireError::WrongRingDegree { .. })));

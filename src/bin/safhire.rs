@@ -49,7 +49,10 @@ fn main() -> ExitCode {
 }
 
 fn params() -> Result<(), Box<dyn std::error::Error>> {
-    println!("{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10}", "set", "N", "log2 Pq", "t", "‖w‖₁ max", "noise (std)", "flooding", "headroom");
+    println!(
+        "{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10}",
+        "set", "N", "log2 Pq", "t", "‖w‖₁ max", "noise (std)", "flooding", "headroom"
+    );
     for p in ParameterSet::load_all(safhire::params::SHIPPED_TOML)? {
         let s = p.spec();
         let b = p.budget();
@@ -88,7 +91,10 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
         padding: 1,
     };
     let layout = Conv2dLayout::new(shape.clone(), n)?;
-    println!("parameter set {set}: N = {n}, t = 2^{}", ctx.params().plaintext_bits());
+    println!(
+        "parameter set {set}: N = {n}, t = 2^{}",
+        ctx.params().plaintext_bits()
+    );
     println!(
         "layer: conv 16×32×32 → 16×32×32, 3×3, padding 1 ({} input / {} output ciphertexts)",
         layout.input_ciphertexts(),
@@ -119,7 +125,10 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
     let seeded_galois = GaloisKeys::generate_seeded(&ctx, &sk, &mut client_rng);
     let seeded_pk = SeededPublicKey::generate(&ctx, &sk, &mut client_rng);
     let keygen_ms = ms(t);
-    let key_bytes: usize = seeded_galois.iter().map(|k| wire::encode_galois_key(&ctx, k).len()).sum::<usize>()
+    let key_bytes: usize = seeded_galois
+        .iter()
+        .map(|k| wire::encode_galois_key(&ctx, k).len())
+        .sum::<usize>()
         + wire::encode_public_key(&ctx, &seeded_pk).len();
     let input: Vec<i64> = (0..shape.input_len()?)
         .map(|_| client_rng.uniform_below(x_max as u64 + 1) as i64)
@@ -127,14 +136,17 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let uploads: Vec<Vec<u8>> = input
         .chunks(n)
-        .map(|chunk| wire::encode_seeded_ciphertext(&ctx, &ctx.encrypt_seeded(&sk, chunk, &mut client_rng)))
+        .map(|chunk| {
+            wire::encode_seeded_ciphertext(&ctx, &ctx.encrypt_seeded(&sk, chunk, &mut client_rng))
+        })
         .collect();
     let encrypt_ms = ms(t);
     let up_bytes: usize = uploads.iter().map(Vec::len).sum();
 
     // Server: expand keys, decode, unshuffle repack into the conv layout.
     let t = Instant::now();
-    let galois = GaloisKeys::from_seeded(&ctx, &seeded_galois).ok_or("client sent an incomplete Galois key set")?;
+    let galois = GaloisKeys::from_seeded(&ctx, &seeded_galois)
+        .ok_or("client sent an incomplete Galois key set")?;
     let pk = seeded_pk.expand(&ctx);
     let key_expand_ms = ms(t);
     let t_server = Instant::now();
@@ -175,7 +187,10 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
         let j = server_rng.uniform_below(i as u64 + 1) as usize;
         perm.swap(i, j);
     }
-    let order: Vec<ValueRef> = perm.iter().map(|&k| ValueRef::new(positions[k].0, positions[k].1)).collect();
+    let order: Vec<ValueRef> = perm
+        .iter()
+        .map(|&k| ValueRef::new(positions[k].0, positions[k].1))
+        .collect();
     let out_sources: Vec<PackSource> = outputs.iter().map(PackSource::plain).collect();
     let t = Instant::now();
     let mut packed = packer.pack_dense(&out_sources, &order)?;
@@ -186,7 +201,10 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
         ctx.flood(ct, &mut server_rng);
     }
     let sanitise_ms = ms(t);
-    let downloads: Vec<Vec<u8>> = packed.iter().map(|c| wire::encode_ciphertext(&ctx, c)).collect();
+    let downloads: Vec<Vec<u8>> = packed
+        .iter()
+        .map(|c| wire::encode_ciphertext(&ctx, c))
+        .collect();
     let server_ms = ms(t_server);
     let down_bytes: usize = downloads.iter().map(Vec::len).sum();
 

@@ -100,8 +100,8 @@ impl NttPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::SOLINAS;
     use crate::math::poly;
+    use crate::math::SOLINAS;
     use proptest::prelude::*;
 
     proptest! {

@@ -38,17 +38,138 @@ pub fn monomial_mul(m: Modulus, out: &mut [u64], inp: &[u64], e: usize) {
     monomial_mul_add(m, out, inp, e, false);
 }
 
+/// `out += inp` coefficient-wise. The hot loop of packing: dispatched at run
+/// time to an AVX-512 or AVX2 build of the same branch-free code.
 #[inline]
 pub fn add_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
-    for (o, &i) in out.iter_mut().zip(inp) {
-        *o = m.add(*o, i);
-    }
+    simd::dispatch_add(m.value(), out, inp);
 }
 
+/// `out −= inp` coefficient-wise, dispatched like [`add_assign`].
 #[inline]
 pub fn sub_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
-    for (o, &i) in out.iter_mut().zip(inp) {
-        *o = m.sub(*o, i);
+    simd::dispatch_sub(m.value(), out, inp);
+}
+
+/// Branch-free kernels, compiled once per instruction set.
+mod simd {
+    #[inline(always)]
+    fn add_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
+        for (o, &i) in out.iter_mut().zip(inp) {
+            let s = o.wrapping_add(i);
+            let t = s.wrapping_sub(q);
+            // The true sum is ≥ q when it wrapped (s < i) or when s ≥ q.
+            *o = if (s < i) | (s >= q) { t } else { s };
+        }
+    }
+
+    #[inline(always)]
+    fn sub_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
+        for (o, &i) in out.iter_mut().zip(inp) {
+            let d = o.wrapping_sub(i);
+            *o = if *o < i { d.wrapping_add(q) } else { d };
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn add_avx512(q: u64, out: &mut [u64], inp: &[u64]) {
+        add_kernel(q, out, inp)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn sub_avx512(q: u64, out: &mut [u64], inp: &[u64]) {
+        sub_kernel(q, out, inp)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_avx2(q: u64, out: &mut [u64], inp: &[u64]) {
+        add_kernel(q, out, inp)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sub_avx2(q: u64, out: &mut [u64], inp: &[u64]) {
+        sub_kernel(q, out, inp)
+    }
+
+    #[inline]
+    pub(super) fn dispatch_add(q: u64, out: &mut [u64], inp: &[u64]) {
+        debug_assert!(out.iter().chain(inp).all(|&x| x < q));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { add_avx512(q, out, inp) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { add_avx2(q, out, inp) };
+            }
+        }
+        add_kernel(q, out, inp)
+    }
+
+    #[inline]
+    pub(super) fn dispatch_sub(q: u64, out: &mut [u64], inp: &[u64]) {
+        debug_assert!(out.iter().chain(inp).all(|&x| x < q));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { sub_avx512(q, out, inp) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { sub_avx2(q, out, inp) };
+            }
+        }
+        sub_kernel(q, out, inp)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::math::{Modulus, SOLINAS};
+        use proptest::prelude::*;
+
+        proptest! {
+            // Every instruction-set variant agrees with the scalar field ops.
+            #[test]
+            fn kernels_agree_with_field_ops(
+                a in proptest::collection::vec(0..SOLINAS, 1..40),
+                seed in proptest::collection::vec(0..SOLINAS, 40),
+            ) {
+                let m = Modulus::new(SOLINAS).unwrap();
+                let b = &seed[..a.len()];
+                let add: Vec<u64> = a.iter().zip(b).map(|(&x, &y)| m.add(x, y)).collect();
+                let sub: Vec<u64> = a.iter().zip(b).map(|(&x, &y)| m.sub(x, y)).collect();
+                let mut o = a.clone();
+                add_kernel(SOLINAS, &mut o, b);
+                prop_assert_eq!(&o, &add);
+                let mut o = a.clone();
+                sub_kernel(SOLINAS, &mut o, b);
+                prop_assert_eq!(&o, &sub);
+                let mut o = a.clone();
+                dispatch_add(SOLINAS, &mut o, b);
+                prop_assert_eq!(&o, &add);
+                let mut o = a.clone();
+                dispatch_sub(SOLINAS, &mut o, b);
+                prop_assert_eq!(&o, &sub);
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    let mut o = a.clone();
+                    unsafe { add_avx2(SOLINAS, &mut o, b) };
+                    prop_assert_eq!(&o, &add);
+                    let mut o = a.clone();
+                    unsafe { sub_avx2(SOLINAS, &mut o, b) };
+                    prop_assert_eq!(&o, &sub);
+                }
+            }
+        }
     }
 }
 

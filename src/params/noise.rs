@@ -59,7 +59,13 @@ impl PackNoise {
     /// Key-switch variance: Σ_j d_j e_j / P (digits ≤ β/2, key noise
     /// TUniform) plus the rounding of the division by P, whose mask part
     /// meets the binary key (≈ N/2 ones).
-    pub fn key_switch_variance(n: usize, p: u64, noise_bound_log2: u32, base_log: u32, levels: u32) -> f64 {
+    pub fn key_switch_variance(
+        n: usize,
+        p: u64,
+        noise_bound_log2: u32,
+        base_log: u32,
+        levels: u32,
+    ) -> f64 {
         let n = n as f64;
         let beta2 = (2f64).powi(2 * base_log as i32);
         let digits = n * levels as f64 * beta2 / 12.0 * tuniform_variance(noise_bound_log2);

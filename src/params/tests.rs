@@ -24,14 +24,29 @@ fn unknown_set_is_refused() {
 fn each_out_of_range_field_is_named() {
     let cases: Vec<(&str, Box<dyn Fn(&mut ParameterSpec)>)> = vec![
         ("ring_degree", Box::new(|s| s.ring_degree = 3000)),
-        ("ciphertext_modulus", Box::new(|s| s.ciphertext_modulus -= 2)),
-        ("special_modulus", Box::new(|s| s.special_modulus = 2147377155)),
+        (
+            "ciphertext_modulus",
+            Box::new(|s| s.ciphertext_modulus -= 2),
+        ),
+        (
+            "special_modulus",
+            Box::new(|s| s.special_modulus = 2147377155),
+        ),
         ("noise_bound_log2", Box::new(|s| s.noise_bound_log2 = 0)),
         ("plaintext_bits", Box::new(|s| s.plaintext_bits = 60)),
         ("gadget_levels", Box::new(|s| s.gadget_levels = 2)),
-        ("shared_pack_levels", Box::new(|s| s.shared_pack_levels = 13)),
-        ("client_conjugate_levels", Box::new(|s| s.client_conjugate_levels = 5)),
-        ("flooding_bound_log2", Box::new(|s| s.flooding_bound_log2 = 0)),
+        (
+            "shared_pack_levels",
+            Box::new(|s| s.shared_pack_levels = 13),
+        ),
+        (
+            "client_conjugate_levels",
+            Box::new(|s| s.client_conjugate_levels = 5),
+        ),
+        (
+            "flooding_bound_log2",
+            Box::new(|s| s.flooding_bound_log2 = 0),
+        ),
     ];
     for (field, mutate) in cases {
         let mut s = b8();
@@ -47,7 +62,10 @@ fn each_out_of_range_field_is_named() {
 fn too_little_noise_is_insecure() {
     let mut s = b8();
     s.noise_bound_log2 = 1;
-    assert!(matches!(ParameterSet::new(s), Err(ParamError::Insecure { .. })));
+    assert!(matches!(
+        ParameterSet::new(s),
+        Err(ParamError::Insecure { .. })
+    ));
 }
 
 #[test]
@@ -56,22 +74,37 @@ fn too_large_modulus_is_insecure() {
     let mut s = b8();
     s.special_modulus = 0x1fff_ffff_ffe0_0001;
     assert!(crate::math::Modulus::is_prime(s.special_modulus));
-    assert!(matches!(ParameterSet::new(s), Err(ParamError::Insecure { .. })));
+    assert!(matches!(
+        ParameterSet::new(s),
+        Err(ParamError::Insecure { .. })
+    ));
 }
 
 #[test]
 fn flooding_beyond_the_margin_is_refused() {
     let mut s = b8();
     s.flooding_bound_log2 = 55;
-    assert!(matches!(ParameterSet::new(s), Err(ParamError::NoiseBudget { .. })));
+    assert!(matches!(
+        ParameterSet::new(s),
+        Err(ParamError::NoiseBudget { .. })
+    ));
 }
 
 #[test]
 fn toml_errors_are_reported_not_panicked() {
-    assert!(matches!(ParameterSet::load_all("[[set]]\nname = 3"), Err(ParamError::Parse(_))));
-    assert!(matches!(ParameterSet::load_all("garbage ="), Err(ParamError::Parse(_))));
+    assert!(matches!(
+        ParameterSet::load_all("[[set]]\nname = 3"),
+        Err(ParamError::Parse(_))
+    ));
+    assert!(matches!(
+        ParameterSet::load_all("garbage ="),
+        Err(ParamError::Parse(_))
+    ));
     let extra = SHIPPED_TOML.replacen("name = \"b8\"", "name = \"b8\"\nextra = 1", 1);
-    assert!(matches!(ParameterSet::load_all(&extra), Err(ParamError::Parse(_))));
+    assert!(matches!(
+        ParameterSet::load_all(&extra),
+        Err(ParamError::Parse(_))
+    ));
 }
 
 #[test]

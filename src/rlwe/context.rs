@@ -1,7 +1,9 @@
 //! The arithmetic context of one parameter set: transforms for q and P plus
 //! encoding, encryption, decryption and plaintext products.
 
-use super::{expand_mask, Ciphertext, NttCiphertext, NttPlaintext, PublicKey, SecretKey, SeededCiphertext};
+use super::{
+    expand_mask, Ciphertext, NttCiphertext, NttPlaintext, PublicKey, SecretKey, SeededCiphertext,
+};
 use crate::math::{poly, Modulus, NttPlan};
 use crate::params::ParameterSet;
 use crate::rng::Csprng;
@@ -86,7 +88,13 @@ impl Context {
     }
 
     /// `b = a·s + plain + e` with fresh TUniform noise from `rng`.
-    pub(crate) fn encrypt_with_mask(&self, sk: &SecretKey, a: Vec<u64>, plain: &[u64], rng: &mut Csprng) -> Ciphertext {
+    pub(crate) fn encrypt_with_mask(
+        &self,
+        sk: &SecretKey,
+        a: Vec<u64>,
+        plain: &[u64],
+        rng: &mut Csprng,
+    ) -> Ciphertext {
         let q = self.q();
         let mut b = self.mask_times_key(&a, sk);
         let bound = self.params.noise_bound_log2();
@@ -99,7 +107,12 @@ impl Context {
 
     /// Encrypts an encoded plaintext with a mask derived from a fresh public
     /// seed (drawn from `rng`); only the seed and body need to travel.
-    pub fn encrypt_seeded_plain(&self, sk: &SecretKey, plain: &[u64], rng: &mut Csprng) -> SeededCiphertext {
+    pub fn encrypt_seeded_plain(
+        &self,
+        sk: &SecretKey,
+        plain: &[u64],
+        rng: &mut Csprng,
+    ) -> SeededCiphertext {
         let seed = rng.seed();
         let a = expand_mask(seed, self.n(), self.q());
         let ct = self.encrypt_with_mask(sk, a, plain, rng);
@@ -107,7 +120,12 @@ impl Context {
     }
 
     /// Encrypts signed values (coefficient encoding).
-    pub fn encrypt_seeded(&self, sk: &SecretKey, values: &[i64], rng: &mut Csprng) -> SeededCiphertext {
+    pub fn encrypt_seeded(
+        &self,
+        sk: &SecretKey,
+        values: &[i64],
+        rng: &mut Csprng,
+    ) -> SeededCiphertext {
         self.encrypt_seeded_plain(sk, &self.encode(values), rng)
     }
 
@@ -167,7 +185,12 @@ impl Context {
     }
 
     /// `acc += ct · w`, exact, in the NTT domain.
-    pub fn mul_plain_accumulate(&self, acc: &mut NttCiphertext, ct: &NttCiphertext, w: &NttPlaintext) {
+    pub fn mul_plain_accumulate(
+        &self,
+        acc: &mut NttCiphertext,
+        ct: &NttCiphertext,
+        w: &NttPlaintext,
+    ) {
         self.ntt_q.mul_accumulate(&mut acc.a, &ct.a, &w.values);
         self.ntt_q.mul_accumulate(&mut acc.b, &ct.b, &w.values);
     }

@@ -48,7 +48,11 @@ impl SecretKey {
         let mut s_ntt_p = s.clone();
         ctx.ntt_p.forward(&mut s_ntt_p);
         ctx.ntt_p.normalize(&mut s_ntt_p);
-        Self { s, s_ntt_q, s_ntt_p }
+        Self {
+            s,
+            s_ntt_q,
+            s_ntt_p,
+        }
     }
 
     /// `a · s mod p` for the P-part of hybrid keys.
@@ -115,7 +119,12 @@ impl std::fmt::Debug for GaloisKeys {
 
 impl std::fmt::Debug for SeededGaloisKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SeededGaloisKey(g = {}, {} rows)", self.g, self.rows.len())
+        write!(
+            f,
+            "SeededGaloisKey(g = {}, {} rows)",
+            self.g,
+            self.rows.len()
+        )
     }
 }
 
@@ -210,7 +219,11 @@ fn expand_key_masks(seed: Seed128, n: usize, q: Modulus, p: Modulus) -> (Vec<u64
 
 impl GaloisKeys {
     /// All packing keys, seeded, as the client sends them.
-    pub fn generate_seeded(ctx: &Context, sk: &SecretKey, rng: &mut Csprng) -> Vec<SeededGaloisKey> {
+    pub fn generate_seeded(
+        ctx: &Context,
+        sk: &SecretKey,
+        rng: &mut Csprng,
+    ) -> Vec<SeededGaloisKey> {
         packing_galois_elements(ctx.n())
             .map(|g| SeededGaloisKey::generate(ctx, sk, g, rng))
             .collect()

@@ -9,10 +9,10 @@ mod keys;
 mod keyswitch;
 
 pub use context::Context;
+pub use keys::{packing_galois_elements, SeededGaloisKey, SeededKeyRow, SeededPublicKey};
 pub use keys::{GaloisKey, GaloisKeys, PublicKey, SecretKey};
 pub use keyswitch::Decomposer;
 pub(crate) use keyswitch::KeySwitchScratch;
-pub use keys::{packing_galois_elements, SeededGaloisKey, SeededKeyRow, SeededPublicKey};
 
 use crate::math::{poly, Modulus};
 use crate::rng::{Csprng, Seed128};
@@ -78,9 +78,7 @@ impl Ciphertext {
     /// Builds a ciphertext from raw parts; `None` unless both have length `n`
     /// and every coefficient is reduced modulo `q`.
     pub fn from_parts(a: Vec<u64>, b: Vec<u64>, n: usize, q: Modulus) -> Option<Self> {
-        let ok = a.len() == n
-            && b.len() == n
-            && a.iter().chain(&b).all(|&x| x < q.value());
+        let ok = a.len() == n && b.len() == n && a.iter().chain(&b).all(|&x| x < q.value());
         ok.then_some(Self { a, b })
     }
 

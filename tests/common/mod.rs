@@ -30,7 +30,12 @@ pub fn fixture(set: &'static str) -> &'static Fixture {
         let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
         let galois = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
         let pk = SeededPublicKey::generate(&ctx, &sk, &mut rng).expand(&ctx);
-        Fixture { ctx, sk, galois, pk }
+        Fixture {
+            ctx,
+            sk,
+            galois,
+            pk,
+        }
     })
 }
 
