@@ -4,12 +4,34 @@
 
 use crate::layout::{Conv2dLayout, LayoutError, MatVecLayout};
 use crate::rlwe::{Ciphertext, Context, NttPlaintext};
+use thiserror::Error;
+
+/// Why a layer's weights were refused. The model owner's fault.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinearError {
+    #[error("layer layout: {0}")]
+    Layout(#[from] LayoutError),
+    /// The noise of one output ciphertext grows with ‖ŵ‖₁ summed over every
+    /// weight polynomial feeding it (all stacked channels or rows), and the
+    /// parameter set's budget covers at most 2^W (proofs/noise-budget.md).
+    #[error(
+        "weights too large for the noise budget: output ciphertext {output} sums ‖ŵ‖₁ = {l1} > 2^{allowed_log2} \
+         (use a parameter set with a larger `max_weight_l1_log2`, or smaller weights)"
+    )]
+    NoiseBudget {
+        output: usize,
+        l1: u128,
+        allowed_log2: u32,
+    },
+}
 
 /// Weight polynomials of one layer, transformed once per model load.
 /// `weights[k][m]` multiplies input ciphertext m into output ciphertext k.
 pub struct EncodedLayer {
     inputs: usize,
     weights: Vec<Vec<Option<NttPlaintext>>>,
+    max_l1: u128,
 }
 
 impl std::fmt::Debug for EncodedLayer {
@@ -70,24 +92,47 @@ impl CoefficientLayout for MatVecLayout {
 }
 
 impl EncodedLayer {
+    /// Encodes and transforms the weights, refusing them if any output
+    /// ciphertext would exceed the parameter set's noise budget (LIN-3).
     pub fn new(
         ctx: &Context,
         layout: &impl CoefficientLayout,
         weights: &[i64],
-    ) -> Result<Self, LayoutError> {
+    ) -> Result<Self, LinearError> {
         let inputs = layout.input_ciphertexts();
-        let weights = (0..layout.output_ciphertexts())
-            .map(|k| {
-                (0..inputs)
-                    .map(|m| {
-                        Ok(layout
-                            .weight_polynomial(weights, k, m)?
-                            .map(|w| ctx.plaintext_ntt(&w)))
-                    })
-                    .collect::<Result<Vec<_>, LayoutError>>()
-            })
-            .collect::<Result<Vec<_>, LayoutError>>()?;
-        Ok(Self { inputs, weights })
+        let allowed_log2 = ctx.params().max_weight_l1_log2();
+        let mut rows = Vec::with_capacity(layout.output_ciphertexts());
+        let mut max_l1 = 0u128;
+        for k in 0..layout.output_ciphertexts() {
+            let mut row = Vec::with_capacity(inputs);
+            let mut l1 = 0u128;
+            for m in 0..inputs {
+                let poly = layout.weight_polynomial(weights, k, m)?;
+                if let Some(w) = &poly {
+                    l1 += w.iter().map(|&c| c.unsigned_abs() as u128).sum::<u128>();
+                }
+                row.push(poly.map(|w| ctx.plaintext_ntt(&w)));
+            }
+            if l1 > 1u128 << allowed_log2 {
+                return Err(LinearError::NoiseBudget {
+                    output: k,
+                    l1,
+                    allowed_log2,
+                });
+            }
+            max_l1 = max_l1.max(l1);
+            rows.push(row);
+        }
+        Ok(Self {
+            inputs,
+            weights: rows,
+            max_l1,
+        })
+    }
+
+    /// The largest ‖ŵ‖₁ feeding one output ciphertext (the noise factor).
+    pub fn max_weight_l1(&self) -> u128 {
+        self.max_l1
     }
 
     pub fn input_ciphertexts(&self) -> usize {

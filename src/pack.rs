@@ -22,6 +22,10 @@ use thiserror::Error;
 /// A source ciphertext and, optionally, client-supplied conjugates
 /// `Enc(τ_G(m))` for the lowest γ levels (the paper's γ), indexed by the
 /// level subset t ⊆ {1..γ} as a bit mask, `conjugates[t − 1]` for t ≥ 1.
+/// A source with conjugates must come from
+/// [`Context::encrypt_with_conjugates`](crate::rlwe::Context::encrypt_with_conjugates),
+/// which encodes at Δ·2^(−γ) so that the 2^γ independent fresh noises sum
+/// back to a small noise (proofs/packing.md, Lemma 5).
 #[derive(Clone, Copy, Debug)]
 pub struct PackSource<'a> {
     pub ciphertext: &'a Ciphertext,
@@ -69,6 +73,8 @@ pub enum PackError {
         gamma: u32,
         needed: usize,
     },
+    #[error("sources carry conjugates for γ = {gamma} levels but only {shared} levels are shared")]
+    ConjugatesNeedSharedLevels { gamma: u32, shared: u32 },
     #[error(
         "requested {requested} shared levels; the parameter set's noise budget covers {allowed}"
     )]
@@ -144,14 +150,19 @@ impl<'a> Packer<'a> {
         placements: &[Placement],
     ) -> Result<Vec<Ciphertext>, PackError> {
         let n = self.ctx.n();
-        let gamma = self
-            .ctx
-            .params()
-            .client_conjugate_levels()
-            .min(self.shared_levels);
+        let gamma = self.ctx.params().client_conjugate_levels();
         for (i, src) in sources.iter().enumerate() {
             let needed = (1usize << gamma) - 1;
-            if !src.conjugates.is_empty() && src.conjugates.len() < needed {
+            if src.conjugates.is_empty() {
+                continue;
+            }
+            if gamma > self.shared_levels {
+                return Err(PackError::ConjugatesNeedSharedLevels {
+                    gamma,
+                    shared: self.shared_levels,
+                });
+            }
+            if src.conjugates.len() != needed {
                 return Err(PackError::ConjugateCount {
                     source_index: i,
                     got: src.conjugates.len(),
@@ -345,15 +356,16 @@ impl<'a> ImageCache<'a> {
             self.gamma
         };
         if image < (1 << client_levels) {
-            // Supplied by the client (or the source itself): only rescale.
+            // Supplied by the client (or the source itself): only rescale,
+            // by N^-1, or 2^γ·N^-1 for conjugate-bearing sources.
             let base = if image == 0 {
                 src.ciphertext
             } else {
                 &src.conjugates[image as usize - 1]
             };
             let mut ct = base.clone();
-            let n_inv = ctx.ntt_q.n_inv();
-            ct.scalar_mul_assign(q, n_inv);
+            let scale = q.mul(ctx.ntt_q.n_inv(), 1u64 << client_levels);
+            ct.scalar_mul_assign(q, scale);
             return ct;
         }
         // Apply the highest level last: D_t = KS_g τ_g (D_{t without top}).

@@ -63,8 +63,11 @@ proptest! {
         let f = fixture("wide");
         let layout = MatVecLayout::new(shape.clone(), f.ctx.n()).unwrap();
         let mut rng = Csprng::from_seed([seed; 16]);
+        // Keep ‖ŵ‖₁ of every output ciphertext within the wide set's 2^16.
+        prop_assume!(rows * cols <= 1 << 16);
+        let bound = ((1i64 << 16) / (rows * cols) as i64).clamp(1, 127);
         let input = small(&mut rng, cols, 127);
-        let weights = small(&mut rng, rows * cols, 127);
+        let weights = small(&mut rng, rows * cols, bound);
         let layer = EncodedLayer::new(&f.ctx, &layout, &weights).unwrap();
         let out = run(&layer, &layout.encode_input(&input).unwrap(), seed);
         let got: Vec<i64> = layout.decode_output(&out).unwrap();
@@ -96,4 +99,27 @@ fn multi_ciphertext_conv_matches_reference() {
     let out = run(&layer, &layout.encode_input(&input).unwrap(), 9);
     let got: Vec<i64> = layout.decode_output(&out).unwrap();
     assert_eq!(got, conv2d_reference(&shape, &input, &weights).unwrap());
+}
+
+#[test]
+fn weights_beyond_the_noise_budget_are_refused() {
+    use safhire::linear::LinearError;
+    let f = fixture("wide");
+    // One output row with ‖w‖₁ = 2^16 + 1 > 2^W for the wide set (W = 16).
+    let shape = MatVecShape { rows: 1, cols: 514 };
+    let layout = MatVecLayout::new(shape, f.ctx.n()).unwrap();
+    let mut weights = vec![127i64; 514];
+    weights[513] = 65537 - 127 * 513;
+    assert_eq!(weights.iter().sum::<i64>(), 65537);
+    match EncodedLayer::new(&f.ctx, &layout, &weights) {
+        Err(LinearError::NoiseBudget {
+            l1, allowed_log2, ..
+        }) => {
+            assert_eq!((l1, allowed_log2), (65537, 16));
+        }
+        other => panic!("expected a noise-budget refusal, got {other:?}"),
+    }
+    weights[513] -= 1;
+    let layer = EncodedLayer::new(&f.ctx, &layout, &weights).unwrap();
+    assert_eq!(layer.max_weight_l1(), 65536);
 }

@@ -1,14 +1,14 @@
 //! NOISE-1, NOISE-2: measured noise on real ciphertexts against the model of
 //! proofs/noise-budget.md.
 //!
-//! Method: the noise coefficients of a ciphertext are treated as a sample
-//! of the model's distribution. If the model variance V is right (or too
-//! large), the sample variance s² of n draws satisfies
-//! (n−1)s²/V ≤ χ²_{n−1}(1 − 10⁻⁹) with probability ≥ 1 − 10⁻⁹, so the
-//! "model is an upper bound" check fails spuriously with probability at most
-//! 10⁻⁹ per run (under the approximation that coefficients are independent;
-//! correlated coefficients make the interval wider, see the proof). The
-//! model must also not be loose by more than 2 bits of standard deviation.
+//! Method: each ciphertext gives one estimate of the noise variance (the
+//! mean square of its N noise coefficients). Coefficients of one ciphertext
+//! are correlated, ciphertexts are independent, so the estimates v_1..v_k are
+//! treated as i.i.d. and the model variance V is checked against a one-sided
+//! Student-t bound: mean(v) ≤ V + t_{k−1}(1 − 10⁻⁶)·sd(v)/√k. If the model is
+//! a true upper bound, a run fails spuriously with probability ≤ 10⁻⁶ (under
+//! the approximate normality of the mean of k estimates). The model must also
+//! not be looser than 2 bits of standard deviation (V ≤ 16·mean(v)).
 
 mod common;
 
@@ -17,37 +17,31 @@ use safhire::extract::ValueRef;
 use safhire::pack::{PackSource, Packer};
 use safhire::rlwe::Context;
 use safhire::rng::Csprng;
-use statrs::distribution::{ChiSquared, ContinuousCDF};
+use statrs::distribution::{ContinuousCDF, StudentsT};
 
-fn variance(samples: &[i64]) -> f64 {
-    let n = samples.len() as f64;
-    let mean = samples.iter().map(|&x| x as f64).sum::<f64>() / n;
-    samples
-        .iter()
-        .map(|&x| (x as f64 - mean).powi(2))
-        .sum::<f64>()
-        / (n - 1.0)
+fn mean_square(samples: &[i64]) -> f64 {
+    samples.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / samples.len() as f64
 }
 
-/// Upper end of the one-sided 1 − 10⁻⁹ confidence bound for the variance ratio.
-fn chi2_upper_ratio(n: usize) -> f64 {
-    let dof = (n - 1) as f64;
-    ChiSquared::new(dof).unwrap().inverse_cdf(1.0 - 1e-9) / dof
-}
-
-fn assert_within(measured: f64, model: f64, n: usize, what: &str) {
-    let upper = chi2_upper_ratio(n);
+fn assert_within(estimates: &[f64], model: f64, what: &str) {
+    let k = estimates.len() as f64;
+    let mean = estimates.iter().sum::<f64>() / k;
+    let sd = (estimates.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
+    let t = StudentsT::new(0.0, 1.0, k - 1.0)
+        .unwrap()
+        .inverse_cdf(1.0 - 1e-6);
     eprintln!(
-        "{what}: measured std 2^{:.2}, model std 2^{:.2}",
-        measured.log2() / 2.0,
+        "{what}: measured std 2^{:.2} (±{:.1}% per ciphertext), model std 2^{:.2}",
+        mean.log2() / 2.0,
+        100.0 * sd / mean,
         model.log2() / 2.0
     );
     assert!(
-        measured <= model * upper,
+        mean <= model + t * sd / k.sqrt(),
         "{what}: measured variance exceeds the model"
     );
     assert!(
-        measured >= model / 16.0,
+        model <= 16.0 * mean,
         "{what}: model is looser than 2 bits of std"
     );
 }
@@ -76,11 +70,72 @@ fn noise_after_galois(ctx: &Context, level: u32, seed: u8) -> Vec<i64> {
 fn key_switch_noise_matches_model() {
     let f = fixture("b8");
     let ctx = &f.ctx;
-    let samples: Vec<i64> = (1..=4)
-        .flat_map(|l| noise_after_galois(ctx, l, l as u8))
+    let estimates: Vec<f64> = (0..64u32)
+        .map(|i| mean_square(&noise_after_galois(ctx, 1 + i % 12, i as u8)))
         .collect();
-    let model = ctx.params().budget().pack.key_switch;
-    assert_within(variance(&samples), model, samples.len(), "one key switch");
+    assert_within(
+        &estimates,
+        ctx.params().budget().pack.key_switch,
+        "one key switch",
+    );
+}
+
+/// Noise of the unshuffle repack of one fresh ciphertext in the given order.
+fn repack_noise(order_of: impl Fn(usize, &mut Csprng) -> Vec<usize>, seed: u8) -> Vec<i64> {
+    let f = fixture("b8");
+    let ctx = &f.ctx;
+    let n = ctx.n();
+    let mut rng = Csprng::from_seed([seed; 16]);
+    let vals = random_values(ctx, &mut rng, n);
+    let ct = ctx.encrypt(&f.sk, &vals, &mut rng);
+    let order: Vec<ValueRef> = order_of(n, &mut rng)
+        .into_iter()
+        .map(|i| ValueRef::new(0, i))
+        .collect();
+    let packed = Packer::new(ctx, &f.galois)
+        .pack_dense(&[PackSource::plain(&ct)], &order)
+        .unwrap();
+    let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();
+    ctx.noise(&f.sk, &packed[0], &expected)
+}
+
+fn random_permutation(n: usize, rng: &mut Csprng) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.uniform_below(i as u64 + 1) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+#[test]
+fn repack_noise_within_model_for_structured_orders() {
+    // The model is placement-independent: structured orders, whose copies of
+    // one key-switch noise add coherently, must fit it too.
+    let model = fixture("b8").ctx.params().budget().after_repack;
+    let reversed = |n: usize, _: &mut Csprng| (0..n).rev().collect::<Vec<_>>();
+    let bit_reversed = |n: usize, _: &mut Csprng| {
+        let bits = n.trailing_zeros();
+        (0..n)
+            .map(|i| i.reverse_bits() >> (usize::BITS - bits))
+            .collect::<Vec<_>>()
+    };
+    for (name, est) in [
+        (
+            "reversed",
+            (0..4)
+                .map(|s| mean_square(&repack_noise(reversed, s)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "bit-reversed",
+            (0..4)
+                .map(|s| mean_square(&repack_noise(bit_reversed, s)))
+                .collect(),
+        ),
+    ] {
+        assert_within(&est, model, name);
+    }
 }
 
 #[test]
@@ -88,27 +143,27 @@ fn measured_noise_within_model() {
     let f = fixture("b8");
     let ctx = &f.ctx;
     let n = ctx.n();
+    let estimates: Vec<f64> = (0..6)
+        .map(|s| mean_square(&repack_noise(random_permutation, 70 + s)))
+        .collect();
+    assert_within(
+        &estimates,
+        ctx.params().budget().after_repack,
+        "repack K = N, random order",
+    );
+
+    // One repacked ciphertext for the linear layer below.
     let mut rng = Csprng::from_seed([77; 16]);
     let vals = random_values(ctx, &mut rng, n);
     let ct = ctx.encrypt(&f.sk, &vals, &mut rng);
-    // A full random permutation: the unshuffle repack of one ciphertext.
-    let mut order: Vec<ValueRef> = (0..n).map(|i| ValueRef::new(0, i)).collect();
-    for i in (1..n).rev() {
-        let j = rng.uniform_below(i as u64 + 1) as usize;
-        order.swap(i, j);
-    }
+    let order: Vec<ValueRef> = random_permutation(n, &mut rng)
+        .into_iter()
+        .map(|i| ValueRef::new(0, i))
+        .collect();
     let packed = Packer::new(ctx, &f.galois)
         .pack_dense(&[PackSource::plain(&ct)], &order)
         .unwrap();
     let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();
-    let noise = ctx.noise(&f.sk, &packed[0], &expected);
-    let model = ctx.params().budget().after_repack;
-    assert_within(
-        variance(&noise),
-        model,
-        noise.len(),
-        "repack K = N, shared levels",
-    );
 
     // Linear layer with ‖w‖₁ at the set's bound: the Minkowski bound holds.
     let w_l1 = 1i64 << ctx.params().max_weight_l1_log2();
@@ -131,12 +186,15 @@ fn measured_noise_within_model() {
         .collect();
     let lin_noise = ctx.noise(&f.sk, &out, &prod);
     let std_bound = ctx.params().budget().after_linear_std;
-    let measured = variance(&lin_noise);
+    // Minkowski's bound is on the population std, for any correlation; the
+    // sample of N coefficients is compared with it directly (the bound is
+    // loose by more than a bit here, far beyond the ~15% sampling spread).
+    let measured = mean_square(&lin_noise);
     eprintln!(
         "after linear: measured std 2^{:.2}, bound 2^{:.2}",
         measured.log2() / 2.0,
         std_bound.log2()
     );
-    assert!(measured <= std_bound * std_bound * chi2_upper_ratio(lin_noise.len()));
+    assert!(measured.sqrt() <= std_bound);
     assert_eq!(ctx.decrypt(&f.sk, &out), prod);
 }

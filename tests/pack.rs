@@ -139,3 +139,44 @@ fn packs_into_arbitrary_positions_leaving_zeros() {
         .filter(|p| !filled.contains(p))
         .all(|p| got[p] == 0));
 }
+
+#[test]
+fn client_conjugates_replace_the_lowest_levels() {
+    // γ = 2 on a set that allows it: conjugate-bearing sources decode exactly.
+    use safhire::params::ParameterSet;
+    use safhire::rlwe::{Context, GaloisKeys, SecretKey};
+    let mut spec = ParameterSet::shipped("b8").unwrap().spec().clone();
+    spec.client_conjugate_levels = 2;
+    let ctx = Context::new(ParameterSet::new(spec).unwrap());
+    let mut rng = Csprng::from_seed([8; 16]);
+    let sk = SecretKey::generate(&ctx, &mut rng);
+    let keys =
+        GaloisKeys::from_seeded(&ctx, &GaloisKeys::generate_seeded(&ctx, &sk, &mut rng)).unwrap();
+    let vals = random_values(&ctx, &mut rng, 4096);
+    let (base, conj) = ctx.encrypt_with_conjugates(&sk, &vals, 2, &mut rng);
+    let base = base.expand(ctx.q());
+    let conj: Vec<_> = conj.iter().map(|c| c.expand(ctx.q())).collect();
+    assert_eq!(conj.len(), 3);
+    let order: Vec<ValueRef> = (0..4096).rev().map(|i| ValueRef::new(0, i)).collect();
+    let src = [PackSource {
+        ciphertext: &base,
+        conjugates: &conj,
+    }];
+    let packed = Packer::new(&ctx, &keys).pack_dense(&src, &order).unwrap();
+    let expect: Vec<i64> = vals.iter().rev().copied().collect();
+    assert_eq!(ctx.decrypt(&sk, &packed[0]), expect);
+    // Too few conjugates, or fewer shared levels than γ, are refused.
+    let short = [PackSource {
+        ciphertext: &base,
+        conjugates: &conj[..2],
+    }];
+    assert!(matches!(
+        Packer::new(&ctx, &keys).pack_dense(&short, &order),
+        Err(PackError::ConjugateCount { .. })
+    ));
+    let low = Packer::new(&ctx, &keys).with_shared_levels(1).unwrap();
+    assert!(matches!(
+        low.pack_dense(&src, &order),
+        Err(PackError::ConjugatesNeedSharedLevels { .. })
+    ));
+}

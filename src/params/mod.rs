@@ -263,8 +263,8 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
             "must be in 1..=32",
         ));
     }
-    // The decomposition is exact only if the digits cover all 64 bits of a
-    // centred representative.
+    // Digits covering all 64 bits of a centred representative keep the top
+    // digit as small as the others (and the key-switch noise as modelled).
     if s.gadget_levels == 0 || s.gadget_levels > 64 || s.gadget_base_log * s.gadget_levels < 64 {
         return Err(out_of_range(
             "gadget_levels",
@@ -287,11 +287,11 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
             "cannot exceed shared_pack_levels (conjugates replace shared levels)",
         ));
     }
-    if !(1..=62).contains(&s.flooding_bound_log2) {
+    if !(1..=60).contains(&s.flooding_bound_log2) {
         return Err(out_of_range(
             "flooding_bound_log2",
             s.flooding_bound_log2 as u64,
-            "must be in 1..=62",
+            "must be in 1..=60",
         ));
     }
     Ok(())

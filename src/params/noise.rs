@@ -26,7 +26,9 @@ pub struct NoiseBudget {
     pub pack: PackNoise,
     /// After the unshuffle repack (fresh + pack).
     pub after_repack: f64,
-    /// Std bound after the linear layer (Minkowski: ‖w‖₁ · std, any correlation).
+    /// Std bound after the linear layer: ‖ŵ‖₁ · std (Minkowski, any
+    /// correlation), ‖ŵ‖₁ summed over every weight polynomial feeding one
+    /// output ciphertext, checked per layer by `linear::EncodedLayer`.
     pub after_linear_std: f64,
     /// Re-randomisation with a public-key encryption of zero.
     pub rerandomize: f64,
@@ -75,13 +77,23 @@ impl PackNoise {
 
     /// A depth-L tree: the noise a level-ℓ key switch adds doubles in
     /// amplitude at each later level (4^(L−ℓ) in variance). A level shared
-    /// per source (ℓ ≤ ℓ*) adds 2^(2ℓ−1) rotated copies of its key-switch
-    /// noise per node instead of one (proofs/packing.md, Lemma 3).
-    pub fn pack_variance(log_n: u32, shared_levels: u32, key_switch: f64) -> f64 {
+    /// per source (ℓ ≤ ℓ*) adds 4^ℓ/2 rotated copies of the noise of 2^(ℓ−1)
+    /// images per node; copies of one image may add coherently, so the
+    /// placement-independent factor is 2^(ℓ−1)·(2^ℓ)² = 2^(3ℓ−1)
+    /// (proofs/packing.md, Lemma 3). Levels ≤ γ use client conjugates and
+    /// add no key-switch noise.
+    pub fn pack_variance(
+        log_n: u32,
+        shared_levels: u32,
+        conjugate_levels: u32,
+        key_switch: f64,
+    ) -> f64 {
         (1..=log_n)
             .map(|l| {
-                let copies = if l <= shared_levels {
-                    (2f64).powi(2 * l as i32 - 1)
+                let copies = if l <= conjugate_levels {
+                    0.0
+                } else if l <= shared_levels {
+                    (2f64).powi(3 * l as i32 - 1)
                 } else {
                     1.0
                 };
@@ -105,9 +117,13 @@ impl NoiseBudget {
         );
         let pack = PackNoise {
             key_switch,
-            pack: PackNoise::pack_variance(log_n, s.shared_pack_levels, key_switch),
+            pack: PackNoise::pack_variance(log_n, s.shared_pack_levels, 0, key_switch),
         };
-        let after_repack = fresh + pack.pack;
+        // With γ conjugate levels the unshuffle repack sums 2^γ fresh noises
+        // and skips the key switches of those levels (proofs/packing.md, Lemma 5).
+        let gamma = s.client_conjugate_levels;
+        let repack = PackNoise::pack_variance(log_n, s.shared_pack_levels, gamma, key_switch);
+        let after_repack = (2f64).powi(gamma as i32) * fresh + repack;
         let after_linear_std = (2f64).powi(s.max_weight_l1_log2 as i32) * after_repack.sqrt();
         // u·e_pk + e2 − e1·s with binary u and s: ≈ (N/2 + 1 + N/2)·σ².
         let rerandomize = (n as f64 + 1.0) * fresh;

@@ -133,6 +133,39 @@ impl Context {
         self.encrypt_seeded(sk, values, rng).expand(self.q())
     }
 
+    /// Encrypts `values` for an unshuffle repack that skips the lowest γ
+    /// tree levels: the ciphertext of m and of each conjugate τ_G(m),
+    /// G = Π_{ℓ∈t}(2^ℓ+1) for every non-empty t ⊆ {1..γ}, all encoded at
+    /// Δ·2^(−γ) mod q (proofs/packing.md, Lemma 5). Upload grows by 2^γ;
+    /// these ciphertexts are only meaningful as packing sources.
+    pub fn encrypt_with_conjugates(
+        &self,
+        sk: &SecretKey,
+        values: &[i64],
+        gamma: u32,
+        rng: &mut Csprng,
+    ) -> (SeededCiphertext, Vec<SeededCiphertext>) {
+        let q = self.q();
+        let n = self.n();
+        let inv = q
+            .inv(q.pow(2, gamma as u64))
+            .expect("2^γ is invertible modulo odd q");
+        let mut plain = self.encode(values);
+        poly::scalar_mul_assign(q, &mut plain, inv);
+        let base = self.encrypt_seeded_plain(sk, &plain, rng);
+        let conjugates = (1u32..(1 << gamma))
+            .map(|t| {
+                let g = (1..=gamma)
+                    .filter(|l| t & (1 << (l - 1)) != 0)
+                    .fold(1usize, |acc, l| acc * ((1usize << l) + 1) % (2 * n));
+                let mut twisted = vec![0u64; n];
+                poly::automorphism(q, &mut twisted, &plain, g);
+                self.encrypt_seeded_plain(sk, &twisted, rng)
+            })
+            .collect();
+        (base, conjugates)
+    }
+
     /// `b − a·s`.
     pub fn phase(&self, sk: &SecretKey, ct: &Ciphertext) -> Vec<u64> {
         let q = self.q();
