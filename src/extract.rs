@@ -1,4 +1,4 @@
-//! Extraction without materialising LWE ciphertexts.
+//! Extraction without materialising LWE ciphertexts (EXT-1).
 //!
 //! Value i of an RLWE ciphertext `c` is the constant coefficient of
 //! `X^(−i)·c`: a signed rotation, no key material, no noise. Packing and
@@ -42,7 +42,8 @@ pub struct LweCiphertext {
     pub body: u64,
 }
 
-/// Sample extraction of coefficient i (mod-q negations).
+/// Sample extraction of coefficient i (mod-q negations); decrypt it with
+/// [`Context::decrypt_lwe`](crate::rlwe::Context::decrypt_lwe).
 pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> LweCiphertext {
     let (a, b) = ct.parts();
     let n = a.len();

@@ -1,4 +1,4 @@
-//! Homomorphic linear layers: Cheetah coefficient encodings (see
+//! Homomorphic linear layers (LIN-1, LIN-2, LIN-3): Cheetah coefficient encodings (see
 //! [`crate::layout`]) evaluated as ciphertext × plaintext products
 //! accumulated in the NTT domain.
 

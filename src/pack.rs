@@ -143,7 +143,8 @@ impl<'a> Packer<'a> {
     }
 
     /// Packs each placement's value at its position; unassigned coefficients
-    /// of the outputs decrypt to zero.
+    /// of the outputs decrypt to zero (PACK-1). Requests are validated before
+    /// any work (PACK-3); conjugates per PACK-4.
     pub fn pack(
         &self,
         sources: &[PackSource<'_>],
@@ -228,7 +229,7 @@ impl<'a> Packer<'a> {
             })
             .collect();
 
-        // Shared levels, symbolically.
+        // Shared levels, symbolically (PACK-2).
         for l in 1..=shared {
             let half = n >> l; // nodes at this level; also the shift X^half
             let g = (1u32 << l) + 1;

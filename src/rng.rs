@@ -1,4 +1,4 @@
-//! Cryptographic randomness: AES-CTR (`tfhe-csprng`, AES-NI where present)
+//! Cryptographic randomness (KEY-1): AES-CTR (`tfhe-csprng`, AES-NI where present)
 //! seeded from the operating system.
 //!
 //! Two kinds of generator are used and never mixed:

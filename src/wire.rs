@@ -15,7 +15,7 @@
 //! length against the exact size the kind must have under the parameter set
 //! — before a single body byte is interpreted. Coefficients must be reduced;
 //! trailing bytes are an error. Decoding never panics and never allocates
-//! more than the expected size (WIRE-1..WIRE-4).
+//! more than the expected size (WIRE-1, WIRE-2, WIRE-3, WIRE-4).
 
 use crate::rlwe::packing_galois_elements;
 use crate::rlwe::{Ciphertext, Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey};

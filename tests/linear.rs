@@ -101,6 +101,7 @@ fn multi_ciphertext_conv_matches_reference() {
     assert_eq!(got, conv2d_reference(&shape, &input, &weights).unwrap());
 }
 
+// LIN-3
 #[test]
 fn weights_beyond_the_noise_budget_are_refused() {
     use safhire::linear::LinearError;

@@ -1,4 +1,4 @@
-//! PACK-1: pack(select(extract(ct), order)) decrypts to exactly the selected
+//! PACK-1, PACK-2 (every ℓ* from 0 to the set's value): pack(select(extract(ct), order)) decrypts to exactly the selected
 //! values, in that order, for any selection size, order and source count.
 
 mod common;
@@ -76,6 +76,7 @@ fn packs_across_outputs() {
     check_pack(3, 4096 + 17, 4, None);
 }
 
+// PACK-3
 #[test]
 fn bad_requests_are_refused_without_panicking() {
     let f = fixture("b8");
@@ -140,6 +141,7 @@ fn packs_into_arbitrary_positions_leaving_zeros() {
         .all(|p| got[p] == 0));
 }
 
+// PACK-4
 #[test]
 fn client_conjugates_replace_the_lowest_levels() {
     // γ = 2 on a set that allows it: conjugate-bearing sources decode exactly.

@@ -66,6 +66,7 @@ fn sample_bytes(ctx: &Context) -> Vec<u8> {
     wire::encode_seeded_ciphertext(ctx, &ctx.encrypt_seeded(&f.sk, &[1, 2, 3], &mut rng))
 }
 
+// WIRE-1, WIRE-2, WIRE-3, WIRE-4
 #[test]
 fn each_header_fault_has_its_own_error() {
     let ctx = &fixture("b8").ctx;
@@ -108,6 +109,7 @@ fn each_header_fault_has_its_own_error() {
     assert!(dec(&good[..3]).unwrap_err().to_string().starts_with("peer"));
 }
 
+// PARAM-5
 #[test]
 fn objects_of_another_parameter_set_are_refused() {
     let f = fixture("b8");

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     // Bias towards the centring boundary and the edges of [0, q).
     let x = match data[9] >> 5 {
         0 => raw % 8,
-        1 => (q.value() - 1 - raw % 8),
+        1 => q.value() - 1 - raw % 8,
         2 => q.value() / 2 + raw % 8 - 4,
         _ => raw % q.value(),
     };

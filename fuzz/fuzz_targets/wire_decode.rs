@@ -255,7 +255,7 @@ fn synthesise(
             out.extend_from_slice(&coefficient(s, modulus).to_le_bytes());
         }
     };
-    let mut seed = |out: &mut Vec<u8>, s: &mut Stream| {
+    let seed = |out: &mut Vec<u8>, s: &mut Stream| {
         for _ in 0..16 {
             out.push(s.u8());
         }

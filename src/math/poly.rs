@@ -51,7 +51,7 @@ pub fn sub_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
     simd::dispatch_sub(m.value(), out, inp);
 }
 
-/// Branch-free kernels, compiled once per instruction set.
+/// Branch-free kernels, compiled once per instruction set (SIMD-1).
 mod simd {
     #[inline(always)]
     fn add_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
@@ -137,7 +137,7 @@ mod simd {
         use proptest::prelude::*;
 
         proptest! {
-            // Every instruction-set variant agrees with the scalar field ops.
+            // SIMD-1: every instruction-set variant agrees with the scalar field ops.
             #[test]
             fn kernels_agree_with_field_ops(
                 a in proptest::collection::vec(0..SOLINAS, 1..40),

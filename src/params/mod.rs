@@ -14,7 +14,7 @@ use crate::math::Modulus;
 use serde::Deserialize;
 use thiserror::Error;
 
-/// The shipped parameter sets (spec/parameters.toml), embedded at build time.
+/// The shipped parameter sets (spec/parameters.toml), embedded at build time (PARAM-1).
 pub const SHIPPED_TOML: &str = include_str!("../../spec/parameters.toml");
 
 /// A parameter set as written in TOML: untrusted until validated.
@@ -170,7 +170,7 @@ impl ParameterSet {
     pub fn budget(&self) -> &NoiseBudget {
         &self.budget
     }
-    /// A short identifier that binds ciphertexts and keys to this set on the wire.
+    /// A short identifier that binds ciphertexts and keys to this set on the wire (PARAM-5).
     pub fn fingerprint(&self) -> u64 {
         // FNV-1a over the canonical field values: stable across builds.
         let s = &self.spec;
@@ -208,6 +208,7 @@ fn out_of_range(field: &'static str, value: u64, reason: &'static str) -> ParamE
     }
 }
 
+/// PARAM-2: every field in range, the error naming the field.
 fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
     let n = s.ring_degree;
     if !n.is_power_of_two() || !(1024..=32768).contains(&n) {

@@ -58,7 +58,7 @@ pub fn gaussian_tail_sigmas(bits: u32) -> f64 {
 }
 
 impl PackNoise {
-    /// Key-switch variance: Σ_j d_j e_j / P (digits ≤ β/2, key noise
+    /// NOISE-1. Key-switch variance: Σ_j d_j e_j / P (digits ≤ β/2, key noise
     /// TUniform) plus the rounding of the division by P, whose mask part
     /// meets the binary key (≈ N/2 ones).
     pub fn key_switch_variance(
@@ -75,7 +75,7 @@ impl PackNoise {
         digits / (p as f64 * p as f64) + rounding
     }
 
-    /// A depth-L tree: the noise a level-ℓ key switch adds doubles in
+    /// NOISE-2. A depth-L tree: the noise a level-ℓ key switch adds doubles in
     /// amplitude at each later level (4^(L−ℓ) in variance). A level shared
     /// per source (ℓ ≤ ℓ*) adds 4^ℓ/2 rotated copies of the noise of 2^(ℓ−1)
     /// images per node; copies of one image may add coherently, so the
@@ -150,6 +150,7 @@ impl NoiseBudget {
         self.flooding_bound + self.tail_sigmas * self.before_flooding.sqrt()
     }
 
+    /// PARAM-4: the 2^-40 per-coefficient failure bound.
     pub fn check(&self) -> Result<(), ParamError> {
         if self.worst_case() < self.margin {
             Ok(())

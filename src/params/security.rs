@@ -32,6 +32,7 @@ pub fn tuniform_variance(bound_log2: u32) -> f64 {
     ((2f64).powi(2 * bound_log2 as i32 + 1) + 1.0) / 6.0
 }
 
+/// PARAM-3.
 pub(super) fn check(s: &ParameterSpec) -> Result<(), ParamError> {
     let log_pq = (s.ciphertext_modulus as f64).log2() + (s.special_modulus as f64).log2();
     let insecure = |reason: String| ParamError::Insecure {

@@ -20,6 +20,7 @@ fn unknown_set_is_refused() {
     );
 }
 
+// PARAM-2
 #[test]
 fn each_out_of_range_field_is_named() {
     let cases: Vec<(&str, Box<dyn Fn(&mut ParameterSpec)>)> = vec![
@@ -58,6 +59,7 @@ fn each_out_of_range_field_is_named() {
     }
 }
 
+// PARAM-3
 #[test]
 fn too_little_noise_is_insecure() {
     let mut s = b8();
@@ -80,6 +82,7 @@ fn too_large_modulus_is_insecure() {
     ));
 }
 
+// PARAM-4
 #[test]
 fn flooding_beyond_the_margin_is_refused() {
     let mut s = b8();

@@ -44,7 +44,7 @@ impl Context {
         1i64 << (self.params.plaintext_bits() - 1)
     }
 
-    /// Coefficient encoding: `values[i]` (signed, |v| < t/2) becomes Δ·v at
+    /// ENC-1. Coefficient encoding: `values[i]` (signed, |v| < t/2) becomes Δ·v at
     /// coefficient i; missing coefficients are zero.
     ///
     /// # Panics
@@ -106,7 +106,7 @@ impl Context {
     }
 
     /// Encrypts an encoded plaintext with a mask derived from a fresh public
-    /// seed (drawn from `rng`); only the seed and body need to travel.
+    /// seed (drawn from `rng`); only the seed and body need to travel (KEY-2).
     pub fn encrypt_seeded_plain(
         &self,
         sk: &SecretKey,
@@ -176,6 +176,19 @@ impl Context {
         p
     }
 
+    /// Decrypts an LWE ciphertext extracted by [`crate::extract::extract_lwe`].
+    pub fn decrypt_lwe(&self, sk: &SecretKey, lwe: &crate::extract::LweCiphertext) -> Option<i64> {
+        let q = self.q();
+        if lwe.mask.len() != self.n() || lwe.body >= q.value() {
+            return None;
+        }
+        let dot = lwe.mask.iter().zip(&sk.s).fold(
+            0u64,
+            |acc, (&a, &s)| if s == 1 { q.add(acc, a) } else { acc },
+        );
+        Some(self.decode(&[q.sub(lwe.body, dot)])[0])
+    }
+
     pub fn decrypt(&self, sk: &SecretKey, ct: &Ciphertext) -> Vec<i64> {
         self.decode(&self.phase(sk, ct))
     }
@@ -240,7 +253,7 @@ impl Context {
         poly::add_assign(self.q(), &mut ct.b, &self.encode(values));
     }
 
-    /// Circuit privacy, part 1: adds a fresh public-key encryption of zero
+    /// PRIV-1, part 1: adds a fresh public-key encryption of zero
     /// so the mask is no longer a public function of the client's masks.
     pub fn rerandomize(&self, ct: &mut Ciphertext, pk: &PublicKey, rng: &mut Csprng) {
         let q = self.q();
@@ -259,7 +272,7 @@ impl Context {
         }
     }
 
-    /// Circuit privacy, part 2: floods the body with uniform noise on
+    /// PRIV-1, part 2: floods the body with uniform noise on
     /// [−2^F, 2^F] (F from the parameter set).
     pub fn flood(&self, ct: &mut Ciphertext, rng: &mut Csprng) {
         let q = self.q();

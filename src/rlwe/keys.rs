@@ -9,7 +9,7 @@ use crate::math::Modulus;
 use crate::rng::{Csprng, Seed128};
 
 /// The client's binary secret key. Overwritten with zeros on drop; its
-/// `Debug` prints nothing secret.
+/// `Debug` prints nothing secret (KEY-1).
 pub struct SecretKey {
     pub(crate) s: Vec<u64>,
     /// NTT of s modulo q, with 1/N folded in.
@@ -78,7 +78,7 @@ pub struct GaloisKey {
     pub(crate) b_p: Vec<Vec<u64>>,
 }
 
-/// The compact (seeded) form a client sends: one seed and two bodies per row.
+/// The compact (seeded) form a client sends: one seed and two bodies per row (KEY-2).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SeededGaloisKey {
     pub(crate) g: usize,
