@@ -6,12 +6,14 @@ standard library only. Reads spec/parameters.toml; prints Markdown tables.
 
     python3 proofs/budget_table.py
 
-Section 1 is exactly what `NoiseBudget::derive` / `check` compute. Section 2
+Section 1 is exactly what `NoiseBudget::derive` / `check` compute (including
+the γ handling: levels ≤ γ of the unshuffle repack add no key-switch noise and
+2^γ fresh noises instead of one; the output pack uses γ = 0). Section 2
 (security) repeats the two checks of security.rs, with tfhe-rs 1.8.2's
 binary-key fit copied as a formula (secure_noise.rs,
 minimal_lwe_variance_for_132_bits_security_tuniform_impl). Sections 3 (circuit
-privacy), 4 (sensitivity) and 5 (cost of ℓ*) are derived quantities that the
-crate does not compute; they are labelled as such.
+privacy), 4 (sensitivity), 5 (cost of ℓ*) and 6 (γ) are derived quantities
+that the crate does not compute; they are labelled as such.
 """
 
 import math
@@ -66,47 +68,82 @@ def key_switch_variance(n, p, noise_bound_log2, base_log, levels):
     return d + r
 
 
-def pack_variance(log_n, shared_levels, key_switch, copies=None):
-    """Sum over tree levels l of 4^(L-l) * copies_l * Var_KS.
+def pack_variance(log_n, shared_levels, conjugate_levels, key_switch, copies=None):
+    """Sum over tree levels l of 4^(L-l) * copies_l * Var_KS, as noise.rs:
 
-    copies=None is noise.rs: 2^(2l-1) for l <= shared_levels, else 1.
+    copies_l = 0 for l <= conjugate_levels (client conjugates, no key switch),
+    2^(3l-1) for l <= shared_levels (placement-independent Minkowski bound,
+    packing.md Lemma 3(b)), 1 above. `copies` replaces the shared-level factor
+    (sensitivity only; None is the code).
     """
     total = 0.0
     for l in range(1, log_n + 1):
-        if copies is not None:
-            c = copies(l) if l <= shared_levels else 1.0
+        if l <= conjugate_levels:
+            c = 0.0
+        elif l <= shared_levels:
+            c = copies(l) if copies is not None else 2.0 ** (3 * l - 1)
         else:
-            c = 2.0 ** (2 * l - 1) if l <= shared_levels else 1.0
+            c = 1.0
         total += 4.0 ** (log_n - l) * c * key_switch
     return total
 
 
-def derive(s, pack_copies=None, linear_factor=1.0):
+def uncorrelated_copies(l):
+    """The previous model: 2^(2l-1) rotated copies counted as uncorrelated."""
+    return 2.0 ** (2 * l - 1)
+
+
+def derive(s, pack_copies=None, linear_factor=1.0, k=None, ks_factor=1.0, gamma=None,
+           plain_sources=False):
+    """NoiseBudget::derive and check. The keyword arguments are for the
+    sensitivity sections only; with their defaults this is exactly noise.rs.
+
+    gamma overrides client_conjugate_levels; plain_sources=True gives the
+    repack noise of a source *without* conjugates in a set with that gamma
+    (which pack.rs accepts, but noise.rs does not model).
+    """
     n = s["ring_degree"]
     log_n = n.bit_length() - 1
     q = s["ciphertext_modulus"]
     fresh = tuniform_variance(s["noise_bound_log2"])
     ks_digits, ks_round = key_switch_parts(n, s["special_modulus"], s["noise_bound_log2"],
                                            s["gadget_base_log"], s["gadget_levels"])
-    ks = ks_digits + ks_round
-    pack = pack_variance(log_n, s["shared_pack_levels"], ks, pack_copies)
-    after_repack = fresh + pack
+    ks = (ks_digits + ks_round) * ks_factor
+    shared = s["shared_pack_levels"]
+    g = s["client_conjugate_levels"] if gamma is None else gamma
+    pack = pack_variance(log_n, shared, 0, ks, pack_copies)
+    if plain_sources:
+        repack = pack
+        after_repack = fresh + repack
+    else:
+        repack = pack_variance(log_n, shared, g, ks, pack_copies)
+        after_repack = 2.0 ** g * fresh + repack
     after_linear_std = linear_factor * 2.0 ** s["max_weight_l1_log2"] * math.sqrt(after_repack)
     rerandomize = (n + 1.0) * fresh
     before_flooding = after_linear_std ** 2 + pack + rerandomize
     t = 2.0 ** s["plaintext_bits"]
     delta = float(q >> s["plaintext_bits"])
     margin = delta / 2.0 - t / 2.0 - 1.0
-    k = gaussian_tail_sigmas(FAILURE_BITS)
+    k = gaussian_tail_sigmas(FAILURE_BITS) if k is None else k
     flooding = 2.0 ** s["flooding_bound_log2"]
     worst = flooding + k * math.sqrt(before_flooding)
     return dict(
-        n=n, log_n=log_n, q=q, fresh=fresh, ks_digits=ks_digits, ks_round=ks_round, ks=ks,
-        pack=pack, pack_plain=pack_variance(log_n, 0, ks), after_repack=after_repack,
-        after_linear_std=after_linear_std, rerandomize=rerandomize,
-        before_flooding=before_flooding, k=k, flooding=flooding, worst=worst,
-        margin=margin, ok=worst < margin, delta=delta, t=t,
+        n=n, log_n=log_n, q=q, fresh=fresh, gamma=g, ks_digits=ks_digits, ks_round=ks_round,
+        ks=ks, pack=pack, pack_plain=pack_variance(log_n, 0, 0, ks),
+        pack_uncorrelated=pack_variance(log_n, shared, 0, ks, uncorrelated_copies),
+        repack=repack, after_repack=after_repack, after_linear_std=after_linear_std,
+        rerandomize=rerandomize, before_flooding=before_flooding, k=k, flooding=flooding,
+        worst=worst, margin=margin, ok=worst < margin, delta=delta, t=t,
     )
+
+
+def largest_w(s, **kw):
+    """Largest max_weight_l1_log2 (<= 40, PARAM-2) for which the check passes."""
+    best = None
+    for w in range(0, 41):
+        if derive(dict(s, max_weight_l1_log2=w), **kw)["ok"]:
+            best = w
+    return best
 
 
 # ---- printing --------------------------------------------------------------
@@ -137,32 +174,37 @@ def main():
 
     print("## 1. Noise budget as NoiseBudget::derive computes it (log2 of std unless noted)\n")
     f2 = lambda x: f"{x:.2f}"
+    kstd = lambda s: s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])
     table("term", [
         ("plaintext bits b (t = 2^b)", lambda s: str(s["plaintext_bits"])),
-        ("W = log2 max ‖w‖₁", lambda s: str(s["max_weight_l1_log2"])),
+        ("W: Σ_m ‖ŵ_{k,m}‖₁ ≤ 2^W per output ciphertext", lambda s: str(s["max_weight_l1_log2"])),
         ("gadget B × l", lambda s: f'{s["gadget_base_log"]} × {s["gadget_levels"]}'),
-        ("ℓ* (shared levels), γ", lambda s: f'{s["shared_pack_levels"]}, {s["client_conjugate_levels"]}'),
+        ("ℓ* (shared levels), γ (conjugate levels)",
+         lambda s: f'{s["shared_pack_levels"]}, {s["client_conjugate_levels"]}'),
         ("fresh σ, TUniform(b_e)", lambda s: f2(lgs(s["b"]["fresh"]))),
         ("key switch: digit part Σd·e/P", lambda s: f2(lgs(s["b"]["ks_digits"]))),
         ("key switch: rounding part", lambda s: f2(lgs(s["b"]["ks_round"]))),
         ("key switch total", lambda s: f2(lgs(s["b"]["ks"]))),
         ("pack, ℓ* = 0 (reference)", lambda s: f2(lgs(s["b"]["pack_plain"]))),
-        ("pack, set's ℓ*", lambda s: f2(lgs(s["b"]["pack"]))),
-        ("after repack (fresh + pack)", lambda s: f2(lgs(s["b"]["after_repack"]))),
+        ("pack, set's ℓ*, uncorrelated copies 2^(2ℓ−1) (reference, not used)",
+         lambda s: f2(lgs(s["b"]["pack_uncorrelated"]))),
+        ("pack, set's ℓ*, copies 2^(3ℓ−1) (`pack.pack`)", lambda s: f2(lgs(s["b"]["pack"]))),
+        ("repack key switches, levels ≤ γ skipped", lambda s: f2(lgs(s["b"]["repack"]))),
+        ("after repack 2^γ·σ² + repack", lambda s: f2(lgs(s["b"]["after_repack"]))),
         ("after linear (2^W · std)", lambda s: f2(lg(s["b"]["after_linear_std"]))),
-        ("output pack", lambda s: f2(lgs(s["b"]["pack"]))),
+        ("output pack (γ = 0)", lambda s: f2(lgs(s["b"]["pack"]))),
         ("re-randomisation (N+1)σ²", lambda s: f2(lgs(s["b"]["rerandomize"]))),
         ("σ_bf, everything before flooding", lambda s: f2(lgs(s["b"]["before_flooding"]))),
         ("k (erfc(k/√2) = 2^-40), plain number", lambda s: f"{s['b']['k']:.4f}"),
-        ("k · σ_bf", lambda s: f2(lg(s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])))),
+        ("k · σ_bf", lambda s: f2(lg(kstd(s)))),
         ("flooding bound 2^F", lambda s: f2(lg(s["b"]["flooding"]))),
         ("worst case 2^F + k·σ_bf", lambda s: f"{lg(s['b']['worst']):.6f}"),
         ("margin Δ/2 − t/2 − 1", lambda s: f"{lg(s['b']['margin']):.6f}"),
         ("check passes", lambda s: "yes" if s["b"]["ok"] else "**no**"),
         ("slack: log2((margin − 2^F)/(k·σ_bf))",
-         lambda s: f2(lg((s["b"]["margin"] - s["b"]["flooding"]) / (s["b"]["k"] * math.sqrt(s["b"]["before_flooding"]))))),
+         lambda s: f2(lg((s["b"]["margin"] - s["b"]["flooding"]) / kstd(s)))),
         ("flooding headroom F − log2(k·σ_bf)",
-         lambda s: f2(s["flooding_bound_log2"] - lg(s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])))),
+         lambda s: f2(s["flooding_bound_log2"] - lg(kstd(s)))),
     ], sets)
 
     print("## 2. Security checks of security.rs\n")
@@ -176,29 +218,34 @@ def main():
 
     print("## 3. Flooding as statistical circuit privacy (not computed by the crate)\n")
     n_log = lambda s: s["b"]["log_n"]
-    B = lambda s: s["b"]["k"] * math.sqrt(s["b"]["before_flooding"])
     table("quantity (log2)", [
-        ("per coefficient: 2^-F · k·σ_bf", lambda s: f2(lg(B(s)) - s["flooding_bound_log2"])),
-        ("per ciphertext: N · 2^-F · k·σ_bf", lambda s: f2(n_log(s) + lg(B(s)) - s["flooding_bound_log2"])),
-        ("F needed for 2^-40 per ciphertext", lambda s: f2(lg(B(s)) + n_log(s) + 40)),
-        ("log2 q needed at that F (≈ F + b + 1)", lambda s: f2(lg(B(s)) + n_log(s) + 40 + s["plaintext_bits"] + 1)),
+        ("per coefficient: 2^-F · k·σ_bf", lambda s: f2(lg(kstd(s)) - s["flooding_bound_log2"])),
+        ("per ciphertext: N · 2^-F · k·σ_bf", lambda s: f2(n_log(s) + lg(kstd(s)) - s["flooding_bound_log2"])),
+        ("F needed for 2^-40 per ciphertext", lambda s: f2(lg(kstd(s)) + n_log(s) + 40)),
+        ("log2 q needed at that F (≈ F + b + 1)", lambda s: f2(lg(kstd(s)) + n_log(s) + 40 + s["plaintext_bits"] + 1)),
     ], sets)
 
     print("## 4. Sensitivity of the check (not computed by the crate)\n")
-    minkowski = lambda l: 2.0 ** (3 * l - 1)           # all copies of one image coherent
-    measured = lambda l: 2.1 * 2.0 ** (2 * l - 1)       # largest mean ratio simulated (2.06)
+    hoeffding_k = math.sqrt(2.0 * math.log(2.0 ** (FAILURE_BITS + 1))) * math.sqrt(3.0)
+    heavy_key = lambda s: (1.0 + (s["ring_degree"] / 2 + 2 * math.sqrt(s["ring_degree"]))) / (1.0 + s["ring_degree"] / 2)
     rows = []
     for label, kw in [
-        ("shared copies ×2.1 (worst simulated placement, mean)", dict(pack_copies=measured)),
-        ("shared copies 2^(3ℓ−1) (Minkowski, any placement)", dict(pack_copies=minkowski)),
-        ("T = 3 stacked outputs per weight polynomial, ‖ŵ‖₁ ≤ 3 · 2^W", dict(linear_factor=3.0)),
-        ("T = 10 stacked outputs (or 10 matvec rows), ‖ŵ‖₁ ≤ 10 · 2^W", dict(linear_factor=10.0)),
-        ("both: Minkowski copies and T = 10", dict(pack_copies=minkowski, linear_factor=10.0)),
+        ("the crate's model", {}),
+        ("uncorrelated copies 2^(2ℓ−1) (previous model; fits random placements only)",
+         dict(pack_copies=uncorrelated_copies)),
+        (f"rigorous (Hoeffding) tail, k = {hoeffding_k:.2f} instead of 7.14", dict(k=hoeffding_k)),
+        ("key weight h = N/2 + 4·√N/2 (4σ of a uniform binary key): Var_KS × 1.06",
+         None),
     ]:
         def fmt(s, kw=kw):
+            kw = kw if kw is not None else dict(ks_factor=heavy_key(s))
             d = derive(s, **kw)
-            return f"{lgs(d['before_flooding']):.2f} / {'yes' if d['ok'] else '**no**'}"
-        rows.append((label + ": log2 σ_bf / passes", fmt))
+            slack = lg((d["margin"] - d["flooding"]) / (d["k"] * math.sqrt(d["before_flooding"]))) \
+                if d["margin"] > d["flooding"] else float("-inf")
+            return f"{lgs(d['before_flooding']):.2f} / {slack:.2f} / {'yes' if d['ok'] else '**no**'}"
+        rows.append((label + ": log2 σ_bf / slack / passes", fmt))
+    rows.append(("largest W the check admits (crate's model)", lambda s: str(largest_w(s))))
+    rows.append((f"largest W with the Hoeffding tail", lambda s: str(largest_w(s, k=hoeffding_k))))
     table("variant", rows, sets)
 
     print("## 5. Choice of ℓ*: one output, K = N values from m = 1 source (set b8)\n")
@@ -207,15 +254,33 @@ def main():
     log_n = n.bit_length() - 1
     ks = s["b"]["ks"]
     print("| ℓ* | key switches m·(2^ℓ*−1) + N/2^ℓ* − 1 | monomial rotations K·2^ℓ* | "
-          "cost in key switches at c = KS/rotation = 64 / 256 / 1024 | pack std (log2) |")
-    print("|---:|---:|---:|---:|---:|")
+          "cost in key switches at c = KS/rotation = 64 / 256 / 1024 | "
+          "pack std (log2), code's bound 2^(3ℓ−1) | pack std (log2), uncorrelated 2^(2ℓ−1) |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for l_star in range(0, 8):
         kss = (2 ** l_star - 1) + n // 2 ** l_star - 1
         rot = n * 2 ** l_star
         print(f"| {l_star} | {kss} | {rot} | "
               f"{kss + rot / 64:.0f} / {kss + rot / 256:.0f} / {kss + rot / 1024:.0f} | "
-              f"{lgs(pack_variance(log_n, l_star, ks)):.2f} |")
+              f"{lgs(pack_variance(log_n, l_star, 0, ks)):.2f} | "
+              f"{lgs(pack_variance(log_n, l_star, 0, ks, uncorrelated_copies)):.2f} |")
     print()
+
+    print("## 6. Client conjugates: γ = 0..ℓ* on each set (not shipped; γ = 0 everywhere)\n")
+    print("after repack (log2 std) with conjugate-bearing sources, as noise.rs models it / "
+          "with a plain source, which pack.rs also accepts; then the largest W the check "
+          "admits under the γ model.\n")
+    rows = []
+    for g in range(0, max(s["shared_pack_levels"] for s in sets) + 1):
+        def fmt(s, g=g):
+            if g > s["shared_pack_levels"]:
+                return "—"
+            d = derive(s, gamma=g)
+            pl = derive(s, gamma=g, plain_sources=True)
+            return (f"{lgs(d['after_repack']):.2f} / {lgs(pl['after_repack']):.2f}; "
+                    f"largest W {largest_w(s, gamma=g)}")
+        rows.append((f"γ = {g}", fmt))
+    table("γ", rows, sets)
 
 
 if __name__ == "__main__":

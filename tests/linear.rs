@@ -47,7 +47,7 @@ proptest! {
         };
         prop_assume!(h + 2 * padding >= k && w + 2 * padding >= k);
         let f = fixture("wide");
-        let layout = Conv2dLayout::new(shape.clone(), f.ctx.n()).unwrap();
+        let layout = Conv2dLayout::new(shape, f.ctx.n()).unwrap();
         let mut rng = Csprng::from_seed([seed; 16]);
         let input = small(&mut rng, shape.input_len().unwrap(), 127);
         let weights = small(&mut rng, shape.weight_len().unwrap(), 127);
@@ -61,7 +61,7 @@ proptest! {
     fn matvec_matches_plaintext_reference(rows in 1usize..200, cols in 1usize..3000, seed in any::<u8>()) {
         let shape = MatVecShape { rows, cols };
         let f = fixture("wide");
-        let layout = MatVecLayout::new(shape.clone(), f.ctx.n()).unwrap();
+        let layout = MatVecLayout::new(shape, f.ctx.n()).unwrap();
         let mut rng = Csprng::from_seed([seed; 16]);
         // Keep ‖ŵ‖₁ of every output ciphertext within the wide set's 2^16.
         prop_assume!(rows * cols <= 1 << 16);
@@ -90,7 +90,7 @@ fn multi_ciphertext_conv_matches_reference() {
         padding: 1,
     };
     let f = fixture("wide");
-    let layout = Conv2dLayout::new(shape.clone(), f.ctx.n()).unwrap();
+    let layout = Conv2dLayout::new(shape, f.ctx.n()).unwrap();
     assert!(layout.input_ciphertexts() > 1 && layout.output_ciphertexts() > 1);
     let mut rng = Csprng::from_seed([9; 16]);
     let input = small(&mut rng, shape.input_len().unwrap(), 127);

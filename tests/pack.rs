@@ -36,12 +36,12 @@ fn check_pack(sources: usize, k: usize, seed: u64, shared: Option<u32>) {
     assert_eq!(packed.len(), k.div_ceil(n));
     for (o, ct) in packed.iter().enumerate() {
         let got = ctx.decrypt(sk, ct);
-        for p in 0..n {
+        for (p, &value) in got.iter().enumerate() {
             let expect = order
                 .get(o * n + p)
                 .map(|v| plain[v.source as usize][v.coeff as usize])
                 .unwrap_or(0);
-            assert_eq!(got[p], expect, "output {o} position {p}");
+            assert_eq!(value, expect, "output {o} position {p}");
         }
     }
 }

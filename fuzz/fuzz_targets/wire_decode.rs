@@ -316,6 +316,7 @@ fn synthesise(
     } else {
         None
     };
+    eprintln!("DEBUG corrupted={corrupted} corruption={corruption:?} expect={expect:?}");
     (out, expect)
 }
 

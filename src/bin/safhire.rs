@@ -90,7 +90,7 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
         stride: 1,
         padding: 1,
     };
-    let layout = Conv2dLayout::new(shape.clone(), n)?;
+    let layout = Conv2dLayout::new(shape, n)?;
     println!(
         "parameter set {set}: N = {n}, t = 2^{}",
         ctx.params().plaintext_bits()

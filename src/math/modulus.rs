@@ -15,7 +15,7 @@ impl Modulus {
     /// Wraps `q`. Callers validate primality and NTT-friendliness (see
     /// `params`); this only rejects values the arithmetic cannot represent.
     pub const fn new(q: u64) -> Option<Self> {
-        if q < 3 || q % 2 == 0 {
+        if q < 3 || q.is_multiple_of(2) {
             None
         } else {
             Some(Self { q })
@@ -132,7 +132,7 @@ impl Modulus {
             return false;
         }
         for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
-            if n % p == 0 {
+            if n.is_multiple_of(p) {
                 return n == p;
             }
         }

@@ -23,7 +23,8 @@ fn unknown_set_is_refused() {
 // PARAM-2
 #[test]
 fn each_out_of_range_field_is_named() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut ParameterSpec)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut ParameterSpec)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("ring_degree", Box::new(|s| s.ring_degree = 3000)),
         (
             "ciphertext_modulus",

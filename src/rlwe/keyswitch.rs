@@ -75,8 +75,8 @@ impl Context {
         let mut tmp = [0i64; 64];
         for (i, &x) in ct.a.iter().enumerate() {
             dec.digits(q, x, &mut tmp[..levels]);
-            for j in 0..levels {
-                scratch.digits[j][i] = tmp[j];
+            for (row, &d) in scratch.digits.iter_mut().zip(&tmp[..levels]) {
+                row[i] = d;
             }
         }
         let [acc_aq, acc_bq, acc_ap, acc_bp] = &mut scratch.acc;
