@@ -69,6 +69,17 @@ pub enum ParamError {
         reason: String,
     },
     #[error(
+        "accumulator overflow: output {output} can reach |y| = {worst}, which needs {needed_bits} signed bits; \
+         parameter set {set:?} carries {plaintext_bits} (use a wider set or requantise the layer)"
+    )]
+    AccumulatorOverflow {
+        set: String,
+        output: usize,
+        worst: u128,
+        needed_bits: u32,
+        plaintext_bits: u32,
+    },
+    #[error(
         "noise budget exceeded: worst-case noise 2^{needed_log2:.2} does not fit the decoding margin 2^{margin_log2:.2} \
          at failure probability 2^-{failure_bits} per coefficient (reduce `flooding_bound_log2`, `plaintext_bits` or `max_weight_l1_log2`)"
     )]
@@ -166,6 +177,34 @@ impl ParameterSet {
     pub fn max_weight_l1_log2(&self) -> u32 {
         self.spec.max_weight_l1_log2
     }
+    /// PARAM-6: refuses a linear layer whose worst-case accumulator does not
+    /// fit b signed bits. `rows[i]` are output i's weights, `bias[i]` its
+    /// bias (empty = none), inputs lie in `[-input_bound, input_bound]`.
+    pub fn check_accumulator<'r>(
+        &self,
+        rows: impl IntoIterator<Item = &'r [i64]>,
+        bias: &[i64],
+        input_bound: u64,
+    ) -> Result<(), ParamError> {
+        let b = self.spec.plaintext_bits;
+        for (output, row) in rows.into_iter().enumerate() {
+            let l1: u128 = row.iter().map(|&w| w.unsigned_abs() as u128).sum();
+            let bias = bias.get(output).map_or(0, |&x| x.unsigned_abs() as u128);
+            let worst = l1.saturating_mul(input_bound as u128).saturating_add(bias);
+            // Signed b bits hold |y| ≤ 2^(b−1) − 1.
+            if worst >= 1u128 << (b - 1) {
+                return Err(ParamError::AccumulatorOverflow {
+                    set: self.spec.name.clone(),
+                    output,
+                    worst,
+                    needed_bits: 129 - worst.leading_zeros(),
+                    plaintext_bits: b,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The derived noise budget (proofs/noise-budget.md).
     pub fn budget(&self) -> &NoiseBudget {
         &self.budget

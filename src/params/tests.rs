@@ -125,3 +125,27 @@ fn fingerprints_differ_between_sets() {
     let b = ParameterSet::shipped("b12").unwrap().fingerprint();
     assert_ne!(a, b);
 }
+
+// PARAM-6
+#[test]
+fn accumulator_overflow_is_refused_naming_the_output() {
+    let p = ParameterSet::shipped("b8").unwrap();
+    let fits: [&[i64]; 2] = [&[1, -2, 3], &[10, 0, -5]];
+    assert_eq!(p.check_accumulator(fits, &[1, 1], 7), Ok(()));
+    // Output 1: (10 + 0 + 5)·8 + 8 = 128 = 2^7 needs 9 signed bits.
+    let err = p.check_accumulator(fits, &[1, 8], 8).unwrap_err();
+    assert_eq!(
+        err,
+        ParamError::AccumulatorOverflow {
+            set: "b8".into(),
+            output: 1,
+            worst: 128,
+            needed_bits: 9,
+            plaintext_bits: 8
+        }
+    );
+    assert!(err.to_string().contains("output 1"));
+    // Saturates instead of overflowing on absurd inputs.
+    let huge: [&[i64]; 1] = [&[i64::MIN, i64::MAX]];
+    assert!(p.check_accumulator(huge, &[], u64::MAX).is_err());
+}
