@@ -79,11 +79,17 @@ impl Modulus {
         }
     }
 
-    /// Maps a signed integer into `[0, q)`.
+    /// Maps a signed integer into `[0, q)`. Small magnitudes (digits,
+    /// noise, weights) take a division-free path.
     #[inline(always)]
     pub fn from_i64(self, x: i64) -> u64 {
-        let r = (x as i128).rem_euclid(self.q as i128);
-        r as u64
+        let mag = x.unsigned_abs();
+        let r = if mag < self.q { mag } else { mag % self.q };
+        if x < 0 && r != 0 {
+            self.q - r
+        } else {
+            r
+        }
     }
 
     /// Maps a signed 128-bit integer into `[0, q)`.
@@ -204,6 +210,12 @@ mod tests {
             }
             let c = m.centered(a);
             prop_assert_eq!(m.from_i64(c), a);
+        }
+
+        #[test]
+        fn from_i64_matches_euclidean_remainder(x in any::<i64>(), q in prop_oneof![Just(SOLINAS), Just(2147377153u64), 3u64..1000]) {
+            let m = Modulus::new(q | 1).unwrap();
+            prop_assert_eq!(m.from_i64(x), (x as i128).rem_euclid((q | 1) as i128) as u64);
         }
     }
 

@@ -26,11 +26,12 @@ impl Decomposer {
     /// (`|d_top| ≤ 2^(64−B(l−1))`).
     #[inline]
     pub fn digits(&self, q: Modulus, x: u64, out: &mut [i64]) {
+        // Masks and shifts only: no division in the key-switch hot loop.
         let mut y = q.centered(x) as i128;
-        let base = 1i128 << self.base_log;
-        let half = base >> 1;
+        let mask = (1i128 << self.base_log) - 1;
+        let half = 1i128 << (self.base_log - 1);
         for d in out.iter_mut().take(self.levels - 1) {
-            let r = ((y + half).rem_euclid(base)) - half;
+            let r = ((y + half) & mask) - half;
             *d = r as i64;
             y = (y - r) >> self.base_log;
         }
