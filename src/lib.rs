@@ -31,4 +31,5 @@ pub mod pack;
 pub mod params;
 pub mod rlwe;
 pub mod rng;
+pub mod shuffle;
 pub mod wire;
