@@ -8,7 +8,8 @@ standard library only. Reads spec/parameters.toml; prints Markdown tables.
 
 Section 1 is exactly what `NoiseBudget::derive` / `check` compute (including
 the γ handling: levels ≤ γ of the unshuffle repack add no key-switch noise and
-2^γ fresh noises instead of one; the output pack uses γ = 0). Section 2
+2^γ·σ² of fresh noise instead of σ² — noise.rs's count; packing.md, Lemma 5(c)
+proves 4^γ·σ², shown beside it in section 6; the output pack uses γ = 0). Section 2
 (security) repeats the two checks of security.rs, with tfhe-rs 1.8.2's
 binary-key fit copied as a formula (secure_noise.rs,
 minimal_lwe_variance_for_132_bits_security_tuniform_impl). Sections 3 (circuit
@@ -94,13 +95,15 @@ def uncorrelated_copies(l):
 
 
 def derive(s, pack_copies=None, linear_factor=1.0, k=None, ks_factor=1.0, gamma=None,
-           plain_sources=False):
+           plain_sources=False, fresh_copies=None):
     """NoiseBudget::derive and check. The keyword arguments are for the
     sensitivity sections only; with their defaults this is exactly noise.rs.
 
     gamma overrides client_conjugate_levels; plain_sources=True gives the
     repack noise of a source *without* conjugates in a set with that gamma
-    (which pack.rs accepts, but noise.rs does not model).
+    (which pack.rs accepts, but noise.rs does not model); fresh_copies
+    replaces noise.rs's 2^gamma fresh noises (packing.md, Lemma 5(c) proves
+    2^gamma * |S| <= 4^gamma).
     """
     n = s["ring_degree"]
     log_n = n.bit_length() - 1
@@ -117,7 +120,8 @@ def derive(s, pack_copies=None, linear_factor=1.0, k=None, ks_factor=1.0, gamma=
         after_repack = fresh + repack
     else:
         repack = pack_variance(log_n, shared, g, ks, pack_copies)
-        after_repack = 2.0 ** g * fresh + repack
+        copies = 2.0 ** g if fresh_copies is None else fresh_copies(g)
+        after_repack = copies * fresh + repack
     after_linear_std = linear_factor * 2.0 ** s["max_weight_l1_log2"] * math.sqrt(after_repack)
     rerandomize = (n + 1.0) * fresh
     before_flooding = after_linear_std ** 2 + pack + rerandomize
@@ -267,18 +271,21 @@ def main():
     print()
 
     print("## 6. Client conjugates: γ = 0..ℓ* on each set (not shipped; γ = 0 everywhere)\n")
-    print("after repack (log2 std) with conjugate-bearing sources, as noise.rs models it / "
-          "with a plain source, which pack.rs also accepts; then the largest W the check "
-          "admits under the γ model.\n")
+    print("log2 std after the repack: conjugate-bearing sources as noise.rs models them "
+          "(2^γ·σ²) / with the proved 4^γ·σ² (packing.md, Lemma 5(c)) / a plain source, "
+          "which pack.rs also accepts in such a set; then the largest W the check admits "
+          "under noise.rs's γ model. The key-switch part is the same for every set.\n")
     rows = []
+    four = lambda g: 4.0 ** g
     for g in range(0, max(s["shared_pack_levels"] for s in sets) + 1):
         def fmt(s, g=g):
             if g > s["shared_pack_levels"]:
                 return "—"
             d = derive(s, gamma=g)
+            pr = derive(s, gamma=g, fresh_copies=four)
             pl = derive(s, gamma=g, plain_sources=True)
-            return (f"{lgs(d['after_repack']):.2f} / {lgs(pl['after_repack']):.2f}; "
-                    f"largest W {largest_w(s, gamma=g)}")
+            return (f"{lgs(d['after_repack']):.3f} / {lgs(pr['after_repack']):.3f} / "
+                    f"{lgs(pl['after_repack']):.2f}; W ≤ {largest_w(s, gamma=g)}")
         rows.append((f"γ = {g}", fmt))
     table("γ", rows, sets)
 

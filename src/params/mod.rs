@@ -32,7 +32,8 @@ pub struct ParameterSpec {
     pub noise_bound_log2: u32,
     /// b: every accumulator fits in b signed bits; t = 2^b.
     pub plaintext_bits: u32,
-    /// Largest ‖w‖₁ of one output's weights that the noise budget covers.
+    /// Largest ‖ŵ‖₁, summed over every weight polynomial feeding one output
+    /// ciphertext (stacked outputs included), that the noise budget covers.
     pub max_weight_l1_log2: u32,
     /// Key-switch gadget: digits of `gadget_base_log` bits, `gadget_levels` of them.
     pub gadget_base_log: u32,

@@ -24,7 +24,8 @@ pub struct NoiseBudget {
     /// Fresh encryption noise variance.
     pub fresh: f64,
     pub pack: PackNoise,
-    /// After the unshuffle repack (fresh + pack).
+    /// After the unshuffle repack: fresh + pack, or with γ conjugates
+    /// 4^γ·fresh + the pack above level γ, whichever is larger.
     pub after_repack: f64,
     /// Std bound after the linear layer: ‖ŵ‖₁ · std (Minkowski, any
     /// correlation), ‖ŵ‖₁ summed over every weight polynomial feeding one
@@ -119,11 +120,14 @@ impl NoiseBudget {
             key_switch,
             pack: PackNoise::pack_variance(log_n, s.shared_pack_levels, 0, key_switch),
         };
-        // With γ conjugate levels the unshuffle repack sums 2^γ fresh noises
-        // and skips the key switches of those levels (proofs/packing.md, Lemma 5).
+        // With γ conjugate levels a value's noise collects up to 4^γ fresh
+        // noise terms and the key switches of those levels are skipped
+        // (proofs/packing.md, Lemma 5). A set with γ > 0 still accepts plain
+        // sources, so the budget takes the worse of the two repacks.
         let gamma = s.client_conjugate_levels;
-        let repack = PackNoise::pack_variance(log_n, s.shared_pack_levels, gamma, key_switch);
-        let after_repack = (2f64).powi(gamma as i32) * fresh + repack;
+        let with_conjugates = (4f64).powi(gamma as i32) * fresh
+            + PackNoise::pack_variance(log_n, s.shared_pack_levels, gamma, key_switch);
+        let after_repack = with_conjugates.max(fresh + pack.pack);
         let after_linear_std = (2f64).powi(s.max_weight_l1_log2 as i32) * after_repack.sqrt();
         // u·e_pk + e2 − e1·s with binary u and s: ≈ (N/2 + 1 + N/2)·σ².
         let rerandomize = (n as f64 + 1.0) * fresh;

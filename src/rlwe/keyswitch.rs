@@ -1,7 +1,8 @@
 //! Hybrid (special-modulus) key switching in the NTT domain.
 //!
 //! Input: `(a', b')` under `τ_g(s)`. The mask is split into signed digits
-//! `a' = Σ_j d_j β^j` (exact: the digits cover all 64 bits), each digit is
+//! `a' = Σ_j d_j β^j` (exact; with B·l ≥ 64 the top digit is as small as
+//! the others), each digit is
 //! multiplied with key row j modulo P·q, and the result is divided by P with
 //! rounding. The key noise is divided by P; what remains is the rounding
 //! floor (proofs/noise-budget.md, Lemma 1).
