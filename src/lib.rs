@@ -12,6 +12,9 @@
 //! * [`rlwe`]: keys, encryption, plaintext products, key switching;
 //! * [`layout`]: Cheetah-style coefficient encodings of Conv2d and mat-vec;
 //! * [`extract`] and [`pack`]: value references and PackLWEs packing;
+//! * [`shuffle`]: per-round secret permutations;
+//! * [`model`]: quantised model IR, reference evaluator, JSON format;
+//! * [`engine`]: a model compiled to encrypted stages, run round by round;
 //! * [`wire`]: versioned binary encoding of keys and ciphertexts.
 //!
 //! **What is protected, and what is not.** Encryption hides the client's
@@ -23,10 +26,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod engine;
 pub mod extract;
 pub mod layout;
 pub mod linear;
 pub mod math;
+pub mod model;
 pub mod pack;
 pub mod params;
 pub mod rlwe;

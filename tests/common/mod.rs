@@ -17,9 +17,11 @@ pub struct Fixture {
 
 pub fn fixture(set: &'static str) -> &'static Fixture {
     static B8: OnceLock<Fixture> = OnceLock::new();
+    static B16: OnceLock<Fixture> = OnceLock::new();
     static WIDE: OnceLock<Fixture> = OnceLock::new();
     let cell = match set {
         "b8" => &B8,
+        "b16" => &B16,
         "wide" => &WIDE,
         other => panic!("no fixture for {other}"),
     };

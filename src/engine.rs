@@ -1,0 +1,683 @@
+//! Encrypted inference over a chain of linear stages, with the client's
+//! non-linearities between them, run with both parties in one process.
+//!
+//! This is the computation of the hybrid protocol without its messages and
+//! state machines: round r, the server unshuffles the client's upload
+//! (σ_(r−1)^(−1), folded into the repack), evaluates stage r, shuffles the
+//! outputs with σ_r into dense ciphertexts and sanitises them; the client
+//! decrypts, applies its element-wise operation and re-encrypts. The last
+//! stage is not shuffled. It is the oracle and benchmark harness the typed
+//! protocol is built around; it is not itself a network protocol.
+
+use crate::extract::ValueRef;
+use crate::layout::{
+    conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, LayoutError, MatVecLayout,
+    MatVecShape,
+};
+use crate::linear::{EncodedLayer, LinearError};
+use crate::pack::{PackError, PackSource, Packer, Placement};
+use crate::params::ParamError;
+use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey};
+use crate::rng::Csprng;
+use crate::shuffle::{Granularity, Permutation, SessionSeed, ShuffleError};
+use crate::wire;
+use std::time::Instant;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Linear(#[from] LinearError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Shuffle(#[from] ShuffleError),
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error("stage {stage}: bias has {got} entries, expected {expected}")]
+    BiasLength {
+        stage: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("stage {stage} takes {expected} inputs but the previous stage produces {got}")]
+    ShapeMismatch {
+        stage: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("input has {got} values, the first stage takes {expected}")]
+    InputLength { expected: usize, got: usize },
+    #[error("the model is not supported by the engine yet: {0}")]
+    Unsupported(String),
+}
+
+/// The layout of one stage, with its shape and clear weights for the
+/// plaintext reference.
+#[derive(Debug)]
+pub enum StageLayout {
+    Conv(Conv2dLayout, Vec<i64>),
+    MatVec(MatVecLayout, Vec<i64>),
+}
+
+/// One linear stage: weights encoded for its layout, bias per output value.
+#[derive(Debug)]
+pub struct LinearStage {
+    layout: StageLayout,
+    encoded: EncodedLayer,
+    /// Bias polynomial (coefficient domain, signed) per output ciphertext.
+    bias: Vec<Vec<i64>>,
+    /// Bias per output value, in output order.
+    bias_values: Vec<i64>,
+    input_len: usize,
+    output_len: usize,
+}
+
+/// What the client does to each (shuffled) value between two stages; must
+/// be element-wise so it commutes with the shuffle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    /// clamp(round_half_away(y·multiplier / 2^shift), min, max).
+    Requantize {
+        multiplier: i64,
+        shift: u32,
+        min: i64,
+        max: i64,
+    },
+    Relu,
+}
+
+impl ClientOp {
+    pub fn apply(self, y: i64) -> i64 {
+        match self {
+            ClientOp::Relu => y.max(0),
+            ClientOp::Requantize {
+                multiplier,
+                shift,
+                min,
+                max,
+            } => crate::model::requantize(y, multiplier, shift, min, max),
+        }
+    }
+}
+
+impl LinearStage {
+    /// A Conv2d stage; `weights` OIHW, `bias` one per output channel (or empty).
+    pub fn conv(
+        ctx: &Context,
+        shape: Conv2dShape,
+        weights: &[i64],
+        bias: &[i64],
+        stage: usize,
+    ) -> Result<Self, EngineError> {
+        let layout = Conv2dLayout::new(shape, ctx.n())?;
+        let encoded = EncodedLayer::new(ctx, &layout, weights)?;
+        let positions = layout.output_positions();
+        let per_channel = layout.output_height() * layout.output_width();
+        check_bias(bias, shape.out_channels, stage)?;
+        let bias_values: Vec<i64> = (0..positions.len())
+            .map(|k| bias.get(k / per_channel).copied().unwrap_or(0))
+            .collect();
+        Ok(Self {
+            input_len: shape.input_len()?,
+            output_len: positions.len(),
+            bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
+            bias_values,
+            encoded,
+            layout: StageLayout::Conv(layout, weights.to_vec()),
+        })
+    }
+
+    /// A matrix–vector stage; `weights` row-major rows × cols.
+    pub fn matvec(
+        ctx: &Context,
+        shape: MatVecShape,
+        weights: &[i64],
+        bias: &[i64],
+        stage: usize,
+    ) -> Result<Self, EngineError> {
+        let layout = MatVecLayout::new(shape, ctx.n())?;
+        let encoded = EncodedLayer::new(ctx, &layout, weights)?;
+        let positions = layout.output_positions();
+        check_bias(bias, shape.rows, stage)?;
+        let bias_values: Vec<i64> = (0..positions.len())
+            .map(|k| bias.get(k).copied().unwrap_or(0))
+            .collect();
+        Ok(Self {
+            input_len: shape.cols,
+            output_len: positions.len(),
+            bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
+            bias_values,
+            encoded,
+            layout: StageLayout::MatVec(layout, weights.to_vec()),
+        })
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// (flat input index, input ciphertext, coefficient) of every placement.
+    fn input_placements(&self) -> Vec<(usize, usize, usize)> {
+        match &self.layout {
+            StageLayout::Conv(l, _) => {
+                let s = l.shape();
+                l.input_placements()
+                    .iter()
+                    .map(|p| {
+                        (
+                            (p.channel * s.in_height + p.row) * s.in_width + p.col,
+                            p.ciphertext,
+                            p.coefficient,
+                        )
+                    })
+                    .collect()
+            }
+            StageLayout::MatVec(l, _) => l
+                .input_placements()
+                .iter()
+                .map(|p| (p.col, p.ciphertext, p.coefficient))
+                .collect(),
+        }
+    }
+
+    fn output_positions(&self) -> Vec<(usize, usize)> {
+        match &self.layout {
+            StageLayout::Conv(l, _) => l.output_positions(),
+            StageLayout::MatVec(l, _) => l.output_positions(),
+        }
+    }
+
+    fn input_ciphertexts(&self) -> usize {
+        self.encoded.input_ciphertexts()
+    }
+
+    /// The plaintext integer result of this stage (the reference), from
+    /// the direct convolution / product, independent of the layout.
+    pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
+        let mut out = match &self.layout {
+            StageLayout::Conv(l, w) => conv2d_reference(l.shape(), input, w)?,
+            StageLayout::MatVec(l, w) => matvec_reference(l.shape(), input, w)?,
+        };
+        for (v, b) in out.iter_mut().zip(&self.bias_values) {
+            *v += b;
+        }
+        Ok(out)
+    }
+}
+
+fn check_bias(bias: &[i64], expected: usize, stage: usize) -> Result<(), EngineError> {
+    if !bias.is_empty() && bias.len() != expected {
+        return Err(EngineError::BiasLength {
+            stage,
+            expected,
+            got: bias.len(),
+        });
+    }
+    Ok(())
+}
+
+fn bias_polys(
+    ctx: &Context,
+    positions: &[(usize, usize)],
+    cts: usize,
+    bias: &[i64],
+) -> Vec<Vec<i64>> {
+    let mut polys = vec![vec![0i64; ctx.n()]; cts];
+    for (&(ct, c), &b) in positions.iter().zip(bias) {
+        polys[ct][c] = b;
+    }
+    polys
+}
+
+/// Coefficient stride of a shuffle-pack of `k` values: 1 when they fill
+/// whole ciphertexts, else N over the next power of two ≥ k.
+fn output_stride(n: usize, k: usize) -> usize {
+    if k >= n || k == 0 {
+        1
+    } else {
+        n / k.next_power_of_two()
+    }
+}
+
+/// Per-round measurements.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoundStats {
+    pub client_ms: f64,
+    pub server_ms: f64,
+    pub up_bytes: usize,
+    pub down_bytes: usize,
+}
+
+/// The result of one encrypted inference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inference {
+    pub logits: Vec<i64>,
+    pub rounds: Vec<RoundStats>,
+    /// The values the client decrypted each round, as it saw them.
+    pub client_views: Vec<Vec<i64>>,
+}
+
+/// A model compiled for encrypted evaluation: stages, and the client's
+/// element-wise steps after each stage (after the last one they act on the
+/// logits, in true order).
+#[derive(Debug)]
+pub struct CompiledModel {
+    pub stages: Vec<LinearStage>,
+    pub client_ops: Vec<Vec<ClientOp>>,
+}
+
+impl CompiledModel {
+    pub fn new(
+        stages: Vec<LinearStage>,
+        client_ops: Vec<Vec<ClientOp>>,
+    ) -> Result<Self, EngineError> {
+        if stages.is_empty() || client_ops.len() != stages.len() {
+            return Err(EngineError::Unsupported(format!(
+                "{} stages need as many client step lists, got {}",
+                stages.len(),
+                client_ops.len()
+            )));
+        }
+        for (i, pair) in stages.windows(2).enumerate() {
+            if pair[0].output_len() != pair[1].input_len() {
+                return Err(EngineError::ShapeMismatch {
+                    stage: i + 1,
+                    expected: pair[1].input_len(),
+                    got: pair[0].output_len(),
+                });
+            }
+        }
+        Ok(Self { stages, client_ops })
+    }
+
+    /// Plaintext integer inference with exactly the encrypted semantics.
+    pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
+        let mut x = input.to_vec();
+        for (i, stage) in self.stages.iter().enumerate() {
+            if x.len() != stage.input_len() {
+                return Err(EngineError::InputLength {
+                    expected: stage.input_len(),
+                    got: x.len(),
+                });
+            }
+            x = stage.reference(&x)?;
+            if let Some(ops) = self.client_ops.get(i) {
+                for v in x.iter_mut() {
+                    *v = ops.iter().fold(*v, |acc, op| op.apply(acc));
+                }
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// The server's session material.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerKeys<'a> {
+    pub galois: &'a GaloisKeys,
+    pub public: &'a PublicKey,
+}
+
+/// Runs one encrypted inference (ENG-1); both parties' work, timed
+/// separately. The client's decrypted values are recorded as it saw them,
+/// shuffled by σ_r (ENG-2).
+pub fn run(
+    ctx: &Context,
+    sk: &SecretKey,
+    keys: ServerKeys<'_>,
+    model: &CompiledModel,
+    input: &[i64],
+    granularity: Granularity,
+    seed: &SessionSeed,
+) -> Result<Inference, EngineError> {
+    let n = ctx.n();
+    let first = &model.stages[0];
+    if input.len() != first.input_len() {
+        return Err(EngineError::InputLength {
+            expected: first.input_len(),
+            got: input.len(),
+        });
+    }
+    let packer = Packer::new(ctx, keys.galois);
+    let mut client_rng = Csprng::from_os();
+    let mut server_rng = Csprng::from_os();
+    let mut rounds = Vec::new();
+    let mut views = Vec::new();
+    // What the client holds, in the order it holds it.
+    let mut activations = input.to_vec();
+    let mut previous: Option<Permutation> = None;
+    let last = model.stages.len() - 1;
+    for (r, stage) in model.stages.iter().enumerate() {
+        let mut stats = RoundStats::default();
+        // Client: encrypt the activations in chunks of N.
+        let t = Instant::now();
+        let uploads: Vec<Vec<u8>> = activations
+            .chunks(n)
+            .map(|c| {
+                wire::encode_seeded_ciphertext(ctx, &ctx.encrypt_seeded(sk, c, &mut client_rng))
+            })
+            .collect();
+        stats.client_ms += t.elapsed().as_secs_f64() * 1e3;
+        stats.up_bytes = uploads.iter().map(Vec::len).sum();
+
+        // Server.
+        let t = Instant::now();
+        let received: Vec<Ciphertext> = uploads
+            .iter()
+            .map(|b| wire::decode_seeded_ciphertext(ctx, b).map(|s| s.expand(ctx.q())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| EngineError::Unsupported(format!("internal encoding error: {e}")))?;
+        let sources: Vec<PackSource> = received.iter().map(PackSource::plain).collect();
+        // Unshuffle folded into the repack: true input k sits at slot σ(k).
+        let placements: Vec<Placement> = stage
+            .input_placements()
+            .into_iter()
+            .map(|(k, ct, coeff)| {
+                let slot = previous.as_ref().map_or(k, |p| p.image(k));
+                Placement {
+                    value: ValueRef::new(slot / n, slot % n),
+                    output: ct,
+                    position: coeff,
+                }
+            })
+            .collect();
+        let mut repacked = packer.pack(&sources, &placements)?;
+        repacked.resize_with(stage.input_ciphertexts(), || Ciphertext::zero(n));
+        let mut outputs = stage.encoded.evaluate(ctx, &repacked);
+        for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
+            ctx.add_plain(ct, bias);
+        }
+        let positions = stage.output_positions();
+        let shuffle = if r == last {
+            None
+        } else {
+            Some(seed.permutation(r as u64, positions.len(), granularity)?)
+        };
+        // Slot s receives true output σ^(−1)(s).
+        let order: Vec<ValueRef> = match &shuffle {
+            Some(p) => {
+                let inv = p.inverse();
+                (0..positions.len())
+                    .map(|s| {
+                        let (ct, c) = positions[inv.image(s)];
+                        ValueRef::new(ct, c)
+                    })
+                    .collect()
+            }
+            None => positions
+                .iter()
+                .map(|&(ct, c)| ValueRef::new(ct, c))
+                .collect(),
+        };
+        let out_sources: Vec<PackSource> = outputs.iter().map(PackSource::plain).collect();
+        // Fewer values than a ciphertext holds go to every stride-th
+        // coefficient: the packing tree's empty upper nodes cost nothing.
+        let stride = output_stride(n, order.len());
+        let placements: Vec<Placement> = order
+            .iter()
+            .enumerate()
+            .map(|(slot, &value)| Placement {
+                value,
+                output: slot / n,
+                position: (slot % n) * stride,
+            })
+            .collect();
+        let mut packed = packer.pack(&out_sources, &placements)?;
+        for ct in packed.iter_mut() {
+            ctx.rerandomize(ct, keys.public, &mut server_rng);
+            ctx.flood(ct, &mut server_rng);
+        }
+        let downloads: Vec<Vec<u8>> = packed
+            .iter()
+            .map(|c| wire::encode_ciphertext(ctx, c))
+            .collect();
+        stats.server_ms += t.elapsed().as_secs_f64() * 1e3;
+        stats.down_bytes = downloads.iter().map(Vec::len).sum();
+
+        // Client: decrypt, keep the valid values, apply its step.
+        let t = Instant::now();
+        let mut values = Vec::with_capacity(positions.len());
+        for b in &downloads {
+            let ct = wire::decode_ciphertext(ctx, b)
+                .map_err(|e| EngineError::Unsupported(format!("internal encoding error: {e}")))?;
+            values.extend(ctx.decrypt(sk, &ct).into_iter().step_by(stride));
+        }
+        values.truncate(positions.len());
+        views.push(values.clone());
+        if let Some(ops) = model.client_ops.get(r) {
+            for v in values.iter_mut() {
+                *v = ops.iter().fold(*v, |acc, op| op.apply(acc));
+            }
+        }
+        stats.client_ms += t.elapsed().as_secs_f64() * 1e3;
+        rounds.push(stats);
+        activations = values;
+        previous = shuffle;
+    }
+    Ok(Inference {
+        logits: activations,
+        rounds,
+        client_views: views,
+    })
+}
+
+/// Compiles a validated model into encrypted stages (ENG-3).
+///
+/// Every `conv2d`/`linear` starts a stage; sum pools right before it (and a
+/// `flatten`) are folded into its weights exactly — a k×k sum pool of
+/// stride k followed by a conv with kernel K, stride s, padding p is the
+/// conv with kernel kK, stride ks, padding kp and each weight repeated over
+/// a k×k block — so the server never needs a separate repack for them.
+/// `requantize`/`relu` become client steps. Residual connections, branches
+/// and max-pooling are refused with [`EngineError::Unsupported`] for now.
+pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledModel, EngineError> {
+    use crate::model::Layer;
+    let mut stages: Vec<LinearStage> = Vec::new();
+    let mut ops: Vec<Vec<ClientOp>> = Vec::new();
+    // Pools waiting for the next conv/linear: total sum-pool factor per axis.
+    let mut pool = 1usize;
+    let mut flattened = false;
+    for (i, layer) in model.layers().iter().enumerate() {
+        let input = model
+            .input_shape(i)
+            .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: no input shape")))?;
+        match layer {
+            Layer::AvgPool { kernel, stride } => {
+                if kernel != stride || flattened {
+                    return Err(EngineError::Unsupported(format!(
+                        "layer {i}: only non-overlapping sum pools before a conv/linear can be folded"
+                    )));
+                }
+                if input.height % kernel != 0 || input.width % kernel != 0 {
+                    return Err(EngineError::Unsupported(format!(
+                        "layer {i}: pool {kernel} does not divide the {}×{} input",
+                        input.height, input.width
+                    )));
+                }
+                pool *= kernel;
+            }
+            Layer::GlobalAvgPool => {
+                if input.height != input.width || flattened {
+                    return Err(EngineError::Unsupported(format!(
+                        "layer {i}: global pool over a non-square input"
+                    )));
+                }
+                pool *= input.height;
+            }
+            Layer::Flatten => flattened = true,
+            Layer::Conv2d {
+                out_channels,
+                kernel_h,
+                kernel_w,
+                stride,
+                padding,
+                weights,
+                bias,
+                ..
+            } => {
+                if flattened {
+                    return Err(EngineError::Unsupported(format!(
+                        "layer {i}: conv2d after flatten"
+                    )));
+                }
+                start_stage(&stages, &ops, i)?;
+                let (c, h, w) = held_shape(model, i)?;
+                let shape = Conv2dShape {
+                    in_channels: c,
+                    in_height: h,
+                    in_width: w,
+                    out_channels: *out_channels,
+                    kernel_height: kernel_h * pool,
+                    kernel_width: kernel_w * pool,
+                    stride: stride * pool,
+                    padding: padding * pool,
+                };
+                let folded =
+                    fold_conv_weights(weights, *out_channels, c, *kernel_h, *kernel_w, pool);
+                stages.push(LinearStage::conv(ctx, shape, &folded, bias, stages.len())?);
+                ops.push(Vec::new());
+                pool = 1;
+            }
+            Layer::Linear {
+                out_features,
+                weights,
+                bias,
+            } => {
+                start_stage(&stages, &ops, i)?;
+                let (c, h, w) = held_shape(model, i)?;
+                // Columns of the pooled input spread over each pooled window.
+                let (hp, wp) = (h / pool, w / pool);
+                let cols = c * h * w;
+                let in_pooled = c * hp * wp;
+                let mut folded = vec![0i64; out_features * cols];
+                for o in 0..*out_features {
+                    for ch in 0..c {
+                        for y in 0..hp * pool {
+                            for x in 0..wp * pool {
+                                let src = (ch * hp + y / pool) * wp + x / pool;
+                                folded[o * cols + (ch * h + y) * w + x] =
+                                    weights[o * in_pooled + src];
+                            }
+                        }
+                    }
+                }
+                let shape = MatVecShape {
+                    rows: *out_features,
+                    cols,
+                };
+                stages.push(LinearStage::matvec(
+                    ctx,
+                    shape,
+                    &folded,
+                    bias,
+                    stages.len(),
+                )?);
+                ops.push(Vec::new());
+                pool = 1;
+                flattened = false;
+            }
+            Layer::Requantize {
+                multiplier,
+                shift,
+                min,
+                max,
+            } => client_step(
+                &mut ops,
+                i,
+                ClientOp::Requantize {
+                    multiplier: *multiplier,
+                    shift: *shift,
+                    min: *min,
+                    max: *max,
+                },
+            )?,
+            Layer::Relu => client_step(&mut ops, i, ClientOp::Relu)?,
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "layer {i} ({}) is not supported by the engine yet",
+                    other.op_name()
+                )))
+            }
+        }
+    }
+    if pool != 1 {
+        return Err(EngineError::Unsupported(
+            "the model ends with a pool".into(),
+        ));
+    }
+    CompiledModel::new(stages, ops)
+}
+
+/// [C, H, W] of the tensor the client holds when layer `i` (a conv or
+/// linear) starts a stage: the input of the pools and flatten before it.
+fn held_shape(model: &crate::model::Model, i: usize) -> Result<(usize, usize, usize), EngineError> {
+    let mut j = i;
+    let layers = model.layers();
+    while j > 0
+        && matches!(
+            layers[j - 1],
+            crate::model::Layer::AvgPool { .. }
+                | crate::model::Layer::GlobalAvgPool
+                | crate::model::Layer::Flatten
+        )
+    {
+        j -= 1;
+    }
+    let s = model
+        .input_shape(j)
+        .ok_or_else(|| EngineError::Unsupported(format!("layer {j}: no input shape")))?;
+    Ok((s.channels, s.height, s.width))
+}
+
+fn start_stage(stages: &[LinearStage], ops: &[Vec<ClientOp>], i: usize) -> Result<(), EngineError> {
+    if let Some(last) = ops.last() {
+        if last.is_empty() && !stages.is_empty() {
+            return Err(EngineError::Unsupported(format!(
+                "layer {i}: two linear layers without a client step between them"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn client_step(ops: &mut [Vec<ClientOp>], i: usize, op: ClientOp) -> Result<(), EngineError> {
+    ops.last_mut().map(|o| o.push(op)).ok_or_else(|| {
+        EngineError::Unsupported(format!(
+            "layer {i}: a client step before the first linear layer"
+        ))
+    })
+}
+
+/// Repeats each weight over a `pool × pool` block (the folded sum pool).
+fn fold_conv_weights(
+    w: &[i64],
+    out: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+    pool: usize,
+) -> Vec<i64> {
+    if pool == 1 {
+        return w.to_vec();
+    }
+    let (fh, fw) = (kh * pool, kw * pool);
+    let mut folded = vec![0i64; out * cin * fh * fw];
+    for o in 0..out {
+        for c in 0..cin {
+            for y in 0..fh {
+                for x in 0..fw {
+                    folded[((o * cin + c) * fh + y) * fw + x] =
+                        w[((o * cin + c) * kh + y / pool) * kw + x / pool];
+                }
+            }
+        }
+    }
+    folded
+}
