@@ -17,7 +17,7 @@ use crate::layout::{
 use crate::linear::{EncodedLayer, LinearError};
 use crate::pack::{PackError, PackSource, Packer, Placement};
 use crate::params::ParamError;
-use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey};
+use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey, SeededCiphertext};
 use crate::rng::Csprng;
 use crate::shuffle::{Granularity, Permutation, SessionSeed, ShuffleError};
 use crate::wire;
@@ -325,9 +325,121 @@ pub struct ServerKeys<'a> {
     pub public: &'a PublicKey,
 }
 
+/// The client's upload for one round: its values in chunks of N, seeded.
+pub fn client_encrypt(
+    ctx: &Context,
+    sk: &SecretKey,
+    values: &[i64],
+    rng: &mut Csprng,
+) -> Vec<SeededCiphertext> {
+    values
+        .chunks(ctx.n())
+        .map(|c| ctx.encrypt_seeded(sk, c, rng))
+        .collect()
+}
+
+/// Number of ciphertexts that carry `count` values in a response.
+pub fn response_ciphertexts(n: usize, count: usize) -> usize {
+    count.div_ceil(n).max(1)
+}
+
+/// The client's reading of a response: the `count` values, in slot order.
+pub fn client_values(
+    ctx: &Context,
+    sk: &SecretKey,
+    responses: &[Ciphertext],
+    count: usize,
+) -> Vec<i64> {
+    let stride = output_stride(ctx.n(), count);
+    let mut values = Vec::with_capacity(count);
+    for ct in responses {
+        values.extend(ctx.decrypt(sk, ct).into_iter().step_by(stride));
+    }
+    values.truncate(count);
+    values
+}
+
+/// Applies a client step list to every value (it commutes with σ_r).
+pub fn apply_client_ops(ops: &[ClientOp], values: &mut [i64]) {
+    for v in values.iter_mut() {
+        *v = ops.iter().fold(*v, |acc, op| op.apply(acc));
+    }
+}
+
+/// The server's half of round `r`: unshuffle (σ_(r−1)^(−1), folded into the
+/// repack), evaluate stage r, add its bias, shuffle with σ_r (none after the
+/// last stage), pack, sanitise. Returns the response and σ_r.
+#[allow(clippy::too_many_arguments)]
+pub fn server_round(
+    ctx: &Context,
+    keys: ServerKeys<'_>,
+    model: &CompiledModel,
+    r: usize,
+    uploads: &[Ciphertext],
+    previous: Option<&Permutation>,
+    granularity: Granularity,
+    seed: &SessionSeed,
+    rng: &mut Csprng,
+) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
+    let n = ctx.n();
+    let stage = &model.stages[r];
+    let packer = Packer::new(ctx, keys.galois);
+    let sources: Vec<PackSource> = uploads.iter().map(PackSource::plain).collect();
+    // Unshuffle folded into the repack: true input k sits at slot σ(k).
+    let placements: Vec<Placement> = stage
+        .input_placements()
+        .into_iter()
+        .map(|(k, ct, coeff)| {
+            let slot = previous.map_or(k, |p| p.image(k));
+            Placement {
+                value: ValueRef::new(slot / n, slot % n),
+                output: ct,
+                position: coeff,
+            }
+        })
+        .collect();
+    let mut repacked = packer.pack(&sources, &placements)?;
+    repacked.resize_with(stage.input_ciphertexts(), || Ciphertext::zero(n));
+    let mut outputs = stage.encoded.evaluate(ctx, &repacked);
+    for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
+        ctx.add_plain(ct, bias);
+    }
+    let positions = stage.output_positions();
+    let shuffle = if r + 1 == model.stages.len() {
+        None
+    } else {
+        Some(seed.permutation(r as u64, positions.len(), granularity)?)
+    };
+    // Slot s receives true output σ^(−1)(s).
+    let inverse = shuffle.as_ref().map(Permutation::inverse);
+    let stride = output_stride(n, positions.len());
+    let placements: Vec<Placement> = (0..positions.len())
+        .map(|slot| {
+            let (ct, c) = positions[inverse.as_ref().map_or(slot, |p| p.image(slot))];
+            Placement {
+                value: ValueRef::new(ct, c),
+                output: slot / n,
+                // Fewer values than a ciphertext holds go to every
+                // stride-th coefficient: empty upper tree nodes cost nothing.
+                position: (slot % n) * stride,
+            }
+        })
+        .collect();
+    let out_sources: Vec<PackSource> = outputs.iter().map(PackSource::plain).collect();
+    let mut packed = packer.pack(&out_sources, &placements)?;
+    packed.resize_with(response_ciphertexts(n, positions.len()), || {
+        Ciphertext::zero(n)
+    });
+    for ct in packed.iter_mut() {
+        ctx.rerandomize(ct, keys.public, rng);
+        ctx.flood(ct, rng);
+    }
+    Ok((packed, shuffle))
+}
+
 /// Runs one encrypted inference (ENG-1); both parties' work, timed
-/// separately. The client's decrypted values are recorded as it saw them,
-/// shuffled by σ_r (ENG-2).
+/// separately, every message through the wire encoding. The client's
+/// decrypted values are recorded as it saw them, shuffled by σ_r (ENG-2).
 pub fn run(
     ctx: &Context,
     sk: &SecretKey,
@@ -337,7 +449,6 @@ pub fn run(
     granularity: Granularity,
     seed: &SessionSeed,
 ) -> Result<Inference, EngineError> {
-    let n = ctx.n();
     let first = &model.stages[0];
     if input.len() != first.input_len() {
         return Err(EngineError::InputLength {
@@ -345,7 +456,8 @@ pub fn run(
             got: input.len(),
         });
     }
-    let packer = Packer::new(ctx, keys.galois);
+    let internal =
+        |e: wire::WireError| EngineError::Unsupported(format!("internal encoding error: {e}"));
     let mut client_rng = Csprng::from_os();
     let mut server_rng = Csprng::from_os();
     let mut rounds = Vec::new();
@@ -353,87 +465,33 @@ pub fn run(
     // What the client holds, in the order it holds it.
     let mut activations = input.to_vec();
     let mut previous: Option<Permutation> = None;
-    let last = model.stages.len() - 1;
-    for (r, stage) in model.stages.iter().enumerate() {
+    for r in 0..model.stages.len() {
         let mut stats = RoundStats::default();
-        // Client: encrypt the activations in chunks of N.
         let t = Instant::now();
-        let uploads: Vec<Vec<u8>> = activations
-            .chunks(n)
-            .map(|c| {
-                wire::encode_seeded_ciphertext(ctx, &ctx.encrypt_seeded(sk, c, &mut client_rng))
-            })
+        let uploads: Vec<Vec<u8>> = client_encrypt(ctx, sk, &activations, &mut client_rng)
+            .iter()
+            .map(|c| wire::encode_seeded_ciphertext(ctx, c))
             .collect();
         stats.client_ms += t.elapsed().as_secs_f64() * 1e3;
         stats.up_bytes = uploads.iter().map(Vec::len).sum();
 
-        // Server.
         let t = Instant::now();
         let received: Vec<Ciphertext> = uploads
             .iter()
             .map(|b| wire::decode_seeded_ciphertext(ctx, b).map(|s| s.expand(ctx.q())))
             .collect::<Result<_, _>>()
-            .map_err(|e| EngineError::Unsupported(format!("internal encoding error: {e}")))?;
-        let sources: Vec<PackSource> = received.iter().map(PackSource::plain).collect();
-        // Unshuffle folded into the repack: true input k sits at slot σ(k).
-        let placements: Vec<Placement> = stage
-            .input_placements()
-            .into_iter()
-            .map(|(k, ct, coeff)| {
-                let slot = previous.as_ref().map_or(k, |p| p.image(k));
-                Placement {
-                    value: ValueRef::new(slot / n, slot % n),
-                    output: ct,
-                    position: coeff,
-                }
-            })
-            .collect();
-        let mut repacked = packer.pack(&sources, &placements)?;
-        repacked.resize_with(stage.input_ciphertexts(), || Ciphertext::zero(n));
-        let mut outputs = stage.encoded.evaluate(ctx, &repacked);
-        for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
-            ctx.add_plain(ct, bias);
-        }
-        let positions = stage.output_positions();
-        let shuffle = if r == last {
-            None
-        } else {
-            Some(seed.permutation(r as u64, positions.len(), granularity)?)
-        };
-        // Slot s receives true output σ^(−1)(s).
-        let order: Vec<ValueRef> = match &shuffle {
-            Some(p) => {
-                let inv = p.inverse();
-                (0..positions.len())
-                    .map(|s| {
-                        let (ct, c) = positions[inv.image(s)];
-                        ValueRef::new(ct, c)
-                    })
-                    .collect()
-            }
-            None => positions
-                .iter()
-                .map(|&(ct, c)| ValueRef::new(ct, c))
-                .collect(),
-        };
-        let out_sources: Vec<PackSource> = outputs.iter().map(PackSource::plain).collect();
-        // Fewer values than a ciphertext holds go to every stride-th
-        // coefficient: the packing tree's empty upper nodes cost nothing.
-        let stride = output_stride(n, order.len());
-        let placements: Vec<Placement> = order
-            .iter()
-            .enumerate()
-            .map(|(slot, &value)| Placement {
-                value,
-                output: slot / n,
-                position: (slot % n) * stride,
-            })
-            .collect();
-        let mut packed = packer.pack(&out_sources, &placements)?;
-        for ct in packed.iter_mut() {
-            ctx.rerandomize(ct, keys.public, &mut server_rng);
-            ctx.flood(ct, &mut server_rng);
-        }
+            .map_err(internal)?;
+        let (packed, shuffle) = server_round(
+            ctx,
+            keys,
+            model,
+            r,
+            &received,
+            previous.as_ref(),
+            granularity,
+            seed,
+            &mut server_rng,
+        )?;
         let downloads: Vec<Vec<u8>> = packed
             .iter()
             .map(|c| wire::encode_ciphertext(ctx, c))
@@ -441,21 +499,15 @@ pub fn run(
         stats.server_ms += t.elapsed().as_secs_f64() * 1e3;
         stats.down_bytes = downloads.iter().map(Vec::len).sum();
 
-        // Client: decrypt, keep the valid values, apply its step.
         let t = Instant::now();
-        let mut values = Vec::with_capacity(positions.len());
-        for b in &downloads {
-            let ct = wire::decode_ciphertext(ctx, b)
-                .map_err(|e| EngineError::Unsupported(format!("internal encoding error: {e}")))?;
-            values.extend(ctx.decrypt(sk, &ct).into_iter().step_by(stride));
-        }
-        values.truncate(positions.len());
+        let responses: Vec<Ciphertext> = downloads
+            .iter()
+            .map(|b| wire::decode_ciphertext(ctx, b))
+            .collect::<Result<_, _>>()
+            .map_err(internal)?;
+        let mut values = client_values(ctx, sk, &responses, model.stages[r].output_len());
         views.push(values.clone());
-        if let Some(ops) = model.client_ops.get(r) {
-            for v in values.iter_mut() {
-                *v = ops.iter().fold(*v, |acc, op| op.apply(acc));
-            }
-        }
+        apply_client_ops(&model.client_ops[r], &mut values);
         stats.client_ms += t.elapsed().as_secs_f64() * 1e3;
         rounds.push(stats);
         activations = values;
