@@ -19,7 +19,7 @@ use crate::pack::{PackError, PackSource, Packer, Placement};
 use crate::params::ParamError;
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey, SeededCiphertext};
 use crate::rng::Csprng;
-use crate::shuffle::{Granularity, Permutation, SessionSeed, ShuffleError};
+use crate::shuffle::{Granularity, Permutation, SessionSeed, ShuffleError, ShuffleUnit};
 use crate::wire;
 use std::time::Instant;
 use thiserror::Error;
@@ -158,6 +158,25 @@ impl LinearStage {
 
     pub fn input_len(&self) -> usize {
         self.input_len
+    }
+
+    /// Consecutive outputs forming one channel (H·W of a conv; 1 for a
+    /// matrix–vector product, whose outputs are channels of their own).
+    pub fn channel_size(&self) -> usize {
+        match &self.layout {
+            StageLayout::Conv(l, _) => l.output_height() * l.output_width(),
+            StageLayout::MatVec(..) => 1,
+        }
+    }
+
+    /// The granularity σ_r has for this stage under `unit`.
+    pub fn granularity(&self, unit: ShuffleUnit) -> Granularity {
+        match unit {
+            ShuffleUnit::Element => Granularity::Element,
+            ShuffleUnit::Channel => Granularity::Channel {
+                channel_size: self.channel_size(),
+            },
+        }
     }
     pub fn output_len(&self) -> usize {
         self.output_len
@@ -377,7 +396,7 @@ pub fn server_round(
     r: usize,
     uploads: &[Ciphertext],
     previous: Option<&Permutation>,
-    granularity: Granularity,
+    unit: ShuffleUnit,
     seed: &SessionSeed,
     rng: &mut Csprng,
 ) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
@@ -408,7 +427,7 @@ pub fn server_round(
     let shuffle = if r + 1 == model.stages.len() {
         None
     } else {
-        Some(seed.permutation(r as u64, positions.len(), granularity)?)
+        Some(seed.permutation(r as u64, positions.len(), stage.granularity(unit))?)
     };
     // Slot s receives true output σ^(−1)(s).
     let inverse = shuffle.as_ref().map(Permutation::inverse);
@@ -446,7 +465,7 @@ pub fn run(
     keys: ServerKeys<'_>,
     model: &CompiledModel,
     input: &[i64],
-    granularity: Granularity,
+    unit: ShuffleUnit,
     seed: &SessionSeed,
 ) -> Result<Inference, EngineError> {
     let first = &model.stages[0];
@@ -488,7 +507,7 @@ pub fn run(
             r,
             &received,
             previous.as_ref(),
-            granularity,
+            unit,
             seed,
             &mut server_rng,
         )?;

@@ -18,6 +18,14 @@ impl std::fmt::Debug for Permutation {
     }
 }
 
+/// What a session shuffles, per the server's policy; each stage turns it
+/// into a [`Granularity`] with its own channel size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShuffleUnit {
+    Element,
+    Channel,
+}
+
 /// The unit that is permuted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Granularity {

@@ -10,7 +10,7 @@ use safhire::engine::{self, ClientOp, CompiledModel, LinearStage, ServerKeys};
 use safhire::layout::{Conv2dShape, MatVecShape};
 use safhire::rlwe::Context;
 use safhire::rng::Csprng;
-use safhire::shuffle::{Granularity, SessionSeed};
+use safhire::shuffle::{SessionSeed, ShuffleUnit};
 
 fn small(rng: &mut Csprng, len: usize, bound: i64) -> Vec<i64> {
     (0..len)
@@ -74,7 +74,7 @@ proptest! {
         let model = two_stage(&f.ctx, &mut rng, c, hw, m, classes);
         let input: Vec<i64> = (0..c * hw * hw).map(|_| rng.uniform_below(16) as i64).collect();
         let session = SessionSeed::from_bytes([seed; 32]);
-        let out = engine::run(&f.ctx, &f.sk, keys(), &model, &input, Granularity::Element, &session).unwrap();
+        let out = engine::run(&f.ctx, &f.sk, keys(), &model, &input, ShuffleUnit::Element, &session).unwrap();
         prop_assert_eq!(out.logits, model.reference(&input).unwrap());
     }
 }
@@ -87,13 +87,10 @@ fn client_sees_intermediate_values_only_shuffled() {
     let model = two_stage(&f.ctx, &mut rng, 2, 10, 4, 10);
     let input: Vec<i64> = (0..200).map(|_| rng.uniform_below(16) as i64).collect();
     let true_hidden = model.stages[0].reference(&input).unwrap();
-    for granularity in [
-        Granularity::Element,
-        Granularity::Channel { channel_size: 100 },
-    ] {
+    for unit in [ShuffleUnit::Element, ShuffleUnit::Channel] {
+        let granularity = model.stages[0].granularity(unit);
         let session = SessionSeed::from_bytes([6; 32]);
-        let out =
-            engine::run(&f.ctx, &f.sk, keys(), &model, &input, granularity, &session).unwrap();
+        let out = engine::run(&f.ctx, &f.sk, keys(), &model, &input, unit, &session).unwrap();
         let seen = &out.client_views[0];
         // Same multiset, different order: the client got every value, shuffled.
         assert_ne!(
@@ -128,7 +125,7 @@ fn mismatched_inputs_are_refused() {
             keys(),
             &model,
             &[1, 2, 3],
-            Granularity::Element,
+            ShuffleUnit::Element,
             &session
         ),
         Err(engine::EngineError::InputLength {

@@ -8,7 +8,7 @@ mod common;
 use common::fixture;
 use safhire::engine::{self, ServerKeys};
 use safhire::model::Model;
-use safhire::shuffle::{Granularity, SessionSeed};
+use safhire::shuffle::{SessionSeed, ShuffleUnit};
 
 const MODEL: &str = include_str!("../models/digits-cnn.json");
 const TEST_SET: &str = include_str!("../models/digits-test.json");
@@ -79,7 +79,7 @@ fn encrypted_inference_of_the_shipped_model_is_exact() {
             keys,
             &compiled,
             &set.inputs[k],
-            Granularity::Element,
+            ShuffleUnit::Element,
             &seed,
         )
         .unwrap();

@@ -21,7 +21,7 @@ use safhire::pack::{PackSource, Packer, Placement};
 use safhire::params::ParameterSet;
 use safhire::rlwe::{Context, GaloisKeys, SecretKey, SeededPublicKey};
 use safhire::rng::Csprng;
-use safhire::shuffle::{Granularity, SessionSeed};
+use safhire::shuffle::{SessionSeed, ShuffleUnit};
 use safhire::wire;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -270,7 +270,7 @@ const DIGITS_TEST: &str = include_str!("../../models/digits-test.json");
 struct InferArgs {
     images: Option<usize>,
     set: String,
-    granularity: Granularity,
+    unit: ShuffleUnit,
 }
 
 impl InferArgs {
@@ -278,7 +278,7 @@ impl InferArgs {
         let mut out = InferArgs {
             images: Some(40),
             set: "b16".into(),
-            granularity: Granularity::Element,
+            unit: ShuffleUnit::Element,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -294,10 +294,9 @@ impl InferArgs {
                 }
                 "--set" => out.set = value.clone(),
                 "--granularity" => {
-                    out.granularity = match value.as_str() {
-                        "element" => Granularity::Element,
-                        // Channel size is fixed per stage; see infer().
-                        "channel" => Granularity::Channel { channel_size: 0 },
+                    out.unit = match value.as_str() {
+                        "element" => ShuffleUnit::Element,
+                        "channel" => ShuffleUnit::Channel,
                         _ => {
                             return Err(format!(
                                 "--granularity: {value:?} is not element or channel"
@@ -332,16 +331,6 @@ fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
         .images
         .unwrap_or(set.inputs.len())
         .min(set.inputs.len());
-    // Channel granularity permutes whole channels of the first stage's output.
-    let granularity = match args.granularity {
-        Granularity::Channel { .. } => Granularity::Channel {
-            channel_size: compiled.stages[0].output_len() / 8,
-        },
-        g => g,
-    };
-    if !matches!(granularity, Granularity::Element) {
-        return Err("channel granularity needs per-stage channel sizes; only `element` is wired into `infer` so far".into());
-    }
     println!(
         "model {}: {} layers, {} weights, {} encrypted rounds; parameter set {} (N = {}, t = 2^{})",
         model.name(),
@@ -384,7 +373,7 @@ fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     for (k, (x, &label)) in set.inputs.iter().zip(&set.labels).take(count).enumerate() {
         let session = SessionSeed::generate();
-        let out = engine::run(&ctx, &sk, keys, &compiled, x, granularity, &session)?;
+        let out = engine::run(&ctx, &sk, keys, &compiled, x, args.unit, &session)?;
         let reference = model.evaluate(x)?;
         agree += usize::from(out.logits == reference);
         correct += usize::from(argmax(&out.logits) == label);
