@@ -34,6 +34,7 @@ pub mod math;
 pub mod model;
 pub mod pack;
 pub mod params;
+pub mod protocol;
 pub mod rlwe;
 pub mod rng;
 pub mod shuffle;

@@ -4,6 +4,8 @@
 //!   — encrypted inference of the shipped digits CNN (models/) over its test
 //!   images: accuracy, agreement with the plaintext reference, per-round
 //!   client and server time, traffic.
+//! * `safhire state-graph` — both parties' protocol state machines
+//!   (Graphviz), the source of `spec/state-machines.dot`.
 //! * `safhire params` — the shipped parameter sets with their security and
 //!   noise budgets.
 //! * `safhire layer [--set b8|b12|b16|wide]` — one encrypted round of a
@@ -30,6 +32,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("params") => params(),
+        Some("state-graph") => {
+            print!("{}", safhire::protocol::state_graph());
+            Ok(())
+        }
         Some("infer") => match InferArgs::parse(&args[1..]) {
             Ok(a) => infer(a),
             Err(e) => {

@@ -1,0 +1,199 @@
+//! The client's typestate (PROTO-2): `Client<AwaitingAccept>` →
+//! `Client<Ready>` → `Client<AwaitingResponse>` (once per round) → logits.
+
+use super::error::{ErrorKind, ProtocolError, Rejected};
+use super::messages::{Response, SessionAccept, SessionRequest, Upload};
+use crate::engine::{self, response_ciphertexts};
+use crate::rlwe::{Context, GaloisKeys, SecretKey, SeededPublicKey};
+use crate::rng::Csprng;
+use std::sync::Arc;
+
+/// The client's transitions, for the committed state graph (PROTO-7):
+/// (from, input, to).
+pub const TRANSITIONS: &[(&str, &str, &str)] = &[
+    ("Start", "start / send SessionRequest", "AwaitingAccept"),
+    ("AwaitingAccept", "recv SessionAccept", "Ready"),
+    ("Ready", "send_input / send Upload(0)", "AwaitingResponse"),
+    (
+        "AwaitingResponse",
+        "recv Response(r<R-1) / send Upload(r+1)",
+        "AwaitingResponse",
+    ),
+    ("AwaitingResponse", "recv Response(R-1)", "Done"),
+];
+
+/// A client session in state `S`.
+pub struct Client<S> {
+    ctx: Arc<Context>,
+    sk: SecretKey,
+    rng: Box<Csprng>,
+    state: S,
+}
+
+impl<S> std::fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Client<{}>",
+            std::any::type_name::<S>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("?")
+        )
+    }
+}
+
+/// Waiting for the server to accept the session.
+#[derive(Debug)]
+pub struct AwaitingAccept;
+
+/// Session accepted; the model's metadata is known.
+#[derive(Debug)]
+pub struct Ready {
+    accept: SessionAccept,
+}
+
+/// An upload for round `round` is out.
+#[derive(Debug)]
+pub struct AwaitingResponse {
+    accept: SessionAccept,
+    round: u32,
+}
+
+/// What a response leads to.
+#[derive(Debug)]
+pub enum ClientStep {
+    /// The next round's upload is ready to send.
+    Continue(Client<AwaitingResponse>, Upload),
+    /// The inference is complete: the logits, in true order.
+    Done(Vec<i64>),
+}
+
+impl Client<AwaitingAccept> {
+    /// Generates the session keys and the request that carries them.
+    pub fn start(ctx: Arc<Context>) -> (Self, SessionRequest) {
+        let mut rng = Box::new(Csprng::from_os());
+        let sk = SecretKey::generate(&ctx, &mut rng);
+        let galois = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+        let public = SeededPublicKey::generate(&ctx, &sk, &mut rng);
+        (
+            Self {
+                ctx,
+                sk,
+                rng,
+                state: AwaitingAccept,
+            },
+            SessionRequest { galois, public },
+        )
+    }
+
+    /// Takes the model metadata (validated when the message was decoded).
+    pub fn receive_accept(self, accept: SessionAccept) -> Client<Ready> {
+        Client {
+            ctx: self.ctx,
+            sk: self.sk,
+            rng: self.rng,
+            state: Ready { accept },
+        }
+    }
+}
+
+impl Client<Ready> {
+    /// The number of input values the model takes.
+    pub fn input_len(&self) -> usize {
+        self.state.accept.input_len as usize
+    }
+
+    /// Encrypts the input and starts round 0.
+    pub fn send_input(
+        mut self,
+        input: &[i64],
+    ) -> Result<(Client<AwaitingResponse>, Upload), Rejected<Self>> {
+        let expected = self.input_len();
+        let half = self.ctx.plaintext_half_range();
+        if input.len() != expected {
+            return Err(Rejected {
+                error: ProtocolError::local(ErrorKind::InputLength {
+                    expected,
+                    got: input.len(),
+                }),
+                state: self,
+            });
+        }
+        if input.iter().any(|v| v.abs() >= half) {
+            return Err(Rejected {
+                error: ProtocolError::local(ErrorKind::Malformed(
+                    "input value outside the plaintext range",
+                )),
+                state: self,
+            });
+        }
+        let ciphertexts = engine::client_encrypt(&self.ctx, &self.sk, input, &mut self.rng);
+        let accept = self.state.accept;
+        Ok((
+            Client {
+                ctx: self.ctx,
+                sk: self.sk,
+                rng: self.rng,
+                state: AwaitingResponse { accept, round: 0 },
+            },
+            Upload {
+                round: 0,
+                ciphertexts,
+            },
+        ))
+    }
+}
+
+impl Client<AwaitingResponse> {
+    pub fn round(&self) -> u32 {
+        self.state.round
+    }
+
+    /// Decrypts a response, applies this round's client steps, and either
+    /// uploads the next round or returns the logits.
+    pub fn receive_response(mut self, response: Response) -> Result<ClientStep, Rejected<Self>> {
+        let round = self.state.round;
+        let info = &self.state.accept.rounds[round as usize];
+        let expected_cts = response_ciphertexts(self.ctx.n(), info.outputs as usize);
+        let error = if response.round != round {
+            Some(ErrorKind::WrongRound {
+                expected: round,
+                got: response.round,
+            })
+        } else if response.ciphertexts.len() != expected_cts {
+            Some(ErrorKind::WrongCount {
+                expected: expected_cts,
+                got: response.ciphertexts.len(),
+            })
+        } else {
+            None
+        };
+        if let Some(kind) = error {
+            return Err(Rejected {
+                state: self,
+                error: ProtocolError::peer(kind),
+            });
+        }
+        let mut values = engine::client_values(
+            &self.ctx,
+            &self.sk,
+            &response.ciphertexts,
+            info.outputs as usize,
+        );
+        engine::apply_client_ops(&info.ops, &mut values);
+        if round as usize + 1 == self.state.accept.rounds.len() {
+            return Ok(ClientStep::Done(values));
+        }
+        let ciphertexts = engine::client_encrypt(&self.ctx, &self.sk, &values, &mut self.rng);
+        self.state.round += 1;
+        let next_round = self.state.round;
+        Ok(ClientStep::Continue(
+            self,
+            Upload {
+                round: next_round,
+                ciphertexts,
+            },
+        ))
+    }
+}

@@ -1,0 +1,367 @@
+//! The four protocol messages and their envelope (spec/protocol.md).
+//!
+//! Decoding takes untrusted bytes and the receiver's context, checks the
+//! envelope before the body, bounds every count by what the parameter set
+//! and the message kind allow, and decodes embedded objects with the
+//! validating `wire` decoders.
+
+use super::error::{ErrorKind, ProtocolError};
+use crate::engine::ClientOp;
+use crate::rlwe::{
+    packing_galois_elements, Ciphertext, Context, SeededCiphertext, SeededGaloisKey,
+    SeededPublicKey,
+};
+use crate::wire::{self, WireError};
+
+pub const MAGIC: [u8; 4] = *b"SFHP";
+pub const VERSION: u16 = 1;
+/// Largest message body accepted (PROTO-4).
+pub const MAX_BODY: usize = 64 << 20;
+/// Most rounds a model may have.
+pub const MAX_ROUNDS: usize = 1024;
+/// Most client ops after one stage.
+pub const MAX_OPS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageKind {
+    SessionRequest = 16,
+    SessionAccept = 17,
+    Upload = 18,
+    Response = 19,
+}
+
+impl MessageKind {
+    fn name(self) -> &'static str {
+        match self {
+            MessageKind::SessionRequest => "SessionRequest",
+            MessageKind::SessionAccept => "SessionAccept",
+            MessageKind::Upload => "Upload",
+            MessageKind::Response => "Response",
+        }
+    }
+}
+
+/// Client → server: the evaluation keys of a new session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRequest {
+    pub galois: Vec<SeededGaloisKey>,
+    pub public: SeededPublicKey,
+}
+
+/// What the client must know of round r: how many values come back and
+/// which element-wise steps to apply to them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoundInfo {
+    pub outputs: u32,
+    pub ops: Vec<ClientOp>,
+}
+
+/// Server → client: the model metadata the client needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionAccept {
+    pub input_len: u32,
+    pub rounds: Vec<RoundInfo>,
+}
+
+/// Client → server: the activations of round `round`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    pub round: u32,
+    pub ciphertexts: Vec<SeededCiphertext>,
+}
+
+/// Server → client: the (shuffled, sanitised) results of round `round`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub round: u32,
+    pub ciphertexts: Vec<Ciphertext>,
+}
+
+fn envelope(ctx: &Context, kind: MessageKind, body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(kind as u8);
+    out.push(0);
+    out.extend_from_slice(&ctx.params().fingerprint().to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn put_u32(out: &mut Vec<u8>, x: usize) {
+    out.extend_from_slice(&(x as u32).to_le_bytes());
+}
+
+fn put_object(out: &mut Vec<u8>, obj: &[u8]) {
+    put_u32(out, obj.len());
+    out.extend_from_slice(obj);
+}
+
+fn peer(kind: impl Into<ErrorKind>) -> ProtocolError {
+    ProtocolError::peer(kind)
+}
+
+/// Checks the envelope; returns the body.
+fn open<'a>(ctx: &Context, bytes: &'a [u8], kind: MessageKind) -> Result<&'a [u8], ProtocolError> {
+    if bytes.len() < 20 {
+        return Err(peer(WireError::Truncated {
+            needed: 20,
+            got: bytes.len(),
+        }));
+    }
+    if bytes[0..4] != MAGIC {
+        return Err(peer(WireError::BadMagic));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != VERSION {
+        return Err(peer(WireError::UnsupportedVersion(version)));
+    }
+    if bytes[6] != kind as u8 {
+        return Err(peer(ErrorKind::UnexpectedMessage {
+            expected: kind.name(),
+            got: bytes[6],
+        }));
+    }
+    if bytes[7] != 0 {
+        return Err(peer(WireError::Reserved(bytes[7])));
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[8..16]);
+    let got = u64::from_le_bytes(fp);
+    let expected = ctx.params().fingerprint();
+    if got != expected {
+        return Err(peer(WireError::ParameterMismatch { expected, got }));
+    }
+    let len = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) as usize;
+    if len > MAX_BODY {
+        return Err(peer(ErrorKind::TooLarge {
+            got: len,
+            limit: MAX_BODY,
+        }));
+    }
+    let body = &bytes[20..];
+    if body.len() < len {
+        return Err(peer(WireError::Truncated {
+            needed: 20 + len,
+            got: bytes.len(),
+        }));
+    }
+    if body.len() > len {
+        return Err(peer(WireError::TrailingBytes(body.len() - len)));
+    }
+    Ok(body)
+}
+
+/// A cursor over an untrusted body.
+struct Body<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.buf.len() < len {
+            return Err(peer(ErrorKind::Malformed("body ends early")));
+        }
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i64(&mut self) -> Result<i64, ProtocolError> {
+        let b = self.take(8)?;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        Ok(i64::from_le_bytes(w))
+    }
+    fn object(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    /// A count that may not exceed `max`.
+    fn count(&mut self, max: usize) -> Result<usize, ProtocolError> {
+        let c = self.u32()? as usize;
+        if c > max {
+            return Err(peer(ErrorKind::Malformed("count out of range")));
+        }
+        Ok(c)
+    }
+    fn finish(self) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(peer(WireError::TrailingBytes(self.buf.len())))
+        }
+    }
+}
+
+/// Most ciphertexts one upload or response may carry (64 MiB of them).
+fn max_ciphertexts(ctx: &Context) -> usize {
+    MAX_BODY / (16 * ctx.n())
+}
+
+impl SessionRequest {
+    pub fn encode(&self, ctx: &Context) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, self.galois.len());
+        for k in &self.galois {
+            put_object(&mut body, &wire::encode_galois_key(ctx, k));
+        }
+        put_object(&mut body, &wire::encode_public_key(ctx, &self.public));
+        envelope(ctx, MessageKind::SessionRequest, body)
+    }
+
+    pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut b = Body {
+            buf: open(ctx, bytes, MessageKind::SessionRequest)?,
+        };
+        let expected = packing_galois_elements(ctx.n()).count();
+        let count = b.count(expected)?;
+        if count != expected {
+            return Err(peer(ErrorKind::BadKeySet));
+        }
+        let galois = (1..=count as u32)
+            .map(|level| wire::decode_galois_key(ctx, b.object()?, level).map_err(peer))
+            .collect::<Result<Vec<_>, _>>()?;
+        let public = wire::decode_public_key(ctx, b.object()?).map_err(peer)?;
+        b.finish()?;
+        Ok(Self { galois, public })
+    }
+}
+
+impl SessionAccept {
+    pub fn encode(&self, ctx: &Context) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, self.rounds.len());
+        put_u32(&mut body, self.input_len as usize);
+        for r in &self.rounds {
+            put_u32(&mut body, r.outputs as usize);
+            put_u32(&mut body, r.ops.len());
+            for op in &r.ops {
+                match *op {
+                    ClientOp::Requantize {
+                        multiplier,
+                        shift,
+                        min,
+                        max,
+                    } => {
+                        body.push(1);
+                        body.extend_from_slice(&multiplier.to_le_bytes());
+                        put_u32(&mut body, shift as usize);
+                        body.extend_from_slice(&min.to_le_bytes());
+                        body.extend_from_slice(&max.to_le_bytes());
+                    }
+                    ClientOp::Relu => body.push(2),
+                }
+            }
+        }
+        envelope(ctx, MessageKind::SessionAccept, body)
+    }
+
+    pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut b = Body {
+            buf: open(ctx, bytes, MessageKind::SessionAccept)?,
+        };
+        let rounds = b.count(MAX_ROUNDS)?;
+        if rounds == 0 {
+            return Err(peer(ErrorKind::Malformed("a model has at least one round")));
+        }
+        let limit = max_ciphertexts(ctx) * ctx.n();
+        let input_len = b.u32()?;
+        if input_len == 0 || input_len as usize > limit {
+            return Err(peer(ErrorKind::Malformed("input length out of range")));
+        }
+        let mut infos = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let outputs = b.u32()?;
+            if outputs == 0 || outputs as usize > limit {
+                return Err(peer(ErrorKind::Malformed("output length out of range")));
+            }
+            let n_ops = b.count(MAX_OPS)?;
+            let mut ops = Vec::with_capacity(n_ops);
+            for _ in 0..n_ops {
+                let op = match b.take(1)?[0] {
+                    1 => {
+                        let multiplier = b.i64()?;
+                        let shift = b.u32()?;
+                        let (min, max) = (b.i64()?, b.i64()?);
+                        if multiplier <= 0 || shift > 62 || min > max {
+                            return Err(peer(ErrorKind::Malformed(
+                                "requantize parameters out of range",
+                            )));
+                        }
+                        ClientOp::Requantize {
+                            multiplier,
+                            shift,
+                            min,
+                            max,
+                        }
+                    }
+                    2 => ClientOp::Relu,
+                    _ => return Err(peer(ErrorKind::Malformed("unknown client op"))),
+                };
+                ops.push(op);
+            }
+            infos.push(RoundInfo { outputs, ops });
+        }
+        b.finish()?;
+        Ok(Self {
+            input_len,
+            rounds: infos,
+        })
+    }
+}
+
+impl Upload {
+    pub fn encode(&self, ctx: &Context) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, self.round as usize);
+        put_u32(&mut body, self.ciphertexts.len());
+        for c in &self.ciphertexts {
+            put_object(&mut body, &wire::encode_seeded_ciphertext(ctx, c));
+        }
+        envelope(ctx, MessageKind::Upload, body)
+    }
+
+    pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut b = Body {
+            buf: open(ctx, bytes, MessageKind::Upload)?,
+        };
+        let round = b.u32()?;
+        let count = b.count(max_ciphertexts(ctx))?;
+        let ciphertexts = (0..count)
+            .map(|_| wire::decode_seeded_ciphertext(ctx, b.object()?).map_err(peer))
+            .collect::<Result<Vec<_>, _>>()?;
+        b.finish()?;
+        Ok(Self { round, ciphertexts })
+    }
+}
+
+impl Response {
+    pub fn encode(&self, ctx: &Context) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, self.round as usize);
+        put_u32(&mut body, self.ciphertexts.len());
+        for c in &self.ciphertexts {
+            put_object(&mut body, &wire::encode_ciphertext(ctx, c));
+        }
+        envelope(ctx, MessageKind::Response, body)
+    }
+
+    pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut b = Body {
+            buf: open(ctx, bytes, MessageKind::Response)?,
+        };
+        let round = b.u32()?;
+        let count = b.count(max_ciphertexts(ctx))?;
+        let ciphertexts = (0..count)
+            .map(|_| wire::decode_ciphertext(ctx, b.object()?).map_err(peer))
+            .collect::<Result<Vec<_>, _>>()?;
+        b.finish()?;
+        Ok(Self { round, ciphertexts })
+    }
+}

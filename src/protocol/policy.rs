@@ -1,0 +1,97 @@
+//! The server's shuffling policy (spec/shuffling.toml, PROTO-6).
+
+use super::error::{ErrorKind, ProtocolError};
+use crate::engine::CompiledModel;
+use crate::shuffle::ShuffleUnit;
+use serde::Deserialize;
+
+/// The shipped policies, embedded at build time.
+pub const SHIPPED_POLICIES: &str = include_str!("../../spec/shuffling.toml");
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    name: String,
+    granularity: String,
+    query_budget: u64,
+    allow_budget_above_attack_threshold: bool,
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    spec: PolicySpec,
+    unit: ShuffleUnit,
+}
+
+fn bad(msg: String) -> ProtocolError {
+    ProtocolError::local(ErrorKind::Policy(msg))
+}
+
+impl Policy {
+    /// Loads one named policy from a TOML document of `[[policy]]` tables.
+    pub fn load(toml_text: &str, name: &str) -> Result<Self, ProtocolError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            policy: Vec<PolicySpec>,
+        }
+        let file: File = toml::from_str(toml_text)
+            .map_err(|e| bad(format!("policy file does not parse: {e}")))?;
+        let spec = file
+            .policy
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| bad(format!("no policy named {name:?}")))?;
+        let unit = match spec.granularity.as_str() {
+            "element" => ShuffleUnit::Element,
+            "channel" => ShuffleUnit::Channel,
+            other => {
+                return Err(bad(format!(
+                    "granularity {other:?} is not element or channel"
+                )))
+            }
+        };
+        if spec.query_budget == 0 {
+            return Err(bad("query_budget must be at least 1".into()));
+        }
+        Ok(Self { spec, unit })
+    }
+
+    pub fn shipped(name: &str) -> Result<Self, ProtocolError> {
+        Self::load(SHIPPED_POLICIES, name)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    pub fn unit(&self) -> ShuffleUnit {
+        self.unit
+    }
+    pub fn query_budget(&self) -> u64 {
+        self.spec.query_budget
+    }
+
+    /// The published attack recovers a stage of input dimension d from d+1
+    /// chosen queries; this is the smallest such d over the model's stages.
+    pub fn attack_threshold(model: &CompiledModel) -> u64 {
+        model
+            .stages
+            .iter()
+            .map(|s| s.input_len() as u64)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// PROTO-6: a budget reaching the threshold needs the explicit opt-in.
+    pub fn check_model(&self, model: &CompiledModel) -> Result<(), ProtocolError> {
+        let threshold = Self::attack_threshold(model);
+        if self.spec.query_budget >= threshold && !self.spec.allow_budget_above_attack_threshold {
+            return Err(bad(format!(
+                "query budget {} reaches the model's attack threshold {threshold} (a stage with input dimension d falls to d+1 chosen queries)",
+                self.spec.query_budget
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! The server's side (PROTO-2..PROTO-5): an [`Endpoint`] holding the model
+//! and the query ledger accepts sessions; each session is a
+//! `Server<AwaitingUpload>` until its last response closes it.
+
+use super::error::{ErrorKind, ProtocolError, Rejected};
+use super::messages::{Response, RoundInfo, SessionAccept, SessionRequest, Upload};
+use super::policy::Policy;
+use crate::engine::{self, CompiledModel, ServerKeys};
+use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
+use crate::rng::Csprng;
+use crate::shuffle::{Permutation, SessionSeed};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The server's transitions, for the committed state graph (PROTO-7).
+pub const TRANSITIONS: &[(&str, &str, &str)] = &[
+    (
+        "Endpoint",
+        "recv SessionRequest / send SessionAccept",
+        "AwaitingUpload",
+    ),
+    (
+        "AwaitingUpload",
+        "recv Upload(r<R-1) / send Response(r)",
+        "AwaitingUpload",
+    ),
+    (
+        "AwaitingUpload",
+        "recv Upload(R-1) / send Response(R-1)",
+        "Closed",
+    ),
+];
+
+/// An authenticated client identity, supplied by the application (the
+/// crate does no authentication). Query budgets are counted per identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(pub String);
+
+/// Accepts sessions for one model under one policy.
+pub struct Endpoint {
+    ctx: Arc<Context>,
+    model: Arc<CompiledModel>,
+    policy: Policy,
+    used: HashMap<ClientId, u64>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Endpoint({} stages, policy {:?})",
+            self.model.stages.len(),
+            self.policy.name()
+        )
+    }
+}
+
+/// A session in state `S`.
+pub struct Server<S> {
+    ctx: Arc<Context>,
+    model: Arc<CompiledModel>,
+    state: S,
+}
+
+impl<S> std::fmt::Debug for Server<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Server<{}>",
+            std::any::type_name::<S>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("?")
+        )
+    }
+}
+
+/// Waiting for upload `round`; holds the session's secrets.
+pub struct AwaitingUpload {
+    round: u32,
+    galois: GaloisKeys,
+    public: PublicKey,
+    seed: SessionSeed,
+    previous: Option<Permutation>,
+    unit: crate::shuffle::ShuffleUnit,
+    rng: Box<Csprng>,
+}
+
+impl std::fmt::Debug for AwaitingUpload {
+    // The seed and σ are secrets: print only the round.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AwaitingUpload(round {})", self.round)
+    }
+}
+
+/// What an upload leads to.
+#[derive(Debug)]
+pub enum ServerStep {
+    Continue(Server<AwaitingUpload>, Response),
+    /// The last response; the session is over.
+    Closed(Response),
+}
+
+/// A stored session, for servers that keep sessions between messages: the
+/// closed set of states a session can be in (PROTO-2).
+#[derive(Debug)]
+pub enum StoredSession {
+    AwaitingUpload(Server<AwaitingUpload>),
+    Closed,
+}
+
+impl Endpoint {
+    /// Refuses a policy whose budget is at or above the published attack's
+    /// threshold for this model, unless the policy says otherwise (PROTO-6).
+    pub fn new(
+        ctx: Arc<Context>,
+        model: Arc<CompiledModel>,
+        policy: Policy,
+    ) -> Result<Self, ProtocolError> {
+        policy.check_model(&model)?;
+        Ok(Self {
+            ctx,
+            model,
+            policy,
+            used: HashMap::new(),
+        })
+    }
+
+    /// Inferences `client` has started so far.
+    pub fn queries_used(&self, client: &ClientId) -> u64 {
+        self.used.get(client).copied().unwrap_or(0)
+    }
+
+    /// Accepts a session: checks the budget (PROTO-5), expands the keys,
+    /// draws the session seed (PROTO-3).
+    pub fn accept(
+        &mut self,
+        client: &ClientId,
+        request: SessionRequest,
+    ) -> Result<(Server<AwaitingUpload>, SessionAccept), ProtocolError> {
+        let used = self.queries_used(client);
+        let budget = self.policy.query_budget();
+        if used >= budget {
+            return Err(ProtocolError::peer(ErrorKind::BudgetExhausted {
+                used,
+                budget,
+            }));
+        }
+        let galois = GaloisKeys::from_seeded(&self.ctx, &request.galois)
+            .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
+        let public = request.public.expand(&self.ctx);
+        self.used.insert(client.clone(), used + 1);
+        let accept = SessionAccept {
+            input_len: self.model.stages[0].input_len() as u32,
+            rounds: self
+                .model
+                .stages
+                .iter()
+                .zip(&self.model.client_ops)
+                .map(|(s, ops)| RoundInfo {
+                    outputs: s.output_len() as u32,
+                    ops: ops.clone(),
+                })
+                .collect(),
+        };
+        let session = Server {
+            ctx: self.ctx.clone(),
+            model: self.model.clone(),
+            state: AwaitingUpload {
+                round: 0,
+                galois,
+                public,
+                seed: SessionSeed::generate(),
+                previous: None,
+                unit: self.policy.unit(),
+                rng: Box::new(Csprng::from_os()),
+            },
+        };
+        Ok((session, accept))
+    }
+}
+
+impl Server<AwaitingUpload> {
+    pub fn round(&self) -> u32 {
+        self.state.round
+    }
+
+    /// Evaluates round r on a validated upload (PROTO-4).
+    pub fn receive_upload(mut self, upload: Upload) -> Result<ServerStep, Rejected<Self>> {
+        let r = self.state.round;
+        let n = self.ctx.n();
+        let expected = self.model.stages[r as usize].input_len().div_ceil(n);
+        let error = if upload.round != r {
+            Some(ErrorKind::WrongRound {
+                expected: r,
+                got: upload.round,
+            })
+        } else if upload.ciphertexts.len() != expected {
+            Some(ErrorKind::WrongCount {
+                expected,
+                got: upload.ciphertexts.len(),
+            })
+        } else {
+            None
+        };
+        if let Some(kind) = error {
+            return Err(Rejected {
+                state: self,
+                error: ProtocolError::peer(kind),
+            });
+        }
+        let q = self.ctx.q();
+        let inputs: Vec<Ciphertext> = upload.ciphertexts.iter().map(|c| c.expand(q)).collect();
+        let s = &mut self.state;
+        let keys = ServerKeys {
+            galois: &s.galois,
+            public: &s.public,
+        };
+        let result = engine::server_round(
+            &self.ctx,
+            keys,
+            &self.model,
+            r as usize,
+            &inputs,
+            s.previous.as_ref(),
+            s.unit,
+            &s.seed,
+            &mut s.rng,
+        );
+        let (ciphertexts, shuffle) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                return Err(Rejected {
+                    state: self,
+                    error: ProtocolError::local(e),
+                })
+            }
+        };
+        let response = Response {
+            round: r,
+            ciphertexts,
+        };
+        if r as usize + 1 == self.model.stages.len() {
+            return Ok(ServerStep::Closed(response));
+        }
+        self.state.previous = shuffle;
+        self.state.round += 1;
+        Ok(ServerStep::Continue(self, response))
+    }
+}
+
+impl StoredSession {
+    /// Feeds an upload to a stored session. A rejected upload leaves the
+    /// session as it was; a closed session refuses everything.
+    pub fn receive_upload(
+        self,
+        upload: Upload,
+    ) -> (StoredSession, Result<Response, ProtocolError>) {
+        match self {
+            StoredSession::Closed => (
+                StoredSession::Closed,
+                Err(ProtocolError::peer(ErrorKind::Malformed(
+                    "the session is closed",
+                ))),
+            ),
+            StoredSession::AwaitingUpload(s) => match s.receive_upload(upload) {
+                Ok(ServerStep::Continue(next, resp)) => {
+                    (StoredSession::AwaitingUpload(next), Ok(resp))
+                }
+                Ok(ServerStep::Closed(resp)) => (StoredSession::Closed, Ok(resp)),
+                Err(Rejected { state, error }) => {
+                    (StoredSession::AwaitingUpload(state), Err(error))
+                }
+            },
+        }
+    }
+}

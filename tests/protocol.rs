@@ -1,0 +1,287 @@
+//! PROTO-1..PROTO-7: the typed protocol end to end, over encoded bytes, on
+//! the shipped model; refusals leave sessions unchanged and name the fault.
+
+mod common;
+
+use proptest::prelude::*;
+use safhire::engine::{self, CompiledModel};
+use safhire::model::Model;
+use safhire::params::ParameterSet;
+use safhire::protocol::{
+    state_graph, Client, ClientId, ClientStep, Endpoint, ErrorKind, Fault, Policy, Response,
+    ServerStep, SessionAccept, SessionRequest, StoredSession, Upload,
+};
+use safhire::rlwe::Context;
+use std::sync::{Arc, OnceLock};
+
+const MODEL: &str = include_str!("../models/digits-cnn.json");
+const TEST_SET: &str = include_str!("../models/digits-test.json");
+
+#[derive(serde::Deserialize)]
+struct TestSet {
+    inputs: Vec<Vec<i64>>,
+    integer_logits: Vec<Vec<i64>>,
+}
+
+struct Setup {
+    ctx: Arc<Context>,
+    model: Arc<CompiledModel>,
+    set: TestSet,
+}
+
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| {
+        let ctx = Arc::new(Context::new(ParameterSet::shipped("b16").unwrap()));
+        let model = Arc::new(engine::compile(&ctx, &Model::from_json(MODEL).unwrap()).unwrap());
+        Setup {
+            ctx,
+            model,
+            set: serde_json::from_str(TEST_SET).unwrap(),
+        }
+    })
+}
+
+fn endpoint(policy: &str) -> Endpoint {
+    let s = setup();
+    Endpoint::new(
+        s.ctx.clone(),
+        s.model.clone(),
+        Policy::shipped(policy).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Runs a whole session through encoded messages; returns the logits.
+fn session(server: &mut Endpoint, who: &ClientId, input: &[i64]) -> Vec<i64> {
+    let ctx = &setup().ctx;
+    let (client, request) = Client::start(ctx.clone());
+    let request = SessionRequest::decode(ctx, &request.encode(ctx)).unwrap();
+    let (mut session, accept) = server.accept(who, request).unwrap();
+    let accept = SessionAccept::decode(ctx, &accept.encode(ctx)).unwrap();
+    let client = client.receive_accept(accept);
+    let (mut client, mut upload) = client.send_input(input).unwrap();
+    loop {
+        let up = Upload::decode(ctx, &upload.encode(ctx)).unwrap();
+        let (next_server, response) = match session.receive_upload(up).unwrap() {
+            ServerStep::Continue(s, r) => (Some(s), r),
+            ServerStep::Closed(r) => (None, r),
+        };
+        let response = Response::decode(ctx, &response.encode(ctx)).unwrap();
+        match client.receive_response(response).unwrap() {
+            ClientStep::Continue(c, u) => {
+                client = c;
+                upload = u;
+                session = next_server.expect("server closed before the client finished");
+            }
+            ClientStep::Done(logits) => {
+                assert!(
+                    next_server.is_none(),
+                    "client finished before the server closed"
+                );
+                return logits;
+            }
+        }
+    }
+}
+
+// PROTO-1, PROTO-3
+#[test]
+fn a_session_over_encoded_messages_gives_the_reference_logits() {
+    let s = setup();
+    let mut server = endpoint("default");
+    for (k, policy) in [(3usize, "default"), (200, "channel")] {
+        let mut server_k = if policy == "default" {
+            None
+        } else {
+            Some(endpoint(policy))
+        };
+        let ep = server_k.as_mut().unwrap_or(&mut server);
+        let logits = session(ep, &ClientId("alice".into()), &s.set.inputs[k]);
+        assert_eq!(
+            logits, s.set.integer_logits[k],
+            "image {k}, policy {policy}"
+        );
+    }
+}
+
+// PROTO-4: refused messages leave the state unchanged and name the peer.
+#[test]
+fn wrong_round_or_count_is_refused_and_the_session_survives() {
+    let s = setup();
+    let ctx = &s.ctx;
+    let mut server = endpoint("default");
+    let (client, request) = Client::start(ctx.clone());
+    let (session, accept) = server.accept(&ClientId("bob".into()), request).unwrap();
+    let client = client.receive_accept(accept);
+    let (client, upload) = client.send_input(&s.set.inputs[0]).unwrap();
+
+    let mut wrong = upload.clone();
+    wrong.round = 1;
+    let rejected = session.receive_upload(wrong).unwrap_err();
+    assert_eq!(rejected.error.fault, Fault::Peer);
+    assert!(matches!(
+        rejected.error.kind,
+        ErrorKind::WrongRound {
+            expected: 0,
+            got: 1
+        }
+    ));
+    let session = rejected.state;
+    assert_eq!(session.round(), 0);
+
+    let mut short = upload.clone();
+    short.ciphertexts.clear();
+    let rejected = session.receive_upload(short).unwrap_err();
+    assert!(matches!(rejected.error.kind, ErrorKind::WrongCount { .. }));
+    let session = rejected.state;
+
+    // The untouched session still completes correctly.
+    let ServerStep::Continue(_, response) = session.receive_upload(upload).unwrap() else {
+        panic!("round 0 is not the last")
+    };
+    let mut bad = response.clone();
+    bad.round = 7;
+    let rejected = client.receive_response(bad).unwrap_err();
+    assert_eq!(rejected.error.fault, Fault::Peer);
+    let client = rejected.state;
+    assert_eq!(client.round(), 0);
+    assert!(matches!(
+        client.receive_response(response),
+        Ok(ClientStep::Continue(..))
+    ));
+}
+
+#[test]
+fn local_input_errors_are_the_callers_fault() {
+    let s = setup();
+    let (client, request) = Client::start(s.ctx.clone());
+    let (_, accept) = endpoint("default")
+        .accept(&ClientId("c".into()), request)
+        .unwrap();
+    let client = client.receive_accept(accept);
+    let rejected = client.send_input(&[1, 2, 3]).unwrap_err();
+    assert_eq!(rejected.error.fault, Fault::Local);
+    assert!(rejected.error.to_string().starts_with("local fault"));
+    let rejected = rejected.state.send_input(&vec![1 << 20; 64]).unwrap_err();
+    assert_eq!(rejected.error.fault, Fault::Local);
+}
+
+// PROTO-5
+#[test]
+fn query_budget_is_enforced_per_client_identity() {
+    let s = setup();
+    let mut server = endpoint("default");
+    let budget = Policy::shipped("default").unwrap().query_budget();
+    let (alice, carol) = (ClientId("alice".into()), ClientId("carol".into()));
+    for _ in 0..budget {
+        let (_, request) = Client::start(s.ctx.clone());
+        server.accept(&alice, request).unwrap();
+    }
+    let (_, request) = Client::start(s.ctx.clone());
+    let err = server.accept(&alice, request.clone()).unwrap_err();
+    assert_eq!(err.fault, Fault::Peer);
+    assert!(
+        matches!(err.kind, ErrorKind::BudgetExhausted { used, budget: b } if used == budget && b == budget)
+    );
+    // Fresh keys do not reset the budget; another identity has its own.
+    let (_, fresh) = Client::start(s.ctx.clone());
+    assert!(server.accept(&alice, fresh).is_err());
+    assert!(server.accept(&carol, request).is_ok());
+}
+
+// PROTO-6
+#[test]
+fn policies_are_validated_against_the_model() {
+    let s = setup();
+    // The digits model's smallest stage takes 64 values: 32 is under it.
+    assert_eq!(Policy::attack_threshold(&s.model), 64);
+    let too_many = SHIPPED_WITH_BUDGET.replace("query_budget = 32", "query_budget = 64");
+    let p = Policy::load(&too_many, "default").unwrap();
+    let err = Endpoint::new(s.ctx.clone(), s.model.clone(), p).unwrap_err();
+    assert_eq!(err.fault, Fault::Local);
+    assert!(Endpoint::new(
+        s.ctx.clone(),
+        s.model.clone(),
+        Policy::shipped("benchmark").unwrap()
+    )
+    .is_ok());
+    assert!(Policy::load("[[policy]]\nname = 1", "x").is_err());
+    assert!(Policy::load(
+        &SHIPPED_WITH_BUDGET.replace("\"element\"", "\"row\""),
+        "default"
+    )
+    .is_err());
+    assert!(Policy::load(
+        &SHIPPED_WITH_BUDGET.replace("query_budget = 32", "query_budget = 0"),
+        "default"
+    )
+    .is_err());
+    assert!(Policy::shipped("nope").is_err());
+}
+
+const SHIPPED_WITH_BUDGET: &str = safhire::protocol::SHIPPED_POLICIES;
+
+// PROTO-2: a stored session is a closed enum; closing is final.
+#[test]
+fn stored_sessions_close_after_the_last_round() {
+    let s = setup();
+    let ctx = &s.ctx;
+    let mut server = endpoint("default");
+    let (client, request) = Client::start(ctx.clone());
+    let (session, accept) = server.accept(&ClientId("d".into()), request).unwrap();
+    let mut stored = StoredSession::AwaitingUpload(session);
+    let client = client.receive_accept(accept);
+    let (mut client, mut upload) = client.send_input(&s.set.inputs[1]).unwrap();
+    let logits = loop {
+        let (next, response) = stored.receive_upload(upload.clone());
+        stored = next;
+        match client.receive_response(response.unwrap()).unwrap() {
+            ClientStep::Continue(c, u) => {
+                client = c;
+                upload = u;
+            }
+            ClientStep::Done(l) => break l,
+        }
+    };
+    assert_eq!(logits, s.set.integer_logits[1]);
+    assert!(matches!(stored, StoredSession::Closed));
+    let (stored, again) = stored.receive_upload(upload);
+    assert!(matches!(stored, StoredSession::Closed));
+    assert_eq!(again.unwrap_err().fault, Fault::Peer);
+}
+
+// PROTO-7
+#[test]
+fn committed_state_graph_matches_the_code() {
+    let committed = include_str!("../spec/state-machines.dot");
+    assert_eq!(
+        committed,
+        state_graph(),
+        "regenerate spec/state-machines.dot from protocol::state_graph()"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+    // PROTO-4: no decoder panics on arbitrary or corrupted bytes.
+    #[test]
+    fn message_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), pos in any::<usize>(), byte in any::<u8>()) {
+        let ctx = &setup().ctx;
+        prop_assert!(SessionRequest::decode(ctx, &bytes).is_err());
+        prop_assert!(SessionAccept::decode(ctx, &bytes).is_err() || bytes.len() >= 20);
+        prop_assert!(Upload::decode(ctx, &bytes).is_err() || bytes.len() >= 28);
+        prop_assert!(Response::decode(ctx, &bytes).is_err() || bytes.len() >= 28);
+        // A corrupted valid SessionAccept decodes to something valid or fails cleanly.
+        let accept = SessionAccept {
+            input_len: 64,
+            rounds: vec![safhire::protocol::RoundInfo { outputs: 10, ops: vec![safhire::engine::ClientOp::Relu] }],
+        };
+        let mut enc = accept.encode(ctx);
+        let p = pos % enc.len();
+        enc[p] = byte;
+        if let Ok(m) = SessionAccept::decode(ctx, &enc) {
+            prop_assert_eq!(m.encode(ctx), enc);
+        }
+    }
+}
