@@ -98,6 +98,8 @@ pub struct Packer<'a> {
     ctx: &'a Context,
     keys: &'a GaloisKeys,
     shared_levels: u32,
+    /// Choose ℓ* ≤ `shared_levels` per output by cost, or use it as given.
+    adaptive: bool,
 }
 
 impl<'a> Packer<'a> {
@@ -106,11 +108,13 @@ impl<'a> Packer<'a> {
             ctx,
             keys,
             shared_levels: ctx.params().shared_pack_levels(),
+            adaptive: true,
         }
     }
 
-    /// Uses fewer shared levels than the parameter set allows (more key
-    /// switches, less noise). More is refused: the budget would not hold.
+    /// Uses exactly `levels` shared levels instead of choosing per output
+    /// (fewer: more key switches, less noise). More than the parameter set
+    /// allows is refused: the budget would not hold.
     pub fn with_shared_levels(mut self, levels: u32) -> Result<Self, PackError> {
         let allowed = self.ctx.params().shared_pack_levels();
         if levels > allowed {
@@ -120,6 +124,7 @@ impl<'a> Packer<'a> {
             });
         }
         self.shared_levels = levels;
+        self.adaptive = false;
         Ok(self)
     }
 
@@ -201,19 +206,35 @@ impl<'a> Packer<'a> {
             *slot = Some(p.value);
         }
         let mut images = ImageCache::new(self.ctx, self.keys, sources, gamma);
+        // Conjugate-bearing sources need their γ levels shared.
+        let min_shared = if sources.iter().any(|s| !s.conjugates.is_empty()) {
+            gamma
+        } else {
+            0
+        };
         Ok(slots
             .iter()
-            .map(|s| self.pack_one(s, &mut images))
+            .map(|s| self.pack_one(s, &mut images, min_shared))
             .collect())
     }
 
-    fn pack_one(&self, slots: &[Option<ValueRef>], images: &mut ImageCache<'_>) -> Ciphertext {
+    fn pack_one(
+        &self,
+        slots: &[Option<ValueRef>],
+        images: &mut ImageCache<'_>,
+        min_shared: u32,
+    ) -> Ciphertext {
         let ctx = self.ctx;
         let q = ctx.q();
         let n = ctx.n();
         let log_n = ctx.params().log_ring_degree();
         let two_n = 2 * n as u32;
-        let shared = self.shared_levels.min(log_n);
+        let hi = self.shared_levels.min(log_n);
+        let shared = if self.adaptive {
+            choose_shared_levels(slots, min_shared.min(hi), hi)
+        } else {
+            hi
+        };
 
         // Level 0: one term per present value, X^(−i)·c_s.
         let mut nodes: Vec<Vec<Term>> = slots
@@ -310,6 +331,42 @@ impl<'a> Packer<'a> {
         }
         level.pop().flatten().unwrap_or_else(|| Ciphertext::zero(n))
     }
+}
+
+/// Cost of one key switch in monomial rotate-adds of a ciphertext, measured
+/// on the development machine (≈190 µs against ≈1.5 µs); only the choice of
+/// ℓ* depends on it, never a result.
+const KEY_SWITCH_IN_ROTATIONS: u64 = 128;
+
+/// Picks ℓ* in `lo..=hi` for one output by a cost model (PACK-2): sharing
+/// level ℓ costs 2^ℓ rotate-adds per value and 2^ℓ − 1 key switches per
+/// source, and saves the key switches of every non-empty node at levels ≤ ℓ.
+/// Dense outputs land on ℓ* ≈ 4, sparse ones higher.
+fn choose_shared_levels(slots: &[Option<ValueRef>], lo: u32, hi: u32) -> u32 {
+    let n = slots.len();
+    let occupied: Vec<usize> = (0..n).filter(|&p| slots[p].is_some()).collect();
+    let mut sources: Vec<u32> = slots.iter().flatten().map(|v| v.source).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    // Non-empty nodes at level ℓ: distinct residues of the positions mod N/2^ℓ.
+    let log_n = n.trailing_zeros();
+    let nodes: Vec<u64> = (0..=log_n)
+        .map(|l| {
+            let modulus = n >> l;
+            let mut seen = vec![false; modulus];
+            occupied
+                .iter()
+                .filter(|&&p| !std::mem::replace(&mut seen[p % modulus], true))
+                .count() as u64
+        })
+        .collect();
+    let cost = |shared: u32| -> u64 {
+        let rotations = occupied.len() as u64 * (1u64 << shared);
+        let images = sources.len() as u64 * ((1u64 << shared) - 1);
+        let upper: u64 = nodes[(shared + 1) as usize..].iter().sum();
+        rotations + (images + upper) * KEY_SWITCH_IN_ROTATIONS
+    };
+    (lo..=hi).min_by_key(|&l| cost(l)).unwrap_or(lo)
 }
 
 /// The images `D_t(N^-1 · c_s)` of each source, computed on first use.

@@ -92,7 +92,10 @@ fn repack_noise(order_of: impl Fn(usize, &mut Csprng) -> Vec<usize>, seed: u8) -
         .into_iter()
         .map(|i| ValueRef::new(0, i))
         .collect();
+    // The budget covers the set's ℓ*; measure exactly that tree.
     let packed = Packer::new(ctx, &f.galois)
+        .with_shared_levels(ctx.params().shared_pack_levels())
+        .unwrap()
         .pack_dense(&[PackSource::plain(&ct)], &order)
         .unwrap();
     let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();

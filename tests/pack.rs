@@ -53,7 +53,7 @@ proptest! {
         sources in 1usize..4,
         frac in 0.0f64..1.0,
         seed in any::<u64>(),
-        shared in prop_oneof![Just(None), (0u32..=4).prop_map(Some)],
+        shared in prop_oneof![Just(None), (0u32..=5).prop_map(Some)],
     ) {
         let k = 1 + (frac * (sources * 4096 - 1) as f64) as usize;
         check_pack(sources, k.min(sources * 4096), seed, shared);
@@ -107,7 +107,7 @@ fn bad_requests_are_refused_without_panicking() {
         Err(PackError::PositionTaken { .. })
     ));
     assert!(matches!(
-        Packer::new(ctx, &f.galois).with_shared_levels(5),
+        Packer::new(ctx, &f.galois).with_shared_levels(ctx.params().shared_pack_levels() + 1),
         Err(PackError::SharedLevelsOverBudget { .. })
     ));
 }

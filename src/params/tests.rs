@@ -43,7 +43,7 @@ fn each_out_of_range_field_is_named() {
         ),
         (
             "client_conjugate_levels",
-            Box::new(|s| s.client_conjugate_levels = 5),
+            Box::new(|s| s.client_conjugate_levels = 7),
         ),
         (
             "flooding_bound_log2",
