@@ -376,11 +376,14 @@ fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut server_ms = vec![0f64; rounds];
     let (mut up, mut down) = (0usize, 0usize);
     let (mut correct, mut agree) = (0usize, 0usize);
+    let mut plain_ms = 0f64;
     let started = Instant::now();
     for (k, (x, &label)) in set.inputs.iter().zip(&set.labels).take(count).enumerate() {
         let session = SessionSeed::generate();
         let out = engine::run(&ctx, &sk, keys, &compiled, x, args.unit, &session)?;
+        let t = Instant::now();
         let reference = model.evaluate(x)?;
+        plain_ms += ms(t);
         agree += usize::from(out.logits == reference);
         correct += usize::from(argmax(&out.logits) == label);
         for (r, s) in out.rounds.iter().enumerate() {
@@ -405,6 +408,11 @@ fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let (tc, ts): (f64, f64) = (client_ms.iter().sum(), server_ms.iter().sum());
     println!("  total {:>11.1} {:>11.1}", tc / c, ts / c);
+    println!(
+        "  plaintext integer inference (same run): {:.3} ms; encrypted is {:.0}x that (client + server)",
+        plain_ms / c,
+        (tc + ts) / plain_ms.max(1e-9)
+    );
     println!(
         "  traffic: up {:.1} KiB, down {:.1} KiB",
         up as f64 / c / 1024.0,
