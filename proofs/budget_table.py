@@ -6,15 +6,17 @@ standard library only. Reads spec/parameters.toml; prints Markdown tables.
 
     python3 proofs/budget_table.py
 
-Section 1 is exactly what `NoiseBudget::derive` / `check` compute (including
-the γ handling: levels ≤ γ of the unshuffle repack add no key-switch noise and
-2^γ·σ² of fresh noise instead of σ² — noise.rs's count; packing.md, Lemma 5(c)
-proves 4^γ·σ², shown beside it in section 6; the output pack uses γ = 0). Section 2
+Section 1 is exactly what `NoiseBudget::derive` / `check` compute, with the
+set's ℓ* (the largest the packer may choose; the bound is monotone in ℓ*) and
+the γ handling: the unshuffle repack is max(4^γ·σ² + pack(γ), σ² + pack(0)),
+conjugate-bearing against plain sources (packing.md, Lemma 5; noise-budget.md,
+Lemma 3); the output pack uses γ = 0. Section 2
 (security) repeats the two checks of security.rs, with tfhe-rs 1.8.2's
 binary-key fit copied as a formula (secure_noise.rs,
 minimal_lwe_variance_for_132_bits_security_tuniform_impl). Sections 3 (circuit
-privacy), 4 (sensitivity), 5 (cost of ℓ*) and 6 (γ) are derived quantities
-that the crate does not compute; they are labelled as such.
+privacy), 4 (sensitivity), 5 (cost of ℓ*, with a mirror of
+`pack::choose_shared_levels`) and 6 (γ) are derived quantities that the crate
+does not compute; they are labelled as such.
 """
 
 import math
@@ -89,21 +91,48 @@ def pack_variance(log_n, shared_levels, conjugate_levels, key_switch, copies=Non
     return total
 
 
+# ---- mirror of pack::choose_shared_levels (src/pack.rs) --------------------
+
+KEY_SWITCH_IN_ROTATIONS = 128
+
+
+def _nodes_per_level(n, occupied):
+    """Non-empty nodes at each level 0..L: distinct residues mod N/2^l."""
+    log_n = n.bit_length() - 1
+    return [len({p % (n >> l) for p, _ in occupied}) for l in range(log_n + 1)]
+
+
+def shared_level_key_switches(n, occupied, shared):
+    """Image key switches m·(2^ℓ−1) plus one per non-empty node above ℓ."""
+    sources = len({src for _, src in occupied})
+    return sources * (2 ** shared - 1) + sum(_nodes_per_level(n, occupied)[shared + 1:])
+
+
+def shared_level_cost(n, occupied, shared):
+    """pack.rs's cost in rotate-adds: K·2^ℓ + key switches · 128."""
+    return len(occupied) * 2 ** shared + \
+        shared_level_key_switches(n, occupied, shared) * KEY_SWITCH_IN_ROTATIONS
+
+
+def choose_shared_levels(n, occupied, lo, hi):
+    """occupied: (position, source) pairs of one output. First minimum wins,
+    as Rust's Iterator::min_by_key."""
+    return min(range(lo, hi + 1), key=lambda l: shared_level_cost(n, occupied, l))
+
+
 def uncorrelated_copies(l):
     """The previous model: 2^(2l-1) rotated copies counted as uncorrelated."""
     return 2.0 ** (2 * l - 1)
 
 
 def derive(s, pack_copies=None, linear_factor=1.0, k=None, ks_factor=1.0, gamma=None,
-           plain_sources=False, fresh_copies=None):
+           shared=None):
     """NoiseBudget::derive and check. The keyword arguments are for the
     sensitivity sections only; with their defaults this is exactly noise.rs.
 
-    gamma overrides client_conjugate_levels; plain_sources=True gives the
-    repack noise of a source *without* conjugates in a set with that gamma
-    (which pack.rs accepts, but noise.rs does not model); fresh_copies
-    replaces noise.rs's 2^gamma fresh noises (packing.md, Lemma 5(c) proves
-    2^gamma * |S| <= 4^gamma).
+    gamma overrides client_conjugate_levels, shared overrides
+    shared_pack_levels. The result also carries the two cases noise.rs takes
+    the maximum of (repack_conjugates, repack_plain).
     """
     n = s["ring_degree"]
     log_n = n.bit_length() - 1
@@ -112,16 +141,16 @@ def derive(s, pack_copies=None, linear_factor=1.0, k=None, ks_factor=1.0, gamma=
     ks_digits, ks_round = key_switch_parts(n, s["special_modulus"], s["noise_bound_log2"],
                                            s["gadget_base_log"], s["gadget_levels"])
     ks = (ks_digits + ks_round) * ks_factor
-    shared = s["shared_pack_levels"]
+    shared = s["shared_pack_levels"] if shared is None else shared
     g = s["client_conjugate_levels"] if gamma is None else gamma
     pack = pack_variance(log_n, shared, 0, ks, pack_copies)
-    if plain_sources:
-        repack = pack
-        after_repack = fresh + repack
-    else:
-        repack = pack_variance(log_n, shared, g, ks, pack_copies)
-        copies = 2.0 ** g if fresh_copies is None else fresh_copies(g)
-        after_repack = copies * fresh + repack
+    # noise.rs: conjugate-bearing sources 4^γ·σ² + pack(γ); plain sources,
+    # which pack.rs accepts in every set, σ² + pack(0); the budget takes the
+    # larger (equal when γ = 0).
+    repack = pack_variance(log_n, shared, g, ks, pack_copies)
+    repack_conjugates = 4.0 ** g * fresh + repack
+    repack_plain = fresh + pack
+    after_repack = max(repack_conjugates, repack_plain)
     after_linear_std = linear_factor * 2.0 ** s["max_weight_l1_log2"] * math.sqrt(after_repack)
     rerandomize = (n + 1.0) * fresh
     before_flooding = after_linear_std ** 2 + pack + rerandomize
@@ -135,7 +164,8 @@ def derive(s, pack_copies=None, linear_factor=1.0, k=None, ks_factor=1.0, gamma=
         n=n, log_n=log_n, q=q, fresh=fresh, gamma=g, ks_digits=ks_digits, ks_round=ks_round,
         ks=ks, pack=pack, pack_plain=pack_variance(log_n, 0, 0, ks),
         pack_uncorrelated=pack_variance(log_n, shared, 0, ks, uncorrelated_copies),
-        repack=repack, after_repack=after_repack, after_linear_std=after_linear_std,
+        repack=repack, repack_conjugates=repack_conjugates, repack_plain=repack_plain,
+        after_repack=after_repack, after_linear_std=after_linear_std,
         rerandomize=rerandomize, before_flooding=before_flooding, k=k, flooding=flooding,
         worst=worst, margin=margin, ok=worst < margin, delta=delta, t=t,
     )
@@ -194,7 +224,7 @@ def main():
          lambda s: f2(lgs(s["b"]["pack_uncorrelated"]))),
         ("pack, set's ℓ*, copies 2^(3ℓ−1) (`pack.pack`)", lambda s: f2(lgs(s["b"]["pack"]))),
         ("repack key switches, levels ≤ γ skipped", lambda s: f2(lgs(s["b"]["repack"]))),
-        ("after repack 2^γ·σ² + repack", lambda s: f2(lgs(s["b"]["after_repack"]))),
+        ("after repack max(4^γ·σ² + repack, σ² + pack)", lambda s: f2(lgs(s["b"]["after_repack"]))),
         ("after linear (2^W · std)", lambda s: f2(lg(s["b"]["after_linear_std"]))),
         ("output pack (γ = 0)", lambda s: f2(lgs(s["b"]["pack"]))),
         ("re-randomisation (N+1)σ²", lambda s: f2(lgs(s["b"]["rerandomize"]))),
@@ -258,35 +288,57 @@ def main():
     log_n = n.bit_length() - 1
     ks = s["b"]["ks"]
     print("| ℓ* | key switches m·(2^ℓ*−1) + N/2^ℓ* − 1 | monomial rotations K·2^ℓ* | "
-          "cost in key switches at c = KS/rotation = 64 / 256 / 1024 | "
+          f"cost in rotations at c = KS/rotation = {KEY_SWITCH_IN_ROTATIONS} (pack.rs) | "
+          "cost in key switches at c = 64 / 256 / 1024 | "
           "pack std (log2), code's bound 2^(3ℓ−1) | pack std (log2), uncorrelated 2^(2ℓ−1) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for l_star in range(0, 8):
         kss = (2 ** l_star - 1) + n // 2 ** l_star - 1
         rot = n * 2 ** l_star
-        print(f"| {l_star} | {kss} | {rot} | "
+        print(f"| {l_star} | {kss} | {rot} | {rot + kss * KEY_SWITCH_IN_ROTATIONS} | "
               f"{kss + rot / 64:.0f} / {kss + rot / 256:.0f} / {kss + rot / 1024:.0f} | "
               f"{lgs(pack_variance(log_n, l_star, 0, ks)):.2f} | "
               f"{lgs(pack_variance(log_n, l_star, 0, ks, uncorrelated_copies)):.2f} |")
     print()
 
+    print("### 5b. The packer's per-output choice (mirror of pack::choose_shared_levels, N = 4096)\n")
+    print(f"cost(ℓ) = K·2^ℓ + (m·(2^ℓ − 1) + Σ_(levels > ℓ) non-empty nodes)·{KEY_SWITCH_IN_ROTATIONS}, "
+          "minimised over γ..=ℓ*_max (first minimum on ties). Engine output packs put k < N "
+          "values at stride N/2^⌈log2 k⌉.\n")
+    examples = [
+        ("dense, K = N, 1 source", [(p, 0) for p in range(n)]),
+        ("dense, K = N, 2 sources", [(p, p % 2) for p in range(n)]),
+        ("512 values at positions 0..511, 1 source", [(p, 0) for p in range(512)]),
+        ("2048 values at positions 0..2047, 1 source", [(p, 0) for p in range(2048)]),
+        ("engine output pack, 512 values, stride 8, 1 source", [(8 * p, 0) for p in range(512)]),
+        ("engine output pack, 10 values, stride 256, 1 source", [(256 * p, 0) for p in range(10)]),
+    ]
+    print("| placement | ℓ* chosen (max 4) | ℓ* chosen (max 5) | cost at ℓ* = 3 / 4 / 5 / 6 | "
+          "key switches at the chosen ℓ* (max 5) |")
+    print("|---|---:|---:|---|---:|")
+    for name, occ in examples:
+        c4 = choose_shared_levels(n, occ, 0, 4)
+        c5 = choose_shared_levels(n, occ, 0, 5)
+        costs = " / ".join(str(shared_level_cost(n, occ, l)) for l in (3, 4, 5, 6))
+        print(f"| {name} | {c4} | {c5} | {costs} | {shared_level_key_switches(n, occ, c5)} |")
+    print()
+
     print("## 6. Client conjugates: γ = 0..ℓ* on each set (not shipped; γ = 0 everywhere)\n")
-    print("log2 std after the repack: conjugate-bearing sources as noise.rs models them "
-          "(2^γ·σ²) / with the proved 4^γ·σ² (packing.md, Lemma 5(c)) / a plain source, "
-          "which pack.rs also accepts in such a set; then the largest W the check admits "
-          "under noise.rs's γ model. The key-switch part is the same for every set.\n")
+    print("log2 std after the unshuffle repack: conjugate-bearing sources 4^γ·σ² + pack(γ) / "
+          "plain sources σ² + pack(0) / what noise.rs uses, the maximum; then the largest W the "
+          "check admits. The key-switch part is the same for every set.\n")
     rows = []
-    four = lambda g: 4.0 ** g
     for g in range(0, max(s["shared_pack_levels"] for s in sets) + 1):
         def fmt(s, g=g):
             if g > s["shared_pack_levels"]:
                 return "—"
             d = derive(s, gamma=g)
-            pr = derive(s, gamma=g, fresh_copies=four)
-            pl = derive(s, gamma=g, plain_sources=True)
-            return (f"{lgs(d['after_repack']):.3f} / {lgs(pr['after_repack']):.3f} / "
-                    f"{lgs(pl['after_repack']):.2f}; W ≤ {largest_w(s, gamma=g)}")
+            return (f"{lgs(d['repack_conjugates']):.3f} / {lgs(d['repack_plain']):.3f} / "
+                    f"{lgs(d['after_repack']):.3f}; W ≤ {largest_w(s, gamma=g)}")
         rows.append((f"γ = {g}", fmt))
+    rows.append(("mixed call (noise-budget.md, Lemma 3(iii)): log2 of 2^(2L−1)·Var_KS / (2^ℓ*·σ²), "
+                 "must be ≥ 0", lambda s: f2(lg(2.0 ** (2 * s["b"]["log_n"] - 1) * s["b"]["ks"]
+                                             / (2.0 ** s["shared_pack_levels"] * s["b"]["fresh"])))))
     table("γ", rows, sets)
 
 

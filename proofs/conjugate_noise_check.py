@@ -16,14 +16,23 @@ is left out so that the tree runs on integers; the root is divided by
 The root is linear in the noises, so the exact variance at position p is the
 sum, over every basis vector (s, t, coefficient), of root[p]². The lemma says
 it equals 2^γ·|S_p|, |S_p| the number of values present among the 2^γ
-positions of p's level-γ node: 4^γ for a full node, not the 2^γ that
-`NoiseBudget::derive` assumes.
+positions of p's level-γ node: 4^γ for a full node (what `NoiseBudget::derive`
+now uses; an earlier version assumed 2^γ).
+
+Mixed calls (noise-budget.md, Lemma 3(iii)): a plain source in the same call
+has pre-scale N^(−1) and key-switched images (here: τ_g of the image below,
+noise-free), so its fresh noise must reach its own positions with factor 1
+and nowhere else. The script runs every source with conjugates, and also
+source 1 plain next to a conjugate-bearing source 0; then the variance at p
+must be 2^γ·|S_p^C| + [p holds a plain value], S_p^C the conjugate-bearing
+values of p's level-γ node. To stay in integers, a conjugate-bearing basis
+vector has value 2^γ, a plain one 1, and the root is divided by N.
 """
 
 import random
 
 
-def tree_root(n, slots, shared, gamma, basis):
+def tree_root(n, slots, shared, gamma, basis, plain=()):
     log_n = n.bit_length() - 1
     two_n = 2 * n
 
@@ -49,10 +58,11 @@ def tree_root(n, slots, shared, gamma, basis):
 
     def image(src, t):
         if (src, t) not in images:
-            if t < (1 << gamma):
+            client = 0 if src in plain else gamma
+            if t < (1 << client):
                 v = [0] * n
                 if (src, t) == basis[:2]:
-                    v[basis[2]] = 1
+                    v[basis[2]] = 1 << client
                 images[(src, t)] = v
             else:
                 top = t.bit_length() - 1
@@ -85,7 +95,7 @@ def tree_root(n, slots, shared, gamma, basis):
             d = auto([a - b for a, b in zip(e, o)], g)
             nxt.append([a + b for a, b in zip(s, d)])
         level = nxt
-    scale = 1 << (log_n - gamma)
+    scale = n
     assert all(x % scale == 0 for x in level[0])
     return [x // scale for x in level[0]]
 
@@ -116,31 +126,38 @@ def placements(name, n, rnd):
 def main():
     n = 32
     rnd = random.Random(7)
-    print(f"N = {n}: exact variance / (2^γ·|S_p|) over all positions (must be 1.00 / 1.00)\n")
-    print("| placement | γ | ℓ* | min | max | variance at a full node |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"N = {n}: exact variance / (2^γ·|S_p^C| + [p plain]) over all positions "
+          "(must be 1.00 / 1.00)\n")
+    print("| placement | γ | ℓ* | plain sources | min | max | variance at a full node |")
+    print("|---|---:|---:|---|---:|---:|---:|")
     for gamma, shared in ((1, 1), (2, 2), (2, 4), (3, 3)):
-        for name in ("identity", "reverse", "bit reversal", "same value everywhere",
-                     "random permutation", "2 sources, random, repeats", "60 % present"):
+        for name, plain in (("identity", ()), ("reverse", ()), ("bit reversal", ()),
+                            ("same value everywhere", ()), ("random permutation", ()),
+                            ("2 sources, random, repeats", ()), ("60 % present", ()),
+                            ("2 sources, random, repeats", (1,))):
             slots = placements(name, n, rnd)
             var = [0] * n
             for src in range(2):
-                for t in range(1 << gamma):
+                for t in range(1 if src in plain else 1 << gamma):
                     for c in range(n):
-                        root = tree_root(n, slots, shared, gamma, (src, t, c))
+                        root = tree_root(n, slots, shared, gamma, (src, t, c), plain)
                         var = [v + x * x for v, x in zip(var, root)]
             h = n >> gamma
             ratios, full = [], None
             for p in range(n):
-                present = sum(slots[q] is not None for q in range(p % h, n, h))
-                if present == 0:
+                conj = sum(slots[q] is not None and slots[q][0] not in plain
+                           for q in range(p % h, n, h))
+                own = int(slots[p] is not None and slots[p][0] in plain)
+                expected = 2 ** gamma * conj + own
+                if expected == 0:
                     assert var[p] == 0
                     continue
-                ratios.append(var[p] / (2 ** gamma * present))
-                if present == 1 << gamma:
+                ratios.append(var[p] / expected)
+                if conj == 1 << gamma:
                     full = var[p]
-            assert min(ratios) == max(ratios) == 1.0, (name, gamma, shared, ratios)
-            print(f"| {name} | {gamma} | {shared} | {min(ratios):.2f} | {max(ratios):.2f} | "
+            assert min(ratios) == max(ratios) == 1.0, (name, gamma, shared, plain, ratios)
+            print(f"| {name} | {gamma} | {shared} | {', '.join(map(str, plain)) or '—'} | "
+                  f"{min(ratios):.2f} | {max(ratios):.2f} | "
                   f"{full if full is not None else '—'} (4^γ = {4 ** gamma}) |")
 
 

@@ -19,8 +19,8 @@ is left out. Distinct key switches draw independent r. The secret s is one
 fixed binary key, as in the crate. The tree mirrors pack.rs: symbolic terms
 ± X^e · D_t(c_source) for levels 1..ℓ*, one image D_t per (source, t), then
 one key switch per node. With γ > 0 the images D_t, t ⊆ {1..γ}, are the
-client's conjugates: they carry no key-switch noise (their fresh noise, 2^γ·σ²
-in total, is left out like the leaf noise), and images with bits above γ are
+client's conjugates: they carry no key-switch noise (their fresh noise, up to
+4^γ·σ² in total, packing.md Lemma 5(c), is left out like the leaf noise), and images with bits above γ are
 key-switched from them, as in ImageCache::compute.
 
 "bound" is PackNoise::pack_variance (copies 0 for ℓ ≤ γ, 2^(3ℓ−1) for

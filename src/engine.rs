@@ -74,6 +74,9 @@ pub struct LinearStage {
     bias_values: Vec<i64>,
     input_len: usize,
     output_len: usize,
+    /// Values the stage's outputs really depend on: `input_len`, or fewer
+    /// when a sum pool was folded in (PROTO-6 counts these).
+    independent_inputs: usize,
 }
 
 /// What the client does to each (shuffled) value between two stages; must
@@ -127,6 +130,7 @@ impl LinearStage {
             bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
             bias_values,
             encoded,
+            independent_inputs: shape.input_len()?,
             layout: StageLayout::Conv(layout, weights.to_vec()),
         })
     }
@@ -152,12 +156,19 @@ impl LinearStage {
             bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
             bias_values,
             encoded,
+            independent_inputs: shape.cols,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
         })
     }
 
     pub fn input_len(&self) -> usize {
         self.input_len
+    }
+
+    /// The number of independent input values (after any folded pool): the
+    /// dimension d of the linear map a chosen-input attack must solve.
+    pub fn independent_inputs(&self) -> usize {
+        self.independent_inputs
     }
 
     /// Consecutive outputs forming one channel (H·W of a conv; 1 for a
@@ -612,7 +623,9 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 };
                 let folded =
                     fold_conv_weights(weights, *out_channels, c, *kernel_h, *kernel_w, pool);
-                stages.push(LinearStage::conv(ctx, shape, &folded, bias, stages.len())?);
+                let mut stage = LinearStage::conv(ctx, shape, &folded, bias, stages.len())?;
+                stage.independent_inputs = c * (h / pool) * (w / pool);
+                stages.push(stage);
                 ops.push(Vec::new());
                 pool = 1;
             }
@@ -643,13 +656,9 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     rows: *out_features,
                     cols,
                 };
-                stages.push(LinearStage::matvec(
-                    ctx,
-                    shape,
-                    &folded,
-                    bias,
-                    stages.len(),
-                )?);
+                let mut stage = LinearStage::matvec(ctx, shape, &folded, bias, stages.len())?;
+                stage.independent_inputs = in_pooled;
+                stages.push(stage);
                 ops.push(Vec::new());
                 pool = 1;
                 flattened = false;

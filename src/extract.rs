@@ -25,12 +25,16 @@ impl ValueRef {
     }
 }
 
-/// `X^(−i)·c`: a ciphertext whose constant coefficient encrypts value i.
-pub fn shifted_to_constant(q: Modulus, ct: &Ciphertext, i: usize) -> Ciphertext {
+/// `X^(−i)·c`: a ciphertext whose constant coefficient encrypts value i;
+/// `None` if `i ≥ N`.
+pub fn shifted_to_constant(q: Modulus, ct: &Ciphertext, i: usize) -> Option<Ciphertext> {
     let n = ct.ring_degree();
+    if i >= n {
+        return None;
+    }
     let mut out = Ciphertext::zero(n);
-    out.monomial_mul_add(q, ct, (2 * n - i % n) % (2 * n), false);
-    out
+    out.monomial_mul_add(q, ct, (2 * n - i) % (2 * n), false);
+    Some(out)
 }
 
 /// A materialised LWE ciphertext of one coefficient, under the key's
@@ -42,11 +46,15 @@ pub struct LweCiphertext {
     pub body: u64,
 }
 
-/// Sample extraction of coefficient i (mod-q negations); decrypt it with
+/// Sample extraction of coefficient i (mod-q negations), `None` if `i ≥ N`;
+/// decrypt it with
 /// [`Context::decrypt_lwe`](crate::rlwe::Context::decrypt_lwe).
-pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> LweCiphertext {
+pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> Option<LweCiphertext> {
     let (a, b) = ct.parts();
     let n = a.len();
+    if i >= n {
+        return None;
+    }
     // phase_i = b_i − Σ_j a_j s_{i−j} (negacyclic): mask_k pairs with s_k.
     let mask = (0..n)
         .map(|k| {
@@ -57,7 +65,7 @@ pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> LweCiphertext {
             }
         })
         .collect();
-    LweCiphertext { mask, body: b[i] }
+    Some(LweCiphertext { mask, body: b[i] })
 }
 
 /// Reads decrypted values at the given positions (partial extraction).

@@ -17,7 +17,6 @@
 //! trailing bytes are an error. Decoding never panics and never allocates
 //! more than the expected size (WIRE-1, WIRE-2, WIRE-3, WIRE-4).
 
-use crate::rlwe::packing_galois_elements;
 use crate::rlwe::{Ciphertext, Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey};
 use thiserror::Error;
 
@@ -76,6 +75,8 @@ pub enum WireError {
     WrongGaloisElement { expected: usize, got: usize },
     #[error("peer sent a key with {got} gadget rows, expected {expected}")]
     WrongRowCount { expected: usize, got: usize },
+    #[error("caller asked for Galois key level {level}; this ring has levels 1..={max}")]
+    NoSuchLevel { level: u32, max: u32 },
 }
 
 fn header(kind: Kind, ctx: &Context, body_len: usize) -> Vec<u8> {
@@ -286,11 +287,12 @@ pub fn decode_galois_key(
     bytes: &[u8],
     level: u32,
 ) -> Result<SeededGaloisKey, WireError> {
+    let max = ctx.n().trailing_zeros();
+    if !(1..=max).contains(&level) {
+        return Err(WireError::NoSuchLevel { level, max });
+    }
     let mut r = open(bytes, Kind::SeededGaloisKey, ctx)?;
-    let expected_g = packing_galois_elements(ctx.n())
-        .nth(level.saturating_sub(1) as usize)
-        .filter(|_| level >= 1)
-        .unwrap_or(0);
+    let expected_g = (1usize << level) + 1;
     let g = r.u32()?;
     if g != expected_g {
         return Err(WireError::WrongGaloisElement {

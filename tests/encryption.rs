@@ -33,9 +33,9 @@ proptest! {
         let mut rng = Csprng::from_seed([seed; 16]);
         let vals = random_values(ctx, &mut rng, 4096);
         let ct = ctx.encrypt(&f.sk, &vals, &mut rng);
-        let shifted = shifted_to_constant(ctx.q(), &ct, i);
+        let shifted = shifted_to_constant(ctx.q(), &ct, i).unwrap();
         prop_assert_eq!(ctx.decrypt(&f.sk, &shifted)[0], vals[i]);
-        let lwe = extract_lwe(ctx.q(), &ct, i);
+        let lwe = extract_lwe(ctx.q(), &ct, i).unwrap();
         prop_assert_eq!(ctx.decrypt_lwe(&f.sk, &lwe), Some(vals[i]));
         prop_assert_eq!(read_positions(&vals, &[i]), Some(vec![vals[i]]));
     }
@@ -44,6 +44,10 @@ proptest! {
 #[test]
 fn out_of_range_positions_read_as_none() {
     assert_eq!(read_positions(&[1, 2, 3], &[0, 3]), None);
+    let f = fixture("b8");
+    let ct = f.ctx.encrypt(&f.sk, &[1], &mut Csprng::from_seed([2; 16]));
+    assert!(shifted_to_constant(f.ctx.q(), &ct, 4096).is_none());
+    assert!(extract_lwe(f.ctx.q(), &ct, 4096).is_none());
 }
 
 #[test]

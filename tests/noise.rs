@@ -164,6 +164,8 @@ fn measured_noise_within_model() {
         .map(|i| ValueRef::new(0, i))
         .collect();
     let packed = Packer::new(ctx, &f.galois)
+        .with_shared_levels(ctx.params().shared_pack_levels())
+        .unwrap()
         .pack_dense(&[PackSource::plain(&ct)], &order)
         .unwrap();
     let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();

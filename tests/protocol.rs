@@ -194,8 +194,16 @@ fn query_budget_is_enforced_per_client_identity() {
 #[test]
 fn policies_are_validated_against_the_model() {
     let s = setup();
-    // The digits model's smallest stage takes 64 values: 32 is under it.
+    // The digits model's stages depend on 64, 8·4·4 = 128 (pool folded in)
+    // and 16·2·2 = 64 independent values: 32 is under the smallest.
     assert_eq!(Policy::attack_threshold(&s.model), 64);
+    let dims: Vec<usize> = s
+        .model
+        .stages
+        .iter()
+        .map(|st| st.independent_inputs())
+        .collect();
+    assert_eq!(dims, [64, 128, 64]);
     let too_many = SHIPPED_WITH_BUDGET.replace("query_budget = 32", "query_budget = 64");
     let p = Policy::load(&too_many, "default").unwrap();
     let err = Endpoint::new(s.ctx.clone(), s.model.clone(), p).unwrap_err();

@@ -43,6 +43,14 @@ fn keys_round_trip_and_still_work() {
         .collect();
     assert_eq!(decoded, seeded);
     assert!(GaloisKeys::from_seeded(ctx, &decoded).is_some());
+    // Levels outside 1..=log2 N are the caller's error, whatever the bytes.
+    let bytes0 = wire::encode_galois_key(ctx, &seeded[0]);
+    for level in [0, 13] {
+        assert_eq!(
+            wire::decode_galois_key(ctx, &bytes0, level),
+            Err(WireError::NoSuchLevel { level, max: 12 })
+        );
+    }
     // Out of order keys are refused.
     let mut swapped = decoded.clone();
     swapped.swap(0, 1);

@@ -33,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
     let levels = min_levels + data[10] as usize % (64 - min_levels + 1);
     assert!(base_log as usize * levels >= 64 && levels <= 64);
 
-    let dec = Decomposer::new(base_log, levels);
+    let dec = Decomposer::new(base_log, levels).expect("valid gadget: 1 ≤ B ≤ 32, B·l ≥ 64, l ≤ 64");
+    // Degenerate gadgets are refused, not mis-decomposed.
+    assert!(Decomposer::new(0, levels).is_none() && Decomposer::new(base_log, 0).is_none());
     const CANARY: i64 = 0x5a5a_5a5a_5a5a_5a5a;
     let mut out = vec![CANARY; levels + 1];
     dec.digits(q, x, &mut out);

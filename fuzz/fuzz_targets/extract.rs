@@ -75,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
     let want = phase(qv, &a, &b, &s);
 
     // Shifted ciphertext: phase X^(−i)·phase(ct).
-    let shifted = shifted_to_constant(q, &ct, i);
+    // Out-of-range indices are refused, never wrapped or panicking.
+    assert!(shifted_to_constant(q, &ct, n + i).is_none() && extract_lwe(q, &ct, n + i).is_none());
+    let shifted = shifted_to_constant(q, &ct, i).expect("i < n");
     assert_eq!(shifted.ring_degree(), n);
     let (sa, sb) = shifted.parts();
     assert!(sa.iter().chain(sb).all(|&c| c < qv), "shifted ciphertext not reduced");
@@ -87,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // LWE sample extraction.
-    let lwe = extract_lwe(q, &ct, i);
+    let lwe = extract_lwe(q, &ct, i).expect("i < n");
     assert_eq!(lwe.mask.len(), n, "LWE dimension");
     assert!(lwe.mask.iter().all(|&c| c < qv) && lwe.body < qv, "LWE not reduced");
     assert_eq!(lwe.body, b[i], "LWE body is not b_i");

@@ -191,7 +191,9 @@ fn check_layout(layout: &Conv2dLayout, shape: &Conv2dShape, n: usize, u: &mut Un
     }
 
     // Exactness on small instances.
-    if !small_inputs || output_len > ENUM_LIMIT || n > 1024 {
+    // (input_len = C·H·W counts values no output reads, so it can be huge
+    // even when few are placed.)
+    if !small_inputs || input_len > ENUM_LIMIT || output_len > ENUM_LIMIT || n > 1024 {
         return;
     }
     let interacting = layout.channel_blocks();

@@ -199,12 +199,15 @@ fn synthesise(
         .unwrap_or(0) as u32;
 
     let mut out = Vec::with_capacity(wire::HEADER_LEN + body_len + 1);
-    let mut corrupted = false;
-    let mut field = |c: Corruption| {
-        let hit = c == corruption;
-        corrupted |= hit;
-        hit
+    // Whether the corruption applies to this kind. (Computed up front: an
+    // earlier version set a flag from inside the `field` closure, and rustc
+    // 1.95 / nightly 1.97 miscompile that at opt-level ≥ 2 — see README.md.)
+    let corrupted = match corruption {
+        Corruption::None => false,
+        Corruption::GaloisElement | Corruption::RowCount => kind == Kind::SeededGaloisKey,
+        _ => true,
     };
+    let field = |c: Corruption| c == corruption;
 
     // Header.
     let mut magic = wire::MAGIC;
@@ -304,7 +307,12 @@ fn synthesise(
         let cut = 1 + s.u32() as usize % out.len();
         out.truncate(out.len() - cut);
     }
-    let expect = if !corrupted {
+    let valid_level = (1..=ctx.n().trailing_zeros()).contains(&level);
+    let expect = if kind == Kind::SeededGaloisKey && !valid_level {
+        // No Galois key exists for this level: the decoder must refuse
+        // whatever the bytes say (the caller asked for the impossible).
+        None
+    } else if !corrupted {
         Some(kind as usize - 1)
     } else if corruption == Corruption::Kind
         && matches!(kind, Kind::SeededCiphertext | Kind::SeededPublicKey)
@@ -316,7 +324,6 @@ fn synthesise(
     } else {
         None
     };
-    eprintln!("DEBUG corrupted={corrupted} corruption={corruption:?} expect={expect:?}");
     (out, expect)
 }
 

@@ -73,12 +73,13 @@ impl Policy {
     }
 
     /// The published attack recovers a stage of input dimension d from d+1
-    /// chosen queries; this is the smallest such d over the model's stages.
+    /// chosen queries; this is the smallest such d over the model's stages
+    /// (independent inputs, so a folded pool counts its pooled values).
     pub fn attack_threshold(model: &CompiledModel) -> u64 {
         model
             .stages
             .iter()
-            .map(|s| s.input_len() as u64)
+            .map(|s| s.independent_inputs() as u64)
             .min()
             .unwrap_or(0)
     }

@@ -18,13 +18,25 @@ pub struct Decomposer {
 }
 
 impl Decomposer {
-    pub fn new(base_log: u32, levels: usize) -> Self {
-        Self { base_log, levels }
+    /// `None` unless 1 ≤ B ≤ 32 and 1 ≤ l ≤ 64 with B·l ≥ 64 (digits that
+    /// cover a 64-bit residue).
+    pub fn new(base_log: u32, levels: usize) -> Option<Self> {
+        let ok = (1..=32).contains(&base_log)
+            && (1..=64).contains(&levels)
+            && base_log as usize * levels >= 64;
+        ok.then_some(Self { base_log, levels })
+    }
+
+    pub fn levels(&self) -> usize {
+        self.levels
     }
 
     /// Digits of `x` (a residue mod q, read centred): `x ≡ Σ d_j 2^(B j)`,
     /// `d_j ∈ [−2^(B−1), 2^(B−1))` except the top one, which takes the carry
     /// (`|d_top| ≤ 2^(64−B(l−1))`).
+    ///
+    /// # Panics
+    /// If `out` is shorter than [`levels`](Self::levels) (a caller bug).
     #[inline]
     pub fn digits(&self, q: Modulus, x: u64, out: &mut [i64]) {
         // Masks and shifts only: no division in the key-switch hot loop.
@@ -72,7 +84,9 @@ impl Context {
         let p = self.params().p();
         let n = self.n();
         let levels = self.params().gadget_levels();
-        let dec = Decomposer::new(self.params().gadget_base_log(), levels);
+        // PARAM-2 checked B ≤ 32 and B·l ≥ 64.
+        let dec =
+            Decomposer::new(self.params().gadget_base_log(), levels).expect("validated gadget");
 
         let mut tmp = [0i64; 64];
         for (i, &x) in ct.a.iter().enumerate() {
@@ -136,7 +150,7 @@ mod tests {
         #[test]
         fn digits_recompose_exactly(x in 0..SOLINAS, (b, l) in prop_oneof![Just((22u32, 3usize)), Just((16, 4)), Just((32, 2))]) {
             let q = Modulus::new(SOLINAS).unwrap();
-            let dec = Decomposer::new(b, l);
+            let dec = Decomposer::new(b, l).unwrap();
             let mut d = vec![0i64; l];
             dec.digits(q, x, &mut d);
             let mut acc: i128 = 0;
@@ -149,5 +163,14 @@ mod tests {
             }
             prop_assert!(d[l - 1].unsigned_abs() <= 1u64 << (64 - b * (l as u32 - 1)).min(63));
         }
+    }
+
+    #[test]
+    fn decomposer_rejects_degenerate_gadgets() {
+        assert!(Decomposer::new(0, 64).is_none());
+        assert!(Decomposer::new(33, 2).is_none());
+        assert!(Decomposer::new(16, 0).is_none());
+        assert!(Decomposer::new(16, 3).is_none());
+        assert!(Decomposer::new(16, 4).is_some());
     }
 }
