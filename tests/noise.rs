@@ -15,7 +15,7 @@ mod common;
 use common::{fixture, random_values};
 use safhire::extract::ValueRef;
 use safhire::pack::{PackSource, Packer};
-use safhire::rlwe::Context;
+use safhire::rlwe::{Ciphertext, Context};
 use safhire::rng::Csprng;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
@@ -80,8 +80,10 @@ fn key_switch_noise_matches_model() {
     );
 }
 
-/// Noise of the unshuffle repack of one fresh ciphertext in the given order.
-fn repack_noise(order_of: impl Fn(usize, &mut Csprng) -> Vec<usize>, seed: u8) -> Vec<i64> {
+/// The unshuffle repack of one fresh ciphertext in the given order, with
+/// the set's ℓ* (what the budget covers): the packed ciphertext and the
+/// values it must decrypt to.
+fn repack(order_of: impl Fn(usize, &mut Csprng) -> Vec<usize>, seed: u8) -> (Ciphertext, Vec<i64>) {
     let f = fixture("b8");
     let ctx = &f.ctx;
     let n = ctx.n();
@@ -92,14 +94,19 @@ fn repack_noise(order_of: impl Fn(usize, &mut Csprng) -> Vec<usize>, seed: u8) -
         .into_iter()
         .map(|i| ValueRef::new(0, i))
         .collect();
-    // The budget covers the set's ℓ*; measure exactly that tree.
-    let packed = Packer::new(ctx, &f.galois)
+    let mut packed = Packer::new(ctx, &f.galois)
         .with_shared_levels(ctx.params().shared_pack_levels())
         .unwrap()
         .pack_dense(&[PackSource::plain(&ct)], &order)
         .unwrap();
-    let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();
-    ctx.noise(&f.sk, &packed[0], &expected)
+    let expected = order.iter().map(|v| vals[v.coeff as usize]).collect();
+    (packed.remove(0), expected)
+}
+
+fn repack_noise(order_of: impl Fn(usize, &mut Csprng) -> Vec<usize>, seed: u8) -> Vec<i64> {
+    let f = fixture("b8");
+    let (packed, expected) = repack(order_of, seed);
+    f.ctx.noise(&f.sk, &packed, &expected)
 }
 
 fn random_permutation(n: usize, rng: &mut Csprng) -> Vec<usize> {
@@ -156,19 +163,7 @@ fn measured_noise_within_model() {
     );
 
     // One repacked ciphertext for the linear layer below.
-    let mut rng = Csprng::from_seed([77; 16]);
-    let vals = random_values(ctx, &mut rng, n);
-    let ct = ctx.encrypt(&f.sk, &vals, &mut rng);
-    let order: Vec<ValueRef> = random_permutation(n, &mut rng)
-        .into_iter()
-        .map(|i| ValueRef::new(0, i))
-        .collect();
-    let packed = Packer::new(ctx, &f.galois)
-        .with_shared_levels(ctx.params().shared_pack_levels())
-        .unwrap()
-        .pack_dense(&[PackSource::plain(&ct)], &order)
-        .unwrap();
-    let expected: Vec<i64> = order.iter().map(|v| vals[v.coeff as usize]).collect();
+    let (packed, expected) = repack(random_permutation, 77);
 
     // Linear layer with ‖w‖₁ at the set's bound: the Minkowski bound holds.
     let w_l1 = 1i64 << ctx.params().max_weight_l1_log2();
@@ -179,7 +174,7 @@ fn measured_noise_within_model() {
     }
     let layer_pt = ctx.plaintext_ntt(&w);
     let mut acc = ctx.ntt_zero();
-    ctx.mul_plain_accumulate(&mut acc, &ctx.to_ntt(&packed[0]), &layer_pt);
+    ctx.mul_plain_accumulate(&mut acc, &ctx.to_ntt(&packed), &layer_pt);
     let out = ctx.from_ntt(acc);
     let prod: Vec<i64> = safhire::math::poly::negacyclic_mul_i64(&expected, &w)
         .iter()

@@ -21,7 +21,7 @@ use safhire::linear::EncodedLayer;
 use safhire::model::Model;
 use safhire::pack::{PackSource, Packer, Placement};
 use safhire::params::ParameterSet;
-use safhire::rlwe::{Context, GaloisKeys, SecretKey, SeededPublicKey};
+use safhire::rlwe::{Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
 use safhire::rng::Csprng;
 use safhire::shuffle::{SessionSeed, ShuffleUnit};
 use safhire::wire;
@@ -96,6 +96,37 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// A client's session keys, with their generation time and wire size.
+struct ClientKeys {
+    sk: SecretKey,
+    seeded_galois: Vec<SeededGaloisKey>,
+    seeded_pk: SeededPublicKey,
+    keygen_ms: f64,
+    key_bytes: usize,
+}
+
+impl ClientKeys {
+    fn generate(ctx: &Context, rng: &mut Csprng) -> Self {
+        let t = Instant::now();
+        let sk = SecretKey::generate(ctx, rng);
+        let seeded_galois = GaloisKeys::generate_seeded(ctx, &sk, rng);
+        let seeded_pk = SeededPublicKey::generate(ctx, &sk, rng);
+        let keygen_ms = ms(t);
+        let key_bytes = seeded_galois
+            .iter()
+            .map(|k| wire::encode_galois_key(ctx, k).len())
+            .sum::<usize>()
+            + wire::encode_public_key(ctx, &seeded_pk).len();
+        Self {
+            sk,
+            seeded_galois,
+            seeded_pk,
+            keygen_ms,
+            key_bytes,
+        }
+    }
+}
+
 fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
     let params = ParameterSet::shipped(set)?;
     let ctx = Context::new(params);
@@ -140,16 +171,13 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
 
     // Client: keys and input.
     let mut client_rng = Csprng::from_os();
-    let t = Instant::now();
-    let sk = SecretKey::generate(&ctx, &mut client_rng);
-    let seeded_galois = GaloisKeys::generate_seeded(&ctx, &sk, &mut client_rng);
-    let seeded_pk = SeededPublicKey::generate(&ctx, &sk, &mut client_rng);
-    let keygen_ms = ms(t);
-    let key_bytes: usize = seeded_galois
-        .iter()
-        .map(|k| wire::encode_galois_key(&ctx, k).len())
-        .sum::<usize>()
-        + wire::encode_public_key(&ctx, &seeded_pk).len();
+    let ClientKeys {
+        sk,
+        seeded_galois,
+        seeded_pk,
+        keygen_ms,
+        key_bytes,
+    } = ClientKeys::generate(&ctx, &mut client_rng);
     let input: Vec<i64> = (0..shape.input_len()?)
         .map(|_| client_rng.uniform_below(x_max as u64 + 1) as i64)
         .collect();
@@ -348,17 +376,13 @@ fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
         ctx.params().plaintext_bits()
     );
 
-    let t = Instant::now();
-    let mut client_rng = Csprng::from_os();
-    let sk = SecretKey::generate(&ctx, &mut client_rng);
-    let seeded_galois = GaloisKeys::generate_seeded(&ctx, &sk, &mut client_rng);
-    let seeded_pk = SeededPublicKey::generate(&ctx, &sk, &mut client_rng);
-    let keygen_ms = ms(t);
-    let key_bytes: usize = seeded_galois
-        .iter()
-        .map(|k| wire::encode_galois_key(&ctx, k).len())
-        .sum::<usize>()
-        + wire::encode_public_key(&ctx, &seeded_pk).len();
+    let ClientKeys {
+        sk,
+        seeded_galois,
+        seeded_pk,
+        keygen_ms,
+        key_bytes,
+    } = ClientKeys::generate(&ctx, &mut Csprng::from_os());
     let galois =
         GaloisKeys::from_seeded(&ctx, &seeded_galois).ok_or("incomplete Galois key set")?;
     let pk = seeded_pk.expand(&ctx);
