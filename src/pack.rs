@@ -49,6 +49,16 @@ pub struct Placement {
     pub position: usize,
 }
 
+/// Where the *sum* of several values goes (a residual connection adds a
+/// layer's output to an earlier activation inside the packing tree: leaves
+/// are sums of monomial shifts, so the sum costs no key switch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SumPlacement {
+    pub values: Vec<ValueRef>,
+    pub output: usize,
+    pub position: usize,
+}
+
 /// A packing request the caller got wrong. Never a peer's fault: requests
 /// are built by the server from validated layouts.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -75,6 +85,8 @@ pub enum PackError {
     },
     #[error("sources carry conjugates for γ = {gamma} levels but only {shared} levels are shared")]
     ConjugatesNeedSharedLevels { gamma: u32, shared: u32 },
+    #[error("position {position} of output {output} is given an empty sum")]
+    EmptySum { output: usize, position: usize },
     #[error(
         "requested {requested} shared levels; the parameter set's noise budget covers {allowed}"
     )]
@@ -155,6 +167,25 @@ impl<'a> Packer<'a> {
         sources: &[PackSource<'_>],
         placements: &[Placement],
     ) -> Result<Vec<Ciphertext>, PackError> {
+        let sums: Vec<SumPlacement> = placements
+            .iter()
+            .map(|p| SumPlacement {
+                values: vec![p.value],
+                output: p.output,
+                position: p.position,
+            })
+            .collect();
+        self.pack_sums(sources, &sums)
+    }
+
+    /// Like [`pack`](Self::pack), each position receiving the sum of its
+    /// values (PACK-5). The noise of a sum is at most the sum of its terms'
+    /// noises (Minkowski).
+    pub fn pack_sums(
+        &self,
+        sources: &[PackSource<'_>],
+        placements: &[SumPlacement],
+    ) -> Result<Vec<Ciphertext>, PackError> {
         let n = self.ctx.n();
         let gamma = self.ctx.params().client_conjugate_levels();
         for (i, src) in sources.iter().enumerate() {
@@ -178,17 +209,8 @@ impl<'a> Packer<'a> {
             }
         }
         let outputs = placements.iter().map(|p| p.output + 1).max().unwrap_or(0);
-        let mut slots: Vec<Vec<Option<ValueRef>>> = vec![vec![None; n]; outputs];
+        let mut slots: Vec<Vec<Vec<ValueRef>>> = vec![vec![Vec::new(); n]; outputs];
         for p in placements {
-            if p.value.source as usize >= sources.len() {
-                return Err(PackError::NoSuchSource {
-                    value: p.value,
-                    sources: sources.len(),
-                });
-            }
-            if p.value.coeff as usize >= n {
-                return Err(PackError::NoSuchCoefficient { value: p.value, n });
-            }
             if p.position >= n {
                 return Err(PackError::PositionOutOfRange {
                     output: p.output,
@@ -196,14 +218,31 @@ impl<'a> Packer<'a> {
                     n,
                 });
             }
+            if p.values.is_empty() {
+                return Err(PackError::EmptySum {
+                    output: p.output,
+                    position: p.position,
+                });
+            }
+            for &value in &p.values {
+                if value.source as usize >= sources.len() {
+                    return Err(PackError::NoSuchSource {
+                        value,
+                        sources: sources.len(),
+                    });
+                }
+                if value.coeff as usize >= n {
+                    return Err(PackError::NoSuchCoefficient { value, n });
+                }
+            }
             let slot = &mut slots[p.output][p.position];
-            if slot.is_some() {
+            if !slot.is_empty() {
                 return Err(PackError::PositionTaken {
                     output: p.output,
                     position: p.position,
                 });
             }
-            *slot = Some(p.value);
+            slot.clone_from(&p.values);
         }
         let mut images = ImageCache::new(self.ctx, self.keys, sources, gamma);
         // Conjugate-bearing sources need their γ levels shared.
@@ -220,7 +259,7 @@ impl<'a> Packer<'a> {
 
     fn pack_one(
         &self,
-        slots: &[Option<ValueRef>],
+        slots: &[Vec<ValueRef>],
         images: &mut ImageCache<'_>,
         min_shared: u32,
     ) -> Ciphertext {
@@ -236,17 +275,19 @@ impl<'a> Packer<'a> {
             hi
         };
 
-        // Level 0: one term per present value, X^(−i)·c_s.
+        // Level 0: one term X^(−i)·c_s per value placed (several for a sum).
         let mut nodes: Vec<Vec<Term>> = slots
             .iter()
-            .map(|slot| match slot {
-                Some(v) => vec![Term {
-                    negate: false,
-                    exp: (two_n - v.coeff) % two_n,
-                    source: v.source,
-                    image: 0,
-                }],
-                None => Vec::new(),
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| Term {
+                        negate: false,
+                        exp: (two_n - v.coeff) % two_n,
+                        source: v.source,
+                        image: 0,
+                    })
+                    .collect()
             })
             .collect();
 
@@ -343,9 +384,10 @@ const KEY_SWITCH_IN_ROTATIONS: u64 = 384;
 /// level ℓ costs 2^ℓ rotate-adds per value and 2^ℓ − 1 key switches per
 /// source, and saves the key switches of every non-empty node at levels ≤ ℓ.
 /// A full dense output lands on ℓ* = 4, sparser ones higher.
-fn choose_shared_levels(slots: &[Option<ValueRef>], lo: u32, hi: u32) -> u32 {
+fn choose_shared_levels(slots: &[Vec<ValueRef>], lo: u32, hi: u32) -> u32 {
     let n = slots.len();
-    let occupied: Vec<usize> = (0..n).filter(|&p| slots[p].is_some()).collect();
+    let occupied: Vec<usize> = (0..n).filter(|&p| !slots[p].is_empty()).collect();
+    let terms: u64 = slots.iter().map(|v| v.len() as u64).sum();
     let mut sources: Vec<u32> = slots.iter().flatten().map(|v| v.source).collect();
     sources.sort_unstable();
     sources.dedup();
@@ -362,7 +404,7 @@ fn choose_shared_levels(slots: &[Option<ValueRef>], lo: u32, hi: u32) -> u32 {
         })
         .collect();
     let cost = |shared: u32| -> u64 {
-        let rotations = occupied.len() as u64 * (1u64 << shared);
+        let rotations = terms * (1u64 << shared);
         let images = sources.len() as u64 * ((1u64 << shared) - 1);
         let upper: u64 = nodes[(shared + 1) as usize..].iter().sum();
         rotations + (images + upper) * KEY_SWITCH_IN_ROTATIONS

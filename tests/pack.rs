@@ -182,3 +182,48 @@ fn client_conjugates_replace_the_lowest_levels() {
         Err(PackError::ConjugatesNeedSharedLevels { .. })
     ));
 }
+
+// PACK-5
+#[test]
+fn sums_of_values_from_different_sources_pack_exactly() {
+    use safhire::pack::SumPlacement;
+    let f = fixture("b8");
+    let ctx = &f.ctx;
+    let mut rng = Csprng::from_seed([9; 16]);
+    let a = random_values(ctx, &mut rng, 4096)
+        .iter()
+        .map(|v| v / 2)
+        .collect::<Vec<_>>();
+    let b = random_values(ctx, &mut rng, 4096)
+        .iter()
+        .map(|v| v / 2)
+        .collect::<Vec<_>>();
+    let (ca, cb) = (
+        ctx.encrypt(&f.sk, &a, &mut rng),
+        ctx.encrypt(&f.sk, &b, &mut rng),
+    );
+    let srcs = [PackSource::plain(&ca), PackSource::plain(&cb)];
+    let placements: Vec<SumPlacement> = (0..4096)
+        .map(|k| SumPlacement {
+            values: vec![ValueRef::new(0, k), ValueRef::new(1, 4095 - k)],
+            output: 0,
+            position: k,
+        })
+        .collect();
+    let out = Packer::new(ctx, &f.galois)
+        .pack_sums(&srcs, &placements)
+        .unwrap();
+    let got = ctx.decrypt(&f.sk, &out[0]);
+    for k in 0..4096 {
+        assert_eq!(got[k], a[k] + b[4095 - k]);
+    }
+    let empty = [SumPlacement {
+        values: vec![],
+        output: 0,
+        position: 0,
+    }];
+    assert!(matches!(
+        Packer::new(ctx, &f.galois).pack_sums(&srcs, &empty),
+        Err(PackError::EmptySum { .. })
+    ));
+}
