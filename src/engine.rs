@@ -15,7 +15,7 @@ use crate::layout::{
     MatVecShape,
 };
 use crate::linear::{EncodedLayer, LinearError};
-use crate::pack::{PackError, PackSource, Packer, Placement};
+use crate::pack::{PackError, PackSource, Packer, Placement, SumPlacement};
 use crate::params::ParamError;
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey, SeededCiphertext};
 use crate::rng::Csprng;
@@ -77,6 +77,37 @@ pub struct LinearStage {
     /// Values the stage's outputs really depend on: `input_len`, or fewer
     /// when a sum pool was folded in (PROTO-6 counts these).
     independent_inputs: usize,
+    /// A residual connection's second operand, added to every output.
+    shortcut: Option<Shortcut>,
+}
+
+/// The second operand of a residual connection (ENG-4): an activation the
+/// client uploaded at an earlier round, as is or through a (1×1) conv.
+#[derive(Debug)]
+pub enum Shortcut {
+    Identity {
+        round: usize,
+    },
+    Conv {
+        round: usize,
+        stage: Box<LinearStage>,
+    },
+}
+
+/// One upload as the server keeps it: the client's ciphertexts and the
+/// permutation its values are arranged by (σ_(r−1); none for round 0).
+#[derive(Debug)]
+pub struct ReceivedUpload {
+    pub ciphertexts: Vec<Ciphertext>,
+    pub arranged_by: Option<Permutation>,
+}
+
+impl ReceivedUpload {
+    /// Where true value k of this upload sits.
+    fn value(&self, n: usize, k: usize) -> ValueRef {
+        let slot = self.arranged_by.as_ref().map_or(k, |p| p.image(k));
+        ValueRef::new(slot / n, slot % n)
+    }
 }
 
 /// What the client does to each (shuffled) value between two stages; must
@@ -131,6 +162,7 @@ impl LinearStage {
             bias_values,
             encoded,
             independent_inputs: shape.input_len()?,
+            shortcut: None,
             layout: StageLayout::Conv(layout, weights.to_vec()),
         })
     }
@@ -157,6 +189,7 @@ impl LinearStage {
             bias_values,
             encoded,
             independent_inputs: shape.cols,
+            shortcut: None,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
         })
     }
@@ -169,6 +202,11 @@ impl LinearStage {
     /// dimension d of the linear map a chosen-input attack must solve.
     pub fn independent_inputs(&self) -> usize {
         self.independent_inputs
+    }
+
+    /// Whether a residual operand is added to this stage's outputs.
+    pub fn has_shortcut(&self) -> bool {
+        self.shortcut.is_some()
     }
 
     /// Consecutive outputs forming one channel (H·W of a conv; 1 for a
@@ -330,6 +368,7 @@ impl CompiledModel {
     /// Plaintext integer inference with exactly the encrypted semantics.
     pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
         let mut x = input.to_vec();
+        let mut held: Vec<Vec<i64>> = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
             if x.len() != stage.input_len() {
                 return Err(EngineError::InputLength {
@@ -337,7 +376,21 @@ impl CompiledModel {
                     got: x.len(),
                 });
             }
+            held.push(x.clone());
             x = stage.reference(&x)?;
+            match &stage.shortcut {
+                Some(Shortcut::Identity { round }) => {
+                    for (v, s) in x.iter_mut().zip(&held[*round]) {
+                        *v += s;
+                    }
+                }
+                Some(Shortcut::Conv { round, stage: sc }) => {
+                    for (v, s) in x.iter_mut().zip(sc.reference(&held[*round])?) {
+                        *v += s;
+                    }
+                }
+                None => {}
+            }
             if let Some(ops) = self.client_ops.get(i) {
                 for v in x.iter_mut() {
                     *v = ops.iter().fold(*v, |acc, op| op.apply(acc));
@@ -396,36 +449,23 @@ pub fn apply_client_ops(ops: &[ClientOp], values: &mut [i64]) {
     }
 }
 
-/// The server's half of round `r`: unshuffle (σ_(r−1)^(−1), folded into the
-/// repack), evaluate stage r, add its bias, shuffle with σ_r (none after the
-/// last stage), pack, sanitise. Returns the response and σ_r.
-#[allow(clippy::too_many_arguments)]
-pub fn server_round(
+/// Repacks an upload into `stage`'s input layout (the unshuffle), then
+/// evaluates the stage and adds its bias.
+fn evaluate_stage(
     ctx: &Context,
-    keys: ServerKeys<'_>,
-    model: &CompiledModel,
-    r: usize,
-    uploads: &[Ciphertext],
-    previous: Option<&Permutation>,
-    unit: ShuffleUnit,
-    seed: &SessionSeed,
-    rng: &mut Csprng,
-) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
+    packer: &Packer<'_>,
+    stage: &LinearStage,
+    upload: &ReceivedUpload,
+) -> Result<Vec<Ciphertext>, EngineError> {
     let n = ctx.n();
-    let stage = &model.stages[r];
-    let packer = Packer::new(ctx, keys.galois);
-    let sources: Vec<PackSource> = uploads.iter().map(PackSource::plain).collect();
-    // Unshuffle folded into the repack: true input k sits at slot σ(k).
+    let sources: Vec<PackSource> = upload.ciphertexts.iter().map(PackSource::plain).collect();
     let placements: Vec<Placement> = stage
         .input_placements()
         .into_iter()
-        .map(|(k, ct, coeff)| {
-            let slot = previous.map_or(k, |p| p.image(k));
-            Placement {
-                value: ValueRef::new(slot / n, slot % n),
-                output: ct,
-                position: coeff,
-            }
+        .map(|(k, ct, coeff)| Placement {
+            value: upload.value(n, k),
+            output: ct,
+            position: coeff,
         })
         .collect();
     let mut repacked = packer.pack(&sources, &placements)?;
@@ -434,7 +474,59 @@ pub fn server_round(
     for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
         ctx.add_plain(ct, bias);
     }
+    Ok(outputs)
+}
+
+/// The server's half of round `r`: unshuffle (σ_(r−1)^(−1), folded into the
+/// repack), evaluate stage r, add its bias and any residual operand, shuffle
+/// with σ_r (none after the last stage), pack, sanitise. `history[j]` is
+/// upload j (`history.len() == r + 1`). Returns the response and σ_r.
+#[allow(clippy::too_many_arguments)]
+pub fn server_round(
+    ctx: &Context,
+    keys: ServerKeys<'_>,
+    model: &CompiledModel,
+    r: usize,
+    history: &[ReceivedUpload],
+    unit: ShuffleUnit,
+    seed: &SessionSeed,
+    rng: &mut Csprng,
+) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
+    let n = ctx.n();
+    let stage = &model.stages[r];
+    let packer = Packer::new(ctx, keys.galois);
+    let outputs = evaluate_stage(ctx, &packer, stage, &history[r])?;
     let positions = stage.output_positions();
+    // The residual operand joins inside the output pack: its values are
+    // extra terms of the same leaves (PACK-5).
+    let main_sources = outputs.len();
+    let (extra, extra_ref): (Vec<Ciphertext>, Box<dyn Fn(usize) -> ValueRef>) =
+        match &stage.shortcut {
+            None => (Vec::new(), Box::new(|_| ValueRef::new(0, 0))),
+            Some(Shortcut::Identity { round }) => {
+                let up = &history[*round];
+                let offset = main_sources;
+                (
+                    up.ciphertexts.clone(),
+                    Box::new(move |k| {
+                        let v = up.value(n, k);
+                        ValueRef::new(offset + v.source as usize, v.coeff as usize)
+                    }),
+                )
+            }
+            Some(Shortcut::Conv { round, stage: sc }) => {
+                let out = evaluate_stage(ctx, &packer, sc, &history[*round])?;
+                let sc_positions = sc.output_positions();
+                let offset = main_sources;
+                (
+                    out,
+                    Box::new(move |k| {
+                        let (ct, c) = sc_positions[k];
+                        ValueRef::new(offset + ct, c)
+                    }),
+                )
+            }
+        };
     let shuffle = if r + 1 == model.stages.len() {
         None
     } else {
@@ -443,11 +535,16 @@ pub fn server_round(
     // Slot s receives true output σ^(−1)(s).
     let inverse = shuffle.as_ref().map(Permutation::inverse);
     let stride = output_stride(n, positions.len());
-    let placements: Vec<Placement> = (0..positions.len())
+    let placements: Vec<SumPlacement> = (0..positions.len())
         .map(|slot| {
-            let (ct, c) = positions[inverse.as_ref().map_or(slot, |p| p.image(slot))];
-            Placement {
-                value: ValueRef::new(ct, c),
+            let k = inverse.as_ref().map_or(slot, |p| p.image(slot));
+            let (ct, c) = positions[k];
+            let mut values = vec![ValueRef::new(ct, c)];
+            if stage.shortcut.is_some() {
+                values.push(extra_ref(k));
+            }
+            SumPlacement {
+                values,
                 output: slot / n,
                 // Fewer values than a ciphertext holds go to every
                 // stride-th coefficient: empty upper tree nodes cost nothing.
@@ -455,8 +552,12 @@ pub fn server_round(
             }
         })
         .collect();
-    let out_sources: Vec<PackSource> = outputs.iter().map(PackSource::plain).collect();
-    let mut packed = packer.pack(&out_sources, &placements)?;
+    let out_sources: Vec<PackSource> = outputs
+        .iter()
+        .chain(&extra)
+        .map(PackSource::plain)
+        .collect();
+    let mut packed = packer.pack_sums(&out_sources, &placements)?;
     packed.resize_with(response_ciphertexts(n, positions.len()), || {
         Ciphertext::zero(n)
     });
@@ -495,6 +596,7 @@ pub fn run(
     // What the client holds, in the order it holds it.
     let mut activations = input.to_vec();
     let mut previous: Option<Permutation> = None;
+    let mut history: Vec<ReceivedUpload> = Vec::new();
     for r in 0..model.stages.len() {
         let mut stats = RoundStats::default();
         let t = Instant::now();
@@ -511,17 +613,12 @@ pub fn run(
             .map(|b| wire::decode_seeded_ciphertext(ctx, b).map(|s| s.expand(ctx.q())))
             .collect::<Result<_, _>>()
             .map_err(internal)?;
-        let (packed, shuffle) = server_round(
-            ctx,
-            keys,
-            model,
-            r,
-            &received,
-            previous.as_ref(),
-            unit,
-            seed,
-            &mut server_rng,
-        )?;
+        history.push(ReceivedUpload {
+            ciphertexts: received,
+            arranged_by: previous.take(),
+        });
+        let (packed, shuffle) =
+            server_round(ctx, keys, model, r, &history, unit, seed, &mut server_rng)?;
         let downloads: Vec<Vec<u8>> = packed
             .iter()
             .map(|c| wire::encode_ciphertext(ctx, c))
@@ -557,8 +654,9 @@ pub fn run(
 /// stride k followed by a conv with kernel K, stride s, padding p is the
 /// conv with kernel kK, stride ks, padding kp and each weight repeated over
 /// a k×k block — so the server never needs a separate repack for them.
-/// `requantize`/`relu` become client steps. Residual connections, branches
-/// and max-pooling are refused with [`EngineError::Unsupported`] for now.
+/// `requantize`/`relu` become client steps; a global pool right before a
+/// client step is a 0/1 mat-vec stage; residual adds become shortcuts
+/// (ENG-4). Max-pooling is refused with [`EngineError::Unsupported`] for now.
 pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledModel, EngineError> {
     use crate::model::Layer;
     let mut stages: Vec<LinearStage> = Vec::new();
@@ -566,11 +664,118 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     // Pools waiting for the next conv/linear: total sum-pool factor per axis.
     let mut pool = 1usize;
     let mut flattened = false;
-    for (i, layer) in model.layers().iter().enumerate() {
+    // The layer whose output the client uploads at each round (None: input).
+    let mut held: Vec<Option<usize>> = Vec::new();
+    // The open stage's main conv/linear layer, and a side branch being built.
+    let mut main_layer: Option<usize> = None;
+    let mut branch_round: Option<usize> = None;
+    let mut branch_conv: Option<LinearStage> = None;
+    let layers = model.layers();
+    for (i, layer) in layers.iter().enumerate() {
         let input = model
             .input_shape(i)
             .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: no input shape")))?;
+        let next_is_client = matches!(
+            layers.get(i + 1),
+            Some(Layer::Requantize { .. } | Layer::Relu)
+        );
         match layer {
+            Layer::GlobalAvgPool if next_is_client && !flattened && pool == 1 => {
+                // A pool with a client step right after: a stage of its own,
+                // C·H·W → C with 0/1 weights.
+                start_stage(&stages, &ops, i)?;
+                let (c, h, w) = held_shape(model, i)?;
+                let cols = c * h * w;
+                let mut weights = vec![0i64; c * cols];
+                for ch in 0..c {
+                    weights[ch * cols + ch * h * w..ch * cols + (ch + 1) * h * w].fill(1);
+                }
+                let shape = MatVecShape { rows: c, cols };
+                stages.push(LinearStage::matvec(
+                    ctx,
+                    shape,
+                    &weights,
+                    &[],
+                    stages.len(),
+                )?);
+                held.push(held_layer(model, i));
+                ops.push(Vec::new());
+                main_layer = Some(i);
+            }
+            Layer::Branch { from } => {
+                let round = round_of(&held, *from)
+                    .filter(|_| main_layer.is_some() && branch_round.is_none())
+                    .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: a branch must start from an earlier client-held activation inside a stage")))?;
+                branch_round = Some(round);
+            }
+            Layer::Conv2d {
+                out_channels,
+                kernel_h,
+                kernel_w,
+                stride,
+                padding,
+                weights,
+                bias,
+                ..
+            } if branch_round.is_some() => {
+                // The branch's conv (e.g. a 1×1 projection shortcut).
+                let from = held[branch_round.unwrap_or(0)];
+                let src = from.map_or(model.input().shape, |l| model.shapes()[l]);
+                let shape = Conv2dShape {
+                    in_channels: src.channels,
+                    in_height: src.height,
+                    in_width: src.width,
+                    out_channels: *out_channels,
+                    kernel_height: *kernel_h,
+                    kernel_width: *kernel_w,
+                    stride: *stride,
+                    padding: *padding,
+                };
+                if branch_conv.is_some() {
+                    return Err(EngineError::Unsupported(format!(
+                        "layer {i}: a branch of more than one conv"
+                    )));
+                }
+                branch_conv = Some(LinearStage::conv(ctx, shape, weights, bias, stages.len())?);
+            }
+            Layer::ResidualAdd { from } => {
+                let stage = stages
+                    .last_mut()
+                    .filter(|s| s.shortcut.is_none() && ops.last().is_some_and(Vec::is_empty))
+                    .ok_or_else(|| {
+                        EngineError::Unsupported(format!(
+                            "layer {i}: a residual add must follow a linear layer directly"
+                        ))
+                    })?;
+                let shortcut = match (branch_round.take(), branch_conv.take()) {
+                    (Some(round), Some(conv)) if Some(*from) == main_layer => Shortcut::Conv {
+                        round,
+                        stage: Box::new(conv),
+                    },
+                    (None, None) => Shortcut::Identity {
+                        round: round_of(&held, *from).ok_or_else(|| {
+                            EngineError::Unsupported(format!("layer {i}: residual from layer {from}, which the client never uploaded"))
+                        })?,
+                    },
+                    _ => return Err(EngineError::Unsupported(format!("layer {i}: unsupported residual wiring"))),
+                };
+                // LIN-3 for the sum: both operands' noise factors add up.
+                let extra = match &shortcut {
+                    Shortcut::Identity { .. } => 1,
+                    Shortcut::Conv { stage, .. } => stage.encoded.max_weight_l1(),
+                };
+                let l1 = stage.encoded.max_weight_l1() + extra;
+                let allowed_log2 = ctx.params().max_weight_l1_log2();
+                if l1 > 1u128 << allowed_log2 {
+                    return Err(LinearError::NoiseBudget {
+                        output: 0,
+                        l1,
+                        allowed_log2,
+                    }
+                    .into());
+                }
+                stage.shortcut = Some(shortcut);
+            }
             Layer::AvgPool { kernel, stride } => {
                 if kernel != stride || flattened {
                     return Err(EngineError::Unsupported(format!(
@@ -626,6 +831,8 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 let mut stage = LinearStage::conv(ctx, shape, &folded, bias, stages.len())?;
                 stage.independent_inputs = c * (h / pool) * (w / pool);
                 stages.push(stage);
+                held.push(held_layer(model, i));
+                main_layer = Some(i);
                 ops.push(Vec::new());
                 pool = 1;
             }
@@ -659,6 +866,8 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 let mut stage = LinearStage::matvec(ctx, shape, &folded, bias, stages.len())?;
                 stage.independent_inputs = in_pooled;
                 stages.push(stage);
+                held.push(held_layer(model, i));
+                main_layer = Some(i);
                 ops.push(Vec::new());
                 pool = 1;
                 flattened = false;
@@ -697,6 +906,29 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
 
 /// [C, H, W] of the tensor the client holds when layer `i` (a conv or
 /// linear) starts a stage: the input of the pools and flatten before it.
+/// The layer whose output is the tensor the client holds when layer `i`
+/// starts a stage (None: the model input).
+fn held_layer(model: &crate::model::Model, i: usize) -> Option<usize> {
+    let layers = model.layers();
+    let mut j = i;
+    while j > 0
+        && matches!(
+            layers[j - 1],
+            crate::model::Layer::AvgPool { .. }
+                | crate::model::Layer::GlobalAvgPool
+                | crate::model::Layer::Flatten
+        )
+    {
+        j -= 1;
+    }
+    j.checked_sub(1)
+}
+
+/// The round at which the client uploaded the output of `layer`.
+fn round_of(held: &[Option<usize>], layer: usize) -> Option<usize> {
+    held.iter().position(|&h| h == Some(layer))
+}
+
 fn held_shape(model: &crate::model::Model, i: usize) -> Result<(usize, usize, usize), EngineError> {
     let mut j = i;
     let layers = model.layers();

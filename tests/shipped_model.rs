@@ -86,3 +86,113 @@ fn encrypted_inference_of_the_shipped_model_is_exact() {
         assert_eq!(out.logits, set.integer_logits[k], "test image {k}");
     }
 }
+
+/// A small ResNet-style model with an identity and a projection shortcut
+/// and a standalone global pool.
+fn residual_model(seed: u8) -> safhire::model::Model {
+    use safhire::model::{InputSpec, Layer, Model, Shape};
+    let mut rng = safhire::rng::Csprng::from_seed([seed; 16]);
+    let mut w =
+        |len: usize| -> Vec<i64> { (0..len).map(|_| rng.uniform_below(5) as i64 - 2).collect() };
+    let conv = |w: &mut dyn FnMut(usize) -> Vec<i64>,
+                cin: usize,
+                cout: usize,
+                k: usize,
+                stride: usize,
+                padding: usize| Layer::Conv2d {
+        out_channels: cout,
+        kernel_h: k,
+        kernel_w: k,
+        stride,
+        padding,
+        groups: 1,
+        weights: w(cout * cin * k * k),
+        bias: w(cout),
+    };
+    let rq = || Layer::Requantize {
+        multiplier: 1,
+        shift: 3,
+        min: 0,
+        max: 15,
+    };
+    let layers = vec![
+        conv(&mut w, 2, 4, 3, 1, 1), // 0
+        rq(),                        // 1
+        conv(&mut w, 4, 4, 3, 1, 1), // 2
+        Layer::ResidualAdd { from: 1 },
+        rq(),                        // 4
+        conv(&mut w, 4, 8, 3, 2, 1), // 5: 8×3×3
+        rq(),
+        conv(&mut w, 8, 8, 3, 1, 1), // 7
+        Layer::Branch { from: 4 },
+        conv(&mut w, 4, 8, 1, 2, 0), // 9: projection shortcut
+        Layer::ResidualAdd { from: 7 },
+        rq(),
+        Layer::GlobalAvgPool,
+        rq(),
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: 3,
+            weights: w(3 * 8),
+            bias: w(3),
+        },
+    ];
+    let spec = InputSpec {
+        shape: Shape::new(2, 6, 6),
+        min: 0,
+        max: 15,
+    };
+    Model::new("residual-test", spec, layers).unwrap()
+}
+
+// ENG-4: residual connections (identity and 1×1 projection) compile and
+// run encrypted, bit for bit.
+#[test]
+fn residual_models_compile_and_run_encrypted() {
+    let f = fixture("b16");
+    for seed in 0..3u8 {
+        let model = residual_model(seed);
+        let compiled = engine::compile(&f.ctx, &model).unwrap();
+        assert_eq!(
+            compiled.stages.iter().filter(|s| s.has_shortcut()).count(),
+            2
+        );
+        let mut rng = safhire::rng::Csprng::from_seed([seed + 10; 16]);
+        let input: Vec<i64> = (0..72).map(|_| rng.uniform_below(16) as i64).collect();
+        let expected = model.evaluate(&input).unwrap();
+        assert_eq!(compiled.reference(&input).unwrap(), expected);
+        let keys = ServerKeys {
+            galois: &f.galois,
+            public: &f.pk,
+        };
+        let session = SessionSeed::from_bytes([seed; 32]);
+        let out = engine::run(
+            &f.ctx,
+            &f.sk,
+            keys,
+            &compiled,
+            &input,
+            ShuffleUnit::Element,
+            &session,
+        )
+        .unwrap();
+        assert_eq!(out.logits, expected, "seed {seed}");
+    }
+}
+
+#[test]
+fn resnet20_compiles_to_the_same_function() {
+    use safhire::model::zoo;
+    let f = fixture("b16");
+    let model = zoo::resnet20(1);
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    let mut rng = safhire::rng::Csprng::from_seed([6; 16]);
+    let spec = model.input();
+    let input: Vec<i64> = (0..spec.shape.len().unwrap())
+        .map(|_| spec.min + rng.uniform_below((spec.max - spec.min + 1) as u64) as i64)
+        .collect();
+    assert_eq!(
+        compiled.reference(&input).unwrap(),
+        model.evaluate(&input).unwrap()
+    );
+}

@@ -5,7 +5,7 @@
 use super::error::{ErrorKind, ProtocolError, Rejected};
 use super::messages::{Response, RoundInfo, SessionAccept, SessionRequest, Upload};
 use super::policy::Policy;
-use crate::engine::{self, CompiledModel, ServerKeys};
+use crate::engine::{self, CompiledModel, ReceivedUpload, ServerKeys};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
 use crate::rng::Csprng;
 use crate::shuffle::{Permutation, SessionSeed};
@@ -81,7 +81,10 @@ pub struct AwaitingUpload {
     galois: GaloisKeys,
     public: PublicKey,
     seed: SessionSeed,
+    /// σ_(r−1): how upload r will be arranged.
     previous: Option<Permutation>,
+    /// Every upload so far, kept for residual connections.
+    history: Vec<ReceivedUpload>,
     unit: crate::shuffle::ShuffleUnit,
     rng: Box<Csprng>,
 }
@@ -172,6 +175,7 @@ impl Endpoint {
                 public,
                 seed: SessionSeed::generate(),
                 previous: None,
+                history: Vec::new(),
                 unit: self.policy.unit(),
                 rng: Box::new(Csprng::from_os()),
             },
@@ -212,6 +216,10 @@ impl Server<AwaitingUpload> {
         let q = self.ctx.q();
         let inputs: Vec<Ciphertext> = upload.ciphertexts.iter().map(|c| c.expand(q)).collect();
         let s = &mut self.state;
+        s.history.push(ReceivedUpload {
+            ciphertexts: inputs,
+            arranged_by: s.previous.clone(),
+        });
         let keys = ServerKeys {
             galois: &s.galois,
             public: &s.public,
@@ -221,8 +229,7 @@ impl Server<AwaitingUpload> {
             keys,
             &self.model,
             r as usize,
-            &inputs,
-            s.previous.as_ref(),
+            &s.history,
             s.unit,
             &s.seed,
             &mut s.rng,
@@ -230,10 +237,12 @@ impl Server<AwaitingUpload> {
         let (ciphertexts, shuffle) = match result {
             Ok(x) => x,
             Err(e) => {
+                // Leave the session as it was (PROTO-4).
+                self.state.history.pop();
                 return Err(Rejected {
                     state: self,
                     error: ProtocolError::local(e),
-                })
+                });
             }
         };
         let response = Response {
