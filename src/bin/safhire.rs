@@ -4,6 +4,10 @@
 //!   — encrypted inference of the shipped digits CNN (models/) over its test
 //!   images: accuracy, agreement with the plaintext reference, per-round
 //!   client and server time, traffic.
+//! * `safhire bench resnet20|resnet18|digits` — end-to-end benchmark: one
+//!   encrypted inference (random weights for the ResNets), per-round and
+//!   total client/server time against the plaintext inference of the same
+//!   run, traffic, key size, peak memory.
 //! * `safhire state-graph` — both parties' protocol state machines
 //!   (Graphviz), the source of `spec/state-machines.dot`.
 //! * `safhire params` — the shipped parameter sets with their security and
@@ -32,6 +36,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("params") => params(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some(name @ ("resnet20" | "resnet18" | "digits")) => bench(name),
+            _ => {
+                eprintln!("usage: safhire bench resnet20|resnet18|digits");
+                return ExitCode::from(2);
+            }
+        },
         Some("state-graph") => {
             print!("{}", safhire::protocol::state_graph());
             Ok(())
@@ -467,4 +478,96 @@ fn progress(done: usize, total: usize, secs: f64) {
         "#".repeat(filled),
         "-".repeat(width - filled)
     );
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn bench(name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let ctx = Context::new(ParameterSet::shipped("b16")?);
+    let model = match name {
+        "resnet20" => safhire::model::zoo::resnet20(1),
+        "resnet18" => safhire::model::zoo::resnet18(1),
+        _ => Model::from_json(DIGITS_MODEL)?,
+    };
+    model.check_against(ctx.params())?;
+    let t = Instant::now();
+    let compiled = engine::compile(&ctx, &model)?;
+    let compile_ms = ms(t);
+    println!(
+        "{}: {} layers, {} weights, {} encrypted rounds; set b16 (N = {}); weights encoded in {compile_ms:.0} ms (once per model)",
+        model.name(),
+        model.layers().len(),
+        model.weight_count(),
+        compiled.stages.len(),
+        ctx.n()
+    );
+    let keys = ClientKeys::generate(&ctx, &mut Csprng::from_os());
+    let galois =
+        GaloisKeys::from_seeded(&ctx, &keys.seeded_galois).ok_or("incomplete Galois key set")?;
+    let pk = keys.seeded_pk.expand(&ctx);
+    let spec = model.input();
+    let mut rng = Csprng::from_os();
+    let input: Vec<i64> = (0..spec.shape.len().unwrap_or(0))
+        .map(|_| spec.min + rng.uniform_below((spec.max - spec.min + 1) as u64) as i64)
+        .collect();
+    let t = Instant::now();
+    let reference = model.evaluate(&input)?;
+    let plain_ms = ms(t);
+    let out = engine::run(
+        &ctx,
+        &keys.sk,
+        ServerKeys {
+            galois: &galois,
+            public: &pk,
+        },
+        &compiled,
+        &input,
+        ShuffleUnit::Element,
+        &SessionSeed::generate(),
+    )?;
+    let client: f64 = out.rounds.iter().map(|r| r.client_ms).sum();
+    let server: f64 = out.rounds.iter().map(|r| r.server_ms).sum();
+    let up: usize = out.rounds.iter().map(|r| r.up_bytes).sum();
+    let down: usize = out.rounds.iter().map(|r| r.down_bytes).sum();
+    let slowest = out
+        .rounds
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.server_ms.total_cmp(&b.1.server_ms))
+        .map(|(r, s)| format!("round {} ({:.0} ms)", r + 1, s.server_ms))
+        .unwrap_or_default();
+    println!(
+        "server {:.2} s, client {:.1} ms (slowest: {slowest})",
+        server / 1e3,
+        client
+    );
+    println!(
+        "plaintext integer inference in the same run: {plain_ms:.1} ms; encrypted is {:.0}x that",
+        (server + client) / plain_ms.max(1e-9)
+    );
+    println!(
+        "traffic: evaluation keys {:.2} MiB, up {:.2} MiB, down {:.2} MiB",
+        keys.key_bytes as f64 / 1048576.0,
+        up as f64 / 1048576.0,
+        down as f64 / 1048576.0
+    );
+    if let Some(rss) = peak_rss_mib() {
+        println!("peak memory: {rss:.0} MiB");
+    }
+    let exact = out.logits == reference;
+    println!(
+        "logits equal the plaintext reference: {}",
+        if exact { "yes (bit for bit)" } else { "NO" }
+    );
+    if exact {
+        Ok(())
+    } else {
+        Err("encrypted logits differ from the plaintext reference".into())
+    }
 }
