@@ -131,7 +131,10 @@ impl NoiseBudget {
         let after_linear_std = (2f64).powi(s.max_weight_l1_log2 as i32) * after_repack.sqrt();
         // u·e_pk + e2 − e1·s with binary u and s: ≈ (N/2 + 1 + N/2)·σ².
         let rerandomize = (n as f64 + 1.0) * fresh;
-        let before_flooding = after_linear_std.powi(2) + pack.pack + rerandomize;
+        // The output pack's leaves may sum two operands (a residual
+        // connection, ENG-4): by Minkowski its key-switch noise std is at
+        // most twice that of one tree, so 4× the variance.
+        let before_flooding = after_linear_std.powi(2) + 4.0 * pack.pack + rerandomize;
         let t = (2f64).powi(s.plaintext_bits as i32);
         let delta = (s.ciphertext_modulus >> s.plaintext_bits) as f64;
         // Δ·y differs from (q/t)·y by |y|·(q mod t)/t < t/2.
