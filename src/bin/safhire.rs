@@ -32,7 +32,26 @@ use safhire::wire;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// Piping the output into `head` must end the program quietly, as any Unix
+/// tool does, not panic in `println!`: restore the default SIGPIPE action
+/// that the Rust runtime replaces.
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: signal(2) with SIG_DFL installs no handler code; called once,
+    // before any thread is spawned.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("params") => params(),
