@@ -499,34 +499,30 @@ pub fn server_round(
     let positions = stage.output_positions();
     // The residual operand joins inside the output pack: its values are
     // extra terms of the same leaves (PACK-5).
-    let main_sources = outputs.len();
-    let (extra, extra_ref): (Vec<Ciphertext>, Box<dyn Fn(usize) -> ValueRef>) =
-        match &stage.shortcut {
-            None => (Vec::new(), Box::new(|_| ValueRef::new(0, 0))),
-            Some(Shortcut::Identity { round }) => {
-                let up = &history[*round];
-                let offset = main_sources;
-                (
-                    up.ciphertexts.clone(),
-                    Box::new(move |k| {
-                        let v = up.value(n, k);
-                        ValueRef::new(offset + v.source as usize, v.coeff as usize)
-                    }),
-                )
-            }
-            Some(Shortcut::Conv { round, stage: sc }) => {
-                let out = evaluate_stage(ctx, &packer, sc, &history[*round])?;
-                let sc_positions = sc.output_positions();
-                let offset = main_sources;
-                (
-                    out,
-                    Box::new(move |k| {
-                        let (ct, c) = sc_positions[k];
-                        ValueRef::new(offset + ct, c)
-                    }),
-                )
-            }
-        };
+    // `extra_refs[k]` is output k's residual operand (empty: no shortcut).
+    let offset = outputs.len();
+    let (extra, extra_refs): (Vec<Ciphertext>, Vec<ValueRef>) = match &stage.shortcut {
+        None => (Vec::new(), Vec::new()),
+        Some(Shortcut::Identity { round }) => {
+            let up = &history[*round];
+            let refs = (0..positions.len())
+                .map(|k| {
+                    let v = up.value(n, k);
+                    ValueRef::new(offset + v.source as usize, v.coeff as usize)
+                })
+                .collect();
+            (up.ciphertexts.clone(), refs)
+        }
+        Some(Shortcut::Conv { round, stage: sc }) => {
+            let out = evaluate_stage(ctx, &packer, sc, &history[*round])?;
+            let refs = sc
+                .output_positions()
+                .into_iter()
+                .map(|(ct, c)| ValueRef::new(offset + ct, c))
+                .collect();
+            (out, refs)
+        }
+    };
     let shuffle = if r + 1 == model.stages.len() {
         None
     } else {
@@ -540,8 +536,8 @@ pub fn server_round(
             let k = inverse.as_ref().map_or(slot, |p| p.image(slot));
             let (ct, c) = positions[k];
             let mut values = vec![ValueRef::new(ct, c)];
-            if stage.shortcut.is_some() {
-                values.push(extra_ref(k));
+            if let Some(&residual) = extra_refs.get(k) {
+                values.push(residual);
             }
             SumPlacement {
                 values,
@@ -708,29 +704,12 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: a branch must start from an earlier client-held activation inside a stage")))?;
                 branch_round = Some(round);
             }
-            Layer::Conv2d {
-                out_channels,
-                kernel_h,
-                kernel_w,
-                stride,
-                padding,
-                weights,
-                bias,
-                ..
-            } if branch_round.is_some() => {
+            Layer::Conv2d { weights, bias, .. } if branch_round.is_some() => {
                 // The branch's conv (e.g. a 1×1 projection shortcut).
                 let from = held[branch_round.unwrap_or(0)];
                 let src = from.map_or(model.input().shape, |l| model.shapes()[l]);
-                let shape = Conv2dShape {
-                    in_channels: src.channels,
-                    in_height: src.height,
-                    in_width: src.width,
-                    out_channels: *out_channels,
-                    kernel_height: *kernel_h,
-                    kernel_width: *kernel_w,
-                    stride: *stride,
-                    padding: *padding,
-                };
+                let shape = crate::model::ir::conv_shape(&src, layer)
+                    .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: not a conv")))?;
                 if branch_conv.is_some() {
                     return Err(EngineError::Unsupported(format!(
                         "layer {i}: a branch of more than one conv"
