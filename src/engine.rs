@@ -16,7 +16,7 @@ use crate::layout::{
 };
 use crate::linear::{EncodedLayer, LinearError};
 use crate::pack::{PackError, PackSource, Packer, Placement, SumPlacement};
-use crate::params::ParamError;
+use crate::params::{ParamError, ParameterSet};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey, SeededCiphertext};
 use crate::rng::Csprng;
 use crate::shuffle::{Granularity, Permutation, SessionSeed, ShuffleError, ShuffleUnit};
@@ -53,6 +53,57 @@ pub enum EngineError {
     InputLength { expected: usize, got: usize },
     #[error("the model is not supported by the engine yet: {0}")]
     Unsupported(String),
+    /// The model fails its accumulator check for the set (MODEL-5, PARAM-6).
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// A layer's weights exceed the set's noise budget (LIN-3, ENG-5).
+    #[error(transparent)]
+    NoiseBudget(Box<LayerNoise>),
+    /// The compiled model belongs to another parameter set than the context (ENG-5).
+    #[error("the compiled model was built for parameter set {compiled:?}, not for {given:?}: compile it for this context")]
+    ParameterMismatch { compiled: String, given: String },
+    /// An input value outside the model's declared range (MODEL-4, ENG-5);
+    /// the value itself is the client's secret and is not shown.
+    #[error("input value {index} lies outside the model's declared input range [{min}, {max}]")]
+    InputOutOfRange { index: usize, min: i64, max: i64 },
+}
+
+/// A stage whose weights exceed the noise budget, named by its model layer.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error(
+    "layer {layer} ({op}): output ciphertext {output} of its encrypted stage sums ‖ŵ‖₁ = {l1} (2^{l1_log2:.2}){detail}, \
+     more than the {allowed_log2}-bit noise budget of set {set:?}; {hint}"
+)]
+pub struct LayerNoise {
+    pub layer: usize,
+    pub op: &'static str,
+    pub output: usize,
+    pub l1: u128,
+    pub l1_log2: f64,
+    pub allowed_log2: u32,
+    pub set: String,
+    /// What the figure includes beyond the layer's own weights.
+    pub detail: String,
+    /// Which shipped sets would carry it, or what to change.
+    pub hint: String,
+}
+
+/// Shipped sets whose noise budget covers `l1`, or advice when none does.
+fn noise_hint(l1: u128) -> String {
+    let fitting: Vec<String> = ParameterSet::shipped_all()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| l1 <= 1u128 << p.max_weight_l1_log2())
+        .map(|p| format!("{} (2^{})", p.name(), p.max_weight_l1_log2()))
+        .collect();
+    if fitting.is_empty() {
+        "no shipped set covers it: use smaller weights or fewer output channels".into()
+    } else {
+        format!(
+            "shipped sets whose budget covers it: {} (if their accumulator bits suffice)",
+            fitting.join(", ")
+        )
+    }
 }
 
 /// The layout of one stage, with its shape and clear weights for the
@@ -79,6 +130,9 @@ pub struct LinearStage {
     independent_inputs: usize,
     /// A residual connection's second operand, added to every output.
     shortcut: Option<Shortcut>,
+    /// A stage the engine added with fixed 0/1 weights (a sum pool): it
+    /// holds nothing of the model owner's, so PROTO-6 does not count it.
+    public_weights: bool,
 }
 
 /// The second operand of a residual connection (ENG-4): an activation the
@@ -140,7 +194,7 @@ impl ClientOp {
 
 impl LinearStage {
     /// A Conv2d stage; `weights` OIHW, `bias` one per output channel (or empty).
-    pub fn conv(
+    pub(crate) fn conv(
         ctx: &Context,
         shape: Conv2dShape,
         weights: &[i64],
@@ -163,12 +217,13 @@ impl LinearStage {
             encoded,
             independent_inputs: shape.input_len()?,
             shortcut: None,
+            public_weights: false,
             layout: StageLayout::Conv(layout, weights.to_vec()),
         })
     }
 
     /// A matrix–vector stage; `weights` row-major rows × cols.
-    pub fn matvec(
+    pub(crate) fn matvec(
         ctx: &Context,
         shape: MatVecShape,
         weights: &[i64],
@@ -190,6 +245,7 @@ impl LinearStage {
             encoded,
             independent_inputs: shape.cols,
             shortcut: None,
+            public_weights: false,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
         })
     }
@@ -202,6 +258,12 @@ impl LinearStage {
     /// dimension d of the linear map a chosen-input attack must solve.
     pub fn independent_inputs(&self) -> usize {
         self.independent_inputs
+    }
+
+    /// Whether the stage's weights are fixed by the engine (a sum pool),
+    /// not the model owner's.
+    pub fn has_public_weights(&self) -> bool {
+        self.public_weights
     }
 
     /// Whether a residual operand is added to this stage's outputs.
@@ -332,26 +394,49 @@ pub struct Inference {
     pub client_views: Vec<Vec<i64>>,
 }
 
-/// A model compiled for encrypted evaluation: stages, and the client's
-/// element-wise steps after each stage (after the last one they act on the
-/// logits, in true order).
+/// A model compiled for encrypted evaluation under one parameter set (ENG-5):
+/// stages, and the client's element-wise steps after each stage (after the
+/// last one they act on the logits, in true order).
+///
+/// The only way to obtain one is [`compile`] (or [`crate::select`]), which
+/// checks everything the result depends on — shapes, the accumulator bound
+/// of every layer (MODEL-5), the noise budget of every stage (LIN-3) — so
+/// holding one proves the checks passed for the set it names. [`run`] and
+/// the protocol's `Endpoint` accept nothing else and refuse a context of
+/// another set.
 #[derive(Debug)]
 pub struct CompiledModel {
-    pub stages: Vec<LinearStage>,
-    pub client_ops: Vec<Vec<ClientOp>>,
+    stages: Vec<LinearStage>,
+    client_ops: Vec<Vec<ClientOp>>,
+    input: crate::model::InputSpec,
+    set: String,
+    fingerprint: u64,
+    /// The model layer each stage came from (for reports and errors).
+    stage_layers: Vec<usize>,
 }
 
 impl CompiledModel {
-    pub fn new(
+    fn assemble(
+        ctx: &Context,
+        input: crate::model::InputSpec,
         stages: Vec<LinearStage>,
         client_ops: Vec<Vec<ClientOp>>,
+        stage_layers: Vec<usize>,
     ) -> Result<Self, EngineError> {
         if stages.is_empty() || client_ops.len() != stages.len() {
             return Err(EngineError::Unsupported(format!(
-                "{} stages need as many client step lists, got {}",
+                "a model needs at least one linear layer ({} stages, {} client step lists)",
                 stages.len(),
                 client_ops.len()
             )));
+        }
+        let input_len = input.shape.len().unwrap_or(0);
+        if stages[0].input_len() != input_len {
+            return Err(EngineError::ShapeMismatch {
+                stage: 0,
+                expected: stages[0].input_len(),
+                got: input_len,
+            });
         }
         for (i, pair) in stages.windows(2).enumerate() {
             if pair[0].output_len() != pair[1].input_len() {
@@ -362,7 +447,77 @@ impl CompiledModel {
                 });
             }
         }
-        Ok(Self { stages, client_ops })
+        Ok(Self {
+            stages,
+            client_ops,
+            input,
+            set: ctx.params().name().to_owned(),
+            fingerprint: ctx.params().fingerprint(),
+            stage_layers,
+        })
+    }
+
+    /// The encrypted stages, one per round.
+    pub fn stages(&self) -> &[LinearStage] {
+        &self.stages
+    }
+
+    /// The client's steps after each stage.
+    pub fn client_ops(&self) -> &[Vec<ClientOp>] {
+        &self.client_ops
+    }
+
+    /// Number of rounds (stages).
+    pub fn rounds(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// The model input: shape and the range every value must lie in.
+    pub fn input(&self) -> &crate::model::InputSpec {
+        &self.input
+    }
+
+    /// Number of input values.
+    pub fn input_len(&self) -> usize {
+        self.stages[0].input_len()
+    }
+
+    /// The model layer (index) each stage evaluates.
+    pub fn stage_layers(&self) -> &[usize] {
+        &self.stage_layers
+    }
+
+    /// The name of the parameter set the model was compiled for.
+    pub fn parameter_set(&self) -> &str {
+        &self.set
+    }
+
+    /// ENG-5: refuses a context of another parameter set.
+    pub fn check_context(&self, ctx: &Context) -> Result<(), EngineError> {
+        if ctx.params().fingerprint() == self.fingerprint {
+            Ok(())
+        } else {
+            Err(EngineError::ParameterMismatch {
+                compiled: self.set.clone(),
+                given: ctx.params().name().to_owned(),
+            })
+        }
+    }
+
+    /// ENG-5: refuses an input of the wrong length or with a value outside
+    /// the declared range (the accumulator bounds assume it).
+    pub fn check_input(&self, input: &[i64]) -> Result<(), EngineError> {
+        if input.len() != self.input_len() {
+            return Err(EngineError::InputLength {
+                expected: self.input_len(),
+                got: input.len(),
+            });
+        }
+        let (min, max) = (self.input.min, self.input.max);
+        match input.iter().position(|v| !(min..=max).contains(v)) {
+            Some(index) => Err(EngineError::InputOutOfRange { index, min, max }),
+            None => Ok(()),
+        }
     }
 
     /// Plaintext integer inference with exactly the encrypted semantics.
@@ -492,8 +647,21 @@ pub fn server_round(
     seed: &SessionSeed,
     rng: &mut Csprng,
 ) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
+    model.check_context(ctx)?;
     let n = ctx.n();
-    let stage = &model.stages[r];
+    let stage = model.stages.get(r).ok_or_else(|| {
+        EngineError::Unsupported(format!(
+            "round {r}: the model has {} rounds",
+            model.rounds()
+        ))
+    })?;
+    if history.len() != r + 1 {
+        return Err(EngineError::Unsupported(format!(
+            "round {r} needs the {} uploads so far, got {}",
+            r + 1,
+            history.len()
+        )));
+    }
     let packer = Packer::new(ctx, keys.galois);
     let outputs = evaluate_stage(ctx, &packer, stage, &history[r])?;
     let positions = stage.output_positions();
@@ -576,13 +744,8 @@ pub fn run(
     unit: ShuffleUnit,
     seed: &SessionSeed,
 ) -> Result<Inference, EngineError> {
-    let first = &model.stages[0];
-    if input.len() != first.input_len() {
-        return Err(EngineError::InputLength {
-            expected: first.input_len(),
-            got: input.len(),
-        });
-    }
+    model.check_context(ctx)?;
+    model.check_input(input)?;
     let internal =
         |e: wire::WireError| EngineError::Unsupported(format!("internal encoding error: {e}"));
     let mut client_rng = Csprng::from_os();
@@ -643,22 +806,33 @@ pub fn run(
     })
 }
 
-/// Compiles a validated model into encrypted stages (ENG-3).
+/// Compiles a validated model into encrypted stages (ENG-3, ENG-5).
 ///
-/// Every `conv2d`/`linear` starts a stage; sum pools right before it (and a
-/// `flatten`) are folded into its weights exactly — a k×k sum pool of
-/// stride k followed by a conv with kernel K, stride s, padding p is the
-/// conv with kernel kK, stride ks, padding kp and each weight repeated over
-/// a k×k block — so the server never needs a separate repack for them.
+/// First the model's accumulator bounds are checked against the context's
+/// set (MODEL-5): a model whose worst-case accumulator does not fit `b` is
+/// refused here, whatever path it takes afterwards. Every `conv2d`/`linear`
+/// starts a stage; sum pools right before it (and a `flatten`) are folded
+/// into its weights exactly — a k×k sum pool of stride k followed by a conv
+/// with kernel K, stride s, padding p is the conv with kernel kK, stride ks,
+/// padding kp and each weight repeated over a k×k block — so the server
+/// never needs a separate repack for them. Folding multiplies the stage's
+/// ‖ŵ‖₁ by k²; when that breaks the noise budget (or the layout), the pool
+/// becomes a round of its own with fixed 0/1 weights instead, and the layer
+/// runs unfolded on the pooled values (ENG-6): exact, one round more.
 /// `requantize`/`relu` become client steps; a global pool right before a
 /// client step is a 0/1 mat-vec stage; residual adds become shortcuts
 /// (ENG-4). Max-pooling is refused with [`EngineError::Unsupported`] for now.
+/// Every refusal names the layer, its op, the quantity and the limit.
 pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledModel, EngineError> {
     use crate::model::Layer;
+    model.check_against(ctx.params())?;
     let mut stages: Vec<LinearStage> = Vec::new();
     let mut ops: Vec<Vec<ClientOp>> = Vec::new();
-    // Pools waiting for the next conv/linear: total sum-pool factor per axis.
+    let mut stage_layers: Vec<usize> = Vec::new();
+    // Pools waiting for the next conv/linear: total sum-pool factor per axis,
+    // and the index of the last of them.
     let mut pool = 1usize;
+    let mut pool_layer = 0usize;
     let mut flattened = false;
     // The layer whose output the client uploads at each round (None: input).
     let mut held: Vec<Option<usize>> = Vec::new();
@@ -668,6 +842,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     let mut branch_conv: Option<LinearStage> = None;
     let layers = model.layers();
     for (i, layer) in layers.iter().enumerate() {
+        let op = layer.op_name();
         let input = model
             .input_shape(i)
             .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: no input shape")))?;
@@ -681,19 +856,10 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 // C·H·W → C with 0/1 weights.
                 start_stage(&stages, &ops, i)?;
                 let (c, h, w) = held_shape(model, i)?;
-                let cols = c * h * w;
-                let mut weights = vec![0i64; c * cols];
-                for ch in 0..c {
-                    weights[ch * cols + ch * h * w..ch * cols + (ch + 1) * h * w].fill(1);
-                }
-                let shape = MatVecShape { rows: c, cols };
-                stages.push(LinearStage::matvec(
-                    ctx,
-                    shape,
-                    &weights,
-                    &[],
-                    stages.len(),
-                )?);
+                let stage = pool_stage(ctx, (c, h, w), h, stages.len())
+                    .map_err(at_layer(ctx, i, op, ""))?;
+                stages.push(stage);
+                stage_layers.push(i);
                 held.push(held_layer(model, i));
                 ops.push(Vec::new());
                 main_layer = Some(i);
@@ -715,7 +881,10 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                         "layer {i}: a branch of more than one conv"
                     )));
                 }
-                branch_conv = Some(LinearStage::conv(ctx, shape, weights, bias, stages.len())?);
+                branch_conv = Some(
+                    LinearStage::conv(ctx, shape, weights, bias, stages.len())
+                        .map_err(at_layer(ctx, i, op, ""))?,
+                );
             }
             Layer::ResidualAdd { from } => {
                 let stage = stages
@@ -746,12 +915,17 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 let l1 = stage.encoded.max_weight_l1() + extra;
                 let allowed_log2 = ctx.params().max_weight_l1_log2();
                 if l1 > 1u128 << allowed_log2 {
-                    return Err(LinearError::NoiseBudget {
+                    let err = EngineError::Linear(LinearError::NoiseBudget {
                         output: 0,
                         l1,
                         allowed_log2,
-                    }
-                    .into());
+                    });
+                    return Err(at_layer(
+                        ctx,
+                        i,
+                        op,
+                        " (the linear layer's weights plus the residual operand)",
+                    )(err));
                 }
                 stage.shortcut = Some(shortcut);
             }
@@ -768,6 +942,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     )));
                 }
                 pool *= kernel;
+                pool_layer = i;
             }
             Layer::GlobalAvgPool => {
                 if input.height != input.width || flattened {
@@ -776,76 +951,50 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     )));
                 }
                 pool *= input.height;
+                pool_layer = i;
             }
             Layer::Flatten => flattened = true,
-            Layer::Conv2d {
-                out_channels,
-                kernel_h,
-                kernel_w,
-                stride,
-                padding,
-                weights,
-                bias,
-                ..
-            } => {
-                if flattened {
+            Layer::Conv2d { .. } | Layer::Linear { .. } => {
+                if flattened && matches!(layer, Layer::Conv2d { .. }) {
                     return Err(EngineError::Unsupported(format!(
                         "layer {i}: conv2d after flatten"
                     )));
                 }
                 start_stage(&stages, &ops, i)?;
                 let (c, h, w) = held_shape(model, i)?;
-                let shape = Conv2dShape {
-                    in_channels: c,
-                    in_height: h,
-                    in_width: w,
-                    out_channels: *out_channels,
-                    kernel_height: kernel_h * pool,
-                    kernel_width: kernel_w * pool,
-                    stride: stride * pool,
-                    padding: padding * pool,
-                };
-                let folded =
-                    fold_conv_weights(weights, *out_channels, c, *kernel_h, *kernel_w, pool);
-                let mut stage = LinearStage::conv(ctx, shape, &folded, bias, stages.len())?;
-                stage.independent_inputs = c * (h / pool) * (w / pool);
-                stages.push(stage);
-                held.push(held_layer(model, i));
-                main_layer = Some(i);
-                ops.push(Vec::new());
-                pool = 1;
-            }
-            Layer::Linear {
-                out_features,
-                weights,
-                bias,
-            } => {
-                start_stage(&stages, &ops, i)?;
-                let (c, h, w) = held_shape(model, i)?;
-                // Columns of the pooled input spread over each pooled window.
-                let (hp, wp) = (h / pool, w / pool);
-                let cols = c * h * w;
-                let in_pooled = c * hp * wp;
-                let mut folded = vec![0i64; out_features * cols];
-                for o in 0..*out_features {
-                    for ch in 0..c {
-                        for y in 0..hp * pool {
-                            for x in 0..wp * pool {
-                                let src = (ch * hp + y / pool) * wp + x / pool;
-                                folded[o * cols + (ch * h + y) * w + x] =
-                                    weights[o * in_pooled + src];
-                            }
-                        }
+                let folded = linear_stage(ctx, layer, (c, h, w), pool, stages.len());
+                match folded {
+                    Ok(stage) => {
+                        stages.push(stage);
+                        stage_layers.push(i);
+                        held.push(held_layer(model, i));
                     }
+                    Err(folded_err) if pool > 1 => {
+                        // ENG-6: the pool as a round of its own, then the
+                        // layer on the pooled values.
+                        let pooled = pool_stage(ctx, (c, h, w), pool, stages.len())
+                            .map_err(at_layer(ctx, pool_layer, layers[pool_layer].op_name(), ""))?;
+                        stages.push(pooled);
+                        stage_layers.push(pool_layer);
+                        held.push(held_layer(model, i));
+                        ops.push(Vec::new());
+                        let detail = match folded_err {
+                            EngineError::Linear(LinearError::NoiseBudget { l1, .. }) => format!(
+                                " (unfolded from its {pool}×{pool} sum pool, which folded in gives {l1})"
+                            ),
+                            other => format!(
+                                " (unfolded from its {pool}×{pool} sum pool, which could not be folded in: {other})"
+                            ),
+                        };
+                        let stage =
+                            linear_stage(ctx, layer, (c, h / pool, w / pool), 1, stages.len())
+                                .map_err(at_layer(ctx, i, op, &detail))?;
+                        stages.push(stage);
+                        stage_layers.push(i);
+                        held.push(Some(i - 1));
+                    }
+                    Err(e) => return Err(at_layer(ctx, i, op, "")(e)),
                 }
-                let shape = MatVecShape {
-                    rows: *out_features,
-                    cols,
-                };
-                let mut stage = LinearStage::matvec(ctx, shape, &folded, bias, stages.len())?;
-                stage.independent_inputs = in_pooled;
-                stages.push(stage);
-                held.push(held_layer(model, i));
                 main_layer = Some(i);
                 ops.push(Vec::new());
                 pool = 1;
@@ -880,7 +1029,147 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
             "the model ends with a pool".into(),
         ));
     }
-    CompiledModel::new(stages, ops)
+    CompiledModel::assemble(ctx, *model.input(), stages, ops, stage_layers)
+}
+
+/// Names the layer in a noise-budget refusal (LIN-3), with the figure's
+/// `detail` and the shipped sets that would carry it.
+fn at_layer<'a>(
+    ctx: &'a Context,
+    layer: usize,
+    op: &'static str,
+    detail: &'a str,
+) -> impl Fn(EngineError) -> EngineError + 'a {
+    move |e| match e {
+        EngineError::Linear(LinearError::NoiseBudget {
+            output,
+            l1,
+            allowed_log2,
+        }) => EngineError::NoiseBudget(Box::new(LayerNoise {
+            layer,
+            op,
+            output,
+            l1,
+            l1_log2: (l1 as f64).log2(),
+            allowed_log2,
+            set: ctx.params().name().to_owned(),
+            detail: detail.to_owned(),
+            hint: noise_hint(l1),
+        })),
+        EngineError::Layout(e) => EngineError::Unsupported(format!("layer {layer} ({op}): {e}")),
+        other => other,
+    }
+}
+
+/// The stage of a conv2d or linear layer on the held `[C, H, W]` tensor,
+/// with a preceding `pool × pool` sum pool folded into its weights.
+fn linear_stage(
+    ctx: &Context,
+    layer: &crate::model::Layer,
+    (c, h, w): (usize, usize, usize),
+    pool: usize,
+    index: usize,
+) -> Result<LinearStage, EngineError> {
+    use crate::model::Layer;
+    match layer {
+        Layer::Conv2d {
+            out_channels,
+            kernel_h,
+            kernel_w,
+            stride,
+            padding,
+            weights,
+            bias,
+            ..
+        } => {
+            let shape = Conv2dShape {
+                in_channels: c,
+                in_height: h,
+                in_width: w,
+                out_channels: *out_channels,
+                kernel_height: kernel_h * pool,
+                kernel_width: kernel_w * pool,
+                stride: stride * pool,
+                padding: padding * pool,
+            };
+            let folded = fold_conv_weights(weights, *out_channels, c, *kernel_h, *kernel_w, pool);
+            let mut stage = LinearStage::conv(ctx, shape, &folded, bias, index)?;
+            stage.independent_inputs = c * (h / pool) * (w / pool);
+            Ok(stage)
+        }
+        Layer::Linear {
+            out_features,
+            weights,
+            bias,
+        } => {
+            // Columns of the pooled input spread over each pooled window.
+            let (hp, wp) = (h / pool, w / pool);
+            let cols = c * h * w;
+            let in_pooled = c * hp * wp;
+            let mut folded = vec![0i64; out_features * cols];
+            for o in 0..*out_features {
+                for ch in 0..c {
+                    for y in 0..hp * pool {
+                        for x in 0..wp * pool {
+                            let src = (ch * hp + y / pool) * wp + x / pool;
+                            folded[o * cols + (ch * h + y) * w + x] = weights[o * in_pooled + src];
+                        }
+                    }
+                }
+            }
+            let shape = MatVecShape {
+                rows: *out_features,
+                cols,
+            };
+            let mut stage = LinearStage::matvec(ctx, shape, &folded, bias, index)?;
+            stage.independent_inputs = in_pooled;
+            Ok(stage)
+        }
+        other => Err(EngineError::Unsupported(format!(
+            "{} is not a conv2d or linear layer",
+            other.op_name()
+        ))),
+    }
+}
+
+/// A sum pool over `pool × pool` windows of `[C, H, W]` as a stage of its
+/// own with fixed 0/1 weights: a mat-vec when the window is the whole
+/// plane (global pool), else a stride-`pool` conv that maps each channel to
+/// itself.
+fn pool_stage(
+    ctx: &Context,
+    (c, h, w): (usize, usize, usize),
+    pool: usize,
+    index: usize,
+) -> Result<LinearStage, EngineError> {
+    let mut stage = if pool == h && pool == w {
+        let cols = c * h * w;
+        let mut weights = vec![0i64; c * cols];
+        for ch in 0..c {
+            weights[ch * cols + ch * h * w..ch * cols + (ch + 1) * h * w].fill(1);
+        }
+        LinearStage::matvec(ctx, MatVecShape { rows: c, cols }, &weights, &[], index)?
+    } else {
+        let shape = Conv2dShape {
+            in_channels: c,
+            in_height: h,
+            in_width: w,
+            out_channels: c,
+            kernel_height: pool,
+            kernel_width: pool,
+            stride: pool,
+            padding: 0,
+        };
+        let block = pool * pool;
+        let mut weights = vec![0i64; c * c * block];
+        for ch in 0..c {
+            let start = (ch * c + ch) * block;
+            weights[start..start + block].fill(1);
+        }
+        LinearStage::conv(ctx, shape, &weights, &[], index)?
+    };
+    stage.public_weights = true;
+    Ok(stage)
 }
 
 /// [C, H, W] of the tensor the client holds when layer `i` (a conv or
@@ -928,6 +1217,10 @@ fn held_shape(model: &crate::model::Model, i: usize) -> Result<(usize, usize, us
 }
 
 fn start_stage(stages: &[LinearStage], ops: &[Vec<ClientOp>], i: usize) -> Result<(), EngineError> {
+    // A pool stage the engine added (ENG-6) needs no client step after it.
+    if stages.last().is_some_and(|s| s.public_weights) {
+        return Ok(());
+    }
     if let Some(last) = ops.last() {
         if last.is_empty() && !stages.is_empty() {
             return Err(EngineError::Unsupported(format!(

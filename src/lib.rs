@@ -15,6 +15,7 @@
 //! * [`shuffle`]: per-round secret permutations;
 //! * [`model`]: quantised model IR, reference evaluator, JSON format;
 //! * [`engine`]: a model compiled to encrypted stages, run round by round;
+//! * [`select`]: the cheapest shipped parameter set that carries a model;
 //! * [`wire`]: versioned binary encoding of keys and ciphertexts.
 //!
 //! **What is protected, and what is not.** Encryption hides the client's
@@ -37,5 +38,6 @@ pub mod params;
 pub mod protocol;
 pub mod rlwe;
 pub mod rng;
+pub mod select;
 pub mod shuffle;
 pub mod wire;

@@ -1,15 +1,18 @@
-//! ENG-1, ENG-2: encrypted inference over linear stages equals the plaintext
-//! integer reference bit for bit, and the client sees each intermediate
-//! layer only shuffled.
+//! ENG-1, ENG-2, ENG-5, ENG-6: encrypted inference equals the plaintext
+//! integer reference bit for bit, the client sees each intermediate layer
+//! only shuffled, and a model is either compiled with every check passed or
+//! refused — there is no other way to obtain a `CompiledModel`.
 
 mod common;
 
 use common::fixture;
 use proptest::prelude::*;
-use safhire::engine::{self, ClientOp, CompiledModel, LinearStage, ServerKeys};
-use safhire::layout::{Conv2dShape, MatVecShape};
+use safhire::engine::{self, EngineError, ServerKeys};
+use safhire::model::{InputSpec, Layer, Model, ModelError, Shape};
+use safhire::params::ParamError;
 use safhire::rlwe::Context;
 use safhire::rng::Csprng;
+use safhire::select::{self, Requirement};
 use safhire::shuffle::{SessionSeed, ShuffleUnit};
 
 fn small(rng: &mut Csprng, len: usize, bound: i64) -> Vec<i64> {
@@ -18,50 +21,97 @@ fn small(rng: &mut Csprng, len: usize, bound: i64) -> Vec<i64> {
         .collect()
 }
 
-/// conv (C×H×W → M channels) → requantise to [0, 15] → dense layer → logits.
-fn two_stage(
-    ctx: &Context,
-    rng: &mut Csprng,
-    c: usize,
-    hw: usize,
-    m: usize,
-    classes: usize,
-) -> CompiledModel {
-    let shape = Conv2dShape {
-        in_channels: c,
-        in_height: hw,
-        in_width: hw,
-        out_channels: m,
-        kernel_height: 3,
-        kernel_width: 3,
-        stride: 1,
-        padding: 1,
-    };
-    let w1 = small(rng, shape.weight_len().unwrap(), 3);
-    let b1 = small(rng, m, 20);
-    let conv = LinearStage::conv(ctx, shape, &w1, &b1, 0).unwrap();
-    let fc_shape = MatVecShape {
-        rows: classes,
-        cols: conv.output_len(),
-    };
-    let w2 = small(rng, classes * conv.output_len(), 3);
-    let b2 = small(rng, classes, 50);
-    let fc = LinearStage::matvec(ctx, fc_shape, &w2, &b2, 1).unwrap();
-    let op = ClientOp::Requantize {
-        multiplier: 3,
-        shift: 4,
-        min: 0,
-        max: 15,
-    };
-    CompiledModel::new(vec![conv, fc], vec![vec![op], vec![]]).unwrap()
+fn input_spec(c: usize, h: usize, w: usize, min: i64, max: i64) -> InputSpec {
+    InputSpec {
+        shape: Shape::new(c, h, w),
+        min,
+        max,
+    }
 }
 
-fn keys() -> ServerKeys<'static> {
-    let f = fixture("b16");
+fn conv(
+    out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    weights: Vec<i64>,
+    bias: Vec<i64>,
+) -> Layer {
+    Layer::Conv2d {
+        out_channels: out,
+        kernel_h: k,
+        kernel_w: k,
+        stride,
+        padding,
+        groups: 1,
+        weights,
+        bias,
+    }
+}
+
+fn requantize(multiplier: i64, shift: u32, max: i64) -> Layer {
+    Layer::Requantize {
+        multiplier,
+        shift,
+        min: 0,
+        max,
+    }
+}
+
+/// conv (C×H×W → M channels) → requantise to [0, 15] → flatten → dense → logits.
+fn two_stage(rng: &mut Csprng, c: usize, hw: usize, m: usize, classes: usize) -> Model {
+    let w1 = small(rng, m * c * 9, 3);
+    let b1 = small(rng, m, 20);
+    let w2 = small(rng, classes * m * hw * hw, 3);
+    let b2 = small(rng, classes, 50);
+    Model::new(
+        "two-stage",
+        input_spec(c, hw, hw, 0, 15),
+        vec![
+            conv(m, 3, 1, 1, w1, b1),
+            requantize(3, 4, 15),
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: classes,
+                weights: w2,
+                bias: b2,
+            },
+        ],
+    )
+    .unwrap()
+}
+
+fn keys(set: &str) -> ServerKeys<'static> {
+    let f = fixture(set);
     ServerKeys {
         galois: &f.galois,
         public: &f.pk,
     }
+}
+
+fn random_input(rng: &mut Csprng, model: &Model) -> Vec<i64> {
+    let spec = model.input();
+    let span = spec.max.abs_diff(spec.min) + 1;
+    (0..spec.shape.len().unwrap())
+        .map(|_| spec.min + rng.uniform_below(span) as i64)
+        .collect()
+}
+
+/// Encrypted logits of `model` on `input` under the fixture of `set`.
+fn encrypted(set: &str, model: &Model, input: &[i64], seed: u8) -> Result<Vec<i64>, EngineError> {
+    let f = fixture(set);
+    let compiled = engine::compile(&f.ctx, model)?;
+    let session = SessionSeed::from_bytes([seed; 32]);
+    let out = engine::run(
+        &f.ctx,
+        &f.sk,
+        keys(set),
+        &compiled,
+        input,
+        ShuffleUnit::Element,
+        &session,
+    )?;
+    Ok(out.logits)
 }
 
 proptest! {
@@ -69,13 +119,10 @@ proptest! {
     // ENG-1
     #[test]
     fn encrypted_logits_equal_the_reference(c in 1usize..4, hw in 2usize..12, m in 1usize..6, classes in 1usize..12, seed in any::<u8>()) {
-        let f = fixture("b16");
         let mut rng = Csprng::from_seed([seed; 16]);
-        let model = two_stage(&f.ctx, &mut rng, c, hw, m, classes);
-        let input: Vec<i64> = (0..c * hw * hw).map(|_| rng.uniform_below(16) as i64).collect();
-        let session = SessionSeed::from_bytes([seed; 32]);
-        let out = engine::run(&f.ctx, &f.sk, keys(), &model, &input, ShuffleUnit::Element, &session).unwrap();
-        prop_assert_eq!(out.logits, model.reference(&input).unwrap());
+        let model = two_stage(&mut rng, c, hw, m, classes);
+        let input = random_input(&mut rng, &model);
+        prop_assert_eq!(encrypted("b16", &model, &input, seed).unwrap(), model.evaluate(&input).unwrap());
     }
 }
 
@@ -84,13 +131,23 @@ proptest! {
 fn client_sees_intermediate_values_only_shuffled() {
     let f = fixture("b16");
     let mut rng = Csprng::from_seed([5; 16]);
-    let model = two_stage(&f.ctx, &mut rng, 2, 10, 4, 10);
-    let input: Vec<i64> = (0..200).map(|_| rng.uniform_below(16) as i64).collect();
-    let true_hidden = model.stages[0].reference(&input).unwrap();
+    let model = two_stage(&mut rng, 2, 10, 4, 10);
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    let input = random_input(&mut rng, &model);
+    let true_hidden = compiled.stages()[0].reference(&input).unwrap();
     for unit in [ShuffleUnit::Element, ShuffleUnit::Channel] {
-        let granularity = model.stages[0].granularity(unit);
+        let granularity = compiled.stages()[0].granularity(unit);
         let session = SessionSeed::from_bytes([6; 32]);
-        let out = engine::run(&f.ctx, &f.sk, keys(), &model, &input, unit, &session).unwrap();
+        let out = engine::run(
+            &f.ctx,
+            &f.sk,
+            keys("b16"),
+            &compiled,
+            &input,
+            unit,
+            &session,
+        )
+        .unwrap();
         let seen = &out.client_views[0];
         // Same multiset, different order: the client got every value, shuffled.
         assert_ne!(
@@ -106,31 +163,309 @@ fn client_sees_intermediate_values_only_shuffled() {
             .permutation(0, true_hidden.len(), granularity)
             .unwrap();
         assert_eq!(&sigma.apply(&true_hidden).unwrap(), seen);
-        assert_eq!(out.logits, model.reference(&input).unwrap());
+        assert_eq!(out.logits, model.evaluate(&input).unwrap());
         // The last round is not shuffled.
         assert_eq!(out.client_views[1], out.logits);
     }
 }
 
+// ENG-5
 #[test]
-fn mismatched_inputs_are_refused() {
+fn inputs_of_the_wrong_length_or_range_are_refused() {
     let f = fixture("b16");
     let mut rng = Csprng::from_seed([7; 16]);
-    let model = two_stage(&f.ctx, &mut rng, 1, 4, 2, 3);
+    let model = two_stage(&mut rng, 1, 4, 2, 3);
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
     let session = SessionSeed::from_bytes([1; 32]);
-    assert!(matches!(
+    let run = |input: &[i64]| {
         engine::run(
             &f.ctx,
             &f.sk,
-            keys(),
-            &model,
-            &[1, 2, 3],
+            keys("b16"),
+            &compiled,
+            input,
             ShuffleUnit::Element,
-            &session
-        ),
-        Err(engine::EngineError::InputLength {
+            &session,
+        )
+    };
+    assert!(matches!(
+        run(&[1, 2, 3]),
+        Err(EngineError::InputLength {
             expected: 16,
             got: 3
         })
     ));
+    // 16 is outside [0, 15]: the accumulator bounds would not hold.
+    let mut input = vec![0i64; 16];
+    input[9] = 16;
+    let err = run(&input).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::InputOutOfRange {
+                index: 9,
+                min: 0,
+                max: 15
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        !err.to_string().contains("16"),
+        "the input value is the client's secret: {err}"
+    );
+    input[9] = -1;
+    assert!(matches!(
+        run(&input),
+        Err(EngineError::InputOutOfRange { index: 9, .. })
+    ));
+}
+
+/// A conv whose ‖w‖₁ per output is modest (it passes every set's noise
+/// budget from b16 up) but whose worst-case accumulator on 8-bit inputs
+/// needs 21 bits: b16 must refuse it, b24 must run it exactly.
+fn overflows_b16() -> Model {
+    let mut rng = Csprng::from_seed([11; 16]);
+    let mut w1 = small(&mut rng, 4 * 2 * 9, 60);
+    w1[0] = 127; // the worst output is channel 0
+    Model::new(
+        "overflows-b16",
+        input_spec(2, 6, 6, 0, 255),
+        vec![
+            conv(4, 3, 1, 1, w1, vec![1000, -3, 0, 5]),
+            Layer::Relu,
+            requantize(1, 10, 255),
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 3,
+                weights: small(&mut rng, 3 * 4 * 36, 2),
+                bias: vec![0, 1, 2],
+            },
+        ],
+    )
+    .unwrap()
+}
+
+// ENG-5, PARAM-6
+#[test]
+fn a_model_that_overflows_the_set_is_refused_by_compile_naming_the_layer() {
+    let model = overflows_b16();
+    let err = engine::compile(&fixture("b16").ctx, &model).unwrap_err();
+    let bits = match &err {
+        EngineError::Model(ModelError::AccumulatorOverflow {
+            layer: 0,
+            op: "conv2d",
+            source:
+                ParamError::AccumulatorOverflow {
+                    output: 0,
+                    needed_bits,
+                    plaintext_bits: 16,
+                    ..
+                },
+        }) => *needed_bits,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(bits > 16 && bits <= 24, "{bits}");
+    let text = err.to_string();
+    assert!(text.contains("layer 0 (conv2d)"), "{text}");
+    assert!(
+        text.contains("b24"),
+        "the error names what would fit: {text}"
+    );
+    // The same model on a set that carries it: bit-exact.
+    let mut rng = Csprng::from_seed([12; 16]);
+    for seed in 0..2 {
+        let input = random_input(&mut rng, &model);
+        assert_eq!(
+            encrypted("b24", &model, &input, seed).unwrap(),
+            model.evaluate(&input).unwrap()
+        );
+    }
+}
+
+// PARAM-7
+#[test]
+fn the_cheapest_set_that_carries_the_model_is_chosen_and_explained() {
+    let model = overflows_b16();
+    let sel = select::select(&model, Requirement::default(), None).unwrap();
+    let tried: Vec<&str> = sel.candidates.iter().map(|c| c.set.as_str()).collect();
+    let chosen = sel.context.params().name().to_owned();
+    assert_eq!(tried.last(), Some(&chosen.as_str()));
+    // Every cheaper set was passed over with its reason; the chosen one is
+    // the first that fits the accumulator.
+    let b = sel.context.params().plaintext_bits();
+    assert!(model.check_against(sel.context.params()).is_ok());
+    for c in &sel.candidates[..sel.candidates.len() - 1] {
+        let why = c.refused.as_deref().unwrap();
+        assert!(why.contains("layer"), "{}: {why}", c.set);
+    }
+    assert!(b >= 20, "chose {chosen} with b = {b}");
+    assert!(sel.explain().contains("chosen"), "{}", sel.explain());
+    // A policy that excludes sets without flooding headroom never picks `wide`.
+    let strict = Requirement {
+        min_flooding_headroom_bits: Some(0),
+    };
+    let sel = select::select(&model, strict, None).unwrap();
+    assert!(sel.context.params().budget().flooding_headroom_bits() >= 0.0);
+    // Pinning a set that cannot carry the model returns that set's refusal.
+    let err = select::select(&model, Requirement::default(), Some("b16")).unwrap_err();
+    assert!(err.to_string().contains("layer 0 (conv2d)"), "{err}");
+    // Pinning `wide` under a headroom requirement is refused, saying why.
+    let err = select::select(&model, strict, Some("wide")).unwrap_err();
+    assert!(err.to_string().contains("flooding headroom"), "{err}");
+}
+
+// ENG-5, PARAM-5
+#[test]
+fn a_compiled_model_runs_only_under_its_own_set() {
+    let mut rng = Csprng::from_seed([8; 16]);
+    let model = two_stage(&mut rng, 1, 4, 2, 3);
+    let compiled = engine::compile(&fixture("b24").ctx, &model).unwrap();
+    assert_eq!(compiled.parameter_set(), "b24");
+    let f = fixture("b16");
+    let err = engine::run(
+        &f.ctx,
+        &f.sk,
+        keys("b16"),
+        &compiled,
+        &random_input(&mut rng, &model),
+        ShuffleUnit::Element,
+        &SessionSeed::from_bytes([2; 32]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, EngineError::ParameterMismatch { .. }),
+        "{err:?}"
+    );
+}
+
+/// Sum pool 2 → conv 2→32 with weights ±`w` → requantise → dense. Folding
+/// the pool multiplies the conv's ‖ŵ‖₁ by 4.
+fn pooled(w: i64) -> Model {
+    let mut rng = Csprng::from_seed([13; 16]);
+    let weights: Vec<i64> = (0..32 * 2 * 9)
+        .map(|_| if rng.uniform_below(2) == 0 { w } else { -w })
+        .collect();
+    Model::new(
+        "pooled",
+        input_spec(2, 8, 8, 0, 1),
+        vec![
+            Layer::AvgPool {
+                kernel: 2,
+                stride: 2,
+            },
+            conv(32, 3, 1, 1, weights, vec![0; 32]),
+            requantize(1, 8, 15),
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 4,
+                weights: small(&mut rng, 4 * 32 * 16, 1),
+                bias: vec![0; 4],
+            },
+        ],
+    )
+    .unwrap()
+}
+
+// ENG-6
+#[test]
+fn a_folded_pool_that_breaks_the_noise_budget_runs_unfolded() {
+    let f = fixture("b16");
+    // Small weights: the pool folds into the conv, two rounds.
+    let folded = engine::compile(&f.ctx, &pooled(1)).unwrap();
+    assert_eq!(folded.rounds(), 2);
+    assert!(!folded.stages()[0].has_public_weights());
+    // ±45: folded, the layout stacks 14 channels × 18 weights × 45 × 4 =
+    // 45360 > 2^15 into one ciphertext; unfolded, 32 × 18 × 45 = 25920 fits.
+    let model = pooled(45);
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    assert_eq!(compiled.rounds(), 3, "the pool became a round of its own");
+    assert!(compiled.stages()[0].has_public_weights());
+    assert_eq!(compiled.stage_layers(), [0, 1, 4]);
+    let mut rng = Csprng::from_seed([14; 16]);
+    for seed in 0..2 {
+        let input = random_input(&mut rng, &model);
+        assert_eq!(
+            encrypted("b16", &model, &input, seed).unwrap(),
+            model.evaluate(&input).unwrap()
+        );
+    }
+    // Too large either way: refused, naming the conv and both figures.
+    let err = engine::compile(&f.ctx, &pooled(100)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, EngineError::NoiseBudget(n) if n.layer == 1 && n.op == "conv2d"),
+        "{err:?}"
+    );
+    assert!(text.contains("unfolded") && text.contains("2^15"), "{text}");
+}
+
+/// A random small model of the supported kinds.
+fn arb_model() -> impl Strategy<Value = Model> {
+    (
+        1usize..3,
+        prop::sample::select(vec![4usize, 6, 8]),
+        prop::sample::select(vec![1i64, 3, 15, 255]),
+        any::<bool>(),
+        1usize..5,
+        prop::sample::select(vec![1usize, 3]),
+        prop::sample::select(vec![1i64, 7, 100]),
+        1usize..6,
+        any::<[u8; 16]>(),
+    )
+        .prop_map(|(c, hw, xmax, pool, m, k, wmax, classes, seed)| {
+            let mut rng = Csprng::from_seed(seed);
+            let mut layers = Vec::new();
+            let mut side = hw;
+            if pool {
+                layers.push(Layer::AvgPool {
+                    kernel: 2,
+                    stride: 2,
+                });
+                side /= 2;
+            }
+            layers.push(conv(
+                m,
+                k,
+                1,
+                k / 2,
+                small(&mut rng, m * c * k * k, wmax),
+                small(&mut rng, m, 50),
+            ));
+            layers.push(Layer::Relu);
+            layers.push(requantize(1 + rng.uniform_below(100) as i64, 8, 15));
+            layers.push(Layer::Flatten);
+            layers.push(Layer::Linear {
+                out_features: classes,
+                weights: small(&mut rng, classes * m * side * side, wmax.min(7)),
+                bias: small(&mut rng, classes, 50),
+            });
+            Model::new("random", input_spec(c, hw, hw, 0, xmax), layers).unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, max_global_rejects: 12, .. ProptestConfig::default() })]
+    // ENG-5: whatever compiles (on the set the crate chooses) matches the
+    // plaintext reference bit for bit; what does not compile was refused
+    // by a named check.
+    #[test]
+    fn whatever_compiles_matches_the_reference(model in arb_model(), seed in any::<u8>()) {
+        let sel = match select::select(&model, Requirement::default(), None) {
+            Ok(sel) => sel,
+            Err(e) => {
+                prop_assert!(e.to_string().contains("layer"), "refusal names no layer: {e}");
+                eprintln!("rejected: {e}");
+                return Err(TestCaseError::reject("no shipped set carries it"));
+            }
+        };
+        let set = sel.context.params().name().to_owned();
+        let f = fixture(&set);
+        // The fixture's context is the same set: the compiled model accepts it.
+        let ctx: &Context = &f.ctx;
+        let mut rng = Csprng::from_seed([seed; 16]);
+        let input = random_input(&mut rng, &model);
+        let out = engine::run(ctx, &f.sk, keys(&set), &sel.model, &input, ShuffleUnit::Element, &SessionSeed::from_bytes([seed; 32])).unwrap();
+        prop_assert_eq!(out.logits, model.evaluate(&input).unwrap(), "set {}", set);
+    }
 }

@@ -199,7 +199,7 @@ fn policies_are_validated_against_the_model() {
     assert_eq!(Policy::attack_threshold(&s.model), 64);
     let dims: Vec<usize> = s
         .model
-        .stages
+        .stages()
         .iter()
         .map(|st| st.independent_inputs())
         .collect();
@@ -283,6 +283,8 @@ proptest! {
         // A corrupted valid SessionAccept decodes to something valid or fails cleanly.
         let accept = SessionAccept {
             input_len: 64,
+            input_min: 0,
+            input_max: 15,
             rounds: vec![safhire::protocol::RoundInfo { outputs: 10, ops: vec![safhire::engine::ClientOp::Relu] }],
         };
         let mut enc = accept.encode(ctx);

@@ -51,11 +51,7 @@ fn compiled_stages_equal_the_model_on_the_whole_test_set() {
     let model = Model::from_json(MODEL).unwrap();
     model.check_against(f.ctx.params()).unwrap();
     let compiled = engine::compile(&f.ctx, &model).unwrap();
-    assert_eq!(
-        compiled.stages.len(),
-        3,
-        "conv, pool+conv, pool+flatten+linear"
-    );
+    assert_eq!(compiled.rounds(), 3, "conv, pool+conv, pool+flatten+linear");
     for x in &test_set().inputs {
         assert_eq!(compiled.reference(x).unwrap(), model.evaluate(x).unwrap());
     }
@@ -154,7 +150,11 @@ fn residual_models_compile_and_run_encrypted() {
         let model = residual_model(seed);
         let compiled = engine::compile(&f.ctx, &model).unwrap();
         assert_eq!(
-            compiled.stages.iter().filter(|s| s.has_shortcut()).count(),
+            compiled
+                .stages()
+                .iter()
+                .filter(|s| s.has_shortcut())
+                .count(),
             2
         );
         let mut rng = safhire::rng::Csprng::from_seed([seed + 10; 16]);

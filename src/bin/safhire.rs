@@ -1,36 +1,219 @@
-//! `safhire` command-line tool.
-//!
-//! * `safhire infer [--images K|all] [--set b16|wide] [--granularity element|channel]`
-//!   — encrypted inference of the shipped digits CNN (models/) over its test
-//!   images: accuracy, agreement with the plaintext reference, per-round
-//!   client and server time, traffic.
-//! * `safhire bench resnet20|resnet18|digits` — end-to-end benchmark: one
-//!   encrypted inference (random weights for the ResNets), per-round and
-//!   total client/server time against the plaintext inference of the same
-//!   run, traffic, key size, peak memory.
-//! * `safhire state-graph` — both parties' protocol state machines
-//!   (Graphviz), the source of `spec/state-machines.dot`.
-//! * `safhire params` — the shipped parameter sets with their security and
-//!   noise budgets.
-//! * `safhire layer [--set b8|b12|b16|wide]` — one encrypted round of a
-//!   ResNet-20 first-stage convolution (16×32×32, 3×3, padding 1) with
-//!   random 8-bit weights: client encryption, server unshuffle repack,
-//!   homomorphic convolution, shuffle + pack, sanitisation, client
-//!   decryption, checked bit for bit against the plaintext reference.
+//! `safhire` command-line tool. `safhire help` lists the commands;
+//! `safhire COMMAND --help` describes one.
 
-use safhire::engine::{self, ServerKeys};
+use safhire::engine::{self, CompiledModel, ServerKeys};
 use safhire::extract::ValueRef;
 use safhire::layout::{conv2d_reference, Conv2dLayout, Conv2dShape};
 use safhire::linear::EncodedLayer;
-use safhire::model::Model;
+use safhire::model::{Model, TestSet};
 use safhire::pack::{PackSource, Packer, Placement};
 use safhire::params::ParameterSet;
+use safhire::protocol::Policy;
 use safhire::rlwe::{Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
 use safhire::rng::Csprng;
+use safhire::select::{self, Requirement, Selection};
 use safhire::shuffle::{SessionSeed, ShuffleUnit};
 use safhire::wire;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+const USAGE: &str = "\
+safhire: private neural-network inference with RLWE encryption
+
+usage: safhire COMMAND [OPTIONS]     (safhire COMMAND --help for its options)
+
+commands:
+  infer        encrypted inference of a model over a set of inputs: accuracy,
+               agreement with the plaintext reference, time and traffic
+  bench        end-to-end benchmark of one encrypted inference
+               (resnet20, resnet18, digits, or --model FILE)
+  params       the shipped parameter sets with their security and noise budgets
+  state-graph  both protocol parties' state machines (Graphviz)
+  layer        one encrypted round of a ResNet-20 convolution (demo)
+  help         this text
+
+parameter sets: b8 b12 b16 b20 b24 wide, or auto (the cheapest that carries
+the model under the policy; the default)
+policies: default channel benchmark (spec/shuffling.toml)";
+
+const INFER_HELP: &str = "\
+usage: safhire infer [--model FILE --inputs FILE [--labels FILE]] [OPTIONS]
+
+Encrypted inference, client and server in one process. Without --model it
+runs the shipped digits CNN on its test images (models/).
+
+  --model FILE          integer model: JSON (spec/model-format.md), or .onnx
+                        when built with --features onnx
+  --inputs FILE         inputs: JSON {\"inputs\": [[..]], \"labels\": [..]} or
+                        [[..]], or an integer .npy array [n, ...]
+  --labels FILE         labels: JSON array or 1-D integer .npy (optional)
+  --images K|all        how many inputs to run (default 40)
+  --set NAME|auto       parameter set (default auto)
+  --policy NAME         policy whose requirements the set must meet and
+                        whose shuffle granularity is used (default: default)
+  --granularity G       element or channel (default: the policy's)
+  --json                machine-readable report on stdout
+  -h, --help            this text";
+
+const BENCH_HELP: &str = "\
+usage: safhire bench resnet20|resnet18|digits [OPTIONS]
+       safhire bench --model FILE [OPTIONS]
+
+One encrypted inference on a random input in the declared range (random
+weights for the ResNets), against the plaintext inference of the same run:
+per-round client and server time, traffic, key size, peak memory.
+
+  --model FILE          benchmark this model instead
+  --set NAME|auto       parameter set (default auto)
+  --policy NAME         policy the set must satisfy (default: benchmark)
+  --json                machine-readable report on stdout
+  -h, --help            this text";
+
+const PARAMS_HELP: &str = "\
+usage: safhire params [--json]
+
+The shipped parameter sets (spec/parameters.toml) with their security and
+noise budgets, computed by the code that enforces them.";
+
+const LAYER_HELP: &str = "\
+usage: safhire layer [--set NAME]
+
+One encrypted round of a ResNet-20 first-stage convolution (16x32x32, 3x3,
+padding 1) with random weights, checked bit for bit (default set b16).";
+
+const STATE_GRAPH_HELP: &str = "\
+usage: safhire state-graph
+
+Both protocol parties' state machines, in Graphviz dot (spec/state-machines.dot).";
+
+/// A usage error: the caller's command line is at fault (exit code 2).
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Parsed `--flag value` options and `--switch`es of one command.
+struct Args {
+    values: BTreeMap<String, String>,
+    switches: Vec<String>,
+    positional: Vec<String>,
+}
+
+impl Args {
+    /// `takes_value` and `switches` list the command's options (without
+    /// dashes); anything else is a usage error. `--help` is handled by the caller.
+    fn parse(args: &[String], takes_value: &[&str], switches: &[&str]) -> Result<Self, Usage> {
+        let mut out = Args {
+            values: BTreeMap::new(),
+            switches: Vec::new(),
+            positional: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                out.positional.push(arg.clone());
+                continue;
+            };
+            if switches.contains(&name) {
+                out.switches.push(name.to_owned());
+            } else if takes_value.contains(&name) {
+                let value = it
+                    .next()
+                    .ok_or_else(|| Usage(format!("--{name} needs a value")))?;
+                if out.values.insert(name.to_owned(), value.clone()).is_some() {
+                    return Err(Usage(format!("--{name} given twice")));
+                }
+            } else {
+                return Err(Usage(format!("unknown option {arg:?}")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+fn parse(
+    args: &[String],
+    takes_value: &[&str],
+    switches: &[&str],
+) -> Result<Args, Box<dyn std::error::Error>> {
+    Ok(Args::parse(args, takes_value, switches)?)
+}
+
+fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("help");
+    let rest = args.get(1..).unwrap_or_default();
+    let help = match command {
+        "infer" => INFER_HELP,
+        "bench" => BENCH_HELP,
+        "params" => PARAMS_HELP,
+        "layer" => LAYER_HELP,
+        "state-graph" => STATE_GRAPH_HELP,
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("error: unknown command {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{help}");
+        return ExitCode::SUCCESS;
+    }
+    let result: CliResult = match command {
+        "infer" => parse(
+            rest,
+            &[
+                "model",
+                "inputs",
+                "labels",
+                "images",
+                "set",
+                "policy",
+                "granularity",
+            ],
+            &["json"],
+        )
+        .and_then(infer),
+        "bench" => parse(rest, &["model", "set", "policy"], &["json"]).and_then(bench),
+        "params" => parse(rest, &[], &["json"]).and_then(|a| params(a.has("json"))),
+        "layer" => parse(rest, &["set"], &[]).and_then(|a| layer(a.get("set").unwrap_or("b16"))),
+        _ => parse(rest, &[], &[]).map(|_| print!("{}", safhire::protocol::state_graph())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Usage>() => {
+            eprintln!("error: {e}\n\n{help}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Piping the output into `head` must end the program quietly, as any Unix
 /// tool does, not panic in `println!`: restore the default SIGPIPE action
@@ -49,61 +232,32 @@ fn default_sigpipe() {
     }
 }
 
-fn main() -> ExitCode {
-    #[cfg(unix)]
-    default_sigpipe();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("params") => params(),
-        Some("bench") => match args.get(1).map(String::as_str) {
-            Some(name @ ("resnet20" | "resnet18" | "digits")) => bench(name),
-            _ => {
-                eprintln!("usage: safhire bench resnet20|resnet18|digits");
-                return ExitCode::from(2);
-            }
-        },
-        Some("state-graph") => {
-            print!("{}", safhire::protocol::state_graph());
-            Ok(())
-        }
-        Some("infer") => match InferArgs::parse(&args[1..]) {
-            Ok(a) => infer(a),
-            Err(e) => {
-                eprintln!("error: {e}\nusage: safhire infer [--images K|all] [--set b16|wide] [--granularity element|channel]");
-                return ExitCode::from(2);
-            }
-        },
-        Some("layer") => {
-            let set = match args.get(1).map(String::as_str) {
-                Some("--set") => args.get(2).cloned().unwrap_or_default(),
-                None => "b16".into(),
-                Some(other) => {
-                    eprintln!("error: unexpected argument {other:?}");
-                    return ExitCode::from(2);
-                }
-            };
-            layer(&set)
-        }
-        _ => {
-            eprintln!("usage: safhire infer [--images K|all] [--set b16|wide] [--granularity element|channel]\n       safhire params\n       safhire layer [--set b12|b16|wide]");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+fn params(json: bool) -> CliResult {
+    if json {
+        let sets: Vec<serde_json::Value> = ParameterSet::shipped_all()?
+            .iter()
+            .map(|p| {
+                let s = p.spec();
+                serde_json::json!({
+                    "name": p.name(),
+                    "ring_degree": s.ring_degree,
+                    "log2_pq": (s.ciphertext_modulus as f64).log2() + (s.special_modulus as f64).log2(),
+                    "plaintext_bits": s.plaintext_bits,
+                    "max_weight_l1_log2": s.max_weight_l1_log2,
+                    "noise_std_log2": p.budget().before_flooding.sqrt().log2(),
+                    "flooding_bound_log2": s.flooding_bound_log2,
+                    "flooding_headroom_bits": p.budget().flooding_headroom_bits(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&sets)?);
+        return Ok(());
     }
-}
-
-fn params() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10}",
         "set", "N", "log2 Pq", "t", "‖w‖₁ max", "noise (std)", "flooding", "headroom"
     );
-    for p in ParameterSet::load_all(safhire::params::SHIPPED_TOML)? {
+    for p in ParameterSet::shipped_all()? {
         let s = p.spec();
         let b = p.budget();
         println!(
@@ -157,7 +311,7 @@ impl ClientKeys {
     }
 }
 
-fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn layer(set: &str) -> CliResult {
     let params = ParameterSet::shipped(set)?;
     let ctx = Context::new(params);
     let n = ctx.n();
@@ -331,155 +485,289 @@ fn layer(set: &str) -> Result<(), Box<dyn std::error::Error>> {
 const DIGITS_MODEL: &str = include_str!("../../models/digits-cnn.json");
 const DIGITS_TEST: &str = include_str!("../../models/digits-test.json");
 
-struct InferArgs {
-    images: Option<usize>,
-    set: String,
-    unit: ShuffleUnit,
-}
-
-impl InferArgs {
-    fn parse(args: &[String]) -> Result<Self, String> {
-        let mut out = InferArgs {
-            images: Some(40),
-            set: "b16".into(),
-            unit: ShuffleUnit::Element,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--images" if value == "all" => out.images = None,
-                "--images" => {
-                    out.images = Some(
-                        value
-                            .parse()
-                            .map_err(|_| format!("--images: {value:?} is not a number"))?,
-                    )
-                }
-                "--set" => out.set = value.clone(),
-                "--granularity" => {
-                    out.unit = match value.as_str() {
-                        "element" => ShuffleUnit::Element,
-                        "channel" => ShuffleUnit::Channel,
-                        _ => {
-                            return Err(format!(
-                                "--granularity: {value:?} is not element or channel"
-                            ))
-                        }
-                    }
-                }
-                _ => return Err(format!("unknown option {flag:?}")),
-            }
-        }
-        Ok(out)
+/// Reads a model file: JSON (MODEL-6), or ONNX with the `onnx` feature.
+/// Errors name the file.
+fn load_model(path: &Path) -> Result<Model, Box<dyn std::error::Error>> {
+    let name = path.display();
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        #[cfg(feature = "onnx")]
+        return Ok(safhire::model::onnx::import_onnx_file(path)?);
+        #[cfg(not(feature = "onnx"))]
+        return Err(format!(
+            "{name}: reading ONNX needs a build with `--features onnx` (cargo run --release --features onnx -- ...)"
+        )
+        .into());
     }
+    let limit = safhire::model::Limits::DEFAULT.max_bytes;
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| format!("{name}: cannot be read: {}", e.kind()))?
+        .len();
+    if bytes > limit as u64 {
+        return Err(
+            format!("{name}: model file is {bytes} bytes, more than the limit of {limit}").into(),
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{name}: cannot be read as UTF-8 text: {}", e.kind()))?;
+    Ok(Model::from_json(&text).map_err(|e| format!("{name}: {e}"))?)
 }
 
-#[derive(serde::Deserialize)]
-struct TestSet {
-    inputs: Vec<Vec<i64>>,
-    labels: Vec<usize>,
+/// The parameter set for `model`: pinned by `--set`, or chosen (PARAM-7).
+fn choose(
+    model: &Model,
+    set: Option<&str>,
+    policy: &Policy,
+) -> Result<Selection, Box<dyn std::error::Error>> {
+    let requirement = Requirement {
+        min_flooding_headroom_bits: policy.min_flooding_headroom_bits(),
+    };
+    let pinned = set.filter(|s| *s != "auto");
+    select::select(model, requirement, pinned).map_err(|e| match e {
+        select::SelectError::Requirement { .. } => format!(
+            "{e} (policy {:?}; `--policy benchmark` has no such requirement)",
+            policy.name()
+        )
+        .into(),
+        other => other.into(),
+    })
 }
 
 fn argmax(v: &[i64]) -> usize {
     (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 
-fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let ctx = Context::new(ParameterSet::shipped(&args.set)?);
-    let model = Model::from_json(DIGITS_MODEL)?;
-    model.check_against(ctx.params())?;
-    let compiled = engine::compile(&ctx, &model)?;
-    let set: TestSet = serde_json::from_str(DIGITS_TEST)?;
-    let count = args
-        .images
-        .unwrap_or(set.inputs.len())
-        .min(set.inputs.len());
-    println!(
-        "model {}: {} layers, {} weights, {} encrypted rounds; parameter set {} (N = {}, t = 2^{})",
-        model.name(),
-        model.layers().len(),
-        model.weight_count(),
-        compiled.stages.len(),
-        args.set,
-        ctx.n(),
-        ctx.params().plaintext_bits()
-    );
-
-    let ClientKeys {
-        sk,
-        seeded_galois,
-        seeded_pk,
-        keygen_ms,
-        key_bytes,
-    } = ClientKeys::generate(&ctx, &mut Csprng::from_os());
+/// The server's view of a client's keys, expanded.
+fn server_keys(
+    ctx: &Context,
+    keys: &ClientKeys,
+) -> Result<(GaloisKeys, safhire::rlwe::PublicKey), Box<dyn std::error::Error>> {
     let galois =
-        GaloisKeys::from_seeded(&ctx, &seeded_galois).ok_or("incomplete Galois key set")?;
-    let pk = seeded_pk.expand(&ctx);
-    let keys = ServerKeys {
+        GaloisKeys::from_seeded(ctx, &keys.seeded_galois).ok_or("incomplete Galois key set")?;
+    Ok((galois, keys.seeded_pk.expand(ctx)))
+}
+
+fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "[{{bar:30}}] {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, ~{{eta}} left"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("#>-");
+    bar.set_style(style);
+    bar
+}
+
+fn model_json(model: &Model, compiled: &CompiledModel) -> serde_json::Value {
+    serde_json::json!({
+        "name": model.name(),
+        "layers": model.layers().len(),
+        "weights": model.weight_count(),
+        "input_shape": [model.input().shape.channels, model.input().shape.height, model.input().shape.width],
+        "input_range": [model.input().min, model.input().max],
+        "rounds": compiled.rounds(),
+    })
+}
+
+fn selection_json(s: &Selection, policy: &Policy) -> serde_json::Value {
+    let p = s.context.params();
+    serde_json::json!({
+        "name": p.name(),
+        "chosen_by": if s.pinned { "user" } else { "auto" },
+        "policy": policy.name(),
+        "plaintext_bits": p.plaintext_bits(),
+        "max_weight_l1_log2": p.max_weight_l1_log2(),
+        "flooding_headroom_bits": p.budget().flooding_headroom_bits(),
+        "candidates": s.candidates.iter().map(|c| serde_json::json!({"set": c.set, "refused": c.refused})).collect::<Vec<_>>(),
+    })
+}
+
+fn infer(a: Args) -> CliResult {
+    if let Some(extra) = a.positional.first() {
+        return Err(Usage(format!("unexpected argument {extra:?}")).into());
+    }
+    let json = a.has("json");
+    let (model, set, inputs_name) = match (a.get("model"), a.get("inputs")) {
+        (None, None) => {
+            if a.get("labels").is_some() {
+                return Err(Usage("--labels needs --model and --inputs".into()).into());
+            }
+            let name = "models/digits-test.json";
+            (
+                Model::from_json(DIGITS_MODEL)?,
+                TestSet::from_json(name, DIGITS_TEST)?,
+                name.to_owned(),
+            )
+        }
+        (Some(m), Some(i)) => (
+            load_model(Path::new(m))?,
+            TestSet::load(Path::new(i), a.get("labels").map(Path::new))?,
+            i.to_owned(),
+        ),
+        (Some(_), None) => return Err(Usage("--model needs --inputs FILE".into()).into()),
+        (None, Some(_)) => {
+            return Err(Usage(
+                "--inputs needs --model FILE (the shipped model's inputs are built in)".into(),
+            )
+            .into())
+        }
+    };
+    set.check_against(&inputs_name, &model)?;
+    let count =
+        match a.get("images") {
+            None => 40,
+            Some("all") => usize::MAX,
+            Some(k) => k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                Usage(format!("--images: {k:?} is not a positive number or `all`"))
+            })?,
+        }
+        .min(set.inputs.len());
+    let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+    let unit = match a.get("granularity") {
+        None => policy.unit(),
+        Some("element") => ShuffleUnit::Element,
+        Some("channel") => ShuffleUnit::Channel,
+        Some(g) => {
+            return Err(Usage(format!("--granularity: {g:?} is not element or channel")).into())
+        }
+    };
+    let selection = choose(&model, a.get("set"), &policy)?;
+    let (ctx, compiled) = (&selection.context, &selection.model);
+    if !json {
+        let spec = model.input();
+        println!(
+            "model {}: {} layers, {} weights, input {} in [{}, {}]; {} encrypted rounds",
+            model.name(),
+            model.layers().len(),
+            model.weight_count(),
+            spec.shape,
+            spec.min,
+            spec.max,
+            compiled.rounds(),
+        );
+        println!(
+            "parameter set {} (N = {}, t = 2^{}), policy {:?}, {} shuffling:",
+            ctx.params().name(),
+            ctx.n(),
+            ctx.params().plaintext_bits(),
+            policy.name(),
+            format!("{unit:?}").to_lowercase()
+        );
+        print!("{}", selection.explain());
+    }
+
+    let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
+    let (galois, pk) = server_keys(ctx, &keys)?;
+    let server = ServerKeys {
         galois: &galois,
         public: &pk,
     };
-    println!(
-        "keys: generated in {keygen_ms:.0} ms; evaluation keys {:.2} MiB (sent once per session)",
-        key_bytes as f64 / 1048576.0
-    );
+    if !json {
+        println!(
+            "keys: generated in {:.0} ms; evaluation keys {:.2} MiB (sent once per session)",
+            keys.keygen_ms,
+            keys.key_bytes as f64 / 1048576.0
+        );
+    }
 
-    let rounds = compiled.stages.len();
+    let rounds = compiled.rounds();
     let mut client_ms = vec![0f64; rounds];
     let mut server_ms = vec![0f64; rounds];
     let (mut up, mut down) = (0usize, 0usize);
-    let (mut correct, mut agree) = (0usize, 0usize);
+    let (mut correct, mut plain_correct, mut agree) = (0usize, 0usize, 0usize);
+    let mut exporter_disagrees = 0usize;
     let mut plain_ms = 0f64;
-    let started = Instant::now();
-    for (k, (x, &label)) in set.inputs.iter().zip(&set.labels).take(count).enumerate() {
+    let bar = progress_bar(count, "inputs");
+    for (k, x) in set.inputs.iter().take(count).enumerate() {
         let session = SessionSeed::generate();
-        let out = engine::run(&ctx, &sk, keys, &compiled, x, args.unit, &session)?;
+        let out = engine::run(ctx, &keys.sk, server, compiled, x, unit, &session)?;
         let t = Instant::now();
         let reference = model.evaluate(x)?;
         plain_ms += ms(t);
         agree += usize::from(out.logits == reference);
-        correct += usize::from(argmax(&out.logits) == label);
+        if let Some(expected) = &set.expected_logits {
+            exporter_disagrees += usize::from(expected[k] != reference);
+        }
+        if let Some(labels) = &set.labels {
+            correct += usize::from(argmax(&out.logits) == labels[k]);
+            plain_correct += usize::from(argmax(&reference) == labels[k]);
+        }
         for (r, s) in out.rounds.iter().enumerate() {
             client_ms[r] += s.client_ms;
             server_ms[r] += s.server_ms;
             up += s.up_bytes;
             down += s.down_bytes;
         }
-        progress(k + 1, count, started.elapsed().as_secs_f64());
+        bar.inc(1);
     }
-    eprintln!();
+    bar.finish_and_clear();
     let c = count.max(1) as f64;
-    println!("\nper inference (mean of {count}):");
-    println!("  round   client ms   server ms");
-    for r in 0..rounds {
+    let (tc, ts): (f64, f64) = (client_ms.iter().sum(), server_ms.iter().sum());
+    if json {
+        let report = serde_json::json!({
+            "command": "infer",
+            "model": model_json(&model, compiled),
+            "parameter_set": selection_json(&selection, &policy),
+            "granularity": format!("{unit:?}").to_lowercase(),
+            "inputs": count,
+            "key_bytes": keys.key_bytes,
+            "keygen_ms": keys.keygen_ms,
+            "rounds": (0..rounds).map(|r| serde_json::json!({"client_ms": client_ms[r] / c, "server_ms": server_ms[r] / c})).collect::<Vec<_>>(),
+            "client_ms": tc / c,
+            "server_ms": ts / c,
+            "plaintext_ms": plain_ms / c,
+            "up_bytes": up as f64 / c,
+            "down_bytes": down as f64 / c,
+            "accuracy": set.labels.as_ref().map(|_| serde_json::json!({"encrypted": correct as f64 / c, "plaintext": plain_correct as f64 / c})),
+            "bit_exact": agree,
+            "bit_exact_all": agree == count,
+            "exporter_logits_disagree": set.expected_logits.as_ref().map(|_| exporter_disagrees),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("\nper inference (mean of {count}):");
+        println!("  round   client ms   server ms");
+        for r in 0..rounds {
+            println!(
+                "  {:>5} {:>11.1} {:>11.1}",
+                r + 1,
+                client_ms[r] / c,
+                server_ms[r] / c
+            );
+        }
+        println!("  total {:>11.1} {:>11.1}", tc / c, ts / c);
         println!(
-            "  {:>5} {:>11.1} {:>11.1}",
-            r + 1,
-            client_ms[r] / c,
-            server_ms[r] / c
+            "  plaintext integer inference (same run): {:.3} ms; encrypted is {:.0}x that (client + server)",
+            plain_ms / c,
+            (tc + ts) / plain_ms.max(1e-9)
+        );
+        println!(
+            "  traffic: up {:.1} KiB, down {:.1} KiB",
+            up as f64 / c / 1024.0,
+            down as f64 / c / 1024.0
+        );
+        if set.labels.is_some() {
+            println!(
+                "\naccuracy: {correct}/{count} = {:.2}% encrypted; the plaintext integer model on the same inputs: {:.2}%",
+                100.0 * correct as f64 / c,
+                100.0 * plain_correct as f64 / c
+            );
+        } else {
+            println!("\n(no labels: accuracy not computed)");
+        }
+        println!(
+            "agreement with the plaintext reference: {agree}/{count} = {:.1}% (bit-for-bit logits)",
+            100.0 * agree as f64 / c
         );
     }
-    let (tc, ts): (f64, f64) = (client_ms.iter().sum(), server_ms.iter().sum());
-    println!("  total {:>11.1} {:>11.1}", tc / c, ts / c);
-    println!(
-        "  plaintext integer inference (same run): {:.3} ms; encrypted is {:.0}x that (client + server)",
-        plain_ms / c,
-        (tc + ts) / plain_ms.max(1e-9)
-    );
-    println!(
-        "  traffic: up {:.1} KiB, down {:.1} KiB",
-        up as f64 / c / 1024.0,
-        down as f64 / c / 1024.0
-    );
-    println!(
-        "\naccuracy: {correct}/{count} = {:.2}% (plaintext integer model on the full test set: 98.61%)",
-        100.0 * correct as f64 / c
-    );
-    println!(
-        "agreement with the plaintext reference: {agree}/{count} = {:.1}% (bit-for-bit logits)",
-        100.0 * agree as f64 / c
-    );
+    if exporter_disagrees > 0 {
+        return Err(format!(
+            "{inputs_name}: its `integer_logits` differ from this crate's reference evaluator on {exporter_disagrees} of {count} inputs: the exporter's integer semantics are not MODEL-3's"
+        )
+        .into());
+    }
     if agree == count {
         Ok(())
     } else {
@@ -487,16 +775,119 @@ fn infer(args: InferArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// A one-line progress bar on stderr.
-fn progress(done: usize, total: usize, secs: f64) {
-    let width = 30;
-    let filled = done * width / total.max(1);
-    let eta = secs / done as f64 * (total - done) as f64;
-    eprint!(
-        "\r[{}{}] {done}/{total} images, {secs:.0} s elapsed, ~{eta:.0} s left ",
-        "#".repeat(filled),
-        "-".repeat(width - filled)
-    );
+fn bench(a: Args) -> CliResult {
+    let json = a.has("json");
+    let model = match (a.positional.as_slice(), a.get("model")) {
+        ([w], None) if w == "resnet20" => safhire::model::zoo::resnet20(1),
+        ([w], None) if w == "resnet18" => safhire::model::zoo::resnet18(1),
+        ([w], None) if w == "digits" => Model::from_json(DIGITS_MODEL)?,
+        ([], Some(path)) => load_model(Path::new(path))?,
+        _ => {
+            return Err(Usage(
+                "name one workload (resnet20, resnet18, digits) or --model FILE".into(),
+            )
+            .into())
+        }
+    };
+    let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+    let t = Instant::now();
+    let selection = choose(&model, a.get("set"), &policy)?;
+    let compile_ms = ms(t);
+    let (ctx, compiled) = (&selection.context, &selection.model);
+    if !json {
+        println!(
+            "{}: {} layers, {} weights, {} encrypted rounds; set {} (N = {}); chosen and weights encoded in {compile_ms:.0} ms (once per model)",
+            model.name(),
+            model.layers().len(),
+            model.weight_count(),
+            compiled.rounds(),
+            ctx.params().name(),
+            ctx.n()
+        );
+        print!("{}", selection.explain());
+    }
+    let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
+    let (galois, pk) = server_keys(ctx, &keys)?;
+    let spec = model.input();
+    let mut rng = Csprng::from_os();
+    let span = spec.max.abs_diff(spec.min).saturating_add(1);
+    let input: Vec<i64> = (0..spec.shape.len().unwrap_or(0))
+        .map(|_| spec.min.wrapping_add(rng.uniform_below(span) as i64))
+        .collect();
+    let t = Instant::now();
+    let reference = model.evaluate(&input)?;
+    let plain_ms = ms(t);
+    let out = engine::run(
+        ctx,
+        &keys.sk,
+        ServerKeys {
+            galois: &galois,
+            public: &pk,
+        },
+        compiled,
+        &input,
+        policy.unit(),
+        &SessionSeed::generate(),
+    )?;
+    let client: f64 = out.rounds.iter().map(|r| r.client_ms).sum();
+    let server: f64 = out.rounds.iter().map(|r| r.server_ms).sum();
+    let up: usize = out.rounds.iter().map(|r| r.up_bytes).sum();
+    let down: usize = out.rounds.iter().map(|r| r.down_bytes).sum();
+    let exact = out.logits == reference;
+    if json {
+        let report = serde_json::json!({
+            "command": "bench",
+            "model": model_json(&model, compiled),
+            "parameter_set": selection_json(&selection, &policy),
+            "compile_ms": compile_ms,
+            "server_ms": server,
+            "client_ms": client,
+            "plaintext_ms": plain_ms,
+            "ratio_to_plaintext": (server + client) / plain_ms.max(1e-9),
+            "rounds": out.rounds.iter().map(|r| serde_json::json!({"client_ms": r.client_ms, "server_ms": r.server_ms, "up_bytes": r.up_bytes, "down_bytes": r.down_bytes})).collect::<Vec<_>>(),
+            "key_bytes": keys.key_bytes,
+            "up_bytes": up,
+            "down_bytes": down,
+            "peak_rss_mib": peak_rss_mib(),
+            "bit_exact": exact,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let slowest = out
+            .rounds
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.server_ms.total_cmp(&b.1.server_ms))
+            .map(|(r, s)| format!("round {} ({:.0} ms)", r + 1, s.server_ms))
+            .unwrap_or_default();
+        println!(
+            "server {:.2} s, client {:.1} ms (slowest: {slowest})",
+            server / 1e3,
+            client
+        );
+        println!(
+            "plaintext integer inference in the same run: {plain_ms:.1} ms; encrypted is {:.0}x that",
+            (server + client) / plain_ms.max(1e-9)
+        );
+        println!(
+            "traffic: evaluation keys {:.2} MiB, up {:.2} MiB, down {:.2} MiB",
+            keys.key_bytes as f64 / 1048576.0,
+            up as f64 / 1048576.0,
+            down as f64 / 1048576.0
+        );
+        if let Some(rss) = peak_rss_mib() {
+            println!("peak memory: {rss:.0} MiB");
+        }
+        println!(
+            "logits equal the plaintext reference: {}",
+            if exact { "yes (bit for bit)" } else { "NO" }
+        );
+    }
+    if exact {
+        Ok(())
+    } else {
+        Err("encrypted logits differ from the plaintext reference".into())
+    }
 }
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -505,88 +896,4 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-fn bench(name: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let ctx = Context::new(ParameterSet::shipped("b16")?);
-    let model = match name {
-        "resnet20" => safhire::model::zoo::resnet20(1),
-        "resnet18" => safhire::model::zoo::resnet18(1),
-        _ => Model::from_json(DIGITS_MODEL)?,
-    };
-    model.check_against(ctx.params())?;
-    let t = Instant::now();
-    let compiled = engine::compile(&ctx, &model)?;
-    let compile_ms = ms(t);
-    println!(
-        "{}: {} layers, {} weights, {} encrypted rounds; set b16 (N = {}); weights encoded in {compile_ms:.0} ms (once per model)",
-        model.name(),
-        model.layers().len(),
-        model.weight_count(),
-        compiled.stages.len(),
-        ctx.n()
-    );
-    let keys = ClientKeys::generate(&ctx, &mut Csprng::from_os());
-    let galois =
-        GaloisKeys::from_seeded(&ctx, &keys.seeded_galois).ok_or("incomplete Galois key set")?;
-    let pk = keys.seeded_pk.expand(&ctx);
-    let spec = model.input();
-    let mut rng = Csprng::from_os();
-    let input: Vec<i64> = (0..spec.shape.len().unwrap_or(0))
-        .map(|_| spec.min + rng.uniform_below((spec.max - spec.min + 1) as u64) as i64)
-        .collect();
-    let t = Instant::now();
-    let reference = model.evaluate(&input)?;
-    let plain_ms = ms(t);
-    let out = engine::run(
-        &ctx,
-        &keys.sk,
-        ServerKeys {
-            galois: &galois,
-            public: &pk,
-        },
-        &compiled,
-        &input,
-        ShuffleUnit::Element,
-        &SessionSeed::generate(),
-    )?;
-    let client: f64 = out.rounds.iter().map(|r| r.client_ms).sum();
-    let server: f64 = out.rounds.iter().map(|r| r.server_ms).sum();
-    let up: usize = out.rounds.iter().map(|r| r.up_bytes).sum();
-    let down: usize = out.rounds.iter().map(|r| r.down_bytes).sum();
-    let slowest = out
-        .rounds
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.server_ms.total_cmp(&b.1.server_ms))
-        .map(|(r, s)| format!("round {} ({:.0} ms)", r + 1, s.server_ms))
-        .unwrap_or_default();
-    println!(
-        "server {:.2} s, client {:.1} ms (slowest: {slowest})",
-        server / 1e3,
-        client
-    );
-    println!(
-        "plaintext integer inference in the same run: {plain_ms:.1} ms; encrypted is {:.0}x that",
-        (server + client) / plain_ms.max(1e-9)
-    );
-    println!(
-        "traffic: evaluation keys {:.2} MiB, up {:.2} MiB, down {:.2} MiB",
-        keys.key_bytes as f64 / 1048576.0,
-        up as f64 / 1048576.0,
-        down as f64 / 1048576.0
-    );
-    if let Some(rss) = peak_rss_mib() {
-        println!("peak memory: {rss:.0} MiB");
-    }
-    let exact = out.logits == reference;
-    println!(
-        "logits equal the plaintext reference: {}",
-        if exact { "yes (bit for bit)" } else { "NO" }
-    );
-    if exact {
-        Ok(())
-    } else {
-        Err("encrypted logits differ from the plaintext reference".into())
-    }
 }

@@ -264,7 +264,7 @@ impl Model {
                             set: params.name().to_owned(),
                             output: 0,
                             worst,
-                            needed_bits: 129 - worst.leading_zeros(),
+                            needed_bits: crate::params::accumulator_bits(worst),
                             plaintext_bits: b,
                         }));
                     }

@@ -88,7 +88,7 @@ pub enum ModelError {
     Overflow { layer: usize, op: &'static str },
 
     // ----- accumulator check (MODEL-5) -----
-    #[error("layer {layer} ({op}): {source}")]
+    #[error("layer {layer} ({op}): {source}; {}", fit_hint(.source))]
     AccumulatorOverflow {
         layer: usize,
         op: &'static str,
@@ -120,4 +120,23 @@ pub enum ModelError {
         op: &'static str,
         field: &'static str,
     },
+}
+
+/// What would carry an accumulator that overflowed: the shipped sets with
+/// enough bits, or the advice to requantise when none has.
+fn fit_hint(source: &ParamError) -> String {
+    let ParamError::AccumulatorOverflow { needed_bits, .. } = source else {
+        return String::new();
+    };
+    let fitting: Vec<String> = crate::params::ParameterSet::shipped_all()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.plaintext_bits() >= *needed_bits)
+        .map(|p| p.name().to_owned())
+        .collect();
+    if fitting.is_empty() {
+        format!("no shipped set carries {needed_bits} bits: requantise the layer (smaller weights or activations)")
+    } else {
+        format!("shipped sets with enough bits: {}", fitting.join(", "))
+    }
 }

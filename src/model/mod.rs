@@ -11,6 +11,9 @@
 //! * [`mod@reference`]: the plaintext evaluator ([`Model::evaluate`]), the oracle
 //!   that encrypted inference must match bit for bit;
 //! * [`mod@format`]: the JSON model file ([`Model::from_json`], [`Model::to_json`]);
+//! * `onnx` (feature `onnx`): import of quantised ONNX graphs (QDQ and
+//!   QOperator) into the IR, MODEL-10;
+//! * [`inputs`]: input and label files (JSON or `.npy`) for a model;
 //! * [`zoo`]: ResNet-20 / ResNet-18 shaped models with random weights, for
 //!   benchmarks.
 //!
@@ -27,12 +30,16 @@
 pub mod bounds;
 mod error;
 pub mod format;
+pub mod inputs;
 pub mod ir;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod reference;
 pub mod zoo;
 
 pub use bounds::{Interval, LayerBound};
 pub use error::{LayerProblem, ModelError};
 pub use format::Limits;
+pub use inputs::{InputsError, TestSet};
 pub use ir::{InputSpec, Layer, Model, Shape, Side, MAX_NAME_LEN, MAX_TENSOR_LEN};
 pub use reference::requantize;

@@ -94,6 +94,11 @@ pub enum ParamError {
 /// Decryption may fail with probability at most 2^-FAILURE_BITS per coefficient.
 pub const FAILURE_BITS: u32 = 40;
 
+/// Signed bits needed to hold every integer of absolute value ≤ `worst`.
+pub fn accumulator_bits(worst: u128) -> u32 {
+    129 - worst.leading_zeros()
+}
+
 /// A validated parameter set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParameterSet {
@@ -188,22 +193,51 @@ impl ParameterSet {
         input_bound: u64,
     ) -> Result<(), ParamError> {
         let b = self.spec.plaintext_bits;
+        // Report the worst output of the layer, not the first that overflows.
+        let mut worst_output: Option<(usize, u128)> = None;
         for (output, row) in rows.into_iter().enumerate() {
             let l1: u128 = row.iter().map(|&w| w.unsigned_abs() as u128).sum();
             let bias = bias.get(output).map_or(0, |&x| x.unsigned_abs() as u128);
             let worst = l1.saturating_mul(input_bound as u128).saturating_add(bias);
+            if worst_output.is_none_or(|(_, w)| worst > w) {
+                worst_output = Some((output, worst));
+            }
+        }
+        match worst_output {
             // Signed b bits hold |y| ≤ 2^(b−1) − 1.
-            if worst >= 1u128 << (b - 1) {
-                return Err(ParamError::AccumulatorOverflow {
+            Some((output, worst)) if worst >= 1u128 << (b - 1) => {
+                Err(ParamError::AccumulatorOverflow {
                     set: self.spec.name.clone(),
                     output,
                     worst,
-                    needed_bits: 129 - worst.leading_zeros(),
+                    needed_bits: accumulator_bits(worst),
                     plaintext_bits: b,
-                });
+                })
             }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Every shipped set, in [`ParameterSet::cost_order`].
+    pub fn shipped_all() -> Result<Vec<Self>, ParamError> {
+        let mut sets = Self::load_all(SHIPPED_TOML)?;
+        sets.sort_by(Self::cost_order);
+        Ok(sets)
+    }
+
+    /// PARAM-7: the order in which sets are tried for a model, cheapest
+    /// first. Cost grows with the ring degree, then with the key-switch digits
+    /// (one NTT-domain product each); between sets of equal cost the
+    /// smaller `b` comes first, since it leaves more flooding headroom.
+    pub fn cost_order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        let key = |p: &Self| {
+            (
+                p.spec.ring_degree,
+                p.spec.gadget_levels,
+                p.spec.plaintext_bits,
+            )
+        };
+        key(a).cmp(&key(b))
     }
 
     /// The derived noise budget (proofs/noise-budget.md).

@@ -9,7 +9,28 @@ fn shipped_sets_validate() {
     // PARAM-1: every shipped set passes its own checks.
     let sets = ParameterSet::load_all(SHIPPED_TOML).unwrap();
     let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
-    assert_eq!(names, ["b8", "b12", "b16", "wide"]);
+    assert_eq!(names, ["b8", "b12", "b16", "b20", "b24", "wide"]);
+}
+
+// PARAM-7
+#[test]
+fn cost_order_puts_cheaper_sets_first_and_states_headroom() {
+    let sets = ParameterSet::shipped_all().unwrap();
+    let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
+    // Equal cost (N, gadget digits) for the b-sets: smaller b first; `wide`
+    // has one more key-switch digit.
+    assert_eq!(names, ["b8", "b12", "b16", "b20", "b24", "wide"]);
+    for pair in sets.windows(2) {
+        assert_ne!(
+            ParameterSet::cost_order(&pair[0], &pair[1]),
+            std::cmp::Ordering::Greater
+        );
+    }
+    // The sets added for 20–24-bit accumulators have positive headroom.
+    for name in ["b20", "b24"] {
+        let p = ParameterSet::shipped(name).unwrap();
+        assert!(p.budget().flooding_headroom_bits() > 0.0, "{name}");
+    }
 }
 
 #[test]
@@ -128,12 +149,26 @@ fn fingerprints_differ_between_sets() {
 
 // PARAM-6
 #[test]
-fn accumulator_overflow_is_refused_naming_the_output() {
+fn accumulator_overflow_is_refused_naming_the_worst_output() {
     let p = ParameterSet::shipped("b8").unwrap();
     let fits: [&[i64]; 2] = [&[1, -2, 3], &[10, 0, -5]];
     assert_eq!(p.check_accumulator(fits, &[1, 1], 7), Ok(()));
     // Output 1: (10 + 0 + 5)·8 + 8 = 128 = 2^7 needs 9 signed bits.
     let err = p.check_accumulator(fits, &[1, 8], 8).unwrap_err();
+    // Output 0 overflows first (6·8 + 90 = 138) but output 1 is the worst
+    // (15·8 + 100 = 220): the error reports the worst of the layer.
+    let worst = p.check_accumulator(fits, &[90, 100], 8).unwrap_err();
+    assert!(
+        matches!(
+            worst,
+            ParamError::AccumulatorOverflow {
+                output: 1,
+                worst: 220,
+                ..
+            }
+        ),
+        "{worst:?}"
+    );
     assert_eq!(
         err,
         ParamError::AccumulatorOverflow {

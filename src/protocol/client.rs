@@ -120,10 +120,15 @@ impl Client<Ready> {
                 state: self,
             });
         }
-        if input.iter().any(|v| v.abs() >= half) {
+        let (min, max) = (self.state.accept.input_min, self.state.accept.input_max);
+        if input
+            .iter()
+            .any(|v| !(min..=max).contains(v) || v.abs() >= half)
+        {
+            // ENG-5: the server's accumulator bounds assume the declared range.
             return Err(Rejected {
                 error: ProtocolError::local(ErrorKind::Malformed(
-                    "input value outside the plaintext range",
+                    "input value outside the model's declared input range",
                 )),
                 state: self,
             });

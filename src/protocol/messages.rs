@@ -61,6 +61,10 @@ pub struct RoundInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionAccept {
     pub input_len: u32,
+    /// The declared input range: the client refuses inputs outside it,
+    /// since the server's accumulator bounds assume it (ENG-5).
+    pub input_min: i64,
+    pub input_max: i64,
     pub rounds: Vec<RoundInfo>,
 }
 
@@ -238,6 +242,8 @@ impl SessionAccept {
         let mut body = Vec::new();
         put_u32(&mut body, self.rounds.len());
         put_u32(&mut body, self.input_len as usize);
+        body.extend_from_slice(&self.input_min.to_le_bytes());
+        body.extend_from_slice(&self.input_max.to_le_bytes());
         for r in &self.rounds {
             put_u32(&mut body, r.outputs as usize);
             put_u32(&mut body, r.ops.len());
@@ -275,6 +281,10 @@ impl SessionAccept {
         if input_len == 0 || input_len as usize > limit {
             return Err(peer(ErrorKind::Malformed("input length out of range")));
         }
+        let (input_min, input_max) = (b.i64()?, b.i64()?);
+        if input_min > input_max {
+            return Err(peer(ErrorKind::Malformed("input range is empty")));
+        }
         let mut infos = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let outputs = b.u32()?;
@@ -311,6 +321,8 @@ impl SessionAccept {
         b.finish()?;
         Ok(Self {
             input_len,
+            input_min,
+            input_max,
             rounds: infos,
         })
     }

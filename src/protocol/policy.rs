@@ -2,6 +2,7 @@
 
 use super::error::{ErrorKind, ProtocolError};
 use crate::engine::CompiledModel;
+use crate::params::ParameterSet;
 use crate::shuffle::ShuffleUnit;
 use serde::Deserialize;
 
@@ -15,6 +16,11 @@ struct PolicySpec {
     granularity: String,
     query_budget: u64,
     allow_budget_above_attack_threshold: bool,
+    /// PARAM-7: the least flooding headroom (bits of flooding above the
+    /// weight-dependent noise tail) a parameter set must have to serve
+    /// under this policy; absent = no requirement.
+    #[serde(default)]
+    min_flooding_headroom_bits: Option<i32>,
 }
 
 /// A validated policy.
@@ -77,11 +83,31 @@ impl Policy {
     /// (independent inputs, so a folded pool counts its pooled values).
     pub fn attack_threshold(model: &CompiledModel) -> u64 {
         model
-            .stages
+            .stages()
             .iter()
+            .filter(|s| !s.has_public_weights())
             .map(|s| s.independent_inputs() as u64)
             .min()
-            .unwrap_or(0)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The least flooding headroom a set must have under this policy.
+    pub fn min_flooding_headroom_bits(&self) -> Option<i32> {
+        self.spec.min_flooding_headroom_bits
+    }
+
+    /// PARAM-7: refuses a parameter set with less flooding headroom than
+    /// the policy requires.
+    pub fn check_parameters(&self, params: &ParameterSet) -> Result<(), ProtocolError> {
+        let have = params.budget().flooding_headroom_bits();
+        match self.spec.min_flooding_headroom_bits {
+            Some(need) if have < f64::from(need) => Err(bad(format!(
+                "parameter set {:?} has {have:.1} bits of flooding headroom; policy {:?} requires {need}",
+                params.name(),
+                self.spec.name
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// PROTO-6: a budget reaching the threshold needs the explicit opt-in.

@@ -49,7 +49,7 @@ impl std::fmt::Debug for Endpoint {
         write!(
             f,
             "Endpoint({} stages, policy {:?})",
-            self.model.stages.len(),
+            self.model.rounds(),
             self.policy.name()
         )
     }
@@ -120,7 +120,12 @@ impl Endpoint {
         model: Arc<CompiledModel>,
         policy: Policy,
     ) -> Result<Self, ProtocolError> {
+        // ENG-5: the compiled model must belong to this context's set.
+        model
+            .check_context(&ctx)
+            .map_err(|e| ProtocolError::local(ErrorKind::Engine(e)))?;
         policy.check_model(&model)?;
+        policy.check_parameters(ctx.params())?;
         Ok(Self {
             ctx,
             model,
@@ -154,12 +159,14 @@ impl Endpoint {
         let public = request.public.expand(&self.ctx);
         self.used.insert(client.clone(), used + 1);
         let accept = SessionAccept {
-            input_len: self.model.stages[0].input_len() as u32,
+            input_len: self.model.input_len() as u32,
+            input_min: self.model.input().min,
+            input_max: self.model.input().max,
             rounds: self
                 .model
-                .stages
+                .stages()
                 .iter()
-                .zip(&self.model.client_ops)
+                .zip(self.model.client_ops())
                 .map(|(s, ops)| RoundInfo {
                     outputs: s.output_len() as u32,
                     ops: ops.clone(),
@@ -193,7 +200,7 @@ impl Server<AwaitingUpload> {
     pub fn receive_upload(mut self, upload: Upload) -> Result<ServerStep, Rejected<Self>> {
         let r = self.state.round;
         let n = self.ctx.n();
-        let expected = self.model.stages[r as usize].input_len().div_ceil(n);
+        let expected = self.model.stages()[r as usize].input_len().div_ceil(n);
         let error = if upload.round != r {
             Some(ErrorKind::WrongRound {
                 expected: r,
@@ -249,7 +256,7 @@ impl Server<AwaitingUpload> {
             round: r,
             ciphertexts,
         };
-        if r as usize + 1 == self.model.stages.len() {
+        if r as usize + 1 == self.model.rounds() {
             return Ok(ServerStep::Closed(response));
         }
         self.state.previous = shuffle;

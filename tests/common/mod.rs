@@ -15,13 +15,19 @@ pub struct Fixture {
     pub pk: PublicKey,
 }
 
-pub fn fixture(set: &'static str) -> &'static Fixture {
+pub fn fixture(set: &str) -> &'static Fixture {
     static B8: OnceLock<Fixture> = OnceLock::new();
     static B16: OnceLock<Fixture> = OnceLock::new();
+    static B12: OnceLock<Fixture> = OnceLock::new();
+    static B20: OnceLock<Fixture> = OnceLock::new();
+    static B24: OnceLock<Fixture> = OnceLock::new();
     static WIDE: OnceLock<Fixture> = OnceLock::new();
     let cell = match set {
         "b8" => &B8,
+        "b12" => &B12,
         "b16" => &B16,
+        "b20" => &B20,
+        "b24" => &B24,
         "wide" => &WIDE,
         other => panic!("no fixture for {other}"),
     };
