@@ -295,3 +295,44 @@ proptest! {
         }
     }
 }
+
+// ENG-5: the protocol takes only a model compiled for its own context, and
+// the client refuses inputs outside the declared range, state unchanged.
+#[test]
+fn endpoint_and_client_refuse_what_compile_did_not_check() {
+    let s = setup();
+    let b24 = Context::new(ParameterSet::shipped("b24").unwrap());
+    let other = Arc::new(engine::compile(&b24, &Model::from_json(MODEL).unwrap()).unwrap());
+    let err = Endpoint::new(s.ctx.clone(), other, Policy::shipped("default").unwrap()).unwrap_err();
+    assert_eq!(err.fault, Fault::Local);
+    assert!(err.to_string().contains("b24"), "{err}");
+    // A policy that requires flooding headroom refuses `wide`.
+    let wide = Arc::new(Context::new(ParameterSet::shipped("wide").unwrap()));
+    let on_wide = Arc::new(engine::compile(&wide, &Model::from_json(MODEL).unwrap()).unwrap());
+    let err = Endpoint::new(
+        wide.clone(),
+        on_wide.clone(),
+        Policy::shipped("default").unwrap(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("flooding headroom"), "{err}");
+    assert!(Endpoint::new(wide, on_wide, Policy::shipped("benchmark").unwrap()).is_ok());
+
+    let mut server = endpoint("benchmark");
+    let (client, request) = Client::start(s.ctx.clone());
+    let (_, accept) = server.accept(&ClientId("range".into()), request).unwrap();
+    assert_eq!((accept.input_min, accept.input_max), (0, 15));
+    let client = client.receive_accept(accept);
+    let mut input = s.set.inputs[0].clone();
+    input[5] = 16;
+    let rejected = client.send_input(&input).unwrap_err();
+    assert_eq!(rejected.error.fault, Fault::Local);
+    assert!(
+        !rejected.error.to_string().contains("16"),
+        "{}",
+        rejected.error
+    );
+    // The same client, unchanged, goes on with a valid input.
+    let (_, upload) = rejected.state.send_input(&s.set.inputs[0]).unwrap();
+    assert_eq!(upload.round, 0);
+}

@@ -1,0 +1,226 @@
+//! The command line a user meets: help on every command, usage errors with
+//! exit code 2, a user's model run bit-exact or refused naming the layer
+//! (ENG-5, PARAM-7, MODEL-11).
+
+use safhire::model::{InputSpec, Layer, Model, Shape};
+use safhire::params::ParameterSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn safhire(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_safhire"))
+        .args(args)
+        .output()
+        .expect("the safhire binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A scratch directory for this test binary.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("safhire-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn usage_lists_every_command_and_every_shipped_set() {
+    let out = safhire(&["help"]);
+    assert!(out.status.success());
+    let (usage, _) = text(&out);
+    for command in ["infer", "bench", "params", "state-graph", "layer"] {
+        assert!(usage.contains(command), "usage omits {command}:\n{usage}");
+    }
+    for set in ParameterSet::shipped_all().unwrap() {
+        assert!(
+            usage.contains(set.name()),
+            "usage omits set {}:\n{usage}",
+            set.name()
+        );
+    }
+    assert_eq!(safhire(&[]).status.code(), Some(0));
+    assert_eq!(safhire(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn help_on_every_command() {
+    for command in ["infer", "bench", "params", "state-graph", "layer"] {
+        for flag in ["--help", "-h"] {
+            let out = safhire(&[command, flag]);
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{command} {flag}: {stderr}");
+            assert!(
+                stdout.starts_with("usage: safhire"),
+                "{command} {flag}: {stdout}"
+            );
+        }
+    }
+    let (stdout, _) = text(&safhire(&["infer", "--help"]));
+    for option in [
+        "--model", "--inputs", "--labels", "--set", "--json", "--policy",
+    ] {
+        assert!(stdout.contains(option), "infer --help omits {option}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_what_is_wrong() {
+    for (args, says) in [
+        (&["infer", "--model"][..], "--model needs a value"),
+        (&["infer", "--bogus", "1"][..], "unknown option"),
+        (&["infer", "--model", "m.json"][..], "--inputs"),
+        (&["infer", "--images", "zero"][..], "--images"),
+        (&["bench"][..], "workload"),
+    ] {
+        let out = safhire(args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// A small model whose conv accumulator needs 21 bits on 8-bit inputs.
+fn wide_model() -> Model {
+    let weights: Vec<i64> = (0..4 * 2 * 9).map(|i| [127, -90, 45, 60][i % 4]).collect();
+    Model::new(
+        "wide-acc",
+        InputSpec {
+            shape: Shape::new(2, 4, 4),
+            min: 0,
+            max: 255,
+        },
+        vec![
+            Layer::Conv2d {
+                out_channels: 4,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+                weights,
+                bias: vec![0, 10, 20, 30],
+            },
+            Layer::Relu,
+            Layer::Requantize {
+                multiplier: 1,
+                shift: 10,
+                min: 0,
+                max: 255,
+            },
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 3,
+                weights: (0..3 * 64).map(|i| (i % 5) as i64 - 2).collect(),
+                bias: vec![1, 2, 3],
+            },
+        ],
+    )
+    .unwrap()
+}
+
+// ENG-5, PARAM-7, MODEL-11
+#[test]
+fn a_users_model_is_refused_on_a_small_set_and_runs_exactly_on_the_chosen_one() {
+    let dir = scratch("wide");
+    let model = wide_model();
+    let model_path = dir.join("model.json");
+    std::fs::write(&model_path, model.to_json()).unwrap();
+    let inputs = "{\"inputs\": [[".to_owned()
+        + &(0..32)
+            .map(|i| ((i * 37) % 256).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+        + "], ["
+        + &(0..32)
+            .map(|i| ((i * 11 + 200) % 256).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+        + "]], \"labels\": [0, 2]}";
+    let inputs_path = dir.join("inputs.json");
+    std::fs::write(&inputs_path, inputs).unwrap();
+    let (m, i) = (model_path.to_str().unwrap(), inputs_path.to_str().unwrap());
+
+    // Pinned to b16: refused before any encryption, naming the layer and what fits.
+    let out = safhire(&["infer", "--model", m, "--inputs", i, "--set", "b16"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("layer 0 (conv2d)") && stderr.contains("b24"),
+        "{stderr}"
+    );
+
+    // Chosen automatically: runs, bit-exact, and says why.
+    let out = safhire(&["infer", "--model", m, "--inputs", i, "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["bit_exact_all"], true, "{stdout}");
+    assert_eq!(report["inputs"], 2);
+    let set = report["parameter_set"]["name"].as_str().unwrap();
+    assert!(["b20", "b24"].contains(&set), "chose {set}");
+    let candidates = report["parameter_set"]["candidates"].as_array().unwrap();
+    assert!(
+        candidates.len() > 1 && candidates[0]["refused"].is_string(),
+        "{stdout}"
+    );
+}
+
+// MODEL-6, MODEL-11
+#[test]
+fn broken_files_are_blamed_on_the_file() {
+    let dir = scratch("broken");
+    let bad_model = dir.join("bad.json");
+    std::fs::write(
+        &bad_model,
+        "{\"format\": \"safhire-model\", \"version\": 1, \"secret-ish\": ",
+    )
+    .unwrap();
+    let good_inputs = dir.join("in.json");
+    std::fs::write(&good_inputs, "[[1]]").unwrap();
+    let out = safhire(&[
+        "infer",
+        "--model",
+        bad_model.to_str().unwrap(),
+        "--inputs",
+        good_inputs.to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("model file"),
+        "{stderr}"
+    );
+
+    let model_path = dir.join("model.json");
+    std::fs::write(&model_path, wide_model().to_json()).unwrap();
+    let out = safhire(&[
+        "infer",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--inputs",
+        good_inputs.to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("in.json") && stderr.contains("the model takes 32"),
+        "{stderr}"
+    );
+
+    let missing = dir.join("missing.json");
+    let out = safhire(&[
+        "infer",
+        "--model",
+        missing.to_str().unwrap(),
+        "--inputs",
+        good_inputs.to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("missing.json"), "{stderr}");
+}
