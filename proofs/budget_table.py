@@ -180,6 +180,20 @@ def largest_w(s, **kw):
     return best
 
 
+def largest_w_with_headroom(s, any_f=False):
+    """Largest W (<= 40) whose check passes with flooding headroom
+    F − log2(k·σ_bf) > 0: at the set's F, or (any_f) at some integer F < 64.
+    Not computed by the crate; it explains the choice of W (table 4)."""
+    best = None
+    for w in range(0, 41):
+        for f in (range(0, 64) if any_f else [s["flooding_bound_log2"]]):
+            d = derive(dict(s, max_weight_l1_log2=w, flooding_bound_log2=f))
+            if d["ok"] and f - lg(d["k"] * math.sqrt(d["before_flooding"])) > 0:
+                best = w
+                break
+    return best
+
+
 # ---- printing --------------------------------------------------------------
 
 def lg(x):
@@ -280,6 +294,10 @@ def main():
         rows.append((label + ": log2 σ_bf / slack / passes", fmt))
     rows.append(("largest W the check admits (crate's model)", lambda s: str(largest_w(s))))
     rows.append((f"largest W with the Hoeffding tail", lambda s: str(largest_w(s, k=hoeffding_k))))
+    rows.append(("largest W with flooding headroom > 0 at the set's F",
+                 lambda s: str(largest_w_with_headroom(s))))
+    rows.append(("largest W with flooding headroom > 0 at any integer F",
+                 lambda s: str(largest_w_with_headroom(s, any_f=True))))
     table("variant", rows, sets)
 
     print("## 5. Choice of ℓ*: one output, K = N values from m = 1 source (set b8)\n")

@@ -201,7 +201,20 @@ impl LinearStage {
         bias: &[i64],
         stage: usize,
     ) -> Result<Self, EngineError> {
-        let layout = Conv2dLayout::new(shape, ctx.n())?;
+        Self::conv_stacking(ctx, shape, weights, bias, stage, usize::MAX)
+    }
+
+    /// A Conv2d stage with at most `max_stack` output channels per output
+    /// ciphertext (ENG-7).
+    fn conv_stacking(
+        ctx: &Context,
+        shape: Conv2dShape,
+        weights: &[i64],
+        bias: &[i64],
+        stage: usize,
+        max_stack: usize,
+    ) -> Result<Self, EngineError> {
+        let layout = Conv2dLayout::with_max_stack(shape, ctx.n(), max_stack)?;
         let encoded = EncodedLayer::new(ctx, &layout, weights)?;
         let positions = layout.output_positions();
         let per_channel = layout.output_height() * layout.output_width();
@@ -222,15 +235,17 @@ impl LinearStage {
         })
     }
 
-    /// A matrix–vector stage; `weights` row-major rows × cols.
-    pub(crate) fn matvec(
+    /// A matrix–vector stage with at most `max_rows` rows per output
+    /// ciphertext (ENG-7).
+    fn matvec_stacking(
         ctx: &Context,
         shape: MatVecShape,
         weights: &[i64],
         bias: &[i64],
         stage: usize,
+        max_rows: usize,
     ) -> Result<Self, EngineError> {
-        let layout = MatVecLayout::new(shape, ctx.n())?;
+        let layout = MatVecLayout::with_max_rows(shape, ctx.n(), max_rows)?;
         let encoded = EncodedLayer::new(ctx, &layout, weights)?;
         let positions = layout.output_positions();
         check_bias(bias, shape.rows, stage)?;
@@ -252,6 +267,11 @@ impl LinearStage {
 
     pub fn input_len(&self) -> usize {
         self.input_len
+    }
+
+    /// Number of ciphertexts the stage's outputs occupy before packing.
+    pub fn output_ciphertexts(&self) -> usize {
+        self.bias.len()
     }
 
     /// The number of independent input values (after any folded pool): the
@@ -455,6 +475,35 @@ impl CompiledModel {
             fingerprint: ctx.params().fingerprint(),
             stage_layers,
         })
+    }
+
+    /// ENG-3, ENG-5: the compiled stages' plaintext semantics must equal the
+    /// model's reference evaluator. Checked on the all-minimum, all-maximum
+    /// and a fixed pseudo-random input, so that a compiler bug is a
+    /// refusal, never an `Ok` with wrong logits. Not a proof: the proofs
+    /// and tests of the compilation rules are.
+    fn self_check(&self, model: &crate::model::Model) -> Result<(), EngineError> {
+        let spec = model.input();
+        let len = self.input_len();
+        let span = spec.max.abs_diff(spec.min).saturating_add(1);
+        let mut rng = Csprng::from_seed([0x5a; 16]);
+        let random: Vec<i64> = (0..len)
+            .map(|_| spec.min.wrapping_add(rng.uniform_below(span) as i64))
+            .collect();
+        for input in [vec![spec.min; len], vec![spec.max; len], random] {
+            // An input on which the reference itself overflows i64 proves nothing here.
+            let Ok(want) = model.evaluate(&input) else {
+                continue;
+            };
+            if self.reference(&input)? != want {
+                return Err(EngineError::Unsupported(
+                    "internal: the compiled stages disagree with the model's reference evaluator; \
+                     this is a bug in safhire's compiler, please report it with the model"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The encrypted stages, one per round.
@@ -841,6 +890,29 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     let mut branch_round: Option<usize> = None;
     let mut branch_conv: Option<LinearStage> = None;
     let layers = model.layers();
+    // A pool with a client step right after it (its requantisation, say)
+    // cannot be folded into the next linear layer: it is a stage of its
+    // own with 0/1 weights, and the client step applies to its outputs.
+    macro_rules! emit_pool {
+        ($i:expr) => {{
+            let i: usize = $i;
+            start_stage(&stages, &ops, i)?;
+            let (c, h, w) = held_shape(model, i)?;
+            let stage = pool_stage(ctx, (c, h, w), pool, stages.len()).map_err(at_layer(
+                ctx,
+                i,
+                layers[i].op_name(),
+                "",
+            ))?;
+            stages.push(stage);
+            stage_layers.push(i);
+            held.push(held_layer(model, i));
+            ops.push(Vec::new());
+            main_layer = Some(i);
+            pool = 1;
+            Ok::<(), EngineError>(())
+        }};
+    }
     for (i, layer) in layers.iter().enumerate() {
         let op = layer.op_name();
         let input = model
@@ -851,19 +923,6 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
             Some(Layer::Requantize { .. } | Layer::Relu)
         );
         match layer {
-            Layer::GlobalAvgPool if next_is_client && !flattened && pool == 1 => {
-                // A pool with a client step right after: a stage of its own,
-                // C·H·W → C with 0/1 weights.
-                start_stage(&stages, &ops, i)?;
-                let (c, h, w) = held_shape(model, i)?;
-                let stage = pool_stage(ctx, (c, h, w), h, stages.len())
-                    .map_err(at_layer(ctx, i, op, ""))?;
-                stages.push(stage);
-                stage_layers.push(i);
-                held.push(held_layer(model, i));
-                ops.push(Vec::new());
-                main_layer = Some(i);
-            }
             Layer::Branch { from } => {
                 let round = round_of(&held, *from)
                     .filter(|_| main_layer.is_some() && branch_round.is_none())
@@ -943,6 +1002,9 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 }
                 pool *= kernel;
                 pool_layer = i;
+                if next_is_client {
+                    emit_pool!(i)?;
+                }
             }
             Layer::GlobalAvgPool => {
                 if input.height != input.width || flattened {
@@ -952,6 +1014,9 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 }
                 pool *= input.height;
                 pool_layer = i;
+                if next_is_client {
+                    emit_pool!(i)?;
+                }
             }
             Layer::Flatten => flattened = true,
             Layer::Conv2d { .. } | Layer::Linear { .. } => {
@@ -1025,11 +1090,14 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         }
     }
     if pool != 1 {
-        return Err(EngineError::Unsupported(
-            "the model ends with a pool".into(),
-        ));
+        // The model ends with a pool: its sums are the logits.
+        emit_pool!(pool_layer)?;
+        // (the macro's bookkeeping, read so that the compiler sees it used)
+        let _ = (pool, main_layer);
     }
-    CompiledModel::assemble(ctx, *model.input(), stages, ops, stage_layers)
+    let compiled = CompiledModel::assemble(ctx, *model.input(), stages, ops, stage_layers)?;
+    compiled.self_check(model)?;
+    Ok(compiled)
 }
 
 /// Names the layer in a noise-budget refusal (LIN-3), with the figure's
@@ -1093,7 +1161,9 @@ fn linear_stage(
                 padding: padding * pool,
             };
             let folded = fold_conv_weights(weights, *out_channels, c, *kernel_h, *kernel_w, pool);
-            let mut stage = LinearStage::conv(ctx, shape, &folded, bias, index)?;
+            let mut stage = fewer_stacked(*out_channels, |cap| {
+                LinearStage::conv_stacking(ctx, shape, &folded, bias, index, cap)
+            })?;
             stage.independent_inputs = c * (h / pool) * (w / pool);
             Ok(stage)
         }
@@ -1121,7 +1191,9 @@ fn linear_stage(
                 rows: *out_features,
                 cols,
             };
-            let mut stage = LinearStage::matvec(ctx, shape, &folded, bias, index)?;
+            let mut stage = fewer_stacked(*out_features, |cap| {
+                LinearStage::matvec_stacking(ctx, shape, &folded, bias, index, cap)
+            })?;
             stage.independent_inputs = in_pooled;
             Ok(stage)
         }
@@ -1129,6 +1201,32 @@ fn linear_stage(
             "{} is not a conv2d or linear layer",
             other.op_name()
         ))),
+    }
+}
+
+/// ENG-7: the stage as the layout stacks it, or, when that breaks the noise
+/// budget, with at most `outputs`/2, /4, … 1 outputs per output
+/// ciphertext: ‖ŵ‖₁ per output ciphertext sums every stacked output's
+/// weights, so fewer stacked outputs is an exact rewrite that trades more
+/// output ciphertexts for less noise. Returns the last refusal if even one
+/// output per ciphertext is too much.
+fn fewer_stacked(
+    outputs: usize,
+    build: impl Fn(usize) -> Result<LinearStage, EngineError>,
+) -> Result<LinearStage, EngineError> {
+    let mut cap = usize::MAX;
+    loop {
+        match build(cap) {
+            Err(EngineError::Linear(LinearError::NoiseBudget { .. })) if cap > 1 => {
+                cap = if cap == usize::MAX {
+                    outputs / 2
+                } else {
+                    cap / 2
+                }
+                .max(1);
+            }
+            other => return other,
+        }
     }
 }
 
@@ -1148,7 +1246,16 @@ fn pool_stage(
         for ch in 0..c {
             weights[ch * cols + ch * h * w..ch * cols + (ch + 1) * h * w].fill(1);
         }
-        LinearStage::matvec(ctx, MatVecShape { rows: c, cols }, &weights, &[], index)?
+        fewer_stacked(c, |cap| {
+            LinearStage::matvec_stacking(
+                ctx,
+                MatVecShape { rows: c, cols },
+                &weights,
+                &[],
+                index,
+                cap,
+            )
+        })?
     } else {
         let shape = Conv2dShape {
             in_channels: c,
@@ -1166,7 +1273,9 @@ fn pool_stage(
             let start = (ch * c + ch) * block;
             weights[start..start + block].fill(1);
         }
-        LinearStage::conv(ctx, shape, &weights, &[], index)?
+        fewer_stacked(c, |cap| {
+            LinearStage::conv_stacking(ctx, shape, &weights, &[], index, cap)
+        })?
     };
     stage.public_weights = true;
     Ok(stage)

@@ -509,6 +509,18 @@ impl Conv2dLayout {
     /// Validates `shape` for ring degree `n` and chooses block sizes (see the
     /// module documentation for the rule).
     pub fn new(shape: Conv2dShape, n: usize) -> Result<Self, LayoutError> {
+        Self::with_max_stack(shape, n, usize::MAX)
+    }
+
+    /// As [`Conv2dLayout::new`], stacking at most `max_stack` output channels
+    /// into one output ciphertext (at least 1). Fewer stacked channels mean
+    /// a smaller ‖ŵ‖₁ per output ciphertext (LIN-3), at the cost of more
+    /// output ciphertexts.
+    pub fn with_max_stack(
+        shape: Conv2dShape,
+        n: usize,
+        max_stack: usize,
+    ) -> Result<Self, LayoutError> {
         let geo = shape.geometry()?;
         check_ring_degree(n)?;
         let kh = shape.kernel_height;
@@ -521,7 +533,7 @@ impl Conv2dLayout {
                 ring_degree: n,
             });
         }
-        let choice = Self::choose(&shape, &geo, n)?;
+        let choice = Self::choose(&shape, &geo, n, max_stack.max(1))?;
         let cb = choice.block_channels;
         // All products below are ≤ n because cb·hb·pitch ≤ n.
         let hb = (choice.out_rows - 1) * shape.stride + kh;
@@ -550,6 +562,7 @@ impl Conv2dLayout {
         shape: &Conv2dShape,
         geo: &ConvGeometry,
         n: usize,
+        max_stack: usize,
     ) -> Result<ConvChoice, LayoutError> {
         let (kh, s) = (shape.kernel_height, shape.stride);
         let pitch = geo.used_w;
@@ -565,7 +578,7 @@ impl Conv2dLayout {
                 // hb ≤ max_hb, so cb·hb·pitch ≤ n.
                 let hb = (q - 1) * s + kh;
                 let row_blocks = geo.out_h.div_ceil(q);
-                let stack = out_ch.min(n / (cb * hb * pitch));
+                let stack = out_ch.min(n / (cb * hb * pitch)).min(max_stack);
                 let groups = out_ch.div_ceil(stack);
                 let (Some(input_cts), Some(output_cts)) = (
                     channel_blocks.checked_mul(row_blocks),
@@ -914,12 +927,23 @@ impl MatVecLayout {
     /// Validates `shape` for ring degree `n` and chooses block sizes (see the
     /// module documentation for the rule).
     pub fn new(shape: MatVecShape, n: usize) -> Result<Self, LayoutError> {
+        Self::with_max_rows(shape, n, usize::MAX)
+    }
+
+    /// As [`MatVecLayout::new`], with at most `max_rows` output rows per
+    /// output ciphertext (at least 1): a smaller ‖ŵ‖₁ per output
+    /// ciphertext (LIN-3), at the cost of more output ciphertexts.
+    pub fn with_max_rows(
+        shape: MatVecShape,
+        n: usize,
+        max_rows: usize,
+    ) -> Result<Self, LayoutError> {
         let weight_len = shape.weight_len()?;
         check_ring_degree(n)?;
         // (total, products, ni, no, inputs, outputs)
         let mut best: Option<(usize, usize, usize, usize, usize, usize)> = None;
         for ni in 1..=shape.cols.min(n) {
-            let no = shape.rows.min(n / ni);
+            let no = shape.rows.min(n / ni).min(max_rows.max(1));
             let inputs = shape.cols.div_ceil(ni);
             let outputs = shape.rows.div_ceil(no);
             // inputs·outputs ≤ rows·cols, which is representable; the sum

@@ -339,65 +339,90 @@ fn a_compiled_model_runs_only_under_its_own_set() {
     );
 }
 
-/// Sum pool 2 → conv 2→32 with weights ±`w` → requantise → dense. Folding
-/// the pool multiplies the conv's ‖ŵ‖₁ by 4.
-fn pooled(w: i64) -> Model {
+/// [sum pool 2 →] conv 2→32 with weights ±`w` on {0, 1} inputs →
+/// requantise to [0, 15] → dense. Folding the pool multiplies each output
+/// channel's ‖w‖₁ by 4.
+fn pooled(w: i64, pool: bool) -> Model {
     let mut rng = Csprng::from_seed([13; 16]);
     let weights: Vec<i64> = (0..32 * 2 * 9)
         .map(|_| if rng.uniform_below(2) == 0 { w } else { -w })
         .collect();
-    Model::new(
-        "pooled",
-        input_spec(2, 8, 8, 0, 1),
-        vec![
-            Layer::AvgPool {
-                kernel: 2,
-                stride: 2,
-            },
-            conv(32, 3, 1, 1, weights, vec![0; 32]),
-            requantize(1, 8, 15),
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: 4,
-                weights: small(&mut rng, 4 * 32 * 16, 1),
-                bias: vec![0; 4],
-            },
-        ],
-    )
-    .unwrap()
+    // Worst conv output 18·w·4: shift it into [0, 15].
+    let shift = (72 * w / 15).max(1).ilog2() + 1;
+    let side = if pool { 4 } else { 8 };
+    let mut layers = Vec::new();
+    if pool {
+        layers.push(Layer::AvgPool {
+            kernel: 2,
+            stride: 2,
+        });
+    }
+    layers.extend([
+        conv(32, 3, 1, 1, weights, vec![0; 32]),
+        requantize(1, shift, 15),
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: 4,
+            weights: small(&mut rng, 4 * 32 * side * side, 1),
+            bias: vec![0; 4],
+        },
+    ]);
+    Model::new("pooled", input_spec(2, 8, 8, 0, 1), layers).unwrap()
+}
+
+fn assert_bit_exact(set: &str, model: &Model, seed: u8) {
+    let mut rng = Csprng::from_seed([seed; 16]);
+    for s in 0..2 {
+        let input = random_input(&mut rng, model);
+        assert_eq!(
+            encrypted(set, model, &input, s).unwrap(),
+            model.evaluate(&input).unwrap(),
+            "{set}"
+        );
+    }
+}
+
+// ENG-7
+#[test]
+fn a_stage_over_the_noise_budget_stacks_fewer_outputs_per_ciphertext() {
+    let f = fixture("b16");
+    // Small weights: the layout stacks freely.
+    let light = engine::compile(&f.ctx, &pooled(1, true)).unwrap();
+    assert_eq!(light.rounds(), 2);
+    // ±45 folded: the layout's natural stacking puts 14 channels × 18
+    // weights × 45 × 4 = 45360 > 2^15 into one ciphertext; with fewer
+    // channels per ciphertext it fits, in the same number of rounds.
+    let model = pooled(45, true);
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    assert_eq!(compiled.rounds(), 2, "no extra round needed");
+    assert!(
+        compiled.stages()[0].output_ciphertexts() > light.stages()[0].output_ciphertexts(),
+        "fewer channels per ciphertext means more ciphertexts"
+    );
+    assert_bit_exact("b16", &model, 14);
 }
 
 // ENG-6
 #[test]
 fn a_folded_pool_that_breaks_the_noise_budget_runs_unfolded() {
-    let f = fixture("b16");
-    // Small weights: the pool folds into the conv, two rounds.
-    let folded = engine::compile(&f.ctx, &pooled(1)).unwrap();
-    assert_eq!(folded.rounds(), 2);
-    assert!(!folded.stages()[0].has_public_weights());
-    // ±45: folded, the layout stacks 14 channels × 18 weights × 45 × 4 =
-    // 45360 > 2^15 into one ciphertext; unfolded, 32 × 18 × 45 = 25920 fits.
-    let model = pooled(45);
+    let f = fixture("b20");
+    // ±1000 on b20 (‖ŵ‖₁ ≤ 2^16 per ciphertext): one channel folded has
+    // 18 × 1000 × 4 = 72000 > 2^16 even alone; unfolded 18000 fits.
+    let model = pooled(1000, true);
     let compiled = engine::compile(&f.ctx, &model).unwrap();
     assert_eq!(compiled.rounds(), 3, "the pool became a round of its own");
     assert!(compiled.stages()[0].has_public_weights());
     assert_eq!(compiled.stage_layers(), [0, 1, 4]);
-    let mut rng = Csprng::from_seed([14; 16]);
-    for seed in 0..2 {
-        let input = random_input(&mut rng, &model);
-        assert_eq!(
-            encrypted("b16", &model, &input, seed).unwrap(),
-            model.evaluate(&input).unwrap()
-        );
-    }
-    // Too large either way: refused, naming the conv and both figures.
-    let err = engine::compile(&f.ctx, &pooled(100)).unwrap_err();
+    assert_bit_exact("b20", &model, 15);
+    // One channel over the budget even without a pool: refused, naming the
+    // conv, its ‖ŵ‖₁ and the limit.
+    let err = engine::compile(&f.ctx, &pooled(4000, false)).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(&err, EngineError::NoiseBudget(n) if n.layer == 1 && n.op == "conv2d"),
+        matches!(&err, EngineError::NoiseBudget(n) if n.layer == 0 && n.op == "conv2d" && n.l1 == 72000),
         "{err:?}"
     );
-    assert!(text.contains("unfolded") && text.contains("2^15"), "{text}");
+    assert!(text.contains("2^16"), "{text}");
 }
 
 /// A random small model of the supported kinds.

@@ -465,3 +465,58 @@ proptest! {
         }
     }
 }
+
+/// MODEL-10, ENG-5: an imported graph runs encrypted, on the set the crate
+/// picks for it, bit-exact against the IR reference. The CLI's input file
+/// for the fixtures holds exactly onnxruntime's quantised inputs.
+#[test]
+fn imported_graph_runs_encrypted_bit_exact() {
+    use safhire::engine::{self, ServerKeys};
+    use safhire::model::TestSet;
+    use safhire::rlwe::{GaloisKeys, SecretKey, SeededPublicKey};
+    use safhire::rng::Csprng;
+    use safhire::select::{select, Requirement};
+    use safhire::shuffle::{SessionSeed, ShuffleUnit};
+
+    let e = expected();
+    let set = TestSet::load(&path("digits-onnx-inputs.json"), None).unwrap();
+    let want: Vec<Vec<i64>> = e["qop"]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ints)
+        .collect();
+    assert_eq!(set.inputs, want);
+    let model = import_onnx(&fixture("digits-qop.onnx")).unwrap();
+    set.check_against("digits-onnx-inputs.json", &model)
+        .unwrap();
+    let sel = select(&model, Requirement::default(), None).unwrap();
+    let ctx = &sel.context;
+    let mut rng = Csprng::from_seed([3; 16]);
+    let sk = SecretKey::generate(ctx, &mut rng);
+    let galois =
+        GaloisKeys::from_seeded(ctx, &GaloisKeys::generate_seeded(ctx, &sk, &mut rng)).unwrap();
+    let pk = SeededPublicKey::generate(ctx, &sk, &mut rng).expand(ctx);
+    let keys = ServerKeys {
+        galois: &galois,
+        public: &pk,
+    };
+    for (i, x) in set.inputs.iter().take(2).enumerate() {
+        let out = engine::run(
+            ctx,
+            &sk,
+            keys,
+            &sel.model,
+            x,
+            ShuffleUnit::Element,
+            &SessionSeed::from_bytes([i as u8; 32]),
+        )
+        .unwrap();
+        assert_eq!(
+            out.logits,
+            model.evaluate(x).unwrap(),
+            "input {i} on {}",
+            ctx.params().name()
+        );
+    }
+}
