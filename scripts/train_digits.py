@@ -358,6 +358,32 @@ scikit-learn; well under a minute on one core). The script is deterministic
 (seed {SEED}, one BLAS thread): two runs write byte-identical JSON with the
 pinned versions on the same machine.
 
+## Your own model: from PyTorch to an encrypted inference
+
+Every command, from the repository root (`python/README.md` explains each
+step; `bash python/walkthrough.sh` runs them all, and CI runs it on a tiny
+model):
+
+```sh
+bash python/install-ci.sh                      # torch (CPU), numpy, scikit-learn, pytest; pinned
+PYTHONPATH=python python3 python/examples/train_tiny_digits.py \
+    --out target/walkthrough --accumulator-bits 16   # train, quantise for b = 16, export
+python3 -m pytest python/tests -q               # the exporter's tests
+cargo run --release -- infer --model target/walkthrough/tiny-digits.json \
+    --inputs target/walkthrough/tiny-digits-test.json --images 20
+```
+
+For a model of your own, call `safhire_export.export_with_report(model,
+calibration, accumulator_bits=B)` on a float `torch.nn.Sequential` of the
+supported layers (python/README.md) and write the result with
+`write_model` / `write_test_set`. `infer` picks the cheapest parameter set
+that carries the model and says why (`--set NAME` pins one); a model no set
+carries is refused naming the layer, the quantity and the limit. Inputs may
+also be an integer `.npy` array (`--inputs x.npy --labels y.npy`). A
+quantised ONNX graph runs with `cargo run --release --features onnx --
+infer --model model.onnx --inputs inputs.json` (fixtures and their
+generator: `models/fixtures/`, `scripts/make_onnx_fixtures.py`).
+
 ## `digits-cnn.json`: the model
 
 A small CNN for scikit-learn's handwritten digits (`load_digits`: 1797

@@ -170,3 +170,11 @@ proptest! {
         }
     }
 }
+
+// MODEL-11: a header claiming more data than the file holds is refused
+// before anything is allocated for it.
+#[test]
+fn npy_shape_larger_than_the_file_is_refused() {
+    let err = TestSet::from_npy("h.npy", &npy("<i8", &[1 << 40, 1 << 20], &[0; 64])).unwrap_err();
+    assert!(err.to_string().contains("claims more data"), "{err}");
+}

@@ -520,3 +520,39 @@ fn imported_graph_runs_encrypted_bit_exact() {
         );
     }
 }
+
+/// MODEL-10 through the command line: `infer --model FILE.onnx` runs the
+/// imported graph encrypted, and an unsupported graph is refused naming
+/// the node and operator.
+#[test]
+fn cli_runs_an_onnx_model_and_refuses_an_unsupported_one() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_safhire");
+    let inputs = path("digits-onnx-inputs.json");
+    let out = Command::new(bin)
+        .args(["infer", "--model"])
+        .arg(path("digits-qop.onnx"))
+        .arg("--inputs")
+        .arg(&inputs)
+        .args(["--images", "2", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bit_exact_all"], true);
+    assert_eq!(report["inputs"], 2);
+    let out = Command::new(bin)
+        .args(["infer", "--model"])
+        .arg(path("digits-maxpool-qdq.onnx"))
+        .arg("--inputs")
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("MaxPool") && stderr.contains("node"),
+        "{stderr}"
+    );
+}

@@ -112,6 +112,18 @@ fn npy_integers(file: &str, bytes: &[u8]) -> Result<(Vec<u64>, Vec<i64>), Inputs
             "Fortran-order arrays are not supported (save with C order)",
         ));
     }
+    // The header's shape is untrusted: refuse one that claims more data
+    // than the file holds before anything is allocated for it.
+    let claimed = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .and_then(|count| count.checked_mul(ty.size_field()));
+    if claimed.is_none_or(|needed| needed > bytes.len() as u64) {
+        return Err(format_err(
+            file,
+            "the header's shape claims more data than the file holds",
+        ));
+    }
     let bad = |e: std::io::Error| format_err(file, format!("array data: {}", e.kind()));
     let values: Vec<i64> = match (ty.type_char(), ty.size_field()) {
         (TypeChar::Int, 1) => npy
