@@ -450,6 +450,22 @@ impl CompiledModel {
                 client_ops.len()
             )));
         }
+        // The protocol's limits (PROTO-4) hold for every compiled model, so
+        // a session can always describe it.
+        use crate::protocol::{MAX_OPS, MAX_ROUNDS};
+        if stages.len() > MAX_ROUNDS {
+            return Err(EngineError::Unsupported(format!(
+                "the model needs {} encrypted rounds, more than the protocol's {MAX_ROUNDS}",
+                stages.len()
+            )));
+        }
+        if let Some(r) = client_ops.iter().position(|o| o.len() > MAX_OPS) {
+            return Err(EngineError::Unsupported(format!(
+                "layer {}: {} client steps after one linear layer, more than the protocol's {MAX_OPS}",
+                stage_layers.get(r).copied().unwrap_or(0),
+                client_ops[r].len()
+            )));
+        }
         let input_len = input.shape.len().unwrap_or(0);
         if stages[0].input_len() != input_len {
             return Err(EngineError::ShapeMismatch {
@@ -896,7 +912,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     macro_rules! emit_pool {
         ($i:expr) => {{
             let i: usize = $i;
-            start_stage(&stages, &ops, i)?;
+            start_stage(&stages, &ops, i, layers[i].op_name())?;
             let (c, h, w) = held_shape(model, i)?;
             let stage = pool_stage(ctx, (c, h, w), pool, stages.len()).map_err(at_layer(
                 ctx,
@@ -917,7 +933,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         let op = layer.op_name();
         let input = model
             .input_shape(i)
-            .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: no input shape")))?;
+            .ok_or_else(|| EngineError::Unsupported(format!("layer {i} ({op}): no input shape")))?;
         let next_is_client = matches!(
             layers.get(i + 1),
             Some(Layer::Requantize { .. } | Layer::Relu)
@@ -926,18 +942,19 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
             Layer::Branch { from } => {
                 let round = round_of(&held, *from)
                     .filter(|_| main_layer.is_some() && branch_round.is_none())
-                    .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: a branch must start from an earlier client-held activation inside a stage")))?;
+                    .ok_or_else(|| EngineError::Unsupported(format!("layer {i} ({op}): a branch must start from an earlier client-held activation inside a stage")))?;
                 branch_round = Some(round);
             }
             Layer::Conv2d { weights, bias, .. } if branch_round.is_some() => {
                 // The branch's conv (e.g. a 1×1 projection shortcut).
                 let from = held[branch_round.unwrap_or(0)];
                 let src = from.map_or(model.input().shape, |l| model.shapes()[l]);
-                let shape = crate::model::ir::conv_shape(&src, layer)
-                    .ok_or_else(|| EngineError::Unsupported(format!("layer {i}: not a conv")))?;
+                let shape = crate::model::ir::conv_shape(&src, layer).ok_or_else(|| {
+                    EngineError::Unsupported(format!("layer {i} ({op}): not a conv"))
+                })?;
                 if branch_conv.is_some() {
                     return Err(EngineError::Unsupported(format!(
-                        "layer {i}: a branch of more than one conv"
+                        "layer {i} ({op}): a branch of more than one conv"
                     )));
                 }
                 branch_conv = Some(
@@ -951,7 +968,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     .filter(|s| s.shortcut.is_none() && ops.last().is_some_and(Vec::is_empty))
                     .ok_or_else(|| {
                         EngineError::Unsupported(format!(
-                            "layer {i}: a residual add must follow a linear layer directly"
+                            "layer {i} ({op}): a residual add must follow a linear layer directly"
                         ))
                     })?;
                 let shortcut = match (branch_round.take(), branch_conv.take()) {
@@ -961,10 +978,10 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     },
                     (None, None) => Shortcut::Identity {
                         round: round_of(&held, *from).ok_or_else(|| {
-                            EngineError::Unsupported(format!("layer {i}: residual from layer {from}, which the client never uploaded"))
+                            EngineError::Unsupported(format!("layer {i} ({op}): residual from layer {from}, which the client never uploaded"))
                         })?,
                     },
-                    _ => return Err(EngineError::Unsupported(format!("layer {i}: unsupported residual wiring"))),
+                    _ => return Err(EngineError::Unsupported(format!("layer {i} ({op}): unsupported residual wiring"))),
                 };
                 // LIN-3 for the sum: both operands' noise factors add up.
                 let extra = match &shortcut {
@@ -991,12 +1008,12 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
             Layer::AvgPool { kernel, stride } => {
                 if kernel != stride || flattened {
                     return Err(EngineError::Unsupported(format!(
-                        "layer {i}: only non-overlapping sum pools before a conv/linear can be folded"
+                        "layer {i} ({op}): only non-overlapping sum pools (kernel = stride, before any flatten) are supported"
                     )));
                 }
                 if input.height % kernel != 0 || input.width % kernel != 0 {
                     return Err(EngineError::Unsupported(format!(
-                        "layer {i}: pool {kernel} does not divide the {}×{} input",
+                        "layer {i} ({op}): pool {kernel} does not divide the {}×{} input",
                         input.height, input.width
                     )));
                 }
@@ -1009,7 +1026,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
             Layer::GlobalAvgPool => {
                 if input.height != input.width || flattened {
                     return Err(EngineError::Unsupported(format!(
-                        "layer {i}: global pool over a non-square input"
+                        "layer {i} ({op}): global pool over a non-square input"
                     )));
                 }
                 pool *= input.height;
@@ -1022,10 +1039,10 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
             Layer::Conv2d { .. } | Layer::Linear { .. } => {
                 if flattened && matches!(layer, Layer::Conv2d { .. }) {
                     return Err(EngineError::Unsupported(format!(
-                        "layer {i}: conv2d after flatten"
+                        "layer {i} ({op}): conv2d after flatten"
                     )));
                 }
-                start_stage(&stages, &ops, i)?;
+                start_stage(&stages, &ops, i, layers[i].op_name())?;
                 let (c, h, w) = held_shape(model, i)?;
                 let folded = linear_stage(ctx, layer, (c, h, w), pool, stages.len());
                 match folded {
@@ -1325,7 +1342,12 @@ fn held_shape(model: &crate::model::Model, i: usize) -> Result<(usize, usize, us
     Ok((s.channels, s.height, s.width))
 }
 
-fn start_stage(stages: &[LinearStage], ops: &[Vec<ClientOp>], i: usize) -> Result<(), EngineError> {
+fn start_stage(
+    stages: &[LinearStage],
+    ops: &[Vec<ClientOp>],
+    i: usize,
+    op: &str,
+) -> Result<(), EngineError> {
     // A pool stage the engine added (ENG-6) needs no client step after it.
     if stages.last().is_some_and(|s| s.public_weights) {
         return Ok(());
@@ -1333,7 +1355,7 @@ fn start_stage(stages: &[LinearStage], ops: &[Vec<ClientOp>], i: usize) -> Resul
     if let Some(last) = ops.last() {
         if last.is_empty() && !stages.is_empty() {
             return Err(EngineError::Unsupported(format!(
-                "layer {i}: two linear layers without a client step between them"
+                "layer {i} ({op}): two linear layers without a client step between them (fold them into one, or requantise between them)"
             )));
         }
     }
@@ -1341,9 +1363,13 @@ fn start_stage(stages: &[LinearStage], ops: &[Vec<ClientOp>], i: usize) -> Resul
 }
 
 fn client_step(ops: &mut [Vec<ClientOp>], i: usize, op: ClientOp) -> Result<(), EngineError> {
+    let name = match op {
+        ClientOp::Relu => "relu",
+        ClientOp::Requantize { .. } => "requantize",
+    };
     ops.last_mut().map(|o| o.push(op)).ok_or_else(|| {
         EngineError::Unsupported(format!(
-            "layer {i}: a client step before the first linear layer"
+            "layer {i} ({name}): a client step before the first linear layer"
         ))
     })
 }

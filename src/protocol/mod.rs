@@ -24,7 +24,8 @@ pub use client::{
 };
 pub use error::{ErrorKind, Fault, ProtocolError, Rejected};
 pub use messages::{
-    MessageKind, Response, RoundInfo, SessionAccept, SessionRequest, Upload, MAX_BODY,
+    MessageKind, Response, RoundInfo, SessionAccept, SessionRequest, Upload, MAX_BODY, MAX_OPS,
+    MAX_ROUNDS,
 };
 pub use policy::{Policy, SHIPPED_POLICIES};
 pub use server::{
