@@ -128,6 +128,9 @@ pub struct LinearStage {
     /// Values the stage's outputs really depend on: `input_len`, or fewer
     /// when a sum pool was folded in (PROTO-6 counts these).
     independent_inputs: usize,
+    /// Inputs one output depends on: C_in·k_h·k_w of the model's (unfolded)
+    /// kernel for a conv, the independent inputs for a mat-vec.
+    fan_in: usize,
     /// A residual connection's second operand, added to every output.
     shortcut: Option<Shortcut>,
     /// A stage the engine added with fixed 0/1 weights (a sum pool): it
@@ -229,6 +232,7 @@ impl LinearStage {
             bias_values,
             encoded,
             independent_inputs: shape.input_len()?,
+            fan_in: shape.in_channels * shape.kernel_height * shape.kernel_width,
             shortcut: None,
             public_weights: false,
             layout: StageLayout::Conv(layout, weights.to_vec()),
@@ -259,6 +263,7 @@ impl LinearStage {
             bias_values,
             encoded,
             independent_inputs: shape.cols,
+            fan_in: shape.cols,
             shortcut: None,
             public_weights: false,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
@@ -278,6 +283,28 @@ impl LinearStage {
     /// dimension d of the linear map a chosen-input attack must solve.
     pub fn independent_inputs(&self) -> usize {
         self.independent_inputs
+    }
+
+    /// PROTO-6: chosen queries the best known attack needs to recover this
+    /// stage's weights and biases exactly, under shuffle granularity
+    /// `unit`; `None` for a stage with public weights. Element shuffling:
+    /// fan-in + 1 (the d+1 attack, d = C_in·k_h·k_w for a conv, the
+    /// independent inputs for a mat-vec), plus a projection shortcut's
+    /// fan-in. Channel shuffling leaves a conv's spatial order in the clear,
+    /// and one query suffices; a mat-vec's channels are single values, so
+    /// it is element shuffling there.
+    pub fn attack_queries(&self, unit: ShuffleUnit) -> Option<u64> {
+        if self.public_weights {
+            return None;
+        }
+        let shortcut = match &self.shortcut {
+            Some(Shortcut::Conv { stage, .. }) => stage.fan_in,
+            _ => 0,
+        };
+        Some(match (&self.layout, unit) {
+            (StageLayout::Conv(..), ShuffleUnit::Channel) => 1,
+            _ => (self.fan_in.min(self.independent_inputs) + shortcut) as u64 + 1,
+        })
     }
 
     /// Whether the stage's weights are fixed by the engine (a sum pool),
@@ -1182,6 +1209,8 @@ fn linear_stage(
                 LinearStage::conv_stacking(ctx, shape, &folded, bias, index, cap)
             })?;
             stage.independent_inputs = c * (h / pool) * (w / pool);
+            // On the pooled values the folded kernel is the model's own.
+            stage.fan_in = c * kernel_h * kernel_w;
             Ok(stage)
         }
         Layer::Linear {
@@ -1212,6 +1241,7 @@ fn linear_stage(
                 LinearStage::matvec_stacking(ctx, shape, &folded, bias, index, cap)
             })?;
             stage.independent_inputs = in_pooled;
+            stage.fan_in = in_pooled;
             Ok(stage)
         }
         other => Err(EngineError::Unsupported(format!(

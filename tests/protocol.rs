@@ -12,6 +12,7 @@ use safhire::protocol::{
     ServerStep, SessionAccept, SessionRequest, StoredSession, Upload,
 };
 use safhire::rlwe::Context;
+use safhire::shuffle::ShuffleUnit;
 use std::sync::{Arc, OnceLock};
 
 const MODEL: &str = include_str!("../models/digits-cnn.json");
@@ -42,14 +43,18 @@ fn setup() -> &'static Setup {
     })
 }
 
+/// Channel shuffling with the explicit opt-in: one chosen query recovers a
+/// conv stage under it, so no shipped policy serves the digits model so.
+const CHANNEL_OPT_IN: &str = "[[policy]]\nname = \"channel-opt-in\"\ngranularity = \"channel\"\n\
+    query_budget = 8\nallow_budget_above_attack_threshold = true\n";
+
 fn endpoint(policy: &str) -> Endpoint {
     let s = setup();
-    Endpoint::new(
-        s.ctx.clone(),
-        s.model.clone(),
-        Policy::shipped(policy).unwrap(),
-    )
-    .unwrap()
+    let policy = match policy {
+        "channel-opt-in" => Policy::load(CHANNEL_OPT_IN, policy).unwrap(),
+        name => Policy::shipped(name).unwrap(),
+    };
+    Endpoint::new(s.ctx.clone(), s.model.clone(), policy).unwrap()
 }
 
 /// Runs a whole session through encoded messages; returns the logits.
@@ -90,7 +95,7 @@ fn session(server: &mut Endpoint, who: &ClientId, input: &[i64]) -> Vec<i64> {
 fn a_session_over_encoded_messages_gives_the_reference_logits() {
     let s = setup();
     let mut server = endpoint("default");
-    for (k, policy) in [(3usize, "default"), (200, "channel")] {
+    for (k, policy) in [(3usize, "default"), (200, "channel-opt-in")] {
         let mut server_k = if policy == "default" {
             None
         } else {
@@ -194,20 +199,31 @@ fn query_budget_is_enforced_per_client_identity() {
 #[test]
 fn policies_are_validated_against_the_model() {
     let s = setup();
-    // The digits model's stages depend on 64, 8·4·4 = 128 (pool folded in)
-    // and 16·2·2 = 64 independent values: 32 is under the smallest.
-    assert_eq!(Policy::attack_threshold(&s.model), 64);
-    let dims: Vec<usize> = s
+    // The digits model: conv 1→8 3×3 (fan-in 9), conv 8→16 3×3 on pooled
+    // values (fan-in 72), linear on 64 pooled values. Element shuffling:
+    // 10, 73 and 65 queries; the cheapest is the first conv.
+    let element = Policy::shipped("default").unwrap();
+    assert_eq!(element.attack_threshold(&s.model), Some((10, 0)));
+    let queries: Vec<Option<u64>> = s
         .model
         .stages()
         .iter()
-        .map(|st| st.independent_inputs())
+        .map(|st| st.attack_queries(ShuffleUnit::Element))
         .collect();
-    assert_eq!(dims, [64, 128, 64]);
-    let too_many = SHIPPED_WITH_BUDGET.replace("query_budget = 32", "query_budget = 64");
-    let p = Policy::load(&too_many, "default").unwrap();
+    assert_eq!(queries, [Some(10), Some(73), Some(65)]);
+    // Channel shuffling: one query recovers a conv stage.
+    let channel = Policy::load(SHIPPED_WITH_BUDGET, "channel").unwrap();
+    assert_eq!(channel.attack_threshold(&s.model), Some((1, 0)));
+    let err = Endpoint::new(s.ctx.clone(), s.model.clone(), channel).unwrap_err();
+    assert_eq!(err.fault, Fault::Local);
+    assert!(err.to_string().contains("round 0"), "{err}");
+    // Budget 8 is the most the first conv allows; 9 is refused.
+    assert!(Endpoint::new(s.ctx.clone(), s.model.clone(), element).is_ok());
+    let nine = SHIPPED_WITH_BUDGET.replacen("query_budget = 8", "query_budget = 9", 1);
+    let p = Policy::load(&nine, "default").unwrap();
     let err = Endpoint::new(s.ctx.clone(), s.model.clone(), p).unwrap_err();
     assert_eq!(err.fault, Fault::Local);
+    assert!(err.to_string().contains("at most 8"), "{err}");
     assert!(Endpoint::new(
         s.ctx.clone(),
         s.model.clone(),
@@ -221,7 +237,7 @@ fn policies_are_validated_against_the_model() {
     )
     .is_err());
     assert!(Policy::load(
-        &SHIPPED_WITH_BUDGET.replace("query_budget = 32", "query_budget = 0"),
+        &SHIPPED_WITH_BUDGET.replace("query_budget = 8", "query_budget = 0"),
         "default"
     )
     .is_err());

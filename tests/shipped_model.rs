@@ -196,3 +196,24 @@ fn resnet20_compiles_to_the_same_function() {
         model.evaluate(&input).unwrap()
     );
 }
+
+// PROTO-6: ResNet-20's cheapest stage under element shuffling is its stem
+// conv (3·3·3 + 1 = 28 queries); a projection-shortcut stage adds the
+// shortcut's fan-in. The default policy's budget is below the threshold.
+#[test]
+fn resnet20_attack_threshold_is_its_stem_conv() {
+    use safhire::protocol::Policy;
+    let f = fixture("b16");
+    let compiled = engine::compile(&f.ctx, &safhire::model::zoo::resnet20(1)).unwrap();
+    let policy = Policy::shipped("default").unwrap();
+    assert_eq!(policy.attack_threshold(&compiled), Some((28, 0)));
+    assert!(policy.query_budget() + 1 < 28);
+    let projections: Vec<u64> = compiled
+        .stages()
+        .iter()
+        .filter(|s| s.has_shortcut())
+        .filter_map(|s| s.attack_queries(ShuffleUnit::Element))
+        .collect();
+    // Every residual stage costs at least its own 3×3 fan-in + 1.
+    assert!(projections.iter().all(|&q| q > 16 * 9), "{projections:?}");
+}

@@ -78,17 +78,16 @@ impl Policy {
         self.spec.query_budget
     }
 
-    /// The published attack recovers a stage of input dimension d from d+1
-    /// chosen queries; this is the smallest such d over the model's stages
-    /// (independent inputs, so a folded pool counts its pooled values).
-    pub fn attack_threshold(model: &CompiledModel) -> u64 {
+    /// PROTO-6: the fewest chosen queries with which a known attack
+    /// recovers some stage of `model` under this policy's granularity, and
+    /// that stage's index; `None` when no stage holds secret weights.
+    pub fn attack_threshold(&self, model: &CompiledModel) -> Option<(u64, usize)> {
         model
             .stages()
             .iter()
-            .filter(|s| !s.has_public_weights())
-            .map(|s| s.independent_inputs() as u64)
+            .enumerate()
+            .filter_map(|(r, s)| s.attack_queries(self.unit).map(|q| (q, r)))
             .min()
-            .unwrap_or(u64::MAX)
     }
 
     /// The least flooding headroom a set must have under this policy.
@@ -110,13 +109,23 @@ impl Policy {
         }
     }
 
-    /// PROTO-6: a budget reaching the threshold needs the explicit opt-in.
+    /// PROTO-6: refuses a budget with which the attack's query count is
+    /// within reach — `budget ≥ queries − 1`, one query of margin — unless
+    /// the policy opts in. A necessary condition against the attacks the
+    /// crate knows, not a guarantee: a structure-aware attack may need fewer.
     pub fn check_model(&self, model: &CompiledModel) -> Result<(), ProtocolError> {
-        let threshold = Self::attack_threshold(model);
-        if self.spec.query_budget >= threshold && !self.spec.allow_budget_above_attack_threshold {
+        let Some((queries, stage)) = self.attack_threshold(model) else {
+            return Ok(());
+        };
+        let budget = self.spec.query_budget;
+        if budget.saturating_add(1) >= queries && !self.spec.allow_budget_above_attack_threshold {
+            let layer = model.stage_layers().get(stage).copied().unwrap_or(0);
             return Err(bad(format!(
-                "query budget {} reaches the model's attack threshold {threshold} (a stage with input dimension d falls to d+1 chosen queries)",
-                self.spec.query_budget
+                "query budget {budget} is within reach of a chosen-input attack: round {stage} (model layer {layer}) \
+                 falls to {queries} chosen queries under {} shuffling; the budget must be at most {} \
+                 (or the policy must set allow_budget_above_attack_threshold)",
+                self.spec.granularity,
+                queries.saturating_sub(2)
             )));
         }
         Ok(())
