@@ -1174,11 +1174,7 @@ impl Importer {
             return Err(ctx.attr_err("group", "only group = 1 is supported"));
         }
         check_auto_pad(ctx)?;
-        if let Some(d) = ctx.ints_attr("dilations")? {
-            if d.iter().any(|&v| v != 1) {
-                return Err(ctx.attr_err("dilations", "only dilation 1 is supported"));
-            }
-        }
+        check_no_dilation(ctx)?;
         if let Some(k) = ctx.ints_attr("kernel_shape")? {
             if k.len() != 2 || k[0] as i128 != kh as i128 || k[1] as i128 != kw as i128 {
                 return Err(ctx.attr_err("kernel_shape", "does not match the weights' shape"));
@@ -1335,11 +1331,7 @@ impl Importer {
             return Err(ctx.attr_err("ceil_mode", "only 0 is supported"));
         }
         check_auto_pad(ctx)?;
-        if let Some(d) = ctx.ints_attr("dilations")? {
-            if d.iter().any(|&v| v != 1) {
-                return Err(ctx.attr_err("dilations", "only dilation 1 is supported"));
-            }
-        }
+        check_no_dilation(ctx)?;
         if uniform(ctx, "pads", 4, 0)? != 0 {
             return Err(ctx.attr_err("pads", "pooling with padding is not supported"));
         }
@@ -1700,6 +1692,15 @@ fn gemm_attrs(ctx: Ctx) -> Result<(f64, f64, bool), OnnxError> {
         return Err(ctx.attr_err("beta", "must be positive"));
     }
     Ok((alpha, beta, trans_b))
+}
+
+fn check_no_dilation(ctx: Ctx) -> Result<(), OnnxError> {
+    match ctx.ints_attr("dilations")? {
+        Some(d) if d.iter().any(|&v| v != 1) => {
+            Err(ctx.attr_err("dilations", "only dilation 1 is supported"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_auto_pad(ctx: Ctx) -> Result<(), OnnxError> {
