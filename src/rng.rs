@@ -17,6 +17,7 @@ pub struct Csprng {
     inner: DefaultRandomGenerator,
 }
 
+// THREAT-2: the generator's state is secret; print nothing of it.
 impl std::fmt::Debug for Csprng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Csprng(..)")

@@ -12,7 +12,7 @@ pub struct Permutation {
 }
 
 impl std::fmt::Debug for Permutation {
-    // The map is a secret of the server: print only its length.
+    // The map is a secret of the server: print only its length (THREAT-2).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Permutation(len = {})", self.map.len())
     }
@@ -252,6 +252,7 @@ mod tests {
                 .permutation(1, 1000, Granularity::Element)
                 .unwrap()
         );
+        // THREAT-2: σ_r's Debug shows only its length.
         assert_eq!(format!("{a:?}"), "Permutation(len = 1000)");
     }
 

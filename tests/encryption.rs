@@ -53,6 +53,7 @@ fn out_of_range_positions_read_as_none() {
 #[test]
 fn keys_are_fresh_and_debug_output_is_redacted() {
     // KEY-1: OS-seeded keys differ; Debug reveals only the ring degree.
+    // THREAT-2: neither the key nor the generator prints secret material.
     let ctx = &fixture("b8").ctx;
     let a = SecretKey::generate(ctx, &mut Csprng::from_os());
     let b = SecretKey::generate(ctx, &mut Csprng::from_os());

@@ -494,3 +494,75 @@ proptest! {
         prop_assert_eq!(out.logits, model.evaluate(&input).unwrap(), "set {}", set);
     }
 }
+
+/// THREAT-1 through the engine: every response `server_round` returns is
+/// flooded. A client with a 2^30 spike in its upload's error would read
+/// 2^30·w_(o,0) in output o's noise if the response were only
+/// re-randomised (tests/circuit_privacy.rs shows that reading works); from
+/// the engine's responses it reads noise. Fails if the engine stops
+/// flooding.
+#[test]
+fn engine_responses_are_flooded_against_the_noise_channel() {
+    use safhire::engine::ReceivedUpload;
+    use safhire::rlwe::Ciphertext;
+    let f = fixture("b16");
+    let ctx = &f.ctx;
+    let q = ctx.q();
+    let mut rng = Csprng::from_seed([21; 16]);
+    let outputs = 16;
+    let mut w = small(&mut rng, outputs * 64, 3);
+    for o in 0..outputs {
+        w[o * 64] = (o as i64 % 7) - 3; // column 0: the target, never 0 for o ≠ 3
+    }
+    let model = Model::new(
+        "one-linear",
+        input_spec(64, 1, 1, 0, 15),
+        vec![Layer::Linear {
+            out_features: outputs,
+            weights: w.clone(),
+            bias: vec![0; outputs],
+        }],
+    )
+    .unwrap();
+    let compiled = engine::compile(ctx, &model).unwrap();
+    let input = random_input(&mut rng, &model);
+    let honest = ctx.encrypt(&f.sk, &input, &mut rng);
+    let (a, b) = honest.parts();
+    let mut b = b.to_vec();
+    b[0] = q.add(b[0], 1 << 30);
+    let spiked = Ciphertext::from_parts(a.to_vec(), b, ctx.n(), q).unwrap();
+    let history = [ReceivedUpload {
+        ciphertexts: vec![spiked],
+        arranged_by: None,
+    }];
+    let (response, sigma) = engine::server_round(
+        ctx,
+        keys("b16"),
+        &compiled,
+        0,
+        &history,
+        ShuffleUnit::Element,
+        &SessionSeed::from_bytes([9; 32]),
+        &mut Csprng::from_seed([22; 16]),
+    )
+    .unwrap();
+    assert!(sigma.is_none(), "the last round is not shuffled");
+    // The logits still decrypt exactly (the spike is far below Δ/2).
+    let logits = engine::client_values(ctx, &f.sk, &response, outputs);
+    assert_eq!(logits, model.evaluate(&input).unwrap());
+    // Output o sits at coefficient o·N/16; read its noise / 2^30.
+    let values = ctx.decrypt(&f.sk, &response[0]);
+    let noise = ctx.noise(&f.sk, &response[0], &values);
+    let stride = ctx.n() / outputs;
+    let read: Vec<i64> = (0..outputs)
+        .map(|o| (noise[o * stride] as f64 / (1u64 << 30) as f64).round() as i64)
+        .collect();
+    let column: Vec<i64> = (0..outputs).map(|o| w[o * 64]).collect();
+    // Flooded with 2^46: each reading is uniform over about ±2^16, an exact
+    // hit ≈ 2^-17 per output; more than 2 hits among 16 has probability < 2^-40.
+    let hits = read.iter().zip(&column).filter(|(a, b)| a == b).count();
+    assert!(
+        hits <= 2,
+        "{hits} of {outputs} weights read off the noise: {read:?}"
+    );
+}

@@ -247,6 +247,7 @@ fn params(json: bool) -> CliResult {
                     "noise_std_log2": p.budget().before_flooding.sqrt().log2(),
                     "flooding_bound_log2": s.flooding_bound_log2,
                     "flooding_headroom_bits": p.budget().flooding_headroom_bits(),
+                    "circuit_privacy_log2_per_ciphertext": p.circuit_privacy_log2(),
                 })
             })
             .collect();
@@ -254,14 +255,22 @@ fn params(json: bool) -> CliResult {
         return Ok(());
     }
     println!(
-        "{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10}",
-        "set", "N", "log2 Pq", "t", "‖w‖₁ max", "noise (std)", "flooding", "headroom"
+        "{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10} {:>14}",
+        "set",
+        "N",
+        "log2 Pq",
+        "t",
+        "‖w‖₁ max",
+        "noise (std)",
+        "flooding",
+        "headroom",
+        "SD/ciphertext"
     );
     for p in ParameterSet::shipped_all()? {
         let s = p.spec();
         let b = p.budget();
         println!(
-            "{:<6} {:>5} {:>8.1} {:>6} {:>10} {:>12} {:>12} {:>9.1}b",
+            "{:<6} {:>5} {:>8.1} {:>6} {:>10} {:>12} {:>12} {:>9.1}b {:>14}",
             p.name(),
             s.ring_degree,
             (s.ciphertext_modulus as f64).log2() + (s.special_modulus as f64).log2(),
@@ -270,9 +279,15 @@ fn params(json: bool) -> CliResult {
             format!("2^{:.1}", b.before_flooding.sqrt().log2()),
             format!("2^{}", s.flooding_bound_log2),
             b.flooding_headroom_bits(),
+            if p.circuit_privacy_log2() >= 0.0 {
+                "none".to_owned()
+            } else {
+                format!("≤ 2^{:.1}", p.circuit_privacy_log2())
+            },
         );
     }
     println!("\nDecryption failure ≤ 2^-40 per coefficient; security ≥ 128 bits (HE standard and tfhe-rs fit on P·q).");
+    println!("SD/ciphertext: statistical distance a returned ciphertext leaks about the weights, against clients with honest keys and uploads; none is 40-bit (proofs/noise-budget.md §3).");
     Ok(())
 }
 
@@ -580,6 +595,8 @@ fn selection_json(s: &Selection, policy: &Policy) -> serde_json::Value {
         "plaintext_bits": p.plaintext_bits(),
         "max_weight_l1_log2": p.max_weight_l1_log2(),
         "flooding_headroom_bits": p.budget().flooding_headroom_bits(),
+        "circuit_privacy_log2_per_ciphertext": p.circuit_privacy_log2(),
+        "circuit_privacy": p.circuit_privacy_statement(),
         "candidates": s.candidates.iter().map(|c| serde_json::json!({"set": c.set, "refused": c.refused})).collect::<Vec<_>>(),
     })
 }
@@ -656,6 +673,10 @@ fn infer(a: Args) -> CliResult {
             format!("{unit:?}").to_lowercase()
         );
         print!("{}", selection.explain());
+        println!(
+            "circuit privacy: {}",
+            ctx.params().circuit_privacy_statement()
+        );
     }
 
     let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
@@ -805,6 +826,10 @@ fn bench(a: Args) -> CliResult {
             ctx.n()
         );
         print!("{}", selection.explain());
+        println!(
+            "circuit privacy: {}",
+            ctx.params().circuit_privacy_statement()
+        );
     }
     let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
     let (galois, pk) = server_keys(ctx, &keys)?;

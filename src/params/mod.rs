@@ -240,6 +240,29 @@ impl ParameterSet {
         key(a).cmp(&key(b))
     }
 
+    /// log2 of the bound on the statistical distance between a returned
+    /// ciphertext and one whose noise holds nothing of the weights, against
+    /// a client whose keys and uploads are honest: N·2^−(flooding headroom)
+    /// (uniform flooding over a term bounded by its 2^-40 tail; proofs/
+    /// noise-budget.md §3). At 0 or above the bound says nothing.
+    pub fn circuit_privacy_log2(&self) -> f64 {
+        (self.spec.ring_degree as f64).log2() - self.budget.flooding_headroom_bits()
+    }
+
+    /// The circuit-privacy guarantee in words, as the CLI prints it.
+    pub fn circuit_privacy_statement(&self) -> String {
+        let bound = self.circuit_privacy_log2();
+        if bound >= 0.0 {
+            format!(
+                "no statistical circuit privacy: responses are re-randomised and flooded, but the bound on the statistical distance per returned ciphertext is 2^{bound:.1} ≥ 1 (proofs/noise-budget.md §3)"
+            )
+        } else {
+            format!(
+                "statistical distance per returned ciphertext ≤ 2^{bound:.1} against clients with honest keys and uploads (not 2^-40; proofs/noise-budget.md §3)"
+            )
+        }
+    }
+
     /// The derived noise budget (proofs/noise-budget.md).
     pub fn budget(&self) -> &NoiseBudget {
         &self.budget

@@ -184,3 +184,25 @@ fn accumulator_overflow_is_refused_naming_the_worst_output() {
     let huge: [&[i64]; 1] = [&[i64::MIN, i64::MAX]];
     assert!(p.check_accumulator(huge, &[], u64::MAX).is_err());
 }
+
+// The printed circuit-privacy figure equals proofs/noise-budget.md table 3
+// (per ciphertext: N·2^-F·k·σ_bf): b8 −13.98, b16 2.02, wide 14.50.
+#[test]
+fn circuit_privacy_bound_matches_the_proof_table() {
+    for (name, want) in [
+        ("b8", -13.98),
+        ("b12", -5.98),
+        ("b16", 2.02),
+        ("b24", 10.02),
+        ("wide", 14.50),
+    ] {
+        let p = ParameterSet::shipped(name).unwrap();
+        assert!(
+            (p.circuit_privacy_log2() - want).abs() < 0.01,
+            "{name}: {}",
+            p.circuit_privacy_log2()
+        );
+        let says_none = p.circuit_privacy_statement().starts_with("no statistical");
+        assert_eq!(says_none, want >= 0.0, "{name}");
+    }
+}

@@ -31,8 +31,10 @@ pub const TRANSITIONS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// An authenticated client identity, supplied by the application (the
-/// crate does no authentication). Query budgets are counted per identity.
+/// A client identity, supplied by the application: the crate authenticates
+/// nothing and compares identities byte for byte, so the application must
+/// map each authenticated peer to one canonical `ClientId`
+/// (spec/threat-model.md §3). Query budgets are counted per identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClientId(pub String);
 
@@ -231,6 +233,8 @@ impl Server<AwaitingUpload> {
             galois: &s.galois,
             public: &s.public,
         };
+        // THREAT-1: every ciphertext `server_round` returns is re-randomised
+        // and flooded (PRIV-1) before it goes into the response.
         let result = engine::server_round(
             &self.ctx,
             keys,

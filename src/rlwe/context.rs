@@ -253,7 +253,7 @@ impl Context {
         poly::add_assign(self.q(), &mut ct.b, &self.encode(values));
     }
 
-    /// PRIV-1, part 1: adds a fresh public-key encryption of zero
+    /// PRIV-1 / THREAT-1, part 1: adds a fresh public-key encryption of zero
     /// so the mask is no longer a public function of the client's masks.
     pub fn rerandomize(&self, ct: &mut Ciphertext, pk: &PublicKey, rng: &mut Csprng) {
         let q = self.q();
@@ -272,7 +272,7 @@ impl Context {
         }
     }
 
-    /// PRIV-1, part 2: floods the body with uniform noise on
+    /// PRIV-1 / THREAT-1, part 2: floods the body with uniform noise on
     /// [−2^F, 2^F] (F from the parameter set).
     pub fn flood(&self, ct: &mut Ciphertext, rng: &mut Csprng) {
         let q = self.q();

@@ -9,7 +9,7 @@ use crate::math::Modulus;
 use crate::rng::{Csprng, Seed128};
 
 /// The client's binary secret key. Overwritten with zeros on drop; its
-/// `Debug` prints nothing secret (KEY-1).
+/// `Debug` prints nothing secret (KEY-1, THREAT-2).
 pub struct SecretKey {
     pub(crate) s: Vec<u64>,
     /// NTT of s modulo q, with 1/N folded in.
