@@ -274,6 +274,38 @@ impl LinearStage {
         self.input_len
     }
 
+    /// The stage as a convolution (its layout's shape, a folded pool
+    /// included), or `None` for a matrix–vector stage. Architecture, not
+    /// weights: what a client can learn by probing (spec/threat-model.md).
+    pub fn conv_shape(&self) -> Option<Conv2dShape> {
+        match &self.layout {
+            StageLayout::Conv(l, _) => Some(*l.shape()),
+            StageLayout::MatVec(..) => None,
+        }
+    }
+
+    /// The stage as a matrix–vector product, or `None` for a convolution.
+    pub fn matvec_shape(&self) -> Option<MatVecShape> {
+        match &self.layout {
+            StageLayout::MatVec(l, _) => Some(*l.shape()),
+            StageLayout::Conv(..) => None,
+        }
+    }
+
+    /// The stage's weights as evaluated (OIHW or row-major; a folded pool
+    /// repeats them) and its bias per output value: the audit's ground truth.
+    pub(crate) fn weights_and_bias(&self) -> (&[i64], &[i64]) {
+        let w = match &self.layout {
+            StageLayout::Conv(_, w) | StageLayout::MatVec(_, w) => w,
+        };
+        (w, &self.bias_values)
+    }
+
+    /// A residual connection's second operand, if any.
+    pub fn shortcut(&self) -> Option<&Shortcut> {
+        self.shortcut.as_ref()
+    }
+
     /// Number of ciphertexts the stage's outputs occupy before packing.
     pub fn output_ciphertexts(&self) -> usize {
         self.bias.len()

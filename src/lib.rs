@@ -15,6 +15,7 @@
 //! * [`shuffle`]: per-round secret permutations;
 //! * [`model`]: quantised model IR, reference evaluator, JSON format;
 //! * [`engine`]: a model compiled to encrypted stages, run round by round;
+//! * [`audit`]: chosen-input attacks run through the real protocol;
 //! * [`select`]: the cheapest shipped parameter set that carries a model;
 //! * [`wire`]: versioned binary encoding of keys and ciphertexts.
 //!
@@ -27,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod audit;
 pub mod engine;
 pub mod extract;
 pub mod layout;

@@ -33,7 +33,7 @@ fn usage_lists_every_command_and_every_shipped_set() {
     let out = safhire(&["help"]);
     assert!(out.status.success());
     let (usage, _) = text(&out);
-    for command in ["infer", "bench", "params", "state-graph", "layer"] {
+    for command in ["infer", "bench", "params", "state-graph", "layer", "audit"] {
         assert!(usage.contains(command), "usage omits {command}:\n{usage}");
     }
     for set in ParameterSet::shipped_all().unwrap() {
@@ -49,7 +49,7 @@ fn usage_lists_every_command_and_every_shipped_set() {
 
 #[test]
 fn help_on_every_command() {
-    for command in ["infer", "bench", "params", "state-graph", "layer"] {
+    for command in ["infer", "bench", "params", "state-graph", "layer", "audit"] {
         for flag in ["--help", "-h"] {
             let out = safhire(&[command, flag]);
             let (stdout, stderr) = text(&out);
@@ -223,4 +223,20 @@ fn broken_files_are_blamed_on_the_file() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("missing.json"), "{stderr}");
+}
+
+// AUDIT-2: `safhire audit --json` reports every stage of the shipped model.
+#[test]
+fn audit_reports_every_stage_as_json() {
+    let out = safhire(&["audit", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["policy"], "default");
+    assert_eq!(report["sessions"], 1);
+    let stages = report["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    assert!(stages
+        .iter()
+        .all(|s| s["biases_exact"] == s["biases_total"]));
 }

@@ -34,6 +34,7 @@ commands:
   params       the shipped parameter sets with their security and noise budgets
   state-graph  both protocol parties' state machines (Graphviz)
   layer        one encrypted round of a ResNet-20 convolution (demo)
+  audit        chosen-input attacks on a model through the real protocol
   help         this text
 
 parameter sets: b8 b12 b16 b20 b24 wide, or auto (the cheapest that carries
@@ -78,6 +79,22 @@ usage: safhire params [--json]
 
 The shipped parameter sets (spec/parameters.toml) with their security and
 noise budgets, computed by the code that enforces them.";
+
+const AUDIT_HELP: &str = "\
+usage: safhire audit [--model FILE] [--policy NAME] [--set NAME|auto] [--json]
+
+Runs the attacks of `safhire::audit` as the client side of real sessions
+against a real endpoint serving the model (default: the shipped digits CNN)
+under the policy (default: default), one client identity, and reports per
+stage the sessions used, what was recovered exactly (up to the permutation
+the policy hides) and whether the policy stopped it. spec/threat-model.md
+lists the attacks this tool does not run yet.
+
+  --model FILE          model file (JSON, or .onnx with --features onnx)
+  --policy NAME         default, channel or benchmark (spec/shuffling.toml)
+  --set NAME|auto       parameter set (default auto)
+  --json                machine-readable report on stdout
+  -h, --help            this text";
 
 const LAYER_HELP: &str = "\
 usage: safhire layer [--set NAME]
@@ -168,6 +185,7 @@ fn main() -> ExitCode {
         "bench" => BENCH_HELP,
         "params" => PARAMS_HELP,
         "layer" => LAYER_HELP,
+        "audit" => AUDIT_HELP,
         "state-graph" => STATE_GRAPH_HELP,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -200,6 +218,7 @@ fn main() -> ExitCode {
         "bench" => parse(rest, &["model", "set", "policy"], &["json"]).and_then(bench),
         "params" => parse(rest, &[], &["json"]).and_then(|a| params(a.has("json"))),
         "layer" => parse(rest, &["set"], &[]).and_then(|a| layer(a.get("set").unwrap_or("b16"))),
+        "audit" => parse(rest, &["model", "policy", "set"], &["json"]).and_then(audit),
         _ => parse(rest, &[], &[]).map(|_| print!("{}", safhire::protocol::state_graph())),
     };
     match result {
@@ -794,6 +813,25 @@ fn infer(a: Args) -> CliResult {
     } else {
         Err("encrypted logits differ from the plaintext reference".into())
     }
+}
+
+fn audit(a: Args) -> CliResult {
+    if let Some(extra) = a.positional.first() {
+        return Err(Usage(format!("unexpected argument {extra:?}")).into());
+    }
+    let model = match a.get("model") {
+        Some(path) => load_model(Path::new(path))?,
+        None => Model::from_json(DIGITS_MODEL)?,
+    };
+    let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+    let set = a.get("set").filter(|s| *s != "auto");
+    let report = safhire::audit::audit(&model, policy, set)?;
+    if a.has("json") {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 fn bench(a: Args) -> CliResult {
