@@ -13,6 +13,8 @@
 //! * [`layout`]: Cheetah-style coefficient encodings of Conv2d and mat-vec;
 //! * [`extract`] and [`pack`]: value references and PackLWEs packing;
 //! * [`shuffle`]: per-round secret permutations;
+//! * [`dp`]: discrete Gaussian sampler, zCDP accountant and per-stage
+//!   sensitivity (building blocks only: the server applies no DP noise yet);
 //! * [`model`]: quantised model IR, reference evaluator, JSON format;
 //! * [`engine`]: a model compiled to encrypted stages, run round by round;
 //! * [`audit`]: chosen-input attacks run through the real protocol;
@@ -29,6 +31,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod audit;
+pub mod dp;
 pub mod engine;
 pub mod extract;
 pub mod layout;
