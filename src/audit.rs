@@ -20,6 +20,9 @@
 //!   outputs return unshuffled): the zero upload gives the bias, the upload
 //!   v·e_j gives column j, d + 1 sessions in all.
 //!
+//! Under a policy with DP noise (DP-8) the same attacks run and report
+//! their mean error instead of exact recovery.
+//!
 //! Not yet here, and reported as such per stage: the alignment attacks on
 //! element-shuffled stages (single-pixel conv probes, the published d + 1
 //! attack across per-session permutations), later stages reached through
@@ -148,6 +151,9 @@ pub enum Outcome {
     Recovered,
     /// Some of it was recovered before the budget ran out.
     StoppedByBudget,
+    /// The attack ran to the end, but noise (DP-8) kept its result from
+    /// being exact: see the error figures.
+    Approximate,
     /// The policy refused to serve the model at all (PROTO-6).
     RefusedByPolicy,
     /// This tool has no attack for this stage under this policy yet.
@@ -159,6 +165,7 @@ impl Outcome {
         match self {
             Outcome::Recovered => "recovered",
             Outcome::StoppedByBudget => "stopped by the budget",
+            Outcome::Approximate => "approximate only (noise)",
             Outcome::RefusedByPolicy => "policy refuses to serve the model",
             Outcome::NotAttacked => "no attack in this tool yet",
         }
@@ -182,6 +189,13 @@ pub struct StageReport {
     /// (recovered exactly, total) biases of the layer, as a multiset: the
     /// bias probe returns each one, shuffled.
     pub biases: (usize, usize),
+    /// Under a noisy policy (DP-8), the bias probe's mean absolute error per
+    /// released value (sorted received values against sorted true ones,
+    /// the best matching a client can make); 0 when exact.
+    pub bias_error: Option<f64>,
+    /// The weight attack's mean absolute error per weight, when it ran but
+    /// noise kept it from exact recovery.
+    pub weight_error: Option<f64>,
     pub note: String,
 }
 
@@ -205,6 +219,7 @@ pub struct AuditReport {
 pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditReport, AuditError> {
     let requirement = Requirement {
         min_flooding_headroom_bits: policy.min_flooding_headroom_bits(),
+        noise: policy.noise().copied(),
     };
     let selection = select::select(model, requirement, set)?;
     let ctx = Arc::new(selection.context);
@@ -237,6 +252,8 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
                 sessions: 0,
                 weights: (0, layer_counts(model, compiled.stage_layers()[r], s).0),
                 biases: (0, layer_counts(model, compiled.stage_layers()[r], s).1),
+                bias_error: None,
+                weight_error: None,
                 note: String::new(),
             })
             .collect(),
@@ -329,6 +346,12 @@ fn bias_probe(
         if got == want {
             stage.biases.0 = stage.biases.1;
         }
+        let error: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| a.abs_diff(*b) as f64)
+            .sum();
+        stage.bias_error = Some(error / want.len().max(1) as f64);
     }
     Ok(())
 }
@@ -434,21 +457,35 @@ fn channel_solve(
     }
     let (true_w, true_b) = stage.weights_and_bias();
     let mut recovered_channels = 0;
+    let mut abs_error = 0f64;
     for block in seen[0].chunks(plane) {
-        let Some(theta) = least_squares_integer(&rows, block) else {
+        let Some((theta, exact)) = least_squares_integer(&rows, block) else {
             continue;
         };
-        // The true channel whose kernel and bias equal the solution.
-        let matches = (0..shape.out_channels).any(|o| {
-            true_w[o * taps..(o + 1) * taps] == theta[..taps] && true_b[o * plane] == theta[taps]
-        });
-        recovered_channels += usize::from(matches);
+        // The true channel closest to the solution (equal to it, when exact).
+        let distance = |o: usize| -> u64 {
+            true_w[o * taps..(o + 1) * taps]
+                .iter()
+                .zip(&theta[..taps])
+                .map(|(a, b)| a.abs_diff(*b))
+                .sum::<u64>()
+                + true_b[o * plane].abs_diff(theta[taps])
+        };
+        let Some(best) = (0..shape.out_channels).min_by_key(|&o| distance(o)) else {
+            continue;
+        };
+        let d = distance(best);
+        recovered_channels += usize::from(exact && d == 0);
+        abs_error += d as f64;
+    }
+    if abs_error > 0.0 {
+        entry.weight_error = Some(abs_error / ((taps + 1) * shape.out_channels) as f64);
     }
     entry.weights.0 = recovered_channels * taps;
     entry.outcome = if recovered_channels == shape.out_channels {
         Outcome::Recovered
     } else {
-        Outcome::StoppedByBudget
+        Outcome::Approximate
     };
     entry.note = format!(
         "{recovered_channels} of {} channels' kernels and biases exact from one query",
@@ -457,11 +494,12 @@ fn channel_solve(
     Ok(())
 }
 
-/// Least squares by Householder QR in f64, rounded to integers and accepted
-/// only if it reproduces every equation exactly.
+/// Least squares by Householder QR in f64, rounded to integers, and whether
+/// the rounded solution reproduces every equation exactly (it does when the
+/// values are exact; under DP noise it is the client's best estimate).
 // Column operations on a row-major matrix: indices read better than iterators.
 #[allow(clippy::needless_range_loop)]
-fn least_squares_integer(rows: &[Vec<f64>], y: &[i64]) -> Option<Vec<i64>> {
+fn least_squares_integer(rows: &[Vec<f64>], y: &[i64]) -> Option<(Vec<i64>, bool)> {
     let m = rows.len();
     let n = rows.first()?.len();
     let mut a: Vec<Vec<f64>> = rows.to_vec();
@@ -508,7 +546,7 @@ fn least_squares_integer(rows: &[Vec<f64>], y: &[i64]) -> Option<Vec<i64>> {
             .sum();
         got == want as i128
     });
-    exact.then_some(theta)
+    Some((theta, exact))
 }
 
 /// AUDIT-3 (d + 1): a single mat-vec stage returns its outputs unshuffled;
@@ -618,6 +656,18 @@ impl AuditReport {
             if !s.note.is_empty() {
                 out.push_str(&format!("{:>14}{}\n", "", s.note));
             }
+            if let Some(e) = s.bias_error.filter(|&e| e > 0.0) {
+                out.push_str(&format!(
+                    "{:>14}noise: the bias probe is off by {e:.1} per value on average\n",
+                    ""
+                ));
+            }
+            if let Some(e) = s.weight_error {
+                out.push_str(&format!(
+                    "{:>14}noise: the weight attack is off by {e:.2} per parameter on average\n",
+                    ""
+                ));
+            }
         }
         out
     }
@@ -643,6 +693,8 @@ impl AuditReport {
                 "weights_total": s.weights.1,
                 "biases_exact": s.biases.0,
                 "biases_total": s.biases.1,
+                "bias_error": s.bias_error,
+                "weight_error": s.weight_error,
                 "note": s.note,
             })).collect::<Vec<_>>(),
         })

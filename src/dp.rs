@@ -3,12 +3,12 @@
 //! (DP-2, DP-3, DP-4, DP-7), and the L2 sensitivity of one stage's released
 //! accumulators under a stated neighbouring relation (DP-5, DP-6).
 //!
-//! **Not wired in.** These are pure functions. The server does not add noise
-//! to any released value yet, so no policy has a DP guarantee; the numbers
-//! this module computes describe what the mechanism *would* give once the
-//! server adds N_Z(0, σ²) to every released pre-activation accumulator.
+//! **The mechanism** (DP-8) is applied by `engine::server_round` when a
+//! policy sets `dp_sigma`: N_Z(0, σ²) on every released pre-activation
+//! accumulator, before the shuffle; `engine::CompiledModel::dp_guarantee`
+//! accounts for it with this module.
 //!
-//! What is protected, once wired in: single weights and biases (a change of
+//! What is protected: single weights and biases (a change of
 //! at most τ in one of them), against a client whose uploads stay inside the
 //! declared input and clamp ranges. Not protected: the architecture, the
 //! requantisation constants, anything against a client that uploads values

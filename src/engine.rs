@@ -136,6 +136,9 @@ pub struct LinearStage {
     /// A stage the engine added with fixed 0/1 weights (a sum pool): it
     /// holds nothing of the model owner's, so PROTO-6 does not count it.
     public_weights: bool,
+    /// DP-6: L2 sensitivity of the stage's released values to one weight
+    /// or bias changed by 1 (τ = 1), for uploads in the declared ranges.
+    sensitivity: f64,
 }
 
 /// The second operand of a residual connection (ENG-4): an activation the
@@ -235,6 +238,7 @@ impl LinearStage {
             fan_in: shape.in_channels * shape.kernel_height * shape.kernel_width,
             shortcut: None,
             public_weights: false,
+            sensitivity: 0.0,
             layout: StageLayout::Conv(layout, weights.to_vec()),
         })
     }
@@ -266,6 +270,7 @@ impl LinearStage {
             fan_in: shape.cols,
             shortcut: None,
             public_weights: false,
+            sensitivity: 0.0,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
         })
     }
@@ -455,6 +460,22 @@ fn output_stride(n: usize, k: usize) -> usize {
     }
 }
 
+/// How a round's outputs are released to the client (DP-8): the shuffle's
+/// granularity, and the discrete Gaussian noise, if any, added to every
+/// released value before the shuffle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release<'a> {
+    pub unit: ShuffleUnit,
+    pub noise: Option<&'a crate::dp::DiscreteGaussian>,
+}
+
+impl From<ShuffleUnit> for Release<'_> {
+    /// No noise: the client gets the exact accumulators.
+    fn from(unit: ShuffleUnit) -> Self {
+        Release { unit, noise: None }
+    }
+}
+
 /// Per-round measurements.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoundStats {
@@ -492,6 +513,8 @@ pub struct CompiledModel {
     fingerprint: u64,
     /// The model layer each stage came from (for reports and errors).
     stage_layers: Vec<usize>,
+    /// The largest worst-case |accumulator| of any layer (MODEL-5).
+    worst_accumulator: u128,
 }
 
 impl CompiledModel {
@@ -549,6 +572,7 @@ impl CompiledModel {
             set: ctx.params().name().to_owned(),
             fingerprint: ctx.params().fingerprint(),
             stage_layers,
+            worst_accumulator: 0,
         })
     }
 
@@ -614,6 +638,58 @@ impl CompiledModel {
     /// The name of the parameter set the model was compiled for.
     pub fn parameter_set(&self) -> &str {
         &self.set
+    }
+
+    /// DP-8: refuses noise that could push a released value past the set's
+    /// accumulator range: the worst-case accumulator plus k·σ, with
+    /// P[|noise| ≥ k·σ] ≤ 2^-40 for the discrete Gaussian (its tail is
+    /// sub-Gaussian, CKS20), must stay below 2^(b−1).
+    pub fn check_noise(
+        &self,
+        ctx: &Context,
+        noise: Option<&crate::dp::DiscreteGaussian>,
+    ) -> Result<(), EngineError> {
+        let Some(noise) = noise else {
+            return Ok(());
+        };
+        let k = (2.0 * 41.0 * std::f64::consts::LN_2).sqrt();
+        let tail = (k * noise.variance().sqrt()).ceil();
+        let limit = 2f64.powi(ctx.params().plaintext_bits() as i32 - 1);
+        if self.worst_accumulator as f64 + tail >= limit {
+            return Err(EngineError::Unsupported(format!(
+                "DP noise with σ = {:.0} (2^-40 tail {tail}) on top of the worst-case accumulator {} exceeds the {}-bit range of set {:?}: use a wider set or less noise",
+                noise.variance().sqrt(),
+                self.worst_accumulator,
+                ctx.params().plaintext_bits(),
+                self.set
+            )));
+        }
+        Ok(())
+    }
+
+    /// DP-8: the (ε, δ) of `budget` sessions, each releasing every stage
+    /// once with noise σ, under DP-5's relation (one weight or bias by τ),
+    /// composed over stages by summing ρ (DP-3), for uploads in the declared
+    /// ranges. `None` when no stage holds weights of the model owner's.
+    pub fn dp_guarantee(
+        &self,
+        sigma: f64,
+        budget: u64,
+        delta: f64,
+        tau: f64,
+    ) -> Option<crate::dp::Guarantee> {
+        let releases: Vec<crate::dp::StageRelease> = self
+            .stages
+            .iter()
+            .filter(|s| !s.public_weights)
+            .map(|s| crate::dp::StageRelease {
+                sensitivity_l2: tau * s.sensitivity,
+                sigma,
+            })
+            .collect();
+        (!releases.is_empty()).then(|| {
+            crate::dp::budget_guarantee(&releases, budget, delta, crate::dp::StageComposition::Sum)
+        })
     }
 
     /// ENG-5: refuses a context of another parameter set.
@@ -767,7 +843,7 @@ pub fn server_round(
     model: &CompiledModel,
     r: usize,
     history: &[ReceivedUpload],
-    unit: ShuffleUnit,
+    release: Release<'_>,
     seed: &SessionSeed,
     rng: &mut Csprng,
 ) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
@@ -787,8 +863,20 @@ pub fn server_round(
         )));
     }
     let packer = Packer::new(ctx, keys.galois);
-    let outputs = evaluate_stage(ctx, &packer, stage, &history[r])?;
+    let mut outputs = evaluate_stage(ctx, &packer, stage, &history[r])?;
     let positions = stage.output_positions();
+    if let Some(noise) = release.noise {
+        // DP-8: one independent sample per released value, before the
+        // shuffle. A residual operand joins the same value in the pack, so
+        // the noise covers the sum the client sees.
+        let mut polys = vec![vec![0i64; n]; outputs.len()];
+        for &(ct, c) in &positions {
+            polys[ct][c] = noise.sample(rng);
+        }
+        for (ct, poly) in outputs.iter_mut().zip(&polys) {
+            ctx.add_plain(ct, poly);
+        }
+    }
     // The residual operand joins inside the output pack: its values are
     // extra terms of the same leaves (PACK-5).
     // `extra_refs[k]` is output k's residual operand (empty: no shortcut).
@@ -818,7 +906,7 @@ pub fn server_round(
     let shuffle = if r + 1 == model.stages.len() {
         None
     } else {
-        Some(seed.permutation(r as u64, positions.len(), stage.granularity(unit))?)
+        Some(seed.permutation(r as u64, positions.len(), stage.granularity(release.unit))?)
     };
     // Slot s receives true output σ^(−1)(s).
     let inverse = shuffle.as_ref().map(Permutation::inverse);
@@ -868,8 +956,23 @@ pub fn run(
     unit: ShuffleUnit,
     seed: &SessionSeed,
 ) -> Result<Inference, EngineError> {
+    run_release(ctx, sk, keys, model, input, unit.into(), seed)
+}
+
+/// [`run`] with the outputs released as `release` says (DP-8: with noise,
+/// the logits are no longer the reference's).
+pub fn run_release(
+    ctx: &Context,
+    sk: &SecretKey,
+    keys: ServerKeys<'_>,
+    model: &CompiledModel,
+    input: &[i64],
+    release: Release<'_>,
+    seed: &SessionSeed,
+) -> Result<Inference, EngineError> {
     model.check_context(ctx)?;
     model.check_input(input)?;
+    model.check_noise(ctx, release.noise)?;
     let internal =
         |e: wire::WireError| EngineError::Unsupported(format!("internal encoding error: {e}"));
     let mut client_rng = Csprng::from_os();
@@ -900,8 +1003,16 @@ pub fn run(
             ciphertexts: received,
             arranged_by: previous.take(),
         });
-        let (packed, shuffle) =
-            server_round(ctx, keys, model, r, &history, unit, seed, &mut server_rng)?;
+        let (packed, shuffle) = server_round(
+            ctx,
+            keys,
+            model,
+            r,
+            &history,
+            release,
+            seed,
+            &mut server_rng,
+        )?;
         let downloads: Vec<Vec<u8>> = packed
             .iter()
             .map(|c| wire::encode_ciphertext(ctx, c))
@@ -964,6 +1075,9 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     let mut main_layer: Option<usize> = None;
     let mut branch_round: Option<usize> = None;
     let mut branch_conv: Option<LinearStage> = None;
+    // Main layer of a residual stage → its projection shortcut's conv layer.
+    let mut branch_layers: std::collections::BTreeMap<usize, usize> = Default::default();
+    let mut branch_layer: Option<usize> = None;
     let layers = model.layers();
     // A pool with a client step right after it (its requantisation, say)
     // cannot be folded into the next linear layer: it is a stage of its
@@ -1020,6 +1134,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     LinearStage::conv(ctx, shape, weights, bias, stages.len())
                         .map_err(at_layer(ctx, i, op, ""))?,
                 );
+                branch_layer = Some(i);
             }
             Layer::ResidualAdd { from } => {
                 let stage = stages
@@ -1031,10 +1146,15 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                         ))
                     })?;
                 let shortcut = match (branch_round.take(), branch_conv.take()) {
-                    (Some(round), Some(conv)) if Some(*from) == main_layer => Shortcut::Conv {
-                        round,
-                        stage: Box::new(conv),
-                    },
+                    (Some(round), Some(conv)) if Some(*from) == main_layer => {
+                        if let (Some(main), Some(branch)) = (main_layer, branch_layer.take()) {
+                            branch_layers.insert(main, branch);
+                        }
+                        Shortcut::Conv {
+                            round,
+                            stage: Box::new(conv),
+                        }
+                    }
                     (None, None) => Shortcut::Identity {
                         round: round_of(&held, *from).ok_or_else(|| {
                             EngineError::Unsupported(format!("layer {i} ({op}): residual from layer {from}, which the client never uploaded"))
@@ -1171,9 +1291,63 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         // (the macro's bookkeeping, read so that the compiler sees it used)
         let _ = (pool, main_layer);
     }
-    let compiled = CompiledModel::assemble(ctx, *model.input(), stages, ops, stage_layers)?;
+    let mut compiled = CompiledModel::assemble(ctx, *model.input(), stages, ops, stage_layers)?;
     compiled.self_check(model)?;
+    compiled.worst_accumulator = model
+        .accumulator_bounds()
+        .into_iter()
+        .map(|(_, a)| a)
+        .max()
+        .unwrap_or(0);
+    let bounds = model.bounds();
+    for (stage, &layer) in compiled.stages.iter_mut().zip(&compiled.stage_layers) {
+        if stage.public_weights {
+            continue;
+        }
+        stage.sensitivity = layer_sensitivity(model, &bounds, layer);
+        if let Some(branch) = branch_layers.get(&layer) {
+            stage.sensitivity = stage
+                .sensitivity
+                .max(layer_sensitivity(model, &bounds, *branch));
+        }
+    }
     Ok(compiled)
+}
+
+/// DP-6: the L2 sensitivity (τ = 1) of a conv2d or linear layer's outputs
+/// to one of its weights or biases, for inputs within the propagated
+/// bounds of MODEL-5.
+fn layer_sensitivity(
+    model: &crate::model::Model,
+    bounds: &[crate::model::LayerBound],
+    layer: usize,
+) -> f64 {
+    use crate::dp::StageShape;
+    use crate::model::Layer;
+    let x = bounds.get(layer).map_or(0, |b| b.input.max_abs()) as f64;
+    let shape = match (&model.layers()[layer], model.input_shape(layer)) {
+        (
+            Layer::Conv2d {
+                kernel_h,
+                kernel_w,
+                stride,
+                padding,
+                ..
+            },
+            Some(input),
+        ) => StageShape::Conv2d {
+            in_h: input.height,
+            in_w: input.width,
+            kernel_h: *kernel_h,
+            kernel_w: *kernel_w,
+            stride_h: *stride,
+            stride_w: *stride,
+            pad_h: *padding,
+            pad_w: *padding,
+        },
+        _ => StageShape::Linear,
+    };
+    crate::dp::l2_sensitivity(&shape, x, 1.0)
 }
 
 /// Names the layer in a noise-budget refusal (LIN-3), with the figure's

@@ -14,7 +14,7 @@
 //! * [`extract`] and [`pack`]: value references and PackLWEs packing;
 //! * [`shuffle`]: per-round secret permutations;
 //! * [`dp`]: discrete Gaussian sampler, zCDP accountant and per-stage
-//!   sensitivity (building blocks only: the server applies no DP noise yet);
+//!   sensitivity; the server adds the noise when a policy sets `dp_sigma`;
 //! * [`model`]: quantised model IR, reference evaluator, JSON format;
 //! * [`engine`]: a model compiled to encrypted stages, run round by round;
 //! * [`audit`]: chosen-input attacks run through the real protocol;

@@ -19,6 +19,8 @@ pub struct Requirement {
     /// The least flooding headroom, in bits (a policy's
     /// `min_flooding_headroom_bits`); `None`: no requirement.
     pub min_flooding_headroom_bits: Option<i32>,
+    /// DP noise the set must carry on top of every accumulator (DP-8).
+    pub noise: Option<crate::dp::DiscreteGaussian>,
 }
 
 /// How one set fared.
@@ -117,10 +119,15 @@ pub fn select(
             }
         }
         let context = Context::new(params);
-        let compiled = engine::compile(&context, model).map_err(|source| SelectError::Pinned {
-            set: name.to_owned(),
-            source,
-        })?;
+        let compiled = engine::compile(&context, model)
+            .and_then(|c| {
+                c.check_noise(&context, requirement.noise.as_ref())
+                    .map(|()| c)
+            })
+            .map_err(|source| SelectError::Pinned {
+                set: name.to_owned(),
+                source,
+            })?;
         return Ok(Selection {
             context,
             model: compiled,
@@ -152,7 +159,11 @@ pub fn select(
             continue;
         }
         let context = Context::new(params);
-        match engine::compile(&context, model) {
+        let compiled = engine::compile(&context, model).and_then(|c| {
+            c.check_noise(&context, requirement.noise.as_ref())
+                .map(|()| c)
+        });
+        match compiled {
             Ok(compiled) => {
                 candidates.push(Candidate { set, refused: None });
                 return Ok(Selection {

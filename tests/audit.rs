@@ -104,3 +104,25 @@ fn d_plus_one_recovers_a_layer_and_the_budget_stops_it() {
     assert_eq!(stopped.sessions, 8);
     assert_eq!(stage.weights, (6 * 4, 64 * 4));
 }
+
+// AUDIT-2, DP-8: under a policy with noise the attacks run and report their
+// error instead of exact recovery; without noise the error is 0.
+#[test]
+fn noise_turns_exact_recovery_into_a_measured_error() {
+    let model = Model::from_json(DIGITS).unwrap();
+    let toml = "[[policy]]\nname = \"noisy\"\ngranularity = \"channel\"\nquery_budget = 8\n\
+                allow_budget_above_attack_threshold = true\ndp_sigma = 10\n";
+    let noisy = Policy::load(toml, "noisy").unwrap();
+    let report = audit(&model, noisy, None).unwrap();
+    let first = &report.stages[0];
+    assert_eq!(first.outcome, Outcome::Approximate, "{}", first.note);
+    assert!(first.weights.0 < first.weights.1);
+    let error = first.weight_error.unwrap();
+    assert!(error > 0.0 && error.is_finite(), "{error}");
+    // Each released bias carries σ = 10 noise: the sorted-match error is
+    // a few units, not 0 (0 has probability ≈ 0.04^(8·64)).
+    assert!(report.stages.iter().all(|s| s.bias_error.unwrap() > 0.5));
+    let clean = audit(&model, policy("channel", 8, true), None).unwrap();
+    assert!(clean.stages.iter().all(|s| s.bias_error == Some(0.0)));
+    assert_eq!(clean.stages[0].weight_error, None);
+}

@@ -511,3 +511,151 @@ fn worked_example_table_matches_proofs_dp_md() {
     assert!((g.epsilon / 3913.0 - 1.0).abs() < 5e-4, "{}", g.epsilon);
     assert_eq!(g.verdict, Verdict::NoMeaningfulProtection);
 }
+
+// ---------------------------------------------------------------------------
+// DP-8: the mechanism as the server applies it.
+// ---------------------------------------------------------------------------
+
+mod common;
+
+/// One linear layer 64 → 1024 on inputs in [0, 15]: its only round returns
+/// the 1024 logits unshuffled, so logits − reference is the noise itself.
+fn wide_linear() -> safhire::model::Model {
+    use safhire::model::{InputSpec, Layer, Model, Shape};
+    let mut rng = Csprng::from_seed([41; 16]);
+    let weights: Vec<i64> = (0..1024 * 64)
+        .map(|_| rng.uniform_below(5) as i64 - 2)
+        .collect();
+    Model::new(
+        "wide-linear",
+        InputSpec {
+            shape: Shape::new(64, 1, 1),
+            min: 0,
+            max: 15,
+        },
+        vec![Layer::Linear {
+            out_features: 1024,
+            weights,
+            bias: vec![7; 1024],
+        }],
+    )
+    .unwrap()
+}
+
+// DP-8: every released value carries one independent N_Z(0, σ²) sample.
+// 1024 samples at σ = 50: the sample variance lies within ±25 % of σ²
+// except with probability < 1e-7 (χ² with 1023 degrees of freedom: the
+// half-width is 5.3 standard deviations of s²/σ², √(2/1023) = 0.044), and
+// the mean within ±5.3·σ/√1024. Without noise the variance is 0; with the
+// noise applied twice it is 2σ².
+#[test]
+fn released_values_carry_discrete_gaussian_noise() {
+    use safhire::engine::{self, Release, ServerKeys};
+    use safhire::shuffle::{SessionSeed, ShuffleUnit};
+    let f = common::fixture("b16");
+    let model = wide_linear();
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    let noise = DiscreteGaussian::with_sigma(50).unwrap();
+    let input: Vec<i64> = (0..64).map(|i| i % 16).collect();
+    let out = engine::run_release(
+        &f.ctx,
+        &f.sk,
+        ServerKeys {
+            galois: &f.galois,
+            public: &f.pk,
+        },
+        &compiled,
+        &input,
+        Release {
+            unit: ShuffleUnit::Element,
+            noise: Some(&noise),
+        },
+        &SessionSeed::from_bytes([3; 32]),
+    )
+    .unwrap();
+    let reference = model.evaluate(&input).unwrap();
+    let e: Vec<f64> = out
+        .logits
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b) as f64)
+        .collect();
+    let n = e.len() as f64;
+    let mean = e.iter().sum::<f64>() / n;
+    let var = e.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    assert!(mean.abs() < 5.3 * 50.0 / n.sqrt(), "mean {mean}");
+    assert!(
+        (var / 2500.0 - 1.0).abs() < 0.25,
+        "variance {var}, σ² = 2500"
+    );
+}
+
+// DP-8: noise whose 2^-40 tail would push the worst-case accumulator past
+// b bits is refused by run and by the endpoint; the crate's choice of set
+// takes it into account.
+#[test]
+fn noise_that_does_not_fit_the_accumulator_range_is_refused() {
+    use safhire::engine;
+    use safhire::protocol::{Endpoint, Policy};
+    use safhire::select::{select, Requirement};
+    use std::sync::Arc;
+    let f = common::fixture("b16");
+    let model = wide_linear();
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    // Worst accumulator 64·2·15 + 7 = 1927; 7.54·σ must stay under 32768 − 1927.
+    assert!(compiled
+        .check_noise(&f.ctx, Some(&DiscreteGaussian::with_sigma(4000).unwrap()))
+        .is_ok());
+    let err = compiled
+        .check_noise(&f.ctx, Some(&DiscreteGaussian::with_sigma(5000).unwrap()))
+        .unwrap_err();
+    assert!(err.to_string().contains("σ = 5000"), "{err}");
+    let toml = "[[policy]]\nname = \"loud\"\ngranularity = \"element\"\nquery_budget = 8\n\
+                allow_budget_above_attack_threshold = true\ndp_sigma = 5000\n";
+    let loud = Policy::load(toml, "loud").unwrap();
+    let ctx = Arc::new(safhire::rlwe::Context::new(f.ctx.params().clone()));
+    let compiled = Arc::new(engine::compile(&ctx, &model).unwrap());
+    assert!(Endpoint::new(ctx, compiled, loud.clone()).is_err());
+    let sel = select(
+        &model,
+        Requirement {
+            min_flooding_headroom_bits: None,
+            noise: loud.noise().copied(),
+        },
+        None,
+    )
+    .unwrap();
+    assert!(
+        sel.context.params().plaintext_bits() > 16,
+        "chose {}",
+        sel.context.params().name()
+    );
+}
+
+// DP-8, DP-6: the guarantee the CLI prints for the shipped model is the
+// accountant's on the sensitivities of proofs/dp.md's worked table
+// (120, 240, 60 for τ = 1).
+#[test]
+fn the_printed_guarantee_is_the_accountants() {
+    use safhire::engine;
+    use safhire::model::Model;
+    let f = common::fixture("b16");
+    let model = Model::from_json(include_str!("../models/digits-cnn.json")).unwrap();
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    for sigma in [100.0, 1000.0] {
+        let g = compiled.dp_guarantee(sigma, 8, 1e-6, 1.0).unwrap();
+        let releases: Vec<StageRelease> = [120.0, 240.0, 60.0]
+            .iter()
+            .map(|&s| StageRelease {
+                sensitivity_l2: s,
+                sigma,
+            })
+            .collect();
+        let want = budget_guarantee(&releases, 8, 1e-6, StageComposition::Sum);
+        assert!(
+            (g.epsilon - want.epsilon).abs() < 1e-9 * want.epsilon,
+            "σ = {sigma}"
+        );
+        assert!((g.rho - want.rho).abs() < 1e-12 * want.rho.max(1.0));
+    }
+}

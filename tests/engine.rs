@@ -304,6 +304,7 @@ fn the_cheapest_set_that_carries_the_model_is_chosen_and_explained() {
     // A policy that excludes sets without flooding headroom never picks `wide`.
     let strict = Requirement {
         min_flooding_headroom_bits: Some(0),
+        noise: None,
     };
     let sel = select::select(&model, strict, None).unwrap();
     assert!(sel.context.params().budget().flooding_headroom_bits() >= 0.0);
@@ -541,7 +542,7 @@ fn engine_responses_are_flooded_against_the_noise_channel() {
         &compiled,
         0,
         &history,
-        ShuffleUnit::Element,
+        ShuffleUnit::Element.into(),
         &SessionSeed::from_bytes([9; 32]),
         &mut Csprng::from_seed([22; 16]),
     )

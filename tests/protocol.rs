@@ -352,3 +352,19 @@ fn endpoint_and_client_refuse_what_compile_did_not_check() {
     let (_, upload) = rejected.state.send_input(&s.set.inputs[0]).unwrap();
     assert_eq!(upload.round, 0);
 }
+
+// DP-8 through the protocol: an endpoint under the `dp` policy adds noise
+// to every released value, so the logits differ from the reference (the
+// last round's own noise alone makes all ten equal with probability below
+// 0.004^10; earlier rounds' noise propagates on top).
+#[test]
+fn the_dp_policy_adds_noise_to_the_logits() {
+    let s = setup();
+    let dp = Policy::shipped("dp").unwrap();
+    assert_eq!(dp.dp_sigma(), Some(100));
+    let mut server = Endpoint::new(s.ctx.clone(), s.model.clone(), dp).unwrap();
+    let logits = session(&mut server, &ClientId("noisy".into()), &s.set.inputs[7]);
+    let reference = &s.set.integer_logits[7];
+    assert_ne!(&logits, reference);
+    assert_eq!(logits.len(), reference.len());
+}

@@ -1,6 +1,7 @@
 //! The server's shuffling policy (spec/shuffling.toml, PROTO-6).
 
 use super::error::{ErrorKind, ProtocolError};
+use crate::dp::DiscreteGaussian;
 use crate::engine::CompiledModel;
 use crate::params::ParameterSet;
 use crate::shuffle::ShuffleUnit;
@@ -21,6 +22,10 @@ struct PolicySpec {
     /// under this policy; absent = no requirement.
     #[serde(default)]
     min_flooding_headroom_bits: Option<i32>,
+    /// DP-8: σ of the discrete Gaussian noise added to every released
+    /// value (absent: none, the client gets exact accumulators).
+    #[serde(default)]
+    dp_sigma: Option<u32>,
 }
 
 /// A validated policy.
@@ -28,6 +33,7 @@ struct PolicySpec {
 pub struct Policy {
     spec: PolicySpec,
     unit: ShuffleUnit,
+    noise: Option<DiscreteGaussian>,
 }
 
 fn bad(msg: String) -> ProtocolError {
@@ -61,7 +67,19 @@ impl Policy {
         if spec.query_budget == 0 {
             return Err(bad("query_budget must be at least 1".into()));
         }
-        Ok(Self { spec, unit })
+        let noise = match spec.dp_sigma {
+            None => None,
+            Some(0) => {
+                return Err(bad(
+                    "dp_sigma must be at least 1 (omit it for no noise)".into()
+                ))
+            }
+            Some(sigma) => Some(
+                DiscreteGaussian::with_sigma(sigma)
+                    .map_err(|e| bad(format!("dp_sigma = {sigma}: {e}")))?,
+            ),
+        };
+        Ok(Self { spec, unit, noise })
     }
 
     pub fn shipped(name: &str) -> Result<Self, ProtocolError> {
@@ -88,6 +106,24 @@ impl Policy {
             .enumerate()
             .filter_map(|(r, s)| s.attack_queries(self.unit).map(|q| (q, r)))
             .min()
+    }
+
+    /// DP-8: the noise added to every released value, if any.
+    pub fn noise(&self) -> Option<&DiscreteGaussian> {
+        self.noise.as_ref()
+    }
+
+    /// σ of that noise.
+    pub fn dp_sigma(&self) -> Option<u32> {
+        self.spec.dp_sigma
+    }
+
+    /// How a round's outputs are released under this policy.
+    pub fn release(&self) -> crate::engine::Release<'_> {
+        crate::engine::Release {
+            unit: self.unit,
+            noise: self.noise.as_ref(),
+        }
     }
 
     /// The least flooding headroom a set must have under this policy.

@@ -88,6 +88,8 @@ pub struct AwaitingUpload {
     /// Every upload so far, kept for residual connections.
     history: Vec<ReceivedUpload>,
     unit: crate::shuffle::ShuffleUnit,
+    /// DP-8: the policy's noise, added to every released value.
+    noise: Option<Box<crate::dp::DiscreteGaussian>>,
     rng: Box<Csprng>,
 }
 
@@ -128,6 +130,9 @@ impl Endpoint {
             .map_err(|e| ProtocolError::local(ErrorKind::Engine(e)))?;
         policy.check_model(&model)?;
         policy.check_parameters(ctx.params())?;
+        model
+            .check_noise(&ctx, policy.noise())
+            .map_err(|e| ProtocolError::local(ErrorKind::Engine(e)))?;
         Ok(Self {
             ctx,
             model,
@@ -186,6 +191,7 @@ impl Endpoint {
                 previous: None,
                 history: Vec::new(),
                 unit: self.policy.unit(),
+                noise: self.policy.noise().map(|n| Box::new(*n)),
                 rng: Box::new(Csprng::from_os()),
             },
         };
@@ -241,7 +247,10 @@ impl Server<AwaitingUpload> {
             &self.model,
             r as usize,
             &s.history,
-            s.unit,
+            engine::Release {
+                unit: s.unit,
+                noise: s.noise.as_deref(),
+            },
             &s.seed,
             &mut s.rng,
         );
