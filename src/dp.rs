@@ -126,7 +126,7 @@ fn bernoulli_ratio(rng: &mut Csprng, num: u128, den: u128) -> bool {
 }
 
 /// Bernoulli(exp(−num/den)) for `0 ≤ num ≤ den` (CKS20 Algorithm 1, γ ≤ 1):
-/// K ← 1; while Bernoulli(γ/K) = 1, K ← K + 1; return K odd. P[K odd] = e^(−γ).
+/// K ← 1; while Bernoulli(γ/K) = 1, K ← K + 1; return K odd. P\[K odd\] = e^(−γ).
 /// Bernoulli(γ/K) is drawn as Bernoulli(num/den) ∧ Bernoulli(1/K), which has
 /// the same law and keeps every denominator within 128 bits.
 fn bernoulli_exp_neg_le_one(rng: &mut Csprng, num: u128, den: u128) -> bool {
@@ -175,7 +175,7 @@ pub fn sample_bernoulli_exp(num: u128, den: u128, rng: &mut Csprng) -> bool {
 /// variation (discrete Gaussian tail, CKS20 §5; proofs/dp.md).
 pub const SAMPLE_MAGNITUDE_MAX: u64 = 1 << 62;
 
-/// Discrete Laplace Lap_Z(t): P[y] ∝ exp(−|y|/t), t ≥ 1 an integer, conditioned
+/// Discrete Laplace Lap_Z(t): P\[y\] ∝ exp(−|y|/t), t ≥ 1 an integer, conditioned
 /// on |y| ≤ [`SAMPLE_MAGNITUDE_MAX`] (CKS20 Algorithm 2 with s = 1). DP-1.
 pub fn sample_discrete_laplace(t: u64, rng: &mut Csprng) -> i64 {
     assert!(t >= 1, "discrete Laplace scale must be at least 1");
@@ -206,7 +206,7 @@ pub fn sample_discrete_laplace(t: u64, rng: &mut Csprng) -> i64 {
     }
 }
 
-/// The discrete Gaussian N_Z(0, σ²) with P[y] ∝ exp(−y²/(2σ²)) on the integers,
+/// The discrete Gaussian N_Z(0, σ²) with P\[y\] ∝ exp(−y²/(2σ²)) on the integers,
 /// for a rational variance σ² = `num`/`den` (DP-1).
 ///
 /// Sampling is exact (CKS20, Algorithms 1–3): every decision is an integer
@@ -562,7 +562,7 @@ pub fn describe(epsilon: f64, delta: f64) -> String {
 // ---------------------------------------------------------------------------
 
 /// The geometry of one encrypted stage, as plain numbers (not the engine's
-/// types). Channels do not enter the sensitivity: a weight w[o][c][k][l]
+/// types). Channels do not enter the sensitivity: a weight `w[o][c][k][l]`
 /// touches output channel o only, through input channel c only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StageShape {
