@@ -16,6 +16,10 @@
 //!   spatial order, so one random input gives H_out·W_out exact linear
 //!   equations per channel in its C_in·k_h·k_w + 1 unknowns, solved and
 //!   checked exactly;
+//! * **located slots** (channel shuffling, a later conv stage, one session):
+//!   the attacker predicts each earlier round's planes from the stages it
+//!   has recovered, matches the received planes to its own labels, and so
+//!   places a chosen upload where it wants it; then as the channel solve;
 //! * **d + 1 on the logits** (a model whose only stage is a mat-vec: its
 //!   outputs return unshuffled): the zero upload gives the bias, the upload
 //!   v·e_j gives column j, d + 1 sessions in all.
@@ -25,10 +29,13 @@
 //!
 //! Not yet here, and reported as such per stage: the alignment attacks on
 //! element-shuffled stages (single-pixel conv probes, the published d + 1
-//! attack across per-session permutations), later stages reached through
-//! located slots, the malicious-public-key attack.
+//! attack across per-session permutations), channel matching across
+//! sessions for stages one session cannot solve, d + 1 through located
+//! slots for mat-vec stages, residual stages, the malicious-public-key
+//! attack.
 
 use crate::engine::{self, CompiledModel, LinearStage, Shortcut};
+use crate::layout::{conv2d_reference, Conv2dShape};
 use crate::model::Model;
 use crate::protocol::{
     ClientId, Endpoint, ErrorKind, Policy, Response, ServerStep, SessionAccept, SessionRequest,
@@ -95,18 +102,15 @@ impl<'e> Oracle<'e> {
         }
     }
 
-    /// One session: uploads `uploads[r]` at round r (in the order the client
-    /// holds its values) and returns what it decrypts each round. Every
-    /// message goes through its wire encoding.
-    fn session(&mut self, uploads: &[Vec<i64>]) -> Result<Vec<Vec<i64>>, Stop> {
+    /// Opens a session (charged to the identity's budget).
+    fn open(&mut self) -> Result<Live, Stop> {
         let ctx = self.ctx.clone();
-        let protocol = |e: crate::protocol::ProtocolError| Stop::Protocol(e.to_string());
         let request = SessionRequest {
             galois: self.galois.clone(),
             public: self.public.clone(),
         };
         let request = SessionRequest::decode(&ctx, &request.encode(&ctx)).map_err(protocol)?;
-        let (mut server, accept) = match self.endpoint.accept(&self.id, request) {
+        let (server, accept) = match self.endpoint.accept(&self.id, request) {
             Ok(pair) => pair,
             Err(e) if matches!(e.kind, ErrorKind::BudgetExhausted { .. }) => {
                 return Err(Stop::Budget)
@@ -115,33 +119,68 @@ impl<'e> Oracle<'e> {
         };
         self.sessions += 1;
         let accept = SessionAccept::decode(&ctx, &accept.encode(&ctx)).map_err(protocol)?;
+        Ok(Live {
+            server: Some(server),
+            accept,
+            round: 0,
+        })
+    }
+
+    /// Uploads `values` (in the order the client holds them) for the
+    /// session's next round and returns what the client decrypts. Every
+    /// message goes through its wire encoding.
+    fn step(&mut self, live: &mut Live, values: &[i64]) -> Result<Vec<i64>, Stop> {
+        let ctx = self.ctx.clone();
+        let server = live
+            .server
+            .take()
+            .ok_or_else(|| Stop::Protocol("the session is over".into()))?;
+        let r = live.round;
+        let upload = Upload {
+            round: r as u32,
+            ciphertexts: engine::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
+        };
+        let upload = Upload::decode(&ctx, &upload.encode(&ctx)).map_err(protocol)?;
+        let (next, response) = match server.receive_upload(upload) {
+            Ok(ServerStep::Continue(s, resp)) => (Some(s), resp),
+            Ok(ServerStep::Closed(resp)) => (None, resp),
+            Err(rejected) => return Err(protocol(rejected.error)),
+        };
+        live.server = next;
+        live.round += 1;
+        let response = Response::decode(&ctx, &response.encode(&ctx)).map_err(protocol)?;
+        let outputs = live.accept.rounds[r].outputs as usize;
+        Ok(engine::client_values(
+            &ctx,
+            &self.sk,
+            &response.ciphertexts,
+            outputs,
+        ))
+    }
+
+    /// One session with every upload fixed in advance.
+    fn session(&mut self, uploads: &[Vec<i64>]) -> Result<Vec<Vec<i64>>, Stop> {
+        let mut live = self.open()?;
         let mut seen = Vec::with_capacity(uploads.len());
-        for (r, values) in uploads.iter().enumerate() {
-            let upload = Upload {
-                round: r as u32,
-                ciphertexts: engine::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
-            };
-            let upload = Upload::decode(&ctx, &upload.encode(&ctx)).map_err(protocol)?;
-            let (next, response) = match server.receive_upload(upload) {
-                Ok(ServerStep::Continue(s, resp)) => (Some(s), resp),
-                Ok(ServerStep::Closed(resp)) => (None, resp),
-                Err(rejected) => return Err(protocol(rejected.error)),
-            };
-            let response = Response::decode(&ctx, &response.encode(&ctx)).map_err(protocol)?;
-            let outputs = accept.rounds[r].outputs as usize;
-            seen.push(engine::client_values(
-                &ctx,
-                &self.sk,
-                &response.ciphertexts,
-                outputs,
-            ));
-            match next {
-                Some(s) => server = s,
-                None => break,
+        for values in uploads {
+            seen.push(self.step(&mut live, values)?);
+            if live.server.is_none() {
+                break;
             }
         }
         Ok(seen)
     }
+}
+
+/// An open session: the server's state and the model's metadata.
+struct Live {
+    server: Option<crate::protocol::Server<crate::protocol::AwaitingUpload>>,
+    accept: SessionAccept,
+    round: usize,
+}
+
+fn protocol(e: crate::protocol::ProtocolError) -> Stop {
+    Stop::Protocol(e.to_string())
 }
 
 /// How an attack on one stage ended.
@@ -270,8 +309,9 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
     };
     let mut oracle = Oracle::new(ctx.clone(), &mut endpoint, ClientId("auditor".into()));
     bias_probe(&mut oracle, &compiled, &mut report)?;
+    let mut known: Vec<Option<Known>> = vec![None; compiled.rounds()];
     for r in 0..compiled.rounds() {
-        weight_attack(&mut oracle, &compiled, model, r, &mut report)?;
+        weight_attack(&mut oracle, &compiled, model, r, &mut known, &mut report)?;
     }
     report.sessions = oracle.sessions;
     Ok(report)
@@ -362,6 +402,7 @@ fn weight_attack(
     model: &CompiledModel,
     source: &Model,
     r: usize,
+    known: &mut [Option<Known>],
     report: &mut AuditReport,
 ) -> Result<(), AuditError> {
     let stage = &model.stages()[r];
@@ -369,10 +410,16 @@ fn weight_attack(
     let entry = &mut report.stages[r];
     if stage.has_public_weights() {
         entry.note = "fixed 0/1 weights: nothing to recover".into();
-        return Ok(());
-    }
-    if r > 0 {
-        entry.note = "later stage: needs the located-slots attack, not in this tool yet".into();
+        let previous: Vec<usize> = match r {
+            0 => (0..stage.conv_shape().map_or(0, |s| s.in_channels)).collect(),
+            _ => known[r - 1]
+                .as_ref()
+                .map(|k| k.truth.clone())
+                .unwrap_or_default(),
+        };
+        if r == 0 || known[r - 1].is_some() {
+            known[r] = known_public(stage, &previous);
+        }
         return Ok(());
     }
     if stage.shortcut().is_some() {
@@ -381,10 +428,14 @@ fn weight_attack(
     }
     let spec = *source.input();
     match (stage.conv_shape(), unit) {
-        (Some(_), ShuffleUnit::Channel) => channel_solve(oracle, stage, spec, entry),
+        (Some(_), ShuffleUnit::Channel) => channel_chain(oracle, model, spec, r, known, entry),
         (None, _) if model.rounds() == 1 => d_plus_one(oracle, stage, spec, entry),
         (Some(_), ShuffleUnit::Element) => {
             entry.note = "element-shuffled conv: needs the single-pixel alignment attack, not in this tool yet".into();
+            Ok(())
+        }
+        (None, _) if r > 0 => {
+            entry.note = "mat-vec after shuffled rounds: needs d + 1 through located slots, not in this tool yet".into();
             Ok(())
         }
         (None, _) => {
@@ -395,34 +446,81 @@ fn weight_attack(
     }
 }
 
-/// AUDIT-3 (channel solve): one random input; per received channel plane,
-/// the exact linear system in the channel's kernel and bias.
-fn channel_solve(
+/// What the attacker holds of a conv stage it has recovered (or whose
+/// weights are public), in its own channel labels: output label o' is the
+/// order in which the plane arrived when it was recovered, input labels are
+/// the previous stage's output labels.
+#[derive(Clone, Debug)]
+struct Known {
+    shape: Conv2dShape,
+    /// OIHW over labels.
+    weights: Vec<i64>,
+    /// Per output label.
+    bias: Vec<i64>,
+    /// Output label → the true output channel (the audit's bookkeeping,
+    /// not the attacker's knowledge).
+    truth: Vec<usize>,
+}
+
+/// The weights of a public (0/1 pool) stage: channel c to channel c, so
+/// labels carry over from input to output.
+fn known_public(stage: &LinearStage, previous: &[usize]) -> Option<Known> {
+    let shape = stage.conv_shape()?;
+    Some(Known {
+        shape,
+        weights: stage.weights_and_bias().0.to_vec(),
+        bias: vec![0; shape.out_channels],
+        truth: previous.to_vec(),
+    })
+}
+
+fn plane(shape: &Conv2dShape) -> usize {
+    let h = (shape.in_height + 2 * shape.padding - shape.kernel_height) / shape.stride + 1;
+    let w = (shape.in_width + 2 * shape.padding - shape.kernel_width) / shape.stride + 1;
+    h * w
+}
+
+/// AUDIT-3 (channel solve, and later stages through located slots): under
+/// channel shuffling each output channel's plane arrives whole. In one
+/// session the attacker uploads random values at every round; at each
+/// round before `r` it predicts the output planes from the stages it has
+/// recovered and matches the received planes to its labels, which locates
+/// the slots of the next upload; at round `r` it solves one exact linear
+/// system per received plane in that channel's kernel and bias.
+fn channel_chain(
     oracle: &mut Oracle<'_>,
-    stage: &LinearStage,
+    model: &CompiledModel,
     spec: crate::model::InputSpec,
+    r: usize,
+    known: &mut [Option<Known>],
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
-    entry.attack = "channel solve";
-    let shape = stage.conv_shape().expect("a conv stage");
-    let geo_h = (shape.in_height + 2 * shape.padding - shape.kernel_height) / shape.stride + 1;
-    let geo_w = (shape.in_width + 2 * shape.padding - shape.kernel_width) / shape.stride + 1;
-    let plane = geo_h * geo_w;
+    entry.attack = if r == 0 {
+        "channel solve"
+    } else {
+        "located slots"
+    };
+    let stages = model.stages();
+    let Some(shape) = stages[r].conv_shape() else {
+        entry.note = "not a conv stage".into();
+        return Ok(());
+    };
+    if let Some(k) = (0..r).find(|&k| known[k].is_none()) {
+        entry.note =
+            format!("round {k} was not recovered, so the slots of round {r} cannot be located");
+        return Ok(());
+    }
+    let out_plane = plane(&shape);
     let taps = shape.in_channels * shape.kernel_height * shape.kernel_width;
-    if plane < taps + 1 {
+    if out_plane < taps + 1 {
         entry.note = format!(
-            "one query gives {plane} equations per channel for {} unknowns: needs channel matching across queries, not in this tool yet",
+            "one query gives {out_plane} equations per channel for {} unknowns: needs channel matching across sessions, not in this tool yet",
             taps + 1
         );
         return Ok(());
     }
-    let mut rng = Csprng::from_os();
-    let span = spec.max.abs_diff(spec.min).saturating_add(1);
-    let x: Vec<i64> = (0..stage.input_len())
-        .map(|_| spec.min.wrapping_add(rng.uniform_below(span) as i64))
-        .collect();
-    let seen = match oracle.session(std::slice::from_ref(&x)) {
-        Ok(seen) => seen,
+    let mut live = match oracle.open() {
+        Ok(live) => live,
         Err(Stop::Budget) => {
             entry.outcome = Outcome::StoppedByBudget;
             return Ok(());
@@ -430,68 +528,160 @@ fn channel_solve(
         Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
     };
     entry.sessions = 1;
-    // The design matrix: one row per output position, im2col of x plus 1.
-    let at = |c: usize, y: isize, xx: isize| -> f64 {
-        if y < 0 || xx < 0 || y as usize >= shape.in_height || xx as usize >= shape.in_width {
+    let mut rng = Csprng::from_os();
+    // Upload ranges: the model input, then the latest requantisation clamp.
+    let mut range = (spec.min, spec.max);
+    // Slot block → label, for the upload of the current round.
+    let mut slots: Option<Vec<usize>> = None;
+    let mut chosen = Vec::new();
+    let mut seen = Vec::new();
+    for k in 0..=r {
+        let shape_k = stages[k].conv_shape().expect("checked: conv stages");
+        let in_plane = shape_k.in_height * shape_k.in_width;
+        let span = range.1.abs_diff(range.0).saturating_add(1);
+        chosen = (0..shape_k.in_channels * in_plane)
+            .map(|_| range.0.wrapping_add(rng.uniform_below(span) as i64))
+            .collect::<Vec<i64>>();
+        let mut upload = vec![0i64; chosen.len()];
+        for s in 0..shape_k.in_channels {
+            let label = slots.as_ref().map_or(s, |m| m[s]);
+            upload[s * in_plane..(s + 1) * in_plane]
+                .copy_from_slice(&chosen[label * in_plane..(label + 1) * in_plane]);
+        }
+        seen = match oracle.step(&mut live, &upload) {
+            Ok(v) => v,
+            Err(Stop::Budget) => {
+                return Err(AuditError::Protocol(
+                    "an open session was refused as over budget".into(),
+                ))
+            }
+            Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+        };
+        if k == r {
+            break;
+        }
+        let kn = known[k].as_ref().expect("checked above");
+        let Some(m) = locate(&seen, kn, &chosen) else {
+            entry.note = format!("round {k}'s planes could not be matched to the recovered stage (equal or unexpected planes)");
+            return Ok(());
+        };
+        slots = Some(m);
+        if let Some(crate::engine::ClientOp::Requantize { min, max, .. }) = model.client_ops()[k]
+            .iter()
+            .rev()
+            .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
+        {
+            range = (*min, *max);
+        }
+    }
+    // The design matrix of round r: one row per output position.
+    let (h, w) = (shape.in_height, shape.in_width);
+    let at = |c: usize, y: isize, x: isize| -> f64 {
+        if y < 0 || x < 0 || y as usize >= h || x as usize >= w {
             0.0
         } else {
-            x[(c * shape.in_height + y as usize) * shape.in_width + xx as usize] as f64
+            chosen[(c * h + y as usize) * w + x as usize] as f64
         }
     };
-    let mut rows = Vec::with_capacity(plane);
-    for i in 0..geo_h {
-        for j in 0..geo_w {
+    let out_w = (w + 2 * shape.padding - shape.kernel_width) / shape.stride + 1;
+    let rows: Vec<Vec<f64>> = (0..out_plane)
+        .map(|p| {
+            let (i, j) = (p / out_w, p % out_w);
             let mut row = Vec::with_capacity(taps + 1);
             for c in 0..shape.in_channels {
                 for k in 0..shape.kernel_height {
                     for l in 0..shape.kernel_width {
                         let y = (i * shape.stride + k) as isize - shape.padding as isize;
-                        let xx = (j * shape.stride + l) as isize - shape.padding as isize;
-                        row.push(at(c, y, xx));
+                        let x = (j * shape.stride + l) as isize - shape.padding as isize;
+                        row.push(at(c, y, x));
                     }
                 }
             }
             row.push(1.0);
-            rows.push(row);
-        }
-    }
-    let (true_w, true_b) = stage.weights_and_bias();
-    let mut recovered_channels = 0;
-    let mut abs_error = 0f64;
-    for block in seen[0].chunks(plane) {
+            row
+        })
+        .collect();
+    // Input label → true input channel.
+    let previous: Vec<usize> = match r {
+        0 => (0..shape.in_channels).collect(),
+        _ => known[r - 1].as_ref().expect("checked above").truth.clone(),
+    };
+    let (true_w, true_b) = stages[r].weights_and_bias();
+    let kk = shape.kernel_height * shape.kernel_width;
+    let mut recovered = Known {
+        shape,
+        weights: Vec::with_capacity(shape.out_channels * taps),
+        bias: Vec::with_capacity(shape.out_channels),
+        truth: Vec::with_capacity(shape.out_channels),
+    };
+    let (mut exact_channels, mut abs_error) = (0usize, 0f64);
+    for block in seen.chunks(out_plane) {
         let Some((theta, exact)) = least_squares_integer(&rows, block) else {
-            continue;
+            entry.note = "a channel's system was singular".into();
+            return Ok(());
         };
-        // The true channel closest to the solution (equal to it, when exact).
+        // The audit's check: the true channel closest to the solution, its
+        // input channels taken through the labels.
         let distance = |o: usize| -> u64 {
-            true_w[o * taps..(o + 1) * taps]
-                .iter()
-                .zip(&theta[..taps])
-                .map(|(a, b)| a.abs_diff(*b))
-                .sum::<u64>()
-                + true_b[o * plane].abs_diff(theta[taps])
+            let mut d = true_b[o * out_plane].abs_diff(theta[taps]);
+            for (label, &c) in previous.iter().enumerate() {
+                for t in 0..kk {
+                    d += true_w[(o * shape.in_channels + c) * kk + t]
+                        .abs_diff(theta[label * kk + t]);
+                }
+            }
+            d
         };
-        let Some(best) = (0..shape.out_channels).min_by_key(|&o| distance(o)) else {
-            continue;
-        };
+        let best = (0..shape.out_channels)
+            .min_by_key(|&o| distance(o))
+            .unwrap_or(0);
         let d = distance(best);
-        recovered_channels += usize::from(exact && d == 0);
+        exact_channels += usize::from(exact && d == 0);
         abs_error += d as f64;
+        recovered.weights.extend_from_slice(&theta[..taps]);
+        recovered.bias.push(theta[taps]);
+        recovered.truth.push(best);
     }
     if abs_error > 0.0 {
         entry.weight_error = Some(abs_error / ((taps + 1) * shape.out_channels) as f64);
     }
-    entry.weights.0 = recovered_channels * taps;
-    entry.outcome = if recovered_channels == shape.out_channels {
+    entry.weights.0 = exact_channels * taps;
+    entry.outcome = if exact_channels == shape.out_channels {
         Outcome::Recovered
     } else {
         Outcome::Approximate
     };
     entry.note = format!(
-        "{recovered_channels} of {} channels' kernels and biases exact from one query",
-        shape.out_channels
+        "{exact_channels} of {} channels' kernels and biases exact from one session{}",
+        shape.out_channels,
+        if r > 0 {
+            " (slots located through the recovered rounds)"
+        } else {
+            ""
+        }
     );
+    known[r] = Some(recovered);
     Ok(())
+}
+
+/// Slot block → label: matches each received plane to the plane the
+/// recovered stage predicts for one label, one to one; `None` if a plane
+/// matches no label or two planes match the same one.
+fn locate(seen: &[i64], known: &Known, chosen: &[i64]) -> Option<Vec<usize>> {
+    let out_plane = plane(&known.shape);
+    let mut expected = conv2d_reference(&known.shape, chosen, &known.weights).ok()?;
+    for (o, block) in expected.chunks_mut(out_plane).enumerate() {
+        block.iter_mut().for_each(|v| *v += known.bias[o]);
+    }
+    let mut taken = vec![false; known.shape.out_channels];
+    let mut map = Vec::with_capacity(known.shape.out_channels);
+    for block in seen.chunks(out_plane) {
+        let label = (0..known.shape.out_channels)
+            .find(|&o| !taken[o] && expected[o * out_plane..(o + 1) * out_plane] == *block)?;
+        taken[label] = true;
+        map.push(label);
+    }
+    Some(map)
 }
 
 /// Least squares by Householder QR in f64, rounded to integers, and whether

@@ -126,3 +126,65 @@ fn noise_turns_exact_recovery_into_a_measured_error() {
     assert!(clean.stages.iter().all(|s| s.bias_error == Some(0.0)));
     assert_eq!(clean.stages[0].weight_error, None);
 }
+
+/// conv 1→3 → requantise → conv 3→2 → requantise → linear: two conv
+/// stages whose planes (36 positions) hold more equations than unknowns.
+fn two_convs() -> Model {
+    let mut rng = Csprng::from_seed([33; 16]);
+    let mut small =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    let conv = |out: usize, weights: Vec<i64>, bias: Vec<i64>| Layer::Conv2d {
+        out_channels: out,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        padding: 1,
+        groups: 1,
+        weights,
+        bias,
+    };
+    let rq = |shift: u32| Layer::Requantize {
+        multiplier: 1,
+        shift,
+        min: 0,
+        max: 15,
+    };
+    let layers = vec![
+        conv(3, small(27), small(3)),
+        rq(5),
+        conv(2, small(54), small(2)),
+        rq(7),
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: 2,
+            weights: small(144),
+            bias: small(2),
+        },
+    ];
+    Model::new(
+        "two-convs",
+        InputSpec {
+            shape: Shape::new(1, 6, 6),
+            min: 0,
+            max: 15,
+        },
+        layers,
+    )
+    .unwrap()
+}
+
+// AUDIT-3: under channel shuffling, the second conv falls too: one session
+// locates round 1's slots through the recovered first conv.
+#[test]
+fn located_slots_reach_the_second_conv() {
+    let model = two_convs();
+    let report = audit(&model, policy("channel", 8, true), None).unwrap();
+    let (first, second, last) = (&report.stages[0], &report.stages[1], &report.stages[2]);
+    assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
+    assert_eq!(second.outcome, Outcome::Recovered, "{}", second.note);
+    assert_eq!(second.attack, "located slots");
+    assert_eq!(second.weights, (54, 54));
+    assert_eq!(second.sessions, 1);
+    assert_eq!(last.outcome, Outcome::NotAttacked);
+    assert_eq!(report.sessions, 3, "bias probe, first conv, second conv");
+}
