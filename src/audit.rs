@@ -20,9 +20,10 @@
 //!   the attacker predicts each earlier round's planes from the stages it
 //!   has recovered, matches the received planes to its own labels, and so
 //!   places a chosen upload where it wants it; then as the channel solve;
-//! * **d + 1 on the logits** (a model whose only stage is a mat-vec: its
-//!   outputs return unshuffled): the zero upload gives the bias, the upload
-//!   v·e_j gives column j, d + 1 sessions in all.
+//! * **d + 1 on the logits** (a mat-vec in the last round, whose outputs
+//!   return unshuffled: the only stage, or behind recovered conv rounds
+//!   under channel shuffling, through located slots): the base upload gives
+//!   the bias, base + v·e_j gives column j, d + 1 sessions in all.
 //!
 //! Under a policy with DP noise (DP-8) the same attacks run and report
 //! their mean error instead of exact recovery.
@@ -30,9 +31,8 @@
 //! Not yet here, and reported as such per stage: the alignment attacks on
 //! element-shuffled stages (single-pixel conv probes, the published d + 1
 //! attack across per-session permutations), channel matching across
-//! sessions for stages one session cannot solve, d + 1 through located
-//! slots for mat-vec stages, residual stages, the malicious-public-key
-//! attack.
+//! sessions for stages one session cannot solve, residual stages, the
+//! malicious-public-key attack.
 
 use crate::engine::{self, CompiledModel, LinearStage, Shortcut};
 use crate::layout::{conv2d_reference, Conv2dShape};
@@ -429,13 +429,15 @@ fn weight_attack(
     let spec = *source.input();
     match (stage.conv_shape(), unit) {
         (Some(_), ShuffleUnit::Channel) => channel_chain(oracle, model, spec, r, known, entry),
-        (None, _) if model.rounds() == 1 => d_plus_one(oracle, stage, spec, entry),
+        (None, _) if r + 1 == model.rounds() && (r == 0 || unit == ShuffleUnit::Channel) => {
+            d_plus_one(oracle, model, spec, r, known, entry)
+        }
         (Some(_), ShuffleUnit::Element) => {
             entry.note = "element-shuffled conv: needs the single-pixel alignment attack, not in this tool yet".into();
             Ok(())
         }
         (None, _) if r > 0 => {
-            entry.note = "mat-vec after shuffled rounds: needs d + 1 through located slots, not in this tool yet".into();
+            entry.note = "mat-vec behind element-shuffled rounds: needs the alignment attack, not in this tool yet".into();
             Ok(())
         }
         (None, _) => {
@@ -519,61 +521,25 @@ fn channel_chain(
         );
         return Ok(());
     }
-    let mut live = match oracle.open() {
-        Ok(live) => live,
-        Err(Stop::Budget) => {
+    let (mut live, slots, range) = match advance(oracle, model, spec, r, known)? {
+        Advanced::Ready { live, slots, range } => (live, slots, range),
+        Advanced::Budget => {
             entry.outcome = Outcome::StoppedByBudget;
             return Ok(());
         }
-        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+        Advanced::Lost(why) => {
+            entry.note = why;
+            return Ok(());
+        }
     };
     entry.sessions = 1;
-    let mut rng = Csprng::from_os();
-    // Upload ranges: the model input, then the latest requantisation clamp.
-    let mut range = (spec.min, spec.max);
-    // Slot block → label, for the upload of the current round.
-    let mut slots: Option<Vec<usize>> = None;
-    let mut chosen = Vec::new();
-    let mut seen = Vec::new();
-    for k in 0..=r {
-        let shape_k = stages[k].conv_shape().expect("checked: conv stages");
-        let in_plane = shape_k.in_height * shape_k.in_width;
-        let span = range.1.abs_diff(range.0).saturating_add(1);
-        chosen = (0..shape_k.in_channels * in_plane)
-            .map(|_| range.0.wrapping_add(rng.uniform_below(span) as i64))
-            .collect::<Vec<i64>>();
-        let mut upload = vec![0i64; chosen.len()];
-        for s in 0..shape_k.in_channels {
-            let label = slots.as_ref().map_or(s, |m| m[s]);
-            upload[s * in_plane..(s + 1) * in_plane]
-                .copy_from_slice(&chosen[label * in_plane..(label + 1) * in_plane]);
-        }
-        seen = match oracle.step(&mut live, &upload) {
-            Ok(v) => v,
-            Err(Stop::Budget) => {
-                return Err(AuditError::Protocol(
-                    "an open session was refused as over budget".into(),
-                ))
-            }
-            Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
-        };
-        if k == r {
-            break;
-        }
-        let kn = known[k].as_ref().expect("checked above");
-        let Some(m) = locate(&seen, kn, &chosen) else {
-            entry.note = format!("round {k}'s planes could not be matched to the recovered stage (equal or unexpected planes)");
-            return Ok(());
-        };
-        slots = Some(m);
-        if let Some(crate::engine::ClientOp::Requantize { min, max, .. }) = model.client_ops()[k]
-            .iter()
-            .rev()
-            .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
-        {
-            range = (*min, *max);
-        }
-    }
+    let in_plane = shape.in_height * shape.in_width;
+    let chosen = random_values(shape.in_channels * in_plane, range);
+    let seen = step(
+        oracle,
+        &mut live,
+        &arrange(&chosen, slots.as_deref(), in_plane),
+    )?;
     // The design matrix of round r: one row per output position.
     let (h, w) = (shape.in_height, shape.in_width);
     let at = |c: usize, y: isize, x: isize| -> f64 {
@@ -664,6 +630,97 @@ fn channel_chain(
     Ok(())
 }
 
+/// A session brought to round `r` with the slots of its upload located.
+enum Advanced {
+    Ready {
+        live: Box<Live>,
+        /// Slot block → label for round r's upload (`None` at round 0).
+        slots: Option<Vec<usize>>,
+        /// The range the round-r upload is drawn from.
+        range: (i64, i64),
+    },
+    Budget,
+    Lost(String),
+}
+
+/// Opens a session and plays rounds 0..r with random uploads, locating
+/// each round's output planes through the recovered stages (`known`).
+fn advance(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+    known: &[Option<Known>],
+) -> Result<Advanced, AuditError> {
+    let mut live = match oracle.open() {
+        Ok(live) => live,
+        Err(Stop::Budget) => return Ok(Advanced::Budget),
+        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+    };
+    // Upload ranges: the model input, then the latest requantisation clamp.
+    let mut range = (spec.min, spec.max);
+    let mut slots: Option<Vec<usize>> = None;
+    for (k, kn) in known.iter().enumerate().take(r) {
+        let Some(kn) = kn.as_ref() else {
+            return Ok(Advanced::Lost(format!(
+                "round {k} was not recovered, so later slots cannot be located"
+            )));
+        };
+        let in_plane = kn.shape.in_height * kn.shape.in_width;
+        let chosen = random_values(kn.shape.in_channels * in_plane, range);
+        let seen = step(
+            oracle,
+            &mut live,
+            &arrange(&chosen, slots.as_deref(), in_plane),
+        )?;
+        let Some(m) = locate(&seen, kn, &chosen) else {
+            return Ok(Advanced::Lost(format!(
+                "round {k}'s planes could not be matched to the recovered stage (equal or unexpected planes)"
+            )));
+        };
+        slots = Some(m);
+        if let Some(crate::engine::ClientOp::Requantize { min, max, .. }) = model.client_ops()[k]
+            .iter()
+            .rev()
+            .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
+        {
+            range = (*min, *max);
+        }
+    }
+    Ok(Advanced::Ready {
+        live: Box::new(live),
+        slots,
+        range,
+    })
+}
+
+fn random_values(len: usize, (min, max): (i64, i64)) -> Vec<i64> {
+    let mut rng = Csprng::from_os();
+    let span = max.abs_diff(min).saturating_add(1);
+    (0..len)
+        .map(|_| min.wrapping_add(rng.uniform_below(span) as i64))
+        .collect()
+}
+
+/// The upload that puts label ℓ's block where the server expects it:
+/// slot block s gets label `slots[s]`'s block (identity at round 0).
+fn arrange(chosen: &[i64], slots: Option<&[usize]>, block: usize) -> Vec<i64> {
+    let mut upload = vec![0i64; chosen.len()];
+    for (s, dst) in upload.chunks_mut(block).enumerate() {
+        let label = slots.map_or(s, |m| m[s]);
+        dst.copy_from_slice(&chosen[label * block..(label + 1) * block]);
+    }
+    upload
+}
+
+/// One round of an open session.
+fn step(oracle: &mut Oracle<'_>, live: &mut Live, upload: &[i64]) -> Result<Vec<i64>, AuditError> {
+    oracle.step(live, upload).map_err(|e| match e {
+        Stop::Budget => AuditError::Protocol("an open session was refused as over budget".into()),
+        Stop::Protocol(e) => AuditError::Protocol(e),
+    })
+}
+
 /// Slot block → label: matches each received plane to the plane the
 /// recovered stage predicts for one label, one to one; `None` if a plane
 /// matches no label or two planes match the same one.
@@ -739,66 +796,85 @@ fn least_squares_integer(rows: &[Vec<f64>], y: &[i64]) -> Option<(Vec<i64>, bool
     Some((theta, exact))
 }
 
-/// AUDIT-3 (d + 1): a single mat-vec stage returns its outputs unshuffled;
-/// the zero upload gives the bias, v·e_j gives column j.
+/// AUDIT-3 (d + 1): the last round returns its outputs unshuffled, so a
+/// mat-vec there falls to d + 1 sessions: the base upload gives W·base + b,
+/// base + v·e_j gives column j. Behind shuffled rounds, each session first
+/// locates the slots of the stage's input through the recovered stages.
 fn d_plus_one(
     oracle: &mut Oracle<'_>,
-    stage: &LinearStage,
+    model: &CompiledModel,
     spec: crate::model::InputSpec,
+    r: usize,
+    known: &[Option<Known>],
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
-    entry.attack = "d + 1";
-    let shape = stage.matvec_shape().expect("a mat-vec stage");
-    // The largest |v| the input range allows; 0 is always in range here
-    // only if min ≤ 0 ≤ max, else the base is min and the probe max.
-    let (base, v) = if spec.min <= 0 && 0 <= spec.max {
-        (0, if spec.max != 0 { spec.max } else { spec.min })
-    } else {
-        (spec.min, spec.max - spec.min)
-    };
-    if v == 0 {
-        entry.note = "the input range holds one value: nothing to probe".into();
+    entry.attack = if r == 0 { "d + 1" } else { "d + 1, located" };
+    let stage = &model.stages()[r];
+    let Some(shape) = stage.matvec_shape() else {
         return Ok(());
-    }
+    };
+    // The input's block structure: the previous conv's planes, by label.
+    let (block, previous) = match r {
+        0 => (shape.cols, vec![0]),
+        _ => match known[r - 1].as_ref() {
+            Some(k) => (plane(&k.shape), k.truth.clone()),
+            None => {
+                entry.note = format!(
+                    "round {} was not recovered, so the slots of round {r} cannot be located",
+                    r - 1
+                );
+                return Ok(());
+            }
+        },
+    };
     let (true_w, true_b) = stage.weights_and_bias();
-    let zero = vec![base; shape.cols];
-    let mut ask = |x: Vec<i64>| -> Result<Option<Vec<i64>>, AuditError> {
-        match oracle.session(&[x]) {
-            Ok(mut seen) => Ok(seen.pop()),
-            Err(Stop::Budget) => Ok(None),
-            Err(Stop::Protocol(e)) => Err(AuditError::Protocol(e)),
-        }
-    };
-    let Some(at_base) = ask(zero.clone())? else {
-        entry.outcome = Outcome::StoppedByBudget;
-        return Ok(());
-    };
-    entry.sessions = 1;
-    let mut columns = 0;
-    for j in 0..shape.cols {
-        let mut x = zero.clone();
-        x[j] = base + v;
-        let Some(y) = ask(x)? else {
-            entry.outcome = Outcome::StoppedByBudget;
-            entry.weights.0 = columns * shape.rows;
-            entry.note = format!(
-                "{columns} of {} columns before the budget of {} ran out",
-                shape.cols, entry.sessions
-            );
-            return Ok(());
+    let mut at_base: Option<Vec<i64>> = None;
+    let (mut columns, mut probe) = (0usize, (0i64, 0i64));
+    for q in 0..=shape.cols {
+        let (mut live, slots, range) = match advance(oracle, model, spec, r, known)? {
+            Advanced::Ready { live, slots, range } => (live, slots, range),
+            Advanced::Budget => break,
+            Advanced::Lost(why) => {
+                entry.note = why;
+                return Ok(());
+            }
         };
         entry.sessions += 1;
-        let column: Vec<i64> = y.iter().zip(&at_base).map(|(a, b)| (a - b) / v).collect();
-        let exact = (0..shape.rows).all(|i| column[i] == true_w[i * shape.cols + j]);
+        // Base 0 when the range allows it, else its minimum; the probe adds
+        // the largest step the range allows.
+        probe = if range.0 <= 0 && 0 <= range.1 {
+            (0, if range.1 != 0 { range.1 } else { range.0 })
+        } else {
+            (range.0, range.1 - range.0)
+        };
+        let (base, v) = probe;
+        if v == 0 {
+            entry.note = "the input range holds one value: nothing to probe".into();
+            return Ok(());
+        }
+        let mut x = vec![base; shape.cols];
+        if q > 0 {
+            x[q - 1] = base + v;
+        }
+        let y = step(oracle, &mut live, &arrange(&x, slots.as_deref(), block))?;
+        let Some(y0) = &at_base else {
+            at_base = Some(y);
+            continue;
+        };
+        // Label position j is true input (truth[ℓ], offset).
+        let j = q - 1;
+        let true_j = previous[j / block] * block + j % block;
+        let exact = (0..shape.rows).all(|i| (y[i] - y0[i]) == v * true_w[i * shape.cols + true_j]);
         columns += usize::from(exact);
     }
-    // The base query is W·base + b: the bias follows once W is known.
     let bias_exact = columns == shape.cols
-        && (0..shape.rows).all(|i| {
-            let wx: i64 = (0..shape.cols)
-                .map(|j| true_w[i * shape.cols + j] * base)
-                .sum();
-            at_base[i] - wx == true_b[i]
+        && at_base.as_ref().is_some_and(|y0| {
+            (0..shape.rows).all(|i| {
+                let wx: i64 = (0..shape.cols)
+                    .map(|j| true_w[i * shape.cols + j] * probe.0)
+                    .sum();
+                y0[i] - wx == true_b[i]
+            })
         });
     entry.weights.0 = columns * shape.rows;
     entry.outcome = if columns == shape.cols && bias_exact {
@@ -806,7 +882,16 @@ fn d_plus_one(
     } else {
         Outcome::StoppedByBudget
     };
-    entry.note = format!("{columns} of {} columns exact", shape.cols);
+    entry.note = format!(
+        "{columns} of {} columns exact in {} sessions{}",
+        shape.cols,
+        entry.sessions,
+        if columns < shape.cols {
+            " before the budget ran out"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

@@ -185,6 +185,31 @@ fn located_slots_reach_the_second_conv() {
     assert_eq!(second.attack, "located slots");
     assert_eq!(second.weights, (54, 54));
     assert_eq!(second.sessions, 1);
-    assert_eq!(last.outcome, Outcome::NotAttacked);
-    assert_eq!(report.sessions, 3, "bias probe, first conv, second conv");
+    // The logits: d + 1 = 73 sessions through located slots; the budget of
+    // 8 leaves 5 after the three above: the base and 4 columns.
+    assert_eq!(last.attack, "d + 1, located");
+    assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
+    assert_eq!(last.weights, (4 * 2, 144));
+    assert_eq!(report.sessions, 8);
+}
+
+// AUDIT-3: with a budget that covers it, the whole model falls: both convs
+// in one session each, the linear layer in d + 1 = 73.
+#[test]
+fn a_large_budget_gives_up_the_whole_model_under_channel_shuffling() {
+    let model = two_convs();
+    let report = audit(&model, policy("channel", 100, true), None).unwrap();
+    for s in &report.stages {
+        assert_eq!(
+            s.outcome,
+            Outcome::Recovered,
+            "round {}: {}",
+            s.round,
+            s.note
+        );
+        assert_eq!(s.weights.0, s.weights.1);
+        assert_eq!(s.biases.0, s.biases.1);
+    }
+    assert_eq!(report.stages[2].sessions, 73);
+    assert_eq!(report.sessions, 1 + 1 + 1 + 73);
 }
