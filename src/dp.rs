@@ -604,8 +604,9 @@ fn axis_coverage(input: usize, kernel: usize, stride: usize, pad: usize) -> (usi
 }
 
 impl StageShape {
-    /// Number of output positions per output channel (1 for a linear stage).
-    pub fn outputs_per_channel(&self) -> usize {
+    /// (output positions per channel, the most outputs one kernel tap
+    /// reaches), both 1 for a linear stage.
+    fn coverage(&self) -> (usize, usize) {
         match *self {
             StageShape::Conv2d {
                 in_h,
@@ -617,31 +618,22 @@ impl StageShape {
                 pad_h,
                 pad_w,
             } => {
-                axis_coverage(in_h, kernel_h, stride_h, pad_h).0
-                    * axis_coverage(in_w, kernel_w, stride_w, pad_w).0
+                let (rows, row_taps) = axis_coverage(in_h, kernel_h, stride_h, pad_h);
+                let (cols, col_taps) = axis_coverage(in_w, kernel_w, stride_w, pad_w);
+                (rows * cols, row_taps * col_taps)
             }
-            StageShape::Linear => 1,
+            StageShape::Linear => (1, 1),
         }
+    }
+
+    /// Number of output positions per output channel (1 for a linear stage).
+    pub fn outputs_per_channel(&self) -> usize {
+        self.coverage().0
     }
 
     /// The largest number of outputs one weight enters (max over taps).
     pub fn max_outputs_per_weight(&self) -> usize {
-        match *self {
-            StageShape::Conv2d {
-                in_h,
-                in_w,
-                kernel_h,
-                kernel_w,
-                stride_h,
-                stride_w,
-                pad_h,
-                pad_w,
-            } => {
-                axis_coverage(in_h, kernel_h, stride_h, pad_h).1
-                    * axis_coverage(in_w, kernel_w, stride_w, pad_w).1
-            }
-            StageShape::Linear => 1,
-        }
+        self.coverage().1
     }
 }
 
