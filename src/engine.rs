@@ -1061,47 +1061,19 @@ pub fn run_release(
 pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledModel, EngineError> {
     use crate::model::Layer;
     model.check_against(ctx.params())?;
-    let mut stages: Vec<LinearStage> = Vec::new();
-    let mut ops: Vec<Vec<ClientOp>> = Vec::new();
-    let mut stage_layers: Vec<usize> = Vec::new();
+    let mut b = Stages::default();
     // Pools waiting for the next conv/linear: total sum-pool factor per axis,
     // and the index of the last of them.
     let mut pool = 1usize;
     let mut pool_layer = 0usize;
     let mut flattened = false;
-    // The layer whose output the client uploads at each round (None: input).
-    let mut held: Vec<Option<usize>> = Vec::new();
-    // The open stage's main conv/linear layer, and a side branch being built.
-    let mut main_layer: Option<usize> = None;
+    // A side branch being built.
     let mut branch_round: Option<usize> = None;
     let mut branch_conv: Option<LinearStage> = None;
     // Main layer of a residual stage → its projection shortcut's conv layer.
     let mut branch_layers: std::collections::BTreeMap<usize, usize> = Default::default();
     let mut branch_layer: Option<usize> = None;
     let layers = model.layers();
-    // A pool with a client step right after it (its requantisation, say)
-    // cannot be folded into the next linear layer: it is a stage of its
-    // own with 0/1 weights, and the client step applies to its outputs.
-    macro_rules! emit_pool {
-        ($i:expr) => {{
-            let i: usize = $i;
-            start_stage(&stages, &ops, i, layers[i].op_name())?;
-            let (c, h, w) = held_shape(model, i)?;
-            let stage = pool_stage(ctx, (c, h, w), pool, stages.len()).map_err(at_layer(
-                ctx,
-                i,
-                layers[i].op_name(),
-                "",
-            ))?;
-            stages.push(stage);
-            stage_layers.push(i);
-            held.push(held_layer(model, i));
-            ops.push(Vec::new());
-            main_layer = Some(i);
-            pool = 1;
-            Ok::<(), EngineError>(())
-        }};
-    }
     for (i, layer) in layers.iter().enumerate() {
         let op = layer.op_name();
         let input = model
@@ -1113,14 +1085,14 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         );
         match layer {
             Layer::Branch { from } => {
-                let round = round_of(&held, *from)
-                    .filter(|_| main_layer.is_some() && branch_round.is_none())
+                let round = round_of(&b.held, *from)
+                    .filter(|_| b.main_layer.is_some() && branch_round.is_none())
                     .ok_or_else(|| EngineError::Unsupported(format!("layer {i} ({op}): a branch must start from an earlier client-held activation inside a stage")))?;
                 branch_round = Some(round);
             }
             Layer::Conv2d { weights, bias, .. } if branch_round.is_some() => {
                 // The branch's conv (e.g. a 1×1 projection shortcut).
-                let from = held[branch_round.unwrap_or(0)];
+                let from = b.held[branch_round.unwrap_or(0)];
                 let src = from.map_or(model.input().shape, |l| model.shapes()[l]);
                 let shape = crate::model::ir::conv_shape(&src, layer).ok_or_else(|| {
                     EngineError::Unsupported(format!("layer {i} ({op}): not a conv"))
@@ -1131,23 +1103,24 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     )));
                 }
                 branch_conv = Some(
-                    LinearStage::conv(ctx, shape, weights, bias, stages.len())
+                    LinearStage::conv(ctx, shape, weights, bias, b.stages.len())
                         .map_err(at_layer(ctx, i, op, ""))?,
                 );
                 branch_layer = Some(i);
             }
             Layer::ResidualAdd { from } => {
-                let stage = stages
+                let stage = b
+                    .stages
                     .last_mut()
-                    .filter(|s| s.shortcut.is_none() && ops.last().is_some_and(Vec::is_empty))
+                    .filter(|s| s.shortcut.is_none() && b.ops.last().is_some_and(Vec::is_empty))
                     .ok_or_else(|| {
                         EngineError::Unsupported(format!(
                             "layer {i} ({op}): a residual add must follow a linear layer directly"
                         ))
                     })?;
                 let shortcut = match (branch_round.take(), branch_conv.take()) {
-                    (Some(round), Some(conv)) if Some(*from) == main_layer => {
-                        if let (Some(main), Some(branch)) = (main_layer, branch_layer.take()) {
+                    (Some(round), Some(conv)) if Some(*from) == b.main_layer => {
+                        if let (Some(main), Some(branch)) = (b.main_layer, branch_layer.take()) {
                             branch_layers.insert(main, branch);
                         }
                         Shortcut::Conv {
@@ -1156,7 +1129,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                         }
                     }
                     (None, None) => Shortcut::Identity {
-                        round: round_of(&held, *from).ok_or_else(|| {
+                        round: round_of(&b.held, *from).ok_or_else(|| {
                             EngineError::Unsupported(format!("layer {i} ({op}): residual from layer {from}, which the client never uploaded"))
                         })?,
                     },
@@ -1199,7 +1172,8 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 pool *= kernel;
                 pool_layer = i;
                 if next_is_client {
-                    emit_pool!(i)?;
+                    b.push_pool(ctx, model, i, pool)?;
+                    pool = 1;
                 }
             }
             Layer::GlobalAvgPool => {
@@ -1211,7 +1185,8 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 pool *= input.height;
                 pool_layer = i;
                 if next_is_client {
-                    emit_pool!(i)?;
+                    b.push_pool(ctx, model, i, pool)?;
+                    pool = 1;
                 }
             }
             Layer::Flatten => flattened = true,
@@ -1221,24 +1196,24 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                         "layer {i} ({op}): conv2d after flatten"
                     )));
                 }
-                start_stage(&stages, &ops, i, layers[i].op_name())?;
+                start_stage(&b.stages, &b.ops, i, layers[i].op_name())?;
                 let (c, h, w) = held_shape(model, i)?;
-                let folded = linear_stage(ctx, layer, (c, h, w), pool, stages.len());
+                let folded = linear_stage(ctx, layer, (c, h, w), pool, b.stages.len());
                 match folded {
                     Ok(stage) => {
-                        stages.push(stage);
-                        stage_layers.push(i);
-                        held.push(held_layer(model, i));
+                        b.stages.push(stage);
+                        b.stage_layers.push(i);
+                        b.held.push(held_layer(model, i));
                     }
                     Err(folded_err) if pool > 1 => {
                         // ENG-6: the pool as a round of its own, then the
                         // layer on the pooled values.
-                        let pooled = pool_stage(ctx, (c, h, w), pool, stages.len())
+                        let pooled = pool_stage(ctx, (c, h, w), pool, b.stages.len())
                             .map_err(at_layer(ctx, pool_layer, layers[pool_layer].op_name(), ""))?;
-                        stages.push(pooled);
-                        stage_layers.push(pool_layer);
-                        held.push(held_layer(model, i));
-                        ops.push(Vec::new());
+                        b.stages.push(pooled);
+                        b.stage_layers.push(pool_layer);
+                        b.held.push(held_layer(model, i));
+                        b.ops.push(Vec::new());
                         let detail = match folded_err {
                             EngineError::Linear(LinearError::NoiseBudget { l1, .. }) => format!(
                                 " (unfolded from its {pool}×{pool} sum pool, which folded in gives {l1})"
@@ -1248,16 +1223,16 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                             ),
                         };
                         let stage =
-                            linear_stage(ctx, layer, (c, h / pool, w / pool), 1, stages.len())
+                            linear_stage(ctx, layer, (c, h / pool, w / pool), 1, b.stages.len())
                                 .map_err(at_layer(ctx, i, op, &detail))?;
-                        stages.push(stage);
-                        stage_layers.push(i);
-                        held.push(Some(i - 1));
+                        b.stages.push(stage);
+                        b.stage_layers.push(i);
+                        b.held.push(Some(i - 1));
                     }
                     Err(e) => return Err(at_layer(ctx, i, op, "")(e)),
                 }
-                main_layer = Some(i);
-                ops.push(Vec::new());
+                b.main_layer = Some(i);
+                b.ops.push(Vec::new());
                 pool = 1;
                 flattened = false;
             }
@@ -1267,7 +1242,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                 min,
                 max,
             } => client_step(
-                &mut ops,
+                &mut b.ops,
                 i,
                 ClientOp::Requantize {
                     multiplier: *multiplier,
@@ -1276,7 +1251,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     max: *max,
                 },
             )?,
-            Layer::Relu => client_step(&mut ops, i, ClientOp::Relu)?,
+            Layer::Relu => client_step(&mut b.ops, i, ClientOp::Relu)?,
             other => {
                 return Err(EngineError::Unsupported(format!(
                     "layer {i} ({}) is not supported by the engine yet",
@@ -1287,11 +1262,10 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     }
     if pool != 1 {
         // The model ends with a pool: its sums are the logits.
-        emit_pool!(pool_layer)?;
-        // (the macro's bookkeeping, read so that the compiler sees it used)
-        let _ = (pool, main_layer);
+        b.push_pool(ctx, model, pool_layer, pool)?;
     }
-    let mut compiled = CompiledModel::assemble(ctx, *model.input(), stages, ops, stage_layers)?;
+    let mut compiled =
+        CompiledModel::assemble(ctx, *model.input(), b.stages, b.ops, b.stage_layers)?;
     compiled.self_check(model)?;
     compiled.worst_accumulator = model
         .accumulator_bounds()
@@ -1312,6 +1286,46 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         }
     }
     Ok(compiled)
+}
+
+/// The stages `compile` has built so far, with the client's steps after
+/// each and what the client holds at each round.
+#[derive(Default)]
+struct Stages {
+    stages: Vec<LinearStage>,
+    ops: Vec<Vec<ClientOp>>,
+    /// The model layer each stage evaluates.
+    stage_layers: Vec<usize>,
+    /// The layer whose output the client uploads at each round (None: input).
+    held: Vec<Option<usize>>,
+    /// The open stage's main conv/linear layer.
+    main_layer: Option<usize>,
+}
+
+impl Stages {
+    /// A `pool × pool` sum pool ending at layer `i` as a stage of its own
+    /// with 0/1 weights: a pool with a client step right after it (its
+    /// requantisation, say), or one at the end of the model, cannot be
+    /// folded into a next linear layer.
+    fn push_pool(
+        &mut self,
+        ctx: &Context,
+        model: &crate::model::Model,
+        i: usize,
+        pool: usize,
+    ) -> Result<(), EngineError> {
+        let op = model.layers()[i].op_name();
+        start_stage(&self.stages, &self.ops, i, op)?;
+        let (c, h, w) = held_shape(model, i)?;
+        let stage = pool_stage(ctx, (c, h, w), pool, self.stages.len())
+            .map_err(at_layer(ctx, i, op, ""))?;
+        self.stages.push(stage);
+        self.stage_layers.push(i);
+        self.held.push(held_layer(model, i));
+        self.ops.push(Vec::new());
+        self.main_layer = Some(i);
+        Ok(())
+    }
 }
 
 /// DP-6: the L2 sensitivity (τ = 1) of a conv2d or linear layer's outputs
