@@ -55,6 +55,8 @@ pub enum ErrorKind {
     Policy(String),
     #[error("evaluation failed: {0}")]
     Engine(#[from] EngineError),
+    #[error("{0}")]
+    Ledger(super::ledger::LedgerError),
 }
 
 impl ProtocolError {

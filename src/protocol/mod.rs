@@ -15,6 +15,7 @@
 
 mod client;
 mod error;
+mod ledger;
 mod messages;
 mod policy;
 mod server;
@@ -23,6 +24,9 @@ pub use client::{
     AwaitingAccept, AwaitingResponse, Client, ClientStep, Ready, TRANSITIONS as CLIENT_TRANSITIONS,
 };
 pub use error::{ErrorKind, Fault, ProtocolError, Rejected};
+#[cfg(feature = "sqlite")]
+pub use ledger::SqliteLedger;
+pub use ledger::{Ledger, LedgerError, MemoryLedger};
 pub use messages::{
     MessageKind, Response, RoundInfo, SessionAccept, SessionRequest, Upload, MAX_BODY, MAX_OPS,
     MAX_ROUNDS,

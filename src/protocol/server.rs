@@ -3,13 +3,13 @@
 //! `Server<AwaitingUpload>` until its last response closes it.
 
 use super::error::{ErrorKind, ProtocolError, Rejected};
+use super::ledger::{Ledger, LedgerError, MemoryLedger};
 use super::messages::{Response, RoundInfo, SessionAccept, SessionRequest, Upload};
 use super::policy::Policy;
 use crate::engine::{self, CompiledModel, ReceivedUpload, ServerKeys};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
 use crate::rng::Csprng;
 use crate::shuffle::{Permutation, SessionSeed};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The server's transitions, for the committed state graph (PROTO-7).
@@ -43,7 +43,7 @@ pub struct Endpoint {
     ctx: Arc<Context>,
     model: Arc<CompiledModel>,
     policy: Policy,
-    used: HashMap<ClientId, u64>,
+    ledger: Box<dyn Ledger>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -137,34 +137,43 @@ impl Endpoint {
             ctx,
             model,
             policy,
-            used: HashMap::new(),
+            ledger: Box::new(MemoryLedger::default()),
         })
     }
 
-    /// Inferences `client` has started so far.
-    pub fn queries_used(&self, client: &ClientId) -> u64 {
-        self.used.get(client).copied().unwrap_or(0)
+    /// The same endpoint with its sessions counted in `ledger` instead of
+    /// in memory (PROTO-8), e.g. a [`super::SqliteLedger`] shared by every
+    /// process on the host.
+    pub fn with_ledger(mut self, ledger: Box<dyn Ledger>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
-    /// Accepts a session: checks the budget (PROTO-5), expands the keys,
-    /// draws the session seed (PROTO-3).
+    /// Inferences `client` has started so far.
+    pub fn queries_used(&self, client: &ClientId) -> Result<u64, ProtocolError> {
+        self.ledger
+            .used(client)
+            .map_err(|e| ProtocolError::local(ErrorKind::Ledger(e)))
+    }
+
+    /// Accepts a session: charges it to `client`'s budget before any work
+    /// (PROTO-5, PROTO-8: a session whose keys then fail to expand still
+    /// counts), expands the keys, draws the session seed (PROTO-3).
     pub fn accept(
         &mut self,
         client: &ClientId,
         request: SessionRequest,
     ) -> Result<(Server<AwaitingUpload>, SessionAccept), ProtocolError> {
-        let used = self.queries_used(client);
         let budget = self.policy.query_budget();
-        if used >= budget {
-            return Err(ProtocolError::peer(ErrorKind::BudgetExhausted {
-                used,
-                budget,
-            }));
-        }
+        self.ledger.charge(client, budget).map_err(|e| match e {
+            LedgerError::Exhausted { used, budget } => {
+                ProtocolError::peer(ErrorKind::BudgetExhausted { used, budget })
+            }
+            other => ProtocolError::local(ErrorKind::Ledger(other)),
+        })?;
         let galois = GaloisKeys::from_seeded(&self.ctx, &request.galois)
             .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
         let public = request.public.expand(&self.ctx);
-        self.used.insert(client.clone(), used + 1);
         let accept = SessionAccept {
             input_len: self.model.input_len() as u32,
             input_min: self.model.input().min,
