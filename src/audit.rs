@@ -34,7 +34,7 @@
 //! sessions for stages one session cannot solve, residual stages, the
 //! malicious-public-key attack.
 
-use crate::engine::{self, CompiledModel, LinearStage, Shortcut};
+use crate::engine::{self, CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape};
 use crate::model::Model;
 use crate::protocol::{
@@ -328,35 +328,6 @@ fn layer_counts(model: &Model, layer: usize, stage: &LinearStage) -> (usize, usi
     (weights, l.parameter_count() - weights)
 }
 
-/// The stage's outputs in true order when every round's upload is `uploads`
-/// (the auditor's expectation, from the model it audits).
-fn expected_outputs(
-    model: &CompiledModel,
-    r: usize,
-    uploads: &[Vec<i64>],
-) -> Result<Vec<i64>, AuditError> {
-    let fail = |e: engine::EngineError| AuditError::Protocol(e.to_string());
-    let stage = &model.stages()[r];
-    let mut out = stage.reference(&uploads[r]).map_err(fail)?;
-    match stage.shortcut() {
-        Some(Shortcut::Identity { round }) => {
-            for (v, s) in out.iter_mut().zip(&uploads[*round]) {
-                *v += s;
-            }
-        }
-        Some(Shortcut::Conv { round, stage: sc }) => {
-            for (v, s) in out
-                .iter_mut()
-                .zip(sc.reference(&uploads[*round]).map_err(fail)?)
-            {
-                *v += s;
-            }
-        }
-        None => {}
-    }
-    Ok(out)
-}
-
 /// AUDIT-3 (bias probe): zeros at every round, one session; each stage's
 /// outputs are then its biases (plus a projection shortcut's), shuffled.
 fn bias_probe(
@@ -379,7 +350,9 @@ fn bias_probe(
             continue;
         }
         let mut got = values.clone();
-        let mut want = expected_outputs(model, r, &uploads)?;
+        let mut want = model
+            .stage_reference(r, &uploads)
+            .map_err(|e| AuditError::Protocol(e.to_string()))?;
         got.sort_unstable();
         want.sort_unstable();
         let stage = &mut report.stages[r];

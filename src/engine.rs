@@ -722,37 +722,41 @@ impl CompiledModel {
 
     /// Plaintext integer inference with exactly the encrypted semantics.
     pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
-        let mut x = input.to_vec();
-        let mut held: Vec<Vec<i64>> = Vec::new();
+        let mut held: Vec<Vec<i64>> = vec![input.to_vec()];
         for (i, stage) in self.stages.iter().enumerate() {
+            let x = &held[i];
             if x.len() != stage.input_len() {
                 return Err(EngineError::InputLength {
                     expected: stage.input_len(),
                     got: x.len(),
                 });
             }
-            held.push(x.clone());
-            x = stage.reference(&x)?;
-            match &stage.shortcut {
-                Some(Shortcut::Identity { round }) => {
-                    for (v, s) in x.iter_mut().zip(&held[*round]) {
-                        *v += s;
-                    }
-                }
-                Some(Shortcut::Conv { round, stage: sc }) => {
-                    for (v, s) in x.iter_mut().zip(sc.reference(&held[*round])?) {
-                        *v += s;
-                    }
-                }
-                None => {}
-            }
-            if let Some(ops) = self.client_ops.get(i) {
-                for v in x.iter_mut() {
-                    *v = ops.iter().fold(*v, |acc, op| op.apply(acc));
-                }
-            }
+            let mut y = self.stage_reference(i, &held)?;
+            apply_client_ops(&self.client_ops[i], &mut y);
+            held.push(y);
         }
-        Ok(x)
+        Ok(held.pop().unwrap_or_default())
+    }
+
+    /// Stage `r`'s released values in true order, its residual operand
+    /// included, when `uploads[j]` is round j's upload in true order.
+    pub fn stage_reference(&self, r: usize, uploads: &[Vec<i64>]) -> Result<Vec<i64>, EngineError> {
+        let stage = &self.stages[r];
+        let mut out = stage.reference(&uploads[r])?;
+        match &stage.shortcut {
+            Some(Shortcut::Identity { round }) => {
+                for (v, s) in out.iter_mut().zip(&uploads[*round]) {
+                    *v += s;
+                }
+            }
+            Some(Shortcut::Conv { round, stage: sc }) => {
+                for (v, s) in out.iter_mut().zip(sc.reference(&uploads[*round])?) {
+                    *v += s;
+                }
+            }
+            None => {}
+        }
+        Ok(out)
     }
 }
 
