@@ -256,10 +256,7 @@ pub struct AuditReport {
 /// AUDIT-1: runs every attack of this module against `model` served under
 /// `policy` on the set `select` picks (or `set`), as one client identity.
 pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditReport, AuditError> {
-    let requirement = Requirement {
-        min_flooding_headroom_bits: policy.min_flooding_headroom_bits(),
-        noise: policy.noise().copied(),
-    };
+    let requirement = Requirement::of(&policy);
     let selection = select::select(model, requirement, set)?;
     let ctx = Arc::new(selection.context);
     let compiled = Arc::new(selection.model);

@@ -23,6 +23,28 @@ pub struct Requirement {
     pub noise: Option<crate::dp::DiscreteGaussian>,
 }
 
+impl Requirement {
+    /// What `policy` asks of a set: its flooding floor and its DP noise.
+    pub fn of(policy: &crate::protocol::Policy) -> Self {
+        Requirement {
+            min_flooding_headroom_bits: policy.min_flooding_headroom_bits(),
+            noise: policy.noise().copied(),
+        }
+    }
+}
+
+/// Compiles `model` for `context` and checks that the set also carries
+/// the requirement's noise (DP-8).
+fn compile_carrying(
+    context: &Context,
+    model: &Model,
+    requirement: &Requirement,
+) -> Result<CompiledModel, EngineError> {
+    let compiled = engine::compile(context, model)?;
+    compiled.check_noise(context, requirement.noise.as_ref())?;
+    Ok(compiled)
+}
+
 /// How one set fared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
@@ -119,15 +141,12 @@ pub fn select(
             }
         }
         let context = Context::new(params);
-        let compiled = engine::compile(&context, model)
-            .and_then(|c| {
-                c.check_noise(&context, requirement.noise.as_ref())
-                    .map(|()| c)
-            })
-            .map_err(|source| SelectError::Pinned {
+        let compiled = compile_carrying(&context, model, &requirement).map_err(|source| {
+            SelectError::Pinned {
                 set: name.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         return Ok(Selection {
             context,
             model: compiled,
@@ -159,11 +178,7 @@ pub fn select(
             continue;
         }
         let context = Context::new(params);
-        let compiled = engine::compile(&context, model).and_then(|c| {
-            c.check_noise(&context, requirement.noise.as_ref())
-                .map(|()| c)
-        });
-        match compiled {
+        match compile_carrying(&context, model, &requirement) {
             Ok(compiled) => {
                 candidates.push(Candidate { set, refused: None });
                 return Ok(Selection {

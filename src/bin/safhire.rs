@@ -555,10 +555,7 @@ fn choose(
     set: Option<&str>,
     policy: &Policy,
 ) -> Result<Selection, Box<dyn std::error::Error>> {
-    let requirement = Requirement {
-        min_flooding_headroom_bits: policy.min_flooding_headroom_bits(),
-        noise: policy.noise().copied(),
-    };
+    let requirement = Requirement::of(policy);
     let pinned = set.filter(|s| *s != "auto");
     select::select(model, requirement, pinned).map_err(|e| match e {
         select::SelectError::Requirement { .. } => format!(

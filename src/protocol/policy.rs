@@ -118,14 +118,6 @@ impl Policy {
         self.spec.dp_sigma
     }
 
-    /// How a round's outputs are released under this policy.
-    pub fn release(&self) -> crate::engine::Release<'_> {
-        crate::engine::Release {
-            unit: self.unit,
-            noise: self.noise.as_ref(),
-        }
-    }
-
     /// The least flooding headroom a set must have under this policy.
     pub fn min_flooding_headroom_bits(&self) -> Option<i32> {
         self.spec.min_flooding_headroom_bits
