@@ -1271,13 +1271,12 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     let mut compiled =
         CompiledModel::assemble(ctx, *model.input(), b.stages, b.ops, b.stage_layers)?;
     compiled.self_check(model)?;
-    compiled.worst_accumulator = model
-        .accumulator_bounds()
-        .into_iter()
-        .map(|(_, a)| a)
+    let bounds = model.bounds();
+    compiled.worst_accumulator = bounds
+        .iter()
+        .filter_map(|b| b.accumulator)
         .max()
         .unwrap_or(0);
-    let bounds = model.bounds();
     for (stage, &layer) in compiled.stages.iter_mut().zip(&compiled.stage_layers) {
         if stage.public_weights {
             continue;
