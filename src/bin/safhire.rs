@@ -706,7 +706,6 @@ fn infer(a: Args) -> CliResult {
         unit,
         noise: policy.noise(),
     };
-    compiled.check_noise(ctx, release.noise)?;
     let (dp_text, dp_json) = dp_statement(compiled, &policy);
     if !json {
         let spec = model.input();
