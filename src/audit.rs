@@ -446,10 +446,10 @@ fn known_public(stage: &LinearStage, previous: &[usize]) -> Option<Known> {
     })
 }
 
+/// Output positions per channel of a conv stage (its shape was validated
+/// when the stage was compiled).
 fn plane(shape: &Conv2dShape) -> usize {
-    let h = (shape.in_height + 2 * shape.padding - shape.kernel_height) / shape.stride + 1;
-    let w = (shape.in_width + 2 * shape.padding - shape.kernel_width) / shape.stride + 1;
-    h * w
+    shape.output_height().unwrap_or(0) * shape.output_width().unwrap_or(0)
 }
 
 /// AUDIT-3 (channel solve, and later stages through located slots): under
@@ -519,7 +519,7 @@ fn channel_chain(
             chosen[(c * h + y as usize) * w + x as usize] as f64
         }
     };
-    let out_w = (w + 2 * shape.padding - shape.kernel_width) / shape.stride + 1;
+    let out_w = shape.output_width().unwrap_or(1).max(1);
     let rows: Vec<Vec<f64>> = (0..out_plane)
         .map(|p| {
             let (i, j) = (p / out_w, p % out_w);
