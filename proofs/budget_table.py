@@ -264,13 +264,21 @@ def main():
         ("TUniform variance used", lambda s: f"{tuniform_variance(s['noise_bound_log2']):.2f}"),
     ], sets)
 
-    print("## 3. Flooding as statistical circuit privacy (not computed by the crate)\n")
+    print("## 3. Gaussian flooding as circuit privacy (ParameterSet::flooding_rho_per_ciphertext, circuit_privacy_log2)\n")
     n_log = lambda s: s["b"]["log_n"]
-    table("quantity (log2)", [
-        ("per coefficient: 2^-F · k·σ_bf", lambda s: f2(lg(kstd(s)) - s["flooding_bound_log2"])),
-        ("per ciphertext: N · 2^-F · k·σ_bf", lambda s: f2(n_log(s) + lg(kstd(s)) - s["flooding_bound_log2"])),
-        ("F needed for 2^-40 per ciphertext", lambda s: f2(lg(kstd(s)) + n_log(s) + 40)),
-        ("log2 q needed at that F (≈ F + b + 1)", lambda s: f2(lg(kstd(s)) + n_log(s) + 40 + s["plaintext_bits"] + 1)),
+    k64 = gaussian_tail_sigmas(64)
+    sigma_f = lambda s: 2.0 ** (s["flooding_bound_log2"] - 3)
+    b64 = lambda s: k64 * math.sqrt(s["b"]["before_flooding"])
+    rho_ct = lambda s: s["b"]["n"] * (2.0 * b64(s)) ** 2 / (2.0 * sigma_f(s) ** 2)
+    sd_ct = lambda s: math.sqrt(rho_ct(s) / 2.0) + s["b"]["n"] * 2.0 ** -64
+    table("quantity (log2 unless noted)", [
+        ("k_64 (erfc(k/√2) = 2^-64), plain number", lambda s: f"{k64:.4f}"),
+        ("σ_f = 2^(F−3)", lambda s: str(s["flooding_bound_log2"] - 3)),
+        ("B = k_64 · σ_bf", lambda s: f2(lg(b64(s)))),
+        ("ρ per coefficient: (2B)²/(2σ_f²)", lambda s: f2(lg(rho_ct(s)) - n_log(s))),
+        ("ρ per ciphertext: N·(2B)²/(2σ_f²)", lambda s: f2(lg(rho_ct(s)))),
+        ("statistical distance per ciphertext: √(ρ/2) + N·2^-64", lambda s: f2(lg(sd_ct(s)))),
+        ("F needed for ρ ≤ 2^-40 per ciphertext", lambda s: f2(s["flooding_bound_log2"] + (lg(rho_ct(s)) + 40) / 2)),
     ], sets)
 
     print("## 4. Sensitivity of the check (not computed by the crate)\n")

@@ -27,6 +27,8 @@ pub enum DpError {
     NonPositiveVariance { num: u64, den: u64 },
     #[error("σ² = {num}/{den}: the sampler needs num < 2^63 and 2·num·den·(⌊σ⌋+1)² < 2^128")]
     VarianceTooLarge { num: u64, den: u64 },
+    #[error("σ = 2^{log2_sigma}: the sampler takes σ = 2^k for k ≤ {max}", max = MAX_LOG2_SIGMA_POW2)]
+    SigmaTooLarge { log2_sigma: u32 },
 }
 
 // ---------------------------------------------------------------------------
@@ -59,47 +61,26 @@ impl U256 {
         U256 { hi, lo }
     }
 
-    /// Quotient and remainder by `d ≥ 1` (schoolbook, bit by bit).
-    fn div_rem(self, d: u128) -> (U256, u128) {
-        assert!(d != 0);
-        if self.hi == 0 {
-            return (
-                U256 {
-                    hi: 0,
-                    lo: self.lo / d,
-                },
-                self.lo % d,
-            );
-        }
-        let mut q = U256::ZERO;
-        let mut r: u128 = 0;
-        for i in (0..256).rev() {
-            let bit = if i >= 128 {
-                (self.hi >> (i - 128)) & 1
-            } else {
-                (self.lo >> i) & 1
-            };
-            // r < d ≤ 2^128 − 1, so 2r + bit < 2^129: keep the carry.
-            let carry = r >> 127;
-            r = (r << 1) | bit;
-            if carry == 1 || r >= d {
-                // The true value r + carry·2^128 − d is below d: it fits.
-                r = r.wrapping_sub(d);
-                if i >= 128 {
-                    q.hi |= 1 << (i - 128);
-                } else {
-                    q.lo |= 1 << i;
-                }
-            }
-        }
-        (q, r)
+    fn from_u128(lo: u128) -> U256 {
+        U256 { hi: 0, lo }
     }
 
-    fn increment(&mut self) {
-        let (lo, carry) = self.lo.overflowing_add(1);
-        self.lo = lo;
-        if carry {
-            self.hi += 1;
+    /// `self − other`, for `other ≤ self`.
+    fn sub(self, other: U256) -> U256 {
+        debug_assert!(other <= self);
+        let (lo, borrow) = self.lo.overflowing_sub(other.lo);
+        U256 {
+            hi: self.hi - other.hi - borrow as u128,
+            lo,
+        }
+    }
+
+    /// Number of significant bits (0 for zero).
+    fn bits(self) -> u32 {
+        if self.hi != 0 {
+            256 - self.hi.leading_zeros()
+        } else {
+            128 - self.lo.leading_zeros()
         }
     }
 }
@@ -119,6 +100,31 @@ fn uniform_below_u128(rng: &mut Csprng, n: u128) -> u128 {
     }
 }
 
+/// Uniform on `[0, n)`, `n ≥ 1`: draws of `bits(n)` random bits, redrawn
+/// until below `n` (each draw is accepted with probability > 1/2).
+fn uniform_below_u256(rng: &mut Csprng, n: U256) -> U256 {
+    debug_assert!(n > U256::ZERO);
+    if n.hi == 0 {
+        return U256::from_u128(uniform_below_u128(rng, n.lo));
+    }
+    let top_bits = n.bits() - 128;
+    let top_mask = if top_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << top_bits) - 1
+    };
+    loop {
+        let word = |rng: &mut Csprng| ((rng.next_u64() as u128) << 64) | rng.next_u64() as u128;
+        let x = U256 {
+            hi: word(rng) & top_mask,
+            lo: word(rng),
+        };
+        if x < n {
+            return x;
+        }
+    }
+}
+
 /// Bernoulli(num/den), exactly: a uniform draw below `den` compared with `num`.
 fn bernoulli_ratio(rng: &mut Csprng, num: u128, den: u128) -> bool {
     debug_assert!(den > 0 && num <= den);
@@ -130,10 +136,15 @@ fn bernoulli_ratio(rng: &mut Csprng, num: u128, den: u128) -> bool {
 /// Bernoulli(γ/K) is drawn as Bernoulli(num/den) ∧ Bernoulli(1/K), which has
 /// the same law and keeps every denominator within 128 bits.
 fn bernoulli_exp_neg_le_one(rng: &mut Csprng, num: u128, den: u128) -> bool {
+    bernoulli_exp_neg_le_one_wide(rng, U256::from_u128(num), U256::from_u128(den))
+}
+
+/// As [`bernoulli_exp_neg_le_one`], with 256-bit `num ≤ den`.
+fn bernoulli_exp_neg_le_one_wide(rng: &mut Csprng, num: U256, den: U256) -> bool {
     debug_assert!(num <= den);
     let mut k: u128 = 1;
     loop {
-        let a = bernoulli_ratio(rng, num, den) && bernoulli_ratio(rng, 1, k);
+        let a = uniform_below_u256(rng, den) < num && bernoulli_ratio(rng, 1, k);
         if !a {
             break;
         }
@@ -142,26 +153,26 @@ fn bernoulli_exp_neg_le_one(rng: &mut Csprng, num: u128, den: u128) -> bool {
     k % 2 == 1
 }
 
-/// Bernoulli(exp(−γ)) for γ = num/den ≥ 0 (CKS20 Algorithm 1): ⌊γ⌋ independent
-/// Bernoulli(e^(−1)) trials, all of which must succeed, then one
-/// Bernoulli(exp(−(γ − ⌊γ⌋))). Integer arithmetic only (DP-1).
-fn bernoulli_exp_neg(rng: &mut Csprng, num: U256, den: u128) -> bool {
-    let (whole, rem) = num.div_rem(den);
-    let mut i = U256::ZERO;
-    while i < whole {
+/// Bernoulli(exp(−γ)) for γ = num/den ≥ 0 (CKS20 Algorithm 1): ⌊γ⌋
+/// independent Bernoulli(e^(−1)) trials, all of which must succeed, then one
+/// Bernoulli(exp(−(γ − ⌊γ⌋))). The trials run as ⌊γ⌋ is peeled off one
+/// subtraction at a time and stop at the first failure: the same law as
+/// dividing first, with no division (DP-1).
+fn bernoulli_exp_neg(rng: &mut Csprng, mut num: U256, den: U256) -> bool {
+    while num >= den {
+        num = num.sub(den);
         if !bernoulli_exp_neg_le_one(rng, 1, 1) {
             return false;
         }
-        i.increment();
     }
-    bernoulli_exp_neg_le_one(rng, rem, den)
+    bernoulli_exp_neg_le_one_wide(rng, num, den)
 }
 
 /// Bernoulli(exp(−num/den)), exactly, from the crate's CSPRNG (DP-1). Exposed
 /// for tests; `den ≥ 1`.
 pub fn sample_bernoulli_exp(num: u128, den: u128, rng: &mut Csprng) -> bool {
     assert!(den >= 1, "Bernoulli(exp(−num/den)) needs den ≥ 1");
-    bernoulli_exp_neg(rng, U256 { hi: 0, lo: num }, den)
+    bernoulli_exp_neg(rng, U256::from_u128(num), U256::from_u128(den))
 }
 
 // ---------------------------------------------------------------------------
@@ -170,8 +181,8 @@ pub fn sample_bernoulli_exp(num: u128, den: u128, rng: &mut Csprng) -> bool {
 
 /// Samples are conditioned on |y| ≤ `SAMPLE_MAGNITUDE_MAX` (by rejection), so
 /// every value fits an `i64` and every intermediate product fits 128 bits.
-/// For any σ² the sampler accepts (σ² < 2^63), the conditioning moves the
-/// distribution by at most 2·exp(−2^124/(2σ²)) < 2·exp(−2^60) in total
+/// For any σ² the sampler accepts (σ ≤ 2^57), the conditioning moves the
+/// distribution by at most 2·exp(−2^124/(2σ²)) ≤ 2·exp(−2^9) in total
 /// variation (discrete Gaussian tail, CKS20 §5; proofs/dp.md).
 pub const SAMPLE_MAGNITUDE_MAX: u64 = 1 << 62;
 
@@ -224,15 +235,19 @@ pub fn sample_discrete_laplace(t: u64, rng: &mut Csprng) -> i64 {
 /// bias the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiscreteGaussian {
-    num: u64,
+    num: u128,
     den: u64,
     /// ⌊σ⌋ + 1, the Laplace proposal's scale.
     t: u64,
-    /// den·t: |y|·den·t ≤ 2^62·2^64 fits in 128 bits.
+    /// den·t: |y|·den·t ≤ 2^62·den·t fits in 128 bits (den·t < 2^66).
     den_t: u128,
     /// 2·num·den·t², the denominator of the rejection exponent.
-    reject_den: u128,
+    reject_den: U256,
 }
+
+/// The largest k that [`DiscreteGaussian::with_sigma_pow2`] takes: σ = 2^57
+/// keeps |y|·t < 2^62·2^58 within 128 bits and 2σ²t² within 256.
+pub const MAX_LOG2_SIGMA_POW2: u32 = 57;
 
 impl DiscreteGaussian {
     /// σ² = `num`/`den`. Refuses a zero numerator or denominator, and any
@@ -259,10 +274,30 @@ impl DiscreteGaussian {
             .checked_mul(t as u128 * t as u128)
             .ok_or(too_large)?;
         Ok(Self {
-            num,
+            num: num as u128,
             den,
             t,
             den_t,
+            reject_den: U256::from_u128(reject_den),
+        })
+    }
+
+    /// σ = 2^`log2_sigma` exactly (σ² = 2^(2k), den = 1), for the large
+    /// scales flooding needs (PRIV-2): k ≤ [`MAX_LOG2_SIGMA_POW2`].
+    pub fn with_sigma_pow2(log2_sigma: u32) -> Result<Self, DpError> {
+        if log2_sigma > MAX_LOG2_SIGMA_POW2 {
+            return Err(DpError::SigmaTooLarge { log2_sigma });
+        }
+        let sigma = 1u128 << log2_sigma;
+        let t = (sigma + 1) as u64;
+        let num = sigma * sigma;
+        // 2·num·t² = 2·2^(2k)·t²: at most 2^115 · 2^116 < 2^256.
+        let reject_den = U256::mul(2 * num, t as u128 * t as u128);
+        Ok(Self {
+            num,
+            den: 1,
+            t,
+            den_t: t as u128,
             reject_den,
         })
     }
@@ -273,7 +308,7 @@ impl DiscreteGaussian {
     }
 
     /// σ² as the exact ratio (num, den) it was built from.
-    pub fn variance_ratio(&self) -> (u64, u64) {
+    pub fn variance_ratio(&self) -> (u128, u64) {
         (self.num, self.den)
     }
 
@@ -300,7 +335,7 @@ impl DiscreteGaussian {
             attempts += 1;
             let y = sample_discrete_laplace(self.t, rng);
             let scaled = y.unsigned_abs() as u128 * self.den_t;
-            let a = scaled.abs_diff(self.num as u128);
+            let a = scaled.abs_diff(self.num);
             if bernoulli_exp_neg(rng, U256::mul(a, a), self.reject_den) {
                 return (y, attempts);
             }
@@ -557,6 +592,21 @@ pub fn describe(epsilon: f64, delta: f64) -> String {
     format!("ε = {epsilon:.3} at δ = {delta:e}: {words}")
 }
 
+/// PRIV-3 in words: the circuit-privacy guarantee of the noise channel over
+/// `budget` sessions (`engine::CompiledModel::circuit_privacy`), e.g.
+/// "over 8 sessions: ε = 0.41 at δ = 4.5e-13 …: strong".
+pub fn describe_noise_channel(g: &Guarantee, budget: u64) -> String {
+    let words = match g.verdict {
+        Verdict::Strong => "strong (ε ≤ 1)",
+        Verdict::Weak => "weak (1 < ε ≤ 10)",
+        Verdict::NoMeaningfulProtection => "no meaningful protection (ε > 10)",
+    };
+    format!(
+        "over {budget} session(s): ε = {:.3} at δ = {:.1e} (zCDP ρ = {:.3e}), between any two models that release the same values, against clients with honest keys and uploads: {words}",
+        g.epsilon, g.delta, g.rho
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Sensitivity of one stage's release (DP-5, DP-6).
 // ---------------------------------------------------------------------------
@@ -754,30 +804,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn u256_mul_and_div_agree_with_u128_and_with_each_other() {
+    fn u256_arithmetic_agrees_with_u128() {
         // DP-1: the exact arithmetic behind the rejection step.
         let mut g = Csprng::from_seed([3; 16]);
         for _ in 0..2000 {
             let a = ((g.next_u64() as u128) << 64) | g.next_u64() as u128;
             let b = ((g.next_u64() as u128) << 64) | g.next_u64() as u128;
-            let d = (b >> (g.next_u64() % 128)).max(1);
-            let p = U256::mul(a, b);
-            let (q, r) = p.div_rem(d);
-            assert!(r < d);
-            // q·d + r == p, checked limb-wise when q fits 128 bits.
-            if q.hi == 0 {
-                let back = U256::mul(q.lo, d);
-                let (lo, c) = back.lo.overflowing_add(r);
-                assert_eq!(
-                    U256 {
-                        hi: back.hi + c as u128,
-                        lo
-                    },
-                    p
-                );
-            }
             let small = (a >> 64, b >> 64);
             assert_eq!(U256::mul(small.0, small.1).lo, small.0 * small.1);
+            // (a·b − a) + a == a·b, limb by limb, and bits() is monotone.
+            let p = U256::mul(a, b);
+            let d = p.sub(U256::from_u128(a));
+            let (lo, c) = d.lo.overflowing_add(a);
+            assert_eq!(
+                U256 {
+                    hi: d.hi + c as u128,
+                    lo
+                },
+                p
+            );
+            assert!(d.bits() <= p.bits());
+            assert_eq!(U256::from_u128(a).bits(), 128 - a.leading_zeros());
         }
         assert_eq!(
             U256::mul(u128::MAX, u128::MAX),
@@ -786,9 +833,22 @@ mod tests {
                 lo: 1
             }
         );
-        let (q, r) = U256 { hi: 1, lo: 0 }.div_rem(3);
-        // 2^128 = 3·113427455640312821154458202477256070485 + 1
-        assert_eq!((q.hi, q.lo, r), (0, u128::MAX / 3, 1));
+        assert_eq!(U256 { hi: 1, lo: 0 }.sub(U256::from_u128(1)).lo, u128::MAX);
+        assert_eq!(U256 { hi: 1, lo: 0 }.bits(), 129);
+    }
+
+    #[test]
+    fn uniform_below_u256_stays_below_and_reaches_the_top() {
+        // DP-1: n = 2^129 − 1 → draws land in [0, n); about half of them
+        // have the top limb set (P[none in 2000] ≈ 2^-2000).
+        let mut g = Csprng::from_seed([4; 16]);
+        let n = U256 {
+            hi: 1,
+            lo: u128::MAX,
+        };
+        let draws: Vec<U256> = (0..2000).map(|_| uniform_below_u256(&mut g, n)).collect();
+        assert!(draws.iter().all(|x| *x < n));
+        assert!(draws.iter().any(|x| x.hi == 1));
     }
 
     #[test]

@@ -311,6 +311,18 @@ impl LinearStage {
         self.shortcut.as_ref()
     }
 
+    /// LIN-3's noise factor of one output ciphertext, worst over the stage:
+    /// the largest Σ‖ŵ‖₁, plus the residual operand's (1 for an identity
+    /// shortcut, its own weights' for a projection: both noises add up).
+    pub fn noise_l1(&self) -> u128 {
+        let extra = match &self.shortcut {
+            None => 0,
+            Some(Shortcut::Identity { .. }) => 1,
+            Some(Shortcut::Conv { stage, .. }) => stage.encoded.max_weight_l1(),
+        };
+        self.encoded.max_weight_l1() + extra
+    }
+
     /// Number of ciphertexts the stage's outputs occupy before packing.
     pub fn output_ciphertexts(&self) -> usize {
         self.bias.len()
@@ -690,6 +702,41 @@ impl CompiledModel {
         (!releases.is_empty()).then(|| {
             crate::dp::budget_guarantee(&releases, budget, delta, crate::dp::StageComposition::Sum)
         })
+    }
+
+    /// PRIV-3: the circuit-privacy guarantee of the noise channel over
+    /// `budget` sessions, against clients with honest keys and uploads: each
+    /// stage's response ciphertexts, at ρ per ciphertext from that stage's
+    /// own noise (its LIN-3 factor, not the set's worst case), summed over a
+    /// session and over the budget (zCDP composes additively), then (ε, δ)
+    /// at δ = 2^-41 plus N·2^-64 per returned ciphertext for the noise tail
+    /// (proofs/noise-budget.md, "Circuit privacy"). `params` must be the
+    /// set the model was compiled for.
+    pub fn circuit_privacy(
+        &self,
+        params: &crate::params::ParameterSet,
+        budget: u64,
+    ) -> crate::dp::Guarantee {
+        let n = params.ring_degree();
+        let (mut rho, mut ciphertexts) = (0.0, 0u64);
+        for s in &self.stages {
+            let cts = response_ciphertexts(n, s.output_len());
+            let bf = params.budget().before_flooding_at(s.noise_l1() as f64);
+            rho += cts as f64 * params.flooding_rho_at(bf);
+            ciphertexts += cts as u64;
+        }
+        let acc = crate::dp::Accountant::from_rho(rho).compose(budget);
+        let conversion = crate::params::CIRCUIT_PRIVACY_DELTA;
+        let epsilon = acc.epsilon(conversion);
+        let tail = (ciphertexts.saturating_mul(budget)) as f64
+            * n as f64
+            * (2f64).powi(-(crate::params::PRIVACY_TAIL_BITS as i32));
+        crate::dp::Guarantee {
+            rho: acc.rho(),
+            epsilon,
+            delta: conversion + tail,
+            verdict: crate::dp::meaningful(epsilon),
+        }
     }
 
     /// ENG-5: refuses a context of another parameter set.
@@ -1139,12 +1186,8 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                     },
                     _ => return Err(EngineError::Unsupported(format!("layer {i} ({op}): unsupported residual wiring"))),
                 };
-                // LIN-3 for the sum: both operands' noise factors add up.
-                let extra = match &shortcut {
-                    Shortcut::Identity { .. } => 1,
-                    Shortcut::Conv { stage, .. } => stage.encoded.max_weight_l1(),
-                };
-                let l1 = stage.encoded.max_weight_l1() + extra;
+                stage.shortcut = Some(shortcut);
+                let l1 = stage.noise_l1();
                 let allowed_log2 = ctx.params().max_weight_l1_log2();
                 if l1 > 1u128 << allowed_log2 {
                     let err = EngineError::Linear(LinearError::NoiseBudget {
@@ -1159,7 +1202,6 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
                         " (the linear layer's weights plus the residual operand)",
                     )(err));
                 }
-                stage.shortcut = Some(shortcut);
             }
             Layer::AvgPool { kernel, stride } => {
                 if kernel != stride || flattened {

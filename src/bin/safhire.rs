@@ -267,6 +267,8 @@ fn params(json: bool) -> CliResult {
                     "flooding_bound_log2": s.flooding_bound_log2,
                     "flooding_headroom_bits": p.budget().flooding_headroom_bits(),
                     "circuit_privacy_log2_per_ciphertext": p.circuit_privacy_log2(),
+                    "flooding_sigma_log2": p.flooding_sigma_log2(),
+                    "flooding_rho_log2_per_ciphertext": p.flooding_rho_per_ciphertext().log2(),
                 })
             })
             .collect();
@@ -274,7 +276,7 @@ fn params(json: bool) -> CliResult {
         return Ok(());
     }
     println!(
-        "{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10} {:>14}",
+        "{:<6} {:>5} {:>8} {:>6} {:>10} {:>12} {:>12} {:>10} {:>14} {:>13}",
         "set",
         "N",
         "log2 Pq",
@@ -283,13 +285,14 @@ fn params(json: bool) -> CliResult {
         "noise (std)",
         "flooding",
         "headroom",
-        "SD/ciphertext"
+        "SD/ciphertext",
+        "ρ/ciphertext"
     );
     for p in ParameterSet::shipped_all()? {
         let s = p.spec();
         let b = p.budget();
         println!(
-            "{:<6} {:>5} {:>8.1} {:>6} {:>10} {:>12} {:>12} {:>9.1}b {:>14}",
+            "{:<6} {:>5} {:>8.1} {:>6} {:>10} {:>12} {:>12} {:>9.1}b {:>14} {:>13}",
             p.name(),
             s.ring_degree,
             (s.ciphertext_modulus as f64).log2() + (s.special_modulus as f64).log2(),
@@ -298,15 +301,16 @@ fn params(json: bool) -> CliResult {
             format!("2^{:.1}", b.before_flooding.sqrt().log2()),
             format!("2^{}", s.flooding_bound_log2),
             b.flooding_headroom_bits(),
-            if p.circuit_privacy_log2() >= 0.0 {
-                "none".to_owned()
-            } else {
+            if p.has_statistical_circuit_privacy() {
                 format!("≤ 2^{:.1}", p.circuit_privacy_log2())
+            } else {
+                "none".to_owned()
             },
+            format!("2^{:.1}", p.flooding_rho_per_ciphertext().log2()),
         );
     }
     println!("\nDecryption failure ≤ 2^-40 per coefficient; security ≥ 128 bits (HE standard and tfhe-rs fit on P·q).");
-    println!("SD/ciphertext: statistical distance a returned ciphertext leaks about the weights, against clients with honest keys and uploads; none is 40-bit (proofs/noise-budget.md §3).");
+    println!("Flooding: discrete Gaussian with σ = 2^(F−3), bound 2^F. ρ/ciphertext: zCDP of a returned ciphertext's noise channel, SD/ciphertext: the statistical distance it implies, against clients with honest keys and uploads, at the set's worst-case noise; none is 40-bit. A model's own figure over its query budget is printed by infer and bench (proofs/noise-budget.md, \"Circuit privacy\").");
     Ok(())
 }
 
@@ -570,6 +574,30 @@ fn choose(
 /// δ of every printed (ε, δ).
 const DP_DELTA: f64 = 1e-6;
 
+/// The circuit privacy of the set per returned ciphertext, and of the
+/// compiled model's noise channel over the policy's budget (PRIV-3), in
+/// words and as JSON.
+fn circuit_statement(
+    compiled: &CompiledModel,
+    params: &safhire::params::ParameterSet,
+    policy: &Policy,
+) -> (String, serde_json::Value) {
+    let budget = policy.query_budget();
+    let g = compiled.circuit_privacy(params, budget);
+    (
+        format!(
+            "{}\n  this model's noise channel {}",
+            params.circuit_privacy_statement(),
+            safhire::dp::describe_noise_channel(&g, budget)
+        ),
+        serde_json::json!({"per_ciphertext": params.circuit_privacy_statement(),
+            "per_ciphertext_rho": params.flooding_rho_per_ciphertext(),
+            "flooding_sigma_log2": params.flooding_sigma_log2(),
+            "budget": budget, "rho": g.rho, "epsilon": g.epsilon, "delta": g.delta,
+            "verdict": format!("{:?}", g.verdict)}),
+    )
+}
+
 /// What the policy's DP noise gives, in words and as JSON (DP-8): every
 /// figure from `dp`'s accountant over the compiled model's stages.
 fn dp_statement(compiled: &CompiledModel, policy: &Policy) -> (String, serde_json::Value) {
@@ -707,6 +735,7 @@ fn infer(a: Args) -> CliResult {
         noise: policy.noise(),
     };
     let (dp_text, dp_json) = dp_statement(compiled, &policy);
+    let (circuit_text, circuit_json) = circuit_statement(compiled, ctx.params(), &policy);
     if !json {
         let spec = model.input();
         println!(
@@ -728,10 +757,7 @@ fn infer(a: Args) -> CliResult {
             format!("{unit:?}").to_lowercase()
         );
         print!("{}", selection.explain());
-        println!(
-            "circuit privacy: {}",
-            ctx.params().circuit_privacy_statement()
-        );
+        println!("circuit privacy: {circuit_text}");
         println!("differential privacy: {dp_text}");
     }
 
@@ -802,6 +828,7 @@ fn infer(a: Args) -> CliResult {
             "bit_exact_all": agree == count,
             "exporter_logits_disagree": set.expected_logits.as_ref().map(|_| exporter_disagrees),
             "differential_privacy": dp_json,
+            "circuit_privacy": circuit_json,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -896,6 +923,7 @@ fn bench(a: Args) -> CliResult {
     let selection = choose(&model, a.get("set"), &policy)?;
     let compile_ms = ms(t);
     let (ctx, compiled) = (&selection.context, &selection.model);
+    let (circuit_text, circuit_json) = circuit_statement(compiled, ctx.params(), &policy);
     if !json {
         println!(
             "{}: {} layers, {} weights, {} encrypted rounds; set {} (N = {}); chosen and weights encoded in {compile_ms:.0} ms (once per model)",
@@ -907,10 +935,7 @@ fn bench(a: Args) -> CliResult {
             ctx.n()
         );
         print!("{}", selection.explain());
-        println!(
-            "circuit privacy: {}",
-            ctx.params().circuit_privacy_statement()
-        );
+        println!("circuit privacy: {circuit_text}");
     }
     let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
     let (galois, pk) = server_keys(ctx, &keys)?;
@@ -956,6 +981,7 @@ fn bench(a: Args) -> CliResult {
             "down_bytes": down,
             "peak_rss_mib": peak_rss_mib(),
             "bit_exact": exact,
+            "circuit_privacy": circuit_json,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

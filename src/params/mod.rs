@@ -94,6 +94,21 @@ pub enum ParamError {
 /// Decryption may fail with probability at most 2^-FAILURE_BITS per coefficient.
 pub const FAILURE_BITS: u32 = 40;
 
+/// PRIV-2: flooding is the discrete Gaussian N_Z(0, σ_f²) with
+/// σ_f = 2^(F − FLOODING_SIGMAS_LOG2), so the set's flooding bound 2^F is
+/// 8σ_f and the decoding check (2^F + k·σ_bf below the margin) still holds
+/// at 2^-40 (proofs/noise-budget.md, "Circuit privacy").
+pub const FLOODING_SIGMAS_LOG2: u32 = 3;
+
+/// PRIV-3: the privacy bound takes the weight-dependent noise of a
+/// coefficient to be at most its 2^-PRIVACY_TAIL_BITS tail; every release
+/// adds N·2^-64 to δ for the cases where it is not.
+pub const PRIVACY_TAIL_BITS: u32 = 64;
+
+/// PRIV-3: the δ the circuit-privacy accountant spends on the Rényi-to-(ε, δ)
+/// conversion; the tail cases of [`PRIVACY_TAIL_BITS`] come on top.
+pub const CIRCUIT_PRIVACY_DELTA: f64 = 1.0 / (1u64 << 41) as f64;
+
 /// Signed bits needed to hold every integer of absolute value ≤ `worst`.
 pub fn accumulator_bits(worst: u128) -> u32 {
     129 - worst.leading_zeros()
@@ -240,25 +255,60 @@ impl ParameterSet {
         key(a).cmp(&key(b))
     }
 
-    /// log2 of the bound on the statistical distance between a returned
-    /// ciphertext and one whose noise holds nothing of the weights, against
-    /// a client whose keys and uploads are honest: N·2^−(flooding headroom)
-    /// (uniform flooding over a term bounded by its 2^-40 tail; proofs/
-    /// noise-budget.md §3). At 0 or above the bound says nothing.
-    pub fn circuit_privacy_log2(&self) -> f64 {
-        (self.spec.ring_degree as f64).log2() - self.budget.flooding_headroom_bits()
+    /// PRIV-2: log2 σ_f of the discrete Gaussian flooding, F − 3.
+    pub fn flooding_sigma_log2(&self) -> u32 {
+        self.spec.flooding_bound_log2 - FLOODING_SIGMAS_LOG2
     }
 
-    /// The circuit-privacy guarantee in words, as the CLI prints it.
+    /// PRIV-3: the zCDP ρ of one returned ciphertext's noise channel, against
+    /// a client whose keys and uploads are honest. Two models that give the
+    /// same released values differ in a coefficient's noise by at most 2B,
+    /// B = k_64·σ_bf (its 2^-64 tail); Gaussian flooding of σ_f on each of
+    /// the N coefficients gives ρ = N·(2B)²/(2σ_f²) (proofs/noise-budget.md,
+    /// "Circuit privacy").
+    pub fn flooding_rho_per_ciphertext(&self) -> f64 {
+        self.flooding_rho_at(self.budget.before_flooding)
+    }
+
+    /// PRIV-3: [`Self::flooding_rho_per_ciphertext`] for a ciphertext whose
+    /// noise before flooding has variance `before_flooding` (a compiled
+    /// stage's, `NoiseBudget::before_flooding_at`).
+    pub fn flooding_rho_at(&self, before_flooding: f64) -> f64 {
+        let b = noise::gaussian_tail_sigmas(PRIVACY_TAIL_BITS) * before_flooding.sqrt();
+        let sigma = (2f64).powi(self.flooding_sigma_log2() as i32);
+        self.spec.ring_degree as f64 * (2.0 * b).powi(2) / (2.0 * sigma * sigma)
+    }
+
+    /// log2 of the bound on the statistical distance between a returned
+    /// ciphertext and one whose noise holds nothing of the weights, against a
+    /// client whose keys and uploads are honest: √(ρ/2) (Pinsker, with the
+    /// KL divergence at most ρ) plus N·2^-64 for the tail (PRIV-3). At −1 or
+    /// above (a distance of one half or more) the bound says nothing.
+    pub fn circuit_privacy_log2(&self) -> f64 {
+        let tail = self.spec.ring_degree as f64 * (2f64).powi(-(PRIVACY_TAIL_BITS as i32));
+        ((self.flooding_rho_per_ciphertext() / 2.0).sqrt() + tail).log2()
+    }
+
+    /// PRIV-3: whether the per-ciphertext distance bound says anything: below
+    /// one half (2^-1).
+    pub fn has_statistical_circuit_privacy(&self) -> bool {
+        self.circuit_privacy_log2() < -1.0
+    }
+
+    /// The circuit-privacy guarantee of one returned ciphertext in words, as
+    /// the CLI prints it; a model's whole query budget is accounted by
+    /// `engine::CompiledModel::circuit_privacy`.
     pub fn circuit_privacy_statement(&self) -> String {
         let bound = self.circuit_privacy_log2();
-        if bound >= 0.0 {
+        let rho = self.flooding_rho_per_ciphertext().log2();
+        if !self.has_statistical_circuit_privacy() {
             format!(
-                "no statistical circuit privacy: responses are re-randomised and flooded, but the bound on the statistical distance per returned ciphertext is 2^{bound:.1} ≥ 1 (proofs/noise-budget.md §3)"
+                "no statistical circuit privacy: responses are re-randomised and flooded (Gaussian, σ = 2^{}), but the noise channel's bound per returned ciphertext (zCDP ρ = 2^{rho:.1}) says nothing (proofs/noise-budget.md, \"Circuit privacy\")",
+                self.flooding_sigma_log2()
             )
         } else {
             format!(
-                "statistical distance per returned ciphertext ≤ 2^{bound:.1} against clients with honest keys and uploads (not 2^-40; proofs/noise-budget.md §3)"
+                "noise channel per returned ciphertext: zCDP ρ ≤ 2^{rho:.1}, statistical distance ≤ 2^{bound:.1}, against clients with honest keys and uploads (not 2^-40; proofs/noise-budget.md, \"Circuit privacy\")"
             )
         }
     }
@@ -385,11 +435,13 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
             "cannot exceed shared_pack_levels (conjugates replace shared levels)",
         ));
     }
-    if !(1..=60).contains(&s.flooding_bound_log2) {
+    // PRIV-2: σ_f = 2^(F−3) must be at least 2 and within the sampler's
+    // range (dp::MAX_LOG2_SIGMA_POW2 = 57).
+    if !(4..=60).contains(&s.flooding_bound_log2) {
         return Err(out_of_range(
             "flooding_bound_log2",
             s.flooding_bound_log2 as u64,
-            "must be in 1..=60",
+            "must be in 4..=60",
         ));
     }
     Ok(())

@@ -170,6 +170,13 @@ impl NoiseBudget {
         }
     }
 
+    /// PRIV-3: the noise before flooding of a stage whose LIN-3 factor is
+    /// `l1` (Σ‖ŵ‖₁ of its worst output ciphertext, ≤ 2^W): the set's
+    /// `before_flooding` with 2^W replaced by `l1`.
+    pub fn before_flooding_at(&self, l1: f64) -> f64 {
+        l1 * l1 * self.after_repack + 4.0 * self.pack.pack + self.rerandomize
+    }
+
     /// Bits of flooding above the weight-dependent noise (its 2^-40 tail).
     pub fn flooding_headroom_bits(&self) -> f64 {
         self.flooding_bound.log2() - (self.tail_sigmas * self.before_flooding.sqrt()).log2()

@@ -272,13 +272,15 @@ impl Context {
         }
     }
 
-    /// PRIV-1 / THREAT-1, part 2: floods the body with uniform noise on
-    /// [−2^F, 2^F] (F from the parameter set).
+    /// PRIV-1 / THREAT-1, part 2; PRIV-2: floods the body with the discrete
+    /// Gaussian N_Z(0, σ_f²), σ_f = 2^(F−3) (F from the parameter set),
+    /// sampled exactly (dp::DiscreteGaussian) so that its Rényi bound holds.
     pub fn flood(&self, ct: &mut Ciphertext, rng: &mut Csprng) {
         let q = self.q();
-        let f = self.params.flooding_bound_log2();
+        let flood = crate::dp::DiscreteGaussian::with_sigma_pow2(self.params.flooding_sigma_log2())
+            .expect("PARAM validation keeps F − 3 within the sampler's range");
         for c in ct.b.iter_mut() {
-            *c = q.add(*c, q.from_i64(rng.tuniform(f)));
+            *c = q.add(*c, q.from_i64(flood.sample(rng)));
         }
     }
 }
