@@ -25,14 +25,19 @@
 //!   under channel shuffling, through located slots): the base upload gives
 //!   the bias, base + v·e_j gives column j, d + 1 sessions in all.
 //!
+//! * **malicious public key** (AUDIT-5, one session as a second identity):
+//!   Δ/2 added to the key's body exposes the server's re-randomiser u in
+//!   every coefficient of a response; the tool confirms the reading and
+//!   stops there (no lattice reduction on the mask that remains).
+//!
 //! Under a policy with DP noise (DP-8) the same attacks run and report
 //! their mean error instead of exact recovery.
 //!
 //! Not yet here, and reported as such per stage: the alignment attacks on
 //! element-shuffled stages (single-pixel conv probes, the published d + 1
 //! attack across per-session permutations), channel matching across
-//! sessions for stages one session cannot solve, residual stages, the
-//! malicious-public-key attack.
+//! sessions for stages one session cannot solve, residual stages, weight
+//! recovery after the malicious-key attack.
 
 use crate::engine::{self, CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape};
@@ -41,7 +46,7 @@ use crate::protocol::{
     ClientId, Endpoint, ErrorKind, Policy, Response, ServerStep, SessionAccept, SessionRequest,
     Upload,
 };
-use crate::rlwe::{Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
+use crate::rlwe::{Ciphertext, Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
 use crate::rng::Csprng;
 use crate::select::{self, Requirement};
 use crate::shuffle::ShuffleUnit;
@@ -104,10 +109,17 @@ impl<'e> Oracle<'e> {
 
     /// Opens a session (charged to the identity's budget).
     fn open(&mut self) -> Result<Live, Stop> {
+        let public = self.public.clone();
+        self.open_with(public)
+    }
+
+    /// Opens a session that sends `public` as its public key: the honest
+    /// one, or a malformed one (AUDIT-5).
+    fn open_with(&mut self, public: SeededPublicKey) -> Result<Live, Stop> {
         let ctx = self.ctx.clone();
         let request = SessionRequest {
             galois: self.galois.clone(),
-            public: self.public.clone(),
+            public,
         };
         let request = SessionRequest::decode(&ctx, &request.encode(&ctx)).map_err(protocol)?;
         let (server, accept) = match self.endpoint.accept(&self.id, request) {
@@ -130,6 +142,16 @@ impl<'e> Oracle<'e> {
     /// session's next round and returns what the client decrypts. Every
     /// message goes through its wire encoding.
     fn step(&mut self, live: &mut Live, values: &[i64]) -> Result<Vec<i64>, Stop> {
+        let r = live.round;
+        let response = self.step_raw(live, values)?;
+        let outputs = live.accept.rounds[r].outputs as usize;
+        Ok(engine::client_values(
+            &self.ctx, &self.sk, &response, outputs,
+        ))
+    }
+
+    /// As [`Self::step`], returning the response's ciphertexts undecrypted.
+    fn step_raw(&mut self, live: &mut Live, values: &[i64]) -> Result<Vec<Ciphertext>, Stop> {
         let ctx = self.ctx.clone();
         let server = live
             .server
@@ -149,13 +171,7 @@ impl<'e> Oracle<'e> {
         live.server = next;
         live.round += 1;
         let response = Response::decode(&ctx, &response.encode(&ctx)).map_err(protocol)?;
-        let outputs = live.accept.rounds[r].outputs as usize;
-        Ok(engine::client_values(
-            &ctx,
-            &self.sk,
-            &response.ciphertexts,
-            outputs,
-        ))
+        Ok(response.ciphertexts)
     }
 
     /// One session with every upload fixed in advance.
@@ -251,6 +267,34 @@ pub struct AuditReport {
     /// Sessions used by all attacks together, under one identity.
     pub sessions: u64,
     pub stages: Vec<StageReport>,
+    /// AUDIT-5: the malicious-public-key attack, run as a second identity;
+    /// `None` when the policy refused to serve the model.
+    pub malicious_key: Option<KeyAttack>,
+}
+
+/// AUDIT-5: what a client that sends a malformed public key learns (the key
+/// is the one of its honest sessions with Δ/2 added to coefficient 0 of
+/// the body, so the server's re-randomiser u adds u_i·Δ/2 to coefficient i
+/// of every response).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyAttack {
+    /// Sessions it used: one, under its own identity.
+    pub sessions: u64,
+    /// Whether the server accepted the malformed key (it does not check
+    /// keys: spec/threat-model.md).
+    pub accepted: bool,
+    /// Coefficients of u read (all of every response ciphertext of round 0),
+    /// and how many of them were 1.
+    pub rerandomiser_bits: usize,
+    pub rerandomiser_ones: usize,
+    /// Coefficients whose reading had at least Δ/8 of margin on each side.
+    pub clear_readings: usize,
+    /// Whether round 0's values, once u_i·Δ/2 is removed, equal what an
+    /// honest session returns (as a multiset, since they are shuffled): the
+    /// reading of u is then right. `None` under DP noise, which the values
+    /// carry either way.
+    pub values_confirmed: Option<bool>,
+    pub note: String,
 }
 
 /// AUDIT-1: runs every attack of this module against `model` served under
@@ -261,6 +305,7 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
     let ctx = Arc::new(selection.context);
     let compiled = Arc::new(selection.model);
     let unit = policy.unit();
+    let policy_noise = policy.noise().is_some();
     let mut report = AuditReport {
         model: model.name().to_owned(),
         policy: policy.name().to_owned(),
@@ -269,6 +314,7 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
         budget: policy.query_budget(),
         threshold: policy.attack_threshold(&compiled),
         sessions: 0,
+        malicious_key: None,
         stages: compiled
             .stages()
             .iter()
@@ -311,6 +357,9 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
         weight_attack(&mut oracle, &compiled, model, r, &mut known, &mut report)?;
     }
     report.sessions = oracle.sessions;
+    let noisy = policy_noise;
+    let mut second = Oracle::new(ctx.clone(), &mut endpoint, ClientId("auditor-key".into()));
+    report.malicious_key = Some(malicious_key(&mut second, &compiled, noisy)?);
     Ok(report)
 }
 
@@ -364,6 +413,88 @@ fn bias_probe(
         stage.bias_error = Some(error / want.len().max(1) as f64);
     }
     Ok(())
+}
+
+/// AUDIT-5 (malicious public key): one session with Δ/2 added to the
+/// public key's body, an all-zero upload at round 0, and the response read
+/// at twice the plaintext resolution: phase = Δ·y_i + u_i·Δ/2 + noise, so
+/// round(phase/(Δ/2)) = 2y_i + u_i while the noise (flooding included) stays
+/// below Δ/4. With u known the client strips u·a_pk from the mask, leaving
+/// the unsanitised mask plus the re-randomiser's small error: this tool
+/// stops there (recovering the weights from it is an RLWE problem in the
+/// weight polynomials; no lattice reduction is run).
+fn malicious_key(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    noisy: bool,
+) -> Result<KeyAttack, AuditError> {
+    let ctx = oracle.ctx.clone();
+    let q = ctx.q();
+    let t = 1u128 << ctx.params().plaintext_bits();
+    let half_delta = (q.value() as u128 / (2 * t)) as u64;
+    let mut public = oracle.public.clone();
+    public.b[0] = q.add(public.b[0], half_delta);
+    let mut attack = KeyAttack {
+        sessions: 0,
+        accepted: false,
+        rerandomiser_bits: 0,
+        rerandomiser_ones: 0,
+        clear_readings: 0,
+        values_confirmed: None,
+        note: String::new(),
+    };
+    let mut live = match oracle.open_with(public) {
+        Ok(live) => live,
+        Err(Stop::Budget) => {
+            attack.note = "the budget refused the session".into();
+            return Ok(attack);
+        }
+        Err(Stop::Protocol(e)) => {
+            attack.note = format!("the server refused the key: {e}");
+            return Ok(attack);
+        }
+    };
+    attack.sessions = oracle.sessions;
+    attack.accepted = true;
+    let upload = vec![0; model.stages()[0].input_len()];
+    let response = oracle
+        .step_raw(&mut live, &upload)
+        .map_err(|e| AuditError::Protocol(format!("{e:?}")))?;
+    let d = half_delta as i128;
+    let mut corrected = Vec::with_capacity(response.len());
+    for ct in &response {
+        let (a, b) = ct.parts();
+        let mut b = b.to_vec();
+        for (bi, &p) in b.iter_mut().zip(&ctx.phase(&oracle.sk, ct)) {
+            let x = q.centered(p) as i128;
+            let v = (2 * x + d).div_euclid(2 * d);
+            attack.rerandomiser_bits += 1;
+            if (x - v * d).abs() < d / 4 {
+                attack.clear_readings += 1;
+            }
+            if v.rem_euclid(2) == 1 {
+                attack.rerandomiser_ones += 1;
+                *bi = q.sub(*bi, half_delta);
+            }
+        }
+        corrected.push(
+            Ciphertext::from_parts(a.to_vec(), b, ctx.n(), q).ok_or_else(|| {
+                AuditError::Protocol("a response coefficient is out of range".into())
+            })?,
+        );
+    }
+    if !noisy {
+        let outputs = live.accept.rounds[0].outputs as usize;
+        let mut got = engine::client_values(&ctx, &oracle.sk, &corrected, outputs);
+        let mut want = model
+            .stage_reference(0, &[upload])
+            .map_err(|e| AuditError::Protocol(e.to_string()))?;
+        got.sort_unstable();
+        want.sort_unstable();
+        attack.values_confirmed = Some(got == want);
+    }
+    attack.note = "weights not recovered by this tool: with u known the mask is the unsanitised mask plus the re-randomiser's error e_a (|e_a| ≤ 16), an RLWE instance in the weight polynomials; no protection against malicious keys is claimed (spec/threat-model.md)".into();
+    Ok(attack)
 }
 
 /// The weight attack that applies to stage `r`, if any.
@@ -914,6 +1045,26 @@ impl AuditReport {
                 ));
             }
         }
+        if let Some(k) = &self.malicious_key {
+            out.push_str(&format!(
+                "\nmalicious public key (Δ/2 added to its body, AUDIT-5), {} session as a second identity: ",
+                k.sessions
+            ));
+            if k.accepted {
+                out.push_str(&format!(
+                    "the server accepted the key; its re-randomiser u read in {}/{} coefficients with margin ({} ones)",
+                    k.clear_readings, k.rerandomiser_bits, k.rerandomiser_ones
+                ));
+                match k.values_confirmed {
+                    Some(true) => out.push_str(", confirmed: round 0's values with u·Δ/2 removed are an honest session's\n"),
+                    Some(false) => out.push_str(", NOT confirmed: round 0's values with u·Δ/2 removed differ from an honest session's\n"),
+                    None => out.push_str(" (values not compared: DP noise)\n"),
+                }
+            } else {
+                out.push('\n');
+            }
+            out.push_str(&format!("{:>14}{}\n", "", k.note));
+        }
         out
     }
 
@@ -942,6 +1093,15 @@ impl AuditReport {
                 "weight_error": s.weight_error,
                 "note": s.note,
             })).collect::<Vec<_>>(),
+            "malicious_key": self.malicious_key.as_ref().map(|k| serde_json::json!({
+                "sessions": k.sessions,
+                "accepted": k.accepted,
+                "rerandomiser_bits": k.rerandomiser_bits,
+                "rerandomiser_ones": k.rerandomiser_ones,
+                "clear_readings": k.clear_readings,
+                "values_confirmed": k.values_confirmed,
+                "note": k.note,
+            })),
         })
     }
 }

@@ -213,3 +213,31 @@ fn a_large_budget_gives_up_the_whole_model_under_channel_shuffling() {
     assert_eq!(report.stages[2].sessions, 73);
     assert_eq!(report.sessions, 1 + 1 + 1 + 73);
 }
+
+/// AUDIT-5: a malformed public key (Δ/2 added to its body) is accepted and
+/// exposes the server's re-randomiser. u is uniform binary, so about half
+/// of the 4096 bits read are ones: a band of ±10 % is 12.8 standard
+/// deviations of a Binomial(4096, 1/2) (false failure < 1e-36), and an
+/// honest key, which reads as all zeros, or a server that refused the key
+/// would both fail it. Removing u·Δ/2 leaves exactly an honest session's
+/// values (the reading is right bit for bit where a value sits).
+#[test]
+fn malicious_public_key_exposes_the_rerandomiser() {
+    let model = Model::from_json(DIGITS).unwrap();
+    let report = audit(&model, Policy::shipped("default").unwrap(), None).unwrap();
+    let k = report
+        .malicious_key
+        .clone()
+        .expect("the policy serves the model");
+    assert!(k.accepted, "{}", k.note);
+    assert_eq!(k.sessions, 1);
+    assert!(k.rerandomiser_bits >= 4096);
+    assert_eq!(k.clear_readings, k.rerandomiser_bits);
+    let half = k.rerandomiser_bits as f64 / 2.0;
+    let ones = k.rerandomiser_ones as f64;
+    assert!((ones - half).abs() < 0.1 * half, "{ones} ones");
+    assert_eq!(k.values_confirmed, Some(true));
+    assert!(k.note.contains("not recovered"));
+    assert!(report.to_text().contains("malicious public key"));
+    assert_eq!(report.to_json()["malicious_key"]["accepted"], true);
+}
