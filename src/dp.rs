@@ -43,8 +43,6 @@ struct U256 {
 }
 
 impl U256 {
-    const ZERO: U256 = U256 { hi: 0, lo: 0 };
-
     /// The full product of two 128-bit integers.
     fn mul(a: u128, b: u128) -> U256 {
         let mask = u64::MAX as u128;
@@ -74,15 +72,6 @@ impl U256 {
             lo,
         }
     }
-
-    /// Number of significant bits (0 for zero).
-    fn bits(self) -> u32 {
-        if self.hi != 0 {
-            256 - self.hi.leading_zeros()
-        } else {
-            128 - self.lo.leading_zeros()
-        }
-    }
 }
 
 /// Uniform on `[0, n)`, `n ≥ 1`, by rejection (no modulo bias).
@@ -100,34 +89,13 @@ fn uniform_below_u128(rng: &mut Csprng, n: u128) -> u128 {
     }
 }
 
-/// Uniform on `[0, n)`, `n ≥ 1`: draws of `bits(n)` random bits, redrawn
-/// until below `n` (each draw is accepted with probability > 1/2).
-fn uniform_below_u256(rng: &mut Csprng, n: U256) -> U256 {
-    debug_assert!(n > U256::ZERO);
-    if n.hi == 0 {
-        return U256::from_u128(uniform_below_u128(rng, n.lo));
-    }
-    let top_bits = n.bits() - 128;
-    let top_mask = if top_bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << top_bits) - 1
-    };
-    loop {
-        let word = |rng: &mut Csprng| ((rng.next_u64() as u128) << 64) | rng.next_u64() as u128;
-        let x = U256 {
-            hi: word(rng) & top_mask,
-            lo: word(rng),
-        };
-        if x < n {
-            return x;
-        }
-    }
-}
-
-/// Bernoulli(num/den), exactly: a uniform draw below `den` compared with `num`.
+/// Bernoulli(num/den), exactly: a uniform draw below `den` compared with
+/// `num`. Certain outcomes (num = 0 or num = den) draw nothing.
 fn bernoulli_ratio(rng: &mut Csprng, num: u128, den: u128) -> bool {
     debug_assert!(den > 0 && num <= den);
+    if num == 0 || num == den {
+        return num == den;
+    }
     uniform_below_u128(rng, den) < num
 }
 
@@ -136,15 +104,10 @@ fn bernoulli_ratio(rng: &mut Csprng, num: u128, den: u128) -> bool {
 /// Bernoulli(γ/K) is drawn as Bernoulli(num/den) ∧ Bernoulli(1/K), which has
 /// the same law and keeps every denominator within 128 bits.
 fn bernoulli_exp_neg_le_one(rng: &mut Csprng, num: u128, den: u128) -> bool {
-    bernoulli_exp_neg_le_one_wide(rng, U256::from_u128(num), U256::from_u128(den))
-}
-
-/// As [`bernoulli_exp_neg_le_one`], with 256-bit `num ≤ den`.
-fn bernoulli_exp_neg_le_one_wide(rng: &mut Csprng, num: U256, den: U256) -> bool {
     debug_assert!(num <= den);
     let mut k: u128 = 1;
     loop {
-        let a = uniform_below_u256(rng, den) < num && bernoulli_ratio(rng, 1, k);
+        let a = bernoulli_ratio(rng, num, den) && bernoulli_ratio(rng, 1, k);
         if !a {
             break;
         }
@@ -158,21 +121,22 @@ fn bernoulli_exp_neg_le_one_wide(rng: &mut Csprng, num: U256, den: U256) -> bool
 /// Bernoulli(exp(−(γ − ⌊γ⌋))). The trials run as ⌊γ⌋ is peeled off one
 /// subtraction at a time and stop at the first failure: the same law as
 /// dividing first, with no division (DP-1).
-fn bernoulli_exp_neg(rng: &mut Csprng, mut num: U256, den: U256) -> bool {
-    while num >= den {
-        num = num.sub(den);
+fn bernoulli_exp_neg(rng: &mut Csprng, mut num: U256, den: u128) -> bool {
+    let den_wide = U256::from_u128(den);
+    while num >= den_wide {
+        num = num.sub(den_wide);
         if !bernoulli_exp_neg_le_one(rng, 1, 1) {
             return false;
         }
     }
-    bernoulli_exp_neg_le_one_wide(rng, num, den)
+    bernoulli_exp_neg_le_one(rng, num.lo, den)
 }
 
 /// Bernoulli(exp(−num/den)), exactly, from the crate's CSPRNG (DP-1). Exposed
 /// for tests; `den ≥ 1`.
 pub fn sample_bernoulli_exp(num: u128, den: u128, rng: &mut Csprng) -> bool {
     assert!(den >= 1, "Bernoulli(exp(−num/den)) needs den ≥ 1");
-    bernoulli_exp_neg(rng, U256::from_u128(num), U256::from_u128(den))
+    bernoulli_exp_neg(rng, U256::from_u128(num), den)
 }
 
 // ---------------------------------------------------------------------------
@@ -235,18 +199,22 @@ pub fn sample_discrete_laplace(t: u64, rng: &mut Csprng) -> i64 {
 /// bias the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiscreteGaussian {
+    /// σ² = num/den.
     num: u128,
     den: u64,
-    /// ⌊σ⌋ + 1, the Laplace proposal's scale.
+    /// The Laplace proposal's scale: ⌊σ⌋ + 1, or σ itself when σ = 2^k.
     t: u64,
-    /// den·t: |y|·den·t ≤ 2^62·den·t fits in 128 bits (den·t < 2^66).
-    den_t: u128,
-    /// 2·num·den·t², the denominator of the rejection exponent.
-    reject_den: U256,
+    /// The rejection exponent is (|y|·scale − centre)²/reject_den, which is
+    /// (|y| − σ²/t)²/(2σ²) written over integers: (den·t, num, 2·num·den·t²)
+    /// in general, (1, 2^k, 2^(2k+1)) for σ = t = 2^k. Every value fits 128
+    /// bits (|y| ≤ 2^62).
+    scale: u128,
+    centre: u128,
+    reject_den: u128,
 }
 
 /// The largest k that [`DiscreteGaussian::with_sigma_pow2`] takes: σ = 2^57
-/// keeps |y|·t < 2^62·2^58 within 128 bits and 2σ²t² within 256.
+/// keeps the truncation at 2^62 (`SAMPLE_MAGNITUDE_MAX`) beyond 2^4·σ.
 pub const MAX_LOG2_SIGMA_POW2: u32 = 57;
 
 impl DiscreteGaussian {
@@ -277,28 +245,29 @@ impl DiscreteGaussian {
             num: num as u128,
             den,
             t,
-            den_t,
-            reject_den: U256::from_u128(reject_den),
+            scale: den_t,
+            centre: num as u128,
+            reject_den,
         })
     }
 
-    /// σ = 2^`log2_sigma` exactly (σ² = 2^(2k), den = 1), for the large
-    /// scales flooding needs (PRIV-2): k ≤ [`MAX_LOG2_SIGMA_POW2`].
+    /// σ = 2^`log2_sigma` exactly, for the large scales flooding needs
+    /// (PRIV-2): k ≤ [`MAX_LOG2_SIGMA_POW2`]. The proposal's scale is t = σ
+    /// (CKS20's algorithm is exact for any t > 0; t = σ keeps the rejection
+    /// exponent (|y| − 2^k)²/2^(2k+1) within 128 bits, with a power-of-two
+    /// denominator).
     pub fn with_sigma_pow2(log2_sigma: u32) -> Result<Self, DpError> {
         if log2_sigma > MAX_LOG2_SIGMA_POW2 {
             return Err(DpError::SigmaTooLarge { log2_sigma });
         }
-        let sigma = 1u128 << log2_sigma;
-        let t = (sigma + 1) as u64;
-        let num = sigma * sigma;
-        // 2·num·t² = 2·2^(2k)·t²: at most 2^115 · 2^116 < 2^256.
-        let reject_den = U256::mul(2 * num, t as u128 * t as u128);
+        let sigma = 1u64 << log2_sigma;
         Ok(Self {
-            num,
+            num: (sigma as u128) * (sigma as u128),
             den: 1,
-            t,
-            den_t: t as u128,
-            reject_den,
+            t: sigma,
+            scale: 1,
+            centre: sigma as u128,
+            reject_den: 2u128 << (2 * log2_sigma),
         })
     }
 
@@ -317,7 +286,7 @@ impl DiscreteGaussian {
         self.num as f64 / self.den as f64
     }
 
-    /// The Laplace proposal's scale t = ⌊σ⌋ + 1.
+    /// The Laplace proposal's scale t: ⌊σ⌋ + 1, or σ for σ = 2^k.
     pub fn laplace_scale(&self) -> u64 {
         self.t
     }
@@ -334,8 +303,7 @@ impl DiscreteGaussian {
         loop {
             attempts += 1;
             let y = sample_discrete_laplace(self.t, rng);
-            let scaled = y.unsigned_abs() as u128 * self.den_t;
-            let a = scaled.abs_diff(self.num);
+            let a = (y.unsigned_abs() as u128 * self.scale).abs_diff(self.centre);
             if bernoulli_exp_neg(rng, U256::mul(a, a), self.reject_den) {
                 return (y, attempts);
             }
@@ -812,7 +780,7 @@ mod tests {
             let b = ((g.next_u64() as u128) << 64) | g.next_u64() as u128;
             let small = (a >> 64, b >> 64);
             assert_eq!(U256::mul(small.0, small.1).lo, small.0 * small.1);
-            // (a·b − a) + a == a·b, limb by limb, and bits() is monotone.
+            // (a·b − a) + a == a·b, limb by limb.
             let p = U256::mul(a, b);
             let d = p.sub(U256::from_u128(a));
             let (lo, c) = d.lo.overflowing_add(a);
@@ -823,8 +791,6 @@ mod tests {
                 },
                 p
             );
-            assert!(d.bits() <= p.bits());
-            assert_eq!(U256::from_u128(a).bits(), 128 - a.leading_zeros());
         }
         assert_eq!(
             U256::mul(u128::MAX, u128::MAX),
@@ -834,21 +800,6 @@ mod tests {
             }
         );
         assert_eq!(U256 { hi: 1, lo: 0 }.sub(U256::from_u128(1)).lo, u128::MAX);
-        assert_eq!(U256 { hi: 1, lo: 0 }.bits(), 129);
-    }
-
-    #[test]
-    fn uniform_below_u256_stays_below_and_reaches_the_top() {
-        // DP-1: n = 2^129 − 1 → draws land in [0, n); about half of them
-        // have the top limb set (P[none in 2000] ≈ 2^-2000).
-        let mut g = Csprng::from_seed([4; 16]);
-        let n = U256 {
-            hi: 1,
-            lo: u128::MAX,
-        };
-        let draws: Vec<U256> = (0..2000).map(|_| uniform_below_u256(&mut g, n)).collect();
-        assert!(draws.iter().all(|x| *x < n));
-        assert!(draws.iter().any(|x| x.hi == 1));
     }
 
     #[test]

@@ -48,8 +48,11 @@ fn moments(sigma_sq: f64) -> (f64, f64) {
 
 /// DP-1: mean, variance and χ² goodness of fit of 200 000 samples.
 fn check_sampler(num: u64, den: u64, seed: u8) {
+    check_gaussian(DiscreteGaussian::new(num, den).unwrap(), seed);
+}
+
+fn check_gaussian(dg: DiscreteGaussian, seed: u8) {
     let n = 200_000usize;
-    let dg = DiscreteGaussian::new(num, den).unwrap();
     let sigma_sq = dg.variance();
     let mut rng = Csprng::from_seed([seed; 16]);
     let samples: Vec<i64> = (0..n).map(|_| dg.sample(&mut rng)).collect();
@@ -123,6 +126,26 @@ fn discrete_gaussian_sigma_3_matches_its_pmf() {
 fn discrete_gaussian_sigma_20_matches_its_pmf() {
     // DP-1. Three checks at 1e-6 each: ≤ 3e-6 false failure in all.
     check_sampler(400, 1, 32);
+}
+
+#[test]
+fn discrete_gaussian_power_of_two_sigmas_match_their_pmf() {
+    // DP-1, PRIV-2: the flooding form (t = σ = 2^k, power-of-two rejection
+    // denominator) at σ = 4 and σ = 32. Three checks at 1e-6 each per σ.
+    for (k, seed) in [(2, 35), (5, 36)] {
+        let dg = DiscreteGaussian::with_sigma_pow2(k).unwrap();
+        assert_eq!(dg.laplace_scale(), 1 << k);
+        assert_eq!(dg.variance(), (4f64).powi(k as i32));
+        check_gaussian(dg, seed);
+    }
+    assert!(matches!(
+        DiscreteGaussian::with_sigma_pow2(58),
+        Err(DpError::SigmaTooLarge { log2_sigma: 58 })
+    ));
+    // The largest scale samples, within the truncation.
+    let top = DiscreteGaussian::with_sigma_pow2(57).unwrap();
+    let mut rng = Csprng::from_seed([12; 16]);
+    assert!((0..100).all(|_| top.sample(&mut rng).unsigned_abs() <= 1 << 62));
 }
 
 #[test]
