@@ -25,6 +25,11 @@
 //!   under channel shuffling, through located slots): the base upload gives
 //!   the bias, base + v·e_j gives column j, d + 1 sessions in all.
 //!
+//! * **blind d + 1** (AUDIT-6: a mat-vec in the last round behind rounds
+//!   whose permutation the attacker does not know): an upload equal in
+//!   every slot survives any unshuffle, so each session with one slot
+//!   raised returns one column of unknown index; the multiset of columns
+//!   takes about d·H_d sessions;
 //! * **malicious public key** (AUDIT-5, one session as a second identity):
 //!   Δ/2 added to the key's body exposes the server's re-randomiser u in
 //!   every coefficient of a response; the tool confirms the reading and
@@ -34,8 +39,7 @@
 //! their mean error instead of exact recovery.
 //!
 //! Not yet here, and reported as such per stage: the alignment attacks on
-//! element-shuffled stages (single-pixel conv probes, the published d + 1
-//! attack across per-session permutations), channel matching across
+//! element-shuffled conv stages (single-pixel probes), channel matching across
 //! sessions for stages one session cannot solve, residual stages, weight
 //! recovery after the malicious-key attack.
 
@@ -209,6 +213,9 @@ pub enum Outcome {
     /// The attack ran to the end, but noise (DP-8) kept its result from
     /// being exact: see the error figures.
     Approximate,
+    /// Some of it was recovered before the tool's own session cap (the
+    /// budget would have allowed more).
+    Partial,
     /// The policy refused to serve the model at all (PROTO-6).
     RefusedByPolicy,
     /// This tool has no attack for this stage under this policy yet.
@@ -221,6 +228,7 @@ impl Outcome {
             Outcome::Recovered => "recovered",
             Outcome::StoppedByBudget => "stopped by the budget",
             Outcome::Approximate => "approximate only (noise)",
+            Outcome::Partial => "partly recovered (the tool's session cap)",
             Outcome::RefusedByPolicy => "policy refuses to serve the model",
             Outcome::NotAttacked => "no attack in this tool yet",
         }
@@ -537,8 +545,9 @@ fn weight_attack(
             entry.note = "element-shuffled conv: needs the single-pixel alignment attack, not in this tool yet".into();
             Ok(())
         }
+        (None, _) if r + 1 == model.rounds() => blind_columns(oracle, model, spec, r, entry),
         (None, _) if r > 0 => {
-            entry.note = "mat-vec behind element-shuffled rounds: needs the alignment attack, not in this tool yet".into();
+            entry.note = "shuffled mat-vec behind element-shuffled rounds: needs the alignment attack, not in this tool yet".into();
             Ok(())
         }
         (None, _) => {
@@ -991,6 +1000,148 @@ fn d_plus_one(
             " before the budget ran out"
         } else {
             ""
+        }
+    );
+    Ok(())
+}
+
+/// AUDIT-6 (blind d + 1): a mat-vec in the last round (outputs unshuffled)
+/// whose input the server unshuffles with a permutation the attacker does
+/// not know. An upload equal in every slot is the same after any
+/// permutation, so a base session gives W·base + b; base + v at one fixed
+/// slot gives v times one column of W, the column the session's secret
+/// permutation sends that slot to. Each session thus returns one column, of
+/// unknown index: all d columns, as a multiset, take about d·H_d sessions
+/// (coupon collector). Earlier rounds get constant uploads in their range.
+/// The attack stops at d distinct columns, the budget, or d·(ln d + 10)
+/// column sessions (all d are then seen with probability ≥ 1 − e^-10).
+fn blind_columns(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+    entry: &mut StageReport,
+) -> Result<(), AuditError> {
+    entry.attack = "blind d + 1";
+    let stage = &model.stages()[r];
+    let Some(shape) = stage.matvec_shape() else {
+        return Ok(());
+    };
+    let (true_w, true_b) = stage.weights_and_bias();
+    // The stage's distinct columns: a folded sum pool repeats each of the
+    // layer's columns once per pooled position, and the attacker, who knows
+    // the architecture, collects the distinct ones.
+    let mut distinct: Vec<Vec<i64>> = Vec::new();
+    for k in 0..shape.cols {
+        let column: Vec<i64> = (0..shape.rows)
+            .map(|i| true_w[i * shape.cols + k])
+            .collect();
+        if !distinct.contains(&column) {
+            distinct.push(column);
+        }
+    }
+    // Upload ranges: the model input, then the latest requantisation clamp
+    // before each round.
+    let mut ranges = vec![(spec.min, spec.max)];
+    for ops in &model.client_ops()[..r] {
+        let last = *ranges.last().unwrap_or(&(spec.min, spec.max));
+        ranges.push(
+            match ops
+                .iter()
+                .rev()
+                .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
+            {
+                Some(crate::engine::ClientOp::Requantize { min, max, .. }) => (*min, *max),
+                _ => last,
+            },
+        );
+    }
+    let (lo, hi) = ranges[r];
+    let (base, v) = if lo <= 0 && 0 <= hi {
+        (0, if hi != 0 { hi } else { lo })
+    } else {
+        (lo, hi - lo)
+    };
+    if v == 0 {
+        entry.note = "the input range holds one value: nothing to probe".into();
+        return Ok(());
+    }
+    let m = distinct.len() as f64;
+    let cap = (m * (m.ln() + 10.0)).ceil() as usize + 1;
+    let mut at_base: Option<Vec<i64>> = None;
+    // Columns seen (as v·column differences), and the true columns matched.
+    let mut seen: Vec<Vec<i64>> = Vec::new();
+    let mut matched = vec![false; distinct.len()];
+    let mut budget_hit = false;
+    for q in 0..cap {
+        let mut live = match oracle.open() {
+            Ok(live) => live,
+            Err(Stop::Budget) => {
+                budget_hit = true;
+                break;
+            }
+            Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+        };
+        entry.sessions += 1;
+        for (k, &(lo_k, hi_k)) in ranges.iter().enumerate().take(r) {
+            let filler = if lo_k <= 0 && 0 <= hi_k { 0 } else { lo_k };
+            step(
+                oracle,
+                &mut live,
+                &vec![filler; model.stages()[k].input_len()],
+            )?;
+        }
+        let mut x = vec![base; shape.cols];
+        if q > 0 {
+            x[0] = base + v;
+        }
+        let y = step(oracle, &mut live, &x)?;
+        let Some(y0) = &at_base else {
+            at_base = Some(y);
+            continue;
+        };
+        let diff: Vec<i64> = y.iter().zip(y0).map(|(a, b)| a - b).collect();
+        if !seen.contains(&diff) {
+            // Exact when it is v times a true column not matched yet.
+            if let Some(k) = (0..distinct.len())
+                .find(|&k| !matched[k] && distinct[k].iter().zip(&diff).all(|(w, dv)| v * w == *dv))
+            {
+                matched[k] = true;
+            }
+            seen.push(diff);
+        }
+        if seen.len() == distinct.len() {
+            break;
+        }
+    }
+    let columns = matched.iter().filter(|&&m| m).count();
+    let all = columns == distinct.len();
+    let bias_exact = all
+        && at_base.as_ref().is_some_and(|y0| {
+            (0..shape.rows).all(|i| {
+                let wx: i64 = (0..shape.cols)
+                    .map(|j| true_w[i * shape.cols + j] * base)
+                    .sum();
+                y0[i] - wx == true_b[i]
+            })
+        });
+    entry.weights.0 = (columns * shape.rows).min(entry.weights.1);
+    entry.outcome = if all && bias_exact {
+        Outcome::Recovered
+    } else if budget_hit {
+        Outcome::StoppedByBudget
+    } else {
+        Outcome::Partial
+    };
+    entry.note = format!(
+        "{columns} of {} distinct columns exact, up to their order, in {} sessions (one column per session; all of them take ≈ m·H_m = {:.0} in expectation){}",
+        distinct.len(),
+        entry.sessions,
+        m * (1..=distinct.len()).map(|k| 1.0 / k as f64).sum::<f64>(),
+        match entry.outcome {
+            Outcome::StoppedByBudget => " before the budget ran out",
+            Outcome::Partial => " before the tool's session cap",
+            _ => "",
         }
     );
     Ok(())

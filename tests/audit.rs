@@ -47,7 +47,9 @@ fn one_zero_session_returns_every_stages_biases() {
     let model = Model::from_json(DIGITS).unwrap();
     let report = audit(&model, Policy::shipped("default").unwrap(), None).unwrap();
     assert_eq!(report.threshold, Some((10, 0)));
-    assert_eq!(report.sessions, 1);
+    // The bias probe, then the blind d + 1 on the logits until the budget
+    // of 8 ends it (AUDIT-6).
+    assert_eq!(report.sessions, 8);
     assert_eq!(report.stages.len(), 3);
     for s in &report.stages {
         assert_eq!(s.biases.0, s.biases.1, "round {}: {}", s.round, s.note);
@@ -240,4 +242,70 @@ fn malicious_public_key_exposes_the_rerandomiser() {
     assert!(k.note.contains("not recovered"));
     assert!(report.to_text().contains("malicious public key"));
     assert_eq!(report.to_json()["malicious_key"]["accepted"], true);
+}
+
+/// conv 1→1 on a 3×3 input → requantise → linear 9 → 2: one
+/// element-shuffled round in front of the logits.
+fn conv_then_linear() -> Model {
+    let mut rng = Csprng::from_seed([37; 16]);
+    let mut small =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    Model::new(
+        "conv-then-linear",
+        InputSpec {
+            shape: Shape::new(1, 3, 3),
+            min: 0,
+            max: 15,
+        },
+        vec![
+            Layer::Conv2d {
+                out_channels: 1,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+                weights: small(9),
+                bias: small(1),
+            },
+            Layer::Requantize {
+                multiplier: 1,
+                shift: 4,
+                min: 0,
+                max: 15,
+            },
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 2,
+                weights: small(18),
+                bias: small(2),
+            },
+        ],
+    )
+    .unwrap()
+}
+
+// AUDIT-6: behind an element-shuffled round the logits' columns still fall,
+// one per session and in an unknown order. With 9 columns the collection
+// takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 299 after the bias
+// probe, and P[some column unseen after 298 column sessions] ≤ 9·(8/9)^298
+// < 1e-14 (if two of the random columns coincide the collection is shorter).
+// The default budget stops it.
+#[test]
+fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
+    let model = conv_then_linear();
+    let report = audit(&model, policy("element", 300, true), None).unwrap();
+    let last = &report.stages[1];
+    assert_eq!(last.attack, "blind d + 1");
+    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
+    assert_eq!(last.weights, (18, 18));
+    assert!(last.sessions >= 10, "{}", last.sessions);
+    // The first conv is not attacked under element shuffling, and says so.
+    assert_eq!(report.stages[0].outcome, Outcome::NotAttacked);
+
+    let stopped = audit(&model, policy("element", 4, true), None).unwrap();
+    let last = &stopped.stages[1];
+    assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
+    assert!(last.weights.0 <= 2 * 2, "{:?}", last.weights);
+    assert_eq!(stopped.sessions, 4);
 }

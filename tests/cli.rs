@@ -233,9 +233,13 @@ fn audit_reports_every_stage_as_json() {
     assert!(out.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["policy"], "default");
-    assert_eq!(report["sessions"], 1);
+    // The bias probe and the blind d + 1 on the logits use the whole budget.
+    assert_eq!(report["sessions"], 8);
     let stages = report["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 3);
+    assert_eq!(stages[2]["attack"], "blind d + 1");
+    assert_eq!(stages[2]["outcome"], "stopped by the budget");
+    assert_eq!(report["malicious_key"]["accepted"], true);
     assert!(stages
         .iter()
         .all(|s| s["biases_exact"] == s["biases_total"]));
