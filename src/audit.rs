@@ -213,8 +213,9 @@ pub enum Outcome {
     /// The attack ran to the end, but noise (DP-8) kept its result from
     /// being exact: see the error figures.
     Approximate,
-    /// Some of it was recovered before the tool's own session cap (the
-    /// budget would have allowed more).
+    /// Some of it was recovered, and the attack ended without a budget
+    /// refusal: its own session cap, or readings that leave several
+    /// solutions (see the note).
     Partial,
     /// The policy refused to serve the model at all (PROTO-6).
     RefusedByPolicy,
@@ -228,7 +229,7 @@ impl Outcome {
             Outcome::Recovered => "recovered",
             Outcome::StoppedByBudget => "stopped by the budget",
             Outcome::Approximate => "approximate only (noise)",
-            Outcome::Partial => "partly recovered (the tool's session cap)",
+            Outcome::Partial => "partly recovered",
             Outcome::RefusedByPolicy => "policy refuses to serve the model",
             Outcome::NotAttacked => "no attack in this tool yet",
         }
@@ -359,10 +360,19 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
         }
     };
     let mut oracle = Oracle::new(ctx.clone(), &mut endpoint, ClientId("auditor".into()));
-    bias_probe(&mut oracle, &compiled, &mut report)?;
+    let base = bias_probe(&mut oracle, &compiled, &mut report)?;
     let mut known: Vec<Option<Known>> = vec![None; compiled.rounds()];
     for r in 0..compiled.rounds() {
-        weight_attack(&mut oracle, &compiled, model, r, &mut known, &mut report)?;
+        let base_r = base.as_ref().and_then(|b| b.get(r)).map(Vec::as_slice);
+        weight_attack(
+            &mut oracle,
+            &compiled,
+            model,
+            r,
+            base_r,
+            &mut known,
+            &mut report,
+        )?;
     }
     report.sessions = oracle.sessions;
     let noisy = policy_noise;
@@ -388,7 +398,7 @@ fn bias_probe(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
     report: &mut AuditReport,
-) -> Result<(), AuditError> {
+) -> Result<Option<Vec<Vec<i64>>>, AuditError> {
     let uploads: Vec<Vec<i64>> = model
         .stages()
         .iter()
@@ -396,7 +406,7 @@ fn bias_probe(
         .collect();
     let seen = match oracle.session(&uploads) {
         Ok(seen) => seen,
-        Err(Stop::Budget) => return Ok(()),
+        Err(Stop::Budget) => return Ok(None),
         Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
     };
     for (r, values) in seen.iter().enumerate() {
@@ -420,7 +430,7 @@ fn bias_probe(
             .sum();
         stage.bias_error = Some(error / want.len().max(1) as f64);
     }
-    Ok(())
+    Ok(Some(seen))
 }
 
 /// AUDIT-5 (malicious public key): one session with Δ/2 added to the
@@ -511,6 +521,7 @@ fn weight_attack(
     model: &CompiledModel,
     source: &Model,
     r: usize,
+    base: Option<&[i64]>,
     known: &mut [Option<Known>],
     report: &mut AuditReport,
 ) -> Result<(), AuditError> {
@@ -541,8 +552,16 @@ fn weight_attack(
         (None, _) if r + 1 == model.rounds() && (r == 0 || unit == ShuffleUnit::Channel) => {
             d_plus_one(oracle, model, spec, r, known, entry)
         }
+        (Some(_), ShuffleUnit::Element) if r == 0 => match base {
+            Some(base) => pixel_probes(oracle, model, spec, base, entry),
+            None => {
+                entry.note =
+                    "the bias probe did not run (budget): nothing to align the probes with".into();
+                Ok(())
+            }
+        },
         (Some(_), ShuffleUnit::Element) => {
-            entry.note = "element-shuffled conv: needs the single-pixel alignment attack, not in this tool yet".into();
+            entry.note = "element-shuffled conv after round 0: needs its slots located, not in this tool yet".into();
             Ok(())
         }
         (None, _) if r + 1 == model.rounds() => blind_columns(oracle, model, spec, r, entry),
@@ -1005,6 +1024,715 @@ fn d_plus_one(
     Ok(())
 }
 
+/// AUDIT-7's plan for a conv at round 0: one probe per (input channel,
+/// offset class), where a pixel's offset class is the set of kernel offsets
+/// (dy, dx) through which it reaches an output; packed first-fit into
+/// groups whose output footprints are disjoint (any pixel of a class will
+/// do, so the first group where one of them fits takes it). Each entry:
+/// (input channel, pixel, offsets, output positions).
+#[allow(clippy::type_complexity)]
+pub fn probe_plan(
+    shape: &Conv2dShape,
+) -> Vec<
+    Vec<(
+        usize,
+        (usize, usize),
+        Vec<(usize, usize)>,
+        Vec<(usize, usize)>,
+    )>,
+> {
+    let (h_out, w_out) = (
+        shape.output_height().unwrap_or(0),
+        shape.output_width().unwrap_or(0),
+    );
+    let (kh, kw) = (shape.kernel_height, shape.kernel_width);
+    type Pixel = ((usize, usize), Vec<(usize, usize)>);
+    let mut classes: Vec<(Vec<(usize, usize)>, Vec<Pixel>)> = Vec::new();
+    for y in 0..shape.in_height {
+        for x in 0..shape.in_width {
+            let (mut offsets, mut outputs) = (Vec::new(), Vec::new());
+            for dy in 0..kh {
+                for dx in 0..kw {
+                    let (py, px) = (y + shape.padding, x + shape.padding);
+                    if py < dy
+                        || px < dx
+                        || (py - dy) % shape.stride != 0
+                        || (px - dx) % shape.stride != 0
+                    {
+                        continue;
+                    }
+                    let (i, j) = ((py - dy) / shape.stride, (px - dx) / shape.stride);
+                    if i < h_out && j < w_out {
+                        offsets.push((dy, dx));
+                        outputs.push((i, j));
+                    }
+                }
+            }
+            if offsets.is_empty() {
+                continue;
+            }
+            match classes.iter_mut().find(|c| c.0 == offsets) {
+                Some(c) => c.1.push(((y, x), outputs)),
+                None => classes.push((offsets, vec![((y, x), outputs)])),
+            }
+        }
+    }
+    let mut groups: Vec<
+        Vec<(
+            usize,
+            (usize, usize),
+            Vec<(usize, usize)>,
+            Vec<(usize, usize)>,
+        )>,
+    > = Vec::new();
+    for channel in 0..shape.in_channels {
+        for (offsets, pixels) in &classes {
+            let placed = groups.iter().enumerate().find_map(|(gi, g)| {
+                pixels
+                    .iter()
+                    .find(|(_, outputs)| g.iter().all(|p| p.3.iter().all(|o| !outputs.contains(o))))
+                    .map(|px| (gi, px))
+            });
+            let (gi, (pixel, outputs)) = match placed {
+                Some(found) => found,
+                None => {
+                    groups.push(Vec::new());
+                    (groups.len() - 1, &pixels[0])
+                }
+            };
+            groups[gi].push((channel, *pixel, offsets.clone(), outputs.clone()));
+        }
+    }
+    groups
+}
+
+/// AUDIT-7's probe values: `count` triples from `choices`, every two of
+/// them linearly independent together with (1, 1, 1) (det ≠ 0), and none
+/// with v0 = v1. Greedy: each next triple takes the least-used first value
+/// (so that a wrong bias rarely divides a reading), then the largest
+/// magnitudes. `None` if the choices run out.
+fn probe_values(choices: &[i64], count: usize) -> Option<Vec<[i64; 3]>> {
+    let mut sorted = choices.to_vec();
+    sorted.sort_by_key(|v| std::cmp::Reverse(v.unsigned_abs()));
+    let det = |a: &[i64; 3], b: &[i64; 3]| {
+        a[0] * (b[1] - b[2]) - a[1] * (b[0] - b[2]) + a[2] * (b[0] - b[1])
+    };
+    let mut all: Vec<[i64; 3]> = Vec::new();
+    for &x in &sorted {
+        for &y in &sorted {
+            for &z in &sorted {
+                if x != y {
+                    all.push([x, y, z]);
+                }
+            }
+        }
+    }
+    let mut out: Vec<[i64; 3]> = Vec::with_capacity(count);
+    while out.len() < count {
+        let uses = |x: i64| out.iter().filter(|u| u[0] == x).count();
+        let next = all
+            .iter()
+            .filter(|t| out.iter().all(|u| det(u, t) != 0))
+            .min_by_key(|t| uses(t[0]))?;
+        out.push(*next);
+    }
+    Some(out)
+}
+
+/// AUDIT-7, PROTO-6: sessions the single-pixel probes of a round-0 conv
+/// need: three per group of [`probe_plan`], plus the bias probe.
+pub fn pixel_probe_sessions(shape: &Conv2dShape) -> u64 {
+    1 + 3 * probe_plan(shape).len() as u64
+}
+
+/// A multiset of integers.
+type Counts = std::collections::BTreeMap<i64, usize>;
+
+/// AUDIT-7: one probe's kernel offsets and the weights read at them.
+type Item<'a> = (&'a [(usize, usize)], &'a [i64]);
+
+/// AUDIT-7: the kernels (row-major) of the channels sharing one bias.
+type Kernels = Vec<Vec<i64>>;
+
+/// AUDIT-7's plan entry: (input channel, pixel, kernel offsets, outputs).
+pub type PlannedProbe = (
+    usize,
+    (usize, usize),
+    Vec<(usize, usize)>,
+    Vec<(usize, usize)>,
+);
+
+fn counts(values: &[i64]) -> Counts {
+    let mut c = Counts::new();
+    for &v in values {
+        *c.entry(v).or_default() += 1;
+    }
+    c
+}
+
+/// `a − b` as multisets; `None` when `b` is not contained in `a`.
+fn difference(a: &Counts, b: &Counts) -> Option<Counts> {
+    let mut d = a.clone();
+    for (v, &n) in b {
+        let have = d.get_mut(v)?;
+        *have = have.checked_sub(n)?;
+        if *have == 0 {
+            d.remove(v);
+        }
+    }
+    Some(d)
+}
+
+/// One probe of AUDIT-7: an input pixel whose kernel offsets (the set of
+/// (dy, dx) through which it reaches an output) differ from every other
+/// probe's of the same input channel.
+struct Probe {
+    channel: usize,
+    pixel: (usize, usize),
+    /// The kernel offsets (dy, dx) it reaches, and the output positions.
+    offsets: Vec<(usize, usize)>,
+    outputs: Vec<(usize, usize)>,
+    /// Its value in each of the three probe sessions.
+    values: [i64; 3],
+}
+
+/// A reading of AUDIT-7's exact cover: a value triple b + v·w of the three
+/// sessions, attributed to bias `bias`, probe `probe`, weight `w`.
+#[derive(Clone, Copy)]
+struct Reading {
+    bias: i64,
+    probe: usize,
+    w: i64,
+}
+
+/// AUDIT-7 (single-pixel probes, element shuffling, a conv at round 0): the
+/// client writes its input in true order, so it can place single pixels;
+/// only the outputs come back shuffled. A pixel of value v reaches one
+/// output per kernel offset it touches, each b_c + v·w[c][offset]; a
+/// corner, an edge and an interior pixel touch different offset sets. The
+/// attack puts one pixel of every offset class, with disjoint output
+/// footprints, in each of three sessions, each probe with its own value
+/// triple; subtracts the outputs no probe reaches (known from the bias
+/// probe's multiset); reads each remaining value triple as b + v·w on one
+/// line (an exact cover of the three multisets); and then solves, per bias
+/// and input channel, for the kernels whose values at each probe's offsets
+/// are the multisets read. Channels sharing a bias are solved together.
+/// Exact only when that solution is unique.
+fn pixel_probes(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    base: &[i64],
+    entry: &mut StageReport,
+) -> Result<(), AuditError> {
+    entry.attack = "pixel probes";
+    let stage = &model.stages()[0];
+    let Some(shape) = stage.conv_shape() else {
+        return Ok(());
+    };
+    let (kh, kw) = (shape.kernel_height, shape.kernel_width);
+    let positions = plane(&shape);
+    let (lo, hi) = (spec.min, spec.max);
+    if !(lo <= 0 && 0 <= hi) || (lo == 0 && hi == 0) {
+        entry.note = "the input range does not hold 0 and a probe value".into();
+        return Ok(());
+    }
+    let choices: Vec<i64> = (lo..=hi).filter(|&v| v != 0).collect();
+    if choices.len() < 2 {
+        entry.note = "the input range holds fewer than two probe values".into();
+        return Ok(());
+    }
+    // Probe values: one triple per probe of a group, such that no two
+    // probes' triples and (1, 1, 1) are linearly dependent. Then
+    // b + v·w = b′ + v′·w′ in all three sessions forces w = w′ = 0 and
+    // b = b′: a nonzero reading has one explanation per bias and probe.
+    let plan = probe_plan(&shape);
+    let most = plan.iter().map(Vec::len).max().unwrap_or(0);
+    let Some(triples) = probe_values(&choices, most) else {
+        entry.note = "the input range is too narrow for independent probe values".into();
+        return Ok(());
+    };
+    let groups: Vec<Vec<Probe>> = probe_plan(&shape)
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .enumerate()
+                .map(|(t, (channel, pixel, offsets, outputs))| Probe {
+                    channel,
+                    pixel,
+                    offsets,
+                    outputs,
+                    values: triples[t],
+                })
+                .collect()
+        })
+        .collect();
+    let base = counts(base);
+    let (true_w, true_b) = stage.weights_and_bias();
+    // Bias classes: bias value → channels holding it (the attacker sees
+    // each bias `positions` times per channel in the base multiset).
+    let mut bias_classes: Vec<(i64, usize)> = Vec::new();
+    for (&b, &n) in &base {
+        if n % positions != 0 {
+            entry.note = "the bias probe's multiset is not whole planes".into();
+            return Ok(());
+        }
+        bias_classes.push((b, n / positions));
+    }
+    // Read, per group and per attribution of its readings: for each
+    // (bias, probe), the multiset of weights at the probe's offsets.
+    #[allow(clippy::type_complexity)]
+    let mut read: Vec<Vec<Vec<(i64, &Probe, Vec<i64>)>>> = Vec::new();
+    for group in &groups {
+        let mut seen = Vec::with_capacity(3);
+        for i in 0..3 {
+            let mut image = vec![0i64; spec.shape.len().unwrap_or(0)];
+            for p in group {
+                image[(p.channel * shape.in_height + p.pixel.0) * shape.in_width + p.pixel.1] =
+                    p.values[i];
+            }
+            let mut live = match oracle.open() {
+                Ok(live) => live,
+                Err(Stop::Budget) => {
+                    entry.outcome = Outcome::StoppedByBudget;
+                    entry.note = format!(
+                        "the budget stopped the probes after {} session(s) ({} needed)",
+                        entry.sessions,
+                        3 * groups.len()
+                    );
+                    return Ok(());
+                }
+                Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+            };
+            entry.sessions += 1;
+            seen.push(counts(&step(oracle, &mut live, &image)?));
+        }
+        // Outputs no probe reaches: each channel's bias at the positions
+        // outside the group's footprints.
+        let reached: usize = group.iter().map(|p| p.outputs.len()).sum();
+        let untouched: Counts = bias_classes
+            .iter()
+            .map(|&(b, g)| (b, g * (positions - reached)))
+            .collect();
+        let mut rest = Vec::with_capacity(3);
+        for s in &seen {
+            match difference(s, &untouched) {
+                Some(d) => rest.push(d),
+                None => {
+                    entry.note =
+                        "a probe session's multiset does not contain the untouched biases".into();
+                    return Ok(());
+                }
+            }
+        }
+        let covers = exact_covers(&rest, group, &bias_classes);
+        if covers.is_empty() {
+            entry.note = "the probe readings admit no consistent attribution".into();
+            return Ok(());
+        }
+        // Per cover: for each (bias, probe), the weights read.
+        read.push(
+            covers
+                .iter()
+                .map(|readings| {
+                    let mut per: Vec<(i64, &Probe, Vec<i64>)> = Vec::new();
+                    for (t, p) in group.iter().enumerate() {
+                        for &(b, _) in &bias_classes {
+                            let ws = readings
+                                .iter()
+                                .filter(|r| r.probe == t && r.bias == b)
+                                .map(|r| r.w)
+                                .collect();
+                            per.push((b, p, ws));
+                        }
+                    }
+                    per
+                })
+                .collect(),
+        );
+    }
+    // Solve the kernels per (bias class, input channel), under every
+    // combination of the groups' attributions (at most MAX_COVERS in all),
+    // keeping each distinct solution once.
+    let mut combos: Vec<Vec<usize>> = vec![Vec::new()];
+    for group in &read {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                (0..group.len()).map(move |i| {
+                    let mut c = c.clone();
+                    c.push(i);
+                    c
+                })
+            })
+            .take(MAX_COVERS)
+            .collect();
+    }
+    let mut solved: Vec<(i64, usize, Vec<Kernels>)> = Vec::new();
+    for &(b, g) in &bias_classes {
+        for c in 0..shape.in_channels {
+            let mut all: Vec<Kernels> = Vec::new();
+            for combo in &combos {
+                let items: Vec<Item> = combo
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(gi, &ci)| read[gi][ci].iter())
+                    .filter(|(rb, p, _)| *rb == b && p.channel == c)
+                    .map(|(_, p, ws)| (p.offsets.as_slice(), ws.as_slice()))
+                    .collect();
+                for sol in solve_kernels(&items, g, kh, kw) {
+                    if !all.contains(&sol) {
+                        all.push(sol);
+                    }
+                }
+            }
+            solved.push((b, c, all));
+        }
+    }
+    // Channels sharing a bias leave several solutions. With one input
+    // channel, one more session with a random image decides between them:
+    // the outputs of the channels already solved are predicted and removed
+    // from its multiset, and a solution stays if its own predicted outputs
+    // are what is left.
+    let mut checked = false;
+    let open = solved.iter().filter(|(_, _, sol)| sol.len() > 1).count();
+    if open > 0 && shape.in_channels == 1 {
+        if let Ok(mut live) = oracle.open() {
+            entry.sessions += 1;
+            checked = true;
+            let image = random_values(shape.input_len().unwrap_or(0), (lo, hi));
+            let mut left = counts(&step(oracle, &mut live, &image)?);
+            let one = Conv2dShape {
+                out_channels: 1,
+                ..shape
+            };
+            let outputs = |kernel: &[i64], b: i64| -> Vec<i64> {
+                conv2d_reference(&one, &image, kernel)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|y| y + b)
+                    .collect()
+            };
+            for (b, _, sol) in &solved {
+                if let [kernels] = sol.as_slice() {
+                    for k in kernels {
+                        left = difference(&left, &counts(&outputs(k, *b))).unwrap_or_default();
+                    }
+                }
+            }
+            for (b, _, sol) in solved.iter_mut().filter(|(_, _, sol)| sol.len() > 1) {
+                sol.retain(|kernels| {
+                    let predicted: Vec<i64> = kernels.iter().flat_map(|k| outputs(k, *b)).collect();
+                    difference(&left, &counts(&predicted)).is_some()
+                });
+            }
+        }
+    }
+    // Compare with the truth as a multiset of kernels per bias: channels
+    // sharing a bias are interchangeable, and the channel order is what the
+    // policy hides.
+    let mut exact = 0usize;
+    // (channels, solutions) of each bias class left open.
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    for (b, c, solutions) in &solved {
+        let g = bias_classes.iter().find(|x| x.0 == *b).map_or(0, |x| x.1);
+        let mut truth: Vec<Vec<i64>> = (0..shape.out_channels)
+            .filter(|&o| true_b[o * positions] == *b)
+            .map(|o| {
+                let start = (o * shape.in_channels + c) * kh * kw;
+                true_w[start..start + kh * kw].to_vec()
+            })
+            .collect();
+        truth.sort();
+        match solutions.as_slice() {
+            [one] if *one == truth => exact += g * kh * kw,
+            [_] | [] => {}
+            many => open.push((g, many.len())),
+        }
+    }
+    entry.weights.0 = exact;
+    entry.outcome = if exact == entry.weights.1 {
+        Outcome::Recovered
+    } else {
+        Outcome::Partial
+    };
+    entry.note = format!(
+        "{} probes in {} group(s) of 3 sessions{}; {exact} of {} weights exact{}",
+        groups.iter().map(Vec::len).sum::<usize>(),
+        groups.len(),
+        if checked {
+            ", and one random image to tell channels sharing a bias apart"
+        } else {
+            ""
+        },
+        entry.weights.1,
+        open.iter()
+            .map(|&(g, n)| format!(
+                "; {g} channel(s) sharing a bias: {}{n} solutions fit the readings",
+                if n >= MAX_KERNEL_SOLUTIONS {
+                    "≥ "
+                } else {
+                    ""
+                }
+            ))
+            .collect::<String>()
+    );
+    Ok(())
+}
+
+/// AUDIT-7's attribution: a multiset of readings that uses every value of
+/// the three sessions' remaining multisets once, each reading on a line
+/// b + v·w through its probe's value triple, with exactly g_b·|offsets|
+/// readings per (bias, probe). An exact cover with multiplicities: each
+/// candidate reading covers one unit of four needs (its value in each
+/// session and its (bias, probe) quota). The search branches on the need
+/// with the fewest viable candidates; a candidate tried and left is not
+/// used again by its siblings' subtrees, so each multiset of readings is
+/// reached once. Returns up to [`MAX_COVERS`] distinct covers (none when
+/// there is none, or past a million nodes).
+fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Vec<Vec<Reading>> {
+    use std::collections::BTreeMap;
+    let mut need: Vec<usize> = Vec::new();
+    let mut index: BTreeMap<(usize, i64), usize> = BTreeMap::new();
+    for (i, r) in rest.iter().enumerate() {
+        for (&v, &n) in r {
+            index.insert((i, v), need.len());
+            need.push(n);
+        }
+    }
+    let mut quota_index: BTreeMap<(i64, usize), usize> = BTreeMap::new();
+    for &(b, g) in biases {
+        for (t, p) in group.iter().enumerate() {
+            quota_index.insert((b, t), need.len());
+            need.push(g * p.offsets.len());
+        }
+    }
+    let mut candidates: Vec<(Reading, [usize; 4])> = Vec::new();
+    for &a in rest[0].keys() {
+        for &(b, _) in biases {
+            for (t, p) in group.iter().enumerate() {
+                let [v0, v1, v2] = p.values;
+                if (a - b) % v0 != 0 {
+                    continue;
+                }
+                let w = (a - b) / v0;
+                let seen = [a, b + v1 * w, b + v2 * w];
+                if let (Some(&n0), Some(&n1), Some(&n2)) = (
+                    index.get(&(0, seen[0])),
+                    index.get(&(1, seen[1])),
+                    index.get(&(2, seen[2])),
+                ) {
+                    let reading = Reading {
+                        bias: b,
+                        probe: t,
+                        w,
+                    };
+                    candidates.push((reading, [n0, n1, n2, quota_index[&(b, t)]]));
+                }
+            }
+        }
+    }
+    let mut touching: Vec<Vec<usize>> = vec![Vec::new(); need.len()];
+    for (k, (_, cs)) in candidates.iter().enumerate() {
+        for &c in cs {
+            touching[c].push(k);
+        }
+    }
+    struct Search<'a> {
+        candidates: &'a [(Reading, [usize; 4])],
+        touching: &'a [Vec<usize>],
+        need: Vec<usize>,
+        banned: Vec<bool>,
+        chosen: Vec<usize>,
+        found: Vec<Vec<usize>>,
+        nodes: usize,
+    }
+    impl Search<'_> {
+        fn viable(&self, k: usize) -> bool {
+            !self.banned[k] && self.candidates[k].1.iter().all(|&c| self.need[c] > 0)
+        }
+        /// Collects covers until [`MAX_COVERS`] are found; true to stop.
+        fn run(&mut self) -> bool {
+            self.nodes += 1;
+            if self.nodes > 1_000_000 {
+                return true;
+            }
+            let mut best: Option<Vec<usize>> = None;
+            for c in 0..self.need.len() {
+                if self.need[c] == 0 {
+                    continue;
+                }
+                let options: Vec<usize> = self.touching[c]
+                    .iter()
+                    .copied()
+                    .filter(|&k| self.viable(k))
+                    .collect();
+                if options.is_empty() {
+                    return false;
+                }
+                if best.as_ref().is_none_or(|o| options.len() < o.len()) {
+                    best = Some(options);
+                }
+            }
+            let Some(options) = best else {
+                let mut cover = self.chosen.clone();
+                cover.sort_unstable();
+                if !self.found.contains(&cover) {
+                    self.found.push(cover);
+                }
+                return self.found.len() >= MAX_COVERS;
+            };
+            let mut stop = false;
+            for &k in &options {
+                let cs = self.candidates[k].1;
+                for c in cs {
+                    self.need[c] -= 1;
+                }
+                self.chosen.push(k);
+                stop = self.run();
+                self.chosen.pop();
+                for c in cs {
+                    self.need[c] += 1;
+                }
+                if stop {
+                    break;
+                }
+                self.banned[k] = true;
+            }
+            for &k in &options {
+                self.banned[k] = false;
+            }
+            stop
+        }
+    }
+    let mut search = Search {
+        candidates: &candidates,
+        touching: &touching,
+        need,
+        banned: vec![false; candidates.len()],
+        chosen: Vec::new(),
+        found: Vec::new(),
+        nodes: 0,
+    };
+    search.run();
+    search
+        .found
+        .iter()
+        .map(|cover| cover.iter().map(|&k| candidates[k].0).collect())
+        .collect()
+}
+
+/// The most attributions AUDIT-7 enumerates per probe group.
+const MAX_COVERS: usize = 256;
+
+/// The most kernel solutions AUDIT-7 enumerates per bias class.
+const MAX_KERNEL_SOLUTIONS: usize = 4096;
+
+/// AUDIT-7's kernel solve: every set of `g` kernels (kh × kw, row-major,
+/// sorted, so channels sharing a bias are not counted twice) whose values at
+/// each item's offsets, over all g kernels, are the item's multiset. At most
+/// [`MAX_KERNEL_SOLUTIONS`] are returned.
+fn solve_kernels(items: &[Item], g: usize, kh: usize, kw: usize) -> Vec<Kernels> {
+    // Candidate values per position: those of every item that covers it.
+    let slots = g * kh * kw;
+    let domain: Vec<Vec<i64>> = (0..kh * kw)
+        .map(|pos| {
+            let at = (pos / kw, pos % kw);
+            let mut values: Option<Vec<i64>> = None;
+            for (offsets, ws) in items {
+                if offsets.contains(&at) {
+                    let mut v = ws.to_vec();
+                    v.sort_unstable();
+                    v.dedup();
+                    values = Some(match values {
+                        None => v,
+                        Some(old) => old.into_iter().filter(|x| v.contains(x)).collect(),
+                    });
+                }
+            }
+            values.unwrap_or_default()
+        })
+        .collect();
+    let mut assign = vec![0i64; slots];
+    let mut out: Vec<Kernels> = Vec::new();
+    let mut nodes = 0usize;
+    // Remaining multiset per item, decremented as slots are assigned.
+    let mut remaining: Vec<Counts> = items.iter().map(|(_, ws)| counts(ws)).collect();
+    #[allow(clippy::too_many_arguments)]
+    fn go(
+        k: usize,
+        assign: &mut Vec<i64>,
+        remaining: &mut [Counts],
+        items: &[Item],
+        domain: &[Vec<i64>],
+        dims: (usize, usize, usize),
+        out: &mut Vec<Kernels>,
+        nodes: &mut usize,
+    ) {
+        let (g, kh, kw) = dims;
+        *nodes += 1;
+        if out.len() >= MAX_KERNEL_SOLUTIONS || *nodes > 2_000_000 {
+            return;
+        }
+        if k == g * kh * kw {
+            if remaining.iter().all(|r| r.values().all(|&n| n == 0)) {
+                let mut kernels: Vec<Vec<i64>> =
+                    assign.chunks(kh * kw).map(<[i64]>::to_vec).collect();
+                kernels.sort();
+                if !out.contains(&kernels) {
+                    out.push(kernels);
+                }
+            }
+            return;
+        }
+        let (copy, pos) = (k / (kh * kw), k % (kh * kw));
+        let at = (pos / kw, pos % kw);
+        for &v in &domain[pos] {
+            // Kernels in non-decreasing order: a later copy never sorts
+            // before an earlier one once its prefix is equal.
+            if copy > 0 && pos == kh * kw - 1 {
+                let prev = &assign[(copy - 1) * kh * kw..copy * kh * kw];
+                let mut this = assign[copy * kh * kw..k].to_vec();
+                this.push(v);
+                if this.as_slice() < prev {
+                    continue;
+                }
+            }
+            let touched: Vec<usize> = (0..items.len())
+                .filter(|&i| items[i].0.contains(&at))
+                .collect();
+            if !touched
+                .iter()
+                .all(|&i| remaining[i].get(&v).is_some_and(|&n| n > 0))
+            {
+                continue;
+            }
+            for &i in &touched {
+                *remaining[i].get_mut(&v).expect("checked") -= 1;
+            }
+            assign[k] = v;
+            go(k + 1, assign, remaining, items, domain, dims, out, nodes);
+            for &i in &touched {
+                *remaining[i].get_mut(&v).expect("checked") += 1;
+            }
+        }
+    }
+    if domain.iter().any(Vec::is_empty) {
+        return out;
+    }
+    go(
+        0,
+        &mut assign,
+        &mut remaining,
+        items,
+        &domain,
+        (g, kh, kw),
+        &mut out,
+        &mut nodes,
+    );
+    out
+}
+
 /// AUDIT-6 (blind d + 1): a mat-vec in the last round (outputs unshuffled)
 /// whose input the server unshuffles with a permutation the attacker does
 /// not know. An upload equal in every slot is the same after any
@@ -1254,5 +1982,61 @@ impl AuditReport {
                 "note": k.note,
             })),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // AUDIT-7: every (input channel, offset class) is probed once, and
+        // the probes of a group never reach the same output.
+        #[test]
+        fn probe_plan_covers_every_class_with_disjoint_footprints(
+            c_in in 1usize..4, h in 1usize..12, w in 1usize..12,
+            k in 1usize..5, stride in 1usize..3, pad in 0usize..3,
+        ) {
+            let shape = Conv2dShape {
+                in_channels: c_in, in_height: h, in_width: w, out_channels: 2,
+                kernel_height: k, kernel_width: k, stride, padding: pad,
+            };
+            prop_assume!(shape.output_height().is_ok() && shape.output_width().is_ok());
+            let plan = probe_plan(&shape);
+            let probes: Vec<&PlannedProbe> = plan.iter().flatten().collect();
+            for group in &plan {
+                for (i, a) in group.iter().enumerate() {
+                    for b in &group[i + 1..] {
+                        prop_assert!(a.3.iter().all(|o| !b.3.contains(o)));
+                    }
+                }
+            }
+            for c in 0..c_in {
+                let classes: Vec<&Vec<(usize, usize)>> =
+                    probes.iter().filter(|p| p.0 == c).map(|p| &p.2).collect();
+                let mut distinct = classes.clone();
+                distinct.sort();
+                distinct.dedup();
+                prop_assert_eq!(distinct.len(), classes.len());
+            }
+            prop_assert_eq!(pixel_probe_sessions(&shape), 1 + 3 * plan.len() as u64);
+        }
+    }
+
+    // AUDIT-7: the probe triples are pairwise independent together with
+    // (1, 1, 1), so a nonzero reading has one explanation.
+    #[test]
+    fn probe_values_are_pairwise_independent_of_the_constant_direction() {
+        let choices: Vec<i64> = (1..=15).collect();
+        let triples = probe_values(&choices, 30).unwrap();
+        for (i, a) in triples.iter().enumerate() {
+            assert_ne!(a[0], a[1]);
+            for b in &triples[i + 1..] {
+                let det = a[0] * (b[1] - b[2]) - a[1] * (b[0] - b[2]) + a[2] * (b[0] - b[1]);
+                assert_ne!(det, 0, "{a:?} {b:?}");
+            }
+        }
+        assert!(probe_values(&[1, 2], 50).is_none());
     }
 }

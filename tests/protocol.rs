@@ -201,9 +201,11 @@ fn policies_are_validated_against_the_model() {
     let s = setup();
     // The digits model: conv 1→8 3×3 (fan-in 9), conv 8→16 3×3 on pooled
     // values (fan-in 72), linear on 64 pooled values. Element shuffling:
-    // 10, 73 and 65 queries; the cheapest is the first conv.
+    // 10, 73 and 65 queries by fan-in; the first conv also falls to the
+    // single-pixel probes (AUDIT-7): the bias probe and one group of three
+    // sessions, 4 in all, the cheapest.
     let element = Policy::shipped("default").unwrap();
-    assert_eq!(element.attack_threshold(&s.model), Some((10, 0)));
+    assert_eq!(element.attack_threshold(&s.model), Some((4, 0)));
     let queries: Vec<Option<u64>> = s
         .model
         .stages()
@@ -217,13 +219,14 @@ fn policies_are_validated_against_the_model() {
     let err = Endpoint::new(s.ctx.clone(), s.model.clone(), channel).unwrap_err();
     assert_eq!(err.fault, Fault::Local);
     assert!(err.to_string().contains("round 0"), "{err}");
-    // Budget 8 is the most the first conv allows; 9 is refused.
+    // Budget 2 is the most the first conv allows; 3 is refused.
+    assert_eq!(element.query_budget(), 2);
     assert!(Endpoint::new(s.ctx.clone(), s.model.clone(), element).is_ok());
-    let nine = SHIPPED_WITH_BUDGET.replacen("query_budget = 8", "query_budget = 9", 1);
-    let p = Policy::load(&nine, "default").unwrap();
+    let three = SHIPPED_WITH_BUDGET.replacen("query_budget = 2", "query_budget = 3", 1);
+    let p = Policy::load(&three, "default").unwrap();
     let err = Endpoint::new(s.ctx.clone(), s.model.clone(), p).unwrap_err();
     assert_eq!(err.fault, Fault::Local);
-    assert!(err.to_string().contains("at most 8"), "{err}");
+    assert!(err.to_string().contains("at most 2"), "{err}");
     assert!(Endpoint::new(
         s.ctx.clone(),
         s.model.clone(),
@@ -237,7 +240,7 @@ fn policies_are_validated_against_the_model() {
     )
     .is_err());
     assert!(Policy::load(
-        &SHIPPED_WITH_BUDGET.replace("query_budget = 8", "query_budget = 0"),
+        &SHIPPED_WITH_BUDGET.replace("query_budget = 2", "query_budget = 0"),
         "default"
     )
     .is_err());

@@ -198,16 +198,23 @@ fn resnet20_compiles_to_the_same_function() {
 }
 
 // PROTO-6: ResNet-20's cheapest stage under element shuffling is its stem
-// conv (3·3·3 + 1 = 28 queries); a projection-shortcut stage adds the
-// shortcut's fan-in. The default policy's budget is below the threshold.
+// conv: 3·3·3 + 1 = 28 queries by fan-in, but the single-pixel probes
+// (AUDIT-7) need 3 groups (each corner class has one pixel, shared by the
+// 3 input channels): the bias probe and 9 sessions, 10. A
+// projection-shortcut stage adds the shortcut's fan-in. The default
+// policy's budget is below the threshold.
 #[test]
 fn resnet20_attack_threshold_is_its_stem_conv() {
     use safhire::protocol::Policy;
     let f = fixture("b16");
     let compiled = engine::compile(&f.ctx, &safhire::model::zoo::resnet20(1)).unwrap();
     let policy = Policy::shipped("default").unwrap();
-    assert_eq!(policy.attack_threshold(&compiled), Some((28, 0)));
-    assert!(policy.query_budget() + 1 < 28);
+    assert_eq!(policy.attack_threshold(&compiled), Some((10, 0)));
+    assert_eq!(
+        compiled.stages()[0].attack_queries(ShuffleUnit::Element),
+        Some(28)
+    );
+    assert!(policy.query_budget() + 1 < 10);
     let projections: Vec<u64> = compiled
         .stages()
         .iter()

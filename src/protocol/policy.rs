@@ -99,12 +99,26 @@ impl Policy {
     /// PROTO-6: the fewest chosen queries with which a known attack
     /// recovers some stage of `model` under this policy's granularity, and
     /// that stage's index; `None` when no stage holds secret weights.
+    ///
+    /// A conv at round 0 under element shuffling also falls to the
+    /// single-pixel probes (AUDIT-7): the client writes round 0's input in
+    /// true order, so the probes' cost (the bias probe and three sessions
+    /// per probe group) counts when it is lower than the stage's fan-in + 1.
     pub fn attack_threshold(&self, model: &CompiledModel) -> Option<(u64, usize)> {
         model
             .stages()
             .iter()
             .enumerate()
-            .filter_map(|(r, s)| s.attack_queries(self.unit).map(|q| (q, r)))
+            .filter_map(|(r, s)| {
+                let probes = match (r, s.conv_shape(), self.unit) {
+                    (0, Some(shape), ShuffleUnit::Element) if !s.has_public_weights() => {
+                        Some(crate::audit::pixel_probe_sessions(&shape))
+                    }
+                    _ => None,
+                };
+                let q = s.attack_queries(self.unit)?;
+                Some((probes.map_or(q, |p| p.min(q)), r))
+            })
             .min()
     }
 
