@@ -1030,24 +1030,16 @@ fn d_plus_one(
 /// groups whose output footprints are disjoint (any pixel of a class will
 /// do, so the first group where one of them fits takes it). Each entry:
 /// (input channel, pixel, offsets, output positions).
-#[allow(clippy::type_complexity)]
-pub fn probe_plan(
-    shape: &Conv2dShape,
-) -> Vec<
-    Vec<(
-        usize,
-        (usize, usize),
-        Vec<(usize, usize)>,
-        Vec<(usize, usize)>,
-    )>,
-> {
+pub fn probe_plan(shape: &Conv2dShape) -> Vec<Vec<PlannedProbe>> {
     let (h_out, w_out) = (
         shape.output_height().unwrap_or(0),
         shape.output_width().unwrap_or(0),
     );
     let (kh, kw) = (shape.kernel_height, shape.kernel_width);
+    // (a pixel, the outputs it reaches), grouped by the offsets it reaches.
     type Pixel = ((usize, usize), Vec<(usize, usize)>);
-    let mut classes: Vec<(Vec<(usize, usize)>, Vec<Pixel>)> = Vec::new();
+    type Class = (Vec<(usize, usize)>, Vec<Pixel>);
+    let mut classes: Vec<Class> = Vec::new();
     for y in 0..shape.in_height {
         for x in 0..shape.in_width {
             let (mut offsets, mut outputs) = (Vec::new(), Vec::new());
@@ -1077,14 +1069,7 @@ pub fn probe_plan(
             }
         }
     }
-    let mut groups: Vec<
-        Vec<(
-            usize,
-            (usize, usize),
-            Vec<(usize, usize)>,
-            Vec<(usize, usize)>,
-        )>,
-    > = Vec::new();
+    let mut groups: Vec<Vec<PlannedProbe>> = Vec::new();
     for channel in 0..shape.in_channels {
         for (offsets, pixels) in &classes {
             let placed = groups.iter().enumerate().find_map(|(gi, g)| {
