@@ -18,7 +18,7 @@ use crate::linear::{EncodedLayer, LinearError};
 use crate::pack::{PackError, PackSource, Packer, Placement, SumPlacement};
 use crate::params::{ParamError, ParameterSet};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey, SecretKey, SeededCiphertext};
-use crate::rng::Csprng;
+use crate::rng::{Csprng, Seed128};
 use crate::shuffle::{Granularity, Permutation, SessionSeed, ShuffleError, ShuffleUnit};
 use crate::wire;
 use std::time::Instant;
@@ -887,6 +887,11 @@ fn evaluate_stage(
 /// repack), evaluate stage r, add its bias and any residual operand, shuffle
 /// with σ_r (none after the last stage), pack, sanitise. `history[j]` is
 /// upload j (`history.len() == r + 1`). Returns the response and σ_r.
+///
+/// The work runs on the caller's rayon pool, by default the global one
+/// shared by every session of the process (ENG-8, `src/par.rs`); the
+/// response depends only on the arguments and `rng`'s state, never on the
+/// number of threads.
 #[allow(clippy::too_many_arguments)]
 pub fn server_round(
     ctx: &Context,
@@ -988,10 +993,15 @@ pub fn server_round(
     packed.resize_with(response_ciphertexts(n, positions.len()), || {
         Ciphertext::zero(n)
     });
-    for ct in packed.iter_mut() {
-        ctx.rerandomize(ct, keys.public, rng);
-        ctx.flood(ct, rng);
-    }
+    // Sanitise each response ciphertext in parallel, each with a generator
+    // of its own seeded from `rng` in order (ENG-8, src/par.rs): the result
+    // does not depend on the number of threads.
+    let seeds: Vec<Seed128> = packed.iter().map(|_| rng.seed()).collect();
+    crate::par::update(&mut packed, |i, ct| {
+        let mut rng = Csprng::from_seed(seeds[i]);
+        ctx.rerandomize(ct, keys.public, &mut rng);
+        ctx.flood(ct, &mut rng);
+    });
     Ok((packed, shuffle))
 }
 
@@ -1045,11 +1055,12 @@ pub fn run_release(
         stats.up_bytes = uploads.iter().map(Vec::len).sum();
 
         let t = Instant::now();
-        let received: Vec<Ciphertext> = uploads
-            .iter()
-            .map(|b| wire::decode_seeded_ciphertext(ctx, b).map(|s| s.expand(ctx.q())))
-            .collect::<Result<_, _>>()
-            .map_err(internal)?;
+        let received: Vec<Ciphertext> = crate::par::map(&uploads, |b| {
+            wire::decode_seeded_ciphertext(ctx, b).map(|s| s.expand(ctx.q()))
+        })
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(internal)?;
         history.push(ReceivedUpload {
             ciphertexts: received,
             arranged_by: previous.take(),
@@ -1064,10 +1075,7 @@ pub fn run_release(
             seed,
             &mut server_rng,
         )?;
-        let downloads: Vec<Vec<u8>> = packed
-            .iter()
-            .map(|c| wire::encode_ciphertext(ctx, c))
-            .collect();
+        let downloads: Vec<Vec<u8>> = crate::par::map(&packed, |c| wire::encode_ciphertext(ctx, c));
         stats.server_ms += t.elapsed().as_secs_f64() * 1e3;
         stats.down_bytes = downloads.iter().map(Vec::len).sum();
 

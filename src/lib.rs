@@ -12,6 +12,8 @@
 //! * [`rlwe`]: keys, encryption, plaintext products, key switching;
 //! * [`layout`]: Cheetah-style coefficient encodings of Conv2d and mat-vec;
 //! * [`extract`] and [`pack`]: value references and PackLWEs packing;
+//! * [`par`]: the server's loops on rayon's global pool, and their
+//!   work/span profile;
 //! * [`shuffle`]: per-round secret permutations;
 //! * [`dp`]: discrete Gaussian sampler, zCDP accountant and per-stage
 //!   sensitivity; the server adds the noise when a policy sets `dp_sigma`;
@@ -19,7 +21,9 @@
 //! * [`engine`]: a model compiled to encrypted stages, run round by round;
 //! * [`audit`]: chosen-input attacks run through the real protocol;
 //! * [`select`]: the cheapest shipped parameter set that carries a model;
-//! * [`wire`]: versioned binary encoding of keys and ciphertexts.
+//! * [`wire`]: versioned binary encoding of keys and ciphertexts;
+//! * `net` (feature `net`): the protocol over TLS between two processes,
+//!   with bearer-token authentication and server limits (spec/transport.md).
 //!
 //! **What is protected, and what is not.** Encryption hides the client's
 //! input from the server (RLWE, ≥128-bit, spec/parameters.md). Shuffling the
@@ -38,7 +42,10 @@ pub mod layout;
 pub mod linear;
 pub mod math;
 pub mod model;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod pack;
+pub mod par;
 pub mod params;
 pub mod protocol;
 pub mod rlwe;

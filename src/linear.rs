@@ -140,24 +140,23 @@ impl EncodedLayer {
     }
 
     /// Evaluates the layer: each input is transformed once, each output is
-    /// one accumulation and one inverse transform.
+    /// one accumulation and one inverse transform. Inputs, then outputs, in
+    /// parallel on the caller's rayon pool (src/par.rs); each output sums
+    /// its products in input order, so the result is the same on any pool.
     ///
     /// # Panics
     /// If `inputs.len()` differs from the layout's input count (a caller bug).
     pub fn evaluate(&self, ctx: &Context, inputs: &[Ciphertext]) -> Vec<Ciphertext> {
         assert_eq!(inputs.len(), self.inputs, "input ciphertext count");
-        let transformed: Vec<_> = inputs.iter().map(|c| ctx.to_ntt(c)).collect();
-        self.weights
-            .iter()
-            .map(|row| {
-                let mut acc = ctx.ntt_zero();
-                for (w, x) in row.iter().zip(&transformed) {
-                    if let Some(w) = w {
-                        ctx.mul_plain_accumulate(&mut acc, x, w);
-                    }
+        let transformed = crate::par::map(inputs, |c| ctx.to_ntt(c));
+        crate::par::map(&self.weights, |row| {
+            let mut acc = ctx.ntt_zero();
+            for (w, x) in row.iter().zip(&transformed) {
+                if let Some(w) = w {
+                    ctx.mul_plain_accumulate(&mut acc, x, w);
                 }
-                ctx.from_ntt(acc)
-            })
-            .collect()
+            }
+            ctx.from_ntt(acc)
+        })
     }
 }

@@ -13,10 +13,15 @@
 //! chosen coefficient, so any selection, in any order, into any layout can be
 //! packed; the output coefficient holds N·(value) and sources are pre-scaled
 //! by N^-1 (q is odd), so the input noise passes through unamplified.
+//!
+//! The work runs on the caller's rayon pool (ENG-8, [`crate::par`]): the
+//! outputs, the two subtrees below every tree node, and the images of the
+//! shared levels in parallel, each with the arithmetic of the sequential
+//! tree, so the packed ciphertexts are the same on any number of threads.
 
 use crate::extract::ValueRef;
+use crate::par;
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, KeySwitchScratch};
-use std::collections::HashMap;
 use thiserror::Error;
 
 /// A source ciphertext and, optionally, client-supplied conjugates
@@ -244,36 +249,38 @@ impl<'a> Packer<'a> {
             }
             slot.clone_from(&p.values);
         }
-        let mut images = ImageCache::new(self.ctx, self.keys, sources, gamma);
         // Conjugate-bearing sources need their γ levels shared.
         let min_shared = if sources.iter().any(|s| !s.conjugates.is_empty()) {
             gamma
         } else {
             0
         };
-        Ok(slots
-            .iter()
-            .map(|s| self.pack_one(s, &mut images, min_shared))
-            .collect())
+        let hi = self.shared_levels.min(self.ctx.params().log_ring_degree());
+        // ℓ* of each output, and the sources it draws on (PACK-2).
+        let plans: Vec<(u32, Vec<u32>)> = par::map(&slots, |s| {
+            let sources = distinct_sources(s);
+            let shared = if self.adaptive {
+                choose_shared_levels(s, &sources, min_shared.min(hi), hi)
+            } else {
+                hi
+            };
+            (shared, sources)
+        });
+        let images = Images::compute(self.ctx, self.keys, sources, gamma, &plans);
+        // Outputs in parallel, and inside each the two subtrees below every
+        // tree node (src/par.rs, ENG-8): every node is computed with the
+        // same arithmetic as the sequential tree, so the result does not
+        // depend on the schedule.
+        Ok(par::map_range(slots.len(), |k| {
+            self.pack_one(&slots[k], &images, plans[k].0)
+        }))
     }
 
-    fn pack_one(
-        &self,
-        slots: &[Vec<ValueRef>],
-        images: &mut ImageCache<'_>,
-        min_shared: u32,
-    ) -> Ciphertext {
+    fn pack_one(&self, slots: &[Vec<ValueRef>], images: &Images, shared: u32) -> Ciphertext {
         let ctx = self.ctx;
-        let q = ctx.q();
         let n = ctx.n();
         let log_n = ctx.params().log_ring_degree();
         let two_n = 2 * n as u32;
-        let hi = self.shared_levels.min(log_n);
-        let shared = if self.adaptive {
-            choose_shared_levels(slots, min_shared.min(hi), hi)
-        } else {
-            hi
-        };
 
         // Level 0: one term X^(−i)·c_s per value placed (several for a sum).
         let mut nodes: Vec<Vec<Term>> = slots
@@ -322,56 +329,80 @@ impl<'a> Packer<'a> {
             nodes = next;
         }
 
-        // Materialise.
-        let mut level: Vec<Option<Ciphertext>> = nodes
-            .iter()
-            .map(|terms| {
-                if terms.is_empty() {
-                    return None;
-                }
-                let mut ct = Ciphertext::zero(n);
-                for t in terms {
-                    let img = images.get(t.source, t.image);
-                    ct.monomial_mul_add(q, img, t.exp as usize, t.negate);
-                }
-                Some(ct)
-            })
-            .collect();
-
-        // Plain levels.
-        let mut scratch = KeySwitchScratch::new(n, ctx.params().gadget_levels());
-        for l in (shared + 1)..=log_n {
-            let half = n >> l;
-            let key = self.keys.key_for_level(l);
-            let g = key.g;
-            let mut next = Vec::with_capacity(half);
-            let (lower, upper) = level.split_at_mut(half);
-            for (even, odd) in lower.iter_mut().zip(upper.iter_mut()) {
-                let node = match (even.take(), odd.take()) {
-                    (None, None) => None,
-                    (e, o) => {
-                        // sum = E + X^half O, diff = E − X^half O.
-                        let mut sum = Ciphertext::zero(n);
-                        let mut diff = Ciphertext::zero(n);
-                        if let Some(e) = &e {
-                            sum.add_assign(q, e);
-                            diff.add_assign(q, e);
-                        }
-                        if let Some(o) = &o {
-                            sum.monomial_mul_add(q, o, half, false);
-                            diff.monomial_mul_add(q, o, half, true);
-                        }
-                        let twisted = diff.automorphism(q, g);
-                        ctx.key_switch_add(key, &twisted, &mut sum, &mut scratch);
-                        Some(sum)
-                    }
-                };
-                next.push(node);
-            }
-            level = next;
-        }
-        level.pop().flatten().unwrap_or_else(|| Ciphertext::zero(n))
+        // The plain levels, depth first: node (ℓ, r) joins the subtrees
+        // (ℓ−1, r) and (ℓ−1, r + N/2^ℓ), independent and run in parallel
+        // down to the materialised nodes of level ℓ*. A thread holds only
+        // the nodes on its path, so memory stays small and a freed buffer
+        // is reused at once (a level at a time held N/2^ℓ* ciphertexts,
+        // whose release made the allocator return and re-fault memory:
+        // benches/README.md).
+        self.subtree(&nodes, images, shared, log_n, 0)
+            .unwrap_or_else(|| Ciphertext::zero(n))
     }
+
+    /// Node `r` of tree level `level` of one output: materialised from its
+    /// symbolic terms at level `shared`, else the combination of its two
+    /// subtrees with the level's key switch. `None` for an empty subtree.
+    fn subtree(
+        &self,
+        nodes: &[Vec<Term>],
+        images: &Images,
+        shared: u32,
+        level: u32,
+        r: usize,
+    ) -> Option<Ciphertext> {
+        let ctx = self.ctx;
+        let (q, n) = (ctx.q(), ctx.n());
+        if level == shared {
+            let terms = &nodes[r];
+            if terms.is_empty() {
+                return None;
+            }
+            let mut ct = Ciphertext::zero(n);
+            for t in terms {
+                let img = images.get(t.source, t.image);
+                ct.monomial_mul_add(q, img, t.exp as usize, t.negate);
+            }
+            return Some(ct);
+        }
+        let half = n >> level;
+        let (even, odd) = par::join(
+            || self.subtree(nodes, images, shared, level - 1, r),
+            || self.subtree(nodes, images, shared, level - 1, r + half),
+        );
+        if even.is_none() && odd.is_none() {
+            return None;
+        }
+        let key = self.keys.key_for_level(level);
+        Some(with_workspace(ctx, |ws| {
+            // sum = E + X^half O (in E's buffer), diff = E − X^half O.
+            let mut sum = match even {
+                Some(e) => {
+                    ws.diff.copy_from(&e);
+                    e
+                }
+                None => {
+                    ws.diff.clear();
+                    Ciphertext::zero(n)
+                }
+            };
+            if let Some(o) = &odd {
+                sum.monomial_mul_add(q, o, half, false);
+                ws.diff.monomial_mul_add(q, o, half, true);
+            }
+            ws.diff.automorphism_into(q, key.g, &mut ws.twisted);
+            ctx.key_switch_add(key, &ws.twisted, &mut sum, &mut ws.scratch);
+            sum
+        }))
+    }
+}
+
+/// The sources an output's values come from, sorted.
+fn distinct_sources(slots: &[Vec<ValueRef>]) -> Vec<u32> {
+    let mut sources: Vec<u32> = slots.iter().flatten().map(|v| v.source).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    sources
 }
 
 /// Cost of one key switch (with its node's bookkeeping) in monomial
@@ -384,13 +415,10 @@ const KEY_SWITCH_IN_ROTATIONS: u64 = 384;
 /// level ℓ costs 2^ℓ rotate-adds per value and 2^ℓ − 1 key switches per
 /// source, and saves the key switches of every non-empty node at levels ≤ ℓ.
 /// A full dense output lands on ℓ* = 4, sparser ones higher.
-fn choose_shared_levels(slots: &[Vec<ValueRef>], lo: u32, hi: u32) -> u32 {
+fn choose_shared_levels(slots: &[Vec<ValueRef>], sources: &[u32], lo: u32, hi: u32) -> u32 {
     let n = slots.len();
     let occupied: Vec<usize> = (0..n).filter(|&p| !slots[p].is_empty()).collect();
     let terms: u64 = slots.iter().map(|v| v.len() as u64).sum();
-    let mut sources: Vec<u32> = slots.iter().flatten().map(|v| v.source).collect();
-    sources.sort_unstable();
-    sources.dedup();
     // Non-empty nodes at level ℓ: distinct residues of the positions mod N/2^ℓ.
     let log_n = n.trailing_zeros();
     let nodes: Vec<u64> = (0..=log_n)
@@ -412,71 +440,122 @@ fn choose_shared_levels(slots: &[Vec<ValueRef>], lo: u32, hi: u32) -> u32 {
     (lo..=hi).min_by_key(|&l| cost(l)).unwrap_or(lo)
 }
 
-/// The images `D_t(N^-1 · c_s)` of each source, computed on first use.
-struct ImageCache<'a> {
-    ctx: &'a Context,
-    keys: &'a GaloisKeys,
-    sources: &'a [PackSource<'a>],
-    gamma: u32,
-    cache: HashMap<(u32, u32), Ciphertext>,
-    scratch: KeySwitchScratch,
+/// The images `D_t(N^-1 · c_s)` the outputs' shared levels use: for every
+/// source of an output with ℓ* shared levels, every t < 2^ℓ* (the symbolic
+/// levels reach each subset of {1..ℓ*}, so none is computed in vain).
+struct Images {
+    /// 2^(largest ℓ*): the table's row length.
+    width: usize,
+    /// `table[s · width + t]`.
+    table: Vec<Option<Ciphertext>>,
 }
 
-impl<'a> ImageCache<'a> {
-    fn new(
-        ctx: &'a Context,
-        keys: &'a GaloisKeys,
-        sources: &'a [PackSource<'a>],
+impl Images {
+    /// Computes them in parallel, by the highest level t applies: an image
+    /// is the level-(top+1) key switch of the image without its top bit,
+    /// computed in an earlier group.
+    fn compute(
+        ctx: &Context,
+        keys: &GaloisKeys,
+        sources: &[PackSource<'_>],
         gamma: u32,
+        plans: &[(u32, Vec<u32>)],
     ) -> Self {
-        Self {
-            ctx,
-            keys,
-            sources,
-            gamma,
-            cache: HashMap::new(),
-            scratch: KeySwitchScratch::new(ctx.n(), ctx.params().gadget_levels()),
+        let width = 1usize << plans.iter().map(|p| p.0).max().unwrap_or(0);
+        let mut needed = vec![false; sources.len() * width];
+        for (shared, used) in plans {
+            for &s in used {
+                let row = s as usize * width;
+                needed[row..row + (1 << shared)].fill(true);
+            }
         }
-    }
-
-    fn get(&mut self, source: u32, image: u32) -> &Ciphertext {
-        if !self.cache.contains_key(&(source, image)) {
-            let ct = self.compute(source, image);
-            self.cache.insert((source, image), ct);
-        }
-        &self.cache[&(source, image)]
-    }
-
-    fn compute(&mut self, source: u32, image: u32) -> Ciphertext {
-        let ctx = self.ctx;
-        let q = ctx.q();
-        let src = &self.sources[source as usize];
-        let client_levels = if src.conjugates.is_empty() {
-            0
-        } else {
-            self.gamma
+        let mut images = Self {
+            width,
+            table: vec![None; sources.len() * width],
         };
-        if image < (1 << client_levels) {
-            // Supplied by the client (or the source itself): only rescale,
-            // by N^-1, or 2^γ·N^-1 for conjugate-bearing sources.
-            let base = if image == 0 {
-                src.ciphertext
+        let q = ctx.q();
+        for group in 0..=width.trailing_zeros() {
+            let range = if group == 0 {
+                0..1
             } else {
-                &src.conjugates[image as usize - 1]
+                1 << (group - 1)..1 << group
             };
-            let mut ct = base.clone();
-            let scale = q.mul(ctx.ntt_q.n_inv(), 1u64 << client_levels);
-            ct.scalar_mul_assign(q, scale);
-            return ct;
+            let todo: Vec<usize> = (0..sources.len())
+                .flat_map(|s| range.clone().map(move |t| s * width + t))
+                .filter(|&i| needed[i])
+                .collect();
+            let done = par::map_range(todo.len(), |k| {
+                {
+                    let (s, t) = (todo[k] / width, todo[k] % width);
+                    let src = &sources[s];
+                    let client_levels = if src.conjugates.is_empty() { 0 } else { gamma };
+                    if t < 1 << client_levels {
+                        // Supplied by the client (or the source itself): only
+                        // rescale, by N^-1, or 2^γ·N^-1 for conjugate-bearing
+                        // sources.
+                        let base = if t == 0 {
+                            src.ciphertext
+                        } else {
+                            &src.conjugates[t - 1]
+                        };
+                        let mut ct = base.clone();
+                        let scale = q.mul(ctx.ntt_q.n_inv(), 1u64 << client_levels);
+                        ct.scalar_mul_assign(q, scale);
+                        return ct;
+                    }
+                    // Apply the highest level last: D_t = KS_g τ_g (D_{t without top}).
+                    let top = t.ilog2();
+                    let prev = images.get(s as u32, (t & !(1 << top)) as u32);
+                    let key = keys.key_for_level(top + 1);
+                    with_workspace(ctx, |ws| {
+                        prev.automorphism_into(q, key.g, &mut ws.twisted);
+                        let mut out = Ciphertext::zero(ctx.n());
+                        ctx.key_switch_add(key, &ws.twisted, &mut out, &mut ws.scratch);
+                        out
+                    })
+                }
+            });
+            for (i, ct) in todo.into_iter().zip(done) {
+                images.table[i] = Some(ct);
+            }
         }
-        // Apply the highest level last: D_t = KS_g τ_g (D_{t without top}).
-        let top = 31 - image.leading_zeros(); // bit index = level − 1
-        let below = image & !(1 << top);
-        let prev = self.get(source, below).clone();
-        let key = self.keys.key_for_level(top + 1);
-        let twisted = prev.automorphism(q, key.g);
-        let mut out = Ciphertext::zero(ctx.n());
-        ctx.key_switch_add(key, &twisted, &mut out, &mut self.scratch);
-        out
+        images
     }
+
+    fn get(&self, source: u32, image: u32) -> &Ciphertext {
+        self.table[source as usize * self.width + image as usize]
+            .as_ref()
+            .expect("every image a shared level uses was computed")
+    }
+}
+
+/// Per-thread buffers of the key switches: allocating them per task made
+/// the allocator hand memory back to the system and fault it in again,
+/// several percent of the time on two threads (benches/README.md).
+struct Workspace {
+    scratch: KeySwitchScratch,
+    diff: Ciphertext,
+    twisted: Ciphertext,
+}
+
+thread_local! {
+    static WORKSPACE: std::cell::RefCell<Option<Workspace>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's workspace for `ctx` (made on first use).
+/// The workspace holds no secret: only the server's intermediate
+/// ciphertexts, overwritten by the next task.
+fn with_workspace<R>(ctx: &Context, f: impl FnOnce(&mut Workspace) -> R) -> R {
+    let (n, levels) = (ctx.n(), ctx.params().gadget_levels());
+    let mut ws = WORKSPACE
+        .with(|w| w.borrow_mut().take())
+        .filter(|w| w.scratch.fits(n, levels) && w.diff.ring_degree() == n)
+        .unwrap_or_else(|| Workspace {
+            scratch: KeySwitchScratch::new(n, levels),
+            diff: Ciphertext::zero(n),
+            twisted: Ciphertext::zero(n),
+        });
+    let out = f(&mut ws);
+    WORKSPACE.with(|w| *w.borrow_mut() = Some(ws));
+    out
 }

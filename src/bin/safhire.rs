@@ -41,6 +41,27 @@ parameter sets: b8 b12 b16 b20 b24 wide, or auto (the cheapest that carries
 the model under the policy; the default)
 policies: default channel benchmark (spec/shuffling.toml)";
 
+/// The commands of feature `net`, listed in the usage text when built with it.
+#[cfg(feature = "net")]
+const NET_COMMANDS: &str = "\
+  serve        serve a model over TLS to authenticated clients (feature net)
+  query        encrypted inference against a `safhire serve` server: predictions,
+               accuracy, per-round client/server/network time and traffic
+  dev-cert     a throwaway CA and server certificate for trying serve/query
+  new-token    a client's bearer token and its line for the server's token file
+";
+#[cfg(not(feature = "net"))]
+const NET_COMMANDS: &str = "";
+
+/// The usage text, with the `net` commands when built with them.
+fn usage() -> String {
+    USAGE.replacen(
+        "  help         this text",
+        &format!("{NET_COMMANDS}  help         this text"),
+        1,
+    )
+}
+
 const INFER_HELP: &str = "\
 usage: safhire infer [--model FILE --inputs FILE [--labels FILE]] [OPTIONS]
 
@@ -71,6 +92,14 @@ per-round client and server time, traffic, key size, peak memory.
   --model FILE          benchmark this model instead
   --set NAME|auto       parameter set (default auto)
   --policy NAME         policy the set must satisfy (default: benchmark)
+  --threads N           run the server on a local pool of N threads
+                        (default: rayon's global pool, one thread per core
+                        or RAYON_NUM_THREADS)
+  --threads-sweep       server time at 1 and 2 threads and all available,
+                        with the speed-ups, and the scaling past them
+                        projected from the 1-thread run's per-task work
+  --repeat K            with --threads-sweep: K runs per thread count,
+                        interleaved; medians reported (default 1)
   --json                machine-readable report on stdout
   -h, --help            this text";
 
@@ -175,10 +204,13 @@ fn parse(
 }
 
 fn main() -> ExitCode {
-    #[cfg(unix)]
-    default_sigpipe();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("help");
+    // A server keeps SIGPIPE ignored: a client that hangs up must not end it.
+    #[cfg(unix)]
+    if command != "serve" {
+        default_sigpipe();
+    }
     let rest = args.get(1..).unwrap_or_default();
     let help = match command {
         "infer" => INFER_HELP,
@@ -187,12 +219,20 @@ fn main() -> ExitCode {
         "layer" => LAYER_HELP,
         "audit" => AUDIT_HELP,
         "state-graph" => STATE_GRAPH_HELP,
+        #[cfg(feature = "net")]
+        "serve" => net_commands::SERVE_HELP,
+        #[cfg(feature = "net")]
+        "query" => net_commands::QUERY_HELP,
+        #[cfg(feature = "net")]
+        "dev-cert" => net_commands::DEV_CERT_HELP,
+        #[cfg(feature = "net")]
+        "new-token" => net_commands::NEW_TOKEN_HELP,
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
         other => {
-            eprintln!("error: unknown command {other:?}\n\n{USAGE}");
+            eprintln!("error: unknown command {other:?}\n\n{}", usage());
             return ExitCode::from(2);
         }
     };
@@ -215,10 +255,17 @@ fn main() -> ExitCode {
             &["json"],
         )
         .and_then(infer),
-        "bench" => parse(rest, &["model", "set", "policy"], &["json"]).and_then(bench),
+        "bench" => parse(
+            rest,
+            &["model", "set", "policy", "threads", "repeat"],
+            &["json", "threads-sweep"],
+        )
+        .and_then(bench),
         "params" => parse(rest, &[], &["json"]).and_then(|a| params(a.has("json"))),
         "layer" => parse(rest, &["set"], &[]).and_then(|a| layer(a.get("set").unwrap_or("b16"))),
         "audit" => parse(rest, &["model", "policy", "set"], &["json"]).and_then(audit),
+        #[cfg(feature = "net")]
+        "serve" | "query" | "dev-cert" | "new-token" => net_commands::run(command, rest),
         _ => parse(rest, &[], &[]).map(|_| print!("{}", safhire::protocol::state_graph())),
     };
     match result {
@@ -906,6 +953,28 @@ fn audit(a: Args) -> CliResult {
 
 fn bench(a: Args) -> CliResult {
     let json = a.has("json");
+    // Threads (src/par.rs): the server's loops run on rayon's global pool
+    // (RAYON_NUM_THREADS, else one thread per core) unless a local pool of
+    // --threads N is installed; --threads-sweep runs 1, 2 and all threads.
+    let positive = |name: &str| -> Result<Option<usize>, Usage> {
+        a.get(name)
+            .map(|v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Usage(format!("--{name} needs a positive integer, not {v:?}")))
+            })
+            .transpose()
+    };
+    let threads = positive("threads")?;
+    let repeat = positive("repeat")?;
+    let sweep = a.has("threads-sweep");
+    if sweep && threads.is_some() {
+        return Err(Usage("--threads and --threads-sweep exclude each other".into()).into());
+    }
+    if repeat.is_some() && !sweep {
+        return Err(Usage("--repeat goes with --threads-sweep".into()).into());
+    }
     let model = match (a.positional.as_slice(), a.get("model")) {
         ([w], None) if w == "resnet20" => safhire::model::zoo::resnet20(1),
         ([w], None) if w == "resnet18" => safhire::model::zoo::resnet18(1),
@@ -948,23 +1017,110 @@ fn bench(a: Args) -> CliResult {
     let t = Instant::now();
     let reference = model.evaluate(&input)?;
     let plain_ms = ms(t);
-    let out = engine::run(
-        ctx,
-        &keys.sk,
-        ServerKeys {
-            galois: &galois,
-            public: &pk,
-        },
-        compiled,
-        &input,
-        policy.unit(),
-        &SessionSeed::generate(),
-    )?;
+    let server_keys = ServerKeys {
+        galois: &galois,
+        public: &pk,
+    };
+    let infer = || {
+        engine::run(
+            ctx,
+            &keys.sk,
+            server_keys,
+            compiled,
+            &input,
+            policy.unit(),
+            &SessionSeed::generate(),
+        )
+    };
+    let pool = |n: usize| rayon::ThreadPoolBuilder::new().num_threads(n).build();
+    let server_of = |o: &engine::Inference| o.rounds.iter().map(|r| r.server_ms).sum::<f64>();
+    let mut exact = true;
+    let mut scaling = None;
+    let (out, pool_threads) = if sweep {
+        // 1 and 2 threads, and all the machine has if more; runs
+        // interleaved (1, 2, …, 1, 2, …) so that load from elsewhere hits
+        // every count alike. The first 1-thread run is also profiled: the
+        // per-task work and span of its parallel loops give the model of
+        // the scaling past the cores measured.
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut counts = vec![1, 2];
+        if all > 2 {
+            counts.push(all);
+        }
+        let pools = counts
+            .iter()
+            .map(|&n| pool(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (first, profile) = safhire::par::profile_on_one_thread(infer)?;
+        let first = first?;
+        exact &= first.logits == reference;
+        let mut times: Vec<Vec<f64>> = vec![vec![server_of(&first)]];
+        times.resize(counts.len(), Vec::new());
+        for rep in 0..repeat.unwrap_or(1) {
+            for (i, p) in pools.iter().enumerate() {
+                if rep == 0 && i == 0 {
+                    continue;
+                }
+                let o = p.install(infer)?;
+                exact &= o.logits == reference;
+                times[i].push(server_of(&o));
+            }
+        }
+        scaling = Some((counts, times, profile, server_of(&first), all));
+        (first, 1)
+    } else if let Some(n) = threads {
+        (pool(n)?.install(infer)?, n)
+    } else {
+        (infer()?, rayon::current_num_threads())
+    };
     let client: f64 = out.rounds.iter().map(|r| r.client_ms).sum();
     let server: f64 = out.rounds.iter().map(|r| r.server_ms).sum();
     let up: usize = out.rounds.iter().map(|r| r.up_bytes).sum();
     let down: usize = out.rounds.iter().map(|r| r.down_bytes).sum();
-    let exact = out.logits == reference;
+    exact &= out.logits == reference;
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
+    // Measured medians per thread count, then the model's projection:
+    // serial time (server time outside parallel loops) plus, per loop,
+    // max(W/P, S) (ideal) to W/P + S (Brent's bound for a greedy schedule).
+    let projected = [2usize, 4, 8, 16, 32];
+    let sweep_json = scaling.as_ref().map(|(counts, times, profile, t1, all)| {
+        let base = median(&times[0]);
+        let serial = (t1 - profile.work_ms()).max(0.0);
+        serde_json::json!({
+            "available_threads": all,
+            "runs_per_count": times[0].len(),
+            "measured": counts.iter().zip(times).map(|(n, t)| serde_json::json!({
+                "threads": n,
+                "server_ms": t,
+                "median_server_ms": median(t),
+                "speedup": base / median(t),
+            })).collect::<Vec<_>>(),
+            "model": {
+                "profiled_server_ms": t1,
+                "parallel_work_ms": profile.work_ms(),
+                "parallel_span_ms": profile.span_ms(),
+                "serial_ms": serial,
+                "parallel_regions": profile.regions.len(),
+                "tasks": profile.tasks,
+                "projection": projected.iter().map(|&p| serde_json::json!({
+                    "threads": p,
+                    "ideal_ms": serial + profile.ideal_ms(p),
+                    "greedy_bound_ms": serial + profile.greedy_bound_ms(p),
+                    "speedup_ideal": t1 / (serial + profile.ideal_ms(p)),
+                    "speedup_greedy_bound": t1 / (serial + profile.greedy_bound_ms(p)),
+                })).collect::<Vec<_>>(),
+            },
+        })
+    });
     if json {
         let report = serde_json::json!({
             "command": "bench",
@@ -982,6 +1138,8 @@ fn bench(a: Args) -> CliResult {
             "peak_rss_mib": peak_rss_mib(),
             "bit_exact": exact,
             "circuit_privacy": circuit_json,
+            "threads": pool_threads,
+            "threads_sweep": sweep_json,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -993,10 +1151,48 @@ fn bench(a: Args) -> CliResult {
             .map(|(r, s)| format!("round {} ({:.0} ms)", r + 1, s.server_ms))
             .unwrap_or_default();
         println!(
-            "server {:.2} s, client {:.1} ms (slowest: {slowest})",
+            "server {:.2} s on {pool_threads} thread(s), client {:.1} ms (slowest: {slowest})",
             server / 1e3,
             client
         );
+        if let Some((counts, times, profile, t1, all)) = &scaling {
+            let base = median(&times[0]);
+            println!(
+                "server time by threads (median of {} run(s) each, interleaved; {all} available):",
+                times[0].len()
+            );
+            for (n, t) in counts.iter().zip(times) {
+                println!(
+                    "  {n:>3} thread(s): {:8.2} s   speed-up {:.2}x",
+                    median(t) / 1e3,
+                    base / median(t)
+                );
+            }
+            let serial = (t1 - profile.work_ms()).max(0.0);
+            println!(
+                "scaling model from the profiled 1-thread run ({:.2} s): {} parallel loops ({} tasks), work {:.2} s, span {:.3} s, serial rest {:.3} s ({:.2} %); per loop max(W/P, S) to W/P + S, no memory-bandwidth or clock limits modelled:",
+                t1 / 1e3,
+                profile.regions.len(),
+                profile.tasks,
+                profile.work_ms() / 1e3,
+                profile.span_ms() / 1e3,
+                serial / 1e3,
+                100.0 * serial / t1.max(1e-9)
+            );
+            for p in projected {
+                let (ideal, bound) = (
+                    serial + profile.ideal_ms(p),
+                    serial + profile.greedy_bound_ms(p),
+                );
+                println!(
+                    "  {p:>3} threads: {:.2}–{:.2} s, speed-up {:.2}x–{:.2}x",
+                    ideal / 1e3,
+                    bound / 1e3,
+                    t1 / bound,
+                    t1 / ideal
+                );
+            }
+        }
         println!(
             "plaintext integer inference in the same run: {plain_ms:.1} ms; encrypted is {:.0}x that",
             (server + client) / plain_ms.max(1e-9)
@@ -1028,4 +1224,626 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// `serve`, `query`, `dev-cert` and `new-token` (feature `net`,
+/// spec/transport.md).
+#[cfg(feature = "net")]
+mod net_commands {
+    use super::{
+        argmax, choose, load_model, parse, Args, CliResult, Usage, DIGITS_MODEL, DIGITS_TEST,
+    };
+    use safhire::model::{Model, TestSet};
+    use safhire::net::{
+        self, ConnectConfig, Connection, Exchange, NetError, Refusal, ServeConfig, Service,
+        Timeouts, TokenTable,
+    };
+    use safhire::params::ParameterSet;
+    use safhire::protocol::{Endpoint, Policy};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    pub const SERVE_HELP: &str = "\
+usage: safhire serve --listen ADDR --cert PEM --key PEM --tokens FILE [OPTIONS]
+
+Serves a model over TLS 1.3 to clients with a bearer token
+(spec/transport.md). Each session is charged to the client identity of the
+token file's matching entry, before any work; the policy's budget applies
+per identity. The first line on standard output is `listening on ADDR`;
+one line per connection goes to standard error. SIGINT or SIGTERM stops
+accepting, lets sessions in flight finish (up to --grace-secs), and exits.
+
+  --model FILE|NAME     a model file (JSON, or .onnx with --features onnx), or
+                        `digits`, the shipped CNN (the default)
+  --policy NAME         default, channel, benchmark or dp (spec/shuffling.toml;
+                        default: default)
+  --set NAME|auto       parameter set (default auto)
+  --listen ADDR         HOST:PORT to listen on (port 0: any free port)
+  --cert PEM            the server's certificate chain (PEM)
+  --key PEM             its private key (PEM: PKCS#8, PKCS#1 or SEC1)
+  --tokens FILE         `CLIENT-ID SHA256-HEX` lines (safhire new-token makes them)
+  --ledger FILE         count sessions in this SQLite file, so budgets survive
+                        restarts (needs --features sqlite; default: in memory)
+  --max-sessions N      connections served at once; more are refused as busy
+                        (default 16)
+  --timeout-secs N      how long a client may idle between frames or take over
+                        one (default 60)
+  --grace-secs N        how long sessions in flight may run after a shutdown
+                        signal (default 30)
+  --json                the listening address and the final summary as JSON
+  -h, --help            this text";
+
+    pub const QUERY_HELP: &str = "\
+usage: safhire query --server ADDR --server-name NAME --ca PEM --token-file FILE
+                     [--inputs FILE [--labels FILE]] [OPTIONS]
+
+Encrypted inference against a `safhire serve` server: one session per
+input, each charged to the token's identity. The server's certificate must
+chain to the CA and carry the server name; its parameter set must be a
+shipped one with the fingerprint it announces. Prints each prediction,
+accuracy against the labels, and per round the client's, the server's and
+the network's time and the bytes sent and received. A refusal (budget
+exhausted, unauthenticated, busy, shutting down, protocol violation) is
+reported as such after the results of the inputs already done; exit code 1.
+
+  --server ADDR         HOST:PORT of the server
+  --server-name NAME    the DNS name or IP address its certificate carries
+  --ca PEM              the CA certificate(s) to trust
+  --token-file FILE     the bearer token, alone on the first line
+  --inputs FILE         inputs: JSON or integer .npy, as for `infer` (default:
+                        the shipped digits test images, with labels)
+  --labels FILE         labels: JSON array or 1-D integer .npy (optional)
+  --images K|all        how many inputs to run (default: all of --inputs, 5 of
+                        the shipped images)
+  --set NAME            insist on this parameter set (default: the one the
+                        server names, if this build ships it)
+  --timeout-secs N      connecting and each wait for the server (default 120)
+  --json                machine-readable report with the logits on stdout
+  -h, --help            this text";
+
+    pub const DEV_CERT_HELP: &str = "\
+usage: safhire dev-cert --out DIR [--names NAME,NAME,...]
+
+Writes a throwaway certificate authority (DIR/ca.pem, for query --ca) and a
+server certificate it signed (DIR/server.pem and DIR/server.key, for serve
+--cert and --key), valid for the names (default localhost,127.0.0.1,::1).
+For trials and tests only: the CA's key is not kept. Refuses to overwrite.
+
+  --out DIR             the directory (created if missing)
+  --names LIST          DNS names or IP addresses, comma-separated
+  -h, --help            this text";
+
+    pub const NEW_TOKEN_HELP: &str = "\
+usage: safhire new-token --id CLIENT-ID --out FILE
+
+Writes a fresh random bearer token to FILE (mode 0600; for query
+--token-file) and prints the line to add to the server's token file:
+`CLIENT-ID SHA256-HEX`. The server keeps only the digest. Refuses to
+overwrite FILE.
+
+  --id CLIENT-ID        1 to 64 characters of A-Z a-z 0-9 . _ @ -
+  --out FILE            where the token goes
+  -h, --help            this text";
+
+    pub fn run(command: &str, rest: &[String]) -> CliResult {
+        match command {
+            "serve" => parse(
+                rest,
+                &[
+                    "model",
+                    "policy",
+                    "set",
+                    "listen",
+                    "cert",
+                    "key",
+                    "tokens",
+                    "ledger",
+                    "max-sessions",
+                    "timeout-secs",
+                    "grace-secs",
+                ],
+                &["json"],
+            )
+            .and_then(serve),
+            "query" => parse(
+                rest,
+                &[
+                    "server",
+                    "server-name",
+                    "ca",
+                    "token-file",
+                    "inputs",
+                    "labels",
+                    "images",
+                    "set",
+                    "timeout-secs",
+                ],
+                &["json"],
+            )
+            .and_then(query),
+            "dev-cert" => parse(rest, &["out", "names"], &[]).and_then(dev_cert),
+            _ => parse(rest, &["id", "out"], &[]).and_then(new_token),
+        }
+    }
+
+    fn no_positional(a: &Args) -> CliResult {
+        match a.positional.first() {
+            Some(extra) => Err(Usage(format!("unexpected argument {extra:?}")).into()),
+            None => Ok(()),
+        }
+    }
+
+    fn required<'a>(a: &'a Args, name: &str) -> Result<&'a str, Usage> {
+        a.get(name)
+            .ok_or_else(|| Usage(format!("--{name} is required")))
+    }
+
+    fn positive(a: &Args, name: &str, default: u64) -> Result<u64, Usage> {
+        match a.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0 && n <= 1 << 32)
+                .ok_or_else(|| Usage(format!("--{name}: {v:?} is not a positive number"))),
+        }
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}").into())
+    }
+
+    /// `--model FILE|NAME`: a file if one exists at that path, else a
+    /// shipped model by name.
+    fn resolve_model(spec: Option<&str>) -> Result<Model, Box<dyn std::error::Error>> {
+        match spec {
+            None => Ok(Model::from_json(DIGITS_MODEL)?),
+            Some(path) if Path::new(path).exists() => load_model(Path::new(path)),
+            Some("digits") => Ok(Model::from_json(DIGITS_MODEL)?),
+            Some(other) => Err(format!(
+                "--model {other:?}: no such file, and not a shipped model (digits)"
+            )
+            .into()),
+        }
+    }
+
+    fn serve(a: Args) -> CliResult {
+        no_positional(&a)?;
+        let json = a.has("json");
+        let listen = required(&a, "listen")?;
+        let (cert, key, tokens_path) = (
+            required(&a, "cert")?,
+            required(&a, "key")?,
+            required(&a, "tokens")?,
+        );
+        let max_sessions = positive(&a, "max-sessions", 16)? as usize;
+        let timeout = Duration::from_secs(positive(&a, "timeout-secs", 60)?);
+        let grace = Duration::from_secs(positive(&a, "grace-secs", 30)?);
+        #[cfg(not(feature = "sqlite"))]
+        if a.get("ledger").is_some() {
+            return Err(
+                "--ledger needs a build with the SQLite ledger: --features net,sqlite".into(),
+            );
+        }
+
+        let tls = net::tls::server_config(Path::new(cert), Path::new(key))?;
+        let tokens = TokenTable::load(Path::new(tokens_path))?;
+        let identities = tokens.len();
+        let model = resolve_model(a.get("model"))?;
+        let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+        let selection = choose(&model, a.get("set"), &policy)?;
+        let rounds = selection.model.rounds();
+        let ctx = Arc::new(selection.context);
+        let set = ctx.params().name().to_owned();
+        let budget = policy.query_budget();
+        let policy_name = policy.name().to_owned();
+        let endpoint = Endpoint::new(ctx, Arc::new(selection.model), policy)?;
+        #[cfg(feature = "sqlite")]
+        let (endpoint, ledger) = match a.get("ledger") {
+            None => (endpoint, "memory (a restart resets every count)".to_owned()),
+            Some(path) => {
+                let ledger = safhire::protocol::SqliteLedger::open(Path::new(path))
+                    .map_err(|e| format!("--ledger {path}: {e}"))?;
+                (endpoint.with_ledger(Box::new(ledger)), path.to_owned())
+            }
+        };
+        #[cfg(not(feature = "sqlite"))]
+        let ledger = "memory (a restart resets every count)".to_owned();
+
+        let mut config = ServeConfig::new(tls, tokens);
+        config.max_sessions = max_sessions;
+        config.timeouts = Timeouts {
+            idle: timeout,
+            read: timeout,
+        };
+        config.grace = grace;
+        config.log = true;
+        let rt = runtime()?;
+        let summary = rt.block_on(async {
+            let service = Service::bind(listen, endpoint, config).await?;
+            let addr = service.local_addr()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"listening": addr.to_string(), "model": model.name(),
+                        "rounds": rounds, "parameter_set": set, "policy": policy_name,
+                        "budget": budget, "identities": identities, "ledger": ledger,
+                        "max_sessions": max_sessions})
+                );
+            } else {
+                println!("listening on {addr}");
+                println!(
+                    "serving {} ({rounds} encrypted rounds) with parameter set {set} under policy {policy_name:?}: \
+                     {budget} sessions per client identity ({identities} in {tokens_path}); \
+                     at most {max_sessions} connections at once; ledger: {ledger}",
+                    model.name()
+                );
+            }
+            let handle = service.shutdown_handle();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                eprintln!("shutdown requested: no new connections");
+                handle.shutdown();
+            });
+            Ok::<_, NetError>(service.run().await)
+        });
+        rt.shutdown_timeout(Duration::from_secs(1));
+        let summary = summary?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"stopped": true, "connections": summary.connections,
+                    "sessions": summary.sessions, "cut_at_deadline": summary.cut_at_deadline})
+            );
+        } else {
+            println!(
+                "stopped: {} connections, {} sessions; {} cut at the grace deadline",
+                summary.connections, summary.sessions, summary.cut_at_deadline
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGINT or SIGTERM (NET-9).
+    async fn wait_for_signal() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    fn exchange_json(e: &Exchange) -> serde_json::Value {
+        serde_json::json!({"client_ms": e.client_ms, "server_ms": e.server_ms,
+            "network_ms": e.network_ms, "up_bytes": e.up_bytes, "down_bytes": e.down_bytes})
+    }
+
+    fn scaled(e: &Exchange, c: f64) -> Exchange {
+        Exchange {
+            client_ms: e.client_ms / c,
+            server_ms: e.server_ms / c,
+            network_ms: e.network_ms / c,
+            up_bytes: (e.up_bytes as f64 / c).round() as usize,
+            down_bytes: (e.down_bytes as f64 / c).round() as usize,
+        }
+    }
+
+    /// A snake_case name of a refusal, for `--json`.
+    fn refusal_name(r: &Refusal) -> &'static str {
+        match r {
+            Refusal::BudgetExhausted { .. } => "budget_exhausted",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Busy => "busy",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::ProtocolViolation(_) => "protocol_violation",
+            Refusal::Timeout => "timeout",
+            Refusal::ServerError => "server_error",
+            _ => "other",
+        }
+    }
+
+    fn error_json(e: &NetError) -> serde_json::Value {
+        serde_json::json!({"fault": e.fault.to_string(), "message": e.to_string(),
+            "refusal": e.refusal().map(refusal_name)})
+    }
+
+    fn query(a: Args) -> CliResult {
+        no_positional(&a)?;
+        let json = a.has("json");
+        let server = required(&a, "server")?;
+        let server_name = required(&a, "server-name")?;
+        let ca = required(&a, "ca")?;
+        let token_file = required(&a, "token-file")?;
+        let timeout = Duration::from_secs(positive(&a, "timeout-secs", 120)?);
+        let (set, default_count) = match (a.get("inputs"), a.get("labels")) {
+            (None, Some(_)) => return Err(Usage("--labels needs --inputs".into()).into()),
+            (None, None) => (
+                TestSet::from_json("models/digits-test.json", DIGITS_TEST)?,
+                5,
+            ),
+            (Some(i), labels) => (
+                TestSet::load(Path::new(i), labels.map(Path::new))?,
+                usize::MAX,
+            ),
+        };
+        let inputs_name = a.get("inputs").unwrap_or("the shipped digits test images");
+        let count = match a.get("images") {
+            None => default_count,
+            Some("all") => usize::MAX,
+            Some(k) => k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                Usage(format!("--images: {k:?} is not a positive number or `all`"))
+            })?,
+        }
+        .min(set.inputs.len());
+        let parameters = match a.get("set") {
+            None => None,
+            Some(name) => Some(ParameterSet::shipped(name)?),
+        };
+        let config = ConnectConfig {
+            addr: server.to_owned(),
+            server_name: server_name.to_owned(),
+            tls: net::tls::client_config(Path::new(ca))?,
+            token: net::read_token_file(Path::new(token_file))?,
+            timeout,
+            parameters,
+        };
+
+        let rt = runtime()?;
+        let started = Instant::now();
+        let mut conn = match rt.block_on(Connection::connect(&config)) {
+            Ok(c) => c,
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "command": "query", "server": server, "error": error_json(&e)}))?
+                    );
+                }
+                return Err(e.into());
+            }
+        };
+        let info = conn.info().clone();
+        let connect_ms = conn.connect_ms();
+        // Every input checked against the announced model before a session
+        // (a unit of budget) is spent.
+        for (k, x) in set.inputs.iter().take(count).enumerate() {
+            conn.check_input(x)
+                .map_err(|e| format!("{inputs_name}, input {k}: {}", e.kind))?;
+        }
+        let left = info.budget.saturating_sub(info.used);
+        if !json {
+            println!(
+                "connected to {server} as {:?} in {:.0} ms: parameter set {} (fingerprint {:#018x}); {} of {} sessions used",
+                info.client_id,
+                connect_ms,
+                info.set,
+                info.fingerprint,
+                info.used,
+                info.budget
+            );
+            if count as u64 > left {
+                println!(
+                    "note: {count} inputs but {left} sessions left: the server will refuse the rest"
+                );
+            }
+        }
+
+        let mut images = Vec::new();
+        let mut rounds: Vec<Exchange> = Vec::new();
+        let mut setup = Exchange::default();
+        let mut total = Exchange::default();
+        let mut correct = 0usize;
+        let mut failure = None;
+        for (k, x) in set.inputs.iter().take(count).enumerate() {
+            let out = match rt.block_on(conn.infer(x)) {
+                Ok(out) => out,
+                Err(e) => {
+                    failure = Some((k, e));
+                    break;
+                }
+            };
+            let prediction = argmax(&out.logits);
+            let label = set.labels.as_ref().map(|l| l[k]);
+            correct += usize::from(label == Some(prediction));
+            if !json {
+                match label {
+                    Some(l) => println!("image {k}: predicted {prediction} (label {l})"),
+                    None => println!("image {k}: predicted {prediction}"),
+                }
+            }
+            setup.add(&out.setup);
+            if rounds.len() < out.rounds.len() {
+                rounds.resize(out.rounds.len(), Exchange::default());
+            }
+            for (r, e) in out.rounds.iter().enumerate() {
+                rounds[r].add(e);
+            }
+            total.add(&out.total());
+            images.push(
+                serde_json::json!({"index": k, "prediction": prediction, "label": label,
+                "logits": out.logits, "setup": exchange_json(&out.setup),
+                "rounds": out.rounds.iter().map(exchange_json).collect::<Vec<_>>()}),
+            );
+        }
+        rt.block_on(conn.close());
+        rt.shutdown_timeout(Duration::from_secs(1));
+        let done = images.len();
+        let c = done.max(1) as f64;
+        let used_after = info.used + done as u64;
+        if json {
+            let report = serde_json::json!({
+                "command": "query",
+                "server": server,
+                "parameter_set": {"name": info.set, "fingerprint": format!("{:#018x}", info.fingerprint)},
+                "client_id": info.client_id,
+                "connect_ms": connect_ms,
+                "budget": {"limit": info.budget, "used_before": info.used,
+                    "used_after": failure.is_none().then_some(used_after)},
+                "inputs": count,
+                "completed": done,
+                "images": images,
+                "mean": {"setup": exchange_json(&scaled(&setup, c)),
+                    "rounds": rounds.iter().map(|r| exchange_json(&scaled(r, c))).collect::<Vec<_>>(),
+                    "total": exchange_json(&scaled(&total, c))},
+                "total": exchange_json(&total),
+                "wall_ms": started.elapsed().as_secs_f64() * 1e3,
+                "accuracy": set.labels.as_ref().filter(|_| done > 0).map(|_| correct as f64 / c),
+                "error": failure.as_ref().map(|(k, e)| {
+                    let mut j = error_json(e);
+                    j["input"] = serde_json::json!(k);
+                    j
+                }),
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else if done > 0 {
+            println!("\nper inference (mean of {done}):");
+            println!("  round   client ms   server ms  network ms     up KiB   down KiB");
+            let line = |name: &str, e: &Exchange| {
+                let e = scaled(e, c);
+                println!(
+                    "  {name:>5} {:>11.1} {:>11.1} {:>11.1} {:>10.1} {:>10.1}",
+                    e.client_ms,
+                    e.server_ms,
+                    e.network_ms,
+                    e.up_bytes as f64 / 1024.0,
+                    e.down_bytes as f64 / 1024.0
+                )
+            };
+            line("keys", &setup);
+            for (r, e) in rounds.iter().enumerate() {
+                line(&(r + 1).to_string(), e);
+            }
+            line("total", &total);
+            println!(
+                "whole run: {done} inferences in {:.2} s; client {:.0} ms, server {:.0} ms, network {:.0} ms; sent {:.2} MiB, received {:.2} MiB",
+                started.elapsed().as_secs_f64(),
+                total.client_ms,
+                total.server_ms,
+                total.network_ms,
+                total.up_bytes as f64 / 1048576.0,
+                total.down_bytes as f64 / 1048576.0
+            );
+            if set.labels.is_some() {
+                println!(
+                    "accuracy: {correct}/{done} = {:.2}%",
+                    100.0 * correct as f64 / c
+                );
+            }
+            if failure.is_none() {
+                println!(
+                    "budget: {used_after} of {} sessions used by {:?}",
+                    info.budget, info.client_id
+                );
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some((k, e)) => Err(format!("input {k}: {e}").into()),
+        }
+    }
+
+    /// Creates `path` for writing, refusing to overwrite; owner-only on Unix.
+    fn create_new(path: &Path, private: bool) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        options.open(path).map_err(|e| {
+            format!(
+                "{}: cannot be created ({}){}",
+                path.display(),
+                e.kind(),
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    "; refusing to overwrite"
+                } else {
+                    ""
+                }
+            )
+            .into()
+        })
+    }
+
+    fn write_new(path: &Path, text: &str, private: bool) -> CliResult {
+        use std::io::Write;
+        let mut f = create_new(path, private)?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("{}: cannot be written: {}", path.display(), e.kind()))?;
+        Ok(())
+    }
+
+    fn dev_cert(a: Args) -> CliResult {
+        no_positional(&a)?;
+        let out = Path::new(required(&a, "out")?);
+        let names: Vec<String> = a
+            .get("names")
+            .unwrap_or("localhost,127.0.0.1,::1")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.is_empty() {
+            return Err(Usage("--names: give at least one name".into()).into());
+        }
+        let files = [
+            out.join("ca.pem"),
+            out.join("server.pem"),
+            out.join("server.key"),
+        ];
+        if let Some(f) = files.iter().find(|f| f.exists()) {
+            return Err(format!("{}: exists; refusing to overwrite", f.display()).into());
+        }
+        let made = net::tls::dev_cert(&names)?;
+        std::fs::create_dir_all(out)
+            .map_err(|e| format!("{}: cannot be created: {}", out.display(), e.kind()))?;
+        write_new(&files[0], &made.ca_pem, false)?;
+        write_new(&files[1], &made.cert_pem, false)?;
+        write_new(&files[2], &made.key_pem, true)?;
+        println!(
+            "wrote {} (the CA: query --ca), {} and {} (serve --cert, --key), valid for {}",
+            files[0].display(),
+            files[1].display(),
+            files[2].display(),
+            names.join(", ")
+        );
+        println!("these are for trials only: anyone with server.key can impersonate the server");
+        Ok(())
+    }
+
+    fn new_token(a: Args) -> CliResult {
+        no_positional(&a)?;
+        let id = required(&a, "id")?;
+        let out = Path::new(required(&a, "out")?);
+        if !net::frame::valid_name(id) {
+            return Err(Usage(format!(
+                "--id {id:?}: 1 to 64 characters of A-Z a-z 0-9 . _ @ -"
+            ))
+            .into());
+        }
+        let token = net::auth::generate_token();
+        write_new(out, &format!("{token}\n"), true)?;
+        println!("{id} {}", net::auth::token_digest_hex(token.as_bytes()));
+        eprintln!(
+            "token written to {}; add the line above to the server's token file",
+            out.display()
+        );
+        Ok(())
+    }
 }

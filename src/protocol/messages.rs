@@ -13,8 +13,12 @@ use crate::rlwe::{
 };
 use crate::wire::{self, WireError};
 
+/// The first four bytes of every protocol message.
 pub const MAGIC: [u8; 4] = *b"SFHP";
+/// The message format's version, in every envelope.
 pub const VERSION: u16 = 1;
+/// Bytes of the envelope header before a message body.
+pub const ENVELOPE_LEN: usize = 20;
 /// Largest message body accepted (PROTO-4).
 pub const MAX_BODY: usize = 64 << 20;
 /// Most rounds a model may have.

@@ -28,8 +28,8 @@ pub use error::{ErrorKind, Fault, ProtocolError, Rejected};
 pub use ledger::SqliteLedger;
 pub use ledger::{Ledger, LedgerError, MemoryLedger};
 pub use messages::{
-    MessageKind, Response, RoundInfo, SessionAccept, SessionRequest, Upload, MAX_BODY, MAX_OPS,
-    MAX_ROUNDS,
+    MessageKind, Response, RoundInfo, SessionAccept, SessionRequest, Upload, ENVELOPE_LEN, MAGIC,
+    MAX_BODY, MAX_OPS, MAX_ROUNDS, VERSION,
 };
 pub use policy::{Policy, SHIPPED_POLICIES};
 pub use server::{

@@ -149,6 +149,22 @@ impl Endpoint {
         self
     }
 
+    /// The context (parameter set) sessions run under.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The compiled model this endpoint serves.
+    pub fn model(&self) -> &CompiledModel {
+        &self.model
+    }
+
+    /// The policy sessions are served under (its query budget, its
+    /// shuffle granularity).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Inferences `client` has started so far.
     pub fn queries_used(&self, client: &ClientId) -> Result<u64, ProtocolError> {
         self.ledger

@@ -69,6 +69,12 @@ impl KeySwitchScratch {
             dp: vec![0; n],
         }
     }
+
+    /// Whether this scratch serves key switches at ring degree `n` with
+    /// `levels` gadget digits.
+    pub(crate) fn fits(&self, n: usize, levels: usize) -> bool {
+        self.digits.len() == levels && self.dq.len() == n
+    }
 }
 
 impl Context {

@@ -82,6 +82,18 @@ impl Ciphertext {
         ok.then_some(Self { a, b })
     }
 
+    /// Sets every coefficient to zero, keeping the buffers.
+    pub(crate) fn clear(&mut self) {
+        self.a.fill(0);
+        self.b.fill(0);
+    }
+
+    /// Becomes a copy of `other`, reusing the buffers.
+    pub(crate) fn copy_from(&mut self, other: &Ciphertext) {
+        self.a.clone_from(&other.a);
+        self.b.clone_from(&other.b);
+    }
+
     pub fn add_assign(&mut self, q: Modulus, other: &Ciphertext) {
         poly::add_assign(q, &mut self.a, &other.a);
         poly::add_assign(q, &mut self.b, &other.b);
@@ -105,11 +117,16 @@ impl Ciphertext {
 
     /// `τ_g` applied to both parts: a ciphertext of `τ_g(m)` under `τ_g(s)`.
     pub fn automorphism(&self, q: Modulus, g: usize) -> Ciphertext {
-        let n = self.ring_degree();
-        let mut out = Ciphertext::zero(n);
+        let mut out = Ciphertext::zero(self.ring_degree());
+        self.automorphism_into(q, g, &mut out);
+        out
+    }
+
+    /// [`automorphism`](Self::automorphism) written into `out` (of the same
+    /// ring degree; every coefficient is overwritten), reusing its buffers.
+    pub(crate) fn automorphism_into(&self, q: Modulus, g: usize, out: &mut Ciphertext) {
         poly::automorphism(q, &mut out.a, &self.a, g);
         poly::automorphism(q, &mut out.b, &self.b, g);
-        out
     }
 }
 
