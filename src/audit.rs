@@ -1259,7 +1259,7 @@ fn pixel_probes(
     let mut bias_classes: Vec<(i64, usize)> = Vec::new();
     for (&b, &n) in &base {
         if n % positions != 0 {
-            entry.note = "the bias probe's multiset is not whole planes".into();
+            entry.note = "the bias probe's values are not whole planes of equal biases (noise?): the probes need exact values".into();
             return Ok(());
         }
         bias_classes.push((b, n / positions));
