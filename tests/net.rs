@@ -767,6 +767,7 @@ fn malformed_frames_close_that_connection_only() {
         };
         let (_, mut upload) = client
             .receive_accept(accept)
+            .unwrap()
             .send_input(&test_set().inputs[0])
             .unwrap();
         upload.round = 2;

@@ -64,7 +64,7 @@ fn session(server: &mut Endpoint, who: &ClientId, input: &[i64]) -> Vec<i64> {
     let request = SessionRequest::decode(ctx, &request.encode(ctx)).unwrap();
     let (mut session, accept) = server.accept(who, request).unwrap();
     let accept = SessionAccept::decode(ctx, &accept.encode(ctx)).unwrap();
-    let client = client.receive_accept(accept);
+    let client = client.receive_accept(accept).unwrap();
     let (mut client, mut upload) = client.send_input(input).unwrap();
     loop {
         let up = Upload::decode(ctx, &upload.encode(ctx)).unwrap();
@@ -118,7 +118,7 @@ fn wrong_round_or_count_is_refused_and_the_session_survives() {
     let mut server = endpoint("default");
     let (client, request) = Client::start(ctx.clone());
     let (session, accept) = server.accept(&ClientId("bob".into()), request).unwrap();
-    let client = client.receive_accept(accept);
+    let client = client.receive_accept(accept).unwrap();
     let (client, upload) = client.send_input(&s.set.inputs[0]).unwrap();
 
     let mut wrong = upload.clone();
@@ -164,7 +164,7 @@ fn local_input_errors_are_the_callers_fault() {
     let (_, accept) = endpoint("default")
         .accept(&ClientId("c".into()), request)
         .unwrap();
-    let client = client.receive_accept(accept);
+    let client = client.receive_accept(accept).unwrap();
     let rejected = client.send_input(&[1, 2, 3]).unwrap_err();
     assert_eq!(rejected.error.fault, Fault::Local);
     assert!(rejected.error.to_string().starts_with("local fault"));
@@ -258,7 +258,7 @@ fn stored_sessions_close_after_the_last_round() {
     let (client, request) = Client::start(ctx.clone());
     let (session, accept) = server.accept(&ClientId("d".into()), request).unwrap();
     let mut stored = StoredSession::AwaitingUpload(session);
-    let client = client.receive_accept(accept);
+    let client = client.receive_accept(accept).unwrap();
     let (mut client, mut upload) = client.send_input(&s.set.inputs[1]).unwrap();
     let logits = loop {
         let (next, response) = stored.receive_upload(upload.clone());
@@ -341,7 +341,7 @@ fn endpoint_and_client_refuse_what_compile_did_not_check() {
     let (client, request) = Client::start(s.ctx.clone());
     let (_, accept) = server.accept(&ClientId("range".into()), request).unwrap();
     assert_eq!((accept.input_min, accept.input_max), (0, 15));
-    let client = client.receive_accept(accept);
+    let client = client.receive_accept(accept).unwrap();
     let mut input = s.set.inputs[0].clone();
     input[5] = 16;
     let rejected = client.send_input(&input).unwrap_err();
@@ -370,4 +370,35 @@ fn the_dp_policy_adds_noise_to_the_logits() {
     let reference = &s.set.integer_logits[7];
     assert_ne!(&logits, reference);
     assert_eq!(logits.len(), reference.len());
+}
+
+// PROTO-4: a SessionAccept built by hand (its fields are public) passes the
+// same checks as a decoded one before the client acts on it: no rounds, an
+// empty input range or an unusable requantisation is refused as the peer's
+// fault, and the client keeps its state and can take a valid accept next.
+#[test]
+fn a_hand_built_accept_is_validated_before_the_client_uses_it() {
+    let s = setup();
+    let mut server = endpoint("default");
+    let (client, request) = Client::start(s.ctx.clone());
+    let (_, good) = server.accept(&ClientId("hand".into()), request).unwrap();
+    let mut no_rounds = good.clone();
+    no_rounds.rounds.clear();
+    let mut empty_range = good.clone();
+    empty_range.input_min = empty_range.input_max + 1;
+    let mut bad_requantize = good.clone();
+    bad_requantize.rounds[0].ops = vec![safhire::engine::ClientOp::Requantize {
+        multiplier: 0,
+        shift: 3,
+        min: 0,
+        max: 15,
+    }];
+    let mut client = client;
+    for bad in [no_rounds, empty_range, bad_requantize] {
+        let rejected = client.receive_accept(bad).unwrap_err();
+        assert_eq!(rejected.error.fault, Fault::Peer, "{}", rejected.error);
+        client = rejected.state;
+    }
+    let client = client.receive_accept(good).unwrap();
+    assert!(client.send_input(&s.set.inputs[0]).is_ok());
 }

@@ -301,7 +301,7 @@ impl Connection {
         let (ctx, input) = (self.ctx.clone(), input.to_vec());
         let (mut client, mut upload) = blocking(move || {
             let accept = SessionAccept::decode(&ctx, &accept)?;
-            let client = client.receive_accept(accept);
+            let client = client.receive_accept(accept).map_err(|r| r.error)?;
             let (client, upload) = client.send_input(&input).map_err(|r| r.error)?;
             Ok((client, upload.encode(&ctx)))
         })

@@ -87,14 +87,20 @@ impl Client<AwaitingAccept> {
         )
     }
 
-    /// Takes the model metadata (validated when the message was decoded).
-    pub fn receive_accept(self, accept: SessionAccept) -> Client<Ready> {
-        Client {
+    /// Takes the model metadata. It is validated here too
+    /// (`SessionAccept::validate`), not only when decoded, so a message
+    /// built by hand cannot reach a later round with nothing to index; a
+    /// refusal returns this state unchanged.
+    pub fn receive_accept(self, accept: SessionAccept) -> Result<Client<Ready>, Rejected<Self>> {
+        if let Err(error) = accept.validate(&self.ctx) {
+            return Err(Rejected { state: self, error });
+        }
+        Ok(Client {
             ctx: self.ctx,
             sk: self.sk,
             rng: self.rng,
             state: Ready { accept },
-        }
+        })
     }
 }
 

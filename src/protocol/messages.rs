@@ -277,44 +277,21 @@ impl SessionAccept {
             buf: open(ctx, bytes, MessageKind::SessionAccept)?,
         };
         let rounds = b.count(MAX_ROUNDS)?;
-        if rounds == 0 {
-            return Err(peer(ErrorKind::Malformed("a model has at least one round")));
-        }
-        let limit = max_ciphertexts(ctx) * ctx.n();
         let input_len = b.u32()?;
-        if input_len == 0 || input_len as usize > limit {
-            return Err(peer(ErrorKind::Malformed("input length out of range")));
-        }
         let (input_min, input_max) = (b.i64()?, b.i64()?);
-        if input_min > input_max {
-            return Err(peer(ErrorKind::Malformed("input range is empty")));
-        }
         let mut infos = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let outputs = b.u32()?;
-            if outputs == 0 || outputs as usize > limit {
-                return Err(peer(ErrorKind::Malformed("output length out of range")));
-            }
             let n_ops = b.count(MAX_OPS)?;
             let mut ops = Vec::with_capacity(n_ops);
             for _ in 0..n_ops {
                 let op = match b.take(1)?[0] {
-                    1 => {
-                        let multiplier = b.i64()?;
-                        let shift = b.u32()?;
-                        let (min, max) = (b.i64()?, b.i64()?);
-                        if multiplier <= 0 || shift > 62 || min > max {
-                            return Err(peer(ErrorKind::Malformed(
-                                "requantize parameters out of range",
-                            )));
-                        }
-                        ClientOp::Requantize {
-                            multiplier,
-                            shift,
-                            min,
-                            max,
-                        }
-                    }
+                    1 => ClientOp::Requantize {
+                        multiplier: b.i64()?,
+                        shift: b.u32()?,
+                        min: b.i64()?,
+                        max: b.i64()?,
+                    },
                     2 => ClientOp::Relu,
                     _ => return Err(peer(ErrorKind::Malformed("unknown client op"))),
                 };
@@ -323,12 +300,60 @@ impl SessionAccept {
             infos.push(RoundInfo { outputs, ops });
         }
         b.finish()?;
-        Ok(Self {
+        let accept = Self {
             input_len,
             input_min,
             input_max,
             rounds: infos,
-        })
+        };
+        accept.validate(ctx)?;
+        Ok(accept)
+    }
+
+    /// The checks a `SessionAccept` must pass before a client acts on it,
+    /// whether it was decoded or built by hand (PROTO-4): at least one and
+    /// at most `MAX_ROUNDS` rounds, input and output lengths that fit the
+    /// parameter set's message limit, non-empty ranges, at most `MAX_OPS`
+    /// client steps per round, and requantisation parameters the client can
+    /// apply (multiplier > 0, shift ≤ 62). A failure is the peer's fault.
+    pub fn validate(&self, ctx: &Context) -> Result<(), ProtocolError> {
+        let limit = max_ciphertexts(ctx) * ctx.n();
+        if self.rounds.is_empty() {
+            return Err(peer(ErrorKind::Malformed("a model has at least one round")));
+        }
+        if self.rounds.len() > MAX_ROUNDS {
+            return Err(peer(ErrorKind::Malformed("too many rounds")));
+        }
+        if self.input_len == 0 || self.input_len as usize > limit {
+            return Err(peer(ErrorKind::Malformed("input length out of range")));
+        }
+        if self.input_min > self.input_max {
+            return Err(peer(ErrorKind::Malformed("input range is empty")));
+        }
+        for r in &self.rounds {
+            if r.outputs == 0 || r.outputs as usize > limit {
+                return Err(peer(ErrorKind::Malformed("output length out of range")));
+            }
+            if r.ops.len() > MAX_OPS {
+                return Err(peer(ErrorKind::Malformed("too many client ops")));
+            }
+            for op in &r.ops {
+                if let ClientOp::Requantize {
+                    multiplier,
+                    shift,
+                    min,
+                    max,
+                } = *op
+                {
+                    if multiplier <= 0 || shift > 62 || min > max {
+                        return Err(peer(ErrorKind::Malformed(
+                            "requantize parameters out of range",
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
