@@ -44,7 +44,7 @@
 //! recovery after the malicious-key attack.
 
 use crate::engine::{self, CompiledModel, LinearStage};
-use crate::layout::{conv2d_reference, Conv2dShape};
+use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
 use crate::model::Model;
 use crate::protocol::{
     ClientId, Endpoint, ErrorKind, Policy, Response, ServerStep, SessionAccept, SessionRequest,
@@ -786,8 +786,7 @@ fn advance(
         Err(Stop::Budget) => return Ok(Advanced::Budget),
         Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
     };
-    // Upload ranges: the model input, then the latest requantisation clamp.
-    let mut range = (spec.min, spec.max);
+    let ranges = upload_ranges(model, spec, r);
     let mut slots: Option<Vec<usize>> = None;
     for (k, kn) in known.iter().enumerate().take(r) {
         let Some(kn) = kn.as_ref() else {
@@ -796,7 +795,7 @@ fn advance(
             )));
         };
         let in_plane = kn.shape.in_height * kn.shape.in_width;
-        let chosen = random_values(kn.shape.in_channels * in_plane, range);
+        let chosen = random_values(kn.shape.in_channels * in_plane, ranges[k]);
         let seen = step(
             oracle,
             &mut live,
@@ -808,18 +807,56 @@ fn advance(
             )));
         };
         slots = Some(m);
-        if let Some(crate::engine::ClientOp::Requantize { min, max, .. }) = model.client_ops()[k]
-            .iter()
-            .rev()
-            .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
-        {
-            range = (*min, *max);
-        }
     }
     Ok(Advanced::Ready {
         live: Box::new(live),
         slots,
-        range,
+        range: ranges[r],
+    })
+}
+
+/// The range each round's upload is drawn from, rounds 0..=r: the model
+/// input, then the clamp of the latest requantisation among the client
+/// steps after the previous round (unchanged when there is none).
+fn upload_ranges(
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+) -> Vec<(i64, i64)> {
+    let mut ranges = vec![(spec.min, spec.max)];
+    for ops in &model.client_ops()[..r] {
+        let last = ranges[ranges.len() - 1];
+        ranges.push(
+            match ops
+                .iter()
+                .rev()
+                .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
+            {
+                Some(crate::engine::ClientOp::Requantize { min, max, .. }) => (*min, *max),
+                _ => last,
+            },
+        );
+    }
+    ranges
+}
+
+/// The base value and step of a d + 1 probe in `range`: base 0 when the
+/// range holds it, else its minimum; the step is the largest the range
+/// allows (0 when the range holds one value).
+fn probe_step((lo, hi): (i64, i64)) -> (i64, i64) {
+    if lo <= 0 && 0 <= hi {
+        (0, if hi != 0 { hi } else { lo })
+    } else {
+        (lo, hi - lo)
+    }
+}
+
+/// Whether the base session's outputs `y0` (upload `base` in every slot)
+/// minus W·base are exactly the stage's biases.
+fn bias_matches(y0: &[i64], shape: &MatVecShape, w: &[i64], b: &[i64], base: i64) -> bool {
+    (0..shape.rows).all(|i| {
+        let wx: i64 = (0..shape.cols).map(|j| w[i * shape.cols + j] * base).sum();
+        y0[i] - wx == b[i]
     })
 }
 
@@ -969,13 +1006,7 @@ fn d_plus_one(
             }
         };
         entry.sessions += 1;
-        // Base 0 when the range allows it, else its minimum; the probe adds
-        // the largest step the range allows.
-        probe = if range.0 <= 0 && 0 <= range.1 {
-            (0, if range.1 != 0 { range.1 } else { range.0 })
-        } else {
-            (range.0, range.1 - range.0)
-        };
+        probe = probe_step(range);
         let (base, v) = probe;
         if v == 0 {
             entry.note = "the input range holds one value: nothing to probe".into();
@@ -997,14 +1028,9 @@ fn d_plus_one(
         columns += usize::from(exact);
     }
     let bias_exact = columns == shape.cols
-        && at_base.as_ref().is_some_and(|y0| {
-            (0..shape.rows).all(|i| {
-                let wx: i64 = (0..shape.cols)
-                    .map(|j| true_w[i * shape.cols + j] * probe.0)
-                    .sum();
-                y0[i] - wx == true_b[i]
-            })
-        });
+        && at_base
+            .as_ref()
+            .is_some_and(|y0| bias_matches(y0, &shape, true_w, true_b, probe.0));
     entry.weights.0 = columns * shape.rows;
     entry.outcome = if columns == shape.cols && bias_exact {
         Outcome::Recovered
@@ -1753,28 +1779,8 @@ fn blind_columns(
             distinct.push(column);
         }
     }
-    // Upload ranges: the model input, then the latest requantisation clamp
-    // before each round.
-    let mut ranges = vec![(spec.min, spec.max)];
-    for ops in &model.client_ops()[..r] {
-        let last = *ranges.last().unwrap_or(&(spec.min, spec.max));
-        ranges.push(
-            match ops
-                .iter()
-                .rev()
-                .find(|op| matches!(op, crate::engine::ClientOp::Requantize { .. }))
-            {
-                Some(crate::engine::ClientOp::Requantize { min, max, .. }) => (*min, *max),
-                _ => last,
-            },
-        );
-    }
-    let (lo, hi) = ranges[r];
-    let (base, v) = if lo <= 0 && 0 <= hi {
-        (0, if hi != 0 { hi } else { lo })
-    } else {
-        (lo, hi - lo)
-    };
+    let ranges = upload_ranges(model, spec, r);
+    let (base, v) = probe_step(ranges[r]);
     if v == 0 {
         entry.note = "the input range holds one value: nothing to probe".into();
         return Ok(());
@@ -1796,8 +1802,8 @@ fn blind_columns(
             Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
         };
         entry.sessions += 1;
-        for (k, &(lo_k, hi_k)) in ranges.iter().enumerate().take(r) {
-            let filler = if lo_k <= 0 && 0 <= hi_k { 0 } else { lo_k };
+        for (k, &range) in ranges.iter().enumerate().take(r) {
+            let filler = probe_step(range).0;
             step(
                 oracle,
                 &mut live,
@@ -1830,14 +1836,9 @@ fn blind_columns(
     let columns = matched.iter().filter(|&&m| m).count();
     let all = columns == distinct.len();
     let bias_exact = all
-        && at_base.as_ref().is_some_and(|y0| {
-            (0..shape.rows).all(|i| {
-                let wx: i64 = (0..shape.cols)
-                    .map(|j| true_w[i * shape.cols + j] * base)
-                    .sum();
-                y0[i] - wx == true_b[i]
-            })
-        });
+        && at_base
+            .as_ref()
+            .is_some_and(|y0| bias_matches(y0, &shape, true_w, true_b, base));
     entry.weights.0 = (columns * shape.rows).min(entry.weights.1);
     entry.outcome = if all && bias_exact {
         Outcome::Recovered
