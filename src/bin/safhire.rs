@@ -631,13 +631,13 @@ fn circuit_statement(
 ) -> (String, serde_json::Value) {
     let budget = policy.query_budget();
     let g = compiled.circuit_privacy(params, budget);
+    let per_ciphertext = params.circuit_privacy_statement();
     (
         format!(
-            "{}\n  this model's noise channel {}",
-            params.circuit_privacy_statement(),
+            "{per_ciphertext}\n  this model's noise channel {}",
             safhire::dp::describe_noise_channel(&g, budget)
         ),
-        serde_json::json!({"per_ciphertext": params.circuit_privacy_statement(),
+        serde_json::json!({"per_ciphertext": per_ciphertext,
             "per_ciphertext_rho": params.flooding_rho_per_ciphertext(),
             "flooding_sigma_log2": params.flooding_sigma_log2(),
             "budget": budget, "rho": g.rho, "epsilon": g.epsilon, "delta": g.delta,

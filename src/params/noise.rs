@@ -104,6 +104,13 @@ impl PackNoise {
     }
 }
 
+/// Everything before flooding for a linear layer with LIN-3 factor `l1`:
+/// (l1·std after the repack)², the output pack's key switches (4× for a
+/// residual's two operands, ENG-4) and the re-randomisation.
+fn before_flooding(l1: f64, after_repack: f64, pack: f64, rerandomize: f64) -> f64 {
+    (l1 * after_repack.sqrt()).powi(2) + 4.0 * pack + rerandomize
+}
+
 impl NoiseBudget {
     pub fn derive(s: &ParameterSpec) -> Self {
         let n = s.ring_degree;
@@ -134,7 +141,12 @@ impl NoiseBudget {
         // The output pack's leaves may sum two operands (a residual
         // connection, ENG-4): by Minkowski its key-switch noise std is at
         // most twice that of one tree, so 4× the variance.
-        let before_flooding = after_linear_std.powi(2) + 4.0 * pack.pack + rerandomize;
+        let before_flooding = before_flooding(
+            (2f64).powi(s.max_weight_l1_log2 as i32),
+            after_repack,
+            pack.pack,
+            rerandomize,
+        );
         let t = (2f64).powi(s.plaintext_bits as i32);
         let delta = (s.ciphertext_modulus >> s.plaintext_bits) as f64;
         // Δ·y differs from (q/t)·y by |y|·(q mod t)/t < t/2.
@@ -174,7 +186,7 @@ impl NoiseBudget {
     /// `l1` (Σ‖ŵ‖₁ of its worst output ciphertext, ≤ 2^W): the set's
     /// `before_flooding` with 2^W replaced by `l1`.
     pub fn before_flooding_at(&self, l1: f64) -> f64 {
-        l1 * l1 * self.after_repack + 4.0 * self.pack.pack + self.rerandomize
+        before_flooding(l1, self.after_repack, self.pack.pack, self.rerandomize)
     }
 
     /// Bits of flooding above the weight-dependent noise (its 2^-40 tail).
