@@ -42,7 +42,8 @@ pub struct ParameterSpec {
     pub shared_pack_levels: u32,
     /// γ: levels replaced by client-supplied conjugates in the unshuffle repack.
     pub client_conjugate_levels: u32,
-    /// Flooding noise is uniform on [−2^F, 2^F] (TUniform(F)).
+    /// Flooding bound 2^F: the flooding is N_Z(0, (2^(F−3))²), of which 2^F
+    /// is the 8σ bound the decoding check uses (PRIV-2).
     pub flooding_bound_log2: u32,
 }
 

@@ -35,7 +35,7 @@ pub struct NoiseBudget {
     pub rerandomize: f64,
     /// Everything but flooding, at the client, as a variance.
     pub before_flooding: f64,
-    /// Flooding bound 2^F (worst case, uniform).
+    /// Flooding bound 2^F = 8σ_f of the Gaussian flooding (PRIV-2).
     pub flooding_bound: f64,
     /// Number of standard deviations for a 2^-40 two-sided Gaussian tail.
     pub tail_sigmas: f64,
