@@ -30,6 +30,11 @@
 //!   every slot survives any unshuffle, so each session with one slot
 //!   raised returns one column of unknown index; the multiset of columns
 //!   takes about d·H_d sessions;
+//! * **single-pixel probes** (AUDIT-7: element shuffling, a conv at round
+//!   0): one pixel per input channel and offset class in three sessions
+//!   with independent value triples, read as an exact cover, the kernels
+//!   solved per bias; one random image tells apart and pairs the kernels of
+//!   channels that share a bias;
 //! * **malicious public key** (AUDIT-5, one session as a second identity):
 //!   Δ/2 added to the key's body exposes the server's re-randomiser u in
 //!   every coefficient of a response; the tool confirms the reading and
@@ -38,10 +43,11 @@
 //! Under a policy with DP noise (DP-8) the same attacks run and report
 //! their mean error instead of exact recovery.
 //!
-//! Not yet here, and reported as such per stage: the alignment attacks on
-//! element-shuffled conv stages (single-pixel probes), channel matching across
-//! sessions for stages one session cannot solve, residual stages, weight
-//! recovery after the malicious-key attack.
+//! Not yet here, and reported as such per stage: element-shuffled conv
+//! stages after round 0 (their slots must be located first), channel
+//! matching across sessions for stages one session cannot solve, residual
+//! stages, the pixel probes under DP noise, weight recovery after the
+//! malicious-key attack.
 
 use crate::engine::{self, CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
@@ -1119,33 +1125,52 @@ pub fn probe_plan(shape: &Conv2dShape) -> Vec<Vec<PlannedProbe>> {
 
 /// AUDIT-7's probe values: `count` triples from `choices`, every two of
 /// them linearly independent together with (1, 1, 1) (det ≠ 0), and none
-/// with v0 = v1. Greedy: each next triple takes the least-used first value
-/// (so that a wrong bias rarely divides a reading), then the largest
-/// magnitudes. `None` if the choices run out.
+/// with v0 = v1. Greedy: each next triple takes, in each session, a value
+/// the other probes use least there (so that two probes' readings of the
+/// same weight differ in every session, and the attribution has little to
+/// choose between), then the largest magnitudes. `None` if the choices
+/// run out.
 fn probe_values(choices: &[i64], count: usize) -> Option<Vec<[i64; 3]>> {
     let mut sorted = choices.to_vec();
     sorted.sort_by_key(|v| std::cmp::Reverse(v.unsigned_abs()));
     let det = |a: &[i64; 3], b: &[i64; 3]| {
         a[0] * (b[1] - b[2]) - a[1] * (b[0] - b[2]) + a[2] * (b[0] - b[1])
     };
-    let mut all: Vec<[i64; 3]> = Vec::new();
-    for &x in &sorted {
-        for &y in &sorted {
-            for &z in &sorted {
-                if x != y {
-                    all.push([x, y, z]);
+    // Triples examined per pick once none is fresh in all three sessions.
+    const SCAN: usize = 200_000;
+    let mut uses: [std::collections::BTreeMap<i64, usize>; 3] = Default::default();
+    let mut out: Vec<[i64; 3]> = Vec::with_capacity(count);
+    while out.len() < count {
+        let mut best: Option<([i64; 3], usize)> = None;
+        let mut seen = 0usize;
+        'scan: for &x in &sorted {
+            for &y in &sorted {
+                if x == y {
+                    continue;
+                }
+                for &z in &sorted {
+                    let t = [x, y, z];
+                    seen += 1;
+                    let score: usize = (0..3)
+                        .map(|i| uses[i].get(&t[i]).copied().unwrap_or(0))
+                        .sum();
+                    if best.is_none_or(|(_, s)| score < s) && out.iter().all(|u| det(u, &t) != 0) {
+                        best = Some((t, score));
+                        if score == 0 {
+                            break 'scan;
+                        }
+                    }
+                    if seen >= SCAN && best.is_some() {
+                        break 'scan;
+                    }
                 }
             }
         }
-    }
-    let mut out: Vec<[i64; 3]> = Vec::with_capacity(count);
-    while out.len() < count {
-        let uses = |x: i64| out.iter().filter(|u| u[0] == x).count();
-        let next = all
-            .iter()
-            .filter(|t| out.iter().all(|u| det(u, t) != 0))
-            .min_by_key(|t| uses(t[0]))?;
-        out.push(*next);
+        let (t, _) = best?;
+        for i in 0..3 {
+            *uses[i].entry(t[i]).or_default() += 1;
+        }
+        out.push(t);
     }
     Some(out)
 }
@@ -1184,7 +1209,7 @@ fn counts(values: &[i64]) -> Counts {
 /// `a − b` as multisets; `None` when `b` is not contained in `a`.
 fn difference(a: &Counts, b: &Counts) -> Option<Counts> {
     let mut d = a.clone();
-    for (v, &n) in b {
+    for (v, &n) in b.iter().filter(|(_, &n)| n > 0) {
         let have = d.get_mut(v)?;
         *have = have.checked_sub(n)?;
         if *have == 0 {
@@ -1380,9 +1405,13 @@ fn pixel_probes(
             .collect();
     }
     let mut solved: Vec<(i64, usize, Vec<Kernels>)> = Vec::new();
+    // The readings behind each entry of `solved`, one item list per
+    // attribution, for the check image below.
+    let mut readings: Vec<Vec<Vec<Item>>> = Vec::new();
     for &(b, g) in &bias_classes {
         for c in 0..shape.in_channels {
             let mut all: Vec<Kernels> = Vec::new();
+            let mut per_combo = Vec::with_capacity(combos.len());
             for combo in &combos {
                 let items: Vec<Item> = combo
                     .iter()
@@ -1396,67 +1425,170 @@ fn pixel_probes(
                         all.push(sol);
                     }
                 }
+                per_combo.push(items);
             }
             solved.push((b, c, all));
+            readings.push(per_combo);
         }
     }
-    // Channels sharing a bias leave several solutions. With one input
-    // channel, one more session with a random image decides between them:
-    // the outputs of the channels already solved are predicted and removed
-    // from its multiset, and a solution stays if its own predicted outputs
-    // are what is left.
+    // Channels sharing a bias leave several solutions. One more session
+    // decides between them: a random image whose input channels occupy
+    // bands of rows separated by k_h − 1 zero rows, so that no output sees
+    // two bands and each output depends on one input channel's kernels
+    // only. The outputs of everything already solved are predicted and
+    // removed from its multiset, and a solution stays if its own predicted
+    // outputs are what is left.
+    // What the probes leave open: channels sharing a bias have several
+    // slice solutions, and with several input channels the slices of one
+    // input channel are not yet paired with another's. One more session
+    // decides both: a random image with one band of rows per input
+    // channel, and below them a region where every channel is random,
+    // separated by k_h − 1 zero rows so that no output sees two of them.
+    // A band's outputs depend on one input channel's slices only, the joint
+    // region's on whole kernels. The outputs of everything already solved
+    // are predicted and removed from its multiset; a candidate stays if its
+    // own predicted outputs are contained in what is left.
+    let cin = shape.in_channels;
+    let class_of = |b: i64| bias_classes.iter().position(|x| x.0 == b).unwrap_or(0);
+    let pairing_open = cin > 1 && bias_classes.iter().any(|&(_, g)| g > 1);
+    let need_check = pairing_open || solved.iter().any(|(_, _, sol)| sol.len() != 1);
     let mut checked = false;
-    let open = solved.iter().filter(|(_, _, sol)| sol.len() > 1).count();
-    if open > 0 && shape.in_channels == 1 {
-        if let Ok(mut live) = oracle.open() {
-            entry.sessions += 1;
-            checked = true;
-            let image = random_values(shape.input_len().unwrap_or(0), (lo, hi));
-            let mut left = counts(&step(oracle, &mut live, &image)?);
-            let one = Conv2dShape {
-                out_channels: 1,
-                ..shape
-            };
-            let outputs = |kernel: &[i64], b: i64| -> Vec<i64> {
-                conv2d_reference(&one, &image, kernel)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|y| y + b)
-                    .collect()
-            };
-            for (b, _, sol) in &solved {
-                if let [kernels] = sol.as_slice() {
-                    for k in kernels {
-                        left = difference(&left, &counts(&outputs(k, *b))).unwrap_or_default();
+    let mut full: Vec<Vec<Kernels>>;
+    let layout = check_layout(&shape);
+    let live = match (need_check, layout.as_ref()) {
+        (true, Some(_)) => oracle.open().ok(),
+        _ => None,
+    };
+    if let (Some(mut live), Some((bands, joint))) = (live, layout.as_ref()) {
+        entry.sessions += 1;
+        checked = true;
+        let plane_len = shape.in_height * shape.in_width;
+        let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
+        for (c, band) in bands.iter().enumerate() {
+            for rows in [band, joint] {
+                let start = c * plane_len + rows.start * shape.in_width;
+                let len = rows.len() * shape.in_width;
+                image[start..start + len].copy_from_slice(&random_values(len, (lo, hi)));
+            }
+        }
+        let mut left = counts(&step(oracle, &mut live, &image)?);
+        let w_out = shape.output_width().unwrap_or(0);
+        let rows_seeing = |rows: &std::ops::Range<usize>| -> Vec<usize> {
+            (0..shape.output_height().unwrap_or(0))
+                .filter(|&i| window_rows(&shape, i).any(|y| rows.contains(&y)))
+                .collect()
+        };
+        let band_rows: Vec<Vec<usize>> = bands.iter().map(&rows_seeing).collect();
+        let joint_rows = rows_seeing(joint);
+        let pick = |y: Vec<i64>, rows: &[usize], b: i64| -> Vec<i64> {
+            rows.iter()
+                .flat_map(|&i| y[i * w_out..(i + 1) * w_out].iter().map(move |v| v + b))
+                .collect()
+        };
+        // A slice of input channel c: its outputs where band c is seen.
+        let slice_shape = Conv2dShape {
+            in_channels: 1,
+            out_channels: 1,
+            ..shape
+        };
+        let band_outputs = |c: usize, slice: &[i64], b: i64| -> Vec<i64> {
+            let plane = &image[c * plane_len..(c + 1) * plane_len];
+            let y = conv2d_reference(&slice_shape, plane, slice).unwrap_or_default();
+            pick(y, &band_rows[c], b)
+        };
+        // A whole kernel (all input channels): its outputs in the joint region.
+        let kernel_shape = Conv2dShape {
+            out_channels: 1,
+            ..shape
+        };
+        let joint_outputs = |kernel: &[i64], b: i64| -> Vec<i64> {
+            let y = conv2d_reference(&kernel_shape, &image, kernel).unwrap_or_default();
+            pick(y, &joint_rows, b)
+        };
+        // Outputs that see no band and no joint row hold the bias.
+        let seen: usize = band_rows.iter().map(Vec::len).sum::<usize>() + joint_rows.len();
+        let dead = (shape.output_height().unwrap_or(0) - seen) * w_out;
+        for &(b, g) in &bias_classes {
+            left = difference(&left, &Counts::from([(b, g * dead)])).unwrap_or_default();
+        }
+        for (b, c, sol) in &solved {
+            if let [slices] = sol.as_slice() {
+                for slice in slices {
+                    left = difference(&left, &counts(&band_outputs(*c, slice, *b)))
+                        .unwrap_or_default();
+                }
+            }
+        }
+        // Open slices: the single slices whose outputs fit, then the sets of
+        // g of them that reproduce the probe readings and fit together.
+        for (k, (b, c, sol)) in solved.iter_mut().enumerate() {
+            if sol.len() == 1 {
+                continue;
+            }
+            let g = bias_classes[class_of(*b)].1;
+            let mut found: Vec<Kernels> = Vec::new();
+            for items in &readings[k] {
+                let fits = |slice: &[i64]| {
+                    difference(&left, &counts(&band_outputs(*c, slice, *b))).is_some()
+                };
+                let single = kernels_fitting(items, kh, kw, fits);
+                for set in kernel_sets(&single, g, items, kw) {
+                    let predicted: Vec<i64> =
+                        set.iter().flat_map(|s| band_outputs(*c, s, *b)).collect();
+                    if difference(&left, &counts(&predicted)).is_some() && !found.contains(&set) {
+                        found.push(set);
                     }
                 }
             }
-            for (b, _, sol) in solved.iter_mut().filter(|(_, _, sol)| sol.len() > 1) {
-                sol.retain(|kernels| {
-                    let predicted: Vec<i64> = kernels.iter().flat_map(|k| outputs(k, *b)).collect();
+            *sol = found;
+        }
+        // Whole kernels: classes with one candidate are removed first, then
+        // the others' candidates are kept if their joint outputs fit.
+        full = bias_classes
+            .iter()
+            .enumerate()
+            .map(|(bi, &(_, g))| whole_kernels(&solved[bi * cin..(bi + 1) * cin], g))
+            .collect();
+        for (bi, sets) in full.iter().enumerate() {
+            if let [set] = sets.as_slice() {
+                for kernel in set {
+                    left = difference(&left, &counts(&joint_outputs(kernel, bias_classes[bi].0)))
+                        .unwrap_or_default();
+                }
+            }
+        }
+        for (bi, sets) in full.iter_mut().enumerate() {
+            if sets.len() > 1 {
+                let b = bias_classes[bi].0;
+                sets.retain(|set| {
+                    let predicted: Vec<i64> =
+                        set.iter().flat_map(|k| joint_outputs(k, b)).collect();
                     difference(&left, &counts(&predicted)).is_some()
                 });
             }
         }
+    } else {
+        full = bias_classes
+            .iter()
+            .enumerate()
+            .map(|(bi, &(_, g))| whole_kernels(&solved[bi * cin..(bi + 1) * cin], g))
+            .collect();
     }
-    // Compare with the truth as a multiset of kernels per bias: channels
-    // sharing a bias are interchangeable, and the channel order is what the
-    // policy hides.
+    // Compare with the truth as a multiset of whole kernels per bias:
+    // channels sharing a bias are interchangeable, and the channel order is
+    // what the policy hides.
     let mut exact = 0usize;
     // (channels, solutions) of each bias class left open.
     let mut open: Vec<(usize, usize)> = Vec::new();
-    for (b, c, solutions) in &solved {
-        let g = bias_classes.iter().find(|x| x.0 == *b).map_or(0, |x| x.1);
-        let mut truth: Vec<Vec<i64>> = (0..shape.out_channels)
-            .filter(|&o| true_b[o * positions] == *b)
-            .map(|o| {
-                let start = (o * shape.in_channels + c) * kh * kw;
-                true_w[start..start + kh * kw].to_vec()
-            })
+    let whole = cin * kh * kw;
+    for (&(b, g), sets) in bias_classes.iter().zip(&full) {
+        let mut truth: Kernels = (0..shape.out_channels)
+            .filter(|&o| true_b[o * positions] == b)
+            .map(|o| true_w[o * whole..(o + 1) * whole].to_vec())
             .collect();
         truth.sort();
-        match solutions.as_slice() {
-            [one] if *one == truth => exact += g * kh * kw,
+        match sets.as_slice() {
+            [one] if *one == truth => exact += g * whole,
             [_] | [] => {}
             many => open.push((g, many.len())),
         }
@@ -1472,7 +1604,7 @@ fn pixel_probes(
         groups.iter().map(Vec::len).sum::<usize>(),
         groups.len(),
         if checked {
-            ", and one random image to tell channels sharing a bias apart"
+            ", and one random image to tell apart and pair the kernels of channels sharing a bias"
         } else {
             ""
         },
@@ -1491,16 +1623,263 @@ fn pixel_probes(
     Ok(())
 }
 
+/// AUDIT-7's check, one kernel at a time: every kernel whose value at
+/// each position is one the readings allow there (the values of every
+/// item that covers the position) and whose predicted outputs `fits`
+/// accepts. At most [`MAX_KERNEL_CANDIDATES`] kernels are tried.
+fn kernels_fitting(
+    items: &[Item],
+    kh: usize,
+    kw: usize,
+    fits: impl Fn(&[i64]) -> bool,
+) -> Vec<Vec<i64>> {
+    let domain: Vec<Vec<i64>> = match position_multisets(items, kh, kw) {
+        Some(per) => per.iter().map(|m| m.keys().copied().collect()).collect(),
+        None => (0..kh * kw)
+            .map(|pos| {
+                let at = (pos / kw, pos % kw);
+                let mut values: Option<Vec<i64>> = None;
+                for (_, ws) in items.iter().filter(|(o, _)| o.contains(&at)) {
+                    let mut v = ws.to_vec();
+                    v.sort_unstable();
+                    v.dedup();
+                    values = Some(match values {
+                        None => v,
+                        Some(old) => old.into_iter().filter(|x| v.contains(x)).collect(),
+                    });
+                }
+                values.unwrap_or_default()
+            })
+            .collect(),
+    };
+    let total = domain
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(d.len()));
+    if total.is_none_or(|t| t == 0 || t > MAX_KERNEL_CANDIDATES) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut digits = vec![0usize; kh * kw];
+    loop {
+        let kernel: Vec<i64> = digits.iter().zip(&domain).map(|(&i, d)| d[i]).collect();
+        if fits(&kernel) {
+            out.push(kernel);
+        }
+        // Next index in mixed radix.
+        let mut p = 0;
+        loop {
+            if p == digits.len() {
+                return out;
+            }
+            digits[p] += 1;
+            if digits[p] < domain[p].len() {
+                break;
+            }
+            digits[p] = 0;
+            p += 1;
+        }
+    }
+}
+
+/// The multiset of values at each kernel position (over the channels
+/// that share a bias), when the readings determine it: for each value v,
+/// the counts n_p(v) solve Σ_(p ∈ offsets) n_p(v) = (copies of v in the
+/// item) over the items, a square or tall system that the offset classes
+/// of a padded stride-1 conv make uniquely solvable. `None` when it is not
+/// (singular, or a solution that is not whole and non-negative).
+fn position_multisets(items: &[Item], kh: usize, kw: usize) -> Option<Vec<Counts>> {
+    let n = kh * kw;
+    let rows: Vec<Vec<f64>> = items
+        .iter()
+        .map(|(offsets, _)| {
+            (0..n)
+                .map(|p| f64::from(u8::from(offsets.contains(&(p / kw, p % kw)))))
+                .collect()
+        })
+        .collect();
+    let mut values: Vec<i64> = items
+        .iter()
+        .flat_map(|(_, ws)| ws.iter().copied())
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    let mut out = vec![Counts::new(); n];
+    for v in values {
+        let y: Vec<i64> = items
+            .iter()
+            .map(|(_, ws)| ws.iter().filter(|&&w| w == v).count() as i64)
+            .collect();
+        let (x, exact) = least_squares_integer(&rows, &y)?;
+        if !exact || x.iter().any(|&c| c < 0) {
+            return None;
+        }
+        for (p, &c) in x.iter().enumerate() {
+            if c > 0 {
+                out[p].insert(v, c as usize);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// AUDIT-7's check: the multisets of `g` kernels from `single` whose values
+/// at each item's offsets are exactly the item's readings (sorted, each
+/// set once; at most [`MAX_KERNEL_SOLUTIONS`]).
+fn kernel_sets(single: &[Vec<i64>], g: usize, items: &[Item], kw: usize) -> Vec<Kernels> {
+    let mut out: Vec<Kernels> = Vec::new();
+    let mut pick: Vec<usize> = Vec::with_capacity(g);
+    fn go(
+        from: usize,
+        g: usize,
+        single: &[Vec<i64>],
+        items: &[Item],
+        kw: usize,
+        pick: &mut Vec<usize>,
+        out: &mut Vec<Kernels>,
+    ) {
+        if out.len() >= MAX_KERNEL_SOLUTIONS {
+            return;
+        }
+        if pick.len() == g {
+            let ok = items.iter().all(|(offsets, ws)| {
+                let values: Vec<i64> = pick
+                    .iter()
+                    .flat_map(|&k| offsets.iter().map(move |&(dy, dx)| single[k][dy * kw + dx]))
+                    .collect();
+                counts(&values) == counts(ws)
+            });
+            if ok {
+                let mut set: Kernels = pick.iter().map(|&k| single[k].clone()).collect();
+                set.sort();
+                if !out.contains(&set) {
+                    out.push(set);
+                }
+            }
+            return;
+        }
+        for k in from..single.len() {
+            pick.push(k);
+            go(k, g, single, items, kw, pick, out);
+            pick.pop();
+        }
+    }
+    go(0, g, single, items, kw, &mut pick, &mut out);
+    out
+}
+
+/// The most kernels AUDIT-7's check image tries per input channel and
+/// bias (the product of the values the readings allow per position).
+const MAX_KERNEL_CANDIDATES: usize = 1 << 20;
+
+/// AUDIT-7's check image: one band of rows per input channel, then a
+/// joint region where every channel is set, each separated from the next
+/// by k_h − 1 zero rows so that no output window spans two of them (each
+/// at least one row); `None` when the input is too short for that.
+#[allow(clippy::type_complexity)]
+fn check_layout(
+    shape: &Conv2dShape,
+) -> Option<(Vec<std::ops::Range<usize>>, std::ops::Range<usize>)> {
+    let c = shape.in_channels;
+    let gap = shape.kernel_height.saturating_sub(1);
+    let height = shape.in_height.checked_sub(gap * c)?.checked_div(c + 1)?;
+    (height > 0).then(|| {
+        let at = |i: usize| i * (height + gap)..i * (height + gap) + height;
+        ((0..c).map(at).collect(), at(c))
+    })
+}
+
+/// AUDIT-7: the candidate sets of `g` whole kernels (input channel after
+/// input channel, the model's layout) of one bias class, from its slice
+/// solutions per input channel: every choice of a solution per channel and
+/// every pairing of the g slices of channel c > 0 with those of channel 0
+/// (sorted, each set once; at most [`MAX_KERNEL_SOLUTIONS`]).
+fn whole_kernels(per_channel: &[(i64, usize, Vec<Kernels>)], g: usize) -> Vec<Kernels> {
+    let mut sets: Vec<Vec<Vec<i64>>> = vec![vec![Vec::new(); g]];
+    for (i, (_, _, solutions)) in per_channel.iter().enumerate() {
+        let orders = if i == 0 {
+            vec![(0..g).collect()]
+        } else {
+            permutations(g, MAX_KERNEL_SOLUTIONS)
+        };
+        let mut next: Vec<Vec<Vec<i64>>> = Vec::new();
+        'grow: for partial in &sets {
+            for slices in solutions.iter().filter(|s| s.len() == g) {
+                for order in &orders {
+                    if next.len() >= MAX_KERNEL_SOLUTIONS {
+                        break 'grow;
+                    }
+                    let mut grown = partial.clone();
+                    for (j, kernel) in grown.iter_mut().enumerate() {
+                        kernel.extend_from_slice(&slices[order[j]]);
+                    }
+                    next.push(grown);
+                }
+            }
+        }
+        sets = next;
+    }
+    let distinct: std::collections::BTreeSet<Kernels> = sets
+        .into_iter()
+        .map(|mut set| {
+            set.sort();
+            set
+        })
+        .collect();
+    distinct.into_iter().collect()
+}
+
+/// Up to `cap` permutations of 0..n, in lexicographic order.
+fn permutations(n: usize, cap: usize) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut p: Vec<usize> = (0..n).collect();
+    loop {
+        out.push(p.clone());
+        if out.len() >= cap {
+            return out;
+        }
+        // Next permutation.
+        let Some(i) = (1..n).rev().find(|&i| p[i - 1] < p[i]) else {
+            return out;
+        };
+        let j = (i..n).rev().find(|&j| p[j] > p[i - 1]).unwrap_or(i);
+        p.swap(i - 1, j);
+        p[i..].reverse();
+    }
+}
+
+/// The input rows output row `i` reads (inside the input).
+fn window_rows(shape: &Conv2dShape, i: usize) -> impl Iterator<Item = usize> {
+    let top = (i * shape.stride) as i64 - shape.padding as i64;
+    let height = shape.in_height as i64;
+    (top..top + shape.kernel_height as i64)
+        .filter(move |&y| (0..height).contains(&y))
+        .map(|y| y as usize)
+}
+
 /// AUDIT-7's attribution: a multiset of readings that uses every value of
 /// the three sessions' remaining multisets once, each reading on a line
 /// b + v·w through its probe's value triple, with exactly g_b·|offsets|
 /// readings per (bias, probe). An exact cover with multiplicities: each
 /// candidate reading covers one unit of four needs (its value in each
-/// session and its (bias, probe) quota). The search branches on the need
-/// with the fewest viable candidates; a candidate tried and left is not
-/// used again by its siblings' subtrees, so each multiset of readings is
-/// reached once. Returns up to [`MAX_COVERS`] distinct covers (none when
-/// there is none, or past a million nodes).
+/// session and its (bias, probe) quota).
+///
+/// Zero weights are not searched: a reading b + v·0 is the bias b in all
+/// three sessions whichever probe it belongs to, so the search places the
+/// nonzero readings only, and the copies of b left in each session must
+/// then equal the quotas b has left, which the zero readings fill. Two
+/// bounds keep the search on that course: a session cannot hold more
+/// copies of b than the zeros left can explain (the excess needs nonzero
+/// readings), and b's quotas cannot exceed its fewest copies left (the
+/// surplus needs nonzero readings of bias b). Without them a stem of many
+/// zero weights, like the zoo's, sends the search through every way of
+/// sharing the zeros out.
+///
+/// The search branches on the tightest requirement (fewest options); a
+/// requirement its options cannot reach, each at most as often as its
+/// smallest need allows, cuts the subtree; a candidate tried and left is
+/// not used again by its siblings' subtrees, so each multiset of readings
+/// is reached once. Returns up to [`MAX_COVERS`] distinct covers (none
+/// when there is none, or past a million nodes).
 fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Vec<Vec<Reading>> {
     use std::collections::BTreeMap;
     let mut need: Vec<usize> = Vec::new();
@@ -1523,7 +1902,7 @@ fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Ve
         for &(b, _) in biases {
             for (t, p) in group.iter().enumerate() {
                 let [v0, v1, v2] = p.values;
-                if (a - b) % v0 != 0 {
+                if (a - b) % v0 != 0 || a == b {
                     continue;
                 }
                 let w = (a - b) / v0;
@@ -1549,9 +1928,34 @@ fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Ve
             touching[c].push(k);
         }
     }
+    // Per bias: its quota needs, its value need in each session (if the
+    // value occurs there), and the candidates of that bias.
+    struct Bias {
+        quotas: Vec<usize>,
+        copies: [Option<usize>; 3],
+        readings: Vec<usize>,
+    }
+    let bias_needs: Vec<Bias> = biases
+        .iter()
+        .map(|&(b, _)| Bias {
+            quotas: (0..group.len()).map(|t| quota_index[&(b, t)]).collect(),
+            copies: [0, 1, 2].map(|i| index.get(&(i, b)).copied()),
+            readings: (0..candidates.len())
+                .filter(|&k| candidates[k].0.bias == b)
+                .collect(),
+        })
+        .collect();
+    // Value needs the zero readings can never fill.
+    let hard: Vec<usize> = index
+        .iter()
+        .filter(|((_, v), _)| !biases.iter().any(|&(b, _)| b == *v))
+        .map(|(_, &c)| c)
+        .collect();
     struct Search<'a> {
         candidates: &'a [(Reading, [usize; 4])],
         touching: &'a [Vec<usize>],
+        hard: &'a [usize],
+        biases: &'a [Bias],
         need: Vec<usize>,
         banned: Vec<bool>,
         chosen: Vec<usize>,
@@ -1559,8 +1963,56 @@ fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Ve
         nodes: usize,
     }
     impl Search<'_> {
-        fn viable(&self, k: usize) -> bool {
-            !self.banned[k] && self.candidates[k].1.iter().all(|&c| self.need[c] > 0)
+        /// How often candidate k can still be taken (0: not at all).
+        fn room(&self, k: usize) -> usize {
+            if self.banned[k] {
+                return 0;
+            }
+            self.candidates[k]
+                .1
+                .iter()
+                .map(|&c| self.need[c])
+                .min()
+                .unwrap_or(0)
+        }
+        /// The requirements still open, each as (options, units needed);
+        /// `None` when one of them cannot be met.
+        fn requirements(&self) -> Option<Vec<(Vec<usize>, usize)>> {
+            let mut open = Vec::new();
+            let mut require = |options: &[usize], units: usize| -> bool {
+                if units == 0 {
+                    return true;
+                }
+                let viable: Vec<usize> = options
+                    .iter()
+                    .copied()
+                    .filter(|&k| self.room(k) > 0)
+                    .collect();
+                let reach: usize = viable.iter().map(|&k| self.room(k)).sum();
+                open.push((viable, units));
+                reach >= units
+            };
+            for &c in self.hard {
+                if !require(&self.touching[c], self.need[c]) {
+                    return None;
+                }
+            }
+            for b in self.biases {
+                let zeros: usize = b.quotas.iter().map(|&c| self.need[c]).sum();
+                let copies = b.copies.map(|c| c.map_or(0, |c| self.need[c]));
+                for (i, &have) in copies.iter().enumerate() {
+                    if let Some(c) = b.copies[i] {
+                        if !require(&self.touching[c], have.saturating_sub(zeros)) {
+                            return None;
+                        }
+                    }
+                }
+                let fewest = copies.iter().copied().min().unwrap_or(0);
+                if !require(&b.readings, zeros.saturating_sub(fewest)) {
+                    return None;
+                }
+            }
+            Some(open)
         }
         /// Collects covers until [`MAX_COVERS`] are found; true to stop.
         fn run(&mut self) -> bool {
@@ -1568,24 +2020,10 @@ fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Ve
             if self.nodes > 1_000_000 {
                 return true;
             }
-            let mut best: Option<Vec<usize>> = None;
-            for c in 0..self.need.len() {
-                if self.need[c] == 0 {
-                    continue;
-                }
-                let options: Vec<usize> = self.touching[c]
-                    .iter()
-                    .copied()
-                    .filter(|&k| self.viable(k))
-                    .collect();
-                if options.is_empty() {
-                    return false;
-                }
-                if best.as_ref().is_none_or(|o| options.len() < o.len()) {
-                    best = Some(options);
-                }
-            }
-            let Some(options) = best else {
+            let Some(open) = self.requirements() else {
+                return false;
+            };
+            let Some((options, _)) = open.into_iter().min_by_key(|(o, _)| o.len()) else {
                 let mut cover = self.chosen.clone();
                 cover.sort_unstable();
                 if !self.found.contains(&cover) {
@@ -1619,6 +2057,8 @@ fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Ve
     let mut search = Search {
         candidates: &candidates,
         touching: &touching,
+        hard: &hard,
+        biases: &bias_needs,
         need,
         banned: vec![false; candidates.len()],
         chosen: Vec::new(),
@@ -1626,10 +2066,27 @@ fn exact_covers(rest: &[Counts], group: &[Probe], biases: &[(i64, usize)]) -> Ve
         nodes: 0,
     };
     search.run();
+    // Each cover's zero readings fill what its quotas have left.
     search
         .found
         .iter()
-        .map(|cover| cover.iter().map(|&k| candidates[k].0).collect())
+        .map(|cover| {
+            let mut readings: Vec<Reading> = cover.iter().map(|&k| candidates[k].0).collect();
+            for &(b, g) in biases {
+                for (t, p) in group.iter().enumerate() {
+                    let placed = readings
+                        .iter()
+                        .filter(|r| r.bias == b && r.probe == t)
+                        .count();
+                    readings.extend((placed..g * p.offsets.len()).map(|_| Reading {
+                        bias: b,
+                        probe: t,
+                        w: 0,
+                    }));
+                }
+            }
+            readings
+        })
         .collect()
 }
 
