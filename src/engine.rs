@@ -488,6 +488,42 @@ impl From<ShuffleUnit> for Release<'_> {
     }
 }
 
+/// Where the server's time in one round went, as [`server_round_timed`]
+/// measures it; kept out of every message.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RoundPhases {
+    /// Repacking the upload into the stage's input layout, σ_(r−1)^(−1)
+    /// folded in (and a projection shortcut's repack).
+    pub repack_ms: f64,
+    /// The stage's linear evaluation, its bias and any DP noise (and a
+    /// projection shortcut's evaluation).
+    pub linear_ms: f64,
+    /// Shuffling the outputs with σ_r and packing them, residual operand
+    /// included, into the response.
+    pub pack_ms: f64,
+    /// Re-randomising and flooding every response ciphertext (PRIV-1).
+    pub sanitise_ms: f64,
+}
+
+impl RoundPhases {
+    /// The four phases, summed.
+    pub fn total_ms(&self) -> f64 {
+        self.repack_ms + self.linear_ms + self.pack_ms + self.sanitise_ms
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &RoundPhases) {
+        self.repack_ms += other.repack_ms;
+        self.linear_ms += other.linear_ms;
+        self.pack_ms += other.pack_ms;
+        self.sanitise_ms += other.sanitise_ms;
+    }
+}
+
+fn elapsed_ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 /// Per-round measurements.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoundStats {
@@ -862,7 +898,9 @@ fn evaluate_stage(
     packer: &Packer<'_>,
     stage: &LinearStage,
     upload: &ReceivedUpload,
+    phases: &mut RoundPhases,
 ) -> Result<Vec<Ciphertext>, EngineError> {
+    let t = Instant::now();
     let n = ctx.n();
     let sources: Vec<PackSource> = upload.ciphertexts.iter().map(PackSource::plain).collect();
     let placements: Vec<Placement> = stage
@@ -876,10 +914,13 @@ fn evaluate_stage(
         .collect();
     let mut repacked = packer.pack(&sources, &placements)?;
     repacked.resize_with(stage.input_ciphertexts(), || Ciphertext::zero(n));
+    phases.repack_ms += elapsed_ms(t);
+    let t = Instant::now();
     let mut outputs = stage.encoded.evaluate(ctx, &repacked);
     for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
         ctx.add_plain(ct, bias);
     }
+    phases.linear_ms += elapsed_ms(t);
     Ok(outputs)
 }
 
@@ -903,6 +944,25 @@ pub fn server_round(
     seed: &SessionSeed,
     rng: &mut Csprng,
 ) -> Result<(Vec<Ciphertext>, Option<Permutation>), EngineError> {
+    server_round_timed(ctx, keys, model, r, history, release, seed, rng)
+        .map(|(packed, shuffle, _)| (packed, shuffle))
+}
+
+/// [`server_round`], also returning where its time went (repack, linear,
+/// pack, sanitise). The same computation: the timings are measured around
+/// it and never enter the response.
+#[allow(clippy::too_many_arguments)]
+pub fn server_round_timed(
+    ctx: &Context,
+    keys: ServerKeys<'_>,
+    model: &CompiledModel,
+    r: usize,
+    history: &[ReceivedUpload],
+    release: Release<'_>,
+    seed: &SessionSeed,
+    rng: &mut Csprng,
+) -> Result<(Vec<Ciphertext>, Option<Permutation>, RoundPhases), EngineError> {
+    let mut phases = RoundPhases::default();
     model.check_context(ctx)?;
     let n = ctx.n();
     let stage = model.stages.get(r).ok_or_else(|| {
@@ -919,8 +979,9 @@ pub fn server_round(
         )));
     }
     let packer = Packer::new(ctx, keys.galois);
-    let mut outputs = evaluate_stage(ctx, &packer, stage, &history[r])?;
+    let mut outputs = evaluate_stage(ctx, &packer, stage, &history[r], &mut phases)?;
     let positions = stage.output_positions();
+    let t = Instant::now();
     if let Some(noise) = release.noise {
         // DP-8: one independent sample per released value, before the
         // shuffle. A residual operand joins the same value in the pack, so
@@ -933,6 +994,7 @@ pub fn server_round(
             ctx.add_plain(ct, poly);
         }
     }
+    phases.linear_ms += elapsed_ms(t);
     // The residual operand joins inside the output pack: its values are
     // extra terms of the same leaves (PACK-5).
     // `extra_refs[k]` is output k's residual operand (empty: no shortcut).
@@ -950,7 +1012,7 @@ pub fn server_round(
             (up.ciphertexts.clone(), refs)
         }
         Some(Shortcut::Conv { round, stage: sc }) => {
-            let out = evaluate_stage(ctx, &packer, sc, &history[*round])?;
+            let out = evaluate_stage(ctx, &packer, sc, &history[*round], &mut phases)?;
             let refs = sc
                 .output_positions()
                 .into_iter()
@@ -959,6 +1021,7 @@ pub fn server_round(
             (out, refs)
         }
     };
+    let t = Instant::now();
     let shuffle = if r + 1 == model.stages.len() {
         None
     } else {
@@ -993,6 +1056,8 @@ pub fn server_round(
     packed.resize_with(response_ciphertexts(n, positions.len()), || {
         Ciphertext::zero(n)
     });
+    phases.pack_ms += elapsed_ms(t);
+    let t = Instant::now();
     // Sanitise each response ciphertext in parallel, each with a generator
     // of its own seeded from `rng` in order (ENG-8, src/par.rs): the result
     // does not depend on the number of threads.
@@ -1002,7 +1067,8 @@ pub fn server_round(
         ctx.rerandomize(ct, keys.public, &mut rng);
         ctx.flood(ct, &mut rng);
     });
-    Ok((packed, shuffle))
+    phases.sanitise_ms += elapsed_ms(t);
+    Ok((packed, shuffle, phases))
 }
 
 /// Runs one encrypted inference (ENG-1); both parties' work, timed

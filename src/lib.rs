@@ -22,6 +22,9 @@
 //! * [`audit`]: chosen-input attacks run through the real protocol;
 //! * [`select`]: the cheapest shipped parameter set that carries a model;
 //! * [`wire`]: versioned binary encoding of keys and ciphertexts;
+//! * [`service`]: the small API for integrators: [`ModelServer`] and
+//!   [`ModelClient`] over the typed protocol, sans-IO cores
+//!   ([`ServerConnection`], [`ClientSession`]) and an in-process transport;
 //! * `net` (feature `net`): the protocol over TLS between two processes,
 //!   with bearer-token authentication and server limits (spec/transport.md).
 //!
@@ -51,5 +54,14 @@ pub mod protocol;
 pub mod rlwe;
 pub mod rng;
 pub mod select;
+pub mod service;
 pub mod shuffle;
 pub mod wire;
+
+pub use protocol::{ClientId, Fault, Policy};
+#[cfg(feature = "net")]
+pub use service::Remote;
+pub use service::{
+    ClientEvent, ClientSession, InProcess, ModelClient, ModelServer, ModelServerBuilder,
+    ServerConnection, ServiceError, ServiceErrorKind, Transport,
+};

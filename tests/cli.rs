@@ -244,3 +244,79 @@ fn audit_reports_every_stage_as_json() {
         .iter()
         .all(|s| s["biases_exact"] == s["biases_total"]));
 }
+
+// `infer` and `bench` run every inference as a session of the typed
+// protocol over the in-process transport (src/service.rs), and report per
+// round where the server's time went.
+#[test]
+fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
+    let out = safhire(&["infer", "--images", "2", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["bit_exact_all"], true, "{stdout}");
+    assert_eq!(report["inputs"], 2);
+    assert!(report["transport"]
+        .as_str()
+        .unwrap()
+        .contains("typed protocol"));
+    assert_eq!(report["policy_serves_untrusted_clients"], true);
+    assert!(report["key_bytes"].as_u64().unwrap() > 1 << 20, "{stdout}");
+    assert!(report["key_expansion_ms"].as_f64().unwrap() > 0.0);
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for r in rounds {
+        let phases = &r["server_phases_ms"];
+        let sum: f64 = ["repack", "linear", "pack", "sanitise", "decode_encode"]
+            .iter()
+            .map(|k| phases[k].as_f64().unwrap())
+            .sum();
+        let server = r["server_ms"].as_f64().unwrap();
+        assert!(
+            server > 0.0 && (sum - server).abs() <= 0.01 * server + 0.01,
+            "{r}"
+        );
+        assert!(phases["repack"].as_f64().unwrap() > 0.0, "{r}");
+    }
+
+    let out = safhire(&["infer", "--images", "1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "repack  linear    pack sanitise",
+        "agreement with the plaintext reference: 1/1",
+        "would policy \"default\" (element shuffling) serve this model to untrusted clients? yes",
+        "expanded in",
+    ] {
+        assert!(stdout.contains(line), "infer omits {line:?}:\n{stdout}");
+    }
+
+    let out = safhire(&["bench", "digits"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "round 1: server",
+        "repack (unshuffle)",
+        "output pack",
+        "sanitise",
+        "session setup: keys generated",
+        "logits equal the plaintext reference: yes",
+    ] {
+        assert!(stdout.contains(line), "bench omits {line:?}:\n{stdout}");
+    }
+}
+
+// The same `infer` under a policy that would not serve the model to
+// untrusted clients: it still runs (the owner is its own client) and says so.
+#[test]
+fn infer_says_when_the_policy_would_refuse_untrusted_clients() {
+    let out = safhire(&["infer", "--images", "1", "--granularity", "channel"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("(channel shuffling) serve this model to untrusted clients? no: ")
+            && stdout.contains("within reach")
+            && stdout.contains("agreement with the plaintext reference: 1/1"),
+        "{stdout}"
+    );
+}

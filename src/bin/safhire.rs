@@ -1,22 +1,25 @@
 //! `safhire` command-line tool. `safhire help` lists the commands;
 //! `safhire COMMAND --help` describes one.
 
-use safhire::engine::{self, CompiledModel, ServerKeys};
+use safhire::engine::{CompiledModel, RoundPhases};
 use safhire::extract::ValueRef;
 use safhire::layout::{conv2d_reference, Conv2dLayout, Conv2dShape};
 use safhire::linear::EncodedLayer;
 use safhire::model::{Model, TestSet};
 use safhire::pack::{PackSource, Packer, Placement};
 use safhire::params::ParameterSet;
-use safhire::protocol::Policy;
+use safhire::protocol::{ClientId, Policy};
 use safhire::rlwe::{Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
 use safhire::rng::Csprng;
 use safhire::select::{self, Requirement, Selection};
-use safhire::shuffle::{SessionSeed, ShuffleUnit};
+use safhire::service::{ExchangeStats, Inference};
+use safhire::shuffle::ShuffleUnit;
 use safhire::wire;
+use safhire::ModelServer;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -679,14 +682,121 @@ fn argmax(v: &[i64]) -> usize {
     (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 
-/// The server's view of a client's keys, expanded.
-fn server_keys(
-    ctx: &Context,
-    keys: &ClientKeys,
-) -> Result<(GaloisKeys, safhire::rlwe::PublicKey), Box<dyn std::error::Error>> {
-    let galois =
-        GaloisKeys::from_seeded(ctx, &keys.seeded_galois).ok_or("incomplete Galois key set")?;
-    Ok((galois, keys.seeded_pk.expand(ctx)))
+/// The named policy with the shuffle granularity `unit` and, when `allow`,
+/// without PROTO-6's refusal of a budget within reach of the known
+/// attacks; every other field is the named policy's.
+fn derived_policy(
+    policy: &Policy,
+    unit: ShuffleUnit,
+    allow: bool,
+) -> Result<Policy, Box<dyn std::error::Error>> {
+    let mut toml = format!(
+        "[[policy]]\nname = {}\ngranularity = \"{}\"\nquery_budget = {}\nallow_budget_above_attack_threshold = {allow}\n",
+        serde_json::to_string(policy.name())?,
+        format!("{unit:?}").to_lowercase(),
+        policy.query_budget()
+    );
+    if let Some(bits) = policy.min_flooding_headroom_bits() {
+        toml.push_str(&format!("min_flooding_headroom_bits = {bits}\n"));
+    }
+    if let Some(sigma) = policy.dp_sigma() {
+        toml.push_str(&format!("dp_sigma = {sigma}\n"));
+    }
+    Ok(Policy::load(&toml, policy.name())?)
+}
+
+/// Whether the named policy, with the granularity `unit`, would serve
+/// `compiled` to untrusted clients (PROTO-6), in words.
+fn policy_verdict(
+    policy: &Policy,
+    unit: ShuffleUnit,
+    compiled: &CompiledModel,
+) -> Result<(bool, String), Box<dyn std::error::Error>> {
+    let policy = &derived_policy(policy, unit, policy.allows_budget_above_attack_threshold())?;
+    Ok(match policy.check_model(compiled) {
+        Err(e) => (false, format!("no: {}", e.kind)),
+        Ok(()) => match policy.attack_threshold(compiled) {
+            None => (true, "yes (no stage holds secret weights)".into()),
+            Some((queries, _)) if policy.query_budget().saturating_add(1) >= queries => (
+                true,
+                format!(
+                    "yes, by opting in: its budget of {} is within reach of a {queries}-session attack",
+                    policy.query_budget()
+                ),
+            ),
+            Some((queries, _)) => (
+                true,
+                format!(
+                    "yes: its budget of {} stays below the cheapest known attack's {queries} sessions",
+                    policy.query_budget()
+                ),
+            ),
+        },
+    })
+}
+
+/// The model served in this process through the facade, as `infer` and
+/// `bench` run it: every inference is a session of the typed protocol
+/// (PROTO-1), over the in-process transport, under the named policy with
+/// the granularity `unit` and without PROTO-6's refusal, since the model's
+/// owner is its own client here (`policy_verdict` says whether the policy
+/// would serve the model to untrusted clients).
+fn owner_server(
+    context: Context,
+    compiled: CompiledModel,
+    policy: &Policy,
+    unit: ShuffleUnit,
+) -> Result<ModelServer, Box<dyn std::error::Error>> {
+    Ok(
+        ModelServer::builder_compiled(Arc::new(context), Arc::new(compiled))
+            .policy(derived_policy(policy, unit, true)?)
+            .build()?,
+    )
+}
+
+/// Per-round sums over inferences: the client's and the server's time,
+/// where the server's went, and the traffic.
+#[derive(Default)]
+struct RoundTotals {
+    client_ms: f64,
+    server_ms: f64,
+    phases: RoundPhases,
+    up: usize,
+    down: usize,
+}
+
+impl RoundTotals {
+    fn add(&mut self, r: &ExchangeStats) {
+        self.client_ms += r.client_ms;
+        self.server_ms += r.server_ms.unwrap_or(0.0);
+        if let Some(p) = &r.phases {
+            self.phases.add(p);
+        }
+        self.up += r.up_bytes;
+        self.down += r.down_bytes;
+    }
+
+    /// Server time outside the four phases: decoding the upload, encoding
+    /// the response, the session's bookkeeping.
+    fn other_ms(&self) -> f64 {
+        (self.server_ms - self.phases.total_ms()).max(0.0)
+    }
+
+    fn json(&self, c: f64) -> serde_json::Value {
+        serde_json::json!({
+            "client_ms": self.client_ms / c,
+            "server_ms": self.server_ms / c,
+            "up_bytes": self.up as f64 / c,
+            "down_bytes": self.down as f64 / c,
+            "server_phases_ms": {
+                "repack": self.phases.repack_ms / c,
+                "linear": self.phases.linear_ms / c,
+                "pack": self.phases.pack_ms / c,
+                "sanitise": self.phases.sanitise_ms / c,
+                "decode_encode": self.other_ms() / c,
+            },
+        })
+    }
 }
 
 fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
@@ -777,12 +887,11 @@ fn infer(a: Args) -> CliResult {
     };
     let selection = choose(&model, a.get("set"), &policy)?;
     let (ctx, compiled) = (&selection.context, &selection.model);
-    let release = safhire::engine::Release {
-        unit,
-        noise: policy.noise(),
-    };
+    let noise = policy.noise().is_some();
     let (dp_text, dp_json) = dp_statement(compiled, &policy);
     let (circuit_text, circuit_json) = circuit_statement(compiled, ctx.params(), &policy);
+    let (serves, serves_text) = policy_verdict(&policy, unit, compiled)?;
+    let selection_report = selection_json(&selection, &policy);
     if !json {
         let spec = model.input();
         println!(
@@ -806,33 +915,29 @@ fn infer(a: Args) -> CliResult {
         print!("{}", selection.explain());
         println!("circuit privacy: {circuit_text}");
         println!("differential privacy: {dp_text}");
-    }
-
-    let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
-    let (galois, pk) = server_keys(ctx, &keys)?;
-    let server = ServerKeys {
-        galois: &galois,
-        public: &pk,
-    };
-    if !json {
         println!(
-            "keys: generated in {:.0} ms; evaluation keys {:.2} MiB (sent once per session)",
-            keys.keygen_ms,
-            keys.key_bytes as f64 / 1048576.0
+            "would policy {:?} ({} shuffling) serve this model to untrusted clients? {serves_text}",
+            policy.name(),
+            format!("{unit:?}").to_lowercase()
         );
     }
 
+    // Client and server in this process, through the typed protocol: one
+    // session per input, each with fresh keys, every message encoded and
+    // decoded (src/service.rs). Each input is its own identity's single
+    // session: the owner's queries of its own model spend no budget of
+    // anyone's.
+    let server = owner_server(selection.context, selection.model, &policy, unit)?;
+    let compiled = server.model().clone();
     let rounds = compiled.rounds();
-    let mut client_ms = vec![0f64; rounds];
-    let mut server_ms = vec![0f64; rounds];
-    let (mut up, mut down) = (0usize, 0usize);
+    let mut totals: Vec<RoundTotals> = (0..rounds).map(|_| RoundTotals::default()).collect();
+    let mut setup = RoundTotals::default();
     let (mut correct, mut plain_correct, mut agree) = (0usize, 0usize, 0usize);
     let mut exporter_disagrees = 0usize;
     let mut plain_ms = 0f64;
     let bar = progress_bar(count, "inputs");
     for (k, x) in set.inputs.iter().take(count).enumerate() {
-        let session = SessionSeed::generate();
-        let out = engine::run_release(ctx, &keys.sk, server, compiled, x, release, &session)?;
+        let out = server.client(ClientId(format!("infer-{k}"))).infer(x)?;
         let t = Instant::now();
         let reference = model.evaluate(x)?;
         plain_ms += ms(t);
@@ -844,27 +949,33 @@ fn infer(a: Args) -> CliResult {
             correct += usize::from(argmax(&out.logits) == labels[k]);
             plain_correct += usize::from(argmax(&reference) == labels[k]);
         }
-        for (r, s) in out.rounds.iter().enumerate() {
-            client_ms[r] += s.client_ms;
-            server_ms[r] += s.server_ms;
-            up += s.up_bytes;
-            down += s.down_bytes;
+        setup.add(&out.setup);
+        for (total, r) in totals.iter_mut().zip(&out.rounds) {
+            total.add(r);
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     let c = count.max(1) as f64;
-    let (tc, ts): (f64, f64) = (client_ms.iter().sum(), server_ms.iter().sum());
+    let tc: f64 = totals.iter().map(|r| r.client_ms).sum();
+    let ts: f64 = totals.iter().map(|r| r.server_ms).sum();
+    let up: usize = totals.iter().map(|r| r.up).sum();
+    let down: usize = totals.iter().map(|r| r.down).sum();
+    let key_bytes = setup.up / count.max(1);
     if json {
         let report = serde_json::json!({
             "command": "infer",
-            "model": model_json(&model, compiled),
-            "parameter_set": selection_json(&selection, &policy),
+            "model": model_json(&model, &compiled),
+            "parameter_set": selection_report,
             "granularity": format!("{unit:?}").to_lowercase(),
+            "transport": "typed protocol, in process (one session per input)",
+            "policy_serves_untrusted_clients": serves,
+            "policy_verdict": serves_text,
             "inputs": count,
-            "key_bytes": keys.key_bytes,
-            "keygen_ms": keys.keygen_ms,
-            "rounds": (0..rounds).map(|r| serde_json::json!({"client_ms": client_ms[r] / c, "server_ms": server_ms[r] / c})).collect::<Vec<_>>(),
+            "key_bytes": key_bytes,
+            "keygen_ms": setup.client_ms / c,
+            "key_expansion_ms": setup.server_ms / c,
+            "rounds": totals.iter().map(|r| r.json(c)).collect::<Vec<_>>(),
             "client_ms": tc / c,
             "server_ms": ts / c,
             "plaintext_ms": plain_ms / c,
@@ -879,17 +990,37 @@ fn infer(a: Args) -> CliResult {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("\nper inference (mean of {count}):");
-        println!("  round   client ms   server ms");
-        for r in 0..rounds {
+        println!(
+            "keys: generated in {:.0} ms by the client, expanded in {:.0} ms by the server (mean per session); evaluation keys {:.2} MiB (sent once per session)",
+            setup.client_ms / c,
+            setup.server_ms / c,
+            key_bytes as f64 / 1048576.0
+        );
+        println!(
+            "\nper inference (mean of {count}; each a session of the typed protocol, in process):"
+        );
+        println!("  round   client ms   server ms =  repack  linear    pack sanitise   other");
+        let row = |label: &str, r: &RoundTotals| {
             println!(
-                "  {:>5} {:>11.1} {:>11.1}",
-                r + 1,
-                client_ms[r] / c,
-                server_ms[r] / c
-            );
+                "  {label:>5} {:>11.1} {:>11.1}   {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1}",
+                r.client_ms / c,
+                r.server_ms / c,
+                r.phases.repack_ms / c,
+                r.phases.linear_ms / c,
+                r.phases.pack_ms / c,
+                r.phases.sanitise_ms / c,
+                r.other_ms() / c
+            )
+        };
+        let mut all = RoundTotals::default();
+        for (r, total) in totals.iter().enumerate() {
+            row(&(r + 1).to_string(), total);
+            all.client_ms += total.client_ms;
+            all.server_ms += total.server_ms;
+            all.phases.add(&total.phases);
         }
-        println!("  total {:>11.1} {:>11.1}", tc / c, ts / c);
+        row("total", &all);
+        println!("  (server: repack = unshuffle into the stage's layout, linear = the stage and its bias, pack = shuffle and output pack, sanitise = re-randomise and flood, other = decode and encode)");
         println!(
             "  plaintext integer inference (same run): {:.3} ms; encrypted is {:.0}x that (client + server)",
             plain_ms / c,
@@ -912,7 +1043,7 @@ fn infer(a: Args) -> CliResult {
         println!(
             "agreement with the plaintext reference: {agree}/{count} = {:.1}% (bit-for-bit logits{})",
             100.0 * agree as f64 / c,
-            if release.noise.is_some() {
+            if noise {
                 "; DP noise is on, so they differ by design"
             } else {
                 ""
@@ -925,7 +1056,7 @@ fn infer(a: Args) -> CliResult {
         )
         .into());
     }
-    if agree == count || release.noise.is_some() {
+    if agree == count || noise {
         Ok(())
     } else {
         Err("encrypted logits differ from the plaintext reference".into())
@@ -1006,8 +1137,6 @@ fn bench(a: Args) -> CliResult {
         print!("{}", selection.explain());
         println!("circuit privacy: {circuit_text}");
     }
-    let keys = ClientKeys::generate(ctx, &mut Csprng::from_os());
-    let (galois, pk) = server_keys(ctx, &keys)?;
     let spec = model.input();
     let mut rng = Csprng::from_os();
     let span = spec.max.abs_diff(spec.min).saturating_add(1);
@@ -1017,23 +1146,19 @@ fn bench(a: Args) -> CliResult {
     let t = Instant::now();
     let reference = model.evaluate(&input)?;
     let plain_ms = ms(t);
-    let server_keys = ServerKeys {
-        galois: &galois,
-        public: &pk,
-    };
+    // One inference = one session of the typed protocol over the
+    // in-process transport (src/service.rs), fresh keys included; each run
+    // is its own identity's single session.
+    let selection_report = selection_json(&selection, &policy);
+    let server = owner_server(selection.context, selection.model, &policy, policy.unit())?;
+    let compiled = server.model().clone();
+    let runs = std::sync::atomic::AtomicUsize::new(0);
     let infer = || {
-        engine::run(
-            ctx,
-            &keys.sk,
-            server_keys,
-            compiled,
-            &input,
-            policy.unit(),
-            &SessionSeed::generate(),
-        )
+        let k = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        server.client(ClientId(format!("bench-{k}"))).infer(&input)
     };
     let pool = |n: usize| rayon::ThreadPoolBuilder::new().num_threads(n).build();
-    let server_of = |o: &engine::Inference| o.rounds.iter().map(|r| r.server_ms).sum::<f64>();
+    let server_of = |o: &Inference| o.server_ms();
     let mut exact = true;
     let mut scaling = None;
     let (out, pool_threads) = if sweep {
@@ -1073,11 +1198,21 @@ fn bench(a: Args) -> CliResult {
     } else {
         (infer()?, rayon::current_num_threads())
     };
-    let client: f64 = out.rounds.iter().map(|r| r.client_ms).sum();
-    let server: f64 = out.rounds.iter().map(|r| r.server_ms).sum();
+    let client = out.client_ms();
+    let server = out.server_ms();
     let up: usize = out.rounds.iter().map(|r| r.up_bytes).sum();
     let down: usize = out.rounds.iter().map(|r| r.down_bytes).sum();
+    let key_bytes = out.setup.up_bytes;
     exact &= out.logits == reference;
+    let round_totals: Vec<RoundTotals> = out
+        .rounds
+        .iter()
+        .map(|r| {
+            let mut t = RoundTotals::default();
+            t.add(r);
+            t
+        })
+        .collect();
     let median = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
@@ -1124,15 +1259,23 @@ fn bench(a: Args) -> CliResult {
     if json {
         let report = serde_json::json!({
             "command": "bench",
-            "model": model_json(&model, compiled),
-            "parameter_set": selection_json(&selection, &policy),
+            "model": model_json(&model, &compiled),
+            "parameter_set": selection_report,
             "compile_ms": compile_ms,
+            "transport": "typed protocol, in process",
+            "keygen_ms": out.setup.client_ms,
+            "key_expansion_ms": out.setup.server_ms,
             "server_ms": server,
             "client_ms": client,
             "plaintext_ms": plain_ms,
             "ratio_to_plaintext": (server + client) / plain_ms.max(1e-9),
-            "rounds": out.rounds.iter().map(|r| serde_json::json!({"client_ms": r.client_ms, "server_ms": r.server_ms, "up_bytes": r.up_bytes, "down_bytes": r.down_bytes})).collect::<Vec<_>>(),
-            "key_bytes": keys.key_bytes,
+            "rounds": round_totals.iter().map(|r| {
+                let mut j = r.json(1.0);
+                j["up_bytes"] = r.up.into();
+                j["down_bytes"] = r.down.into();
+                j
+            }).collect::<Vec<_>>(),
+            "key_bytes": key_bytes,
             "up_bytes": up,
             "down_bytes": down,
             "peak_rss_mib": peak_rss_mib(),
@@ -1143,18 +1286,35 @@ fn bench(a: Args) -> CliResult {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let slowest = out
-            .rounds
+        let slowest = round_totals
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.server_ms.total_cmp(&b.1.server_ms))
             .map(|(r, s)| format!("round {} ({:.0} ms)", r + 1, s.server_ms))
             .unwrap_or_default();
         println!(
-            "server {:.2} s on {pool_threads} thread(s), client {:.1} ms (slowest: {slowest})",
+            "server {:.2} s on {pool_threads} thread(s), client {:.1} ms (slowest: {slowest}); one session of the typed protocol, in process",
             server / 1e3,
             client
         );
+        println!(
+            "  session setup: keys generated in {:.0} ms by the client, expanded in {:.0} ms by the server (not in the times above)",
+            out.setup.client_ms,
+            out.setup.server_ms.unwrap_or(0.0)
+        );
+        for (r, t) in round_totals.iter().enumerate() {
+            println!(
+                "  round {}: server {:.1} ms = repack (unshuffle) {:.1} + linear {:.1} + output pack {:.1} + sanitise {:.1} + decode/encode {:.1}; client {:.1} ms",
+                r + 1,
+                t.server_ms,
+                t.phases.repack_ms,
+                t.phases.linear_ms,
+                t.phases.pack_ms,
+                t.phases.sanitise_ms,
+                t.other_ms(),
+                t.client_ms
+            );
+        }
         if let Some((counts, times, profile, t1, all)) = &scaling {
             let base = median(&times[0]);
             println!(
@@ -1199,7 +1359,7 @@ fn bench(a: Args) -> CliResult {
         );
         println!(
             "traffic: evaluation keys {:.2} MiB, up {:.2} MiB, down {:.2} MiB",
-            keys.key_bytes as f64 / 1048576.0,
+            key_bytes as f64 / 1048576.0,
             up as f64 / 1048576.0,
             down as f64 / 1048576.0
         );

@@ -351,8 +351,9 @@ impl Connection {
 
     /// Sends a protocol message; returns the reply message and the
     /// exchange's time and traffic (NET-6: the reply is followed by the
-    /// server's ServerTime).
-    async fn exchange(&mut self, payload: &[u8]) -> Result<(Vec<u8>, Exchange), NetError> {
+    /// server's ServerTime). A Refusal is the typed error (NET-7). For a
+    /// driver of its own (`service::Remote`); `client_ms` is left at 0.
+    pub async fn exchange(&mut self, payload: &[u8]) -> Result<(Vec<u8>, Exchange), NetError> {
         let t = Instant::now();
         let up_bytes = self.send(payload).await?;
         let reply = self.read(MAX_FRAME).await?;

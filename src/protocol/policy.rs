@@ -96,6 +96,12 @@ impl Policy {
         self.spec.query_budget
     }
 
+    /// Whether the policy opts in to a budget within reach of the known
+    /// attacks (PROTO-6's `allow_budget_above_attack_threshold`).
+    pub fn allows_budget_above_attack_threshold(&self) -> bool {
+        self.spec.allow_budget_above_attack_threshold
+    }
+
     /// PROTO-6: the fewest chosen queries with which a known attack
     /// recovers some stage of `model` under this policy's granularity, and
     /// that stage's index; `None` when no stage holds secret weights.

@@ -230,7 +230,17 @@ impl Server<AwaitingUpload> {
     }
 
     /// Evaluates round r on a validated upload (PROTO-4).
-    pub fn receive_upload(mut self, upload: Upload) -> Result<ServerStep, Rejected<Self>> {
+    pub fn receive_upload(self, upload: Upload) -> Result<ServerStep, Rejected<Self>> {
+        self.receive_upload_timed(upload).map(|(step, _)| step)
+    }
+
+    /// [`Self::receive_upload`], also returning where the round's time went
+    /// (`engine::server_round_timed`), for a driver that reports it; the
+    /// timings never enter the response.
+    pub fn receive_upload_timed(
+        mut self,
+        upload: Upload,
+    ) -> Result<(ServerStep, engine::RoundPhases), Rejected<Self>> {
         let r = self.state.round;
         let n = self.ctx.n();
         let expected = self.model.stages()[r as usize].input_len().div_ceil(n);
@@ -266,7 +276,7 @@ impl Server<AwaitingUpload> {
         };
         // THREAT-1: every ciphertext `server_round` returns is re-randomised
         // and flooded (PRIV-1) before it goes into the response.
-        let result = engine::server_round(
+        let result = engine::server_round_timed(
             &self.ctx,
             keys,
             &self.model,
@@ -279,7 +289,7 @@ impl Server<AwaitingUpload> {
             &s.seed,
             &mut s.rng,
         );
-        let (ciphertexts, shuffle) = match result {
+        let (ciphertexts, shuffle, phases) = match result {
             Ok(x) => x,
             Err(e) => {
                 // Leave the session as it was (PROTO-4).
@@ -295,11 +305,11 @@ impl Server<AwaitingUpload> {
             ciphertexts,
         };
         if r as usize + 1 == self.model.rounds() {
-            return Ok(ServerStep::Closed(response));
+            return Ok((ServerStep::Closed(response), phases));
         }
         self.state.previous = shuffle;
         self.state.round += 1;
-        Ok(ServerStep::Continue(self, response))
+        Ok((ServerStep::Continue(self, response), phases))
     }
 }
 
