@@ -218,6 +218,14 @@ def main():
     with open(os.path.join(here, "..", "spec", "parameters.toml"), "rb") as fh:
         sets = tomllib.load(fh)["set"]
     for s in sets:
+        # PARAM-8: an RNS modulus is the product of its limbs (exact, as the
+        # crate's u128); everything below uses q as one integer.
+        q = s["ciphertext_modulus"]
+        if isinstance(q, list):
+            s["limbs"] = len(q)
+            s["ciphertext_modulus"] = math.prod(q)
+        else:
+            s["limbs"] = 1
         s["b"] = derive(s)
 
     print("## 1. Noise budget as NoiseBudget::derive computes it (log2 of std unless noted)\n")
@@ -270,14 +278,16 @@ def main():
     sigma_f = lambda s: 2.0 ** (s["flooding_bound_log2"] - 3)
     b64 = lambda s: k64 * math.sqrt(s["b"]["before_flooding"])
     rho_ct = lambda s: s["b"]["n"] * (2.0 * b64(s)) ** 2 / (2.0 * sigma_f(s) ** 2)
-    sd_ct = lambda s: math.sqrt(rho_ct(s) / 2.0) + s["b"]["n"] * 2.0 ** -64
+    # PARAM-9: flooding beyond σ = 2^57 is two samples, N·2^-127 more.
+    wide = lambda s: s["b"]["n"] * 2.0 ** -127 if s["flooding_bound_log2"] - 3 > 57 else 0.0
+    sd_ct = lambda s: math.sqrt(rho_ct(s) / 2.0) + s["b"]["n"] * 2.0 ** -64 + wide(s)
     table("quantity (log2 unless noted)", [
         ("k_64 (erfc(k/√2) = 2^-64), plain number", lambda s: f"{k64:.4f}"),
         ("σ_f = 2^(F−3)", lambda s: str(s["flooding_bound_log2"] - 3)),
         ("B = k_64 · σ_bf", lambda s: f2(lg(b64(s)))),
         ("ρ per coefficient: (2B)²/(2σ_f²)", lambda s: f2(lg(rho_ct(s)) - n_log(s))),
         ("ρ per ciphertext: N·(2B)²/(2σ_f²)", lambda s: f2(lg(rho_ct(s)))),
-        ("statistical distance per ciphertext: √(ρ/2) + N·2^-64", lambda s: f2(lg(sd_ct(s)))),
+        ("statistical distance per ciphertext: √(ρ/2) + N·2^-64 (+ N·2^-127, PARAM-9)", lambda s: f2(lg(sd_ct(s)))),
         ("F needed for ρ ≤ 2^-40 per ciphertext", lambda s: f2(s["flooding_bound_log2"] + (lg(rho_ct(s)) + 40) / 2)),
     ], sets)
 

@@ -455,9 +455,11 @@ fn malicious_key(
     let ctx = oracle.ctx.clone();
     let q = ctx.q();
     let t = 1u128 << ctx.params().plaintext_bits();
-    let half_delta = (q.value() as u128 / (2 * t)) as u64;
+    let half_delta = q.value() / (2 * t);
+    let n = ctx.n();
     let mut public = oracle.public.clone();
-    public.b[0] = q.add(public.b[0], half_delta);
+    let b0 = q.add(q.coefficient(&public.b, n, 0), half_delta);
+    q.set_coefficient(&mut public.b, n, 0, b0);
     let mut attack = KeyAttack {
         sessions: 0,
         accepted: false,
@@ -489,8 +491,7 @@ fn malicious_key(
     for ct in &response {
         let (a, b) = ct.parts();
         let mut b = b.to_vec();
-        for (bi, &p) in b.iter_mut().zip(&ctx.phase(&oracle.sk, ct)) {
-            let x = q.centered(p) as i128;
+        for (i, &x) in ctx.phase_centered(&oracle.sk, ct).iter().enumerate() {
             let v = (2 * x + d).div_euclid(2 * d);
             attack.rerandomiser_bits += 1;
             if (x - v * d).abs() < d / 4 {
@@ -498,7 +499,8 @@ fn malicious_key(
             }
             if v.rem_euclid(2) == 1 {
                 attack.rerandomiser_ones += 1;
-                *bi = q.sub(*bi, half_delta);
+                let bi = q.sub(q.coefficient(&b, n, i), half_delta);
+                q.set_coefficient(&mut b, n, i, bi);
             }
         }
         corrected.push(

@@ -913,7 +913,7 @@ fn evaluate_stage(
         })
         .collect();
     let mut repacked = packer.pack(&sources, &placements)?;
-    repacked.resize_with(stage.input_ciphertexts(), || Ciphertext::zero(n));
+    repacked.resize_with(stage.input_ciphertexts(), || ctx.zero_ciphertext());
     phases.repack_ms += elapsed_ms(t);
     let t = Instant::now();
     let mut outputs = stage.encoded.evaluate(ctx, &repacked);
@@ -1054,7 +1054,7 @@ pub fn server_round_timed(
         .collect();
     let mut packed = packer.pack_sums(&out_sources, &placements)?;
     packed.resize_with(response_ciphertexts(n, positions.len()), || {
-        Ciphertext::zero(n)
+        ctx.zero_ciphertext()
     });
     phases.pack_ms += elapsed_ms(t);
     let t = Instant::now();

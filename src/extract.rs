@@ -6,7 +6,7 @@
 //! value actually enters a tree. The client reads packed values back by
 //! position ([`read_positions`]): partial extraction, only valid coefficients.
 
-use crate::math::Modulus;
+use crate::math::RnsModulus;
 use crate::rlwe::Ciphertext;
 
 /// Coefficient `coeff` of source ciphertext `source`.
@@ -27,45 +27,57 @@ impl ValueRef {
 
 /// `X^(−i)·c`: a ciphertext whose constant coefficient encrypts value i;
 /// `None` if `i ≥ N`.
-pub fn shifted_to_constant(q: Modulus, ct: &Ciphertext, i: usize) -> Option<Ciphertext> {
+pub fn shifted_to_constant(
+    q: impl Into<RnsModulus>,
+    ct: &Ciphertext,
+    i: usize,
+) -> Option<Ciphertext> {
+    let q = q.into();
     let n = ct.ring_degree();
     if i >= n {
         return None;
     }
-    let mut out = Ciphertext::zero(n);
+    let mut out = Ciphertext::zero(n, q.len());
     out.monomial_mul_add(q, ct, (2 * n - i) % (2 * n), false);
     Some(out)
 }
 
 /// A materialised LWE ciphertext of one coefficient, under the key's
 /// coefficient vector: `b − ⟨a, s⟩ = phase_i`. Only for interoperability
-/// with LWE-based tools; the protocol never needs it.
+/// with LWE-based tools; the protocol never needs it. On a multi-limb q
+/// (PARAM-8) the mask is limb-major (L·N) and the body has one residue per
+/// limb.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LweCiphertext {
     pub mask: Vec<u64>,
-    pub body: u64,
+    pub body: Vec<u64>,
 }
 
 /// Sample extraction of coefficient i (mod-q negations), `None` if `i ≥ N`;
 /// decrypt it with
 /// [`Context::decrypt_lwe`](crate::rlwe::Context::decrypt_lwe).
-pub fn extract_lwe(q: Modulus, ct: &Ciphertext, i: usize) -> Option<LweCiphertext> {
+pub fn extract_lwe(q: impl Into<RnsModulus>, ct: &Ciphertext, i: usize) -> Option<LweCiphertext> {
+    let q = q.into();
     let (a, b) = ct.parts();
-    let n = a.len();
+    let n = ct.ring_degree();
     if i >= n {
         return None;
     }
-    // phase_i = b_i − Σ_j a_j s_{i−j} (negacyclic): mask_k pairs with s_k.
-    let mask = (0..n)
-        .map(|k| {
+    let mut mask = Vec::with_capacity(n * q.len());
+    let mut body = Vec::with_capacity(q.len());
+    for (l, m) in q.limbs().iter().enumerate() {
+        let a = &a[l * n..(l + 1) * n];
+        // phase_i = b_i − Σ_j a_j s_{i−j} (negacyclic): mask_k pairs with s_k.
+        mask.extend((0..n).map(|k| {
             if k <= i {
                 a[i - k]
             } else {
-                q.neg(a[n + i - k])
+                m.neg(a[n + i - k])
             }
-        })
-        .collect();
-    Some(LweCiphertext { mask, body: b[i] })
+        }));
+        body.push(b[l * n + i]);
+    }
+    Some(LweCiphertext { mask, body })
 }
 
 /// Reads decrypted values at the given positions (partial extraction).

@@ -337,7 +337,7 @@ impl<'a> Packer<'a> {
         // whose release made the allocator return and re-fault memory:
         // benches/README.md).
         self.subtree(&nodes, images, shared, log_n, 0)
-            .unwrap_or_else(|| Ciphertext::zero(n))
+            .unwrap_or_else(|| ctx.zero_ciphertext())
     }
 
     /// Node `r` of tree level `level` of one output: materialised from its
@@ -358,7 +358,7 @@ impl<'a> Packer<'a> {
             if terms.is_empty() {
                 return None;
             }
-            let mut ct = Ciphertext::zero(n);
+            let mut ct = ctx.zero_ciphertext();
             for t in terms {
                 let img = images.get(t.source, t.image);
                 ct.monomial_mul_add(q, img, t.exp as usize, t.negate);
@@ -383,7 +383,7 @@ impl<'a> Packer<'a> {
                 }
                 None => {
                     ws.diff.clear();
-                    Ciphertext::zero(n)
+                    ctx.zero_ciphertext()
                 }
             };
             if let Some(o) = &odd {
@@ -499,8 +499,13 @@ impl Images {
                             &src.conjugates[t - 1]
                         };
                         let mut ct = base.clone();
-                        let scale = q.mul(ctx.ntt_q.n_inv(), 1u64 << client_levels);
-                        ct.scalar_mul_assign(q, scale);
+                        // Per limb: the residues of 2^γ·N^-1 mod q.
+                        let mut scale = [0u64; crate::math::MAX_LIMBS];
+                        for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
+                            let m = plan.modulus();
+                            scale[l] = m.mul(plan.n_inv(), 1u64 << client_levels);
+                        }
+                        ct.scalar_mul_assign(q, &scale);
                         return ct;
                     }
                     // Apply the highest level last: D_t = KS_g τ_g (D_{t without top}).
@@ -509,7 +514,7 @@ impl Images {
                     let key = keys.key_for_level(top + 1);
                     with_workspace(ctx, |ws| {
                         prev.automorphism_into(q, key.g, &mut ws.twisted);
-                        let mut out = Ciphertext::zero(ctx.n());
+                        let mut out = ctx.zero_ciphertext();
                         ctx.key_switch_add(key, &ws.twisted, &mut out, &mut ws.scratch);
                         out
                     })
@@ -546,14 +551,14 @@ thread_local! {
 /// The workspace holds no secret: only the server's intermediate
 /// ciphertexts, overwritten by the next task.
 fn with_workspace<R>(ctx: &Context, f: impl FnOnce(&mut Workspace) -> R) -> R {
-    let (n, levels) = (ctx.n(), ctx.params().gadget_levels());
+    let (n, levels, limbs) = (ctx.n(), ctx.params().gadget_levels(), ctx.limbs());
     let mut ws = WORKSPACE
         .with(|w| w.borrow_mut().take())
-        .filter(|w| w.scratch.fits(n, levels) && w.diff.ring_degree() == n)
+        .filter(|w| w.scratch.fits(n, levels, limbs) && w.diff.a.len() == n * limbs)
         .unwrap_or_else(|| Workspace {
-            scratch: KeySwitchScratch::new(n, levels),
-            diff: Ciphertext::zero(n),
-            twisted: Ciphertext::zero(n),
+            scratch: KeySwitchScratch::new(n, levels, limbs),
+            diff: ctx.zero_ciphertext(),
+            twisted: ctx.zero_ciphertext(),
         });
     let out = f(&mut ws);
     WORKSPACE.with(|w| *w.borrow_mut() = Some(ws));

@@ -1,6 +1,7 @@
 //! Choosing the parameter set for a model (PARAM-7).
 //!
-//! The shipped sets are tried cheapest first ([`ParameterSet::cost_order`]);
+//! The shipped sets are tried cheapest first ([`ParameterSet::cost_order`]),
+//! except those marked `auto_select = false` (s16), which only a pin uses;
 //! the first one that meets the policy's flooding requirement, carries every
 //! worst-case accumulator of the model (MODEL-5) and whose noise budget
 //! covers every stage once compiled (LIN-3, with the pool rewrite of ENG-6)
@@ -158,8 +159,16 @@ pub fn select(
         });
     }
     let mut candidates = Vec::new();
+    let mut pinned_only = Vec::new();
     for params in ParameterSet::shipped_all()? {
         let set = params.name().to_owned();
+        // PARAM-7: a set marked `auto_select = false` (s16: statistical
+        // circuit privacy at about four times b16's cost) is used only when
+        // pinned; a refusal names it so the user knows it exists.
+        if !params.auto_select() {
+            pinned_only.push(set);
+            continue;
+        }
         let refused = match requirement.min_flooding_headroom_bits {
             Some(need) if params.budget().flooding_headroom_bits() < f64::from(need) => {
                 Some(format!(
@@ -200,11 +209,16 @@ pub fn select(
         .map(|(_, a)| a)
         .max()
         .unwrap_or(0);
+    let mut reasons: Vec<(String, String)> = candidates
+        .into_iter()
+        .map(|c| (c.set, c.refused.unwrap_or_default()))
+        .collect();
+    reasons.extend(pinned_only.into_iter().map(|set| {
+        let why = format!("not tried automatically: used only when pinned (--set {set})");
+        (set, why)
+    }));
     Err(SelectError::NoSetFits {
         worst_bits: accumulator_bits(worst),
-        reasons: candidates
-            .into_iter()
-            .map(|c| (c.set, c.refused.unwrap_or_default()))
-            .collect(),
+        reasons,
     })
 }

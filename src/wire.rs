@@ -15,7 +15,9 @@
 //! length against the exact size the kind must have under the parameter set
 //! — before a single body byte is interpreted. Coefficients must be reduced;
 //! trailing bytes are an error. Decoding never panics and never allocates
-//! more than the expected size (WIRE-1, WIRE-2, WIRE-3, WIRE-4).
+//! more than the expected size (WIRE-1, WIRE-2, WIRE-3, WIRE-4). Under an RNS
+//! modulus every polynomial modulo q carries all its limbs, limb-major, each
+//! checked against its own prime (WIRE-5, PARAM-8).
 
 use crate::rlwe::{Ciphertext, Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey};
 use thiserror::Error;
@@ -146,6 +148,19 @@ impl<'a> Reader<'a> {
         }
         Ok(out)
     }
+    /// A limb-major polynomial modulo an RNS modulus (PARAM-8): L blocks of
+    /// n coefficients, block l reduced modulo limb l (one block, and the
+    /// same bytes as [`poly`](Self::poly), on single-limb sets).
+    fn rns_poly(&mut self, n: usize, q: crate::math::RnsModulus) -> Result<Vec<u64>, WireError> {
+        if q.len() == 1 {
+            return self.poly(n, q.limb(0).value());
+        }
+        let mut out = Vec::with_capacity(n * q.len());
+        for m in q.limbs() {
+            out.extend(self.poly(n, m.value())?);
+        }
+        Ok(out)
+    }
     fn ring_degree(&mut self, expected: usize) -> Result<usize, WireError> {
         let got = self.u32()?;
         if got != expected {
@@ -158,11 +173,13 @@ impl<'a> Reader<'a> {
 /// Exact body size of each kind under `ctx`'s parameters.
 pub fn body_len(kind: Kind, ctx: &Context) -> usize {
     let n = ctx.n();
+    // L residues per coefficient modulo q (WIRE-5), one modulo P.
+    let l = ctx.limbs();
     match kind {
-        Kind::Ciphertext => 4 + 16 * n,
-        Kind::SeededCiphertext => 4 + 16 + 8 * n,
-        Kind::SeededGaloisKey => 12 + ctx.params().gadget_levels() * (16 + 16 * n),
-        Kind::SeededPublicKey => 4 + 16 + 8 * n,
+        Kind::Ciphertext => 4 + 16 * l * n,
+        Kind::SeededCiphertext => 4 + 16 + 8 * l * n,
+        Kind::SeededGaloisKey => 12 + ctx.params().gadget_levels() * (16 + 8 * (l + 1) * n),
+        Kind::SeededPublicKey => 4 + 16 + 8 * l * n,
     }
 }
 
@@ -225,7 +242,7 @@ fn open<'a>(bytes: &'a [u8], kind: Kind, ctx: &Context) -> Result<Reader<'a>, Wi
 pub fn encode_ciphertext(ctx: &Context, ct: &Ciphertext) -> Vec<u8> {
     let (a, b) = ct.parts();
     let mut out = header(Kind::Ciphertext, ctx, body_len(Kind::Ciphertext, ctx));
-    put_u32(&mut out, a.len());
+    put_u32(&mut out, ct.ring_degree());
     put_poly(&mut out, a);
     put_poly(&mut out, b);
     out
@@ -235,8 +252,8 @@ pub fn decode_ciphertext(ctx: &Context, bytes: &[u8]) -> Result<Ciphertext, Wire
     let mut r = open(bytes, Kind::Ciphertext, ctx)?;
     let n = r.ring_degree(ctx.n())?;
     let q = ctx.q();
-    let a = r.poly(n, q.value())?;
-    let b = r.poly(n, q.value())?;
+    let a = r.rns_poly(n, q)?;
+    let b = r.rns_poly(n, q)?;
     // Lengths and ranges were just checked.
     Ciphertext::from_parts(a, b, n, q).ok_or(WireError::Unreduced { index: 0 })
 }
@@ -247,7 +264,7 @@ pub fn encode_seeded_ciphertext(ctx: &Context, ct: &SeededCiphertext) -> Vec<u8>
         ctx,
         body_len(Kind::SeededCiphertext, ctx),
     );
-    put_u32(&mut out, ct.body().len());
+    put_u32(&mut out, ctx.n());
     out.extend_from_slice(ct.seed());
     put_poly(&mut out, ct.body());
     out
@@ -260,7 +277,7 @@ pub fn decode_seeded_ciphertext(
     let mut r = open(bytes, Kind::SeededCiphertext, ctx)?;
     let n = r.ring_degree(ctx.n())?;
     let seed = r.seed()?;
-    let b = r.poly(n, ctx.q().value())?;
+    let b = r.rns_poly(n, ctx.q())?;
     SeededCiphertext::from_parts(seed, b, n, ctx.q()).ok_or(WireError::Unreduced { index: 0 })
 }
 
@@ -309,11 +326,11 @@ pub fn decode_galois_key(
             got: rows_declared,
         });
     }
-    let (q, p) = (ctx.q().value(), ctx.params().p().value());
+    let (q, p) = (ctx.q(), ctx.params().p().value());
     let mut rows = Vec::with_capacity(levels);
     for _ in 0..levels {
         let seed = r.seed()?;
-        let b_q = r.poly(n, q)?;
+        let b_q = r.rns_poly(n, q)?;
         let b_p = r.poly(n, p)?;
         rows.push(crate::rlwe::SeededKeyRow { seed, b_q, b_p });
     }
@@ -326,7 +343,7 @@ pub fn encode_public_key(ctx: &Context, pk: &SeededPublicKey) -> Vec<u8> {
         ctx,
         body_len(Kind::SeededPublicKey, ctx),
     );
-    put_u32(&mut out, pk.b.len());
+    put_u32(&mut out, ctx.n());
     out.extend_from_slice(&pk.seed);
     put_poly(&mut out, &pk.b);
     out
@@ -336,6 +353,6 @@ pub fn decode_public_key(ctx: &Context, bytes: &[u8]) -> Result<SeededPublicKey,
     let mut r = open(bytes, Kind::SeededPublicKey, ctx)?;
     let n = r.ring_degree(ctx.n())?;
     let seed = r.seed()?;
-    let b = r.poly(n, ctx.q().value())?;
+    let b = r.rns_poly(n, ctx.q())?;
     Ok(SeededPublicKey { seed, b })
 }

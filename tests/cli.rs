@@ -36,6 +36,8 @@ fn usage_lists_every_command_and_every_shipped_set() {
     for command in ["infer", "bench", "params", "state-graph", "layer", "audit"] {
         assert!(usage.contains(command), "usage omits {command}:\n{usage}");
     }
+    // Sets used only when pinned (`auto_select = false`, PARAM-7: s16) are
+    // listed too, with what they are for.
     for set in ParameterSet::shipped_all().unwrap() {
         assert!(
             usage.contains(set.name()),
@@ -319,4 +321,27 @@ fn infer_says_when_the_policy_would_refuse_untrusted_clients() {
             && stdout.contains("agreement with the plaintext reference: 1/1"),
         "{stdout}"
     );
+}
+
+// PRIV-3: `params` names the sets whose flooding is 40-bit statistical, as
+// computed by the set (s16), and only those.
+#[test]
+fn params_names_the_statistical_sets() {
+    let out = safhire(&["params"]);
+    assert!(out.status.success());
+    let (text, _) = text(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("40-bit statistical circuit privacy"))
+        .unwrap_or_else(|| panic!("no statistical-privacy line:\n{text}"));
+    for set in ParameterSet::shipped_all().unwrap() {
+        let listed = line.contains(&format!(" {}", set.name()));
+        assert_eq!(
+            listed,
+            set.circuit_privacy_log2() <= -40.0,
+            "{}: {line}",
+            set.name()
+        );
+    }
+    assert!(line.contains("s16"), "{line}");
 }

@@ -57,12 +57,12 @@ fn noise_after_galois(ctx: &Context, level: u32, seed: u8) -> Vec<i64> {
     // Expected phase: τ_g of the input phase.
     let before = ctx.phase(&f.sk, &ct);
     let mut twisted = vec![0u64; ctx.n()];
-    safhire::math::poly::automorphism(ctx.q(), &mut twisted, &before, g);
+    safhire::math::poly::automorphism(ctx.q().limb(0), &mut twisted, &before, g);
     let after = ctx.phase(&f.sk, &switched);
     after
         .iter()
         .zip(&twisted)
-        .map(|(&a, &b)| ctx.q().centered(ctx.q().sub(a, b)))
+        .map(|(&a, &b)| ctx.q().limb(0).centered(ctx.q().limb(0).sub(a, b)))
         .collect()
 }
 

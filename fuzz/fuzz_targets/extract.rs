@@ -91,14 +91,14 @@ fuzz_target!(|data: &[u8]| {
     // LWE sample extraction.
     let lwe = extract_lwe(q, &ct, i).expect("i < n");
     assert_eq!(lwe.mask.len(), n, "LWE dimension");
-    assert!(lwe.mask.iter().all(|&c| c < qv) && lwe.body < qv, "LWE not reduced");
-    assert_eq!(lwe.body, b[i], "LWE body is not b_i");
+    assert!(lwe.mask.iter().all(|&c| c < qv) && lwe.body.iter().all(|&c| c < qv), "LWE not reduced");
+    assert_eq!(lwe.body, [b[i]], "LWE body is not b_i (one limb)");
     let dot = lwe
         .mask
         .iter()
         .zip(&s)
         .fold(0u128, |acc, (&m, &sk)| (acc + m as u128 * sk as u128) % qv as u128);
-    let lwe_phase = ((lwe.body as u128 + qv as u128 - dot) % qv as u128) as u64;
+    let lwe_phase = ((lwe.body[0] as u128 + qv as u128 - dot) % qv as u128) as u64;
     assert_eq!(lwe_phase, want[i], "LWE phase differs from RLWE phase_{i} (n = {n})");
     assert_eq!(lwe_phase, got[0], "LWE and shifted ciphertext decrypt differently");
     // Key-independent agreement: the LWE mask is the constant-coefficient

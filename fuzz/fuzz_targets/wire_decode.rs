@@ -189,7 +189,7 @@ fn synthesise(
     s: &mut Stream,
 ) -> (Vec<u8>, Option<usize>) {
     let n = ctx.n();
-    let q = ctx.q().value();
+    let q = ctx.q().limb(0).value(); // b8: one limb
     let p = ctx.params().p().value();
     let levels = ctx.params().gadget_levels();
     let body_len = wire::body_len(kind, ctx);

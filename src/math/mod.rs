@@ -1,5 +1,6 @@
 //! Exact arithmetic modulo NTT-friendly primes: scalars, polynomials of
-//! `Z_q[X]/(X^N+1)` and their number-theoretic transforms.
+//! `Z_q[X]/(X^N+1)` and their number-theoretic transforms, and the RNS
+//! product of several such primes that a ciphertext modulus may be.
 //!
 //! This is the crate-local seam between the protocol and the backend: nothing
 //! outside `math` touches `tfhe-ntt` directly, so the transform can be swapped
@@ -8,6 +9,8 @@
 mod modulus;
 mod ntt;
 pub mod poly;
+mod rns;
 
 pub use modulus::{Modulus, SOLINAS};
-pub use ntt::NttPlan;
+pub use ntt::{NttPlan, RnsNttPlan};
+pub use rns::{RnsModulus, MAX_LIMBS};

@@ -102,6 +102,117 @@ impl NttPlan {
     }
 }
 
+/// The transforms of an RNS modulus, one [`NttPlan`] per limb, acting on
+/// limb-major buffers of length L·N (PARAM-8). With one limb every method is
+/// the single plan's, called directly (no chunking).
+#[derive(Debug)]
+pub struct RnsNttPlan {
+    plans: Vec<NttPlan>,
+    n: usize,
+}
+
+impl RnsNttPlan {
+    /// `None` unless every limb is an NTT-friendly prime for `n`.
+    pub fn new(n: usize, q: &super::RnsModulus) -> Option<Self> {
+        let plans = q
+            .limbs()
+            .iter()
+            .map(|m| NttPlan::new(n, m.value()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { plans, n })
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The plan of limb `i`.
+    pub fn limb(&self, i: usize) -> &NttPlan {
+        &self.plans[i]
+    }
+
+    pub fn limbs(&self) -> &[NttPlan] {
+        &self.plans
+    }
+
+    pub fn forward(&self, buf: &mut [u64]) {
+        if let [one] = &self.plans[..] {
+            return one.forward(buf);
+        }
+        for (c, p) in buf.chunks_exact_mut(self.n).zip(&self.plans) {
+            p.forward(c);
+        }
+    }
+
+    pub fn backward_unnormalized(&self, buf: &mut [u64]) {
+        if let [one] = &self.plans[..] {
+            return one.backward_unnormalized(buf);
+        }
+        for (c, p) in buf.chunks_exact_mut(self.n).zip(&self.plans) {
+            p.backward_unnormalized(c);
+        }
+    }
+
+    /// Inverse transform including the 1/N factor.
+    pub fn backward(&self, buf: &mut [u64]) {
+        self.backward_unnormalized(buf);
+        self.normalize(buf);
+    }
+
+    pub fn normalize(&self, buf: &mut [u64]) {
+        if let [one] = &self.plans[..] {
+            return one.normalize(buf);
+        }
+        for (c, p) in buf.chunks_exact_mut(self.n).zip(&self.plans) {
+            p.normalize(c);
+        }
+    }
+
+    #[inline]
+    pub fn mul_accumulate(&self, acc: &mut [u64], lhs: &[u64], rhs: &[u64]) {
+        if let [one] = &self.plans[..] {
+            return one.mul_accumulate(acc, lhs, rhs);
+        }
+        let n = self.n;
+        for (((a, l), r), p) in acc
+            .chunks_exact_mut(n)
+            .zip(lhs.chunks_exact(n))
+            .zip(rhs.chunks_exact(n))
+            .zip(&self.plans)
+        {
+            p.mul_accumulate(a, l, r);
+        }
+    }
+
+    #[inline]
+    pub fn mul_assign(&self, lhs: &mut [u64], rhs: &[u64]) {
+        if let [one] = &self.plans[..] {
+            return one.mul_assign(lhs, rhs);
+        }
+        let n = self.n;
+        for ((a, r), p) in lhs
+            .chunks_exact_mut(n)
+            .zip(rhs.chunks_exact(n))
+            .zip(&self.plans)
+        {
+            p.mul_assign(a, r);
+        }
+    }
+
+    /// Transforms a polynomial with small signed coefficients (`coeffs` of
+    /// length ≤ N, zero-padded) into every limb of `out` (length L·N).
+    pub fn forward_signed(&self, coeffs: &[i64], out: &mut [u64]) {
+        for (c, p) in out.chunks_exact_mut(self.n).zip(&self.plans) {
+            let m = p.modulus();
+            c.fill(0);
+            for (o, &x) in c.iter_mut().zip(coeffs) {
+                *o = m.from_i64(x);
+            }
+            p.forward(c);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +239,30 @@ mod tests {
             plan.backward(&mut fa);
             let expect = poly::negacyclic_mul_i64(&a, &b);
             let got: Vec<i128> = fa.iter().map(|&x| m.centered(x) as i128).collect();
+            prop_assert_eq!(got, expect);
+        }
+
+        // PARAM-8: the per-limb transforms of a two-limb q multiply exactly:
+        // the CRT-recomposed, centred product is the integer product.
+        #[test]
+        fn rns_ntt_product_is_the_integer_product(
+            a in proptest::collection::vec(-(1i64 << 40)..(1i64 << 40), 64),
+            b in proptest::collection::vec(-(1i64 << 40)..(1i64 << 40), 64),
+        ) {
+            let q = crate::math::RnsModulus::new(&[SOLINAS, 0x3fff_ffff_ffff_0001]).unwrap();
+            let plan = RnsNttPlan::new(64, &q).unwrap();
+            let (mut fa, mut fb) = (vec![0; 128], vec![0; 128]);
+            plan.forward_signed(&a, &mut fa);
+            plan.forward_signed(&b, &mut fb);
+            let mut acc = vec![0; 128];
+            plan.mul_accumulate(&mut acc, &fa, &fb);
+            plan.mul_assign(&mut fa, &fb);
+            prop_assert_eq!(&acc, &fa);
+            plan.backward(&mut fa);
+            // Products of 40-bit values summed 64 times exceed 2^64 but
+            // not q/2 ≈ 2^125: only the RNS modulus holds them.
+            let expect = poly::negacyclic_mul_i64(&a, &b);
+            let got: Vec<i128> = (0..64).map(|i| q.centered(q.coefficient(&fa, 64, i))).collect();
             prop_assert_eq!(got, expect);
         }
 

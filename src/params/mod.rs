@@ -10,7 +10,7 @@ mod security;
 pub use noise::{NoiseBudget, PackNoise};
 pub use security::{he_standard_max_log_q, MIN_SECURITY_BITS};
 
-use crate::math::Modulus;
+use crate::math::{Modulus, RnsModulus, MAX_LIMBS};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -24,8 +24,9 @@ pub struct ParameterSpec {
     pub name: String,
     /// N, the ring degree (power of two).
     pub ring_degree: usize,
-    /// q, an odd NTT-friendly prime below 2^64.
-    pub ciphertext_modulus: u64,
+    /// q: one NTT-friendly prime below 2^64, or (PARAM-8) a list of them
+    /// whose product, the RNS modulus, is below 2^128.
+    pub ciphertext_modulus: CiphertextModulus,
     /// P, the special modulus of the Galois keys (prime, ≡ 1 mod 2N, P < q).
     pub special_modulus: u64,
     /// Fresh noise is TUniform(noise_bound_log2) everywhere.
@@ -45,6 +46,52 @@ pub struct ParameterSpec {
     /// Flooding bound 2^F: the flooding is N_Z(0, (2^(F−3))²), of which 2^F
     /// is the 8σ bound the decoding check uses (PRIV-2).
     pub flooding_bound_log2: u32,
+    /// PARAM-7: whether `select` may choose this set for a model by itself
+    /// (default true); a set with `false` is used only when pinned. Not part
+    /// of the fingerprint: it changes no key or ciphertext.
+    #[serde(default = "yes")]
+    pub auto_select: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `ciphertext_modulus` field: one prime (`q = 0x…`) or the limbs of
+/// an RNS modulus (`q = [0x…, 0x…]`, PARAM-8).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CiphertextModulus {
+    One(u64),
+    Rns(Vec<u64>),
+}
+
+impl CiphertextModulus {
+    /// The limbs q_0, q_1, … (one for [`CiphertextModulus::One`]).
+    pub fn limbs(&self) -> &[u64] {
+        match self {
+            Self::One(q) => std::slice::from_ref(q),
+            Self::Rns(v) => v,
+        }
+    }
+
+    /// log2 q, summed over the limbs.
+    pub fn log2(&self) -> f64 {
+        self.limbs().iter().map(|&q| (q as f64).log2()).sum()
+    }
+}
+
+impl From<u64> for CiphertextModulus {
+    fn from(q: u64) -> Self {
+        Self::One(q)
+    }
+}
+
+impl ParameterSpec {
+    /// log2(P·q): the largest modulus any key lives under (PARAM-3).
+    pub fn log2_pq(&self) -> f64 {
+        self.ciphertext_modulus.log2() + (self.special_modulus as f64).log2()
+    }
 }
 
 /// Why a parameter set was refused. Always the caller's (or the spec file's)
@@ -110,6 +157,18 @@ pub const PRIVACY_TAIL_BITS: u32 = 64;
 /// conversion; the tail cases of [`PRIVACY_TAIL_BITS`] come on top.
 pub const CIRCUIT_PRIVACY_DELTA: f64 = 1.0 / (1u64 << 41) as f64;
 
+/// PARAM-9: the largest log2 σ_f a multi-limb set may flood with. Beyond
+/// the sampler's 2^57 a flooding sample is 2^(s−57)·y + z with y, z ~
+/// N_Z(0, 2^114); z smooths the lattice 2^(s−57)·Z as long as 2^57 ≥
+/// √2·2^(s−57)·η_ε(Z), which for ε = 2^-128 (η ≈ 5.4) holds up to s = 111.
+pub const MAX_WIDE_FLOODING_SIGMA_LOG2: u32 = 111;
+
+/// PARAM-9: log2 of the statistical distance, per coefficient, between the
+/// two-sample flooding and the discrete Gaussian of its variance (2ε for
+/// ε = 2^-128, Peikert 2010, Thm 3.1); added per coefficient to the
+/// circuit-privacy bound of sets that use it.
+pub const WIDE_FLOODING_SD_LOG2: i32 = -127;
+
 /// Signed bits needed to hold every integer of absolute value ≤ `worst`.
 pub fn accumulator_bits(worst: u128) -> u32 {
     129 - worst.leading_zeros()
@@ -164,9 +223,11 @@ impl ParameterSet {
     pub fn log_ring_degree(&self) -> u32 {
         self.spec.ring_degree.trailing_zeros()
     }
-    pub fn q(&self) -> Modulus {
-        // Checked odd in `check_ranges`.
-        Modulus::new(self.spec.ciphertext_modulus).expect("validated modulus")
+    /// The ciphertext modulus q: one limb, or the RNS product of the
+    /// `ciphertext_modulus` limbs (PARAM-8).
+    pub fn q(&self) -> RnsModulus {
+        // Checked in `check_ranges`.
+        RnsModulus::new(self.spec.ciphertext_modulus.limbs()).expect("validated modulus")
     }
     pub fn p(&self) -> Modulus {
         Modulus::new(self.spec.special_modulus).expect("validated modulus")
@@ -175,8 +236,8 @@ impl ParameterSet {
         self.spec.plaintext_bits
     }
     /// Δ = ⌊q/t⌋, the scale of coefficient encoding.
-    pub fn delta(&self) -> u64 {
-        self.spec.ciphertext_modulus >> self.spec.plaintext_bits
+    pub fn delta(&self) -> u128 {
+        self.q().value() >> self.spec.plaintext_bits
     }
     pub fn noise_bound_log2(&self) -> u32 {
         self.spec.noise_bound_log2
@@ -192,6 +253,14 @@ impl ParameterSet {
     }
     pub fn client_conjugate_levels(&self) -> u32 {
         self.spec.client_conjugate_levels
+    }
+    /// PARAM-7: whether automatic selection may choose this set.
+    pub fn auto_select(&self) -> bool {
+        self.spec.auto_select
+    }
+    /// Number of RNS limbs of q (PARAM-8).
+    pub fn limbs(&self) -> usize {
+        self.spec.ciphertext_modulus.limbs().len()
     }
     pub fn flooding_bound_log2(&self) -> u32 {
         self.spec.flooding_bound_log2
@@ -286,7 +355,12 @@ impl ParameterSet {
     /// KL divergence at most ρ) plus N·2^-64 for the tail (PRIV-3). At −1 or
     /// above (a distance of one half or more) the bound says nothing.
     pub fn circuit_privacy_log2(&self) -> f64 {
-        let tail = self.spec.ring_degree as f64 * (2f64).powi(-(PRIVACY_TAIL_BITS as i32));
+        let n = self.spec.ring_degree as f64;
+        let mut tail = n * (2f64).powi(-(PRIVACY_TAIL_BITS as i32));
+        if self.flooding_sigma_log2() > crate::dp::MAX_LOG2_SIGMA_POW2 {
+            // PARAM-9: the two-sample flooding's distance from N_Z(0, σ²).
+            tail += n * (2f64).powi(WIDE_FLOODING_SD_LOG2);
+        }
         ((self.flooding_rho_per_ciphertext() / 2.0).sqrt() + tail).log2()
     }
 
@@ -306,6 +380,10 @@ impl ParameterSet {
             format!(
                 "no statistical circuit privacy: responses are re-randomised and flooded (Gaussian, σ = 2^{}), but the noise channel's bound per returned ciphertext (zCDP ρ = 2^{rho:.1}) says nothing (proofs/noise-budget.md, \"Circuit privacy\")",
                 self.flooding_sigma_log2()
+            )
+        } else if bound <= -(FAILURE_BITS as f64) {
+            format!(
+                "statistical circuit privacy: noise channel per returned ciphertext zCDP ρ ≤ 2^{rho:.1}, statistical distance ≤ 2^{bound:.1} (at most 2^-40, PARAM-9), against clients with honest keys and uploads (proofs/noise-budget.md, \"Circuit privacy\")"
             )
         } else {
             format!(
@@ -329,9 +407,17 @@ impl ParameterSet {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         };
+        // One limb: the same bytes as before multi-limb moduli existed, so
+        // the single-limb sets keep their fingerprints (PARAM-5).
+        let limbs = s.ciphertext_modulus.limbs();
+        eat(s.ring_degree as u64);
+        for &q in limbs {
+            eat(q);
+        }
+        if limbs.len() > 1 {
+            eat(limbs.len() as u64);
+        }
         for x in [
-            s.ring_degree as u64,
-            s.ciphertext_modulus,
             s.special_modulus,
             s.noise_bound_log2 as u64,
             s.plaintext_bits as u64,
@@ -367,20 +453,34 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
         ));
     }
     let two_n = 2 * n as u64;
-    let q = s.ciphertext_modulus;
-    if q < (1 << 40) || !Modulus::is_prime(q) || q % two_n != 1 {
-        return Err(out_of_range(
-            "ciphertext_modulus",
-            q,
-            "must be a prime ≥ 2^40 with q ≡ 1 (mod 2N)",
+    // PARAM-2 / PARAM-8: each limb a prime ≥ 2^40, ≡ 1 (mod 2N), distinct,
+    // at most MAX_LIMBS of them, their product below 2^128.
+    let limbs = s.ciphertext_modulus.limbs();
+    let bad_q = |q: u64, reason: &'static str| out_of_range("ciphertext_modulus", q, reason);
+    if limbs.is_empty() || limbs.len() > MAX_LIMBS {
+        return Err(bad_q(
+            limbs.len() as u64,
+            "must be one prime or a list of 1..=4 primes",
         ));
     }
+    for &q in limbs {
+        if q < (1 << 40) || !Modulus::is_prime(q) || q % two_n != 1 {
+            return Err(bad_q(q, "must be a prime ≥ 2^40 with q ≡ 1 (mod 2N)"));
+        }
+    }
+    let rns = RnsModulus::new(limbs).ok_or_else(|| {
+        bad_q(
+            limbs[limbs.len() - 1],
+            "limbs must be distinct and their product below 2^128",
+        )
+    })?;
+    let q_min = limbs.iter().copied().min().unwrap_or(0);
     let p = s.special_modulus;
-    if !Modulus::is_prime(p) || p % two_n != 1 || p >= q || p >= 1 << 62 {
+    if !Modulus::is_prime(p) || p % two_n != 1 || p >= q_min || p >= 1 << 62 {
         return Err(out_of_range(
             "special_modulus",
             p,
-            "must be a prime with P ≡ 1 (mod 2N) and P < min(q, 2^62)",
+            "must be a prime with P ≡ 1 (mod 2N) and P < min(q_i, 2^62)",
         ));
     }
     if !(1..=20).contains(&s.noise_bound_log2) {
@@ -390,12 +490,12 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
             "must be in 1..=20",
         ));
     }
-    let log_q = 64 - (q - 1).leading_zeros();
-    if !(2..=(log_q - 8)).contains(&s.plaintext_bits) {
+    let log_q = rns.bits();
+    if !(2..=(log_q - 8).min(62)).contains(&s.plaintext_bits) {
         return Err(out_of_range(
             "plaintext_bits",
             s.plaintext_bits as u64,
-            "must be in 2..=log2(q)−8",
+            "must be in 2..=min(log2(q)−8, 62)",
         ));
     }
     if s.max_weight_l1_log2 > 40 {
@@ -412,13 +512,15 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
             "must be in 1..=32",
         ));
     }
-    // Digits covering all 64 bits of a centred representative keep the top
-    // digit as small as the others (and the key-switch noise as modelled).
-    if s.gadget_levels == 0 || s.gadget_levels > 64 || s.gadget_base_log * s.gadget_levels < 64 {
+    // Digits covering all bits of a centred representative (at least 64,
+    // ⌈log2 q⌉ on a multi-limb q: PARAM-8) keep the top digit as small as
+    // the others (and the key-switch noise as modelled).
+    let cover = log_q.max(64);
+    if s.gadget_levels == 0 || s.gadget_levels > 64 || s.gadget_base_log * s.gadget_levels < cover {
         return Err(out_of_range(
             "gadget_levels",
             s.gadget_levels as u64,
-            "gadget_base_log × gadget_levels must be at least 64",
+            "gadget_base_log × gadget_levels must be at least max(64, ⌈log2 q⌉)",
         ));
     }
     let log_n = n.trailing_zeros();
@@ -437,12 +539,18 @@ fn check_ranges(s: &ParameterSpec) -> Result<(), ParamError> {
         ));
     }
     // PRIV-2: σ_f = 2^(F−3) must be at least 2 and within the sampler's
-    // range (dp::MAX_LOG2_SIGMA_POW2 = 57).
-    if !(4..=60).contains(&s.flooding_bound_log2) {
+    // range (dp::MAX_LOG2_SIGMA_POW2 = 57); a multi-limb set may go beyond,
+    // to F − 3 ≤ MAX_WIDE_FLOODING_SIGMA_LOG2 (two samples, PARAM-9).
+    let f_max = if limbs.len() > 1 {
+        MAX_WIDE_FLOODING_SIGMA_LOG2 + FLOODING_SIGMAS_LOG2
+    } else {
+        60
+    };
+    if !(4..=f_max).contains(&s.flooding_bound_log2) {
         return Err(out_of_range(
             "flooding_bound_log2",
             s.flooding_bound_log2 as u64,
-            "must be in 4..=60",
+            "must be in 4..=60 (4..=114 on a multi-limb q)",
         ));
     }
     Ok(())

@@ -148,7 +148,9 @@ impl NoiseBudget {
             rerandomize,
         );
         let t = (2f64).powi(s.plaintext_bits as i32);
-        let delta = (s.ciphertext_modulus >> s.plaintext_bits) as f64;
+        // Δ = ⌊q/t⌋ exactly (q < 2^128, PARAM-8), then as a float.
+        let delta = crate::math::RnsModulus::new(s.ciphertext_modulus.limbs())
+            .map_or(0.0, |q| (q.value() >> s.plaintext_bits) as f64);
         // Δ·y differs from (q/t)·y by |y|·(q mod t)/t < t/2.
         let margin = delta / 2.0 - t / 2.0 - 1.0;
         Self {

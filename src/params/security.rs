@@ -34,7 +34,8 @@ pub fn tuniform_variance(bound_log2: u32) -> f64 {
 
 /// PARAM-3.
 pub(super) fn check(s: &ParameterSpec) -> Result<(), ParamError> {
-    let log_pq = (s.ciphertext_modulus as f64).log2() + (s.special_modulus as f64).log2();
+    // On the full modulus: every limb of q and P (PARAM-8).
+    let log_pq = s.log2_pq();
     let insecure = |reason: String| ParamError::Insecure {
         ring_degree: s.ring_degree,
         log_pq,
@@ -47,7 +48,7 @@ pub(super) fn check(s: &ParameterSpec) -> Result<(), ParamError> {
             "log2(P·q) exceeds the HE-standard bound {bound}"
         )));
     }
-    let modulus = s.ciphertext_modulus as f64 * s.special_modulus as f64;
+    let modulus = (2f64).powf(log_pq);
     // The fit returns a variance in torus units (fraction of the modulus).
     let min_var_torus = minimal_glwe_variance_for_132_bits_security_tuniform(
         GlweDimension(1),

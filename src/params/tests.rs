@@ -9,7 +9,7 @@ fn shipped_sets_validate() {
     // PARAM-1: every shipped set passes its own checks.
     let sets = ParameterSet::load_all(SHIPPED_TOML).unwrap();
     let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
-    assert_eq!(names, ["b8", "b12", "b16", "b20", "b24", "wide"]);
+    assert_eq!(names, ["b8", "b12", "b16", "b20", "b24", "wide", "s16"]);
 }
 
 // PARAM-7
@@ -18,8 +18,8 @@ fn cost_order_puts_cheaper_sets_first_and_states_headroom() {
     let sets = ParameterSet::shipped_all().unwrap();
     let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
     // Equal cost (N, gadget digits) for the b-sets: smaller b first; `wide`
-    // has one more key-switch digit.
-    assert_eq!(names, ["b8", "b12", "b16", "b20", "b24", "wide"]);
+    // has one more key-switch digit; s16 has twice the ring degree.
+    assert_eq!(names, ["b8", "b12", "b16", "b20", "b24", "wide", "s16"]);
     for pair in sets.windows(2) {
         assert_ne!(
             ParameterSet::cost_order(&pair[0], &pair[1]),
@@ -49,7 +49,7 @@ fn each_out_of_range_field_is_named() {
         ("ring_degree", Box::new(|s| s.ring_degree = 3000)),
         (
             "ciphertext_modulus",
-            Box::new(|s| s.ciphertext_modulus -= 2),
+            Box::new(|s| s.ciphertext_modulus = (crate::math::SOLINAS - 2).into()),
         ),
         (
             "special_modulus",
@@ -197,6 +197,8 @@ fn circuit_privacy_bound_matches_the_proof_table() {
         ("b20", 9.76, 4.38),
         ("b24", 15.76, 7.38),
         ("wide", 24.71, 11.86),
+        // PARAM-9: the statistical set (N·2^-64 dominates its distance).
+        ("s16", -104.24, -50.59),
     ] {
         let p = ParameterSet::shipped(name).unwrap();
         let got = p.flooding_rho_per_ciphertext().log2();
@@ -224,4 +226,77 @@ fn flooding_rho_follows_the_stage_noise() {
     // Var(l1) = l1²·r + c with c ≪ l1²·r here: the ratio is just under 4.
     assert!((3.9..4.0).contains(&(big / small)), "{}", big / small);
     assert_eq!(p.flooding_sigma_log2(), p.flooding_bound_log2() - 3);
+}
+
+// PARAM-5, PARAM-8: a single-limb set's fingerprint is the FNV-1a of the
+// fields in their original order (q as one u64), so keys and ciphertexts
+// of the b-sets stay valid across the RNS generalisation; a multi-limb set
+// hashes every limb and the limb count.
+#[test]
+fn single_limb_fingerprints_are_unchanged() {
+    let fnv = |fields: &[u64]| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for x in fields {
+            for b in x.to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    };
+    for p in ParameterSet::shipped_all().unwrap() {
+        let s = p.spec();
+        let tail = [
+            s.special_modulus,
+            s.noise_bound_log2 as u64,
+            s.plaintext_bits as u64,
+            s.max_weight_l1_log2 as u64,
+            s.gadget_base_log as u64,
+            s.gadget_levels as u64,
+            s.shared_pack_levels as u64,
+            s.client_conjugate_levels as u64,
+            s.flooding_bound_log2 as u64,
+        ];
+        let mut fields = vec![s.ring_degree as u64];
+        fields.extend_from_slice(s.ciphertext_modulus.limbs());
+        if p.limbs() > 1 {
+            fields.push(p.limbs() as u64);
+        }
+        fields.extend_from_slice(&tail);
+        assert_eq!(p.fingerprint(), fnv(&fields), "{}", p.name());
+    }
+    // b8's value as the single-modulus code computed it.
+    assert_eq!(
+        ParameterSet::shipped("b8").unwrap().fingerprint(),
+        fnv(&[
+            4096,
+            crate::math::SOLINAS,
+            2147377153,
+            4,
+            8,
+            7,
+            22,
+            3,
+            5,
+            0,
+            54
+        ])
+    );
+}
+
+// PARAM-7: s16 is never chosen automatically.
+#[test]
+fn only_pinning_uses_s16() {
+    let sets = ParameterSet::shipped_all().unwrap();
+    let auto: Vec<&str> = sets
+        .iter()
+        .filter(|p| p.auto_select())
+        .map(|p| p.name())
+        .collect();
+    assert_eq!(auto, ["b8", "b12", "b16", "b20", "b24", "wide"]);
+    let s16 = ParameterSet::shipped("s16").unwrap();
+    assert!(!s16.auto_select());
+    assert!(s16
+        .circuit_privacy_statement()
+        .starts_with("statistical circuit privacy"));
 }

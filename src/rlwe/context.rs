@@ -2,9 +2,10 @@
 //! encoding, encryption, decryption and plaintext products.
 
 use super::{
-    expand_mask, Ciphertext, NttCiphertext, NttPlaintext, PublicKey, SecretKey, SeededCiphertext,
+    expand_mask, limbwise1, Ciphertext, NttCiphertext, NttPlaintext, PublicKey, SecretKey,
+    SeededCiphertext,
 };
-use crate::math::{poly, Modulus, NttPlan};
+use crate::math::{poly, NttPlan, RnsModulus, RnsNttPlan, MAX_LIMBS};
 use crate::params::ParameterSet;
 use crate::rng::Csprng;
 
@@ -12,20 +13,29 @@ use crate::rng::Csprng;
 #[derive(Debug)]
 pub struct Context {
     params: ParameterSet,
-    pub(crate) ntt_q: NttPlan,
+    q: RnsModulus,
+    /// One transform per limb of q (PARAM-8).
+    pub(crate) ntt_q: RnsNttPlan,
     pub(crate) ntt_p: NttPlan,
+    /// Δ = ⌊q/t⌋ modulo each limb.
+    delta: [u64; MAX_LIMBS],
 }
 
 impl Context {
     pub fn new(params: ParameterSet) -> Self {
         let n = params.ring_degree();
-        // Both primes were checked ≡ 1 (mod 2N) by `ParameterSet::new`.
-        let ntt_q = NttPlan::new(n, params.q().value()).expect("validated NTT prime q");
+        let q = params.q();
+        // Every prime was checked ≡ 1 (mod 2N) by `ParameterSet::new`.
+        let ntt_q = RnsNttPlan::new(n, &q).expect("validated NTT primes q_i");
         let ntt_p = NttPlan::new(n, params.p().value()).expect("validated NTT prime P");
+        let mut delta = [0; MAX_LIMBS];
+        q.residues_u128(params.delta(), |l, r| delta[l] = r);
         Self {
             params,
+            q,
             ntt_q,
             ntt_p,
+            delta,
         }
     }
 
@@ -35,8 +45,18 @@ impl Context {
     pub fn n(&self) -> usize {
         self.params.ring_degree()
     }
-    pub fn q(&self) -> Modulus {
-        self.ntt_q.modulus()
+    /// The ciphertext modulus (one limb on the single-modulus sets).
+    pub fn q(&self) -> RnsModulus {
+        self.q
+    }
+    /// Number of RNS limbs of q.
+    pub fn limbs(&self) -> usize {
+        self.q.len()
+    }
+
+    /// The zero ciphertext of this context's ring and modulus.
+    pub fn zero_ciphertext(&self) -> Ciphertext {
+        Ciphertext::zero(self.n(), self.limbs())
     }
 
     /// Largest magnitude a plaintext value may have: |m| < t/2.
@@ -45,36 +65,46 @@ impl Context {
     }
 
     /// ENC-1. Coefficient encoding: `values[i]` (signed, |v| < t/2) becomes Δ·v at
-    /// coefficient i; missing coefficients are zero.
+    /// coefficient i; missing coefficients are zero. Limb-major, Δ·v taken
+    /// modulo each limb (PARAM-8).
     ///
     /// # Panics
     /// If more than N values are given (a caller bug, not peer input).
     pub fn encode(&self, values: &[i64]) -> Vec<u64> {
         assert!(values.len() <= self.n(), "more values than coefficients");
-        let q = self.q();
-        let delta = self.params.delta();
-        let mut out = vec![0u64; self.n()];
-        for (o, &v) in out.iter_mut().zip(values) {
-            *o = q.mul(delta, q.from_i64(v));
-        }
+        let n = self.n();
+        let mut out = vec![0u64; n * self.limbs()];
+        limbwise1(self.q, n, &mut out, |l, q, o| {
+            let delta = self.delta[l];
+            for (o, &v) in o.iter_mut().zip(values) {
+                *o = q.mul(delta, q.from_i64(v));
+            }
+        });
         out
     }
 
-    /// Inverse of [`encode`](Self::encode) on a phase: round(t·x/q), centred mod t.
+    /// Inverse of [`encode`](Self::encode) on a phase: round(t·x/q), centred
+    /// mod t, with x recomposed exactly by the CRT on a multi-limb q.
     pub fn decode(&self, phase: &[u64]) -> Vec<i64> {
-        let q = self.q().value() as u128;
         let bits = self.params.plaintext_bits();
         let t = 1u128 << bits;
-        phase
-            .iter()
-            .map(|&x| {
-                let r = ((x as u128 * t + q / 2) / q) % t;
-                if r >= t / 2 {
-                    r as i64 - t as i64
-                } else {
-                    r as i64
-                }
-            })
+        let centre = |r: u128| {
+            if r >= t / 2 {
+                r as i64 - t as i64
+            } else {
+                r as i64
+            }
+        };
+        if let Some(q) = self.q.single_limb() {
+            let q = q.value() as u128;
+            return phase
+                .iter()
+                .map(|&x| centre(((x as u128 * t + q / 2) / q) % t))
+                .collect();
+        }
+        let n = phase.len() / self.limbs();
+        (0..n)
+            .map(|i| centre(self.q.scale_round(self.q.coefficient(phase, n, i), bits)))
             .collect()
     }
 
@@ -87,6 +117,15 @@ impl Context {
         buf
     }
 
+    /// Adds the small signed `e[i]` to coefficient i of every limb of `v`.
+    pub(crate) fn add_small(&self, v: &mut [u64], i: usize, e: i64) {
+        let n = self.n();
+        for (l, q) in self.q.limbs().iter().enumerate() {
+            let x = &mut v[l * n + i];
+            *x = q.add(*x, q.from_i64(e));
+        }
+    }
+
     /// `b = a·s + plain + e` with fresh TUniform noise from `rng`.
     pub(crate) fn encrypt_with_mask(
         &self,
@@ -95,14 +134,24 @@ impl Context {
         plain: &[u64],
         rng: &mut Csprng,
     ) -> Ciphertext {
-        let q = self.q();
+        let n = self.n();
         let mut b = self.mask_times_key(&a, sk);
         let bound = self.params.noise_bound_log2();
-        for (bi, &m) in b.iter_mut().zip(plain) {
-            let e = q.from_i64(rng.tuniform(bound));
-            *bi = q.add(q.add(*bi, m), e);
+        if let Some(q) = self.q.single_limb() {
+            for (bi, &m) in b.iter_mut().zip(plain) {
+                let e = q.from_i64(rng.tuniform(bound));
+                *bi = q.add(q.add(*bi, m), e);
+            }
+        } else {
+            limbwise1(self.q, n, &mut b, |l, q, o| {
+                poly::add_assign(q, o, &plain[l * n..(l + 1) * n])
+            });
+            for i in 0..n {
+                let e = rng.tuniform(bound);
+                self.add_small(&mut b, i, e);
+            }
         }
-        Ciphertext { a, b }
+        Ciphertext { a, b, n }
     }
 
     /// Encrypts an encoded plaintext with a mask derived from a fresh public
@@ -145,48 +194,78 @@ impl Context {
         gamma: u32,
         rng: &mut Csprng,
     ) -> (SeededCiphertext, Vec<SeededCiphertext>) {
-        let q = self.q();
         let n = self.n();
-        let inv = q
-            .inv(q.pow(2, gamma as u64))
-            .expect("2^γ is invertible modulo odd q");
         let mut plain = self.encode(values);
-        poly::scalar_mul_assign(q, &mut plain, inv);
+        limbwise1(self.q, n, &mut plain, |_, q, o| {
+            let inv = q
+                .inv(q.pow(2, gamma as u64))
+                .expect("2^γ is invertible modulo odd q");
+            poly::scalar_mul_assign(q, o, inv)
+        });
         let base = self.encrypt_seeded_plain(sk, &plain, rng);
         let conjugates = (1u32..(1 << gamma))
             .map(|t| {
                 let g = (1..=gamma)
                     .filter(|l| t & (1 << (l - 1)) != 0)
                     .fold(1usize, |acc, l| acc * ((1usize << l) + 1) % (2 * n));
-                let mut twisted = vec![0u64; n];
-                poly::automorphism(q, &mut twisted, &plain, g);
+                let mut twisted = vec![0u64; n * self.limbs()];
+                super::limbwise2(self.q, n, &mut twisted, &plain, |q, o, i| {
+                    poly::automorphism(q, o, i, g)
+                });
                 self.encrypt_seeded_plain(sk, &twisted, rng)
             })
             .collect();
         (base, conjugates)
     }
 
-    /// `b − a·s`.
+    /// `b − a·s` (limb-major).
     pub fn phase(&self, sk: &SecretKey, ct: &Ciphertext) -> Vec<u64> {
-        let q = self.q();
+        let n = self.n();
         let mut p = self.mask_times_key(&ct.a, sk);
-        for (pi, &bi) in p.iter_mut().zip(&ct.b) {
-            *pi = q.sub(bi, *pi);
-        }
+        limbwise1(self.q, n, &mut p, |l, q, o| {
+            for (pi, &bi) in o.iter_mut().zip(&ct.b[l * n..(l + 1) * n]) {
+                *pi = q.sub(bi, *pi);
+            }
+        });
         p
+    }
+
+    /// The phase, each coefficient as its centred integer in (−q/2, q/2].
+    pub fn phase_centered(&self, sk: &SecretKey, ct: &Ciphertext) -> Vec<i128> {
+        let n = self.n();
+        let p = self.phase(sk, ct);
+        (0..n)
+            .map(|i| self.q.centered(self.q.coefficient(&p, n, i)))
+            .collect()
     }
 
     /// Decrypts an LWE ciphertext extracted by [`crate::extract::extract_lwe`].
     pub fn decrypt_lwe(&self, sk: &SecretKey, lwe: &crate::extract::LweCiphertext) -> Option<i64> {
-        let q = self.q();
-        if lwe.mask.len() != self.n() || lwe.body >= q.value() {
+        let n = self.n();
+        if lwe.mask.len() != n * self.limbs() || lwe.body.len() != self.limbs() {
             return None;
         }
-        let dot = lwe.mask.iter().zip(&sk.s).fold(
-            0u64,
-            |acc, (&a, &s)| if s == 1 { q.add(acc, a) } else { acc },
-        );
-        Some(self.decode(&[q.sub(lwe.body, dot)])[0])
+        let mut phase = vec![0u64; self.limbs()];
+        for (l, q) in self.q.limbs().iter().enumerate() {
+            if lwe.body[l] >= q.value() {
+                return None;
+            }
+            let dot = lwe.mask[l * n..(l + 1) * n]
+                .iter()
+                .zip(&sk.s)
+                .fold(
+                    0u64,
+                    |acc, (&a, &s)| if s == 1 { q.add(acc, a) } else { acc },
+                );
+            phase[l] = q.sub(lwe.body[l], dot);
+        }
+        if self.limbs() == 1 {
+            return Some(self.decode(&[phase[0]])[0]);
+        }
+        let x = self.q.compose(|l| phase[l]);
+        let r = self.q.scale_round(x, self.params.plaintext_bits()) as i64;
+        let t = 1i64 << self.params.plaintext_bits();
+        Some(if r >= t / 2 { r - t } else { r })
     }
 
     pub fn decrypt(&self, sk: &SecretKey, ct: &Ciphertext) -> Vec<i64> {
@@ -194,13 +273,25 @@ impl Context {
     }
 
     /// Centred noise `phase − Δ·expected` per coefficient (for measurement).
+    /// Noise beyond ±2^63 (possible only on multi-limb sets, whose flooding
+    /// exceeds 64 bits) saturates; [`noise_wide`](Self::noise_wide) is exact.
     pub fn noise(&self, sk: &SecretKey, ct: &Ciphertext, expected: &[i64]) -> Vec<i64> {
-        let q = self.q();
+        self.noise_wide(sk, ct, expected)
+            .into_iter()
+            .map(|e| e.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+            .collect()
+    }
+
+    /// Centred noise `phase − Δ·expected` per coefficient, exact.
+    pub fn noise_wide(&self, sk: &SecretKey, ct: &Ciphertext, expected: &[i64]) -> Vec<i128> {
+        let n = self.n();
         let enc = self.encode(expected);
-        self.phase(sk, ct)
-            .iter()
-            .zip(&enc)
-            .map(|(&p, &m)| q.centered(q.sub(p, m)))
+        let mut p = self.phase(sk, ct);
+        limbwise1(self.q, n, &mut p, |l, q, o| {
+            poly::sub_assign(q, o, &enc[l * n..(l + 1) * n])
+        });
+        (0..n)
+            .map(|i| self.q.centered(self.q.coefficient(&p, n, i)))
             .collect()
     }
 
@@ -216,14 +307,14 @@ impl Context {
 
     pub fn ntt_zero(&self) -> NttCiphertext {
         NttCiphertext {
-            a: vec![0; self.n()],
-            b: vec![0; self.n()],
+            a: vec![0; self.n() * self.limbs()],
+            b: vec![0; self.n() * self.limbs()],
         }
     }
 
     /// Transforms a weight polynomial once, with 1/N folded in.
     pub fn plaintext_ntt(&self, coeffs: &[i64]) -> NttPlaintext {
-        let mut values = vec![0u64; self.n()];
+        let mut values = vec![0u64; self.n() * self.limbs()];
         let n = coeffs.len().min(self.n());
         self.ntt_q.forward_signed(&coeffs[..n], &mut values);
         self.ntt_q.normalize(&mut values);
@@ -245,29 +336,51 @@ impl Context {
     pub fn from_ntt(&self, mut acc: NttCiphertext) -> Ciphertext {
         self.ntt_q.backward_unnormalized(&mut acc.a);
         self.ntt_q.backward_unnormalized(&mut acc.b);
-        Ciphertext { a: acc.a, b: acc.b }
+        Ciphertext {
+            a: acc.a,
+            b: acc.b,
+            n: self.n(),
+        }
     }
 
     /// Adds an encoded plaintext (a bias) to the body.
     pub fn add_plain(&self, ct: &mut Ciphertext, values: &[i64]) {
-        poly::add_assign(self.q(), &mut ct.b, &self.encode(values));
+        let enc = self.encode(values);
+        super::limbwise2(self.q, self.n(), &mut ct.b, &enc, |q, o, i| {
+            poly::add_assign(q, o, i)
+        });
     }
 
     /// PRIV-1 / THREAT-1, part 1: adds a fresh public-key encryption of zero
     /// so the mask is no longer a public function of the client's masks.
     pub fn rerandomize(&self, ct: &mut Ciphertext, pk: &PublicKey, rng: &mut Csprng) {
-        let q = self.q();
         let n = self.n();
         let bound = self.params.noise_bound_log2();
-        let mut u: Vec<u64> = (0..n).map(|_| rng.bit()).collect();
+        let bits: Vec<u64> = (0..n).map(|_| rng.bit()).collect();
+        // The binary u in every limb (one limb: the vector itself).
+        let mut u = if self.limbs() == 1 {
+            bits
+        } else {
+            bits.repeat(self.limbs())
+        };
         self.ntt_q.forward(&mut u);
         for (key, ct_part) in [(&pk.a_ntt, &mut ct.a), (&pk.b_ntt, &mut ct.b)] {
             let mut prod = u.clone();
             self.ntt_q.mul_assign(&mut prod, key);
             self.ntt_q.backward_unnormalized(&mut prod);
-            for (c, &p) in ct_part.iter_mut().zip(&prod) {
-                let e = q.from_i64(rng.tuniform(bound));
-                *c = q.add(q.add(*c, p), e);
+            if let Some(q) = self.q.single_limb() {
+                for (c, &p) in ct_part.iter_mut().zip(&prod) {
+                    let e = q.from_i64(rng.tuniform(bound));
+                    *c = q.add(q.add(*c, p), e);
+                }
+            } else {
+                super::limbwise2(self.q, n, ct_part, &prod, |q, o, i| {
+                    poly::add_assign(q, o, i)
+                });
+                for i in 0..n {
+                    let e = rng.tuniform(bound);
+                    self.add_small(ct_part, i, e);
+                }
             }
         }
     }
@@ -275,12 +388,35 @@ impl Context {
     /// PRIV-1 / THREAT-1, part 2; PRIV-2: floods the body with the discrete
     /// Gaussian N_Z(0, σ_f²), σ_f = 2^(F−3) (F from the parameter set),
     /// sampled exactly (dp::DiscreteGaussian) so that its Rényi bound holds.
+    /// Beyond the sampler's 2^57 (multi-limb sets, PARAM-9) a sample is
+    /// 2^(s−57)·y + z with y, z ~ N_Z(0, 2^114): within statistical distance
+    /// [`crate::params::WIDE_FLOODING_SD_LOG2`] of N_Z(0, 2^(2s) + 2^114),
+    /// whose σ is at least 2^s (proofs/noise-budget.md, "Circuit privacy").
     pub fn flood(&self, ct: &mut Ciphertext, rng: &mut Csprng) {
-        let q = self.q();
-        let flood = crate::dp::DiscreteGaussian::with_sigma_pow2(self.params.flooding_sigma_log2())
+        let n = self.n();
+        let s = self.params.flooding_sigma_log2();
+        let max = crate::dp::MAX_LOG2_SIGMA_POW2;
+        let flood = crate::dp::DiscreteGaussian::with_sigma_pow2(s.min(max))
             .expect("PARAM validation keeps F − 3 within the sampler's range");
-        for c in ct.b.iter_mut() {
-            *c = q.add(*c, q.from_i64(flood.sample(rng)));
+        if let Some(q) = self.q.single_limb() {
+            debug_assert!(s <= max);
+            for c in ct.b.iter_mut() {
+                *c = q.add(*c, q.from_i64(flood.sample(rng)));
+            }
+            return;
+        }
+        for i in 0..n {
+            let e: i128 = if s <= max {
+                flood.sample(rng) as i128
+            } else {
+                let y = flood.sample(rng) as i128;
+                let z = flood.sample(rng) as i128;
+                (y << (s - max)) + z
+            };
+            for (l, q) in self.q.limbs().iter().enumerate() {
+                let x = &mut ct.b[l * n + i];
+                *x = q.add(*x, q.from_i128(e));
+            }
         }
     }
 }

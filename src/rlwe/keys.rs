@@ -4,15 +4,15 @@
 //! Keys travel seeded: masks are re-derived from public seeds, so only the
 //! bodies are sent. The server expands them once into the NTT domain.
 
-use super::{expand_mask, Context};
-use crate::math::Modulus;
+use super::{expand_mask, limbwise1, Context};
+use crate::math::{Modulus, RnsModulus};
 use crate::rng::{Csprng, Seed128};
 
 /// The client's binary secret key. Overwritten with zeros on drop; its
 /// `Debug` prints nothing secret (KEY-1, THREAT-2).
 pub struct SecretKey {
     pub(crate) s: Vec<u64>,
-    /// NTT of s modulo q, with 1/N folded in.
+    /// NTT of s modulo each limb of q (limb-major), with 1/N folded in.
     pub(crate) s_ntt_q: Vec<u64>,
     /// NTT of s modulo P, with 1/N folded in.
     pub(crate) s_ntt_p: Vec<u64>,
@@ -42,7 +42,7 @@ impl SecretKey {
     }
 
     fn from_binary(ctx: &Context, s: Vec<u64>) -> Self {
-        let mut s_ntt_q = s.clone();
+        let mut s_ntt_q = s.repeat(ctx.limbs());
         ctx.ntt_q.forward(&mut s_ntt_q);
         ctx.ntt_q.normalize(&mut s_ntt_q);
         let mut s_ntt_p = s.clone();
@@ -67,8 +67,9 @@ impl SecretKey {
 
 /// One Galois key: switches `τ_g(s)` to `s`, hybrid (modulo P·q).
 ///
-/// Row j encrypts `P·β^j·τ_g(s)` under `s` modulo `P·q`, held as its two
-/// CRT residues. Stored in the NTT domain with 1/N folded in.
+/// Row j encrypts `P·β^j·τ_g(s)` under `s` modulo `P·q`, held as its CRT
+/// residues: the q part limb-major (L·N), the P part (N). Stored in the NTT
+/// domain with 1/N folded in.
 #[derive(Clone)]
 pub struct GaloisKey {
     pub(crate) g: usize,
@@ -130,7 +131,7 @@ impl std::fmt::Debug for SeededGaloisKey {
 
 impl std::fmt::Debug for SeededPublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SeededPublicKey(N = {})", self.b.len())
+        write!(f, "SeededPublicKey({} residues)", self.b.len())
     }
 }
 
@@ -146,21 +147,25 @@ impl SeededGaloisKey {
         let p = ctx.params().p();
         let n = ctx.n();
         let mut tau_s = vec![0u64; n];
-        crate::math::poly::automorphism(q, &mut tau_s, &sk.s, g);
+        // τ_g(s) as small integers (entries 0, ±1), valid in every limb.
+        crate::math::poly::automorphism(p, &mut tau_s, &sk.s, g);
+        let tau_s: Vec<i64> = tau_s.iter().map(|&x| p.centered(x)).collect();
         let base_log = ctx.params().gadget_base_log();
         let bound = ctx.params().noise_bound_log2();
         let rows = (0..ctx.params().gadget_levels())
             .map(|j| {
                 let seed = rng.seed();
                 let (a_q, a_p) = expand_key_masks(seed, n, q, p);
-                // P·β^j mod q: the gadget factor this row carries.
-                let factor = q.mul(p.value() % q.value(), q.pow(2, base_log as u64 * j as u64));
                 let e: Vec<i64> = (0..n).map(|_| rng.tuniform(bound)).collect();
                 let mut b_q = ctx.mask_times_key(&a_q, sk);
-                for i in 0..n {
-                    let t = q.mul(factor, tau_s[i]);
-                    b_q[i] = q.add(q.add(b_q[i], t), q.from_i64(e[i]));
-                }
+                limbwise1(q, n, &mut b_q, |_, m, o| {
+                    // P·β^j mod q_l: the gadget factor this row carries.
+                    let factor = m.mul(p.value() % m.value(), m.pow(2, base_log as u64 * j as u64));
+                    for i in 0..n {
+                        let t = m.mul(factor, m.from_i64(tau_s[i]));
+                        o[i] = m.add(m.add(o[i], t), m.from_i64(e[i]));
+                    }
+                });
                 let mut b_p = sk.times_mod_p(ctx, &a_p);
                 for i in 0..n {
                     b_p[i] = p.add(b_p[i], p.from_i64(e[i]));
@@ -206,13 +211,15 @@ impl SeededGaloisKey {
     }
 }
 
-/// Masks of a hybrid key row: uniform mod q and uniform mod P from one seed,
-/// i.e. uniform mod P·q by the CRT.
-fn expand_key_masks(seed: Seed128, n: usize, q: Modulus, p: Modulus) -> (Vec<u64>, Vec<u64>) {
+/// Masks of a hybrid key row: uniform mod each limb of q and uniform mod P
+/// from one seed, i.e. uniform mod P·q by the CRT.
+fn expand_key_masks(seed: Seed128, n: usize, q: RnsModulus, p: Modulus) -> (Vec<u64>, Vec<u64>) {
     let mut rng = Csprng::from_seed(seed);
-    let mut a_q = vec![0; n];
+    let mut a_q = vec![0; n * q.len()];
     let mut a_p = vec![0; n];
-    rng.fill_uniform(&mut a_q, q.value());
+    for (c, m) in a_q.chunks_exact_mut(n).zip(q.limbs()) {
+        rng.fill_uniform(c, m.value());
+    }
     rng.fill_uniform(&mut a_p, p.value());
     (a_q, a_p)
 }
@@ -251,7 +258,7 @@ impl SeededPublicKey {
     pub fn generate(ctx: &Context, sk: &SecretKey, rng: &mut Csprng) -> Self {
         let seed = rng.seed();
         let a = expand_mask(seed, ctx.n(), ctx.q());
-        let zero = vec![0u64; ctx.n()];
+        let zero = vec![0u64; ctx.n() * ctx.limbs()];
         let ct = ctx.encrypt_with_mask(sk, a, &zero, rng);
         Self { seed, b: ct.b }
     }
@@ -275,12 +282,12 @@ impl std::fmt::Debug for GaloisKey {
 
 impl std::fmt::Debug for SeededKeyRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SeededKeyRow(N = {})", self.b_q.len())
+        write!(f, "SeededKeyRow(N = {})", self.b_p.len())
     }
 }
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PublicKey(N = {})", self.a_ntt.len())
+        write!(f, "PublicKey({} residues)", self.a_ntt.len())
     }
 }

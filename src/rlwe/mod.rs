@@ -14,19 +14,22 @@ pub use keys::{GaloisKey, GaloisKeys, PublicKey, SecretKey};
 pub use keyswitch::Decomposer;
 pub(crate) use keyswitch::KeySwitchScratch;
 
-use crate::math::{poly, Modulus};
+use crate::math::{poly, Modulus, RnsModulus};
 use crate::rng::{Csprng, Seed128};
 
-/// An RLWE ciphertext in the coefficient domain.
+/// An RLWE ciphertext in the coefficient domain. Both parts are limb-major
+/// (PARAM-8): L·N residues, limb l at `[l·N, (l+1)·N)`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ciphertext {
     pub(crate) a: Vec<u64>,
     pub(crate) b: Vec<u64>,
+    /// Ring degree N (the parts hold L·N residues).
+    pub(crate) n: usize,
 }
 
 impl std::fmt::Debug for Ciphertext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ciphertext(N = {})", self.a.len())
+        write!(f, "Ciphertext(N = {})", self.n)
     }
 }
 
@@ -35,12 +38,13 @@ impl std::fmt::Debug for Ciphertext {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SeededCiphertext {
     pub(crate) seed: Seed128,
+    /// Limb-major, L·N residues.
     pub(crate) b: Vec<u64>,
 }
 
 impl std::fmt::Debug for SeededCiphertext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SeededCiphertext(N = {})", self.b.len())
+        write!(f, "SeededCiphertext({} residues)", self.b.len())
     }
 }
 
@@ -58,28 +62,75 @@ pub struct NttPlaintext {
     pub(crate) values: Vec<u64>,
 }
 
+/// Applies `f` to each limb of `out` (and the matching limb of `inp`). One
+/// limb: a direct call, no loop (PARAM-8's fast path).
+#[inline(always)]
+pub(crate) fn limbwise2(
+    q: RnsModulus,
+    n: usize,
+    out: &mut [u64],
+    inp: &[u64],
+    f: impl Fn(Modulus, &mut [u64], &[u64]),
+) {
+    if q.len() == 1 {
+        return f(q.limb(0), out, inp);
+    }
+    for ((o, i), &m) in out
+        .chunks_exact_mut(n)
+        .zip(inp.chunks_exact(n))
+        .zip(q.limbs())
+    {
+        f(m, o, i);
+    }
+}
+
+/// Applies `f` to each limb of `out`.
+#[inline(always)]
+pub(crate) fn limbwise1(
+    q: RnsModulus,
+    n: usize,
+    out: &mut [u64],
+    f: impl Fn(usize, Modulus, &mut [u64]),
+) {
+    if q.len() == 1 {
+        return f(0, q.limb(0), out);
+    }
+    for (l, (o, &m)) in out.chunks_exact_mut(n).zip(q.limbs()).enumerate() {
+        f(l, m, o);
+    }
+}
+
 impl Ciphertext {
-    pub fn zero(n: usize) -> Self {
+    /// The zero ciphertext of ring degree `n` with `limbs` RNS limbs.
+    pub fn zero(n: usize, limbs: usize) -> Self {
         Self {
-            a: vec![0; n],
-            b: vec![0; n],
+            a: vec![0; n * limbs],
+            b: vec![0; n * limbs],
+            n,
         }
     }
 
     pub fn ring_degree(&self) -> usize {
-        self.b.len()
+        self.n
     }
 
-    /// The mask and body polynomials (coefficients in `[0, q)`).
+    /// The mask and body polynomials (limb-major; every residue reduced
+    /// modulo its limb).
     pub fn parts(&self) -> (&[u64], &[u64]) {
         (&self.a, &self.b)
     }
 
-    /// Builds a ciphertext from raw parts; `None` unless both have length `n`
-    /// and every coefficient is reduced modulo `q`.
-    pub fn from_parts(a: Vec<u64>, b: Vec<u64>, n: usize, q: Modulus) -> Option<Self> {
-        let ok = a.len() == n && b.len() == n && a.iter().chain(&b).all(|&x| x < q.value());
-        ok.then_some(Self { a, b })
+    /// Builds a ciphertext from raw limb-major parts; `None` unless both have
+    /// length L·n and every residue is reduced modulo its limb.
+    pub fn from_parts(
+        a: Vec<u64>,
+        b: Vec<u64>,
+        n: usize,
+        q: impl Into<RnsModulus>,
+    ) -> Option<Self> {
+        let q = q.into();
+        let ok = q.is_reduced(&a, n) && q.is_reduced(&b, n);
+        ok.then_some(Self { a, b, n })
     }
 
     /// Sets every coefficient to zero, keeping the buffers.
@@ -92,41 +143,66 @@ impl Ciphertext {
     pub(crate) fn copy_from(&mut self, other: &Ciphertext) {
         self.a.clone_from(&other.a);
         self.b.clone_from(&other.b);
+        self.n = other.n;
     }
 
-    pub fn add_assign(&mut self, q: Modulus, other: &Ciphertext) {
-        poly::add_assign(q, &mut self.a, &other.a);
-        poly::add_assign(q, &mut self.b, &other.b);
+    pub fn add_assign(&mut self, q: RnsModulus, other: &Ciphertext) {
+        let n = self.n;
+        limbwise2(q, n, &mut self.a, &other.a, |m, o, i| {
+            poly::add_assign(m, o, i)
+        });
+        limbwise2(q, n, &mut self.b, &other.b, |m, o, i| {
+            poly::add_assign(m, o, i)
+        });
     }
 
-    pub fn sub_assign(&mut self, q: Modulus, other: &Ciphertext) {
-        poly::sub_assign(q, &mut self.a, &other.a);
-        poly::sub_assign(q, &mut self.b, &other.b);
+    pub fn sub_assign(&mut self, q: RnsModulus, other: &Ciphertext) {
+        let n = self.n;
+        limbwise2(q, n, &mut self.a, &other.a, |m, o, i| {
+            poly::sub_assign(m, o, i)
+        });
+        limbwise2(q, n, &mut self.b, &other.b, |m, o, i| {
+            poly::sub_assign(m, o, i)
+        });
     }
 
     /// `self += sign · X^e · other`.
-    pub fn monomial_mul_add(&mut self, q: Modulus, other: &Ciphertext, e: usize, negate: bool) {
-        poly::monomial_mul_add(q, &mut self.a, &other.a, e, negate);
-        poly::monomial_mul_add(q, &mut self.b, &other.b, e, negate);
+    pub fn monomial_mul_add(&mut self, q: RnsModulus, other: &Ciphertext, e: usize, negate: bool) {
+        let n = self.n;
+        limbwise2(q, n, &mut self.a, &other.a, |m, o, i| {
+            poly::monomial_mul_add(m, o, i, e, negate)
+        });
+        limbwise2(q, n, &mut self.b, &other.b, |m, o, i| {
+            poly::monomial_mul_add(m, o, i, e, negate)
+        });
     }
 
-    pub fn scalar_mul_assign(&mut self, q: Modulus, c: u64) {
-        poly::scalar_mul_assign(q, &mut self.a, c);
-        poly::scalar_mul_assign(q, &mut self.b, c);
+    /// Multiplies by the scalar whose residue modulo limb l is `c[l]`.
+    pub fn scalar_mul_assign(&mut self, q: RnsModulus, c: &[u64]) {
+        let n = self.n;
+        for part in [&mut self.a, &mut self.b] {
+            limbwise1(q, n, part, |l, m, o| poly::scalar_mul_assign(m, o, c[l]));
+        }
     }
 
     /// `τ_g` applied to both parts: a ciphertext of `τ_g(m)` under `τ_g(s)`.
-    pub fn automorphism(&self, q: Modulus, g: usize) -> Ciphertext {
-        let mut out = Ciphertext::zero(self.ring_degree());
+    pub fn automorphism(&self, q: RnsModulus, g: usize) -> Ciphertext {
+        let mut out = Ciphertext::zero(self.n, q.len());
         self.automorphism_into(q, g, &mut out);
         out
     }
 
     /// [`automorphism`](Self::automorphism) written into `out` (of the same
-    /// ring degree; every coefficient is overwritten), reusing its buffers.
-    pub(crate) fn automorphism_into(&self, q: Modulus, g: usize, out: &mut Ciphertext) {
-        poly::automorphism(q, &mut out.a, &self.a, g);
-        poly::automorphism(q, &mut out.b, &self.b, g);
+    /// ring degree and limbs; every coefficient is overwritten), reusing its
+    /// buffers.
+    pub(crate) fn automorphism_into(&self, q: RnsModulus, g: usize, out: &mut Ciphertext) {
+        let n = self.n;
+        limbwise2(q, n, &mut out.a, &self.a, |m, o, i| {
+            poly::automorphism(m, o, i, g)
+        });
+        limbwise2(q, n, &mut out.b, &self.b, |m, o, i| {
+            poly::automorphism(m, o, i, g)
+        });
     }
 }
 
@@ -134,26 +210,39 @@ impl SeededCiphertext {
     pub fn seed(&self) -> &Seed128 {
         &self.seed
     }
+    /// The body, limb-major.
     pub fn body(&self) -> &[u64] {
         &self.b
     }
-    pub fn from_parts(seed: Seed128, b: Vec<u64>, n: usize, q: Modulus) -> Option<Self> {
-        (b.len() == n && b.iter().all(|&x| x < q.value())).then_some(Self { seed, b })
+    pub fn from_parts(
+        seed: Seed128,
+        b: Vec<u64>,
+        n: usize,
+        q: impl Into<RnsModulus>,
+    ) -> Option<Self> {
+        q.into().is_reduced(&b, n).then_some(Self { seed, b })
     }
 
     /// Re-derives the mask from the seed.
-    pub fn expand(&self, q: Modulus) -> Ciphertext {
+    pub fn expand(&self, q: impl Into<RnsModulus>) -> Ciphertext {
+        let q = q.into();
+        let n = self.b.len() / q.len();
         Ciphertext {
-            a: expand_mask(self.seed, self.b.len(), q),
+            a: expand_mask(self.seed, n, q),
             b: self.b.clone(),
+            n,
         }
     }
 }
 
-/// The uniform mask a public seed stands for.
-pub(crate) fn expand_mask(seed: Seed128, n: usize, q: Modulus) -> Vec<u64> {
-    let mut a = vec![0; n];
-    Csprng::from_seed(seed).fill_uniform(&mut a, q.value());
+/// The uniform mask a public seed stands for: uniform modulo each limb in
+/// turn, i.e. uniform modulo q by the CRT.
+pub(crate) fn expand_mask(seed: Seed128, n: usize, q: RnsModulus) -> Vec<u64> {
+    let mut a = vec![0; n * q.len()];
+    let mut rng = Csprng::from_seed(seed);
+    for (c, m) in a.chunks_exact_mut(n).zip(q.limbs()) {
+        rng.fill_uniform(c, m.value());
+    }
     a
 }
 
