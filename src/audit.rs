@@ -49,6 +49,8 @@
 //! stages, the pixel probes under DP noise, weight recovery after the
 //! malicious-key attack.
 
+#![warn(missing_docs)]
+
 use crate::engine::{self, CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
 use crate::model::Model;
@@ -67,8 +69,14 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AuditError {
+    /// No parameter set could be chosen for the model (none carries it, or
+    /// the named set is unknown or too small): fix the model or the `set`.
     #[error(transparent)]
     Select(Box<select::SelectError>),
+    /// A session failed for another reason than the budget (a refused
+    /// message, an evaluation error, an undecodable response). The audit
+    /// talks to an honest in-process endpoint, so this is a bug in the
+    /// crate or the audit, not a finding about the model.
     #[error("the protocol failed during the audit: {0}")]
     Protocol(String),
 }
@@ -245,12 +253,16 @@ impl Outcome {
 /// What the audit found for one stage (AUDIT-2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageReport {
+    /// The stage's round (0-based).
     pub round: usize,
     /// The model layer the stage evaluates.
     pub layer: usize,
+    /// What the stage computes: `"conv2d"`, `"linear"` or
+    /// `"pool (public 0/1 weights)"`.
     pub kind: &'static str,
     /// The attack on the weights, and how it ended.
     pub attack: &'static str,
+    /// How the weight attack ended.
     pub outcome: Outcome,
     /// Sessions the weight attack used.
     pub sessions: u64,
@@ -266,21 +278,31 @@ pub struct StageReport {
     /// The weight attack's mean absolute error per weight, when it ran but
     /// noise kept it from exact recovery.
     pub weight_error: Option<f64>,
+    /// Why the stage ended as it did (why no attack ran, why one stopped,
+    /// the policy's refusal), in words; empty when there is nothing to add.
     pub note: String,
 }
 
 /// The audit of one model under one policy (AUDIT-2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditReport {
+    /// The model's name.
     pub model: String,
+    /// The policy's name.
     pub policy: String,
+    /// The policy's shuffle granularity, which decides the attacks that
+    /// apply.
     pub granularity: ShuffleUnit,
+    /// The parameter set the model was served on.
     pub set: String,
+    /// The policy's query budget per identity (PROTO-5): the attacks stop
+    /// when it refuses a session.
     pub budget: u64,
     /// PROTO-6's cheapest stage: (queries, round).
     pub threshold: Option<(u64, usize)>,
     /// Sessions used by all attacks together, under one identity.
     pub sessions: u64,
+    /// One report per stage, in round order.
     pub stages: Vec<StageReport>,
     /// AUDIT-5: the malicious-public-key attack, run as a second identity;
     /// `None` when the policy refused to serve the model.
@@ -301,6 +323,8 @@ pub struct KeyAttack {
     /// Coefficients of u read (all of every response ciphertext of round 0),
     /// and how many of them were 1.
     pub rerandomiser_bits: usize,
+    /// How many of the coefficients read were 1; u is uniform binary, so
+    /// about half of [`rerandomiser_bits`](Self::rerandomiser_bits).
     pub rerandomiser_ones: usize,
     /// Coefficients whose reading had at least Δ/8 of margin on each side.
     pub clear_readings: usize,
@@ -309,6 +333,7 @@ pub struct KeyAttack {
     /// reading of u is then right. `None` under DP noise, which the values
     /// carry either way.
     pub values_confirmed: Option<bool>,
+    /// What stopped the attack or what it leaves undone, in words.
     pub note: String,
 }
 

@@ -17,18 +17,41 @@
 //! No amplification by shuffling is claimed: the shuffle is treated as
 //! post-processing only.
 
+#![warn(missing_docs)]
+
 use crate::rng::Csprng;
 use thiserror::Error;
 
+/// Why a [`DiscreteGaussian`] could not be built: the requested σ² is outside
+/// what the exact sampler (DP-1) supports. Always the caller's (or the
+/// policy's) fault; choose another σ.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DpError {
+    /// σ² = `num`/`den` with a zero numerator or denominator: no noise (or a
+    /// division by zero) was asked for.
     #[error("σ² = {num}/{den}: numerator and denominator must both be at least 1")]
-    NonPositiveVariance { num: u64, den: u64 },
+    NonPositiveVariance {
+        /// Numerator of σ².
+        num: u64,
+        /// Denominator of σ².
+        den: u64,
+    },
+    /// σ² so large (or with so large a denominator) that the rejection
+    /// step's exact arithmetic would not fit 128 bits.
     #[error("σ² = {num}/{den}: the sampler needs num < 2^63 and 2·num·den·(⌊σ⌋+1)² < 2^128")]
-    VarianceTooLarge { num: u64, den: u64 },
+    VarianceTooLarge {
+        /// Numerator of σ².
+        num: u64,
+        /// Denominator of σ².
+        den: u64,
+    },
+    /// σ = 2^k with k above [`MAX_LOG2_SIGMA_POW2`].
     #[error("σ = 2^{log2_sigma}: the sampler takes σ = 2^k for k ≤ {max}", max = MAX_LOG2_SIGMA_POW2)]
-    SigmaTooLarge { log2_sigma: u32 },
+    SigmaTooLarge {
+        /// The requested k = log2 σ.
+        log2_sigma: u32,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -367,15 +390,21 @@ pub struct Accountant {
 }
 
 impl Accountant {
+    /// An accountant with nothing charged (ρ = 0).
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An accountant already holding `rho`.
+    ///
+    /// # Panics
+    /// If `rho` is negative or not finite (a caller bug).
     pub fn from_rho(rho: f64) -> Self {
         assert!(rho >= 0.0 && rho.is_finite(), "ρ must be finite and ≥ 0");
         Self { rho }
     }
 
+    /// The total ρ charged so far (zCDP, ≥ 0).
     pub fn rho(&self) -> f64 {
         self.rho
     }
@@ -588,13 +617,21 @@ pub enum StageShape {
     /// the spatial size of the stage's input *as the weights see it*: for a
     /// stage with a folded k×k sum pool, the pooled grid.
     Conv2d {
+        /// Input height in rows, as the weights see it.
         in_h: usize,
+        /// Input width in columns, as the weights see it.
         in_w: usize,
+        /// Kernel height (≥ 1, at most `in_h + 2·pad_h`).
         kernel_h: usize,
+        /// Kernel width (≥ 1, at most `in_w + 2·pad_w`).
         kernel_w: usize,
+        /// Vertical stride (≥ 1).
         stride_h: usize,
+        /// Horizontal stride (≥ 1).
         stride_w: usize,
+        /// Zero rows added above and below.
         pad_h: usize,
+        /// Zero columns added left and right.
         pad_w: usize,
     },
     /// A matrix–vector product: every weight enters exactly one output.
@@ -714,7 +751,11 @@ pub fn x_bound_unchecked_uploads(accumulator_bits: u32, tau: f64) -> f64 {
 /// each of its accumulators.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StageRelease {
+    /// Δ₂ of the stage's released accumulators under the chosen
+    /// neighbouring relation (DP-6), in accumulator units.
     pub sensitivity_l2: f64,
+    /// Standard deviation of the discrete Gaussian added to each accumulator
+    /// (DP-8), in accumulator units; > 0.
     pub sigma: f64,
 }
 
@@ -743,9 +784,13 @@ pub fn session_rho(stages: &[StageRelease], composition: StageComposition) -> f6
 /// What a query budget buys: ρ, ε at δ, and the verdict.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Guarantee {
+    /// Total zCDP ρ over the whole budget: budget × ρ per session (DP-3).
     pub rho: f64,
+    /// The smallest ε certified at [`delta`](Self::delta) (DP-4).
     pub epsilon: f64,
+    /// The δ the guarantee was computed for, as given.
     pub delta: f64,
+    /// What ε means, in words (DP-7); print it with every ε.
     pub verdict: Verdict,
 }
 

@@ -9,6 +9,8 @@
 //! stage is not shuffled. It is the oracle and benchmark harness the typed
 //! protocol is built around; it is not itself a network protocol.
 
+#![warn(missing_docs)]
+
 use crate::extract::ValueRef;
 use crate::layout::{
     conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, LayoutError, MatVecLayout,
@@ -24,33 +26,71 @@ use crate::wire;
 use std::time::Instant;
 use thiserror::Error;
 
+/// Why a model could not be compiled, or a round or inference could not be
+/// run. Compilation errors are the model's (or the chosen set's) fault and
+/// name the layer where they can (ENG-5); run-time errors are the caller's
+/// (wrong context, input or keys), never the peer's.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EngineError {
+    /// A conv or mat-vec geometry, or a call, that the Cheetah layout
+    /// refuses (see [`LayoutError`]).
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// Encoding or evaluating a linear layer failed (LIN-3's noise budget,
+    /// before it is named by layer as [`EngineError::NoiseBudget`]).
     #[error(transparent)]
     Linear(#[from] LinearError),
+    /// Packing the outputs or repacking an upload failed: the ciphertexts
+    /// or keys given do not fit the stage.
     #[error(transparent)]
     Pack(#[from] PackError),
+    /// Deriving a round's permutation failed (SHUF-2), e.g. a channel
+    /// shuffle of a ragged length.
     #[error(transparent)]
     Shuffle(#[from] ShuffleError),
+    /// A parameter-set check refused a quantity (see [`ParamError`]).
     #[error(transparent)]
     Param(#[from] ParamError),
+    /// A stage's bias is neither empty nor one value per output: a bug in
+    /// whatever built the stage.
     #[error("stage {stage}: bias has {got} entries, expected {expected}")]
     BiasLength {
+        /// The stage (0-based round).
         stage: usize,
+        /// The stage's output length.
         expected: usize,
+        /// Bias values given.
         got: usize,
     },
+    /// Consecutive stages do not chain: a stage's input length differs from
+    /// the previous stage's output length (or, for stage 0, from the model
+    /// input's length).
     #[error("stage {stage} takes {expected} inputs but the previous stage produces {got}")]
     ShapeMismatch {
+        /// The stage whose input does not match (0-based round).
         stage: usize,
+        /// Values the stage takes.
         expected: usize,
+        /// Values the previous stage (or the model input) provides.
         got: usize,
     },
+    /// An input (or a round's activations in the reference) of the wrong
+    /// length (ENG-5): the caller's fault.
     #[error("input has {got} values, the first stage takes {expected}")]
-    InputLength { expected: usize, got: usize },
+    InputLength {
+        /// Values expected: the model's input length, or the stage's.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The model uses something the engine does not compile (ENG-3: a
+    /// max-pool, overlapping pools, two linear layers without a client step
+    /// between them, another residual wiring), exceeds the protocol's limits
+    /// on rounds or client steps, has a layer whose geometry does not fit
+    /// the ring, or would overflow the set's plaintext range once the
+    /// policy's DP noise is added. The message names the layer or the
+    /// quantity; the model is refused rather than approximated.
     #[error("the model is not supported by the engine yet: {0}")]
     Unsupported(String),
     /// The model fails its accumulator check for the set (MODEL-5, PARAM-6).
@@ -61,11 +101,23 @@ pub enum EngineError {
     NoiseBudget(Box<LayerNoise>),
     /// The compiled model belongs to another parameter set than the context (ENG-5).
     #[error("the compiled model was built for parameter set {compiled:?}, not for {given:?}: compile it for this context")]
-    ParameterMismatch { compiled: String, given: String },
+    ParameterMismatch {
+        /// Name of the set the model was compiled for.
+        compiled: String,
+        /// Name of the context's set.
+        given: String,
+    },
     /// An input value outside the model's declared range (MODEL-4, ENG-5);
     /// the value itself is the client's secret and is not shown.
     #[error("input value {index} lies outside the model's declared input range [{min}, {max}]")]
-    InputOutOfRange { index: usize, min: i64, max: i64 },
+    InputOutOfRange {
+        /// Position of the first offending value in the input.
+        index: usize,
+        /// Lower end of the declared input range.
+        min: i64,
+        /// Upper end of the declared input range.
+        max: i64,
+    },
 }
 
 /// A stage whose weights exceed the noise budget, named by its model layer.
@@ -75,12 +127,21 @@ pub enum EngineError {
      more than the {allowed_log2}-bit noise budget of set {set:?}; {hint}"
 )]
 pub struct LayerNoise {
+    /// The model layer (0-based index).
     pub layer: usize,
+    /// The layer's op.
     pub op: &'static str,
+    /// The output ciphertext of the stage whose weight sum is too large.
     pub output: usize,
+    /// ‖ŵ‖₁ summed over the weight polynomials that feed that ciphertext
+    /// (LIN-3).
     pub l1: u128,
+    /// log2 of [`l1`](Self::l1), for the message.
     pub l1_log2: f64,
+    /// The set's budget: `l1` may be at most `2^allowed_log2`
+    /// (`max_weight_l1_log2`).
     pub allowed_log2: u32,
+    /// Name of the parameter set.
     pub set: String,
     /// What the figure includes beyond the layer's own weights.
     pub detail: String,
@@ -110,7 +171,9 @@ fn noise_hint(l1: u128) -> String {
 /// plaintext reference.
 #[derive(Debug)]
 pub enum StageLayout {
+    /// A convolution: its layout and its OIHW weights.
     Conv(Conv2dLayout, Vec<i64>),
+    /// A matrix–vector product: its layout and its row-major weights.
     MatVec(MatVecLayout, Vec<i64>),
 }
 
@@ -145,11 +208,16 @@ pub struct LinearStage {
 /// client uploaded at an earlier round, as is or through a (1×1) conv.
 #[derive(Debug)]
 pub enum Shortcut {
+    /// The upload of `round`, added as is.
     Identity {
+        /// The earlier round whose upload is added.
         round: usize,
     },
+    /// The upload of `round` through a branch conv (a projection shortcut).
     Conv {
+        /// The earlier round whose upload the conv reads.
         round: usize,
+        /// The branch conv, encoded like any stage.
         stage: Box<LinearStage>,
     },
 }
@@ -158,7 +226,10 @@ pub enum Shortcut {
 /// permutation its values are arranged by (σ_(r−1); none for round 0).
 #[derive(Debug)]
 pub struct ReceivedUpload {
+    /// The upload's ciphertexts, expanded from their seeds, N values each.
     pub ciphertexts: Vec<Ciphertext>,
+    /// σ_(r−1): true value k sits at slot `σ(k)`; `None` when the values
+    /// are in true order (round 0).
     pub arranged_by: Option<Permutation>,
 }
 
@@ -176,15 +247,22 @@ impl ReceivedUpload {
 pub enum ClientOp {
     /// clamp(round_half_away(y·multiplier / 2^shift), min, max).
     Requantize {
+        /// Fixed-point scale numerator (> 0).
         multiplier: i64,
+        /// Scale denominator exponent (≤ 62).
         shift: u32,
+        /// Lower clamp bound, inclusive.
         min: i64,
+        /// Upper clamp bound, inclusive.
         max: i64,
     },
+    /// `max(y, 0)`.
     Relu,
 }
 
 impl ClientOp {
+    /// The op on one value, exactly as the reference evaluator computes it
+    /// (MODEL-3).
     pub fn apply(self, y: i64) -> i64 {
         match self {
             ClientOp::Relu => y.max(0),
@@ -275,6 +353,8 @@ impl LinearStage {
         })
     }
 
+    /// Values the stage reads: the length of its round's upload (before
+    /// any sum pool folded into the stage).
     pub fn input_len(&self) -> usize {
         self.input_len
     }
@@ -385,6 +465,7 @@ impl LinearStage {
             },
         }
     }
+    /// Values the stage releases to the client (its outputs).
     pub fn output_len(&self) -> usize {
         self.output_len
     }
@@ -477,7 +558,10 @@ fn output_stride(n: usize, k: usize) -> usize {
 /// released value before the shuffle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Release<'a> {
+    /// What σ_r permutes: single values or whole channels.
     pub unit: ShuffleUnit,
+    /// The discrete Gaussian added to every released value; `None` for
+    /// exact accumulators.
     pub noise: Option<&'a crate::dp::DiscreteGaussian>,
 }
 
@@ -527,16 +611,25 @@ fn elapsed_ms(t: Instant) -> f64 {
 /// Per-round measurements.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoundStats {
+    /// Client time in ms: encrypting and encoding the upload, then decoding,
+    /// decrypting and applying the client steps to the response.
     pub client_ms: f64,
+    /// Server time in ms: decoding the upload, the round
+    /// ([`server_round`]) and encoding the response.
     pub server_ms: f64,
+    /// Bytes of the encoded upload (seeded ciphertexts).
     pub up_bytes: usize,
+    /// Bytes of the encoded response.
     pub down_bytes: usize,
 }
 
 /// The result of one encrypted inference.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inference {
+    /// The last stage's outputs after its client steps, in true order; equal
+    /// to the plaintext reference bit for bit (ENG-1).
     pub logits: Vec<i64>,
+    /// Measurements of each round, in order.
     pub rounds: Vec<RoundStats>,
     /// The values the client decrypted each round, as it saw them.
     pub client_views: Vec<Vec<i64>>,
@@ -846,7 +939,9 @@ impl CompiledModel {
 /// The server's session material.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerKeys<'a> {
+    /// The client's packing Galois keys, for repacking and packing.
     pub galois: &'a GaloisKeys,
+    /// The client's public key, for re-randomising responses (PRIV-1).
     pub public: &'a PublicKey,
 }
 

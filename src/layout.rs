@@ -121,6 +121,8 @@
 //! are tried; minimise input + output ciphertexts, then products, first
 //! (smallest `ni`) wins ties.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::ops::Range;
 
@@ -132,37 +134,81 @@ pub const MAX_RING_DEGREE: usize = 1 << 20;
 #[non_exhaustive]
 pub enum LayoutError {
     /// A dimension that must be positive is zero.
-    ZeroDimension { field: &'static str },
+    ZeroDimension {
+        /// The shape field that is zero.
+        field: &'static str,
+    },
     /// A size derived from the shape does not fit in `usize`.
-    SizeOverflow { field: &'static str },
+    SizeOverflow {
+        /// The field whose derived size overflowed.
+        field: &'static str,
+    },
     /// The kernel is larger than the padded input along `field`.
     KernelLargerThanInput {
+        /// `kernel_height` or `kernel_width`.
         field: &'static str,
+        /// The kernel size along that axis.
         kernel: usize,
+        /// The input size along that axis plus twice the padding.
         padded_input: usize,
     },
     /// The ring degree is not a power of two (0 included).
-    RingDegreeNotPowerOfTwo { n: usize },
+    RingDegreeNotPowerOfTwo {
+        /// The ring degree given.
+        n: usize,
+    },
     /// The ring degree exceeds [`MAX_RING_DEGREE`].
-    RingDegreeTooLarge { n: usize, max: usize },
+    RingDegreeTooLarge {
+        /// The ring degree given.
+        n: usize,
+        /// The limit, [`MAX_RING_DEGREE`].
+        max: usize,
+    },
     /// `kernel_height` padded rows of `row_width` coefficients do not fit in `n`.
+    /// The encoding does not split columns, so the conv needs a larger ring.
     DoesNotFit {
+        /// The kernel height: rows one output row reads.
         kernel_height: usize,
+        /// The row pitch `Wu` of the encoding, in coefficients.
         row_width: usize,
+        /// The ring degree `n`.
         ring_degree: usize,
     },
     /// The weight slice has the wrong length.
-    WeightCountMismatch { expected: usize, got: usize },
+    WeightCountMismatch {
+        /// Weights the shape implies.
+        expected: usize,
+        /// Length of the slice given.
+        got: usize,
+    },
     /// The input slice has the wrong length.
-    InputCountMismatch { expected: usize, got: usize },
+    InputCountMismatch {
+        /// Input values the shape implies.
+        expected: usize,
+        /// Length of the slice given.
+        got: usize,
+    },
     /// The number of output polynomials given does not match the layout.
-    CiphertextCountMismatch { expected: usize, got: usize },
+    CiphertextCountMismatch {
+        /// Output polynomials the layout has.
+        expected: usize,
+        /// Number given.
+        got: usize,
+    },
     /// A polynomial does not have `n` coefficients.
-    PolynomialLengthMismatch { expected: usize, got: usize },
+    PolynomialLengthMismatch {
+        /// The ring degree `n`.
+        expected: usize,
+        /// Coefficients in the polynomial given.
+        got: usize,
+    },
     /// An index (`field`) is not below `bound`.
     IndexOutOfRange {
+        /// Which index.
         field: &'static str,
+        /// Its value.
         index: usize,
+        /// The exclusive upper bound it must stay below.
         bound: usize,
     },
     /// A reference computation overflowed `i64`.
@@ -228,10 +274,16 @@ impl std::error::Error for LayoutError {}
 /// `coefficient` of input ciphertext `ciphertext`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InputPlacement {
+    /// Index of the input ciphertext (`0..input_ciphertexts()`).
     pub ciphertext: usize,
+    /// Coefficient of that ciphertext's plaintext, in `0..n`.
     pub coefficient: usize,
+    /// Input channel of the value (0 for a mat-vec).
     pub channel: usize,
+    /// Row of the value in the unpadded input (0 for a mat-vec).
     pub row: usize,
+    /// Column of the value in the unpadded input (the vector index for a
+    /// mat-vec).
     pub col: usize,
 }
 
@@ -349,13 +401,21 @@ fn encode(
 /// `[out_channels][in_channels][kernel_height][kernel_width]` kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dShape {
+    /// Input channels `C` (≥ 1).
     pub in_channels: usize,
+    /// Input height `H` in rows, before padding (≥ 1).
     pub in_height: usize,
+    /// Input width `W` in columns, before padding (≥ 1).
     pub in_width: usize,
+    /// Output channels `M` (≥ 1).
     pub out_channels: usize,
+    /// Kernel height `kh` (≥ 1, at most `H + 2p`).
     pub kernel_height: usize,
+    /// Kernel width `kw` (≥ 1, at most `W + 2p`).
     pub kernel_width: usize,
+    /// Stride `s`, the same along both axes (≥ 1).
     pub stride: usize,
+    /// Zero padding `p` on every side.
     pub padding: usize,
 }
 
@@ -896,7 +956,9 @@ pub fn conv2d_reference(
 /// `y = W·x` with `W` of `rows × cols`, stored row-major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatVecShape {
+    /// Outputs: rows of `W` (≥ 1).
     pub rows: usize,
+    /// Inputs: columns of `W`, the length of `x` (≥ 1).
     pub cols: usize,
 }
 

@@ -31,6 +31,8 @@
 //! threads a region takes at least max(W/P, S) and, greedily scheduled, at
 //! most W/P + S (Brent); time outside regions does not shrink at all.
 
+#![warn(missing_docs)]
+
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::time::Instant;
@@ -50,6 +52,8 @@ pub struct RegionCost {
 /// The parallel regions of a computation run on one thread.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkProfile {
+    /// Each outermost parallel loop, in the order it ran (nested loops are
+    /// folded into their region's span, not listed).
     pub regions: Vec<RegionCost>,
     /// Tasks run, those of nested loops included.
     pub tasks: usize,

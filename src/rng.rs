@@ -6,6 +6,8 @@
 //! * public generators (ciphertext masks of seeded ciphertexts), seeded by a
 //!   16-byte seed that travels on the wire, so the peer can re-expand them.
 
+#![warn(missing_docs)]
+
 use tfhe_csprng::generators::{DefaultRandomGenerator, RandomGenerator};
 use tfhe_csprng::seeders::Seed;
 
@@ -31,6 +33,9 @@ pub fn os_seed() -> Seed128 {
 }
 
 impl Csprng {
+    /// A deterministic generator: the same seed gives the same stream. Used
+    /// to expand public masks from a seed on the wire, and for reproducible
+    /// tests; a secret generator must come from [`Csprng::from_os`].
     pub fn from_seed(seed: Seed128) -> Self {
         Self {
             inner: DefaultRandomGenerator::new(Seed(u128::from_le_bytes(seed))),
@@ -42,6 +47,7 @@ impl Csprng {
         Self::from_seed(os_seed())
     }
 
+    /// Fills `out` with the next bytes of the stream.
     pub fn fill_bytes(&mut self, out: &mut [u8]) {
         for b in out.iter_mut() {
             // An AES-CTR stream is bounded at 2^132 bytes: unreachable.
@@ -49,12 +55,15 @@ impl Csprng {
         }
     }
 
+    /// The next 8 bytes of the stream, little-endian: uniform on `u64`.
     pub fn next_u64(&mut self) -> u64 {
         let mut b = [0u8; 8];
         self.fill_bytes(&mut b);
         u64::from_le_bytes(b)
     }
 
+    /// Draws a fresh 128-bit seed from this stream, e.g. for the mask of a
+    /// seeded ciphertext or key, which then travels on the wire in public.
     pub fn seed(&mut self) -> Seed128 {
         let mut s = [0u8; 16];
         self.fill_bytes(&mut s);
@@ -74,6 +83,8 @@ impl Csprng {
         }
     }
 
+    /// Fills `out` with independent uniform values in `[0, q)` (see
+    /// [`Csprng::uniform_below`]); `q` must be positive.
     pub fn fill_uniform(&mut self, out: &mut [u64], q: u64) {
         for o in out.iter_mut() {
             *o = self.uniform_below(q);

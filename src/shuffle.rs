@@ -1,6 +1,8 @@
 //! Secret per-round permutations (spec/shuffling.md): σ_r from a session
 //! seed by ChaCha20 and Fisher–Yates, at element or channel granularity.
 
+#![warn(missing_docs)]
+
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use thiserror::Error;
@@ -22,7 +24,10 @@ impl std::fmt::Debug for Permutation {
 /// into a [`Granularity`] with its own channel size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShuffleUnit {
+    /// Permute every output value independently (SHUF-2).
     Element,
+    /// Permute whole output channels, keeping the order inside each
+    /// (SHUF-2); cheaper to attack (one chosen query per conv, PROTO-6).
     Channel,
 }
 
@@ -32,22 +37,54 @@ pub enum Granularity {
     /// Every output value independently (the paper's setting).
     Element,
     /// Whole channels of `channel_size` consecutive values.
-    Channel { channel_size: usize },
+    Channel {
+        /// Consecutive values per channel (≥ 1); must divide the length.
+        channel_size: usize,
+    },
 }
 
+/// Why a permutation could not be derived, built or applied. Derivation
+/// errors are the caller's (a stage geometry that does not fit the policy);
+/// [`ShuffleError::NotAPermutation`] is the fault of whoever supplied the map.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ShuffleError {
+    /// A channel shuffle of a length that is not a whole number of channels
+    /// (SHUF-2 requires refusing it).
     #[error("length {len} is not a multiple of the channel size {channel_size}")]
-    RaggedChannels { len: usize, channel_size: usize },
+    RaggedChannels {
+        /// Number of values to permute.
+        len: usize,
+        /// The channel size asked for.
+        channel_size: usize,
+    },
+    /// A channel shuffle with `channel_size = 0`.
     #[error("channel size must be at least 1")]
     EmptyChannel,
+    /// More items than a `u32` index can address (over `u32::MAX`).
     #[error("a permutation of {len} items cannot have more than 2^32 entries")]
-    TooLong { len: usize },
+    TooLong {
+        /// Number of items asked for.
+        len: usize,
+    },
+    /// An untrusted map repeats an index or holds one out of range (SHUF-3);
+    /// the map must be refused.
     #[error("not a permutation: index {index} appears twice or is out of range 0..{len}")]
-    NotAPermutation { index: u64, len: usize },
+    NotAPermutation {
+        /// The first offending index.
+        index: u64,
+        /// Length of the map.
+        len: usize,
+    },
+    /// [`Permutation::apply`] on a slice of another length than the
+    /// permutation's: a caller bug.
     #[error("permutation has length {got}, expected {expected}")]
-    LengthMismatch { expected: usize, got: usize },
+    LengthMismatch {
+        /// The permutation's length.
+        expected: usize,
+        /// The slice's length.
+        got: usize,
+    },
 }
 
 /// The server's per-session secret seed. Wiped on drop.
@@ -138,6 +175,9 @@ fn fisher_yates(rng: &mut ChaCha20Rng, len: usize) -> Permutation {
 }
 
 impl Permutation {
+    /// The permutation of `len` items that moves nothing. `len` is taken as a
+    /// `u32`: for `len > u32::MAX` the result is shorter than asked (use
+    /// [`SessionSeed::permutation`], which refuses such lengths).
     pub fn identity(len: usize) -> Self {
         Self {
             map: (0..len as u32).collect(),
@@ -162,10 +202,12 @@ impl Permutation {
         Ok(Self { map })
     }
 
+    /// Number of items it permutes.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether it permutes no items.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -175,6 +217,8 @@ impl Permutation {
         self.map[k] as usize
     }
 
+    /// σ⁻¹: applying σ then σ⁻¹ is the identity (SHUF-3); the server applies
+    /// σ_(r−1)⁻¹ when repacking upload r (PROTO-3).
     pub fn inverse(&self) -> Permutation {
         let mut inv = vec![0u32; self.map.len()];
         for (k, &to) in self.map.iter().enumerate() {

@@ -34,7 +34,10 @@ use crate::params::{ParamError, ParameterSet};
 /// A closed integer interval `[min, max]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Interval {
+    /// Lower end, inclusive.
     pub min: i64,
+    /// Upper end, inclusive; `min ≤ max` for every interval this module
+    /// computes.
     pub max: i64,
 }
 

@@ -26,42 +26,88 @@ pub const MAX_FILE_BYTES: u64 = 1 << 30;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InputsError {
+    /// The file could not be opened or read (missing, permissions, I/O).
     #[error("{file}: cannot be read: {reason}")]
-    Io { file: String, reason: String },
+    Io {
+        /// Path of the file, as given.
+        file: String,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The file exceeds [`MAX_FILE_BYTES`]; refused before reading.
     #[error("{file}: is {bytes} bytes, more than the limit of {max}")]
-    TooLarge { file: String, bytes: u64, max: u64 },
+    TooLarge {
+        /// Path of the file, as given.
+        file: String,
+        /// Size of the file in bytes.
+        bytes: u64,
+        /// The limit, [`MAX_FILE_BYTES`].
+        max: u64,
+    },
+    /// The content is not a valid JSON or `.npy` input/label file (wrong
+    /// structure, floats, negative labels, unsupported dtype, ragged rows).
     #[error("{file}: not a valid input file: {reason}")]
-    Format { file: String, reason: String },
+    Format {
+        /// Path of the file, as given.
+        file: String,
+        /// What is wrong, without echoing the file's values.
+        reason: String,
+    },
+    /// An input does not have the model's input length `C·H·W`; the file was
+    /// written for another model or flattened wrongly.
     #[error("{file}: input {index} has {got} values, the model takes {expected}")]
     Length {
+        /// Path of the inputs file.
         file: String,
+        /// 0-based index of the offending input.
         index: usize,
+        /// The model's input length.
         expected: usize,
+        /// The input's length.
         got: usize,
     },
+    /// An input holds a value outside the model's declared input range, so
+    /// the accumulator check (MODEL-5) would not cover it; quantise or clamp
+    /// the inputs as the model expects.
     #[error(
         "{file}: input {index} has a value outside the model's declared input range [{min}, {max}]"
     )]
     Range {
+        /// Path of the inputs file.
         file: String,
+        /// 0-based index of the offending input (its values are not echoed).
         index: usize,
+        /// Lower end of the model's declared input range.
         min: i64,
+        /// Upper end of the model's declared input range.
         max: i64,
     },
+    /// The number of labels differs from the number of inputs.
     #[error("{file}: {labels} labels for {inputs} inputs")]
     LabelCount {
+        /// Path of the file holding the labels.
         file: String,
+        /// Number of labels found.
         labels: usize,
+        /// Number of inputs.
         inputs: usize,
     },
+    /// The inputs file holds no input.
     #[error("{file}: no inputs")]
-    Empty { file: String },
+    Empty {
+        /// Path of the inputs file.
+        file: String,
+    },
 }
 
 /// Inputs (flattened CHW) with optional labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestSet {
+    /// The inputs, each the model's input tensor flattened in CHW order (not
+    /// empty; lengths and ranges are checked by [`TestSet::check_against`]).
     pub inputs: Vec<Vec<i64>>,
+    /// The true class of each input, one per input, if given; used to report
+    /// accuracy.
     pub labels: Option<Vec<usize>>,
     /// The integer logits the exporter computed, if the file has them: a
     /// cross-check of the exporter against the crate's reference evaluator.

@@ -20,12 +20,17 @@ pub const MAX_NAME_LEN: usize = 256;
 /// A tensor shape `[channels, height, width]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shape {
+    /// Number of channels `C` (features, for a flat tensor).
     pub channels: usize,
+    /// Height `H` in rows (1 for a flat tensor).
     pub height: usize,
+    /// Width `W` in columns (1 for a flat tensor).
     pub width: usize,
 }
 
 impl Shape {
+    /// The shape `[channels, height, width]`; not validated (a zero size is
+    /// refused later, by [`Model::new`]).
     pub const fn new(channels: usize, height: usize, width: usize) -> Self {
         Self {
             channels,
@@ -63,8 +68,11 @@ impl fmt::Display for Shape {
 /// evaluator refuses inputs outside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InputSpec {
+    /// Shape of the input tensor, flattened in CHW order when encrypted.
     pub shape: Shape,
+    /// Smallest value any input may take, inclusive.
     pub min: i64,
+    /// Largest value any input may take, inclusive (`min ≤ max`, MODEL-2).
     pub max: i64,
 }
 
@@ -88,46 +96,78 @@ pub enum Layer {
     /// has `out_channels` values. A folded batch norm is just these weights
     /// and bias. Only `groups = 1` is supported.
     Conv2d {
+        /// Number of output channels `O` (≥ 1).
         out_channels: usize,
+        /// Kernel height in rows (≥ 1, at most the padded input height).
         kernel_h: usize,
+        /// Kernel width in columns (≥ 1, at most the padded input width).
         kernel_w: usize,
+        /// Step between windows, in both directions (≥ 1).
         stride: usize,
+        /// Zero padding added on every side, in rows/columns.
         padding: usize,
+        /// Channel groups; must be 1 (validation refuses anything else).
         groups: usize,
+        /// Integer weights, OIHW row-major.
         weights: Vec<i64>,
+        /// One integer bias per output channel, in the accumulator's scale.
         bias: Vec<i64>,
     },
     /// `y = W·x + bias` on a flat input `[in, 1, 1]`; `weights` row-major
     /// `out_features × in`. Output `[out_features, 1, 1]`.
     Linear {
+        /// Number of outputs (≥ 1).
         out_features: usize,
+        /// Integer weights, row-major `out_features × in`.
         weights: Vec<i64>,
+        /// One integer bias per output, in the accumulator's scale.
         bias: Vec<i64>,
     },
     /// Integer **sum** over each `kernel × kernel` window (no padding); the
     /// `1/kernel²` of an average is folded into the next requantize.
-    AvgPool { kernel: usize, stride: usize },
+    AvgPool {
+        /// Window side, in rows and columns (≥ 1).
+        kernel: usize,
+        /// Step between windows (≥ 1).
+        stride: usize,
+    },
     /// Integer **sum** over `H × W` per channel; output `[C, 1, 1]`.
     GlobalAvgPool,
     /// Reshape `[C, H, W]` to `[C·H·W, 1, 1]` (values unchanged, CHW order).
     Flatten,
     /// Adds the output of layer `from` (`from <` this layer's index, same
     /// shape as this layer's input) element-wise to the input.
-    ResidualAdd { from: usize },
+    ResidualAdd {
+        /// 0-based index of the earlier layer whose output is added.
+        from: usize,
+    },
     /// Outputs (a copy of) the output of layer `from` (`from <` this layer's index),
     /// ignoring the previous layer: starts a side branch, e.g. the projection
     /// shortcut of a ResNet block, which a later `ResidualAdd` joins.
-    Branch { from: usize },
+    Branch {
+        /// 0-based index of the earlier layer whose output is copied.
+        from: usize,
+    },
     /// `max(x, 0)` element-wise.
     Relu,
     /// Maximum over each `kernel × kernel` window (no padding).
-    MaxPool { kernel: usize, stride: usize },
+    MaxPool {
+        /// Window side, in rows and columns (≥ 1).
+        kernel: usize,
+        /// Step between windows (≥ 1).
+        stride: usize,
+    },
     /// `clamp(round_half_away_from_zero(y·multiplier / 2^shift), min, max)`,
     /// exactly, in `i128` ([`crate::model::requantize`]).
     Requantize {
+        /// Fixed-point scale numerator (> 0).
         multiplier: i64,
+        /// Scale denominator exponent: the product is divided by `2^shift`
+        /// (≤ 62).
         shift: u32,
+        /// Lower clamp bound, inclusive.
         min: i64,
+        /// Upper clamp bound, inclusive (`min ≤ max`).
         max: i64,
     },
 }
@@ -230,14 +270,17 @@ impl Model {
         })
     }
 
+    /// The model's name (at most [`MAX_NAME_LEN`] bytes; may be empty).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The input shape and declared input range.
     pub fn input(&self) -> &InputSpec {
         &self.input
     }
 
+    /// The layers, in evaluation order (validated: never empty).
     pub fn layers(&self) -> &[Layer] {
         &self.layers
     }

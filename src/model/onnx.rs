@@ -145,40 +145,95 @@ const BIAS_SCALE_TOLERANCE: f64 = 1e-5;
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum OnnxError {
+    /// The file could not be opened or read (missing, permissions, I/O).
     #[error("ONNX file {path:?} could not be read: {message}")]
-    Io { path: String, message: String },
+    Io {
+        /// Path of the file (truncated for the message).
+        path: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// The file exceeds [`MAX_ONNX_BYTES`]; refused before decoding.
     #[error("ONNX file is {bytes} bytes, more than the limit of {max}")]
-    FileTooLarge { bytes: usize, max: usize },
+    FileTooLarge {
+        /// Size of the file in bytes.
+        bytes: usize,
+        /// The limit, [`MAX_ONNX_BYTES`].
+        max: usize,
+    },
+    /// The bytes are not a decodable ONNX `ModelProto`: not an ONNX file, or
+    /// a corrupt one.
     #[error("ONNX file is not a valid ONNX protobuf: {message}")]
-    Decode { message: String },
+    Decode {
+        /// The protobuf decoder's message.
+        message: String,
+    },
+    /// The graph as a whole is outside the accepted shape (no graph, an opset
+    /// older than 10, more than [`MAX_NODES`] nodes, not exactly one float
+    /// input of an accepted shape quantised by a `QuantizeLinear`, not
+    /// exactly one output, no layers, …).
     #[error("ONNX file: {problem}")]
-    Graph { problem: String },
+    Graph {
+        /// What is wrong with the graph.
+        problem: String,
+    },
+    /// An initialiser or constant tensor cannot be used (external or
+    /// segmented data, negative or overflowing dimensions, wrong data type or
+    /// length, or more than [`MAX_ELEMENTS`] elements in the file in total).
     #[error("ONNX file: tensor {name:?}: {problem}")]
-    Tensor { name: String, problem: String },
+    Tensor {
+        /// The tensor's name (truncated).
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A node the output depends on uses an operator outside the supported
+    /// list (module docs); re-export the model with supported operators.
     #[error("ONNX node {index} {name:?} (op {op}): unsupported operator; supported: {supported}")]
     UnsupportedOperator {
+        /// Index of the node in the graph's node list.
         index: usize,
+        /// The node's name (truncated).
         name: String,
+        /// The node's operator type (truncated).
         op: String,
+        /// The list of supported operators, for the message.
         supported: &'static str,
     },
+    /// A supported operator with an attribute value the translation does not
+    /// handle (groups, dilations, asymmetric or `SAME_*` padding,
+    /// `ceil_mode`, `transA = 1`, …).
     #[error(
         "ONNX node {index} {name:?} (op {op}): unsupported attribute `{attribute}`: {problem}"
     )]
     UnsupportedAttribute {
+        /// Index of the node in the graph's node list.
         index: usize,
+        /// The node's name (truncated).
         name: String,
+        /// The node's operator.
         op: String,
+        /// The attribute's name.
         attribute: String,
+        /// Why its value is refused.
         problem: String,
     },
+    /// A supported node that cannot be translated exactly (per-channel
+    /// quantisation, a non-zero weight zero point, a bias scale that is not
+    /// input × weight scale, mismatched `Add` scales, missing inputs, …).
     #[error("ONNX node {index} {name:?} (op {op}): {problem}")]
     Node {
+        /// Index of the node in the graph's node list.
         index: usize,
+        /// The node's name (truncated).
         name: String,
+        /// The node's operator.
         op: String,
+        /// What prevents the translation.
         problem: String,
     },
+    /// The graph translated, but the resulting integer model fails IR
+    /// validation (MODEL-2), e.g. a kernel larger than its input.
     #[error("ONNX file translates to a model the IR refuses: {0}")]
     Model(#[from] ModelError),
 }

@@ -157,6 +157,7 @@ impl Client<Ready> {
 }
 
 impl Client<AwaitingResponse> {
+    /// The round whose response the session expects next (0-based).
     pub fn round(&self) -> u32 {
         self.state.round
     }

@@ -26,46 +26,112 @@ impl std::fmt::Display for Fault {
 #[derive(Debug, Error)]
 #[error("{fault} fault: {kind}")]
 pub struct ProtocolError {
+    /// Whose fault it is: decides whether to blame (and possibly disconnect)
+    /// the peer or to fix this side.
     pub fault: Fault,
+    /// What went wrong.
     pub kind: ErrorKind,
 }
 
+/// What went wrong in a [`ProtocolError`] (PROTO-4). Some kinds can be
+/// either party's fault (e.g. [`ErrorKind::Malformed`]);
+/// [`ProtocolError::fault`] says which.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
+    /// The envelope (magic, version, reserved byte, parameter-set
+    /// fingerprint, length) or an embedded key or ciphertext failed wire
+    /// validation (WIRE-1..4): the peer sent a malformed message, or one for
+    /// another parameter set.
     #[error("{0}")]
     Wire(#[from] WireError),
+    /// The envelope declares a body longer than [`MAX_BODY`](super::MAX_BODY)
+    /// (64 MiB); refused before the body is read.
     #[error("message of {got} bytes exceeds the {limit}-byte limit")]
-    TooLarge { got: usize, limit: usize },
+    TooLarge {
+        /// Declared body length in bytes.
+        got: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The envelope's kind is not the one the receiving state expects (or no
+    /// known kind): the peer is out of step with the protocol.
     #[error("expected a {expected} message, got kind {got}")]
-    UnexpectedMessage { expected: &'static str, got: u8 },
+    UnexpectedMessage {
+        /// Name of the message kind expected.
+        expected: &'static str,
+        /// The kind byte received.
+        got: u8,
+    },
+    /// An upload or response for another round than the session is at: the
+    /// peer replayed, skipped or reordered a message.
     #[error("message is for round {got}, the session is at round {expected}")]
-    WrongRound { expected: u32, got: u32 },
+    WrongRound {
+        /// The round the session is at (0-based).
+        expected: u32,
+        /// The round the message names.
+        got: u32,
+    },
+    /// An upload or response with another number of ciphertexts than the
+    /// round's number of values implies.
     #[error("expected {expected} ciphertexts, got {got}")]
-    WrongCount { expected: usize, got: usize },
+    WrongCount {
+        /// Ciphertexts the round requires.
+        expected: usize,
+        /// Ciphertexts received.
+        got: usize,
+    },
+    /// A message body that ends early or holds a value out of its range
+    /// (a count, the rounds, lengths, client ops; PROTO-4); also, as a local
+    /// fault, an input outside the model's declared range (ENG-5).
     #[error("malformed message: {0}")]
     Malformed(&'static str),
+    /// The session request's Galois keys are not exactly the packing keys,
+    /// one per level `1..=log2 N` in order: the client's fault. Caught at
+    /// decoding, or at accept after the session was charged (PROTO-8).
     #[error("the session's keys are incomplete or out of order")]
     BadKeySet,
+    /// The client identity has used its whole query budget (PROTO-5): the
+    /// session is refused before any work. Not retryable under this policy.
     #[error("query budget exhausted: {used} of {budget} inferences used")]
-    BudgetExhausted { used: u64, budget: u64 },
+    BudgetExhausted {
+        /// Sessions the identity has been charged.
+        used: u64,
+        /// The policy's budget per identity.
+        budget: u64,
+    },
+    /// The caller's input does not have the model's input length: a local
+    /// fault, caught before anything is encrypted.
     #[error("input has {got} values, the model takes {expected}")]
-    InputLength { expected: usize, got: usize },
+    InputLength {
+        /// The model's input length (`C·H·W`).
+        expected: usize,
+        /// Number of values passed.
+        got: usize,
+    },
+    /// The server's policy is invalid or unsafe for the model (PROTO-6): a
+    /// configuration error of this side.
     #[error("policy: {0}")]
     Policy(String),
+    /// The engine failed to evaluate a round (a local fault of the server's
+    /// model or parameters, never of the peer's ciphertexts).
     #[error("evaluation failed: {0}")]
     Engine(#[from] EngineError),
+    /// The query ledger's storage failed (PROTO-8): this side's fault; the
+    /// message never names an identity.
     #[error("{0}")]
     Ledger(super::ledger::LedgerError),
 }
 
 impl ProtocolError {
+    /// An error that is the other party's fault ([`Fault::Peer`]).
     pub fn peer(kind: impl Into<ErrorKind>) -> Self {
         Self {
             fault: Fault::Peer,
             kind: kind.into(),
         }
     }
+    /// An error that is this side's fault ([`Fault::Local`]).
     pub fn local(kind: impl Into<ErrorKind>) -> Self {
         Self {
             fault: Fault::Local,
@@ -78,6 +144,9 @@ impl ProtocolError {
 /// why (PROTO-4).
 #[derive(Debug)]
 pub struct Rejected<S> {
+    /// The state the message was offered to, unchanged: the caller may
+    /// continue with a valid message or drop the session.
     pub state: S,
+    /// Why the message was refused.
     pub error: ProtocolError,
 }

@@ -18,7 +18,12 @@ use thiserror::Error;
 pub enum LedgerError {
     /// The identity has used its whole budget: the peer's fault.
     #[error("query budget exhausted: {used} of {budget} inferences used")]
-    Exhausted { used: u64, budget: u64 },
+    Exhausted {
+        /// Sessions the identity has been charged (no charge was made).
+        used: u64,
+        /// The budget the charge was checked against.
+        budget: u64,
+    },
     /// The ledger's storage failed: this side's fault. The message names
     /// the operation, never an identity.
     #[error("query ledger: {0}")]

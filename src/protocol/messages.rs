@@ -26,12 +26,18 @@ pub const MAX_ROUNDS: usize = 1024;
 /// Most client ops after one stage.
 pub const MAX_OPS: usize = 8;
 
+/// The kind byte of a message envelope (spec/protocol.md): 16–19, apart
+/// from the wire object kinds 1–4 of spec/wire-format.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MessageKind {
+    /// [`SessionRequest`], client → server.
     SessionRequest = 16,
+    /// [`SessionAccept`], server → client.
     SessionAccept = 17,
+    /// [`Upload`], client → server.
     Upload = 18,
+    /// [`Response`], server → client.
     Response = 19,
 }
 
@@ -49,7 +55,12 @@ impl MessageKind {
 /// Client → server: the evaluation keys of a new session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRequest {
+    /// The packing Galois keys, one per level `1..=log2 N` in order (the
+    /// server needs exactly these to repack; anything else is
+    /// [`ErrorKind::BadKeySet`]).
     pub galois: Vec<SeededGaloisKey>,
+    /// The client's public key, which the server uses to re-randomise its
+    /// responses.
     pub public: SeededPublicKey,
 }
 
@@ -57,32 +68,46 @@ pub struct SessionRequest {
 /// which element-wise steps to apply to them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoundInfo {
+    /// Number of values the round's response decrypts to (≥ 1).
     pub outputs: u32,
+    /// The element-wise steps the client applies to them, in order (at most
+    /// [`MAX_OPS`]).
     pub ops: Vec<ClientOp>,
 }
 
 /// Server → client: the model metadata the client needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionAccept {
+    /// Number of input values the model takes (`C·H·W`, ≥ 1).
     pub input_len: u32,
     /// The declared input range: the client refuses inputs outside it,
     /// since the server's accumulator bounds assume it (ENG-5).
     pub input_min: i64,
+    /// Upper end of the declared input range, inclusive (`≥ input_min`).
     pub input_max: i64,
+    /// One entry per round, in order (1 to [`MAX_ROUNDS`]).
     pub rounds: Vec<RoundInfo>,
 }
 
 /// Client → server: the activations of round `round`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upload {
+    /// The round this upload is for (0-based); must be the session's
+    /// current round.
     pub round: u32,
+    /// The round's input values, encrypted under the client's secret key,
+    /// N per ciphertext; seeded, so each carries its body and the seed of its
+    /// mask.
     pub ciphertexts: Vec<SeededCiphertext>,
 }
 
 /// Server → client: the (shuffled, sanitised) results of round `round`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// The round this response answers (0-based).
     pub round: u32,
+    /// The round's outputs, packed, permuted by the round's σ (except in the
+    /// last round), re-randomised and flooded.
     pub ciphertexts: Vec<Ciphertext>,
 }
 
@@ -213,6 +238,8 @@ fn max_ciphertexts(ctx: &Context) -> usize {
 }
 
 impl SessionRequest {
+    /// The message in its envelope, bound to `ctx`'s parameter set by its
+    /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
         let mut body = Vec::new();
         put_u32(&mut body, self.galois.len());
@@ -223,6 +250,10 @@ impl SessionRequest {
         envelope(ctx, MessageKind::SessionRequest, body)
     }
 
+    /// Decodes a session request from untrusted bytes (PROTO-4): the envelope
+    /// first (magic, version, kind, fingerprint, length), then the body and
+    /// every embedded object with the validating `wire` decoders; the key count
+    /// must be `log2 N`. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::SessionRequest)?,
@@ -242,6 +273,8 @@ impl SessionRequest {
 }
 
 impl SessionAccept {
+    /// The message in its envelope, bound to `ctx`'s parameter set by its
+    /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
         let mut body = Vec::new();
         put_u32(&mut body, self.rounds.len());
@@ -272,6 +305,10 @@ impl SessionAccept {
         envelope(ctx, MessageKind::SessionAccept, body)
     }
 
+    /// Decodes a session accept from untrusted bytes (PROTO-4): the envelope
+    /// first (magic, version, kind, fingerprint, length), then the body and
+    /// every embedded object with the validating `wire` decoders; the result is
+    /// [`validate`](Self::validate)d. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::SessionAccept)?,
@@ -358,6 +395,8 @@ impl SessionAccept {
 }
 
 impl Upload {
+    /// The message in its envelope, bound to `ctx`'s parameter set by its
+    /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
         let mut body = Vec::new();
         put_u32(&mut body, self.round as usize);
@@ -368,6 +407,10 @@ impl Upload {
         envelope(ctx, MessageKind::Upload, body)
     }
 
+    /// Decodes an upload from untrusted bytes (PROTO-4): the envelope first
+    /// (magic, version, kind, fingerprint, length), then the body and every
+    /// embedded object with the validating `wire` decoders; the count is
+    /// bounded by what fits in [`MAX_BODY`]. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::Upload)?,
@@ -383,6 +426,8 @@ impl Upload {
 }
 
 impl Response {
+    /// The message in its envelope, bound to `ctx`'s parameter set by its
+    /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
         let mut body = Vec::new();
         put_u32(&mut body, self.round as usize);
@@ -393,6 +438,10 @@ impl Response {
         envelope(ctx, MessageKind::Response, body)
     }
 
+    /// Decodes a response from untrusted bytes (PROTO-4): the envelope first
+    /// (magic, version, kind, fingerprint, length), then the body and every
+    /// embedded object with the validating `wire` decoders; the count is
+    /// bounded by what fits in [`MAX_BODY`]. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::Response)?,

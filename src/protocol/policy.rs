@@ -82,16 +82,24 @@ impl Policy {
         Ok(Self { spec, unit, noise })
     }
 
+    /// Loads one of the policies shipped in spec/shuffling.toml
+    /// ([`SHIPPED_POLICIES`]) by name; an unknown name is a local
+    /// [`ErrorKind::Policy`] error.
     pub fn shipped(name: &str) -> Result<Self, ProtocolError> {
         Self::load(SHIPPED_POLICIES, name)
     }
 
+    /// The policy's name in the TOML document.
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+    /// What each round's secret permutation moves: single values or whole
+    /// channels (SHUF-1, PROTO-3).
     pub fn unit(&self) -> ShuffleUnit {
         self.unit
     }
+    /// Sessions each client identity may start (≥ 1), enforced through the
+    /// endpoint's ledger (PROTO-5, PROTO-8).
     pub fn query_budget(&self) -> u64 {
         self.spec.query_budget
     }

@@ -103,6 +103,8 @@ impl std::fmt::Debug for AwaitingUpload {
 /// What an upload leads to.
 #[derive(Debug)]
 pub enum ServerStep {
+    /// A round before the last: send the response and keep the session for
+    /// the next upload.
     Continue(Server<AwaitingUpload>, Response),
     /// The last response; the session is over.
     Closed(Response),
@@ -112,7 +114,9 @@ pub enum ServerStep {
 /// closed set of states a session can be in (PROTO-2).
 #[derive(Debug)]
 pub enum StoredSession {
+    /// Accepted and waiting for its next upload.
     AwaitingUpload(Server<AwaitingUpload>),
+    /// The last response was sent; any further message is refused.
     Closed,
 }
 
@@ -225,6 +229,7 @@ impl Endpoint {
 }
 
 impl Server<AwaitingUpload> {
+    /// The round whose upload the session expects next (0-based).
     pub fn round(&self) -> u32 {
         self.state.round
     }
