@@ -1437,8 +1437,9 @@ accepting, lets sessions in flight finish (up to --grace-secs), and exits.
   --cert PEM            the server's certificate chain (PEM)
   --key PEM             its private key (PEM: PKCS#8, PKCS#1 or SEC1)
   --tokens FILE         `CLIENT-ID SHA256-HEX` lines (safhire new-token makes them)
-  --ledger FILE         count sessions in this SQLite file, so budgets survive
-                        restarts (needs --features sqlite; default: in memory)
+  --ledger FILE|URL     count sessions in this SQLite file (--features sqlite) or
+                        PostgreSQL database (postgres://…, --features postgres),
+                        so budgets survive restarts (default: in memory)
   --max-sessions N      connections served at once; more are refused as busy
                         (default 16)
   --timeout-secs N      how long a client may idle between frames or take over
@@ -1597,10 +1598,21 @@ overwrite FILE.
         let max_sessions = positive(&a, "max-sessions", 16)? as usize;
         let timeout = Duration::from_secs(positive(&a, "timeout-secs", 60)?);
         let grace = Duration::from_secs(positive(&a, "grace-secs", 30)?);
-        #[cfg(not(feature = "sqlite"))]
-        if a.get("ledger").is_some() {
+        // --ledger: a postgres:// URL (feature postgres, PROTO-9) or a SQLite
+        // file (feature sqlite); a build without the backend refuses it here.
+        let ledger_url = a
+            .get("ledger")
+            .filter(|l| l.starts_with("postgres://") || l.starts_with("postgresql://"));
+        if ledger_url.is_some() && !cfg!(feature = "postgres") {
             return Err(
-                "--ledger needs a build with the SQLite ledger: --features net,sqlite".into(),
+                "--ledger postgres://… needs a build with the PostgreSQL ledger: \
+                 --features net,postgres"
+                    .into(),
+            );
+        }
+        if a.get("ledger").is_some() && ledger_url.is_none() && !cfg!(feature = "sqlite") {
+            return Err(
+                "--ledger FILE needs a build with the SQLite ledger: --features net,sqlite".into(),
             );
         }
 
@@ -1616,17 +1628,25 @@ overwrite FILE.
         let budget = policy.query_budget();
         let policy_name = policy.name().to_owned();
         let endpoint = Endpoint::new(ctx, Arc::new(selection.model), policy)?;
-        #[cfg(feature = "sqlite")]
-        let (endpoint, ledger) = match a.get("ledger") {
-            None => (endpoint, "memory (a restart resets every count)".to_owned()),
-            Some(path) => {
+        let (endpoint, ledger) = match (a.get("ledger"), ledger_url) {
+            (None, _) => (endpoint, "memory (a restart resets every count)".to_owned()),
+            // The URL may hold a password: only `target()` is ever shown.
+            #[cfg(feature = "postgres")]
+            (Some(_), Some(url)) => {
+                let ledger = safhire::protocol::PostgresLedger::connect(url)
+                    .map_err(|e| format!("--ledger: {e}"))?;
+                let shown = format!("PostgreSQL {}", ledger.target());
+                (endpoint.with_ledger(Box::new(ledger)), shown)
+            }
+            #[cfg(feature = "sqlite")]
+            (Some(path), None) => {
                 let ledger = safhire::protocol::SqliteLedger::open(Path::new(path))
                     .map_err(|e| format!("--ledger {path}: {e}"))?;
                 (endpoint.with_ledger(Box::new(ledger)), path.to_owned())
             }
+            #[allow(unreachable_patterns)]
+            _ => return Err("--ledger: not supported by this build".into()),
         };
-        #[cfg(not(feature = "sqlite"))]
-        let ledger = "memory (a restart resets every count)".to_owned();
 
         let mut config = ServeConfig::new(tls, tokens);
         config.max_sessions = max_sessions;

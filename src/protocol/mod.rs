@@ -25,6 +25,8 @@ pub use client::{
     AwaitingAccept, AwaitingResponse, Client, ClientStep, Ready, TRANSITIONS as CLIENT_TRANSITIONS,
 };
 pub use error::{ErrorKind, Fault, ProtocolError, Rejected};
+#[cfg(feature = "postgres")]
+pub use ledger::PostgresLedger;
 #[cfg(feature = "sqlite")]
 pub use ledger::SqliteLedger;
 pub use ledger::{Ledger, LedgerError, MemoryLedger};
