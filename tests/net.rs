@@ -783,6 +783,28 @@ fn malformed_frames_close_that_connection_only() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+// NET-8: connections in the TLS handshake are capped. A TCP connection
+// that never sends its ClientHello holds the only handshake slot, so the
+// next one is closed before any TLS work and its query fails; once the
+// first goes away its slot is back and a query runs bit-exact.
+#[test]
+fn handshake_cap_closes_connections_past_it() {
+    let s = scratch("handshakes");
+    let server = serve(&s, &["--max-handshakes", "1", "--timeout-secs", "30"]);
+    let holder = std::net::TcpStream::connect(&server.addr).unwrap();
+    // The server has taken it (and its slot) once a second one is refused.
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, report, _) = query(&server, &s, &s.alice, &["--images", "1"]);
+    assert_ne!(code, Some(0), "{report}");
+    server.wait_for_log("too many TLS handshakes in progress", 1);
+    drop(holder);
+    // Its handshake fails at end of stream and gives the slot back.
+    server.wait_for_log("TLS handshake failed", 1);
+    let (code, report, stderr) = query(&server, &s, &s.alice, &["--images", "1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(logits(&report), vec![reference(0)]);
+}
+
 // NET-8, NET-9: the session cap (busy), the idle timeout, and a graceful
 // shutdown that finishes the session in flight and refuses the next.
 #[test]

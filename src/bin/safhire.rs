@@ -1442,6 +1442,8 @@ accepting, lets sessions in flight finish (up to --grace-secs), and exits.
                         so budgets survive restarts (default: in memory)
   --max-sessions N      connections served at once; more are refused as busy
                         (default 16)
+  --max-handshakes N    connections in the TLS handshake at once; more are
+                        closed before any TLS work (default 64)
   --timeout-secs N      how long a client may idle between frames or take over
                         one (default 60)
   --grace-secs N        how long sessions in flight may run after a shutdown
@@ -1515,6 +1517,7 @@ overwrite FILE.
                     "tokens",
                     "ledger",
                     "max-sessions",
+                    "max-handshakes",
                     "timeout-secs",
                     "grace-secs",
                 ],
@@ -1596,6 +1599,7 @@ overwrite FILE.
             required(&a, "tokens")?,
         );
         let max_sessions = positive(&a, "max-sessions", 16)? as usize;
+        let max_handshakes = positive(&a, "max-handshakes", 64)? as usize;
         let timeout = Duration::from_secs(positive(&a, "timeout-secs", 60)?);
         let grace = Duration::from_secs(positive(&a, "grace-secs", 30)?);
         // --ledger: a postgres:// URL (feature postgres, PROTO-9) or a SQLite
@@ -1650,6 +1654,7 @@ overwrite FILE.
 
         let mut config = ServeConfig::new(tls, tokens);
         config.max_sessions = max_sessions;
+        config.max_handshakes = max_handshakes;
         config.timeouts = Timeouts {
             idle: timeout,
             read: timeout,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -33,6 +33,11 @@ pub struct ServeConfig {
     pub tokens: TokenTable,
     /// Connections served at once; one more is refused as busy.
     pub max_sessions: usize,
+    /// Connections in the TLS handshake at once (NET-8). Past it a new TCP
+    /// connection is closed at once, before any TLS work: a flood of
+    /// connections that never finish their handshake holds at most this
+    /// many tasks and sockets, each for at most the read timeout.
+    pub max_handshakes: usize,
     /// The idle and read timeouts.
     pub timeouts: Timeouts,
     /// How long sessions in flight may run on after a shutdown begins.
@@ -46,6 +51,7 @@ impl std::fmt::Debug for ServeConfig {
         f.debug_struct("ServeConfig")
             .field("tokens", &self.tokens)
             .field("max_sessions", &self.max_sessions)
+            .field("max_handshakes", &self.max_handshakes)
             .field("timeouts", &self.timeouts)
             .field("grace", &self.grace)
             .finish_non_exhaustive()
@@ -53,13 +59,14 @@ impl std::fmt::Debug for ServeConfig {
 }
 
 impl ServeConfig {
-    /// The defaults: 16 connections, 60 s idle and read timeouts, 30 s of
-    /// grace on shutdown, no log.
+    /// The defaults: 16 connections, 64 handshakes at once, 60 s idle and
+    /// read timeouts, 30 s of grace on shutdown, no log.
     pub fn new(tls: Arc<rustls::ServerConfig>, tokens: TokenTable) -> Self {
         Self {
             tls,
             tokens,
             max_sessions: 16,
+            max_handshakes: 64,
             timeouts: Timeouts {
                 idle: Duration::from_secs(60),
                 read: Duration::from_secs(60),
@@ -99,6 +106,8 @@ struct Shared {
     acceptor: tokio_rustls::TlsAcceptor,
     tokens: TokenTable,
     slots: Arc<Semaphore>,
+    /// NET-8: connections still in their TLS handshake.
+    handshakes: Arc<Semaphore>,
     timeouts: Timeouts,
     hello: Vec<u8>,
     budget: u64,
@@ -132,6 +141,9 @@ impl Service {
         if config.max_sessions == 0 {
             return Err(NetError::config("max_sessions must be at least 1"));
         }
+        if config.max_handshakes == 0 {
+            return Err(NetError::config("max_handshakes must be at least 1"));
+        }
         let ctx = endpoint.context().clone();
         let params = ctx.params();
         if !valid_name(params.name()) {
@@ -164,6 +176,7 @@ impl Service {
                 acceptor: tokio_rustls::TlsAcceptor::from(config.tls),
                 tokens: config.tokens,
                 slots: Arc::new(Semaphore::new(config.max_sessions)),
+                handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
                 timeouts: config.timeouts,
                 hello,
                 budget,
@@ -205,8 +218,18 @@ impl Service {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         connections += 1;
+                        // NET-8: no handshake slot, no TLS work: close it.
+                        let Ok(handshake) = shared.handshakes.clone().try_acquire_owned() else {
+                            if shared.log {
+                                eprintln!(
+                                    "connection {connections} from {peer}: closed, too many TLS handshakes in progress"
+                                );
+                            }
+                            drop(tcp);
+                            continue;
+                        };
                         let rx = shutdown.0.subscribe();
-                        tasks.spawn(handle(shared.clone(), tcp, peer, connections, rx));
+                        tasks.spawn(handle(shared.clone(), tcp, peer, connections, handshake, rx));
                     }
                     Err(e) => {
                         // E.g. out of file descriptors: the listener stays.
@@ -335,11 +358,15 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
+    handshake: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let t = shared.timeouts;
-    let stream = match tokio::time::timeout(t.read, shared.acceptor.accept(tcp)).await {
+    let accepted = tokio::time::timeout(t.read, shared.acceptor.accept(tcp)).await;
+    // The handshake is over either way: its slot goes back (NET-8).
+    drop(handshake);
+    let stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             if shared.log {
