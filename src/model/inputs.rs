@@ -143,7 +143,17 @@ fn is_npy(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
 
+/// Without feature `npy` the crate does not parse `.npy` files.
+#[cfg(not(feature = "npy"))]
+fn npy_integers(file: &str, _bytes: &[u8]) -> Result<(Vec<u64>, Vec<i64>), InputsError> {
+    Err(format_err(
+        file,
+        "reading .npy files needs the crate's `npy` feature (on by default)",
+    ))
+}
+
 /// The shape and values of an integer `.npy` array, widened to `i64`.
+#[cfg(feature = "npy")]
 fn npy_integers(file: &str, bytes: &[u8]) -> Result<(Vec<u64>, Vec<i64>), InputsError> {
     use npyz::{DType, TypeChar};
     let npy = npyz::NpyFile::new(bytes)
