@@ -49,8 +49,6 @@
 //! stages, the pixel probes under DP noise, weight recovery after the
 //! malicious-key attack.
 
-#![warn(missing_docs)]
-
 use crate::engine::{self, CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
 use crate::model::Model;

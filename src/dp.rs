@@ -17,8 +17,6 @@
 //! No amplification by shuffling is claimed: the shuffle is treated as
 //! post-processing only.
 
-#![warn(missing_docs)]
-
 use crate::rng::Csprng;
 use thiserror::Error;
 

@@ -9,8 +9,6 @@
 //! stage is not shuffled. It is the oracle and benchmark harness the typed
 //! protocol is built around; it is not itself a network protocol.
 
-#![warn(missing_docs)]
-
 use crate::extract::ValueRef;
 use crate::layout::{
     conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, LayoutError, MatVecLayout,

@@ -12,11 +12,15 @@ use crate::rlwe::Ciphertext;
 /// Coefficient `coeff` of source ciphertext `source`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ValueRef {
+    /// Index of the source ciphertext in the list a request refers to.
     pub source: u32,
+    /// The coefficient (value slot) within it, in `0..N`.
     pub coeff: u32,
 }
 
 impl ValueRef {
+    /// From `usize` indices, cast to `u32` without a check: callers pass a
+    /// coefficient below N and a source index below the source count.
     pub fn new(source: usize, coeff: usize) -> Self {
         Self {
             source: source as u32,
@@ -49,7 +53,9 @@ pub fn shifted_to_constant(
 /// limb.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LweCiphertext {
+    /// The LWE mask, limb-major: N residues per limb, each reduced modulo it.
     pub mask: Vec<u64>,
+    /// The body: coefficient i of the RLWE body, one residue per limb.
     pub body: Vec<u64>,
 }
 

@@ -121,8 +121,6 @@
 //! are tried; minimise input + output ciphertexts, then products, first
 //! (smallest `ni`) wins ties.
 
-#![warn(missing_docs)]
-
 use std::fmt;
 use std::ops::Range;
 

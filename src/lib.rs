@@ -36,6 +36,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod dp;

@@ -10,6 +10,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LinearError {
+    /// The weights do not fit the layout: wrong length, or an index out of range.
     #[error("layer layout: {0}")]
     Layout(#[from] LayoutError),
     /// The noise of one output ciphertext grows with ‖ŵ‖₁ summed over every
@@ -20,8 +21,11 @@ pub enum LinearError {
          (use a parameter set with a larger `max_weight_l1_log2`, or smaller weights)"
     )]
     NoiseBudget {
+        /// Index of the first output ciphertext over the budget.
         output: usize,
+        /// Its ‖ŵ‖₁, summed over every weight polynomial feeding it.
         l1: u128,
+        /// W, the set's `max_weight_l1_log2`: at most 2^W is allowed (LIN-3).
         allowed_log2: u32,
     },
 }
@@ -47,8 +51,14 @@ impl std::fmt::Debug for EncodedLayer {
 
 /// The layout operations [`EncodedLayer`] needs; implemented by both layouts.
 pub trait CoefficientLayout {
+    /// Number of input ciphertexts the layer reads.
     fn input_ciphertexts(&self) -> usize;
+    /// Number of output ciphertexts the layer produces.
     fn output_ciphertexts(&self) -> usize;
+    /// The weight polynomial (length N, small signed coefficients) by which
+    /// input ciphertext `input_ct` is multiplied into output ciphertext
+    /// `output_ct`, or `None` when the pair does not interact. Refuses weights
+    /// of the wrong length and out-of-range indices.
     fn weight_polynomial(
         &self,
         weights: &[i64],
@@ -135,6 +145,7 @@ impl EncodedLayer {
         self.max_l1
     }
 
+    /// Number of input ciphertexts [`evaluate`](Self::evaluate) expects.
     pub fn input_ciphertexts(&self) -> usize {
         self.inputs
     }

@@ -33,11 +33,14 @@ use thiserror::Error;
 /// back to a small noise (proofs/packing.md, Lemma 5).
 #[derive(Clone, Copy, Debug)]
 pub struct PackSource<'a> {
+    /// The source ciphertext, under the packer's context.
     pub ciphertext: &'a Ciphertext,
+    /// Empty, or exactly 2^γ − 1 conjugates (PACK-4).
     pub conjugates: &'a [Ciphertext],
 }
 
 impl<'a> PackSource<'a> {
+    /// A source without conjugates: all its levels are key-switched.
     pub fn plain(ciphertext: &'a Ciphertext) -> Self {
         Self {
             ciphertext,
@@ -49,8 +52,12 @@ impl<'a> PackSource<'a> {
 /// Where one value goes: output ciphertext `output`, coefficient `position`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
+    /// The value to place.
     pub value: ValueRef,
+    /// Index of the output ciphertext; the packer returns `max(output) + 1`
+    /// ciphertexts.
     pub output: usize,
+    /// Coefficient of that output, in `0..N`; each at most once per output.
     pub position: usize,
 }
 
@@ -59,8 +66,11 @@ pub struct Placement {
 /// are sums of monomial shifts, so the sum costs no key switch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SumPlacement {
+    /// The terms of the sum, from any sources; must not be empty.
     pub values: Vec<ValueRef>,
+    /// Index of the output ciphertext.
     pub output: usize,
+    /// Coefficient of that output, in `0..N`; each at most once per output.
     pub position: usize,
 }
 
@@ -69,33 +79,81 @@ pub struct SumPlacement {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PackError {
+    /// A value names a source index ≥ the number of sources given (PACK-3).
     #[error("value {value:?} names source {} but only {sources} sources were given", value.source)]
-    NoSuchSource { value: ValueRef, sources: usize },
+    NoSuchSource {
+        /// The offending value.
+        value: ValueRef,
+        /// Number of sources given.
+        sources: usize,
+    },
+    /// A value names a coefficient ≥ N (PACK-3).
     #[error("value {value:?} names a coefficient ≥ N = {n}")]
-    NoSuchCoefficient { value: ValueRef, n: usize },
-    #[error("position {position} of output {output} is outside 0..{n}")]
-    PositionOutOfRange {
-        output: usize,
-        position: usize,
+    NoSuchCoefficient {
+        /// The offending value.
+        value: ValueRef,
+        /// N, the ring degree.
         n: usize,
     },
+    /// A placement's position is ≥ N (PACK-3).
+    #[error("position {position} of output {output} is outside 0..{n}")]
+    PositionOutOfRange {
+        /// The output ciphertext of the placement.
+        output: usize,
+        /// The position asked for.
+        position: usize,
+        /// N, the ring degree.
+        n: usize,
+    },
+    /// Two placements name the same position of the same output (PACK-3).
     #[error("position {position} of output {output} is assigned twice")]
-    PositionTaken { output: usize, position: usize },
+    PositionTaken {
+        /// The output ciphertext.
+        output: usize,
+        /// The position assigned twice.
+        position: usize,
+    },
+    /// A source carries conjugates, but not the 2^γ − 1 the set's γ needs
+    /// (PACK-4).
     #[error("source {source_index} has {got} conjugates; γ = {gamma} needs 0 or {needed}")]
     ConjugateCount {
+        /// Index of the source.
         source_index: usize,
+        /// Conjugates it carries.
         got: usize,
+        /// γ, the set's `client_conjugate_levels`.
         gamma: u32,
+        /// 2^γ − 1.
         needed: usize,
     },
+    /// Sources carry conjugates but the packer shares fewer than γ levels (set
+    /// by [`Packer::with_shared_levels`]): the conjugates replace shared levels.
     #[error("sources carry conjugates for γ = {gamma} levels but only {shared} levels are shared")]
-    ConjugatesNeedSharedLevels { gamma: u32, shared: u32 },
+    ConjugatesNeedSharedLevels {
+        /// γ, the set's `client_conjugate_levels`.
+        gamma: u32,
+        /// The packer's shared levels, fewer than γ.
+        shared: u32,
+    },
+    /// A [`SumPlacement`] has no values (PACK-5).
     #[error("position {position} of output {output} is given an empty sum")]
-    EmptySum { output: usize, position: usize },
+    EmptySum {
+        /// The output ciphertext.
+        output: usize,
+        /// The position given the empty sum.
+        position: usize,
+    },
+    /// [`Packer::with_shared_levels`] asked for more shared levels than the
+    /// set's ℓ*, which the noise budget (PARAM-4) is computed for.
     #[error(
         "requested {requested} shared levels; the parameter set's noise budget covers {allowed}"
     )]
-    SharedLevelsOverBudget { requested: u32, allowed: u32 },
+    SharedLevelsOverBudget {
+        /// The shared levels asked for.
+        requested: u32,
+        /// The set's `shared_pack_levels`.
+        allowed: u32,
+    },
 }
 
 /// One symbolic term `± X^exp · D_image(c_source)`.
@@ -120,6 +178,8 @@ pub struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
+    /// A packer with the Galois keys `keys` of `ctx`'s set, choosing ℓ* per
+    /// output by cost, up to the set's `shared_pack_levels` (PACK-2).
     pub fn new(ctx: &'a Context, keys: &'a GaloisKeys) -> Self {
         Self {
             ctx,

@@ -31,8 +31,6 @@
 //! threads a region takes at least max(W/P, S) and, greedily scheduled, at
 //! most W/P + S (Brent); time outside regions does not shrink at all.
 
-#![warn(missing_docs)]
-
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::time::Instant;

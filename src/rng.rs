@@ -6,8 +6,6 @@
 //! * public generators (ciphertext masks of seeded ciphertexts), seeded by a
 //!   16-byte seed that travels on the wire, so the peer can re-expand them.
 
-#![warn(missing_docs)]
-
 use tfhe_csprng::generators::{DefaultRandomGenerator, RandomGenerator};
 use tfhe_csprng::seeders::Seed;
 

@@ -49,6 +49,7 @@ fn compile_carrying(
 /// How one set fared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
+    /// The set's name.
     pub set: String,
     /// `None` for the chosen set; otherwise why it was passed over.
     pub refused: Option<String>,
@@ -57,7 +58,10 @@ pub struct Candidate {
 /// The chosen set, the model compiled for it, and why cheaper sets were not.
 #[derive(Debug)]
 pub struct Selection {
+    /// The arithmetic context of the chosen set.
     pub context: Context,
+    /// The model compiled for it, including any exact rewrite the noise budget
+    /// needed (ENG-6).
     pub model: CompiledModel,
     /// The sets tried, in order; the last is the chosen one.
     pub candidates: Vec<Candidate>,
@@ -99,17 +103,34 @@ pub enum SelectError {
     /// Every shipped set refused the model; one reason per set.
     #[error("no shipped parameter set carries this model (worst accumulator {worst_bits} bits):\n{}", list(.reasons))]
     NoSetFits {
+        /// Signed bits of the model's worst-case accumulator ([`accumulator_bits`]).
         worst_bits: u32,
+        /// `(set, reason)` for every shipped set, in cost order, then the sets used
+        /// only when pinned.
         reasons: Vec<(String, String)>,
     },
     /// The pinned set refused the model.
     #[error("parameter set {set:?}: {source}")]
-    Pinned { set: String, source: EngineError },
+    Pinned {
+        /// The pinned set's name.
+        set: String,
+        /// Why compiling the model for it failed.
+        source: EngineError,
+    },
     /// The pinned set does not meet the requirement.
     #[error(
         "parameter set {set:?} has {have:.1} bits of flooding headroom; the policy requires {need}"
     )]
-    Requirement { set: String, have: f64, need: i32 },
+    Requirement {
+        /// The pinned set's name.
+        set: String,
+        /// Its flooding headroom, in bits.
+        have: f64,
+        /// The policy's `min_flooding_headroom_bits`.
+        need: i32,
+    },
+    /// The pinned name is no shipped set ([`ParamError::UnknownSet`]), or the
+    /// shipped parameter file failed its own checks (a build defect).
     #[error(transparent)]
     Param(#[from] ParamError),
 }

@@ -40,8 +40,6 @@
 //! # }
 //! ```
 
-#![warn(missing_docs)]
-
 pub use crate::engine::RoundPhases;
 use crate::engine::{CompiledModel, EngineError};
 use crate::model::Model;

@@ -1,8 +1,6 @@
 //! Secret per-round permutations (spec/shuffling.md): σ_r from a session
 //! seed by ChaCha20 and Fisher–Yates, at element or channel granularity.
 
-#![warn(missing_docs)]
-
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use thiserror::Error;

@@ -22,17 +22,27 @@
 use crate::rlwe::{Ciphertext, Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey};
 use thiserror::Error;
 
+/// The first four bytes of every object: `SFHR` (protocol messages use
+/// `SFHP`).
 pub const MAGIC: [u8; 4] = *b"SFHR";
+/// The one format version this build writes and accepts; any other is
+/// [`WireError::UnsupportedVersion`].
 pub const VERSION: u16 = 1;
+/// Bytes of the fixed header that precedes every body.
 pub const HEADER_LEN: usize = 20;
 
 /// The object kinds of format version 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// A full [`Ciphertext`]: body `n: u32, a, b` (L·n residues each).
     Ciphertext = 1,
+    /// A [`SeededCiphertext`]: body `n: u32, seed[16], b`.
     SeededCiphertext = 2,
+    /// A [`SeededGaloisKey`]: body `g: u32, n: u32, rows: u32`, then per row
+    /// `seed[16], b_q (L·n), b_P (n)`.
     SeededGaloisKey = 3,
+    /// A [`SeededPublicKey`]: body `n: u32, seed[16], b`.
     SeededPublicKey = 4,
 }
 
@@ -48,37 +58,104 @@ impl Kind {
     }
 }
 
-/// Why received bytes were refused. Always the sender's fault; no variant
-/// carries secret material or echoes more than a field's value.
+/// Why received bytes were refused. Always the sender's fault, except
+/// [`NoSuchLevel`](Self::NoSuchLevel) (the caller's); no variant carries
+/// secret material or echoes more than a field's value.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WireError {
+    /// Fewer bytes than the header, or than the header plus the declared body
+    /// (WIRE-2).
     #[error("peer sent {got} bytes, fewer than the {needed} the header or body needs")]
-    Truncated { needed: usize, got: usize },
+    Truncated {
+        /// Bytes the header or body needs.
+        needed: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// The first four bytes are not [`MAGIC`].
     #[error("peer sent data without the SFHR magic")]
     BadMagic,
+    /// The header names a format version other than [`VERSION`]; carries it.
     #[error("peer uses wire format version {0}, this build speaks version {VERSION}")]
     UnsupportedVersion(u16),
+    /// The object kind byte is not the kind the receiver asked to decode (or
+    /// no kind at all).
     #[error("peer sent object kind {got}, expected {expected:?}")]
-    WrongKind { expected: Kind, got: u8 },
+    WrongKind {
+        /// The kind the receiver asked to decode.
+        expected: Kind,
+        /// The kind byte received.
+        got: u8,
+    },
+    /// The reserved header byte 7 is not zero; carries it.
     #[error("peer's reserved header byte is {0}, must be 0")]
     Reserved(u8),
+    /// The object was made under another parameter set (PARAM-5).
     #[error("peer's object belongs to another parameter set (fingerprint {got:#018x}, expected {expected:#018x})")]
-    ParameterMismatch { expected: u64, got: u64 },
+    ParameterMismatch {
+        /// The receiver's set fingerprint.
+        expected: u64,
+        /// The fingerprint in the header.
+        got: u64,
+    },
+    /// The declared body length differs from the exact size of the kind under
+    /// the parameter set ([`body_len`]); checked before any body byte is read
+    /// (WIRE-1).
     #[error("peer declared a {declared}-byte body; this kind is exactly {expected} bytes under these parameters")]
-    BadLength { declared: usize, expected: usize },
+    BadLength {
+        /// The body length in the header.
+        declared: usize,
+        /// The exact body length of the kind under the set.
+        expected: usize,
+    },
+    /// Bytes follow the object; carries how many (WIRE-2).
     #[error("peer sent {0} bytes after the object")]
     TrailingBytes(usize),
+    /// The ring degree in the body is not the set's N (WIRE-2).
     #[error("peer sent ring degree {got}, expected {expected}")]
-    WrongRingDegree { expected: usize, got: usize },
+    WrongRingDegree {
+        /// The set's N.
+        expected: usize,
+        /// The ring degree in the body.
+        got: usize,
+    },
+    /// A coefficient is not reduced modulo its limb (or P for `b_P`) (WIRE-3,
+    /// WIRE-5).
     #[error("peer sent coefficient {index} not reduced modulo its modulus")]
-    Unreduced { index: usize },
+    Unreduced {
+        /// Index of the residue among all residues read so far, in body order
+        /// (block l of a limb-major polynomial starts at l·n; for a
+        /// ciphertext, b starts at L·n).
+        index: usize,
+    },
+    /// A Galois key for another element than the 2^ℓ + 1 of the level asked for
+    /// (WIRE-2).
     #[error("peer sent a Galois key for element {got}, expected {expected}")]
-    WrongGaloisElement { expected: usize, got: usize },
+    WrongGaloisElement {
+        /// 2^ℓ + 1 for the level asked for.
+        expected: usize,
+        /// The element in the body.
+        got: usize,
+    },
+    /// A Galois key whose row count is not the set's `gadget_levels` (WIRE-2).
     #[error("peer sent a key with {got} gadget rows, expected {expected}")]
-    WrongRowCount { expected: usize, got: usize },
+    WrongRowCount {
+        /// The set's `gadget_levels`.
+        expected: usize,
+        /// The row count in the body.
+        got: usize,
+    },
+    /// The *caller* asked [`decode_galois_key`] for a level outside
+    /// 1..=log2 N: the one variant that is not the peer's fault. Checked before
+    /// the bytes are read.
     #[error("caller asked for Galois key level {level}; this ring has levels 1..={max}")]
-    NoSuchLevel { level: u32, max: u32 },
+    NoSuchLevel {
+        /// The level asked for.
+        level: u32,
+        /// log2 N, the top level.
+        max: u32,
+    },
 }
 
 fn header(kind: Kind, ctx: &Context, body_len: usize) -> Vec<u8> {
@@ -239,6 +316,9 @@ fn open<'a>(bytes: &'a [u8], kind: Kind, ctx: &Context) -> Result<Reader<'a>, Wi
     })
 }
 
+/// Encodes `ct` canonically (header, then `n, a, b`). `ct` must be under
+/// `ctx`'s parameter set; that is not checked here, and a receiver refuses
+/// an object whose size or coefficients do not fit its set.
 pub fn encode_ciphertext(ctx: &Context, ct: &Ciphertext) -> Vec<u8> {
     let (a, b) = ct.parts();
     let mut out = header(Kind::Ciphertext, ctx, body_len(Kind::Ciphertext, ctx));
@@ -248,6 +328,9 @@ pub fn encode_ciphertext(ctx: &Context, ct: &Ciphertext) -> Vec<u8> {
     out
 }
 
+/// Decodes a [`Kind::Ciphertext`] from untrusted bytes: header first, then
+/// the ring degree and every residue reduced modulo its limb (WIRE-1..5).
+/// Never panics; re-encodes to `bytes`.
 pub fn decode_ciphertext(ctx: &Context, bytes: &[u8]) -> Result<Ciphertext, WireError> {
     let mut r = open(bytes, Kind::Ciphertext, ctx)?;
     let n = r.ring_degree(ctx.n())?;
@@ -258,6 +341,8 @@ pub fn decode_ciphertext(ctx: &Context, bytes: &[u8]) -> Result<Ciphertext, Wire
     Ciphertext::from_parts(a, b, n, q).ok_or(WireError::Unreduced { index: 0 })
 }
 
+/// Encodes `ct` canonically (header, then `n, seed, b`); `ct` must be under
+/// `ctx`'s parameter set (not checked).
 pub fn encode_seeded_ciphertext(ctx: &Context, ct: &SeededCiphertext) -> Vec<u8> {
     let mut out = header(
         Kind::SeededCiphertext,
@@ -270,6 +355,8 @@ pub fn encode_seeded_ciphertext(ctx: &Context, ct: &SeededCiphertext) -> Vec<u8>
     out
 }
 
+/// Decodes a [`Kind::SeededCiphertext`] from untrusted bytes, checked as
+/// [`decode_ciphertext`]; the mask is not expanded here.
 pub fn decode_seeded_ciphertext(
     ctx: &Context,
     bytes: &[u8],
@@ -281,6 +368,8 @@ pub fn decode_seeded_ciphertext(
     SeededCiphertext::from_parts(seed, b, n, ctx.q()).ok_or(WireError::Unreduced { index: 0 })
 }
 
+/// Encodes `key` canonically (header, `g, n, rows`, then each row); `key`
+/// must be under `ctx`'s parameter set (not checked).
 pub fn encode_galois_key(ctx: &Context, key: &SeededGaloisKey) -> Vec<u8> {
     let mut out = header(
         Kind::SeededGaloisKey,
@@ -337,6 +426,8 @@ pub fn decode_galois_key(
     Ok(SeededGaloisKey { g, rows })
 }
 
+/// Encodes `pk` canonically (header, then `n, seed, b`); `pk` must be under
+/// `ctx`'s parameter set (not checked).
 pub fn encode_public_key(ctx: &Context, pk: &SeededPublicKey) -> Vec<u8> {
     let mut out = header(
         Kind::SeededPublicKey,
@@ -349,6 +440,9 @@ pub fn encode_public_key(ctx: &Context, pk: &SeededPublicKey) -> Vec<u8> {
     out
 }
 
+/// Decodes a [`Kind::SeededPublicKey`] from untrusted bytes, checked as
+/// [`decode_ciphertext`]. Whether the key is honestly formed cannot be
+/// checked here.
 pub fn decode_public_key(ctx: &Context, bytes: &[u8]) -> Result<SeededPublicKey, WireError> {
     let mut r = open(bytes, Kind::SeededPublicKey, ctx)?;
     let n = r.ring_degree(ctx.n())?;

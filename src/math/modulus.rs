@@ -22,6 +22,7 @@ impl Modulus {
         }
     }
 
+    /// q itself.
     #[inline(always)]
     pub const fn value(self) -> u64 {
         self.q
@@ -32,6 +33,8 @@ impl Modulus {
         64 - (self.q - 1).leading_zeros()
     }
 
+    /// `a + b mod q`; both operands must already be in `[0, q)` (checked in
+    /// debug builds only).
     #[inline(always)]
     pub fn add(self, a: u64, b: u64) -> u64 {
         debug_assert!(a < self.q && b < self.q);
@@ -43,6 +46,7 @@ impl Modulus {
         }
     }
 
+    /// `a − b mod q`; both operands must already be in `[0, q)`.
     #[inline(always)]
     pub fn sub(self, a: u64, b: u64) -> u64 {
         debug_assert!(a < self.q && b < self.q);
@@ -54,6 +58,7 @@ impl Modulus {
         }
     }
 
+    /// `−a mod q`, mapping 0 to 0 (never to q); `a` must be in `[0, q)`.
     #[inline(always)]
     pub fn neg(self, a: u64) -> u64 {
         debug_assert!(a < self.q);
@@ -64,6 +69,8 @@ impl Modulus {
         }
     }
 
+    /// `a·b mod q` through a 128-bit product; for [`SOLINAS`] the reduction is
+    /// division-free. Any `a`, `b` < 2^64 are accepted; the result is in `[0, q)`.
     #[inline(always)]
     pub fn mul(self, a: u64, b: u64) -> u64 {
         self.reduce_u128(a as u128 * b as u128)
@@ -109,6 +116,9 @@ impl Modulus {
         }
     }
 
+    /// `base^exp mod q` by square-and-multiply; `base` need not be reduced and
+    /// `exp = 0` gives 1. Branches on the bits of `exp`: the crate only calls it
+    /// with public exponents.
     pub fn pow(self, mut base: u64, mut exp: u64) -> u64 {
         let mut acc = 1 % self.q;
         base %= self.q;

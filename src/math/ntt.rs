@@ -36,10 +36,12 @@ impl NttPlan {
         })
     }
 
+    /// The transform length N (the ring degree).
     pub fn n(&self) -> usize {
         self.plan.ntt_size()
     }
 
+    /// The prime p this plan works modulo.
     pub fn modulus(&self) -> Modulus {
         self.modulus
     }
@@ -49,6 +51,8 @@ impl NttPlan {
         self.n_inv
     }
 
+    /// Forward negacyclic transform in place: coefficients in `[0, p)` in
+    /// standard order, evaluations out in bit-reversed order.
     pub fn forward(&self, buf: &mut [u64]) {
         self.plan.fwd(buf);
     }
@@ -122,6 +126,7 @@ impl RnsNttPlan {
         Some(Self { plans, n })
     }
 
+    /// The ring degree N (the length of one limb's block).
     pub fn n(&self) -> usize {
         self.n
     }
@@ -131,10 +136,12 @@ impl RnsNttPlan {
         &self.plans[i]
     }
 
+    /// The plans of all L limbs, in limb order.
     pub fn limbs(&self) -> &[NttPlan] {
         &self.plans
     }
 
+    /// Forward transform of every limb of a limb-major buffer of length L·N.
     pub fn forward(&self, buf: &mut [u64]) {
         if let [one] = &self.plans[..] {
             return one.forward(buf);
@@ -144,6 +151,8 @@ impl RnsNttPlan {
         }
     }
 
+    /// Inverse transform of every limb *without* the 1/N factor; see
+    /// [`NttPlan::backward_unnormalized`].
     pub fn backward_unnormalized(&self, buf: &mut [u64]) {
         if let [one] = &self.plans[..] {
             return one.backward_unnormalized(buf);
@@ -159,6 +168,7 @@ impl RnsNttPlan {
         self.normalize(buf);
     }
 
+    /// Multiplies every value of every limb by 1/N modulo that limb.
     pub fn normalize(&self, buf: &mut [u64]) {
         if let [one] = &self.plans[..] {
             return one.normalize(buf);
@@ -168,6 +178,7 @@ impl RnsNttPlan {
         }
     }
 
+    /// `acc += lhs ⊙ rhs` point-wise, limb by limb (all three limb-major, L·N).
     #[inline]
     pub fn mul_accumulate(&self, acc: &mut [u64], lhs: &[u64], rhs: &[u64]) {
         if let [one] = &self.plans[..] {
@@ -184,6 +195,7 @@ impl RnsNttPlan {
         }
     }
 
+    /// `lhs ⊙= rhs` point-wise, limb by limb (both limb-major, L·N).
     #[inline]
     pub fn mul_assign(&self, lhs: &mut [u64], rhs: &[u64]) {
         if let [one] = &self.plans[..] {

@@ -173,6 +173,7 @@ mod simd {
     }
 }
 
+/// `out ← c · out` coefficient-wise modulo `m`; `c` need not be reduced.
 pub fn scalar_mul_assign(m: Modulus, out: &mut [u64], c: u64) {
     for o in out.iter_mut() {
         *o = m.mul(*o, c);

@@ -87,6 +87,7 @@ impl RnsModulus {
         &self.limbs[..self.len]
     }
 
+    /// The limb q_i as a [`Modulus`]; panics if `i ≥ L`.
     #[inline(always)]
     pub fn limb(&self, i: usize) -> Modulus {
         self.limbs()[i]

@@ -27,8 +27,6 @@
 //! are integer *sums* over the window: the `1/k²` (or `1/(H·W)`) is folded
 //! into the multiplier of the next `requantize` (or the next layer's weights).
 
-#![warn(missing_docs)]
-
 pub mod bounds;
 mod error;
 pub mod format;

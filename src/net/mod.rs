@@ -16,8 +16,6 @@
 //! Budgets are charged where they always are, in `Endpoint::accept`
 //! (PROTO-8), and only for authenticated clients.
 
-#![warn(missing_docs)]
-
 pub mod auth;
 mod client;
 mod error;

@@ -21,6 +21,8 @@ pub const SHIPPED_TOML: &str = include_str!("../../spec/parameters.toml");
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ParameterSpec {
+    /// The set's name (`b8`, `b12`, …, `wide`), by which it is pinned and
+    /// reported. Not part of the fingerprint (PARAM-5): only the fields are.
     pub name: String,
     /// N, the ring degree (power of two).
     pub ring_degree: usize,
@@ -38,6 +40,8 @@ pub struct ParameterSpec {
     pub max_weight_l1_log2: u32,
     /// Key-switch gadget: digits of `gadget_base_log` bits, `gadget_levels` of them.
     pub gadget_base_log: u32,
+    /// l, the number of gadget digits (rows per Galois key): B·l must reach
+    /// max(64, ⌈log2 q⌉) so the top digit is no larger than the others (PARAM-2).
     pub gadget_levels: u32,
     /// ℓ*: lowest packing-tree levels whose key switches are shared per source.
     pub shared_pack_levels: u32,
@@ -62,7 +66,10 @@ fn yes() -> bool {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum CiphertextModulus {
+    /// One prime q < 2^64: the single-modulus layout.
     One(u64),
+    /// The limbs q_0 … q_(L−1) of an RNS modulus, 1..=4 distinct primes whose
+    /// product is below 2^128 (PARAM-8).
     Rns(Vec<u64>),
 }
 
@@ -99,42 +106,68 @@ impl ParameterSpec {
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ParamError {
+    /// The TOML document does not parse, or a set has an unknown or mistyped
+    /// field; carries the parser's message.
     #[error("parameter file does not parse: {0}")]
     Parse(String),
+    /// [`ParameterSet::shipped`] was given a name no shipped set has.
     #[error("no parameter set named {0:?}")]
     UnknownSet(String),
+    /// PARAM-2: a field is outside its allowed range.
     #[error("field `{field}` = {value} is out of range: {reason}")]
     OutOfRange {
+        /// The TOML field name, e.g. `"plaintext_bits"`.
         field: &'static str,
+        /// The offending value (for `ciphertext_modulus`, the offending limb, or the
+        /// number of limbs when that is what is wrong).
         value: u64,
+        /// The allowed range, in words.
         reason: &'static str,
     },
+    /// PARAM-3: the set falls short of [`MIN_SECURITY_BITS`] on P·q.
     #[error(
         "insecure: {reason} (N = {ring_degree}, log2(P·q) = {log_pq:.1}); at least {MIN_SECURITY_BITS}-bit security is required"
     )]
     Insecure {
+        /// N of the refused set.
         ring_degree: usize,
+        /// log2(P·q), the modulus the check was run on.
         log_pq: f64,
+        /// Which check failed: the HE-standard bound on log2(P·q), or the
+        /// binary-secret noise-variance minimum of the lattice-estimator fit.
         reason: String,
     },
+    /// PARAM-6: a linear layer's worst-case accumulator does not fit b signed
+    /// bits (from [`ParameterSet::check_accumulator`]).
     #[error(
         "accumulator overflow: output {output} can reach |y| = {worst}, which needs {needed_bits} signed bits; \
          parameter set {set:?} carries {plaintext_bits} (use a wider set or requantise the layer)"
     )]
     AccumulatorOverflow {
+        /// Name of the set that cannot carry the layer.
         set: String,
+        /// Index of the worst output of the layer (not merely the first that
+        /// overflows).
         output: usize,
+        /// Its worst case Σ_j |w_ij|·max|x| + |bias_i| (saturating at `u128::MAX`).
         worst: u128,
+        /// Signed bits that worst case needs ([`accumulator_bits`]).
         needed_bits: u32,
+        /// b, the signed bits the set carries.
         plaintext_bits: u32,
     },
+    /// PARAM-4: the noise model does not fit the decoding margin at
+    /// 2^-[`FAILURE_BITS`] failure per coefficient (proofs/noise-budget.md).
     #[error(
         "noise budget exceeded: worst-case noise 2^{needed_log2:.2} does not fit the decoding margin 2^{margin_log2:.2} \
          at failure probability 2^-{failure_bits} per coefficient (reduce `flooding_bound_log2`, `plaintext_bits` or `max_weight_l1_log2`)"
     )]
     NoiseBudget {
+        /// log2 of the worst case 2^F + k·σ ([`NoiseBudget::worst_case`]).
         needed_log2: f64,
+        /// log2 of the decoding margin Δ/2 − t/2 − 1.
         margin_log2: f64,
+        /// The failure exponent checked against, [`FAILURE_BITS`].
         failure_bits: u32,
     },
 }
@@ -211,15 +244,19 @@ impl ParameterSet {
             .ok_or_else(|| ParamError::UnknownSet(name.to_owned()))
     }
 
+    /// The validated fields as written in the parameter file.
     pub fn spec(&self) -> &ParameterSpec {
         &self.spec
     }
+    /// The set's name, e.g. `"b8"`.
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+    /// N, a power of two in 1024..=32768.
     pub fn ring_degree(&self) -> usize {
         self.spec.ring_degree
     }
+    /// log2 N: the depth of the packing tree and the number of Galois keys.
     pub fn log_ring_degree(&self) -> u32 {
         self.spec.ring_degree.trailing_zeros()
     }
@@ -229,9 +266,13 @@ impl ParameterSet {
         // Checked in `check_ranges`.
         RnsModulus::new(self.spec.ciphertext_modulus.limbs()).expect("validated modulus")
     }
+    /// P, the special modulus of the hybrid Galois keys: prime, ≡ 1 (mod 2N),
+    /// below every limb of q and 2^62.
     pub fn p(&self) -> Modulus {
         Modulus::new(self.spec.special_modulus).expect("validated modulus")
     }
+    /// b: plaintext values and accumulators are signed b-bit integers,
+    /// t = 2^b.
     pub fn plaintext_bits(&self) -> u32 {
         self.spec.plaintext_bits
     }
@@ -239,18 +280,26 @@ impl ParameterSet {
     pub fn delta(&self) -> u128 {
         self.q().value() >> self.spec.plaintext_bits
     }
+    /// log2 of the bound of fresh TUniform noise: every sample lies in
+    /// [−2^e, 2^e] for e = this value (1..=20).
     pub fn noise_bound_log2(&self) -> u32 {
         self.spec.noise_bound_log2
     }
+    /// B: the key-switch gadget splits a residue into signed base-2^B digits.
     pub fn gadget_base_log(&self) -> u32 {
         self.spec.gadget_base_log
     }
+    /// l: the number of gadget digits, and of rows per Galois key.
     pub fn gadget_levels(&self) -> usize {
         self.spec.gadget_levels as usize
     }
+    /// ℓ*: the lowest packing-tree levels whose key switches are shared per
+    /// source (PACK-2); at most log2 N.
     pub fn shared_pack_levels(&self) -> u32 {
         self.spec.shared_pack_levels
     }
+    /// γ ≤ ℓ*: the lowest levels replaced by client conjugates in the unshuffle
+    /// repack (PACK-4); 0 when the set does not use them.
     pub fn client_conjugate_levels(&self) -> u32 {
         self.spec.client_conjugate_levels
     }
@@ -262,9 +311,12 @@ impl ParameterSet {
     pub fn limbs(&self) -> usize {
         self.spec.ciphertext_modulus.limbs().len()
     }
+    /// F: the flooding bound 2^F = 8σ_f (PRIV-2).
     pub fn flooding_bound_log2(&self) -> u32 {
         self.spec.flooding_bound_log2
     }
+    /// W: the largest ‖ŵ‖₁ per output ciphertext the noise budget covers
+    /// (LIN-3).
     pub fn max_weight_l1_log2(&self) -> u32 {
         self.spec.max_weight_l1_log2
     }

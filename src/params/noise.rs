@@ -23,6 +23,7 @@ pub struct PackNoise {
 pub struct NoiseBudget {
     /// Fresh encryption noise variance.
     pub fresh: f64,
+    /// Variances of one key switch and of a whole packing tree (NOISE-1).
     pub pack: PackNoise,
     /// After the unshuffle repack: fresh + pack, or with γ conjugates
     /// 4^γ·fresh + the pack above level γ, whichever is larger.
@@ -112,6 +113,8 @@ fn before_flooding(l1: f64, after_repack: f64, pack: f64, rerandomize: f64) -> f
 }
 
 impl NoiseBudget {
+    /// Evaluates the variance model of one round for `s` (proofs/noise-budget.md).
+    /// Checks nothing: [`check`](Self::check) compares it with the margin.
     pub fn derive(s: &ParameterSpec) -> Self {
         let n = s.ring_degree;
         let log_n = n.trailing_zeros();

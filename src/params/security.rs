@@ -11,6 +11,7 @@ use super::{ParamError, ParameterSpec};
 use tfhe::core_crypto::commons::noise_formulas::secure_noise::minimal_glwe_variance_for_132_bits_security_tuniform;
 use tfhe::core_crypto::prelude::{GlweDimension, PolynomialSize};
 
+/// The security every set must reach (PARAM-3), in bits, classical.
 pub const MIN_SECURITY_BITS: u32 = 128;
 
 /// Largest log2 of the modulus for 128-bit security at ring degree `n`

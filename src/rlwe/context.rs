@@ -22,6 +22,9 @@ pub struct Context {
 }
 
 impl Context {
+    /// Builds the transforms for every limb of q and for P, and Δ = ⌊q/t⌋ per
+    /// limb. Cannot fail: a [`ParameterSet`] only exists once its primes were
+    /// checked NTT-friendly (PARAM-2).
     pub fn new(params: ParameterSet) -> Self {
         let n = params.ring_degree();
         let q = params.q();
@@ -39,9 +42,11 @@ impl Context {
         }
     }
 
+    /// The validated parameter set this context was built for.
     pub fn params(&self) -> &ParameterSet {
         &self.params
     }
+    /// The ring degree N.
     pub fn n(&self) -> usize {
         self.params.ring_degree()
     }
@@ -178,6 +183,9 @@ impl Context {
         self.encrypt_seeded_plain(sk, &self.encode(values), rng)
     }
 
+    /// Secret-key encryption of `values` (at most N, |v| < t/2, ENC-1) with
+    /// fresh TUniform noise: [`encrypt_seeded`](Self::encrypt_seeded) with the
+    /// mask expanded, for use on the same side.
     pub fn encrypt(&self, sk: &SecretKey, values: &[i64], rng: &mut Csprng) -> Ciphertext {
         self.encrypt_seeded(sk, values, rng).expand(self.q())
     }
@@ -268,6 +276,10 @@ impl Context {
         Some(if r >= t / 2 { r - t } else { r })
     }
 
+    /// All N plaintext values of `ct`: the phase `b − a·s`, decoded and centred
+    /// mod t. Correct whenever the noise is below the decoding margin
+    /// Δ/2 − t/2 − 1 that PARAM-4 budgets for; beyond it the values are
+    /// silently wrong, not an error.
     pub fn decrypt(&self, sk: &SecretKey, ct: &Ciphertext) -> Vec<i64> {
         self.decode(&self.phase(sk, ct))
     }
@@ -295,6 +307,8 @@ impl Context {
             .collect()
     }
 
+    /// Forward transform of both parts, for accumulating plaintext products with
+    /// [`mul_plain_accumulate`](Self::mul_plain_accumulate).
     pub fn to_ntt(&self, ct: &Ciphertext) -> NttCiphertext {
         let mut out = NttCiphertext {
             a: ct.a.clone(),
@@ -305,6 +319,7 @@ impl Context {
         out
     }
 
+    /// The zero accumulator in the NTT domain (L·N zeros per part).
     pub fn ntt_zero(&self) -> NttCiphertext {
         NttCiphertext {
             a: vec![0; self.n() * self.limbs()],

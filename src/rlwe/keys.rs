@@ -36,6 +36,8 @@ impl Drop for SecretKey {
 }
 
 impl SecretKey {
+    /// Samples a fresh binary secret key (coefficients in {0, 1}) from `rng`,
+    /// which must be the client's OS-seeded CSPRNG (KEY-1).
     pub fn generate(ctx: &Context, rng: &mut Csprng) -> Self {
         let s: Vec<u64> = (0..ctx.n()).map(|_| rng.bit()).collect();
         Self::from_binary(ctx, s)
@@ -86,6 +88,9 @@ pub struct SeededGaloisKey {
     pub(crate) rows: Vec<SeededKeyRow>,
 }
 
+/// One row j of a [`SeededGaloisKey`]: the seed of its masks (mod q and mod
+/// P) and the bodies of `P·2^(B·j)·τ_g(s)` modulo each limb of q (limb-major,
+/// L·N) and modulo P (N), all reduced (KEY-2, WIRE-3).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SeededKeyRow {
     pub(crate) seed: Seed128,
@@ -106,6 +111,9 @@ pub struct PublicKey {
     pub(crate) b_ntt: Vec<u64>,
 }
 
+/// The compact form of a [`PublicKey`] the client sends: a public seed for
+/// the mask and the body `a·s + e` (limb-major, reduced modulo each limb),
+/// i.e. a seeded encryption of zero (KEY-2).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SeededPublicKey {
     pub(crate) seed: Seed128,
@@ -206,6 +214,7 @@ impl SeededGaloisKey {
         key
     }
 
+    /// The Galois element g (odd, < 2N): the key switches τ_g(s) back to s.
     pub fn galois_element(&self) -> usize {
         self.g
     }
@@ -255,6 +264,8 @@ impl GaloisKeys {
 }
 
 impl SeededPublicKey {
+    /// Encrypts zero under `sk` with a mask from a fresh public seed and TUniform
+    /// noise from `rng` (KEY-1): the key the server re-randomises with (PRIV-1).
     pub fn generate(ctx: &Context, sk: &SecretKey, rng: &mut Csprng) -> Self {
         let seed = rng.seed();
         let a = expand_mask(seed, ctx.n(), ctx.q());
@@ -263,6 +274,8 @@ impl SeededPublicKey {
         Self { seed, b: ct.b }
     }
 
+    /// The server's working form: mask re-derived from the seed, both parts
+    /// transformed once into the NTT domain with 1/N folded in.
     pub fn expand(&self, ctx: &Context) -> PublicKey {
         let mut a_ntt = expand_mask(self.seed, ctx.n(), ctx.q());
         let mut b_ntt = self.b.clone();

@@ -40,6 +40,7 @@ impl Decomposer {
         ok.then_some(Self { base_log, levels })
     }
 
+    /// The number of digits l (gadget levels), one per key row.
     pub fn levels(&self) -> usize {
         self.levels
     }

@@ -110,6 +110,7 @@ impl Ciphertext {
         }
     }
 
+    /// The ring degree N; each part holds L·N residues.
     pub fn ring_degree(&self) -> usize {
         self.n
     }
@@ -146,6 +147,8 @@ impl Ciphertext {
         self.n = other.n;
     }
 
+    /// `self += other` modulo `q`, limb by limb: the phases add, and so do the
+    /// noises. Both ciphertexts must have the same N and be under `q`.
     pub fn add_assign(&mut self, q: RnsModulus, other: &Ciphertext) {
         let n = self.n;
         limbwise2(q, n, &mut self.a, &other.a, |m, o, i| {
@@ -156,6 +159,7 @@ impl Ciphertext {
         });
     }
 
+    /// `self −= other` modulo `q`, limb by limb; the noise bounds still add.
     pub fn sub_assign(&mut self, q: RnsModulus, other: &Ciphertext) {
         let n = self.n;
         limbwise2(q, n, &mut self.a, &other.a, |m, o, i| {
@@ -207,6 +211,7 @@ impl Ciphertext {
 }
 
 impl SeededCiphertext {
+    /// The public seed the mask is expanded from (KEY-2); not secret.
     pub fn seed(&self) -> &Seed128 {
         &self.seed
     }
@@ -214,6 +219,9 @@ impl SeededCiphertext {
     pub fn body(&self) -> &[u64] {
         &self.b
     }
+    /// Rebuilds a seeded ciphertext from its seed and limb-major body; `None`
+    /// unless the body has length L·n and every residue is reduced modulo its
+    /// limb.
     pub fn from_parts(
         seed: Seed128,
         b: Vec<u64>,
