@@ -1660,22 +1660,7 @@ fn kernels_fitting(
 ) -> Vec<Vec<i64>> {
     let domain: Vec<Vec<i64>> = match position_multisets(items, kh, kw) {
         Some(per) => per.iter().map(|m| m.keys().copied().collect()).collect(),
-        None => (0..kh * kw)
-            .map(|pos| {
-                let at = (pos / kw, pos % kw);
-                let mut values: Option<Vec<i64>> = None;
-                for (_, ws) in items.iter().filter(|(o, _)| o.contains(&at)) {
-                    let mut v = ws.to_vec();
-                    v.sort_unstable();
-                    v.dedup();
-                    values = Some(match values {
-                        None => v,
-                        Some(old) => old.into_iter().filter(|x| v.contains(x)).collect(),
-                    });
-                }
-                values.unwrap_or_default()
-            })
-            .collect(),
+        None => allowed_values(items, kh, kw),
     };
     let total = domain
         .iter()
@@ -2121,31 +2106,35 @@ const MAX_COVERS: usize = 256;
 /// The most kernel solutions AUDIT-7 enumerates per bias class.
 const MAX_KERNEL_SOLUTIONS: usize = 4096;
 
+/// AUDIT-7: the values each kernel position (row-major) may take: those
+/// read by every item that covers it (empty if none does).
+fn allowed_values(items: &[Item], kh: usize, kw: usize) -> Vec<Vec<i64>> {
+    (0..kh * kw)
+        .map(|pos| {
+            let at = (pos / kw, pos % kw);
+            let mut values: Option<Vec<i64>> = None;
+            for (_, ws) in items.iter().filter(|(o, _)| o.contains(&at)) {
+                let mut v = ws.to_vec();
+                v.sort_unstable();
+                v.dedup();
+                values = Some(match values {
+                    None => v,
+                    Some(old) => old.into_iter().filter(|x| v.contains(x)).collect(),
+                });
+            }
+            values.unwrap_or_default()
+        })
+        .collect()
+}
+
 /// AUDIT-7's kernel solve: every set of `g` kernels (kh × kw, row-major,
 /// sorted, so channels sharing a bias are not counted twice) whose values at
 /// each item's offsets, over all g kernels, are the item's multiset. At most
 /// [`MAX_KERNEL_SOLUTIONS`] are returned.
 fn solve_kernels(items: &[Item], g: usize, kh: usize, kw: usize) -> Vec<Kernels> {
-    // Candidate values per position: those of every item that covers it.
     let slots = g * kh * kw;
-    let domain: Vec<Vec<i64>> = (0..kh * kw)
-        .map(|pos| {
-            let at = (pos / kw, pos % kw);
-            let mut values: Option<Vec<i64>> = None;
-            for (offsets, ws) in items {
-                if offsets.contains(&at) {
-                    let mut v = ws.to_vec();
-                    v.sort_unstable();
-                    v.dedup();
-                    values = Some(match values {
-                        None => v,
-                        Some(old) => old.into_iter().filter(|x| v.contains(x)).collect(),
-                    });
-                }
-            }
-            values.unwrap_or_default()
-        })
-        .collect();
+    // Candidate values per position: those of every item that covers it.
+    let domain = allowed_values(items, kh, kw);
     let mut assign = vec![0i64; slots];
     let mut out: Vec<Kernels> = Vec::new();
     let mut nodes = 0usize;
