@@ -137,27 +137,37 @@ fn table(t: &[(&str, &str, &str)]) -> Pairs {
 }
 
 #[test]
-fn client_table_holds_exactly_the_typestate_transitions() {
-    let code = derived(CLIENT, "Client", "ClientStep");
-    assert!(code.len() >= 4, "the derivation found too little: {code:?}");
-    assert_eq!(
-        code,
-        table(CLIENT_TRANSITIONS),
-        "client transitions in the code (left) differ from CLIENT_TRANSITIONS (right): \
-         update the table and regenerate spec/state-machines.dot"
-    );
-}
-
-#[test]
-fn server_table_holds_exactly_the_typestate_transitions() {
-    let code = derived(SERVER, "Server", "ServerStep");
-    assert!(code.len() >= 2, "the derivation found too little: {code:?}");
-    assert_eq!(
-        code,
-        table(SERVER_TRANSITIONS),
-        "server transitions in the code (left) differ from SERVER_TRANSITIONS (right): \
-         update the table and regenerate spec/state-machines.dot"
-    );
+fn tables_hold_exactly_the_typestate_transitions() {
+    for (party, source, step, least, t, name) in [
+        (
+            "Client",
+            CLIENT,
+            "ClientStep",
+            4,
+            CLIENT_TRANSITIONS,
+            "CLIENT_TRANSITIONS",
+        ),
+        (
+            "Server",
+            SERVER,
+            "ServerStep",
+            2,
+            SERVER_TRANSITIONS,
+            "SERVER_TRANSITIONS",
+        ),
+    ] {
+        let code = derived(source, party, step);
+        assert!(
+            code.len() >= least,
+            "{party}: the derivation found too little: {code:?}"
+        );
+        assert_eq!(
+            code,
+            table(t),
+            "{party} transitions in the code (left) differ from {name} (right): \
+             update the table and regenerate spec/state-machines.dot"
+        );
+    }
 }
 
 /// The derivation is not vacuous: a new consuming method that leads to a
