@@ -11,6 +11,13 @@ pub struct Permutation {
     map: Vec<u32>,
 }
 
+// The map is a secret of the server: wiped when dropped (THREAT-2).
+impl Drop for Permutation {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.map);
+    }
+}
+
 impl std::fmt::Debug for Permutation {
     // The map is a secret of the server: print only its length (THREAT-2).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,10 +103,7 @@ impl std::fmt::Debug for SessionSeed {
 
 impl Drop for SessionSeed {
     fn drop(&mut self) {
-        for b in self.0.iter_mut() {
-            // SAFETY: `b` is a valid, aligned, exclusive reference.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -26,11 +26,9 @@ impl std::fmt::Debug for SecretKey {
 
 impl Drop for SecretKey {
     fn drop(&mut self) {
+        use zeroize::Zeroize;
         for v in [&mut self.s, &mut self.s_ntt_q, &mut self.s_ntt_p] {
-            for x in v.iter_mut() {
-                // Volatile so the wipe is not optimised away.
-                unsafe { std::ptr::write_volatile(x, 0) };
-            }
+            v.zeroize();
         }
     }
 }
