@@ -147,7 +147,8 @@ impl Endpoint {
 
     /// The same endpoint with its sessions counted in `ledger` instead of
     /// in memory (PROTO-8), e.g. a [`super::SqliteLedger`] shared by every
-    /// process on the host.
+    /// process on the host, or a `PostgresLedger` (feature `postgres`,
+    /// PROTO-9) shared by servers on several hosts.
     pub fn with_ledger(mut self, ledger: Box<dyn Ledger>) -> Self {
         self.ledger = ledger;
         self
