@@ -754,24 +754,24 @@ fn malformed_frames_close_that_connection_only() {
         // An upload for the wrong round, mid-session (PROTO-4).
         let mut stream = authenticated(&server, &s, &s.bob).await;
         start_session(&mut stream).await;
+        // Message fields are private, so the upload is made as a peer
+        // would: bytes, here round 2 with no ciphertexts (the round is
+        // checked first).
         let ctx = b16();
-        let (client, _) = Client::start(ctx.clone());
-        let accept = safhire::protocol::SessionAccept {
-            input_len: 64,
-            input_min: 0,
-            input_max: 15,
-            rounds: vec![safhire::protocol::RoundInfo {
-                outputs: 10,
-                ops: vec![],
-            }],
-        };
-        let (_, mut upload) = client
-            .receive_accept(accept)
-            .unwrap()
-            .send_input(&test_set().inputs[0])
-            .unwrap();
-        upload.round = 2;
-        send(&mut stream, &upload.encode(&ctx)).await;
+        let mut upload = safhire::protocol::MAGIC.to_vec();
+        upload.extend_from_slice(&safhire::protocol::VERSION.to_le_bytes());
+        upload.extend_from_slice(&[safhire::protocol::MessageKind::Upload as u8, 0]);
+        upload.extend_from_slice(&ctx.params().fingerprint().to_le_bytes());
+        upload.extend_from_slice(&8u32.to_le_bytes());
+        upload.extend_from_slice(&2u32.to_le_bytes());
+        upload.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(
+            safhire::protocol::Upload::decode(&ctx, &upload)
+                .unwrap()
+                .round(),
+            2
+        );
+        send(&mut stream, &upload).await;
         violation(refusal(&mut stream).await, "round");
 
         let out = survivor.infer(&test_set().inputs[3]).await.unwrap();

@@ -4,9 +4,11 @@
 mod common;
 
 use proptest::prelude::*;
+use safhire::engine::ClientOp;
 use safhire::engine::{self, CompiledModel};
 use safhire::model::Model;
 use safhire::params::ParameterSet;
+use safhire::protocol::ENVELOPE_LEN;
 use safhire::protocol::{
     state_graph, Client, ClientId, ClientStep, Endpoint, ErrorKind, Fault, Policy, Response,
     ServerStep, SessionAccept, SessionRequest, StoredSession, Upload,
@@ -14,6 +16,80 @@ use safhire::protocol::{
 use safhire::rlwe::Context;
 use safhire::shuffle::ShuffleUnit;
 use std::sync::{Arc, OnceLock};
+
+// Message fields are private: a message reaches a state transition only
+// through a decoder, which validates it. The tests below make the
+// malformed ones from bytes, as a peer would.
+
+/// An encoded Upload or Response with its round (the body's first u32)
+/// replaced.
+fn with_round(mut bytes: Vec<u8>, round: u32) -> Vec<u8> {
+    bytes[ENVELOPE_LEN..ENVELOPE_LEN + 4].copy_from_slice(&round.to_le_bytes());
+    bytes
+}
+
+/// `bytes`' envelope header (magic, version, kind, fingerprint) around a
+/// new body.
+fn rewrap(bytes: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = bytes[..ENVELOPE_LEN - 4].to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// An encoded Upload of the same round with no ciphertexts.
+fn without_ciphertexts(bytes: &[u8]) -> Vec<u8> {
+    let mut body = bytes[ENVELOPE_LEN..ENVELOPE_LEN + 4].to_vec();
+    body.extend_from_slice(&0u32.to_le_bytes());
+    rewrap(bytes, &body)
+}
+
+/// An envelope header for `kind` under `ctx`'s set, with an empty body.
+fn header(ctx: &Context, kind: safhire::protocol::MessageKind) -> Vec<u8> {
+    let mut out = safhire::protocol::MAGIC.to_vec();
+    out.extend_from_slice(&safhire::protocol::VERSION.to_le_bytes());
+    out.extend_from_slice(&[kind as u8, 0]);
+    out.extend_from_slice(&ctx.params().fingerprint().to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out
+}
+
+/// A SessionAccept body as spec/protocol.md lays it out, for accepts no
+/// server would send; wrapped in `like`'s envelope.
+fn accept_bytes(
+    like: &[u8],
+    input_len: u32,
+    range: (i64, i64),
+    rounds: &[(u32, Vec<ClientOp>)],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(rounds.len() as u32).to_le_bytes());
+    body.extend_from_slice(&input_len.to_le_bytes());
+    body.extend_from_slice(&range.0.to_le_bytes());
+    body.extend_from_slice(&range.1.to_le_bytes());
+    for (outputs, ops) in rounds {
+        body.extend_from_slice(&outputs.to_le_bytes());
+        body.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+        for op in ops {
+            match *op {
+                ClientOp::Requantize {
+                    multiplier,
+                    shift,
+                    min,
+                    max,
+                } => {
+                    body.push(1);
+                    body.extend_from_slice(&multiplier.to_le_bytes());
+                    body.extend_from_slice(&shift.to_le_bytes());
+                    body.extend_from_slice(&min.to_le_bytes());
+                    body.extend_from_slice(&max.to_le_bytes());
+                }
+                ClientOp::Relu => body.push(2),
+            }
+        }
+    }
+    rewrap(like, &body)
+}
 
 const MODEL: &str = include_str!("../models/digits-cnn.json");
 const TEST_SET: &str = include_str!("../models/digits-test.json");
@@ -121,8 +197,7 @@ fn wrong_round_or_count_is_refused_and_the_session_survives() {
     let client = client.receive_accept(accept).unwrap();
     let (client, upload) = client.send_input(&s.set.inputs[0]).unwrap();
 
-    let mut wrong = upload.clone();
-    wrong.round = 1;
+    let wrong = Upload::decode(ctx, &with_round(upload.encode(ctx), 1)).unwrap();
     let rejected = session.receive_upload(wrong).unwrap_err();
     assert_eq!(rejected.error.fault, Fault::Peer);
     assert!(matches!(
@@ -135,8 +210,7 @@ fn wrong_round_or_count_is_refused_and_the_session_survives() {
     let session = rejected.state;
     assert_eq!(session.round(), 0);
 
-    let mut short = upload.clone();
-    short.ciphertexts.clear();
+    let short = Upload::decode(ctx, &without_ciphertexts(&upload.encode(ctx))).unwrap();
     let rejected = session.receive_upload(short).unwrap_err();
     assert!(matches!(rejected.error.kind, ErrorKind::WrongCount { .. }));
     let session = rejected.state;
@@ -145,8 +219,7 @@ fn wrong_round_or_count_is_refused_and_the_session_survives() {
     let ServerStep::Continue(_, response) = session.receive_upload(upload).unwrap() else {
         panic!("round 0 is not the last")
     };
-    let mut bad = response.clone();
-    bad.round = 7;
+    let bad = Response::decode(ctx, &with_round(response.encode(ctx), 7)).unwrap();
     let rejected = client.receive_response(bad).unwrap_err();
     assert_eq!(rejected.error.fault, Fault::Peer);
     let client = rejected.state;
@@ -300,13 +373,13 @@ proptest! {
         prop_assert!(Upload::decode(ctx, &bytes).is_err() || bytes.len() >= 28);
         prop_assert!(Response::decode(ctx, &bytes).is_err() || bytes.len() >= 28);
         // A corrupted valid SessionAccept decodes to something valid or fails cleanly.
-        let accept = SessionAccept {
-            input_len: 64,
-            input_min: 0,
-            input_max: 15,
-            rounds: vec![safhire::protocol::RoundInfo { outputs: 10, ops: vec![safhire::engine::ClientOp::Relu] }],
-        };
-        let mut enc = accept.encode(ctx);
+        let mut enc = accept_bytes(
+            &header(ctx, safhire::protocol::MessageKind::SessionAccept),
+            64,
+            (0, 15),
+            &[(10, vec![ClientOp::Relu])],
+        );
+        prop_assert!(SessionAccept::decode(ctx, &enc).is_ok());
         let p = pos % enc.len();
         enc[p] = byte;
         if let Ok(m) = SessionAccept::decode(ctx, &enc) {
@@ -340,7 +413,7 @@ fn endpoint_and_client_refuse_what_compile_did_not_check() {
     let mut server = endpoint("benchmark");
     let (client, request) = Client::start(s.ctx.clone());
     let (_, accept) = server.accept(&ClientId("range".into()), request).unwrap();
-    assert_eq!((accept.input_min, accept.input_max), (0, 15));
+    assert_eq!(accept.input_range(), (0, 15));
     let client = client.receive_accept(accept).unwrap();
     let mut input = s.set.inputs[0].clone();
     input[5] = 16;
@@ -353,7 +426,7 @@ fn endpoint_and_client_refuse_what_compile_did_not_check() {
     );
     // The same client, unchanged, goes on with a valid input.
     let (_, upload) = rejected.state.send_input(&s.set.inputs[0]).unwrap();
-    assert_eq!(upload.round, 0);
+    assert_eq!(upload.round(), 0);
 }
 
 // DP-8 through the protocol: an endpoint under the `dp` policy adds noise
@@ -372,32 +445,43 @@ fn the_dp_policy_adds_noise_to_the_logits() {
     assert_eq!(logits.len(), reference.len());
 }
 
-// PROTO-4: a SessionAccept built by hand (its fields are public) passes the
-// same checks as a decoded one before the client acts on it: no rounds, an
-// empty input range or an unusable requantisation is refused as the peer's
-// fault, and the client keeps its state and can take a valid accept next.
+// PROTO-4: a SessionAccept cannot be built by hand (its fields are
+// private), so a malformed one arrives as bytes: no rounds, an empty input
+// range or an unusable requantisation is refused by the decoder as the
+// peer's fault, and the client, which never saw it, takes the real accept.
 #[test]
-fn a_hand_built_accept_is_validated_before_the_client_uses_it() {
+fn a_malformed_accept_is_refused_before_the_client_sees_it() {
     let s = setup();
+    let ctx = &s.ctx;
     let mut server = endpoint("default");
-    let (client, request) = Client::start(s.ctx.clone());
+    let (client, request) = Client::start(ctx.clone());
     let (_, good) = server.accept(&ClientId("hand".into()), request).unwrap();
-    let mut no_rounds = good.clone();
-    no_rounds.rounds.clear();
-    let mut empty_range = good.clone();
-    empty_range.input_min = empty_range.input_max + 1;
-    let mut bad_requantize = good.clone();
-    bad_requantize.rounds[0].ops = vec![safhire::engine::ClientOp::Requantize {
+    let like = good.encode(ctx);
+    let (len, range) = (good.input_len(), good.input_range());
+    let rounds: Vec<(u32, Vec<ClientOp>)> = good
+        .rounds()
+        .iter()
+        .map(|r| (r.outputs(), r.ops().to_vec()))
+        .collect();
+    // The same fields, re-encoded by hand, decode to the same accept.
+    assert_eq!(
+        SessionAccept::decode(ctx, &accept_bytes(&like, len, range, &rounds)).unwrap(),
+        good
+    );
+    let mut bad_requantize = rounds.clone();
+    bad_requantize[0].1 = vec![ClientOp::Requantize {
         multiplier: 0,
         shift: 3,
         min: 0,
         max: 15,
     }];
-    let mut client = client;
-    for bad in [no_rounds, empty_range, bad_requantize] {
-        let rejected = client.receive_accept(bad).unwrap_err();
-        assert_eq!(rejected.error.fault, Fault::Peer, "{}", rejected.error);
-        client = rejected.state;
+    for bad in [
+        accept_bytes(&like, len, range, &[]),
+        accept_bytes(&like, len, (range.1 + 1, range.1), &rounds),
+        accept_bytes(&like, len, range, &bad_requantize),
+    ] {
+        let error = SessionAccept::decode(ctx, &bad).unwrap_err();
+        assert_eq!(error.fault, Fault::Peer, "{error}");
     }
     let client = client.receive_accept(good).unwrap();
     assert!(client.send_input(&s.set.inputs[0]).is_ok());

@@ -88,9 +88,10 @@ impl Client<AwaitingAccept> {
     }
 
     /// Takes the model metadata. It is validated here too
-    /// (`SessionAccept::validate`), not only when decoded, so a message
-    /// built by hand cannot reach a later round with nothing to index; a
-    /// refusal returns this state unchanged.
+    /// (`SessionAccept::validate`), not only when decoded, so an accept
+    /// built inside the crate cannot reach a later round with nothing to
+    /// index either (outside it the fields are private and the decoder is
+    /// the only way in); a refusal returns this state unchanged.
     pub fn receive_accept(self, accept: SessionAccept) -> Result<Client<Ready>, Rejected<Self>> {
         if let Err(error) = accept.validate(&self.ctx) {
             return Err(Rejected { state: self, error });

@@ -58,10 +58,22 @@ pub struct SessionRequest {
     /// The packing Galois keys, one per level `1..=log2 N` in order (the
     /// server needs exactly these to repack; anything else is
     /// [`ErrorKind::BadKeySet`]).
-    pub galois: Vec<SeededGaloisKey>,
+    pub(crate) galois: Vec<SeededGaloisKey>,
     /// The client's public key, which the server uses to re-randomise its
     /// responses.
-    pub public: SeededPublicKey,
+    pub(crate) public: SeededPublicKey,
+}
+
+impl SessionRequest {
+    /// The packing Galois keys, one per level `1..=log2 N` in order.
+    pub fn galois(&self) -> &[SeededGaloisKey] {
+        &self.galois
+    }
+
+    /// The client's public key, which re-randomises the responses.
+    pub fn public(&self) -> &SeededPublicKey {
+        &self.public
+    }
 }
 
 /// What the client must know of round r: how many values come back and
@@ -69,24 +81,53 @@ pub struct SessionRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoundInfo {
     /// Number of values the round's response decrypts to (≥ 1).
-    pub outputs: u32,
+    pub(crate) outputs: u32,
     /// The element-wise steps the client applies to them, in order (at most
     /// [`MAX_OPS`]).
-    pub ops: Vec<ClientOp>,
+    pub(crate) ops: Vec<ClientOp>,
+}
+
+impl RoundInfo {
+    /// Number of values the round's response decrypts to (≥ 1).
+    pub fn outputs(&self) -> u32 {
+        self.outputs
+    }
+
+    /// The element-wise steps the client applies to them, in order.
+    pub fn ops(&self) -> &[ClientOp] {
+        &self.ops
+    }
 }
 
 /// Server → client: the model metadata the client needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionAccept {
     /// Number of input values the model takes (`C·H·W`, ≥ 1).
-    pub input_len: u32,
+    pub(crate) input_len: u32,
     /// The declared input range: the client refuses inputs outside it,
     /// since the server's accumulator bounds assume it (ENG-5).
-    pub input_min: i64,
+    pub(crate) input_min: i64,
     /// Upper end of the declared input range, inclusive (`≥ input_min`).
-    pub input_max: i64,
+    pub(crate) input_max: i64,
     /// One entry per round, in order (1 to [`MAX_ROUNDS`]).
-    pub rounds: Vec<RoundInfo>,
+    pub(crate) rounds: Vec<RoundInfo>,
+}
+
+impl SessionAccept {
+    /// Number of input values the model takes.
+    pub fn input_len(&self) -> u32 {
+        self.input_len
+    }
+
+    /// The declared input range, inclusive at both ends.
+    pub fn input_range(&self) -> (i64, i64) {
+        (self.input_min, self.input_max)
+    }
+
+    /// One entry per round, in order.
+    pub fn rounds(&self) -> &[RoundInfo] {
+        &self.rounds
+    }
 }
 
 /// Client → server: the activations of round `round`.
@@ -94,21 +135,45 @@ pub struct SessionAccept {
 pub struct Upload {
     /// The round this upload is for (0-based); must be the session's
     /// current round.
-    pub round: u32,
+    pub(crate) round: u32,
     /// The round's input values, encrypted under the client's secret key,
     /// N per ciphertext; seeded, so each carries its body and the seed of its
     /// mask.
-    pub ciphertexts: Vec<SeededCiphertext>,
+    pub(crate) ciphertexts: Vec<SeededCiphertext>,
+}
+
+impl Upload {
+    /// The round this upload is for (0-based).
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// The encrypted activations, in the stage's input layout.
+    pub fn ciphertexts(&self) -> &[SeededCiphertext] {
+        &self.ciphertexts
+    }
 }
 
 /// Server → client: the (shuffled, sanitised) results of round `round`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     /// The round this response answers (0-based).
-    pub round: u32,
+    pub(crate) round: u32,
     /// The round's outputs, packed, permuted by the round's σ (except in the
     /// last round), re-randomised and flooded.
-    pub ciphertexts: Vec<Ciphertext>,
+    pub(crate) ciphertexts: Vec<Ciphertext>,
+}
+
+impl Response {
+    /// The round this response answers (0-based).
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// The shuffled, packed and sanitised results.
+    pub fn ciphertexts(&self) -> &[Ciphertext] {
+        &self.ciphertexts
+    }
 }
 
 fn envelope(ctx: &Context, kind: MessageKind, body: Vec<u8>) -> Vec<u8> {
@@ -348,7 +413,8 @@ impl SessionAccept {
     }
 
     /// The checks a `SessionAccept` must pass before a client acts on it,
-    /// whether it was decoded or built by hand (PROTO-4): at least one and
+    /// whether it was decoded or built inside the crate (its fields are
+    /// private, PROTO-4): at least one and
     /// at most `MAX_ROUNDS` rounds, input and output lengths that fit the
     /// parameter set's message limit, non-empty ranges, at most `MAX_OPS`
     /// client steps per round, and requantisation parameters the client can
