@@ -175,6 +175,7 @@ impl<'e> Oracle<'e> {
             .ok_or_else(|| Stop::Protocol("the session is over".into()))?;
         let r = live.round;
         let upload = Upload {
+            session: live.accept.session(),
             round: r as u32,
             ciphertexts: engine::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
         };

@@ -228,8 +228,19 @@ fn a_malformed_message_to_the_client_is_the_servers_fault_and_the_session_goes_o
         panic!("the accept is answered by upload 0")
     };
     let response = connection.receive(&upload).unwrap();
+    // PROTO-10: bytes 20..36 are the session identifier, then the round.
+    let mut bad_session = response.clone();
+    bad_session[20] ^= 1;
+    let err = session.receive(&bad_session).unwrap_err();
+    assert!(
+        matches!(
+            err.kind,
+            ServiceErrorKind::Protocol(ErrorKind::WrongSession)
+        ),
+        "{err}"
+    );
     let mut bad_round = response.clone();
-    bad_round[20] ^= 1; // the response's round number
+    bad_round[36] ^= 1; // the response's round number
     let err = session.receive(&bad_round).unwrap_err();
     assert_eq!(err.fault, Fault::Peer, "{err}");
     assert!(

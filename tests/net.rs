@@ -755,14 +755,15 @@ fn malformed_frames_close_that_connection_only() {
         let mut stream = authenticated(&server, &s, &s.bob).await;
         start_session(&mut stream).await;
         // Message fields are private, so the upload is made as a peer
-        // would: bytes, here round 2 with no ciphertexts (the round is
-        // checked first).
+        // would: bytes, an upload of another session (PROTO-10: its
+        // identifier is checked first) for round 2 with no ciphertexts.
         let ctx = b16();
         let mut upload = safhire::protocol::MAGIC.to_vec();
         upload.extend_from_slice(&safhire::protocol::VERSION.to_le_bytes());
         upload.extend_from_slice(&[safhire::protocol::MessageKind::Upload as u8, 0]);
         upload.extend_from_slice(&ctx.params().fingerprint().to_le_bytes());
-        upload.extend_from_slice(&8u32.to_le_bytes());
+        upload.extend_from_slice(&24u32.to_le_bytes());
+        upload.extend_from_slice(&[0xa5; 16]);
         upload.extend_from_slice(&2u32.to_le_bytes());
         upload.extend_from_slice(&0u32.to_le_bytes());
         assert_eq!(
@@ -772,7 +773,7 @@ fn malformed_frames_close_that_connection_only() {
             2
         );
         send(&mut stream, &upload).await;
-        violation(refusal(&mut stream).await, "round");
+        violation(refusal(&mut stream).await, "another session");
 
         let out = survivor.infer(&test_set().inputs[3]).await.unwrap();
         assert_eq!(out.logits, reference(3));

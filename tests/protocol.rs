@@ -21,10 +21,19 @@ use std::sync::{Arc, OnceLock};
 // through a decoder, which validates it. The tests below make the
 // malformed ones from bytes, as a peer would.
 
-/// An encoded Upload or Response with its round (the body's first u32)
-/// replaced.
+/// Where an Upload's or a Response's round sits: after the envelope and
+/// the 16-byte session identifier (PROTO-10).
+const ROUND_AT: usize = ENVELOPE_LEN + 16;
+
+/// An encoded Upload or Response with its round replaced.
 fn with_round(mut bytes: Vec<u8>, round: u32) -> Vec<u8> {
-    bytes[ENVELOPE_LEN..ENVELOPE_LEN + 4].copy_from_slice(&round.to_le_bytes());
+    bytes[ROUND_AT..ROUND_AT + 4].copy_from_slice(&round.to_le_bytes());
+    bytes
+}
+
+/// An encoded Upload or Response with its session identifier replaced.
+fn with_session(mut bytes: Vec<u8>, session: [u8; 16]) -> Vec<u8> {
+    bytes[ENVELOPE_LEN..ROUND_AT].copy_from_slice(&session);
     bytes
 }
 
@@ -39,7 +48,7 @@ fn rewrap(bytes: &[u8], body: &[u8]) -> Vec<u8> {
 
 /// An encoded Upload of the same round with no ciphertexts.
 fn without_ciphertexts(bytes: &[u8]) -> Vec<u8> {
-    let mut body = bytes[ENVELOPE_LEN..ENVELOPE_LEN + 4].to_vec();
+    let mut body = bytes[ENVELOPE_LEN..ROUND_AT + 4].to_vec();
     body.extend_from_slice(&0u32.to_le_bytes());
     rewrap(bytes, &body)
 }
@@ -55,14 +64,18 @@ fn header(ctx: &Context, kind: safhire::protocol::MessageKind) -> Vec<u8> {
 }
 
 /// A SessionAccept body as spec/protocol.md lays it out, for accepts no
-/// server would send; wrapped in `like`'s envelope.
+/// server would send; wrapped in `like`'s envelope, with `like`'s session
+/// identifier (zeros if it has no body).
 fn accept_bytes(
     like: &[u8],
     input_len: u32,
     range: (i64, i64),
     rounds: &[(u32, Vec<ClientOp>)],
 ) -> Vec<u8> {
-    let mut body = Vec::new();
+    let mut body = like
+        .get(ENVELOPE_LEN..ENVELOPE_LEN + 16)
+        .unwrap_or(&[0; 16])
+        .to_vec();
     body.extend_from_slice(&(rounds.len() as u32).to_le_bytes());
     body.extend_from_slice(&input_len.to_le_bytes());
     body.extend_from_slice(&range.0.to_le_bytes());
@@ -215,6 +228,17 @@ fn wrong_round_or_count_is_refused_and_the_session_survives() {
     assert!(matches!(rejected.error.kind, ErrorKind::WrongCount { .. }));
     let session = rejected.state;
 
+    // PROTO-10: the same upload under another session's identifier (a
+    // message delivered into the wrong session) is refused first.
+    let mut other = upload.session();
+    other[0] ^= 1;
+    let foreign = Upload::decode(ctx, &with_session(upload.encode(ctx), other)).unwrap();
+    let rejected = session.receive_upload(foreign).unwrap_err();
+    assert_eq!(rejected.error.fault, Fault::Peer);
+    assert!(matches!(rejected.error.kind, ErrorKind::WrongSession));
+    let session = rejected.state;
+    assert_eq!(session.round(), 0);
+
     // The untouched session still completes correctly.
     let ServerStep::Continue(_, response) = session.receive_upload(upload).unwrap() else {
         panic!("round 0 is not the last")
@@ -222,6 +246,11 @@ fn wrong_round_or_count_is_refused_and_the_session_survives() {
     let bad = Response::decode(ctx, &with_round(response.encode(ctx), 7)).unwrap();
     let rejected = client.receive_response(bad).unwrap_err();
     assert_eq!(rejected.error.fault, Fault::Peer);
+    let client = rejected.state;
+    assert_eq!(client.round(), 0);
+    let foreign = Response::decode(ctx, &with_session(response.encode(ctx), other)).unwrap();
+    let rejected = client.receive_response(foreign).unwrap_err();
+    assert!(matches!(rejected.error.kind, ErrorKind::WrongSession));
     let client = rejected.state;
     assert_eq!(client.round(), 0);
     assert!(matches!(

@@ -5,7 +5,8 @@
 //! reference model of what each side must be in.
 //!
 //! Operations per identity: start a session, deliver the message in flight
-//! either way, replay an upload the server has already answered, deliver a
+//! either way, replay an upload the server has already answered (its own,
+//! or another identity's: PROTO-10 binds each upload to its session), deliver a
 //! copy with a corrupted envelope byte, drop the connection (both sides
 //! abandon the session); and for the whole server: restart (every
 //! connection is lost, the ledger survives). Checked after every step:
@@ -97,12 +98,32 @@ fn input(seed: u8) -> Vec<i64> {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Start { who: usize, input: u8 },
-    DeliverUp { who: usize },
-    DeliverDown { who: usize },
-    ReplayUp { who: usize },
-    CorruptUp { who: usize, at: usize, xor: u8 },
-    Drop { who: usize },
+    Start {
+        who: usize,
+        input: u8,
+    },
+    DeliverUp {
+        who: usize,
+    },
+    DeliverDown {
+        who: usize,
+    },
+    ReplayUp {
+        who: usize,
+    },
+    /// Another identity's answered upload delivered to `who`'s connection
+    /// (PROTO-10: a message of another session, whatever its round).
+    CrossReplay {
+        who: usize,
+    },
+    CorruptUp {
+        who: usize,
+        at: usize,
+        xor: u8,
+    },
+    Drop {
+        who: usize,
+    },
     Restart,
 }
 
@@ -113,6 +134,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => who.clone().prop_map(|who| Op::DeliverUp { who }),
         6 => who.clone().prop_map(|who| Op::DeliverDown { who }),
         1 => who.clone().prop_map(|who| Op::ReplayUp { who }),
+        1 => who.clone().prop_map(|who| Op::CrossReplay { who }),
         1 => (who.clone(), 0..ENVELOPE_LEN, 1..=255u8)
             .prop_map(|(who, at, xor)| Op::CorruptUp { who, at, xor }),
         1 => who.prop_map(|who| Op::Drop { who }),
@@ -259,6 +281,20 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert!(e.is_peer_fault());
                 prop_assert_eq!((p.connection.in_session(), p.connection.round()), before);
             }
+            Op::CrossReplay { who } => {
+                let other = (who + 1) % IDENTITIES;
+                let Some(old) = parties[other].answered.clone() else {
+                    continue;
+                };
+                let p = &mut parties[who];
+                let before = (p.connection.in_session(), p.connection.round());
+                let e = p
+                    .connection
+                    .receive(&old)
+                    .expect_err("another session's upload is never evaluated");
+                prop_assert!(e.is_peer_fault());
+                prop_assert_eq!((p.connection.in_session(), p.connection.round()), before);
+            }
             Op::CorruptUp { who, at, xor } => {
                 let p = &mut parties[who];
                 let Some(message) = p.up.as_ref() else {
@@ -326,7 +362,20 @@ proptest! {
 /// over budget and replays must take each branch the proptest relies on.
 #[test]
 fn a_fixed_schedule_reaches_every_branch() {
-    let mut ops = Vec::new();
+    // Identity 1's upload of round 0, answered, then delivered into
+    // identity 0's session while that one waits for its own round 0: only
+    // the session identifier tells them apart (PROTO-10).
+    let mut ops = vec![
+        Op::Start { who: 1, input: 1 },
+        Op::DeliverUp { who: 1 },
+        Op::DeliverDown { who: 1 },
+        Op::DeliverUp { who: 1 },
+        Op::Start { who: 0, input: 2 },
+        Op::DeliverUp { who: 0 },
+        Op::CrossReplay { who: 0 },
+        Op::DeliverDown { who: 0 },
+        Op::CrossReplay { who: 0 },
+    ];
     for k in 0..=BUDGET as u8 {
         ops.push(Op::Start { who: 0, input: k });
         ops.push(Op::DeliverUp { who: 0 });

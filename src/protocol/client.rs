@@ -142,6 +142,7 @@ impl Client<Ready> {
         }
         let ciphertexts = engine::client_encrypt(&self.ctx, &self.sk, input, &mut self.rng);
         let accept = self.state.accept;
+        let session = accept.session;
         Ok((
             Client {
                 ctx: self.ctx,
@@ -150,6 +151,7 @@ impl Client<Ready> {
                 state: AwaitingResponse { accept, round: 0 },
             },
             Upload {
+                session,
                 round: 0,
                 ciphertexts,
             },
@@ -169,7 +171,9 @@ impl Client<AwaitingResponse> {
         let round = self.state.round;
         let info = &self.state.accept.rounds[round as usize];
         let expected_cts = response_ciphertexts(self.ctx.n(), info.outputs as usize);
-        let error = if response.round != round {
+        let error = if response.session != self.state.accept.session {
+            Some(ErrorKind::WrongSession)
+        } else if response.round != round {
             Some(ErrorKind::WrongRound {
                 expected: round,
                 got: response.round,
@@ -201,9 +205,11 @@ impl Client<AwaitingResponse> {
         let ciphertexts = engine::client_encrypt(&self.ctx, &self.sk, &values, &mut self.rng);
         self.state.round += 1;
         let next_round = self.state.round;
+        let session = self.state.accept.session;
         Ok(ClientStep::Continue(
             self,
             Upload {
+                session,
                 round: next_round,
                 ciphertexts,
             },

@@ -63,6 +63,11 @@ pub enum ErrorKind {
         /// The kind byte received.
         got: u8,
     },
+    /// An upload or response that names another session (PROTO-10): a
+    /// message of one session delivered into another, by a confused or
+    /// hostile transport or peer. Refused before anything else about it.
+    #[error("message belongs to another session")]
+    WrongSession,
     /// An upload or response for another round than the session is at: the
     /// peer replayed, skipped or reordered a message.
     #[error("message is for round {got}, the session is at round {expected}")]

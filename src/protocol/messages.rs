@@ -15,8 +15,16 @@ use crate::wire::{self, WireError};
 
 /// The first four bytes of every protocol message.
 pub const MAGIC: [u8; 4] = *b"SFHP";
-/// The message format's version, in every envelope.
-pub const VERSION: u16 = 1;
+/// The message format's version, in every envelope. Version 2 binds each
+/// upload and response to its session ([`SessionId`]).
+pub const VERSION: u16 = 2;
+
+/// A session's identifier (PROTO-10): 16 bytes the server draws from its
+/// CSPRNG when it accepts a session and sends in the SessionAccept; every
+/// Upload and Response of the session carries it, and each side refuses a
+/// message that names another session. Public, not a secret: it keeps
+/// sessions from mixing data, whatever the transport does.
+pub type SessionId = [u8; 16];
 /// Bytes of the envelope header before a message body.
 pub const ENVELOPE_LEN: usize = 20;
 /// Largest message body accepted (PROTO-4).
@@ -102,6 +110,8 @@ impl RoundInfo {
 /// Server → client: the model metadata the client needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionAccept {
+    /// The session's identifier, echoed in every Upload and Response.
+    pub(crate) session: SessionId,
     /// Number of input values the model takes (`C·H·W`, ≥ 1).
     pub(crate) input_len: u32,
     /// The declared input range: the client refuses inputs outside it,
@@ -114,6 +124,11 @@ pub struct SessionAccept {
 }
 
 impl SessionAccept {
+    /// The session's identifier (PROTO-10).
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
     /// Number of input values the model takes.
     pub fn input_len(&self) -> u32 {
         self.input_len
@@ -133,6 +148,8 @@ impl SessionAccept {
 /// Client → server: the activations of round `round`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upload {
+    /// The session this upload belongs to (PROTO-10).
+    pub(crate) session: SessionId,
     /// The round this upload is for (0-based); must be the session's
     /// current round.
     pub(crate) round: u32,
@@ -143,6 +160,11 @@ pub struct Upload {
 }
 
 impl Upload {
+    /// The session this upload belongs to (PROTO-10).
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
     /// The round this upload is for (0-based).
     pub fn round(&self) -> u32 {
         self.round
@@ -157,6 +179,8 @@ impl Upload {
 /// Server → client: the (shuffled, sanitised) results of round `round`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// The session this response belongs to (PROTO-10).
+    pub(crate) session: SessionId,
     /// The round this response answers (0-based).
     pub(crate) round: u32,
     /// The round's outputs, packed, permuted by the round's σ (except in the
@@ -165,6 +189,11 @@ pub struct Response {
 }
 
 impl Response {
+    /// The session this response belongs to (PROTO-10).
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
     /// The round this response answers (0-based).
     pub fn round(&self) -> u32 {
         self.round
@@ -276,6 +305,11 @@ impl<'a> Body<'a> {
         w.copy_from_slice(b);
         Ok(i64::from_le_bytes(w))
     }
+    fn session(&mut self) -> Result<SessionId, ProtocolError> {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(self.take(16)?);
+        Ok(id)
+    }
     fn object(&mut self) -> Result<&'a [u8], ProtocolError> {
         let len = self.u32()? as usize;
         self.take(len)
@@ -341,7 +375,7 @@ impl SessionAccept {
     /// The message in its envelope, bound to `ctx`'s parameter set by its
     /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
-        let mut body = Vec::new();
+        let mut body = self.session.to_vec();
         put_u32(&mut body, self.rounds.len());
         put_u32(&mut body, self.input_len as usize);
         body.extend_from_slice(&self.input_min.to_le_bytes());
@@ -378,6 +412,7 @@ impl SessionAccept {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::SessionAccept)?,
         };
+        let session = b.session()?;
         let rounds = b.count(MAX_ROUNDS)?;
         let input_len = b.u32()?;
         let (input_min, input_max) = (b.i64()?, b.i64()?);
@@ -403,6 +438,7 @@ impl SessionAccept {
         }
         b.finish()?;
         let accept = Self {
+            session,
             input_len,
             input_min,
             input_max,
@@ -464,7 +500,7 @@ impl Upload {
     /// The message in its envelope, bound to `ctx`'s parameter set by its
     /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
-        let mut body = Vec::new();
+        let mut body = self.session.to_vec();
         put_u32(&mut body, self.round as usize);
         put_u32(&mut body, self.ciphertexts.len());
         for c in &self.ciphertexts {
@@ -481,13 +517,18 @@ impl Upload {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::Upload)?,
         };
+        let session = b.session()?;
         let round = b.u32()?;
         let count = b.count(max_ciphertexts(ctx))?;
         let ciphertexts = (0..count)
             .map(|_| wire::decode_seeded_ciphertext(ctx, b.object()?).map_err(peer))
             .collect::<Result<Vec<_>, _>>()?;
         b.finish()?;
-        Ok(Self { round, ciphertexts })
+        Ok(Self {
+            session,
+            round,
+            ciphertexts,
+        })
     }
 }
 
@@ -495,7 +536,7 @@ impl Response {
     /// The message in its envelope, bound to `ctx`'s parameter set by its
     /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
-        let mut body = Vec::new();
+        let mut body = self.session.to_vec();
         put_u32(&mut body, self.round as usize);
         put_u32(&mut body, self.ciphertexts.len());
         for c in &self.ciphertexts {
@@ -512,12 +553,17 @@ impl Response {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::Response)?,
         };
+        let session = b.session()?;
         let round = b.u32()?;
         let count = b.count(max_ciphertexts(ctx))?;
         let ciphertexts = (0..count)
             .map(|_| wire::decode_ciphertext(ctx, b.object()?).map_err(peer))
             .collect::<Result<Vec<_>, _>>()?;
         b.finish()?;
-        Ok(Self { round, ciphertexts })
+        Ok(Self {
+            session,
+            round,
+            ciphertexts,
+        })
     }
 }

@@ -30,8 +30,8 @@ pub use ledger::PostgresLedger;
 pub use ledger::SqliteLedger;
 pub use ledger::{Ledger, LedgerError, MemoryLedger};
 pub use messages::{
-    MessageKind, Response, RoundInfo, SessionAccept, SessionRequest, Upload, ENVELOPE_LEN, MAGIC,
-    MAX_BODY, MAX_OPS, MAX_ROUNDS, VERSION,
+    MessageKind, Response, RoundInfo, SessionAccept, SessionId, SessionRequest, Upload,
+    ENVELOPE_LEN, MAGIC, MAX_BODY, MAX_OPS, MAX_ROUNDS, VERSION,
 };
 pub use policy::{Policy, SHIPPED_POLICIES};
 pub use server::{

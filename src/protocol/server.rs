@@ -4,7 +4,7 @@
 
 use super::error::{ErrorKind, ProtocolError, Rejected};
 use super::ledger::{Ledger, LedgerError, MemoryLedger};
-use super::messages::{Response, RoundInfo, SessionAccept, SessionRequest, Upload};
+use super::messages::{Response, RoundInfo, SessionAccept, SessionId, SessionRequest, Upload};
 use super::policy::Policy;
 use crate::engine::{self, CompiledModel, ReceivedUpload, ServerKeys};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
@@ -79,10 +79,13 @@ impl<S> std::fmt::Debug for Server<S> {
 
 /// Waiting for upload `round`; holds the session's secrets.
 pub struct AwaitingUpload {
+    /// PROTO-10: the identifier every upload of the session must carry.
+    session: SessionId,
     round: u32,
     galois: GaloisKeys,
     public: PublicKey,
-    seed: SessionSeed,
+    /// Boxed: the state stays small enough to move by value cheaply.
+    seed: Box<SessionSeed>,
     /// σ_(r−1): how upload r will be arranged.
     previous: Option<Permutation>,
     /// Every upload so far, kept for residual connections.
@@ -195,7 +198,12 @@ impl Endpoint {
         let galois = GaloisKeys::from_seeded(&self.ctx, &request.galois)
             .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
         let public = request.public.expand(&self.ctx);
+        let mut rng = Box::new(Csprng::from_os());
+        // PROTO-10: a fresh identifier binds the session's messages.
+        let mut id: SessionId = [0; 16];
+        rng.fill_bytes(&mut id);
         let accept = SessionAccept {
+            session: id,
             input_len: self.model.input_len() as u32,
             input_min: self.model.input().min,
             input_max: self.model.input().max,
@@ -214,15 +222,16 @@ impl Endpoint {
             ctx: self.ctx.clone(),
             model: self.model.clone(),
             state: AwaitingUpload {
+                session: id,
                 round: 0,
                 galois,
                 public,
-                seed: SessionSeed::generate(),
+                seed: Box::new(SessionSeed::generate()),
                 previous: None,
                 history: Vec::new(),
                 unit: self.policy.unit(),
                 noise: self.policy.noise().map(|n| Box::new(*n)),
-                rng: Box::new(Csprng::from_os()),
+                rng,
             },
         };
         Ok((session, accept))
@@ -250,7 +259,9 @@ impl Server<AwaitingUpload> {
         let r = self.state.round;
         let n = self.ctx.n();
         let expected = self.model.stages()[r as usize].input_len().div_ceil(n);
-        let error = if upload.round != r {
+        let error = if upload.session != self.state.session {
+            Some(ErrorKind::WrongSession)
+        } else if upload.round != r {
             Some(ErrorKind::WrongRound {
                 expected: r,
                 got: upload.round,
@@ -307,6 +318,7 @@ impl Server<AwaitingUpload> {
             }
         };
         let response = Response {
+            session: self.state.session,
             round: r,
             ciphertexts,
         };
