@@ -210,9 +210,11 @@ fn parse(
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("help");
-    // A server keeps SIGPIPE ignored: a client that hangs up must not end it.
+    // A server, and a client of one, keep SIGPIPE ignored: a peer that
+    // hangs up must be an error the command reports, not a signal that
+    // ends it (a query whose server died mid-write was killed silently).
     #[cfg(unix)]
-    if command != "serve" {
+    if command != "serve" && command != "query" {
         default_sigpipe();
     }
     let rest = args.get(1..).unwrap_or_default();
