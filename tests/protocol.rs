@@ -148,35 +148,7 @@ fn endpoint(policy: &str) -> Endpoint {
 
 /// Runs a whole session through encoded messages; returns the logits.
 fn session(server: &mut Endpoint, who: &ClientId, input: &[i64]) -> Vec<i64> {
-    let ctx = &setup().ctx;
-    let (client, request) = Client::start(ctx.clone());
-    let request = SessionRequest::decode(ctx, &request.encode(ctx)).unwrap();
-    let (mut session, accept) = server.accept(who, request).unwrap();
-    let accept = SessionAccept::decode(ctx, &accept.encode(ctx)).unwrap();
-    let client = client.receive_accept(accept).unwrap();
-    let (mut client, mut upload) = client.send_input(input).unwrap();
-    loop {
-        let up = Upload::decode(ctx, &upload.encode(ctx)).unwrap();
-        let (next_server, response) = match session.receive_upload(up).unwrap() {
-            ServerStep::Continue(s, r) => (Some(s), r),
-            ServerStep::Closed(r) => (None, r),
-        };
-        let response = Response::decode(ctx, &response.encode(ctx)).unwrap();
-        match client.receive_response(response).unwrap() {
-            ClientStep::Continue(c, u) => {
-                client = c;
-                upload = u;
-                session = next_server.expect("server closed before the client finished");
-            }
-            ClientStep::Done(logits) => {
-                assert!(
-                    next_server.is_none(),
-                    "client finished before the server closed"
-                );
-                return logits;
-            }
-        }
-    }
+    common::encoded_session(&setup().ctx, server, who, input)
 }
 
 // PROTO-1, PROTO-3

@@ -4,16 +4,15 @@
 //! switching, packing, wire encoding and an end-to-end protocol run of the
 //! shipped digits model.
 
+mod common;
+
 use proptest::prelude::*;
 use safhire::engine::{self, CompiledModel};
 use safhire::extract::{extract_lwe, shifted_to_constant, ValueRef};
 use safhire::model::Model;
 use safhire::pack::{PackSource, Packer};
 use safhire::params::ParameterSet;
-use safhire::protocol::{
-    Client, ClientId, ClientStep, Endpoint, Policy, Response, ServerStep, SessionAccept,
-    SessionRequest, Upload,
-};
+use safhire::protocol::{ClientId, Endpoint, Policy};
 use safhire::rlwe::{
     Ciphertext, Context, GaloisKeys, PublicKey, SecretKey, SeededGaloisKey, SeededPublicKey,
 };
@@ -330,32 +329,7 @@ struct TestSet {
 fn session(ctx: &Arc<Context>, model: &Arc<CompiledModel>, input: &[i64]) -> Vec<i64> {
     let policy = Policy::shipped("default").unwrap();
     let mut server = Endpoint::new(ctx.clone(), model.clone(), policy).unwrap();
-    let who = ClientId("rns".into());
-    let (client, request) = Client::start(ctx.clone());
-    let request = SessionRequest::decode(ctx, &request.encode(ctx)).unwrap();
-    let (mut session, accept) = server.accept(&who, request).unwrap();
-    let accept = SessionAccept::decode(ctx, &accept.encode(ctx)).unwrap();
-    let client = client.receive_accept(accept).unwrap();
-    let (mut client, mut upload) = client.send_input(input).unwrap();
-    loop {
-        let up = Upload::decode(ctx, &upload.encode(ctx)).unwrap();
-        let (next_server, response) = match session.receive_upload(up).unwrap() {
-            ServerStep::Continue(s, r) => (Some(s), r),
-            ServerStep::Closed(r) => (None, r),
-        };
-        let response = Response::decode(ctx, &response.encode(ctx)).unwrap();
-        match client.receive_response(response).unwrap() {
-            ClientStep::Continue(c, u) => {
-                client = c;
-                upload = u;
-                session = next_server.expect("server closed before the client finished");
-            }
-            ClientStep::Done(logits) => {
-                assert!(next_server.is_none());
-                return logits;
-            }
-        }
-    }
+    common::encoded_session(ctx, &mut server, &ClientId("rns".into()), input)
 }
 
 /// A one-layer 16-bit model: the cheap end-to-end run on s16.

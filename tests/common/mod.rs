@@ -4,9 +4,13 @@
 #![allow(dead_code)]
 
 use safhire::params::ParameterSet;
+use safhire::protocol::{
+    Client, ClientId, ClientStep, Endpoint, Response, ServerStep, SessionAccept, SessionRequest,
+    Upload,
+};
 use safhire::rlwe::{Context, GaloisKeys, PublicKey, SecretKey, SeededPublicKey};
 use safhire::rng::Csprng;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub struct Fixture {
     pub ctx: Context,
@@ -53,4 +57,42 @@ pub fn random_values(ctx: &Context, rng: &mut Csprng, len: usize) -> Vec<i64> {
     (0..len)
         .map(|_| rng.uniform_below(2 * half) as i64 - half as i64)
         .collect()
+}
+
+/// Runs a whole session of `server` as `who` through encoded messages (each
+/// one encoded and decoded on its way); returns the logits.
+pub fn encoded_session(
+    ctx: &Arc<Context>,
+    server: &mut Endpoint,
+    who: &ClientId,
+    input: &[i64],
+) -> Vec<i64> {
+    let (client, request) = Client::start(ctx.clone());
+    let request = SessionRequest::decode(ctx, &request.encode(ctx)).unwrap();
+    let (mut session, accept) = server.accept(who, request).unwrap();
+    let accept = SessionAccept::decode(ctx, &accept.encode(ctx)).unwrap();
+    let client = client.receive_accept(accept).unwrap();
+    let (mut client, mut upload) = client.send_input(input).unwrap();
+    loop {
+        let up = Upload::decode(ctx, &upload.encode(ctx)).unwrap();
+        let (next_server, response) = match session.receive_upload(up).unwrap() {
+            ServerStep::Continue(s, r) => (Some(s), r),
+            ServerStep::Closed(r) => (None, r),
+        };
+        let response = Response::decode(ctx, &response.encode(ctx)).unwrap();
+        match client.receive_response(response).unwrap() {
+            ClientStep::Continue(c, u) => {
+                client = c;
+                upload = u;
+                session = next_server.expect("server closed before the client finished");
+            }
+            ClientStep::Done(logits) => {
+                assert!(
+                    next_server.is_none(),
+                    "client finished before the server closed"
+                );
+                return logits;
+            }
+        }
+    }
 }
