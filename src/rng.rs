@@ -1,20 +1,123 @@
-//! Cryptographic randomness (KEY-1): AES-CTR (`tfhe-csprng`, AES-NI where present)
-//! seeded from the operating system.
+//! Cryptographic randomness (KEY-1): AES-128 in counter mode (the `aes`
+//! crate: AES-NI or VAES where present, constant-time software otherwise),
+//! seeded with 128 bits from a [`SeedSource`], the operating system unless
+//! the application injects another.
 //!
 //! Two kinds of generator are used and never mixed:
-//! * secret generators (keys, noise, flooding), seeded from the OS;
+//! * secret generators (keys, noise, flooding, session seeds and
+//!   identifiers), seeded from the [`SeedSource`] of the party that owns
+//!   them;
 //! * public generators (ciphertext masks of seeded ciphertexts), seeded by a
 //!   16-byte seed that travels on the wire, so the peer can re-expand them.
+//!
+//! **Injection** (KEY-3). The protocol's parties ([`Client`](crate::protocol::Client),
+//! [`Endpoint`](crate::protocol::Endpoint)) and the facade
+//! ([`ModelServer`](crate::ModelServer), [`ModelClient`](crate::ModelClient))
+//! take their seeds from an `Arc<dyn SeedSource>`: [`OsSeeds`] by default,
+//! or the application's own source (a hardware generator, an HSM). A
+//! deterministic source for reproducible tests, `DeterministicSeeds`, and
+//! the public seeded constructors (`Csprng::from_seed`,
+//! `SessionSeed::from_bytes`) exist only with the test-only feature `deterministic-rng`, so a
+//! production build cannot seed a secret generator by mistake.
+//!
+//! **Wiping** (KEY-1). A generator's state (the AES key schedule, the
+//! counter and the unread keystream) is overwritten when it is dropped.
+//!
+//! The keystream is block i = AES_seed(i as 16 little-endian bytes), i = 0,
+//! 1, …, read in order: the stream of `tfhe-csprng`'s AES-CTR generator for
+//! the same seed (a test checks them byte for byte), so seeded ciphertexts
+//! and keys expand to the same masks as before.
 
-use tfhe_csprng::generators::{DefaultRandomGenerator, RandomGenerator};
-use tfhe_csprng::seeders::Seed;
+use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use aes::Aes128;
+use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// A 128-bit seed. Public when it seeds a mask, secret otherwise.
 pub type Seed128 = [u8; 16];
 
+/// Where a party's secret generators take their seeds (KEY-1).
+///
+/// An implementation must return bits that are uniform and unpredictable to
+/// everyone else; one that cannot (the operating system's source failed)
+/// must panic rather than return weak bytes, as [`OsSeeds`] does.
+pub trait SeedSource: Send + Sync {
+    /// Fills `out` with fresh secret bits.
+    fn fill(&self, out: &mut [u8]);
+}
+
+/// The operating system's generator (`getrandom` on Linux, through
+/// `tfhe-csprng`'s Unix seeder): the default [`SeedSource`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsSeeds;
+
+impl SeedSource for OsSeeds {
+    fn fill(&self, out: &mut [u8]) {
+        use tfhe_csprng::seeders::{Seeder, UnixSeeder};
+        let mut seeder = UnixSeeder::new(0);
+        for chunk in out.chunks_mut(16) {
+            let mut s = seeder.seed().0.to_le_bytes();
+            chunk.copy_from_slice(&s[..chunk.len()]);
+            s.zeroize();
+        }
+    }
+}
+
+/// The default source, shared: [`OsSeeds`].
+pub fn os_seeds() -> Arc<dyn SeedSource> {
+    Arc::new(OsSeeds)
+}
+
+/// Fresh 128 bits from the operating system.
+pub fn os_seed() -> Seed128 {
+    let mut s = [0u8; 16];
+    OsSeeds.fill(&mut s);
+    s
+}
+
+/// A deterministic [`SeedSource`] for reproducible tests (feature
+/// `deterministic-rng`, never for production): every seed it hands out is
+/// the next piece of one AES-CTR stream, so the same starting seed replays
+/// the same keys, session seeds and noise.
+#[cfg(feature = "deterministic-rng")]
+#[derive(Debug)]
+pub struct DeterministicSeeds {
+    stream: std::sync::Mutex<Csprng>,
+}
+
+#[cfg(feature = "deterministic-rng")]
+impl DeterministicSeeds {
+    /// A source that replays the stream of `seed`.
+    pub fn new(seed: Seed128) -> Self {
+        Self {
+            stream: std::sync::Mutex::new(Csprng::from_seed(seed)),
+        }
+    }
+}
+
+#[cfg(feature = "deterministic-rng")]
+impl SeedSource for DeterministicSeeds {
+    fn fill(&self, out: &mut [u8]) {
+        // A poisoned lock only means another test thread panicked; the
+        // stream itself is still consistent.
+        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        stream.fill_bytes(out);
+    }
+}
+
+/// AES blocks encrypted per refill: eight keep the AES-NI pipeline full.
+const BLOCKS: usize = 8;
+const BUFFER: usize = 16 * BLOCKS;
+
 /// An AES-CTR generator with the samplers the scheme needs.
 pub struct Csprng {
-    inner: DefaultRandomGenerator,
+    cipher: Aes128,
+    /// Index of the next block to encrypt.
+    counter: u128,
+    /// Keystream of the last refill, as AES blocks; bytes `used..` of it
+    /// are not handed out yet.
+    buffer: [[u8; 16]; BLOCKS],
+    used: usize,
 }
 
 // THREAT-2: the generator's state is secret; print nothing of it.
@@ -24,32 +127,80 @@ impl std::fmt::Debug for Csprng {
     }
 }
 
-/// Fresh 128 bits from the operating system (`getrandom`).
-pub fn os_seed() -> Seed128 {
-    use tfhe_csprng::seeders::{Seeder, UnixSeeder};
-    UnixSeeder::new(0).seed().0.to_le_bytes()
+// KEY-1: the key schedule is wiped by `aes` itself (its `zeroize` feature);
+// the counter and the unread keystream here.
+impl Drop for Csprng {
+    fn drop(&mut self) {
+        self.buffer.as_flattened_mut().zeroize();
+        self.counter.zeroize();
+        self.used.zeroize();
+    }
 }
 
 impl Csprng {
-    /// A deterministic generator: the same seed gives the same stream. Used
-    /// to expand public masks from a seed on the wire, and for reproducible
-    /// tests; a secret generator must come from [`Csprng::from_os`].
+    /// A deterministic generator: the same seed gives the same stream. The
+    /// crate uses it to expand public masks from a seed on the wire;
+    /// outside the crate it exists only for reproducible tests (feature
+    /// `deterministic-rng`). A secret generator comes from
+    /// [`Csprng::from_source`] or [`Csprng::from_os`].
+    #[cfg(feature = "deterministic-rng")]
     pub fn from_seed(seed: Seed128) -> Self {
+        Self::keyed(seed)
+    }
+
+    /// See the public variant (feature `deterministic-rng`).
+    #[cfg(not(feature = "deterministic-rng"))]
+    pub(crate) fn from_seed(seed: Seed128) -> Self {
+        Self::keyed(seed)
+    }
+
+    fn keyed(mut seed: Seed128) -> Self {
+        let cipher = Aes128::new(&Array::from(seed));
+        seed.zeroize();
         Self {
-            inner: DefaultRandomGenerator::new(Seed(u128::from_le_bytes(seed))),
+            cipher,
+            counter: 0,
+            buffer: [[0; 16]; BLOCKS],
+            used: BUFFER,
         }
     }
 
-    /// A generator for secret material.
+    /// A generator for secret material, seeded from `source`.
+    pub fn from_source(source: &dyn SeedSource) -> Self {
+        let mut seed = [0u8; 16];
+        source.fill(&mut seed);
+        let rng = Self::keyed(seed);
+        seed.zeroize();
+        rng
+    }
+
+    /// A generator for secret material, seeded from the operating system.
     pub fn from_os() -> Self {
-        Self::from_seed(os_seed())
+        Self::from_source(&OsSeeds)
+    }
+
+    fn refill(&mut self) {
+        for block in self.buffer.iter_mut() {
+            // 2^128 blocks are out of reach: the counter never wraps.
+            *block = self.counter.to_le_bytes();
+            self.counter = self.counter.wrapping_add(1);
+        }
+        self.cipher
+            .encrypt_blocks(Array::cast_slice_from_core_mut(&mut self.buffer));
+        self.used = 0;
     }
 
     /// Fills `out` with the next bytes of the stream.
-    pub fn fill_bytes(&mut self, out: &mut [u8]) {
-        for b in out.iter_mut() {
-            // An AES-CTR stream is bounded at 2^132 bytes: unreachable.
-            *b = self.inner.next_byte().unwrap_or(0);
+    pub fn fill_bytes(&mut self, mut out: &mut [u8]) {
+        while !out.is_empty() {
+            if self.used == BUFFER {
+                self.refill();
+            }
+            let take = out.len().min(BUFFER - self.used);
+            let stream = self.buffer.as_flattened();
+            out[..take].copy_from_slice(&stream[self.used..self.used + take]);
+            self.used += take;
+            out = &mut out[take..];
         }
     }
 
@@ -117,6 +268,50 @@ mod tests {
         let (x, y, z) = (a.next_u64(), b.next_u64(), c.next_u64());
         assert_eq!(x, y);
         assert_ne!(x, z);
+    }
+
+    /// The keystream is tfhe-csprng's AES-CTR stream for the same seed, so
+    /// seeded masks (KEY-2) expand as they always did; reads of odd sizes
+    /// across refills see the same bytes.
+    #[test]
+    fn stream_equals_tfhe_csprng_for_the_same_seed() {
+        use tfhe_csprng::generators::{DefaultRandomGenerator, RandomGenerator};
+        for seed in [[0u8; 16], [7; 16], *b"0123456789abcdef"] {
+            let mut theirs =
+                DefaultRandomGenerator::new(tfhe_csprng::seeders::Seed(u128::from_le_bytes(seed)));
+            let expected: Vec<u8> = (0..1000).map(|_| theirs.next_byte().unwrap()).collect();
+            let mut ours = Csprng::from_seed(seed);
+            let mut got = Vec::new();
+            for size in [1usize, 7, 8, 100, 300, 584] {
+                let mut chunk = vec![0u8; size];
+                ours.fill_bytes(&mut chunk);
+                got.extend(chunk);
+            }
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn deterministic_seeds_replay_and_differ_by_seed() {
+        let (a, b, c) = (
+            DeterministicSeeds::new([1; 16]),
+            DeterministicSeeds::new([1; 16]),
+            DeterministicSeeds::new([2; 16]),
+        );
+        let draw = |s: &DeterministicSeeds| {
+            let mut x = [0u8; 16];
+            s.fill(&mut x);
+            x
+        };
+        let first = draw(&a);
+        assert_eq!(first, draw(&b));
+        assert_ne!(first, draw(&c));
+        assert_ne!(first, draw(&a), "a source never repeats a seed");
+    }
+
+    #[test]
+    fn os_seeds_are_fresh() {
+        assert_ne!(os_seed(), os_seed());
     }
 
     #[test]

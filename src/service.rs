@@ -49,6 +49,7 @@ use crate::protocol::{
     SessionAccept, SessionRequest, Upload,
 };
 use crate::rlwe::Context;
+use crate::rng::{OsSeeds, SeedSource};
 use crate::select::{self, Candidate, Requirement, SelectError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -257,6 +258,7 @@ pub struct ModelServerBuilder {
     policy: Option<Policy>,
     set: Option<String>,
     ledger: Option<Box<dyn Ledger>>,
+    seeds: Option<Arc<dyn SeedSource>>,
 }
 
 impl std::fmt::Debug for ModelServerBuilder {
@@ -289,6 +291,14 @@ impl ModelServerBuilder {
     /// host.
     pub fn ledger(mut self, ledger: Box<dyn Ledger>) -> Self {
         self.ledger = Some(ledger);
+        self
+    }
+
+    /// Draws every session's secret randomness (re-randomisation, flooding,
+    /// DP noise, session seeds and identifiers) from `seeds` instead of the
+    /// operating system (KEY-3: injected randomness).
+    pub fn seed_source(mut self, seeds: Arc<dyn SeedSource>) -> Self {
+        self.seeds = Some(seeds);
         self
     }
 
@@ -329,6 +339,9 @@ impl ModelServerBuilder {
         if let Some(ledger) = self.ledger {
             endpoint = endpoint.with_ledger(ledger);
         }
+        if let Some(seeds) = self.seeds {
+            endpoint = endpoint.with_seed_source(seeds);
+        }
         let input = InputRange {
             len: model.input_len(),
             min: model.input().min,
@@ -357,6 +370,7 @@ impl ModelServer {
             policy: None,
             set: None,
             ledger: None,
+            seeds: None,
         }
     }
 
@@ -371,6 +385,7 @@ impl ModelServer {
             policy: None,
             set: None,
             ledger: None,
+            seeds: None,
         }
     }
 
@@ -649,7 +664,13 @@ impl ClientSession {
     /// SessionRequest to send. The input is encrypted once the server's
     /// SessionAccept has said what the model takes.
     pub fn start(ctx: Arc<Context>, input: &[i64]) -> (Self, Vec<u8>) {
-        let (client, request) = Client::start(ctx.clone());
+        Self::start_with(ctx, input, &OsSeeds)
+    }
+
+    /// [`Self::start`] with the session's secret randomness (keys, noise)
+    /// drawn from `seeds` (KEY-3: injected randomness).
+    pub fn start_with(ctx: Arc<Context>, input: &[i64], seeds: &dyn SeedSource) -> (Self, Vec<u8>) {
+        let (client, request) = Client::start_with(ctx.clone(), seeds);
         let message = request.encode(&ctx);
         (
             Self {
@@ -851,6 +872,7 @@ pub struct ModelClient<T> {
     ctx: Arc<Context>,
     transport: T,
     input: Option<InputRange>,
+    seeds: Arc<dyn SeedSource>,
 }
 
 impl<T> std::fmt::Debug for ModelClient<T> {
@@ -886,7 +908,16 @@ impl<T: Transport> ModelClient<T> {
             ctx,
             transport,
             input,
+            seeds: crate::rng::os_seeds(),
         }
+    }
+
+    /// The same client with each session's keys and noise drawn from
+    /// `seeds` instead of the operating system (KEY-1: injected
+    /// randomness).
+    pub fn with_seed_source(mut self, seeds: Arc<dyn SeedSource>) -> Self {
+        self.seeds = seeds;
+        self
     }
 
     /// The context of the server's parameter set.
@@ -927,7 +958,8 @@ impl<T: Transport> ModelClient<T> {
 
     fn run(&mut self, input: &[i64]) -> Result<Inference, ServiceError> {
         let t = Instant::now();
-        let (mut session, request) = ClientSession::start(self.ctx.clone(), input);
+        let (mut session, request) =
+            ClientSession::start_with(self.ctx.clone(), input, &*self.seeds);
         let keygen_ms = ms(t);
         let (reply, mut setup) = self.exchange(&request)?;
         setup.client_ms = keygen_ms;

@@ -110,13 +110,19 @@ impl Drop for SessionSeed {
 impl SessionSeed {
     /// A fresh seed from the operating system.
     pub fn generate() -> Self {
-        let mut s = [0u8; 32];
-        s[..16].copy_from_slice(&crate::rng::os_seed());
-        s[16..].copy_from_slice(&crate::rng::os_seed());
-        Self(s)
+        Self::from_source(&crate::rng::OsSeeds)
     }
 
-    /// For reproducible tests and audits only.
+    /// A fresh seed from `source` (KEY-3: the party's injected randomness).
+    pub fn from_source(source: &dyn crate::rng::SeedSource) -> Self {
+        let mut s = Self([0; 32]);
+        source.fill(&mut s.0);
+        s
+    }
+
+    /// A fixed seed, for reproducible tests only (feature
+    /// `deterministic-rng`).
+    #[cfg(feature = "deterministic-rng")]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -131,10 +137,10 @@ impl SessionSeed {
         if len > u32::MAX as usize {
             return Err(ShuffleError::TooLong { len });
         }
-        let mut rng = ChaCha20Rng::from_seed(self.0);
-        rng.set_stream(round);
+        let mut rng = WipedChaCha(ChaCha20Rng::from_seed(self.0));
+        rng.0.set_stream(round);
         match granularity {
-            Granularity::Element => Ok(fisher_yates(&mut rng, len)),
+            Granularity::Element => Ok(fisher_yates(&mut rng.0, len)),
             Granularity::Channel { channel_size } => {
                 if channel_size == 0 {
                     return Err(ShuffleError::EmptyChannel);
@@ -142,7 +148,7 @@ impl SessionSeed {
                 if !len.is_multiple_of(channel_size) {
                     return Err(ShuffleError::RaggedChannels { len, channel_size });
                 }
-                let channels = fisher_yates(&mut rng, len / channel_size);
+                let channels = fisher_yates(&mut rng.0, len / channel_size);
                 let map = (0..len)
                     .map(|k| {
                         (channels.map[k / channel_size] as usize * channel_size + k % channel_size)
@@ -152,6 +158,20 @@ impl SessionSeed {
                 Ok(Permutation { map })
             }
         }
+    }
+}
+
+/// The permutation generator, wiped on drop (KEY-1): its state is derived
+/// from the secret session seed.
+struct WipedChaCha(ChaCha20Rng);
+
+impl Drop for WipedChaCha {
+    fn drop(&mut self) {
+        // SAFETY: `ChaCha20Rng` (rand_chacha =0.10.0 on rand_core =0.10.1,
+        // both pinned) holds only integer arrays: no pointers, and no
+        // invariant that an all-zero value breaks. Its own `Drop` runs after
+        // this one and only hands the output buffer to a no-op hook.
+        unsafe { zeroize::zeroize_flat_type(&mut self.0 as *mut ChaCha20Rng) }
     }
 }
 

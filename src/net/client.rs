@@ -12,6 +12,7 @@ use crate::protocol::{
     Client, ClientStep, ErrorKind, ProtocolError, Response, SessionAccept, VERSION,
 };
 use crate::rlwe::Context;
+use crate::rng::SeedSource;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -124,6 +125,8 @@ pub struct Connection {
     info: ServerInfo,
     timeouts: Timeouts,
     connect_ms: f64,
+    /// Seeds each session's keys and noise (KEY-3).
+    seeds: Arc<dyn SeedSource>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -241,7 +244,16 @@ impl Connection {
             info,
             timeouts,
             connect_ms: ms(t),
+            seeds: crate::rng::os_seeds(),
         })
+    }
+
+    /// The same connection with each session's keys and noise drawn from
+    /// `seeds` instead of the operating system (KEY-3: injected
+    /// randomness).
+    pub fn with_seed_source(mut self, seeds: Arc<dyn SeedSource>) -> Self {
+        self.seeds = seeds;
+        self
     }
 
     /// What the handshake established.
@@ -288,8 +300,9 @@ impl Connection {
         self.check_input(input)?;
         let t = Instant::now();
         let ctx = self.ctx.clone();
+        let seeds = self.seeds.clone();
         let (client, request) = blocking(move || {
-            let (client, request) = Client::start(ctx.clone());
+            let (client, request) = Client::start_with(ctx.clone(), &*seeds);
             Ok((client, request.encode(&ctx)))
         })
         .await?;

@@ -5,7 +5,7 @@ use super::error::{ErrorKind, ProtocolError, Rejected};
 use super::messages::{Response, SessionAccept, SessionRequest, Upload};
 use crate::engine::{self, response_ciphertexts};
 use crate::rlwe::{Context, GaloisKeys, SecretKey, SeededPublicKey};
-use crate::rng::Csprng;
+use crate::rng::{Csprng, OsSeeds, SeedSource};
 use std::sync::Arc;
 
 /// The client's transitions, for the committed state graph (PROTO-7):
@@ -70,9 +70,16 @@ pub enum ClientStep {
 }
 
 impl Client<AwaitingAccept> {
-    /// Generates the session keys and the request that carries them.
+    /// Generates the session keys and the request that carries them, with
+    /// randomness from the operating system.
     pub fn start(ctx: Arc<Context>) -> (Self, SessionRequest) {
-        let mut rng = Box::new(Csprng::from_os());
+        Self::start_with(ctx, &OsSeeds)
+    }
+
+    /// [`Client::start`] with the session's secret generator (keys, noise,
+    /// re-encryptions) seeded from `seeds` (KEY-3: injected randomness).
+    pub fn start_with(ctx: Arc<Context>, seeds: &dyn SeedSource) -> (Self, SessionRequest) {
+        let mut rng = Box::new(Csprng::from_source(seeds));
         let sk = SecretKey::generate(&ctx, &mut rng);
         let galois = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
         let public = SeededPublicKey::generate(&ctx, &sk, &mut rng);

@@ -8,7 +8,7 @@ use super::messages::{Response, RoundInfo, SessionAccept, SessionId, SessionRequ
 use super::policy::Policy;
 use crate::engine::{self, CompiledModel, ReceivedUpload, ServerKeys};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
-use crate::rng::Csprng;
+use crate::rng::{Csprng, SeedSource};
 use crate::shuffle::{Permutation, SessionSeed};
 use std::sync::Arc;
 
@@ -44,6 +44,8 @@ pub struct Endpoint {
     model: Arc<CompiledModel>,
     policy: Policy,
     ledger: Box<dyn Ledger>,
+    /// Seeds each session's generator and session seed (KEY-1).
+    seeds: Arc<dyn SeedSource>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -145,7 +147,17 @@ impl Endpoint {
             model,
             policy,
             ledger: Box::new(MemoryLedger::default()),
+            seeds: crate::rng::os_seeds(),
         })
+    }
+
+    /// The same endpoint with each session's secret randomness (its
+    /// generator for re-randomisation, flooding and DP noise, its session
+    /// seed and identifier) drawn from `seeds` instead of the operating
+    /// system (KEY-3: injected randomness).
+    pub fn with_seed_source(mut self, seeds: Arc<dyn SeedSource>) -> Self {
+        self.seeds = seeds;
+        self
     }
 
     /// The same endpoint with its sessions counted in `ledger` instead of
@@ -198,7 +210,7 @@ impl Endpoint {
         let galois = GaloisKeys::from_seeded(&self.ctx, &request.galois)
             .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
         let public = request.public.expand(&self.ctx);
-        let mut rng = Box::new(Csprng::from_os());
+        let mut rng = Box::new(Csprng::from_source(&*self.seeds));
         // PROTO-10: a fresh identifier binds the session's messages.
         let mut id: SessionId = [0; 16];
         rng.fill_bytes(&mut id);
@@ -226,7 +238,7 @@ impl Endpoint {
                 round: 0,
                 galois,
                 public,
-                seed: Box::new(SessionSeed::generate()),
+                seed: Box::new(SessionSeed::from_source(&*self.seeds)),
                 previous: None,
                 history: Vec::new(),
                 unit: self.policy.unit(),
