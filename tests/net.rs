@@ -121,7 +121,10 @@ fn serve(s: &Scratch, extra: &[&str]) -> Served {
     } else {
         &["--policy", "benchmark"]
     };
+    // The scratch directory is the server's working directory, so its
+    // default ledger (a SQLite file there) is this test's own.
     let mut child = Command::new(BIN)
+        .current_dir(&s.dir)
         .arg("serve")
         .args(policy)
         .args(["--listen", "127.0.0.1:0", "--cert"])
@@ -392,9 +395,9 @@ fn configuration_errors_name_the_file() {
     std::fs::write(&bad, "alice not-hex\n").unwrap();
     let err = serve_with(&bad, &[]);
     assert!(err.contains("bad-tokens.txt, line 1"), "{err}");
-    if cfg!(not(feature = "sqlite")) {
-        let err = serve_with(&s.tokens, &["--ledger", "x.db"]);
-        assert!(err.contains("--features net,sqlite"), "{err}");
+    if cfg!(not(feature = "postgres")) {
+        let err = serve_with(&s.tokens, &["--ledger", "postgres://x@localhost/db"]);
+        assert!(err.contains("--features net,postgres"), "{err}");
     }
     // A client token file that is too short to be a token.
     let short = s.dir.join("short.token");
@@ -868,16 +871,16 @@ fn limits_and_graceful_shutdown() {
     assert!(stdout.contains("0 cut at the grace deadline"), "{stdout}");
 }
 
-// PROTO-8, NET-6: with the SQLite ledger, killing the server mid-run and
-// restarting it on the same file keeps every charge: the client's used
-// count, and so its remaining budget, is what it was.
-#[cfg(feature = "sqlite")]
+// PROTO-8, NET-6: with the default ledger (a SQLite file in the working
+// directory), killing the server mid-run and restarting it keeps every
+// charge: the client's used count, and so its remaining budget, is what it
+// was.
 #[test]
 fn a_restarted_server_keeps_the_counts_of_its_ledger() {
     use safhire::protocol::{ClientId, Ledger, SqliteLedger};
     let s = scratch("restart");
-    let ledger = s.dir.join("ledger.db");
-    let args = ["--ledger", ledger.to_str().unwrap()];
+    let ledger = s.dir.join("safhire-ledger.sqlite");
+    let args: [&str; 0] = [];
     let mut server = serve(&s, &args);
     let (code, report, _) = query(&server, &s, &s.alice, &["--images", "1"]);
     assert_eq!(code, Some(0));

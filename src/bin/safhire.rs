@@ -1420,6 +1420,9 @@ mod net_commands {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    /// `serve`'s ledger when `--ledger` is not given (PROTO-8).
+    const DEFAULT_LEDGER: &str = "safhire-ledger.sqlite";
+
     pub const SERVE_HELP: &str = "\
 usage: safhire serve --listen ADDR --cert PEM --key PEM --tokens FILE [OPTIONS]
 
@@ -1439,9 +1442,12 @@ accepting, lets sessions in flight finish (up to --grace-secs), and exits.
   --cert PEM            the server's certificate chain (PEM)
   --key PEM             its private key (PEM: PKCS#8, PKCS#1 or SEC1)
   --tokens FILE         `CLIENT-ID SHA256-HEX` lines (safhire new-token makes them)
-  --ledger FILE|URL     count sessions in this SQLite file (--features sqlite) or
-                        PostgreSQL database (postgres://…, --features postgres),
-                        so budgets survive restarts (default: in memory)
+  --ledger FILE|URL|memory
+                        count sessions in this SQLite file or PostgreSQL
+                        database (postgres://…, --features postgres), so budgets
+                        survive restarts; `memory`: counts a restart resets
+                        (default: the SQLite file safhire-ledger.sqlite in the
+                        working directory)
   --max-sessions N      connections served at once; more are refused as busy
                         (default 16)
   --max-handshakes N    connections in the TLS handshake at once; more are
@@ -1604,21 +1610,19 @@ overwrite FILE.
         let max_handshakes = positive(&a, "max-handshakes", 64)? as usize;
         let timeout = Duration::from_secs(positive(&a, "timeout-secs", 60)?);
         let grace = Duration::from_secs(positive(&a, "grace-secs", 30)?);
-        // --ledger: a postgres:// URL (feature postgres, PROTO-9) or a SQLite
-        // file (feature sqlite); a build without the backend refuses it here.
-        let ledger_url = a
-            .get("ledger")
+        // --ledger: a postgres:// URL (feature postgres, PROTO-9), `memory`,
+        // or a SQLite file (PROTO-8; `net` brings `sqlite`), by default one in
+        // the working directory, so budgets survive a restart unless the
+        // operator says otherwise. A build without PostgreSQL refuses a URL
+        // here, before any work.
+        let ledger_arg = a.get("ledger").unwrap_or(DEFAULT_LEDGER);
+        let ledger_url = Some(ledger_arg)
             .filter(|l| l.starts_with("postgres://") || l.starts_with("postgresql://"));
         if ledger_url.is_some() && !cfg!(feature = "postgres") {
             return Err(
                 "--ledger postgres://… needs a build with the PostgreSQL ledger: \
                  --features net,postgres"
                     .into(),
-            );
-        }
-        if a.get("ledger").is_some() && ledger_url.is_none() && !cfg!(feature = "sqlite") {
-            return Err(
-                "--ledger FILE needs a build with the SQLite ledger: --features net,sqlite".into(),
             );
         }
 
@@ -1634,21 +1638,23 @@ overwrite FILE.
         let budget = policy.query_budget();
         let policy_name = policy.name().to_owned();
         let endpoint = Endpoint::new(ctx, Arc::new(selection.model), policy)?;
-        let (endpoint, ledger) = match (a.get("ledger"), ledger_url) {
-            (None, _) => (endpoint, "memory (a restart resets every count)".to_owned()),
+        let (endpoint, ledger) = match (ledger_arg, ledger_url) {
+            ("memory", _) => (endpoint, "memory (a restart resets every count)".to_owned()),
             // The URL may hold a password: only `target()` is ever shown.
             #[cfg(feature = "postgres")]
-            (Some(_), Some(url)) => {
+            (_, Some(url)) => {
                 let ledger = safhire::protocol::PostgresLedger::connect(url)
                     .map_err(|e| format!("--ledger: {e}"))?;
                 let shown = format!("PostgreSQL {}", ledger.target());
                 (endpoint.with_ledger(Box::new(ledger)), shown)
             }
-            #[cfg(feature = "sqlite")]
-            (Some(path), None) => {
+            (path, None) => {
                 let ledger = safhire::protocol::SqliteLedger::open(Path::new(path))
                     .map_err(|e| format!("--ledger {path}: {e}"))?;
-                (endpoint.with_ledger(Box::new(ledger)), path.to_owned())
+                (
+                    endpoint.with_ledger(Box::new(ledger)),
+                    format!("SQLite {path}"),
+                )
             }
             #[allow(unreachable_patterns)]
             _ => return Err("--ledger: not supported by this build".into()),
