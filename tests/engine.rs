@@ -719,3 +719,55 @@ fn compile_refusals_are_typed_with_the_problem_and_the_layer() {
         other => panic!("expected a noise refusal, got {other:?}"),
     }
 }
+
+// ENG-5: a round's refusal says whose fault it is. An upload with too few
+// ciphertexts for the stage (what a peer could send if nothing before the
+// round counted them) is the peer's; a round or history the model does not
+// have, or another set's context, is the caller's.
+#[test]
+fn a_rounds_refusal_says_whose_fault_it_is() {
+    use safhire::engine::{ReceivedUpload, RoundEvaluator};
+    use safhire::protocol::Fault;
+    let f = fixture("b16");
+    let compiled = engine::compile(&f.ctx, &tiny(1, 1, vec![linear(1, 1)])).unwrap();
+    let seed = SessionSeed::from_bytes([4; 32]);
+    let release = ShuffleUnit::Element.into();
+    let round = RoundEvaluator::new(&f.ctx, keys("b16"), &compiled, &seed, release).unwrap();
+    let mut rng = Csprng::from_seed([5; 16]);
+    let empty = [ReceivedUpload::new(Vec::new(), None)];
+    let err = round.evaluate(0, &empty, &mut rng).unwrap_err();
+    assert!(matches!(err, EngineError::Pack(_)), "{err}");
+    assert_eq!(err.fault(), Fault::Peer);
+    let err = round.evaluate(1, &empty, &mut rng).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::NoSuchRound {
+                round: 1,
+                rounds: 1
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
+    let err = round.evaluate(0, &[], &mut rng).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::HistoryLength {
+                round: 0,
+                expected: 1,
+                got: 0
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
+    let other = fixture("b24");
+    let err = RoundEvaluator::new(&other.ctx, keys("b24"), &compiled, &seed, release).unwrap_err();
+    assert!(
+        matches!(err, EngineError::ParameterMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
+}

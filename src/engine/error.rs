@@ -13,7 +13,8 @@ use thiserror::Error;
 /// Why a model could not be compiled, or a round or inference could not be
 /// run. Compilation errors are the model's (or the chosen set's) fault and
 /// name the layer where they can (ENG-5); run-time errors are the caller's
-/// (wrong context, input or keys), never the peer's.
+/// (wrong context, input, round), except an upload or keys that do not fit
+/// the stage, which are the peer's: [`EngineError::fault`] says which.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -26,7 +27,7 @@ pub enum EngineError {
     #[error(transparent)]
     Linear(#[from] LinearError),
     /// Packing the outputs or repacking an upload failed: the ciphertexts
-    /// or keys given do not fit the stage.
+    /// or keys given do not fit the stage (the peer's fault).
     #[error(transparent)]
     Pack(#[from] PackError),
     /// Deriving a round's permutation failed (SHUF-2), e.g. a channel
@@ -74,7 +75,7 @@ pub enum EngineError {
     /// plaintext range once the policy's DP noise is added. The error names
     /// the layer where there is one and says which problem; the model is
     /// refused rather than approximated.
-    #[error("the model cannot be compiled: {0}")]
+    #[error("the model is refused: {0}")]
     Compile(Box<CompileError>),
     /// The model fails its accumulator check for the set (MODEL-5, PARAM-6).
     #[error(transparent)]
@@ -224,7 +225,7 @@ pub struct CompileError {
 
 impl CompileError {
     /// A problem of layer `layer` (0-based), whose op is `op`.
-    pub(crate) fn at(layer: usize, op: &'static str, problem: CompileProblem) -> Self {
+    pub(super) fn at(layer: usize, op: &'static str, problem: CompileProblem) -> Self {
         Self {
             layer: Some((layer, op)),
             problem,
@@ -232,7 +233,7 @@ impl CompileError {
     }
 
     /// A problem of the model as a whole.
-    pub(crate) fn model(problem: CompileProblem) -> Self {
+    pub(super) fn model(problem: CompileProblem) -> Self {
         Self {
             layer: None,
             problem,

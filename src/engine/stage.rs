@@ -148,7 +148,7 @@ impl ClientOp {
 
 impl LinearStage {
     /// A Conv2d stage; `weights` OIHW, `bias` one per output channel (or empty).
-    pub(crate) fn conv(
+    pub(super) fn conv(
         ctx: &Context,
         shape: Conv2dShape,
         weights: &[i64],
@@ -573,7 +573,8 @@ impl CompiledModel {
 
     /// Number of input values.
     pub fn input_len(&self) -> usize {
-        self.stages[0].input_len()
+        // `assemble` refuses a model without stages.
+        self.stages.first().map_or(0, LinearStage::input_len)
     }
 
     /// The model layer (index) each stage evaluates.
@@ -723,7 +724,17 @@ impl CompiledModel {
     /// Stage `r`'s released values in true order, its residual operand
     /// included, when `uploads[j]` is round j's upload in true order.
     pub fn stage_reference(&self, r: usize, uploads: &[Vec<i64>]) -> Result<Vec<i64>, EngineError> {
-        let stage = &self.stages[r];
+        let stage = self.stages.get(r).ok_or(EngineError::NoSuchRound {
+            round: r,
+            rounds: self.rounds(),
+        })?;
+        if uploads.len() <= r {
+            return Err(EngineError::HistoryLength {
+                round: r,
+                expected: r + 1,
+                got: uploads.len(),
+            });
+        }
         let mut out = stage.reference(&uploads[r])?;
         match &stage.shortcut {
             Some(Shortcut::Identity { round }) => {

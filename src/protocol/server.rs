@@ -289,8 +289,10 @@ impl Server<AwaitingUpload> {
             unit: s.unit,
             noise: s.noise.as_deref(),
         };
-        // THREAT-1: every ciphertext a round returns is re-randomised and
-        // flooded (PRIV-1) before it goes into the response.
+        // The evaluator borrows the session's keys and seed, so it is built
+        // per upload (a few references and two cheap checks). THREAT-1:
+        // every ciphertext a round returns is re-randomised and flooded
+        // (PRIV-1) before it goes into the response.
         let result = RoundEvaluator::new(&self.ctx, keys, &self.model, &s.seed, release)
             .and_then(|round| round.evaluate(r as usize, &s.history, &mut s.rng));
         let RoundOutput {
