@@ -415,7 +415,10 @@ fn bias_polys(
 
 /// How a round's outputs are released to the client (DP-8): the shuffle's
 /// granularity, and the discrete Gaussian noise, if any, added to every
-/// released value before the shuffle.
+/// released value before the shuffle. Its fields stay public: every
+/// combination is a valid request, and the noise is checked against the
+/// model where it is used ([`RoundEvaluator::new`](super::RoundEvaluator::new),
+/// [`run_release`](super::run_release)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Release<'a> {
     /// What σ_r permutes: single values or whole channels.
