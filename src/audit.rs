@@ -49,9 +49,10 @@
 //! stages, the pixel probes under DP noise, weight recovery after the
 //! malicious-key attack.
 
-use crate::engine::{self, CompiledModel, LinearStage};
+use crate::engine::{CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
 use crate::model::Model;
+use crate::protocol::client_steps;
 use crate::protocol::{
     ClientId, Endpoint, ErrorKind, Policy, Response, ServerStep, SessionAccept, SessionRequest,
     Upload,
@@ -161,7 +162,7 @@ impl<'e> Oracle<'e> {
         let r = live.round;
         let response = self.step_raw(live, values)?;
         let outputs = live.accept.rounds[r].outputs as usize;
-        Ok(engine::client_values(
+        Ok(client_steps::client_values(
             &self.ctx, &self.sk, &response, outputs,
         ))
     }
@@ -177,7 +178,7 @@ impl<'e> Oracle<'e> {
         let upload = Upload {
             session: live.accept.session(),
             round: r as u32,
-            ciphertexts: engine::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
+            ciphertexts: client_steps::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
         };
         let upload = Upload::decode(&ctx, &upload.encode(&ctx)).map_err(protocol)?;
         let (next, response) = match server.receive_upload(upload) {
@@ -535,7 +536,7 @@ fn malicious_key(
     }
     if !noisy {
         let outputs = live.accept.rounds[0].outputs as usize;
-        let mut got = engine::client_values(&ctx, &oracle.sk, &corrected, outputs);
+        let mut got = client_steps::client_values(&ctx, &oracle.sk, &corrected, outputs);
         let mut want = model
             .stage_reference(0, &[upload])
             .map_err(|e| AuditError::Protocol(e.to_string()))?;

@@ -3,7 +3,7 @@
 //! (DP-2, DP-3, DP-4, DP-7), and the L2 sensitivity of one stage's released
 //! accumulators under a stated neighbouring relation (DP-5, DP-6).
 //!
-//! **The mechanism** (DP-8) is applied by `engine::server_round` when a
+//! **The mechanism** (DP-8) is applied by `engine::RoundEvaluator` when a
 //! policy sets `dp_sigma`: N_Z(0, σ²) on every released pre-activation
 //! accumulator, before the shuffle; `engine::CompiledModel::dp_guarantee`
 //! accounts for it with this module.

@@ -8,7 +8,7 @@
 //! `RAYON_NUM_THREADS`), unless the caller runs it inside a local pool's
 //! `install` (as `safhire bench --threads N` does). Concurrent sessions of
 //! one process therefore share one pool: a session's thread that calls
-//! [`engine::server_round`](crate::engine::server_round) hands its loops to
+//! [`RoundEvaluator::evaluate`](crate::engine::RoundEvaluator::evaluate) hands its loops to
 //! the pool and sleeps until they are done, so N sessions keep at most
 //! `pool size` threads busy, never N × cores (no oversubscription). A
 //! caller on an async runtime should call the engine from a blocking task

@@ -1104,10 +1104,12 @@ impl ModelClient<Remote> {
     }
 }
 
-/// An engine failure on this side (e.g. from `engine::compile` before
-/// [`ModelServer::builder_compiled`]): this side's fault.
+/// An engine failure (e.g. from `engine::compile` before
+/// [`ModelServer::builder_compiled`]), with the fault
+/// [`EngineError::fault`] assigns it: this side's for every compilation
+/// problem.
 impl From<EngineError> for ServiceError {
     fn from(e: EngineError) -> Self {
-        ProtocolError::local(ErrorKind::Engine(e)).into()
+        ProtocolError::from(e).into()
     }
 }

@@ -180,8 +180,9 @@ fn flooding_is_the_discrete_gaussian_of_the_set() {
 #[test]
 fn model_circuit_privacy_composes_over_stages_and_sessions() {
     use safhire::dp::{Accountant, Verdict};
-    use safhire::engine::{self, response_ciphertexts};
+    use safhire::engine;
     use safhire::params::{CIRCUIT_PRIVACY_DELTA, PRIVACY_TAIL_BITS};
+    use safhire::protocol::client_steps::response_ciphertexts;
     let model =
         safhire::model::Model::from_json(include_str!("../models/digits-cnn.json")).unwrap();
     for name in ["b16", "b24"] {

@@ -496,7 +496,7 @@ proptest! {
     }
 }
 
-/// THREAT-1 through the engine: every response `server_round` returns is
+/// THREAT-1 through the engine: every response a round returns is
 /// flooded. A client with a 2^30 spike in its upload's error would read
 /// 2^30·w_(o,0) in output o's noise if the response were only
 /// re-randomised (tests/circuit_privacy.rs shows that reading works); from
@@ -504,7 +504,8 @@ proptest! {
 /// flooding.
 #[test]
 fn engine_responses_are_flooded_against_the_noise_channel() {
-    use safhire::engine::ReceivedUpload;
+    use safhire::engine::{ReceivedUpload, RoundEvaluator};
+    use safhire::protocol::client_steps;
     use safhire::rlwe::Ciphertext;
     let f = fixture("b16");
     let ctx = &f.ctx;
@@ -532,24 +533,22 @@ fn engine_responses_are_flooded_against_the_noise_channel() {
     let mut b = b.to_vec();
     b[0] = q.add(b[0], 1 << 30);
     let spiked = Ciphertext::from_parts(a.to_vec(), b, ctx.n(), q).unwrap();
-    let history = [ReceivedUpload {
-        ciphertexts: vec![spiked],
-        arranged_by: None,
-    }];
-    let (response, sigma) = engine::server_round(
+    let history = [ReceivedUpload::new(vec![spiked], None)];
+    let seed = SessionSeed::from_bytes([9; 32]);
+    let round = RoundEvaluator::new(
         ctx,
         keys("b16"),
         &compiled,
-        0,
-        &history,
+        &seed,
         ShuffleUnit::Element.into(),
-        &SessionSeed::from_bytes([9; 32]),
-        &mut Csprng::from_seed([22; 16]),
     )
+    .unwrap()
+    .evaluate(0, &history, &mut Csprng::from_seed([22; 16]))
     .unwrap();
-    assert!(sigma.is_none(), "the last round is not shuffled");
+    assert!(round.shuffle.is_none(), "the last round is not shuffled");
+    let response = round.ciphertexts;
     // The logits still decrypt exactly (the spike is far below Δ/2).
-    let logits = engine::client_values(ctx, &f.sk, &response, outputs);
+    let logits = client_steps::client_values(ctx, &f.sk, &response, outputs);
     assert_eq!(logits, model.evaluate(&input).unwrap());
     // Output o sits at coefficient o·N/16; read its noise / 2^30.
     let values = ctx.decrypt(&f.sk, &response[0]);
@@ -566,4 +565,209 @@ fn engine_responses_are_flooded_against_the_noise_channel() {
         hits <= 2,
         "{hits} of {outputs} weights read off the noise: {read:?}"
     );
+}
+
+/// A model on a 1×`h`×`w` input in [0, 15].
+fn tiny(h: usize, w: usize, layers: Vec<Layer>) -> Model {
+    Model::new("refused", input_spec(1, h, w, 0, 15), layers).unwrap()
+}
+
+fn linear(inputs: usize, outputs: usize) -> Layer {
+    Layer::Linear {
+        out_features: outputs,
+        weights: vec![1; inputs * outputs],
+        bias: vec![0; outputs],
+    }
+}
+
+// ENG-3, ENG-5: every refusal of `compile` is typed: the problem, and the
+// layer it is at, checked here by variant and index, not by message.
+#[test]
+fn compile_refusals_are_typed_with_the_problem_and_the_layer() {
+    use safhire::engine::CompileProblem as P;
+    let f = fixture("b16");
+    let n = f.ctx.n();
+    let refusal = |model: Model| match engine::compile(&f.ctx, &model) {
+        Err(EngineError::Compile(e)) => {
+            // The message names the layer whenever the error does.
+            if let Some(layer) = e.layer() {
+                assert!(e.to_string().contains(&format!("layer {layer} (")), "{e}");
+            }
+            assert_eq!(
+                EngineError::Compile(e.clone()).fault(),
+                safhire::protocol::Fault::Local
+            );
+            (e.layer(), e.problem().clone())
+        }
+        Err(other) => panic!("expected a compile refusal, got {other}"),
+        Ok(_) => panic!("expected a compile refusal, the model compiled"),
+    };
+    let conv1 = || conv(1, 1, 1, 0, vec![1], vec![0]);
+
+    let max_pool = tiny(
+        4,
+        4,
+        vec![
+            conv1(),
+            Layer::Relu,
+            Layer::MaxPool {
+                kernel: 2,
+                stride: 2,
+            },
+            Layer::Flatten,
+            linear(4, 2),
+        ],
+    );
+    assert_eq!(refusal(max_pool), (Some(2), P::MaxPool));
+
+    let overlapping = tiny(
+        4,
+        4,
+        vec![
+            Layer::AvgPool {
+                kernel: 2,
+                stride: 1,
+            },
+            conv1(),
+        ],
+    );
+    assert_eq!(
+        refusal(overlapping),
+        (
+            Some(0),
+            P::OverlappingPool {
+                kernel: 2,
+                stride: 1
+            }
+        )
+    );
+
+    let two_linear = tiny(4, 4, vec![conv1(), conv1()]);
+    assert_eq!(refusal(two_linear), (Some(1), P::NoClientStepBetween));
+
+    let relu_first = tiny(4, 4, vec![Layer::Relu, conv1()]);
+    assert_eq!(refusal(relu_first), (Some(0), P::ClientStepFirst));
+
+    let nine_steps = tiny(1, 1, [vec![linear(1, 1)], vec![Layer::Relu; 9]].concat());
+    assert_eq!(
+        refusal(nine_steps),
+        (
+            Some(0),
+            P::TooManyClientSteps {
+                steps: 9,
+                limit: safhire::protocol::MAX_OPS
+            }
+        )
+    );
+
+    let rounds = safhire::protocol::MAX_ROUNDS + 1;
+    let deep = tiny(
+        1,
+        1,
+        (0..rounds)
+            .flat_map(|_| [linear(1, 1), Layer::Relu])
+            .collect(),
+    );
+    assert_eq!(
+        refusal(deep),
+        (
+            None,
+            P::TooManyRounds {
+                rounds,
+                limit: safhire::protocol::MAX_ROUNDS
+            }
+        )
+    );
+
+    // Three padded rows of N + 2 coefficients do not fit one ciphertext.
+    let wide = tiny(3, n, vec![conv(1, 3, 1, 1, vec![1; 9], vec![0])]);
+    match refusal(wide) {
+        (Some(0), P::Geometry(_)) => {}
+        other => panic!("expected a geometry refusal at layer 0, got {other:?}"),
+    }
+
+    let not_square = tiny(2, 4, vec![Layer::GlobalAvgPool, Layer::Relu]);
+    assert_eq!(
+        refusal(not_square),
+        (
+            Some(0),
+            P::GlobalPoolNotSquare {
+                height: 2,
+                width: 4
+            }
+        )
+    );
+
+    // DP-8: noise whose tail leaves the 16-bit range is refused for the
+    // model as a whole.
+    let compiled = engine::compile(&f.ctx, &tiny(1, 1, vec![linear(1, 1)])).unwrap();
+    let loud = safhire::dp::DiscreteGaussian::with_sigma_pow2(20).unwrap();
+    match compiled.check_noise(&f.ctx, Some(&loud)) {
+        Err(EngineError::Compile(e)) => {
+            assert_eq!(e.layer(), None);
+            assert!(
+                matches!(
+                    e.problem(),
+                    P::NoiseOverflow {
+                        plaintext_bits: 16,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        other => panic!("expected a noise refusal, got {other:?}"),
+    }
+}
+
+// ENG-5: a round's refusal says whose fault it is. An upload with too few
+// ciphertexts for the stage (what a peer could send if nothing before the
+// round counted them) is the peer's; a round or history the model does not
+// have, or another set's context, is the caller's.
+#[test]
+fn a_rounds_refusal_says_whose_fault_it_is() {
+    use safhire::engine::{ReceivedUpload, RoundEvaluator};
+    use safhire::protocol::Fault;
+    let f = fixture("b16");
+    let compiled = engine::compile(&f.ctx, &tiny(1, 1, vec![linear(1, 1)])).unwrap();
+    let seed = SessionSeed::from_bytes([4; 32]);
+    let release = ShuffleUnit::Element.into();
+    let round = RoundEvaluator::new(&f.ctx, keys("b16"), &compiled, &seed, release).unwrap();
+    let mut rng = Csprng::from_seed([5; 16]);
+    let empty = [ReceivedUpload::new(Vec::new(), None)];
+    let err = round.evaluate(0, &empty, &mut rng).unwrap_err();
+    assert!(matches!(err, EngineError::Pack(_)), "{err}");
+    assert_eq!(err.fault(), Fault::Peer);
+    let err = round.evaluate(1, &empty, &mut rng).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::NoSuchRound {
+                round: 1,
+                rounds: 1
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
+    let err = round.evaluate(0, &[], &mut rng).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::HistoryLength {
+                round: 0,
+                expected: 1,
+                got: 0
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
+    let other = fixture("b24");
+    let err = RoundEvaluator::new(&other.ctx, keys("b24"), &compiled, &seed, release).unwrap_err();
+    assert!(
+        matches!(err, EngineError::ParameterMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
 }

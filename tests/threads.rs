@@ -1,14 +1,15 @@
 //! ENG-8: the server's work runs on the caller's rayon pool, and what it
 //! returns does not depend on how many threads that pool has: the same
 //! logits and client views from `engine::run`, and bit-identical response
-//! ciphertexts from `engine::server_round` for the same generator state.
+//! ciphertexts from `engine::RoundEvaluator` for the same generator state.
 //! `safhire bench` reports 1 and 2 threads and the projected scaling.
 
 mod common;
 
 use common::fixture;
-use safhire::engine::{self, ReceivedUpload, ServerKeys};
+use safhire::engine::{self, ReceivedUpload, RoundEvaluator, ServerKeys};
 use safhire::model::Model;
+use safhire::protocol::client_steps;
 use safhire::rlwe::Ciphertext;
 use safhire::rng::Csprng;
 use safhire::shuffle::{SessionSeed, ShuffleUnit};
@@ -42,31 +43,28 @@ fn transcript(input: &[i64]) -> (Vec<Vec<Ciphertext>>, Vec<i64>) {
     let seed = SessionSeed::from_bytes([3; 32]);
     let mut client_rng = Csprng::from_seed([1; 16]);
     let mut server_rng = Csprng::from_seed([2; 16]);
+    let evaluator =
+        RoundEvaluator::new(&f.ctx, keys, &compiled, &seed, ShuffleUnit::Element.into()).unwrap();
     let mut history = Vec::new();
     let mut previous = None;
     let mut held = input.to_vec();
     let mut responses = Vec::new();
     for r in 0..compiled.rounds() {
-        let upload = engine::client_encrypt(&f.ctx, &f.sk, &held, &mut client_rng);
-        history.push(ReceivedUpload {
-            ciphertexts: upload.iter().map(|c| c.expand(f.ctx.q())).collect(),
-            arranged_by: previous.take(),
-        });
-        let (packed, shuffle) = engine::server_round(
+        let upload = client_steps::client_encrypt(&f.ctx, &f.sk, &held, &mut client_rng);
+        history.push(ReceivedUpload::new(
+            upload.iter().map(|c| c.expand(f.ctx.q())).collect(),
+            previous.take(),
+        ));
+        let round = evaluator.evaluate(r, &history, &mut server_rng).unwrap();
+        held = client_steps::client_values(
             &f.ctx,
-            keys,
-            &compiled,
-            r,
-            &history,
-            ShuffleUnit::Element.into(),
-            &seed,
-            &mut server_rng,
-        )
-        .unwrap();
-        held = engine::client_values(&f.ctx, &f.sk, &packed, compiled.stages()[r].output_len());
-        engine::apply_client_ops(&compiled.client_ops()[r], &mut held);
-        responses.push(packed);
-        previous = shuffle;
+            &f.sk,
+            &round.ciphertexts,
+            compiled.stages()[r].output_len(),
+        );
+        client_steps::apply_client_ops(&compiled.client_ops()[r], &mut held);
+        responses.push(round.ciphertexts);
+        previous = round.shuffle;
     }
     (responses, held)
 }

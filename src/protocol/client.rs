@@ -1,9 +1,9 @@
 //! The client's typestate (PROTO-2): `Client<AwaitingAccept>` →
 //! `Client<Ready>` → `Client<AwaitingResponse>` (once per round) → logits.
 
+use super::client_steps::{self, response_ciphertexts};
 use super::error::{ErrorKind, ProtocolError, Rejected};
 use super::messages::{Response, SessionAccept, SessionRequest, Upload};
-use crate::engine::{self, response_ciphertexts};
 use crate::rlwe::{Context, GaloisKeys, SecretKey, SeededPublicKey};
 use crate::rng::{Csprng, OsSeeds, SeedSource};
 use std::sync::Arc;
@@ -147,7 +147,7 @@ impl Client<Ready> {
                 state: self,
             });
         }
-        let ciphertexts = engine::client_encrypt(&self.ctx, &self.sk, input, &mut self.rng);
+        let ciphertexts = client_steps::client_encrypt(&self.ctx, &self.sk, input, &mut self.rng);
         let accept = self.state.accept;
         let session = accept.session;
         Ok((
@@ -199,17 +199,17 @@ impl Client<AwaitingResponse> {
                 error: ProtocolError::peer(kind),
             });
         }
-        let mut values = engine::client_values(
+        let mut values = client_steps::client_values(
             &self.ctx,
             &self.sk,
             &response.ciphertexts,
             info.outputs as usize,
         );
-        engine::apply_client_ops(&info.ops, &mut values);
+        client_steps::apply_client_ops(&info.ops, &mut values);
         if round as usize + 1 == self.state.accept.rounds.len() {
             return Ok(ClientStep::Done(values));
         }
-        let ciphertexts = engine::client_encrypt(&self.ctx, &self.sk, &values, &mut self.rng);
+        let ciphertexts = client_steps::client_encrypt(&self.ctx, &self.sk, &values, &mut self.rng);
         self.state.round += 1;
         let next_round = self.state.round;
         let session = self.state.accept.session;

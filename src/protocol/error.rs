@@ -118,8 +118,11 @@ pub enum ErrorKind {
     /// configuration error of this side.
     #[error("policy: {0}")]
     Policy(String),
-    /// The engine failed to evaluate a round (a local fault of the server's
-    /// model or parameters, never of the peer's ciphertexts).
+    /// The engine refused the model, the context or the policy's noise, or
+    /// failed to evaluate a round: whose fault is
+    /// [`EngineError::fault`]'s call (the server's model, parameters or
+    /// driver, except an upload or keys that only the round finds do not
+    /// fit).
     #[error("evaluation failed: {0}")]
     Engine(#[from] EngineError),
     /// The query ledger's storage failed (PROTO-8): this side's fault; the
@@ -141,6 +144,16 @@ impl ProtocolError {
         Self {
             fault: Fault::Local,
             kind: kind.into(),
+        }
+    }
+}
+
+/// An engine error, with the fault [`EngineError::fault`] assigns it.
+impl From<EngineError> for ProtocolError {
+    fn from(e: EngineError) -> Self {
+        Self {
+            fault: e.fault(),
+            kind: ErrorKind::Engine(e),
         }
     }
 }

@@ -6,14 +6,16 @@
 //! message comes back as [`Rejected`] with the state unchanged. Messages are
 //! plain values with `encode`/`decode`; decoding validates everything
 //! against the receiver's context before anything is used. The computation
-//! of each round is `engine`'s, so the protocol and the engine's tests check
-//! the same code.
+//! of each round is `engine`'s ([`crate::engine::RoundEvaluator`]) on the
+//! server and [`client_steps`]'s on the client, so the protocol and the
+//! engine's tests check the same code.
 
 // A refused message returns the whole state (PROTO-4); a few hundred bytes
 // moved a handful of times per inference is not worth a box.
 #![allow(clippy::result_large_err)]
 
 mod client;
+pub mod client_steps;
 mod error;
 mod ledger;
 mod messages;

@@ -6,7 +6,7 @@ use super::error::{ErrorKind, ProtocolError, Rejected};
 use super::ledger::{Ledger, LedgerError, MemoryLedger};
 use super::messages::{Response, RoundInfo, SessionAccept, SessionId, SessionRequest, Upload};
 use super::policy::Policy;
-use crate::engine::{self, CompiledModel, ReceivedUpload, ServerKeys};
+use crate::engine::{self, CompiledModel, ReceivedUpload, RoundEvaluator, RoundOutput, ServerKeys};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
 use crate::rng::{Csprng, SeedSource};
 use crate::shuffle::{Permutation, SessionSeed};
@@ -134,14 +134,10 @@ impl Endpoint {
         policy: Policy,
     ) -> Result<Self, ProtocolError> {
         // ENG-5: the compiled model must belong to this context's set.
-        model
-            .check_context(&ctx)
-            .map_err(|e| ProtocolError::local(ErrorKind::Engine(e)))?;
+        model.check_context(&ctx)?;
         policy.check_model(&model)?;
         policy.check_parameters(ctx.params())?;
-        model
-            .check_noise(&ctx, policy.noise())
-            .map_err(|e| ProtocolError::local(ErrorKind::Engine(e)))?;
+        model.check_noise(&ctx, policy.noise())?;
         Ok(Self {
             ctx,
             model,
@@ -262,7 +258,7 @@ impl Server<AwaitingUpload> {
     }
 
     /// [`Self::receive_upload`], also returning where the round's time went
-    /// (`engine::server_round_timed`), for a driver that reports it; the
+    /// ([`engine::RoundPhases`]), for a driver that reports it; the
     /// timings never enter the response.
     pub fn receive_upload_timed(
         mut self,
@@ -295,37 +291,34 @@ impl Server<AwaitingUpload> {
         let q = self.ctx.q();
         let inputs: Vec<Ciphertext> = upload.ciphertexts.iter().map(|c| c.expand(q)).collect();
         let s = &mut self.state;
-        s.history.push(ReceivedUpload {
-            ciphertexts: inputs,
-            arranged_by: s.previous.clone(),
-        });
+        s.history
+            .push(ReceivedUpload::new(inputs, s.previous.clone()));
         let keys = ServerKeys {
             galois: &s.galois,
             public: &s.public,
         };
-        // THREAT-1: every ciphertext `server_round` returns is re-randomised
-        // and flooded (PRIV-1) before it goes into the response.
-        let result = engine::server_round_timed(
-            &self.ctx,
-            keys,
-            &self.model,
-            r as usize,
-            &s.history,
-            engine::Release {
-                unit: s.unit,
-                noise: s.noise.as_deref(),
-            },
-            &s.seed,
-            &mut s.rng,
-        );
-        let (ciphertexts, shuffle, phases) = match result {
+        let release = engine::Release {
+            unit: s.unit,
+            noise: s.noise.as_deref(),
+        };
+        // The evaluator borrows the session's keys and seed, so it is built
+        // per upload (a few references and two cheap checks). THREAT-1:
+        // every ciphertext a round returns is re-randomised and flooded
+        // (PRIV-1) before it goes into the response.
+        let result = RoundEvaluator::new(&self.ctx, keys, &self.model, &s.seed, release)
+            .and_then(|round| round.evaluate(r as usize, &s.history, &mut s.rng));
+        let RoundOutput {
+            ciphertexts,
+            shuffle,
+            phases,
+        } = match result {
             Ok(x) => x,
             Err(e) => {
                 // Leave the session as it was (PROTO-4).
                 self.state.history.pop();
                 return Err(Rejected {
                     state: self,
-                    error: ProtocolError::local(e),
+                    error: e.into(),
                 });
             }
         };

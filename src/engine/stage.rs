@@ -1,0 +1,757 @@
+//! What [`super::compile`] produces: a [`CompiledModel`] of
+//! [`LinearStage`]s with the client's [`ClientOp`]s after each, and the
+//! values a round reads ([`ReceivedUpload`], [`Release`]).
+//!
+//! Fields are private (the engine's siblings see a few, `pub(super)`): a
+//! stage or a compiled model comes out of `compile`, which checked it, or
+//! not at all.
+
+use super::error::{CompileError, CompileProblem, EngineError};
+use crate::extract::ValueRef;
+use crate::layout::{
+    conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, MatVecLayout, MatVecShape,
+};
+use crate::linear::EncodedLayer;
+use crate::protocol::client_steps::{apply_client_ops, response_ciphertexts};
+use crate::rlwe::{Ciphertext, Context};
+use crate::rng::Csprng;
+use crate::shuffle::{Granularity, Permutation, ShuffleUnit};
+
+/// The layout of one stage, with its shape and clear weights for the
+/// plaintext reference.
+#[derive(Debug)]
+pub(super) enum StageLayout {
+    /// A convolution: its layout and its OIHW weights.
+    Conv(Conv2dLayout, Vec<i64>),
+    /// A matrix–vector product: its layout and its row-major weights.
+    MatVec(MatVecLayout, Vec<i64>),
+}
+
+/// One linear stage: weights encoded for its layout, bias per output value.
+#[derive(Debug)]
+pub struct LinearStage {
+    layout: StageLayout,
+    pub(super) encoded: EncodedLayer,
+    /// Bias polynomial (coefficient domain, signed) per output ciphertext.
+    pub(super) bias: Vec<Vec<i64>>,
+    /// Bias per output value, in output order.
+    bias_values: Vec<i64>,
+    input_len: usize,
+    output_len: usize,
+    /// Values the stage's outputs really depend on: `input_len`, or fewer
+    /// when a sum pool was folded in (PROTO-6 counts these).
+    pub(super) independent_inputs: usize,
+    /// Inputs one output depends on: C_in·k_h·k_w of the model's (unfolded)
+    /// kernel for a conv, the independent inputs for a mat-vec.
+    pub(super) fan_in: usize,
+    /// A residual connection's second operand, added to every output.
+    pub(super) shortcut: Option<Shortcut>,
+    /// A stage the engine added with fixed 0/1 weights (a sum pool): it
+    /// holds nothing of the model owner's, so PROTO-6 does not count it.
+    pub(super) public_weights: bool,
+    /// DP-6: L2 sensitivity of the stage's released values to one weight
+    /// or bias changed by 1 (τ = 1), for uploads in the declared ranges.
+    pub(super) sensitivity: f64,
+}
+
+/// The second operand of a residual connection (ENG-4): an activation the
+/// client uploaded at an earlier round, as is or through a (1×1) conv.
+#[derive(Debug)]
+pub enum Shortcut {
+    /// The upload of `round`, added as is.
+    Identity {
+        /// The earlier round whose upload is added.
+        round: usize,
+    },
+    /// The upload of `round` through a branch conv (a projection shortcut).
+    Conv {
+        /// The earlier round whose upload the conv reads.
+        round: usize,
+        /// The branch conv, encoded like any stage.
+        stage: Box<LinearStage>,
+    },
+}
+
+/// One upload as the server keeps it: the client's ciphertexts and the
+/// permutation its values are arranged by (σ_(r−1); none for round 0).
+#[derive(Debug)]
+pub struct ReceivedUpload {
+    ciphertexts: Vec<Ciphertext>,
+    arranged_by: Option<Permutation>,
+}
+
+impl ReceivedUpload {
+    /// The upload `ciphertexts` (expanded from their seeds, N values each),
+    /// its values arranged by `arranged_by`: σ_(r−1), under which true
+    /// value k sits at slot `σ(k)`, or `None` for values in true order
+    /// (round 0). A round that finds too few ciphertexts for its stage
+    /// refuses the upload as the peer's fault ([`EngineError::fault`]).
+    pub fn new(ciphertexts: Vec<Ciphertext>, arranged_by: Option<Permutation>) -> Self {
+        Self {
+            ciphertexts,
+            arranged_by,
+        }
+    }
+
+    /// The upload's ciphertexts, N values each.
+    pub fn ciphertexts(&self) -> &[Ciphertext] {
+        &self.ciphertexts
+    }
+
+    /// σ_(r−1), the permutation the values are arranged by; `None` when
+    /// they are in true order (round 0).
+    pub fn arranged_by(&self) -> Option<&Permutation> {
+        self.arranged_by.as_ref()
+    }
+
+    /// Where true value k of this upload sits.
+    pub(super) fn value(&self, n: usize, k: usize) -> ValueRef {
+        let slot = self.arranged_by.as_ref().map_or(k, |p| p.image(k));
+        ValueRef::new(slot / n, slot % n)
+    }
+}
+
+/// What the client does to each (shuffled) value between two stages; must
+/// be element-wise so it commutes with the shuffle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    /// clamp(round_half_away(y·multiplier / 2^shift), min, max).
+    Requantize {
+        /// Fixed-point scale numerator (> 0).
+        multiplier: i64,
+        /// Scale denominator exponent (≤ 62).
+        shift: u32,
+        /// Lower clamp bound, inclusive.
+        min: i64,
+        /// Upper clamp bound, inclusive.
+        max: i64,
+    },
+    /// `max(y, 0)`.
+    Relu,
+}
+
+impl ClientOp {
+    /// The op on one value, exactly as the reference evaluator computes it
+    /// (MODEL-3).
+    pub fn apply(self, y: i64) -> i64 {
+        match self {
+            ClientOp::Relu => y.max(0),
+            ClientOp::Requantize {
+                multiplier,
+                shift,
+                min,
+                max,
+            } => crate::model::requantize(y, multiplier, shift, min, max),
+        }
+    }
+}
+
+impl LinearStage {
+    /// A Conv2d stage; `weights` OIHW, `bias` one per output channel (or empty).
+    pub(super) fn conv(
+        ctx: &Context,
+        shape: Conv2dShape,
+        weights: &[i64],
+        bias: &[i64],
+        stage: usize,
+    ) -> Result<Self, EngineError> {
+        Self::conv_stacking(ctx, shape, weights, bias, stage, usize::MAX)
+    }
+
+    /// A Conv2d stage with at most `max_stack` output channels per output
+    /// ciphertext (ENG-7).
+    pub(super) fn conv_stacking(
+        ctx: &Context,
+        shape: Conv2dShape,
+        weights: &[i64],
+        bias: &[i64],
+        stage: usize,
+        max_stack: usize,
+    ) -> Result<Self, EngineError> {
+        let layout = Conv2dLayout::with_max_stack(shape, ctx.n(), max_stack)?;
+        let encoded = EncodedLayer::new(ctx, &layout, weights)?;
+        let positions = layout.output_positions();
+        let per_channel = layout.output_height() * layout.output_width();
+        check_bias(bias, shape.out_channels, stage)?;
+        let bias_values: Vec<i64> = (0..positions.len())
+            .map(|k| bias.get(k / per_channel).copied().unwrap_or(0))
+            .collect();
+        Ok(Self {
+            input_len: shape.input_len()?,
+            output_len: positions.len(),
+            bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
+            bias_values,
+            encoded,
+            independent_inputs: shape.input_len()?,
+            fan_in: shape.in_channels * shape.kernel_height * shape.kernel_width,
+            shortcut: None,
+            public_weights: false,
+            sensitivity: 0.0,
+            layout: StageLayout::Conv(layout, weights.to_vec()),
+        })
+    }
+
+    /// A matrix–vector stage with at most `max_rows` rows per output
+    /// ciphertext (ENG-7).
+    pub(super) fn matvec_stacking(
+        ctx: &Context,
+        shape: MatVecShape,
+        weights: &[i64],
+        bias: &[i64],
+        stage: usize,
+        max_rows: usize,
+    ) -> Result<Self, EngineError> {
+        let layout = MatVecLayout::with_max_rows(shape, ctx.n(), max_rows)?;
+        let encoded = EncodedLayer::new(ctx, &layout, weights)?;
+        let positions = layout.output_positions();
+        check_bias(bias, shape.rows, stage)?;
+        let bias_values: Vec<i64> = (0..positions.len())
+            .map(|k| bias.get(k).copied().unwrap_or(0))
+            .collect();
+        Ok(Self {
+            input_len: shape.cols,
+            output_len: positions.len(),
+            bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
+            bias_values,
+            encoded,
+            independent_inputs: shape.cols,
+            fan_in: shape.cols,
+            shortcut: None,
+            public_weights: false,
+            sensitivity: 0.0,
+            layout: StageLayout::MatVec(layout, weights.to_vec()),
+        })
+    }
+
+    /// Values the stage reads: the length of its round's upload (before
+    /// any sum pool folded into the stage).
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    /// The stage as a convolution (its layout's shape, a folded pool
+    /// included), or `None` for a matrix–vector stage. Architecture, not
+    /// weights: what a client can learn by probing (spec/threat-model.md).
+    pub fn conv_shape(&self) -> Option<Conv2dShape> {
+        match &self.layout {
+            StageLayout::Conv(l, _) => Some(*l.shape()),
+            StageLayout::MatVec(..) => None,
+        }
+    }
+
+    /// The stage as a matrix–vector product, or `None` for a convolution.
+    pub fn matvec_shape(&self) -> Option<MatVecShape> {
+        match &self.layout {
+            StageLayout::MatVec(l, _) => Some(*l.shape()),
+            StageLayout::Conv(..) => None,
+        }
+    }
+
+    /// The stage's weights as evaluated (OIHW or row-major; a folded pool
+    /// repeats them) and its bias per output value: the audit's ground truth.
+    pub(crate) fn weights_and_bias(&self) -> (&[i64], &[i64]) {
+        let w = match &self.layout {
+            StageLayout::Conv(_, w) | StageLayout::MatVec(_, w) => w,
+        };
+        (w, &self.bias_values)
+    }
+
+    /// A residual connection's second operand, if any.
+    pub fn shortcut(&self) -> Option<&Shortcut> {
+        self.shortcut.as_ref()
+    }
+
+    /// LIN-3's noise factor of one output ciphertext, worst over the stage:
+    /// the largest Σ‖ŵ‖₁, plus the residual operand's (1 for an identity
+    /// shortcut, its own weights' for a projection: both noises add up).
+    pub fn noise_l1(&self) -> u128 {
+        let extra = match &self.shortcut {
+            None => 0,
+            Some(Shortcut::Identity { .. }) => 1,
+            Some(Shortcut::Conv { stage, .. }) => stage.encoded.max_weight_l1(),
+        };
+        self.encoded.max_weight_l1() + extra
+    }
+
+    /// Number of ciphertexts the stage's outputs occupy before packing.
+    pub fn output_ciphertexts(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// The number of independent input values (after any folded pool): the
+    /// dimension d of the linear map a chosen-input attack must solve.
+    pub fn independent_inputs(&self) -> usize {
+        self.independent_inputs
+    }
+
+    /// PROTO-6: chosen queries the best known attack needs to recover this
+    /// stage's weights and biases exactly, under shuffle granularity
+    /// `unit`; `None` for a stage with public weights. Element shuffling:
+    /// fan-in + 1 (the d+1 attack, d = C_in·k_h·k_w for a conv, the
+    /// independent inputs for a mat-vec), plus a projection shortcut's
+    /// fan-in. Channel shuffling leaves a conv's spatial order in the clear,
+    /// and one query suffices; a mat-vec's channels are single values, so
+    /// it is element shuffling there.
+    pub fn attack_queries(&self, unit: ShuffleUnit) -> Option<u64> {
+        if self.public_weights {
+            return None;
+        }
+        let shortcut = match &self.shortcut {
+            Some(Shortcut::Conv { stage, .. }) => stage.fan_in,
+            _ => 0,
+        };
+        Some(match (&self.layout, unit) {
+            (StageLayout::Conv(..), ShuffleUnit::Channel) => 1,
+            _ => (self.fan_in.min(self.independent_inputs) + shortcut) as u64 + 1,
+        })
+    }
+
+    /// Whether the stage's weights are fixed by the engine (a sum pool),
+    /// not the model owner's.
+    pub fn has_public_weights(&self) -> bool {
+        self.public_weights
+    }
+
+    /// Whether a residual operand is added to this stage's outputs.
+    pub fn has_shortcut(&self) -> bool {
+        self.shortcut.is_some()
+    }
+
+    /// Consecutive outputs forming one channel (H·W of a conv; 1 for a
+    /// matrix–vector product, whose outputs are channels of their own).
+    pub fn channel_size(&self) -> usize {
+        match &self.layout {
+            StageLayout::Conv(l, _) => l.output_height() * l.output_width(),
+            StageLayout::MatVec(..) => 1,
+        }
+    }
+
+    /// The granularity σ_r has for this stage under `unit`.
+    pub fn granularity(&self, unit: ShuffleUnit) -> Granularity {
+        match unit {
+            ShuffleUnit::Element => Granularity::Element,
+            ShuffleUnit::Channel => Granularity::Channel {
+                channel_size: self.channel_size(),
+            },
+        }
+    }
+    /// Values the stage releases to the client (its outputs).
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// (flat input index, input ciphertext, coefficient) of every placement.
+    pub(super) fn input_placements(&self) -> Vec<(usize, usize, usize)> {
+        match &self.layout {
+            StageLayout::Conv(l, _) => {
+                let s = l.shape();
+                l.input_placements()
+                    .iter()
+                    .map(|p| {
+                        (
+                            (p.channel * s.in_height + p.row) * s.in_width + p.col,
+                            p.ciphertext,
+                            p.coefficient,
+                        )
+                    })
+                    .collect()
+            }
+            StageLayout::MatVec(l, _) => l
+                .input_placements()
+                .iter()
+                .map(|p| (p.col, p.ciphertext, p.coefficient))
+                .collect(),
+        }
+    }
+
+    pub(super) fn output_positions(&self) -> Vec<(usize, usize)> {
+        match &self.layout {
+            StageLayout::Conv(l, _) => l.output_positions(),
+            StageLayout::MatVec(l, _) => l.output_positions(),
+        }
+    }
+
+    pub(super) fn input_ciphertexts(&self) -> usize {
+        self.encoded.input_ciphertexts()
+    }
+
+    /// The plaintext integer result of this stage (the reference), from
+    /// the direct convolution / product, independent of the layout.
+    pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
+        let mut out = match &self.layout {
+            StageLayout::Conv(l, w) => conv2d_reference(l.shape(), input, w)?,
+            StageLayout::MatVec(l, w) => matvec_reference(l.shape(), input, w)?,
+        };
+        for (v, b) in out.iter_mut().zip(&self.bias_values) {
+            *v += b;
+        }
+        Ok(out)
+    }
+}
+
+fn check_bias(bias: &[i64], expected: usize, stage: usize) -> Result<(), EngineError> {
+    if !bias.is_empty() && bias.len() != expected {
+        return Err(EngineError::BiasLength {
+            stage,
+            expected,
+            got: bias.len(),
+        });
+    }
+    Ok(())
+}
+
+fn bias_polys(
+    ctx: &Context,
+    positions: &[(usize, usize)],
+    cts: usize,
+    bias: &[i64],
+) -> Vec<Vec<i64>> {
+    let mut polys = vec![vec![0i64; ctx.n()]; cts];
+    for (&(ct, c), &b) in positions.iter().zip(bias) {
+        polys[ct][c] = b;
+    }
+    polys
+}
+
+/// How a round's outputs are released to the client (DP-8): the shuffle's
+/// granularity, and the discrete Gaussian noise, if any, added to every
+/// released value before the shuffle. Its fields stay public: every
+/// combination is a valid request, and the noise is checked against the
+/// model where it is used ([`RoundEvaluator::new`](super::RoundEvaluator::new),
+/// [`run_release`](super::run_release)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release<'a> {
+    /// What σ_r permutes: single values or whole channels.
+    pub unit: ShuffleUnit,
+    /// The discrete Gaussian added to every released value; `None` for
+    /// exact accumulators.
+    pub noise: Option<&'a crate::dp::DiscreteGaussian>,
+}
+
+impl From<ShuffleUnit> for Release<'_> {
+    /// No noise: the client gets the exact accumulators.
+    fn from(unit: ShuffleUnit) -> Self {
+        Release { unit, noise: None }
+    }
+}
+
+/// A model compiled for encrypted evaluation under one parameter set (ENG-5):
+/// stages, and the client's element-wise steps after each stage (after the
+/// last one they act on the logits, in true order).
+///
+/// The only way to obtain one is [`compile`](super::compile) (or
+/// [`crate::select`]), which checks everything the result depends on —
+/// shapes, the accumulator bound of every layer (MODEL-5), the noise budget
+/// of every stage (LIN-3) — so holding one proves the checks passed for the
+/// set it names. [`run`](super::run), [`RoundEvaluator`](super::RoundEvaluator)
+/// and the protocol's `Endpoint` accept nothing else and refuse a context
+/// of another set.
+#[derive(Debug)]
+pub struct CompiledModel {
+    pub(super) stages: Vec<LinearStage>,
+    pub(super) client_ops: Vec<Vec<ClientOp>>,
+    input: crate::model::InputSpec,
+    set: String,
+    fingerprint: u64,
+    /// The model layer each stage came from (for reports and errors).
+    pub(super) stage_layers: Vec<usize>,
+    /// The largest worst-case |accumulator| of any layer (MODEL-5).
+    pub(super) worst_accumulator: u128,
+}
+
+impl CompiledModel {
+    /// The stages and client steps `compile` built, checked against the
+    /// protocol's limits (PROTO-4) and chained shape by shape.
+    pub(super) fn assemble(
+        ctx: &Context,
+        model: &crate::model::Model,
+        stages: Vec<LinearStage>,
+        client_ops: Vec<Vec<ClientOp>>,
+        stage_layers: Vec<usize>,
+    ) -> Result<Self, EngineError> {
+        let input = *model.input();
+        if stages.is_empty() {
+            return Err(CompileError::model(CompileProblem::NoLinearLayer).into());
+        }
+        if client_ops.len() != stages.len() || stage_layers.len() != stages.len() {
+            return Err(CompileError::model(CompileProblem::Internal(
+                "not one client step list and one layer per stage",
+            ))
+            .into());
+        }
+        // The protocol's limits (PROTO-4) hold for every compiled model, so
+        // a session can always describe it.
+        use crate::protocol::{MAX_OPS, MAX_ROUNDS};
+        if stages.len() > MAX_ROUNDS {
+            return Err(CompileError::model(CompileProblem::TooManyRounds {
+                rounds: stages.len(),
+                limit: MAX_ROUNDS,
+            })
+            .into());
+        }
+        if let Some(r) = client_ops.iter().position(|o| o.len() > MAX_OPS) {
+            let layer = stage_layers[r];
+            return Err(CompileError::at(
+                layer,
+                model.layers().get(layer).map_or("?", |l| l.op_name()),
+                CompileProblem::TooManyClientSteps {
+                    steps: client_ops[r].len(),
+                    limit: MAX_OPS,
+                },
+            )
+            .into());
+        }
+        let input_len = input.shape.len().unwrap_or(0);
+        if stages[0].input_len() != input_len {
+            return Err(EngineError::ShapeMismatch {
+                stage: 0,
+                expected: stages[0].input_len(),
+                got: input_len,
+            });
+        }
+        for (i, pair) in stages.windows(2).enumerate() {
+            if pair[0].output_len() != pair[1].input_len() {
+                return Err(EngineError::ShapeMismatch {
+                    stage: i + 1,
+                    expected: pair[1].input_len(),
+                    got: pair[0].output_len(),
+                });
+            }
+        }
+        Ok(Self {
+            stages,
+            client_ops,
+            input,
+            set: ctx.params().name().to_owned(),
+            fingerprint: ctx.params().fingerprint(),
+            stage_layers,
+            worst_accumulator: 0,
+        })
+    }
+
+    /// ENG-3, ENG-5: the compiled stages' plaintext semantics must equal the
+    /// model's reference evaluator. Checked on the all-minimum, all-maximum
+    /// and a fixed pseudo-random input, so that a compiler bug is a
+    /// refusal, never an `Ok` with wrong logits. Not a proof: the proofs
+    /// and tests of the compilation rules are.
+    pub(super) fn self_check(&self, model: &crate::model::Model) -> Result<(), EngineError> {
+        let spec = model.input();
+        let len = self.input_len();
+        let span = spec.max.abs_diff(spec.min).saturating_add(1);
+        let mut rng = Csprng::from_seed([0x5a; 16]);
+        let random: Vec<i64> = (0..len)
+            .map(|_| spec.min.wrapping_add(rng.uniform_below(span) as i64))
+            .collect();
+        for input in [vec![spec.min; len], vec![spec.max; len], random] {
+            // An input on which the reference itself overflows i64 proves nothing here.
+            let Ok(want) = model.evaluate(&input) else {
+                continue;
+            };
+            if self.reference(&input)? != want {
+                return Err(CompileError::model(CompileProblem::ReferenceMismatch).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The encrypted stages, one per round.
+    pub fn stages(&self) -> &[LinearStage] {
+        &self.stages
+    }
+
+    /// The client's steps after each stage.
+    pub fn client_ops(&self) -> &[Vec<ClientOp>] {
+        &self.client_ops
+    }
+
+    /// Number of rounds (stages).
+    pub fn rounds(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// The model input: shape and the range every value must lie in.
+    pub fn input(&self) -> &crate::model::InputSpec {
+        &self.input
+    }
+
+    /// Number of input values.
+    pub fn input_len(&self) -> usize {
+        // `assemble` refuses a model without stages.
+        self.stages.first().map_or(0, LinearStage::input_len)
+    }
+
+    /// The model layer (index) each stage evaluates.
+    pub fn stage_layers(&self) -> &[usize] {
+        &self.stage_layers
+    }
+
+    /// The name of the parameter set the model was compiled for.
+    pub fn parameter_set(&self) -> &str {
+        &self.set
+    }
+
+    /// DP-8: refuses noise that could push a released value past the set's
+    /// accumulator range: the worst-case accumulator plus k·σ, with
+    /// P[|noise| ≥ k·σ] ≤ 2^-40 for the discrete Gaussian (its tail is
+    /// sub-Gaussian, CKS20), must stay below 2^(b−1).
+    pub fn check_noise(
+        &self,
+        ctx: &Context,
+        noise: Option<&crate::dp::DiscreteGaussian>,
+    ) -> Result<(), EngineError> {
+        let Some(noise) = noise else {
+            return Ok(());
+        };
+        let k = (2.0 * 41.0 * std::f64::consts::LN_2).sqrt();
+        let tail = (k * noise.variance().sqrt()).ceil();
+        let limit = 2f64.powi(ctx.params().plaintext_bits() as i32 - 1);
+        if self.worst_accumulator as f64 + tail >= limit {
+            return Err(CompileError::model(CompileProblem::NoiseOverflow {
+                sigma: noise.variance().sqrt(),
+                tail,
+                worst_accumulator: self.worst_accumulator,
+                plaintext_bits: ctx.params().plaintext_bits(),
+                set: self.set.clone(),
+            })
+            .into());
+        }
+        Ok(())
+    }
+
+    /// DP-8: the (ε, δ) of `budget` sessions, each releasing every stage
+    /// once with noise σ, under DP-5's relation (one weight or bias by τ),
+    /// composed over stages by summing ρ (DP-3), for uploads in the declared
+    /// ranges. `None` when no stage holds weights of the model owner's.
+    pub fn dp_guarantee(
+        &self,
+        sigma: f64,
+        budget: u64,
+        delta: f64,
+        tau: f64,
+    ) -> Option<crate::dp::Guarantee> {
+        let releases: Vec<crate::dp::StageRelease> = self
+            .stages
+            .iter()
+            .filter(|s| !s.public_weights)
+            .map(|s| crate::dp::StageRelease {
+                sensitivity_l2: tau * s.sensitivity,
+                sigma,
+            })
+            .collect();
+        (!releases.is_empty()).then(|| {
+            crate::dp::budget_guarantee(&releases, budget, delta, crate::dp::StageComposition::Sum)
+        })
+    }
+
+    /// PRIV-3: the circuit-privacy guarantee of the noise channel over
+    /// `budget` sessions, against clients with honest keys and uploads: each
+    /// stage's response ciphertexts, at ρ per ciphertext from that stage's
+    /// own noise (its LIN-3 factor, not the set's worst case), summed over a
+    /// session and over the budget (zCDP composes additively), then (ε, δ)
+    /// at δ = 2^-41 plus N·2^-64 per returned ciphertext for the noise tail
+    /// (proofs/noise-budget.md, "Circuit privacy"). `params` must be the
+    /// set the model was compiled for.
+    pub fn circuit_privacy(
+        &self,
+        params: &crate::params::ParameterSet,
+        budget: u64,
+    ) -> crate::dp::Guarantee {
+        let n = params.ring_degree();
+        let (mut rho, mut ciphertexts) = (0.0, 0u64);
+        for s in &self.stages {
+            let cts = response_ciphertexts(n, s.output_len());
+            let bf = params.budget().before_flooding_at(s.noise_l1() as f64);
+            rho += cts as f64 * params.flooding_rho_at(bf);
+            ciphertexts += cts as u64;
+        }
+        let acc = crate::dp::Accountant::from_rho(rho).compose(budget);
+        let conversion = crate::params::CIRCUIT_PRIVACY_DELTA;
+        let epsilon = acc.epsilon(conversion);
+        let tail = (ciphertexts.saturating_mul(budget)) as f64
+            * n as f64
+            * (2f64).powi(-(crate::params::PRIVACY_TAIL_BITS as i32));
+        crate::dp::Guarantee {
+            rho: acc.rho(),
+            epsilon,
+            delta: conversion + tail,
+            verdict: crate::dp::meaningful(epsilon),
+        }
+    }
+
+    /// ENG-5: refuses a context of another parameter set.
+    pub fn check_context(&self, ctx: &Context) -> Result<(), EngineError> {
+        if ctx.params().fingerprint() == self.fingerprint {
+            Ok(())
+        } else {
+            Err(EngineError::ParameterMismatch {
+                compiled: self.set.clone(),
+                given: ctx.params().name().to_owned(),
+            })
+        }
+    }
+
+    /// ENG-5: refuses an input of the wrong length or with a value outside
+    /// the declared range (the accumulator bounds assume it).
+    pub fn check_input(&self, input: &[i64]) -> Result<(), EngineError> {
+        if input.len() != self.input_len() {
+            return Err(EngineError::InputLength {
+                expected: self.input_len(),
+                got: input.len(),
+            });
+        }
+        let (min, max) = (self.input.min, self.input.max);
+        match input.iter().position(|v| !(min..=max).contains(v)) {
+            Some(index) => Err(EngineError::InputOutOfRange { index, min, max }),
+            None => Ok(()),
+        }
+    }
+
+    /// Plaintext integer inference with exactly the encrypted semantics.
+    pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
+        let mut held: Vec<Vec<i64>> = vec![input.to_vec()];
+        for (i, stage) in self.stages.iter().enumerate() {
+            let x = &held[i];
+            if x.len() != stage.input_len() {
+                return Err(EngineError::InputLength {
+                    expected: stage.input_len(),
+                    got: x.len(),
+                });
+            }
+            let mut y = self.stage_reference(i, &held)?;
+            apply_client_ops(&self.client_ops[i], &mut y);
+            held.push(y);
+        }
+        Ok(held.pop().unwrap_or_default())
+    }
+
+    /// Stage `r`'s released values in true order, its residual operand
+    /// included, when `uploads[j]` is round j's upload in true order.
+    pub fn stage_reference(&self, r: usize, uploads: &[Vec<i64>]) -> Result<Vec<i64>, EngineError> {
+        let stage = self.stages.get(r).ok_or(EngineError::NoSuchRound {
+            round: r,
+            rounds: self.rounds(),
+        })?;
+        if uploads.len() <= r {
+            return Err(EngineError::HistoryLength {
+                round: r,
+                expected: r + 1,
+                got: uploads.len(),
+            });
+        }
+        let mut out = stage.reference(&uploads[r])?;
+        match &stage.shortcut {
+            Some(Shortcut::Identity { round }) => {
+                for (v, s) in out.iter_mut().zip(&uploads[*round]) {
+                    *v += s;
+                }
+            }
+            Some(Shortcut::Conv { round, stage: sc }) => {
+                for (v, s) in out.iter_mut().zip(sc.reference(&uploads[*round])?) {
+                    *v += s;
+                }
+            }
+            None => {}
+        }
+        Ok(out)
+    }
+}
