@@ -534,8 +534,9 @@ impl ServerConnection {
     /// round.
     ///
     /// A refused message — malformed, out of sequence, over budget —
-    /// leaves the connection as it was (PROTO-4): a session in flight
-    /// goes on with the next valid upload. A session refused for its
+    /// leaves the connection as it was (PROTO-4, MC-3): a session in flight
+    /// goes on with the next valid upload (MC-6: an honest client whose
+    /// messages are delivered always finishes). A session refused for its
     /// budget or its keys is not started.
     pub fn receive(&mut self, message: &[u8]) -> Result<Vec<u8>, ServiceError> {
         let t = Instant::now();

@@ -178,6 +178,8 @@ impl Client<AwaitingResponse> {
         let round = self.state.round;
         let info = &self.state.accept.rounds[round as usize];
         let expected_cts = response_ciphertexts(self.ctx.n(), info.outputs as usize);
+        // MC-2: responses are taken in round order, MC-5: of this session
+        // only; MC-4: the logits come only from the last round's.
         let error = if response.session != self.state.accept.session {
             Some(ErrorKind::WrongSession)
         } else if response.round != round {

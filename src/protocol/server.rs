@@ -197,6 +197,7 @@ impl Endpoint {
         request: SessionRequest,
     ) -> Result<(Server<AwaitingUpload>, SessionAccept), ProtocolError> {
         let budget = self.policy.query_budget();
+        // MC-1: one atomic charge before any work, whichever endpoint.
         self.ledger.charge(client, budget).map_err(|e| match e {
             LedgerError::Exhausted { used, budget } => {
                 ProtocolError::peer(ErrorKind::BudgetExhausted { used, budget })
@@ -207,7 +208,8 @@ impl Endpoint {
             .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
         let public = request.public.expand(&self.ctx);
         let mut rng = Box::new(Csprng::from_source(&*self.seeds));
-        // PROTO-10: a fresh identifier binds the session's messages.
+        // PROTO-10: a fresh identifier binds the session's messages. MC-7:
+        // it is drawn from the session's generator, never the seed itself.
         let mut id: SessionId = [0; 16];
         rng.fill_bytes(&mut id);
         let accept = SessionAccept {
@@ -267,6 +269,8 @@ impl Server<AwaitingUpload> {
         let r = self.state.round;
         let n = self.ctx.n();
         let expected = self.model.stages()[r as usize].input_len().div_ceil(n);
+        // MC-5 (PROTO-10): only this session's uploads; MC-2: only the
+        // round it waits for, so no round is evaluated twice.
         let error = if upload.session != self.state.session {
             Some(ErrorKind::WrongSession)
         } else if upload.round != r {
