@@ -76,6 +76,33 @@ fn arithmetic(c: &mut Criterion) {
     });
     g.finish();
 
+    // The generator (KEY-1) against the one it replaced, tfhe-csprng's
+    // AES-CTR read byte by byte as the crate used to: the same keystream.
+    let mut g = c.benchmark_group("rng");
+    let mut buf = vec![0u8; 64 << 10];
+    g.bench_function("tfhe_csprng_64KiB", |b| {
+        use tfhe_csprng::generators::{DefaultRandomGenerator, RandomGenerator};
+        let mut old = DefaultRandomGenerator::new(tfhe_csprng::seeders::Seed(3));
+        b.iter(|| {
+            for x in buf.iter_mut() {
+                *x = old.next_byte().unwrap_or(0);
+            }
+            black_box(&buf);
+        })
+    });
+    g.bench_function("csprng_64KiB", |b| {
+        let mut new = Csprng::from_seed([3; 16]);
+        b.iter(|| {
+            new.fill_bytes(&mut buf);
+            black_box(&buf);
+        })
+    });
+    let mut flooded = ct.clone();
+    g.bench_function("flood_one_ciphertext", |b| {
+        b.iter(|| ctx.flood(black_box(&mut flooded), &mut rng))
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("pack");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     let src = [PackSource::plain(&ct)];
