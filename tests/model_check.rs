@@ -25,7 +25,9 @@
 //! a server without its round check), and must fail there: a property that
 //! cannot fail checks nothing.
 
-use safhire::model::{InputSpec, Layer, Model as NnModel, Shape};
+mod common;
+
+use safhire::model::Model as NnModel;
 use safhire::protocol::{
     ClientId, Ledger, LedgerError, Response, SessionAccept, SessionRequest, Upload,
 };
@@ -53,49 +55,10 @@ const SECRET: &str = "no server secret reaches the wire";
 
 // ------------------------------------------------------------ the workload
 
-/// conv 1→2 3×3 on a 3×3 input → ReLU, requantise → linear 18 → 2: two
-/// encrypted rounds, cheap enough to run every explored transition.
+/// The shared two-round model (tests/common).
 fn network_model() -> &'static NnModel {
     static M: OnceLock<NnModel> = OnceLock::new();
-    M.get_or_init(|| {
-        let mut rng = Csprng::from_seed([61; 16]);
-        let mut small =
-            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-        NnModel::new(
-            "model-check",
-            InputSpec {
-                shape: Shape::new(1, 3, 3),
-                min: 0,
-                max: 15,
-            },
-            vec![
-                Layer::Conv2d {
-                    out_channels: 2,
-                    kernel_h: 3,
-                    kernel_w: 3,
-                    stride: 1,
-                    padding: 1,
-                    groups: 1,
-                    weights: small(18),
-                    bias: small(2),
-                },
-                Layer::Relu,
-                Layer::Requantize {
-                    multiplier: 1,
-                    shift: 4,
-                    min: 0,
-                    max: 15,
-                },
-                Layer::Flatten,
-                Layer::Linear {
-                    out_features: 2,
-                    weights: small(36),
-                    bias: small(2),
-                },
-            ],
-        )
-        .unwrap()
-    })
+    M.get_or_init(|| common::two_round_model("model-check", 61))
 }
 
 fn input(who: usize) -> Vec<i64> {

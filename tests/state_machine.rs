@@ -21,10 +21,11 @@
 //! - a client gets logits only after the last round, and they equal the
 //!   plaintext reference bit for bit.
 
+mod common;
+
 use proptest::prelude::*;
-use safhire::model::{InputSpec, Layer, Model, Shape};
+use safhire::model::Model;
 use safhire::protocol::ENVELOPE_LEN;
-use safhire::rng::Csprng;
 use safhire::service::ServerConnection;
 use safhire::{ClientEvent, ClientId, ClientSession, ModelServer, Policy};
 use std::sync::OnceLock;
@@ -32,49 +33,10 @@ use std::sync::OnceLock;
 const BUDGET: u64 = 3;
 const IDENTITIES: usize = 2;
 
-/// conv 1→2 3×3 on a 3×3 input → requantise → linear 18 → 2: two rounds,
-/// cheap enough for hundreds of sessions.
+/// The shared two-round model (tests/common).
 fn model() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| {
-        let mut rng = Csprng::from_seed([53; 16]);
-        let mut small =
-            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-        Model::new(
-            "state-machine",
-            InputSpec {
-                shape: Shape::new(1, 3, 3),
-                min: 0,
-                max: 15,
-            },
-            vec![
-                Layer::Conv2d {
-                    out_channels: 2,
-                    kernel_h: 3,
-                    kernel_w: 3,
-                    stride: 1,
-                    padding: 1,
-                    groups: 1,
-                    weights: small(18),
-                    bias: small(2),
-                },
-                Layer::Relu,
-                Layer::Requantize {
-                    multiplier: 1,
-                    shift: 4,
-                    min: 0,
-                    max: 15,
-                },
-                Layer::Flatten,
-                Layer::Linear {
-                    out_features: 2,
-                    weights: small(36),
-                    bias: small(2),
-                },
-            ],
-        )
-        .unwrap()
-    })
+    M.get_or_init(|| common::two_round_model("state-machine", 53))
 }
 
 fn policy() -> Policy {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use safhire::model::{InputSpec, Layer, Model, Shape};
 use safhire::params::ParameterSet;
 use safhire::protocol::{
     Client, ClientId, ClientStep, Endpoint, Response, ServerStep, SessionAccept, SessionRequest,
@@ -95,4 +96,47 @@ pub fn encoded_session(
             }
         }
     }
+}
+
+/// conv 1→2 3×3 on a 3×3 input → ReLU, requantise → linear 18 → 2: two
+/// encrypted rounds, cheap enough for the state-machine and model-checking
+/// tests to run hundreds of sessions. `seed` draws its small weights.
+pub fn two_round_model(name: &str, seed: u8) -> Model {
+    let mut rng = Csprng::from_seed([seed; 16]);
+    let mut small =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    Model::new(
+        name,
+        InputSpec {
+            shape: Shape::new(1, 3, 3),
+            min: 0,
+            max: 15,
+        },
+        vec![
+            Layer::Conv2d {
+                out_channels: 2,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+                weights: small(18),
+                bias: small(2),
+            },
+            Layer::Relu,
+            Layer::Requantize {
+                multiplier: 1,
+                shift: 4,
+                min: 0,
+                max: 15,
+            },
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 2,
+                weights: small(36),
+                bias: small(2),
+            },
+        ],
+    )
+    .unwrap()
 }
