@@ -536,22 +536,12 @@ fn round_of(held: &[Option<usize>], layer: usize) -> Option<usize> {
 }
 
 fn held_shape(model: &crate::model::Model, i: usize) -> Result<(usize, usize, usize), EngineError> {
-    let mut j = i;
-    let layers = model.layers();
-    while j > 0
-        && matches!(
-            layers[j - 1],
-            crate::model::Layer::AvgPool { .. }
-                | crate::model::Layer::GlobalAvgPool
-                | crate::model::Layer::Flatten
-        )
-    {
-        j -= 1;
-    }
+    // The input of the first layer after the held one (or the model input).
+    let j = held_layer(model, i).map_or(0, |h| h + 1);
     let s = model.input_shape(j).ok_or_else(|| {
         CompileError::at(
             j,
-            layers[j].op_name(),
+            model.layers()[j].op_name(),
             CompileProblem::Internal("a layer without an input shape"),
         )
     })?;
