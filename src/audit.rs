@@ -63,6 +63,12 @@
 //! reading of the pixel probes under DP noise, d + 1 through located
 //! element slots (the logits behind element-shuffled rounds fall to the
 //! blind d + 1 instead), weight recovery after the malicious-key attack.
+//! (A noisy reading would need another way to attribute values to
+//! channels: e.g. a probe value v small enough that each channel's
+//! readings b_c + v·w stay nearer its own bias than any other's, then
+//! each channel's weights at a probe's offsets estimated from repeated
+//! sessions; that needs biases far apart next to v·|w| and the noise, which
+//! the digits model's are not.)
 
 use crate::engine::{self, CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
@@ -247,7 +253,9 @@ pub enum Outcome {
     Partial,
     /// The policy refused to serve the model at all (PROTO-6).
     RefusedByPolicy,
-    /// This tool has no attack for this stage under this policy yet.
+    /// This tool has no attack for this stage under this policy yet, or
+    /// its attack could not start (AUDIT-4: such a stage is never
+    /// reported as protected).
     NotAttacked,
 }
 
