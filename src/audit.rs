@@ -1500,18 +1500,9 @@ fn pixel_probes(
         return Ok(());
     }
     // Input label → true input channel (the audit's bookkeeping).
-    let previous: Vec<usize> = match r {
-        0 => (0..shape.in_channels).collect(),
-        _ => match known[r - 1].as_ref() {
-            Some(k) => k.truth.clone(),
-            None => {
-                entry.note = format!(
-                    "round {} was not recovered, so the slots of round {r} cannot be located",
-                    r - 1
-                );
-                return Ok(());
-            }
-        },
+    let previous: Vec<usize> = match r.checked_sub(1).and_then(|k| known[k].as_ref()) {
+        Some(k) => k.truth.clone(),
+        None => (0..shape.in_channels).collect(),
     };
     let (kh, kw) = (shape.kernel_height, shape.kernel_width);
     let positions = plane(&shape);
