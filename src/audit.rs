@@ -1,4 +1,4 @@
-//! The audit (spec/threat-model.md, AUDIT-1..AUDIT-4): chosen-input attacks
+//! The audit (spec/threat-model.md, AUDIT-1..AUDIT-8): chosen-input attacks
 //! on the model, run as the client side of real sessions against a real
 //! [`Endpoint`], over encoded messages, counting the sessions they use.
 //!
@@ -35,19 +35,40 @@
 //!   with independent value triples, read as an exact cover, the kernels
 //!   solved per bias; one random image tells apart and pairs the kernels of
 //!   channels that share a bias;
+//! * **located pixel probes** (AUDIT-8: element shuffling, a conv at round
+//!   r ≥ 1 whose earlier rounds were recovered): the server reads round
+//!   r's upload in σ_(r−1)'s order, which each session learns by
+//!   predicting: it uploads inputs of its choice at rounds 0..r − 1,
+//!   predicts their outputs from the recovered stages and matches every
+//!   received value to the position predicting it (round r − 1's input is
+//!   chosen offline so that each probe pixel's position predicts a value of
+//!   its own; tied positions get one common value). Round r is then probed
+//!   as round 0, every session counted;
 //! * **malicious public key** (AUDIT-5, one session as a second identity):
 //!   Δ/2 added to the key's body exposes the server's re-randomiser u in
 //!   every coefficient of a response; the tool confirms the reading and
 //!   stops there (no lattice reduction on the mask that remains).
 //!
-//! Under a policy with DP noise (DP-8) the same attacks run and report
-//! their mean error instead of exact recovery.
+//! Under a policy with DP noise (DP-8) the bias probe, the channel solve
+//! and d + 1 run and report their mean error instead of exact recovery.
+//! The pixel probes do not: their reading attributes each released value
+//! to an output channel through exact coincidences (three values on one
+//! line b + v·w through a bias, in three sessions shuffled apart), and
+//! under noise those vanish, so the stage is reported as not attacked,
+//! with the bias probe's error only. Nor do the located probes, whose
+//! slots are matched by exact value.
 //!
-//! Not yet here, and reported as such per stage: element-shuffled conv
-//! stages after round 0 (their slots must be located first), channel
-//! matching across sessions for stages one session cannot solve, residual
-//! stages, the pixel probes under DP noise, weight recovery after the
-//! malicious-key attack.
+//! Not yet here, and reported as such per stage: channel matching across
+//! sessions for stages one session cannot solve, residual stages, a
+//! reading of the pixel probes under DP noise, d + 1 through located
+//! element slots (the logits behind element-shuffled rounds fall to the
+//! blind d + 1 instead), weight recovery after the malicious-key attack.
+//! (A noisy reading would need another way to attribute values to
+//! channels: e.g. a probe value v small enough that each channel's
+//! readings b_c + v·w stay nearer its own bias than any other's, then
+//! each channel's weights at a probe's offsets estimated from repeated
+//! sessions; that needs biases far apart next to v·|w| and the noise, which
+//! the digits model's are not.)
 
 use crate::engine::{CompiledModel, LinearStage};
 use crate::layout::{conv2d_reference, Conv2dShape, MatVecShape};
@@ -233,7 +254,9 @@ pub enum Outcome {
     Partial,
     /// The policy refused to serve the model at all (PROTO-6).
     RefusedByPolicy,
-    /// This tool has no attack for this stage under this policy yet.
+    /// This tool has no attack for this stage under this policy yet, or
+    /// its attack could not start (AUDIT-4: such a stage is never
+    /// reported as protected).
     NotAttacked,
 }
 
@@ -269,11 +292,15 @@ pub struct StageReport {
     /// (recovered exactly, total), up to the permutation the policy hides.
     pub weights: (usize, usize),
     /// (recovered exactly, total) biases of the layer, as a multiset: the
-    /// bias probe returns each one, shuffled.
+    /// bias probe returns each one, shuffled. Under DP noise, the
+    /// estimates that round to their true bias.
     pub biases: (usize, usize),
-    /// Under a noisy policy (DP-8), the bias probe's mean absolute error per
-    /// released value (sorted received values against sorted true ones,
-    /// the best matching a client can make); 0 when exact.
+    /// Under a noisy policy (DP-8), the mean absolute error per bias of
+    /// the client's bias estimate from the bias probe: the received values
+    /// sorted, and for a conv stage each run of H_out·W_out of them (one
+    /// channel's copies, if the noise keeps the channels apart) averaged,
+    /// against the true biases sorted; 0 when exact. [`biases`](Self::biases)
+    /// then counts the estimates that round to their true bias.
     pub bias_error: Option<f64>,
     /// The weight attack's mean absolute error per weight, when it ran but
     /// noise kept it from exact recovery.
@@ -450,16 +477,29 @@ fn bias_probe(
             .map_err(|e| AuditError::Protocol(e.to_string()))?;
         got.sort_unstable();
         want.sort_unstable();
-        let stage = &mut report.stages[r];
-        if got == want {
-            stage.biases.0 = stage.biases.1;
+        // A conv stage releases each channel's bias once per output
+        // position: the client's estimate of the sorted biases is the mean
+        // of each run of that many sorted values (under DP noise, each
+        // copy carries its own noise); a mat-vec releases each bias once.
+        let copies = model.stages()[r]
+            .conv_shape()
+            .map_or(1, |s| plane(&s))
+            .max(1);
+        let (mut exact, mut error, mut runs) = (0usize, 0f64, 0usize);
+        for (g, w) in got.chunks(copies).zip(want.chunks(copies)) {
+            let estimate = g.iter().sum::<i64>() as f64 / g.len() as f64;
+            let truth = w.iter().sum::<i64>() as f64 / w.len() as f64;
+            error += (estimate - truth).abs();
+            exact += usize::from(w.iter().all(|&v| v == w[0]) && estimate.round() as i64 == w[0]);
+            runs += 1;
         }
-        let error: f64 = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| a.abs_diff(*b) as f64)
-            .sum();
-        stage.bias_error = Some(error / want.len().max(1) as f64);
+        let stage = &mut report.stages[r];
+        stage.biases.0 = if got == want {
+            stage.biases.1
+        } else {
+            exact.min(stage.biases.1)
+        };
+        stage.bias_error = Some(error / runs.max(1) as f64);
     }
     Ok(Some(seen))
 }
@@ -585,18 +625,14 @@ fn weight_attack(
         (None, _) if r + 1 == model.rounds() && (r == 0 || unit == ShuffleUnit::Channel) => {
             d_plus_one(oracle, model, spec, r, known, entry)
         }
-        (Some(_), ShuffleUnit::Element) if r == 0 => match base {
-            Some(base) => pixel_probes(oracle, model, spec, base, entry),
+        (Some(_), ShuffleUnit::Element) => match base {
+            Some(base) => pixel_probes(oracle, model, spec, r, base, known, entry),
             None => {
                 entry.note =
                     "the bias probe did not run (budget): nothing to align the probes with".into();
                 Ok(())
             }
         },
-        (Some(_), ShuffleUnit::Element) => {
-            entry.note = "element-shuffled conv after round 0: needs its slots located, not in this tool yet".into();
-            Ok(())
-        }
         (None, _) if r + 1 == model.rounds() => blind_columns(oracle, model, spec, r, entry),
         (None, _) if r > 0 => {
             entry.note = "shuffled mat-vec behind element-shuffled rounds: needs the alignment attack, not in this tool yet".into();
@@ -1268,6 +1304,163 @@ struct Reading {
     w: i64,
 }
 
+/// What one AUDIT-7 probe session at round r returned.
+enum Probed {
+    /// The round-r outputs, and the image the server actually read (in the
+    /// attacker's labels): the wanted one, except that values the attacker
+    /// could not place apart (tied slots) were set to 0.
+    Seen {
+        outputs: Vec<i64>,
+        realized: Vec<i64>,
+    },
+    Budget,
+    Lost(String),
+}
+
+/// Random inputs tried offline, per session, for a round r − 1 input
+/// whose outputs put every probe pixel of round r in a slot of its own.
+const PLACEMENT_TRIES: usize = 2000;
+
+/// AUDIT-8: one session whose round-r upload is `image` (in the
+/// attacker's labels: round 0's true order, later the output labels of
+/// the stages it recovered). Round 0 needs nothing more. At a later round
+/// the upload is read by the server in σ_(r−1)'s order, which the attacker
+/// learns by predicting: it uploads inputs of its choice at rounds
+/// 0..r − 1, predicts each round's outputs from the recovered stage
+/// (`known`), and matches each received value to the label position
+/// predicting it. Positions whose predicted values tie cannot be told
+/// apart, so they all get one value: the wanted one when the image agrees
+/// on them, else 0. With `separate`, round r − 1's input is searched
+/// offline so that every position where `image` is not 0 predicts a value
+/// of its own, so that probe pixels reach the server as wanted.
+fn probe_session(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+    known: &[Option<Known>],
+    image: &[i64],
+    separate: bool,
+) -> Result<Probed, AuditError> {
+    let mut live = match oracle.open() {
+        Ok(live) => live,
+        Err(Stop::Budget) => return Ok(Probed::Budget),
+        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+    };
+    let ranges = upload_ranges(model, spec, r);
+    // Slot → label position of the next upload (`None`: true order), and
+    // the label positions whose values tie, as groups.
+    let mut slots: Option<Vec<usize>> = None;
+    let mut ties: Vec<Vec<usize>> = Vec::new();
+    let needed: Vec<usize> = (0..image.len())
+        .filter(|&i| separate && image[i] != 0)
+        .collect();
+    for (k, kn) in known.iter().enumerate().take(r) {
+        let Some(kn) = kn.as_ref() else {
+            return Ok(Probed::Lost(format!(
+                "round {k} was not recovered, so the slots of round {r} cannot be located"
+            )));
+        };
+        let predict = |x: &[i64]| -> Option<Vec<i64>> {
+            let mut y = conv2d_reference(&kn.shape, x, &kn.weights).ok()?;
+            let out_plane = plane(&kn.shape);
+            for (o, block) in y.chunks_mut(out_plane).enumerate() {
+                block.iter_mut().for_each(|v| *v += kn.bias[o]);
+            }
+            Some(y)
+        };
+        let len = kn.shape.input_len().unwrap_or(0);
+        // The last round before r: search for an input that separates the
+        // probe pixels; earlier rounds: any random input.
+        let mut chosen = None;
+        for _ in 0..if k + 1 == r { PLACEMENT_TRIES } else { 1 } {
+            let x = realize(&random_values(len, ranges[k]), &ties);
+            let Some(y) = predict(&x) else {
+                return Ok(Probed::Lost(format!(
+                    "round {k}'s recovered stage could not be evaluated"
+                )));
+            };
+            let separated = k + 1 < r || {
+                let groups = tie_groups(&y);
+                needed
+                    .iter()
+                    .all(|i| groups.iter().all(|g| g.len() == 1 || !g.contains(i)))
+            };
+            if separated {
+                chosen = Some((x, y));
+                break;
+            }
+        }
+        let Some((x, predicted)) = chosen else {
+            return Ok(Probed::Lost(format!(
+                "no input of round {k} found in {PLACEMENT_TRIES} tries that gives every probe pixel a slot of its own"
+            )));
+        };
+        let seen = step(oracle, &mut live, &arrange_elements(&x, slots.as_deref()))?;
+        let Some(located) = locate_elements(&seen, &predicted) else {
+            return Ok(Probed::Lost(format!(
+                "round {k}'s values differ from the recovered stage's prediction"
+            )));
+        };
+        slots = Some(located);
+        ties = tie_groups(&predicted);
+    }
+    let realized = realize(image, &ties);
+    let outputs = step(
+        oracle,
+        &mut live,
+        &arrange_elements(&realized, slots.as_deref()),
+    )?;
+    Ok(Probed::Seen { outputs, realized })
+}
+
+/// The groups of positions whose values are equal, each sorted.
+fn tie_groups(values: &[i64]) -> Vec<Vec<usize>> {
+    let mut by_value: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (i, &v) in values.iter().enumerate() {
+        by_value.entry(v).or_default().push(i);
+    }
+    by_value.into_values().collect()
+}
+
+/// `wanted`, with every tie group set to one value: its common value
+/// when all its positions want the same, else 0.
+fn realize(wanted: &[i64], ties: &[Vec<usize>]) -> Vec<i64> {
+    let mut out = wanted.to_vec();
+    for group in ties.iter().filter(|g| g.len() > 1) {
+        let first = wanted[group[0]];
+        if group.iter().any(|&i| wanted[i] != first) {
+            group.iter().for_each(|&i| out[i] = 0);
+        }
+    }
+    out
+}
+
+/// The upload that puts label position `slots[s]`'s value in slot s
+/// (true order when `slots` is `None`).
+fn arrange_elements(values: &[i64], slots: Option<&[usize]>) -> Vec<i64> {
+    match slots {
+        None => values.to_vec(),
+        Some(m) => m.iter().map(|&j| values[j]).collect(),
+    }
+}
+
+/// Slot → label position: each received value matched to a position that
+/// predicts it, one to one (tied positions in order); `None` if the
+/// received multiset is not the predicted one.
+fn locate_elements(seen: &[i64], predicted: &[i64]) -> Option<Vec<usize>> {
+    if seen.len() != predicted.len() {
+        return None;
+    }
+    let mut free: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (j, &v) in predicted.iter().enumerate().rev() {
+        free.entry(v).or_default().push(j);
+    }
+    seen.iter()
+        .map(|v| free.get_mut(v).and_then(Vec::pop))
+        .collect()
+}
+
 /// AUDIT-7 (single-pixel probes, element shuffling, a conv at round 0): the
 /// client writes its input in true order, so it can place single pixels;
 /// only the outputs come back shuffled. A pixel of value v reaches one
@@ -1280,22 +1473,41 @@ struct Reading {
 /// line (an exact cover of the three multisets); and then solves, per bias
 /// and input channel, for the kernels whose values at each probe's offsets
 /// are the multisets read. Channels sharing a bias are solved together.
-/// Exact only when that solution is unique.
+/// Exact only when that solution is unique. At round r ≥ 1 (AUDIT-8) the
+/// same, through [`probe_session`], in the attacker's channel labels of
+/// round r − 1; the stage's kernels then go to `known[r]` for later rounds.
+#[allow(clippy::too_many_arguments)]
 fn pixel_probes(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
     spec: crate::model::InputSpec,
+    r: usize,
     base: &[i64],
+    known: &mut [Option<Known>],
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
-    entry.attack = "pixel probes";
-    let stage = &model.stages()[0];
+    entry.attack = if r == 0 {
+        "pixel probes"
+    } else {
+        "located probes"
+    };
+    let stage = &model.stages()[r];
     let Some(shape) = stage.conv_shape() else {
         return Ok(());
     };
+    if let Some(k) = (0..r).find(|&k| known[k].is_none()) {
+        entry.note =
+            format!("round {k} was not recovered, so the slots of round {r} cannot be located");
+        return Ok(());
+    }
+    // Input label → true input channel (the audit's bookkeeping).
+    let previous: Vec<usize> = match r.checked_sub(1).and_then(|k| known[k].as_ref()) {
+        Some(k) => k.truth.clone(),
+        None => (0..shape.in_channels).collect(),
+    };
     let (kh, kw) = (shape.kernel_height, shape.kernel_width);
     let positions = plane(&shape);
-    let (lo, hi) = (spec.min, spec.max);
+    let (lo, hi) = upload_ranges(model, spec, r)[r];
     if !(lo <= 0 && 0 <= hi) || (lo == 0 && hi == 0) {
         entry.note = "the input range does not hold 0 and a probe value".into();
         return Ok(());
@@ -1337,7 +1549,7 @@ fn pixel_probes(
     let mut bias_classes: Vec<(i64, usize)> = Vec::new();
     for (&b, &n) in &base {
         if n % positions != 0 {
-            entry.note = "the bias probe's values are not whole planes of equal biases (noise?): the probes need exact values".into();
+            entry.note = "the bias probe's values are not whole planes of equal biases (DP noise?): the probes' reading needs exact values, so the weights are not attacked; the bias estimate averages each channel's copies".into();
             return Ok(());
         }
         bias_classes.push((b, n / positions));
@@ -1349,14 +1561,22 @@ fn pixel_probes(
     for group in &groups {
         let mut seen = Vec::with_capacity(3);
         for i in 0..3 {
-            let mut image = vec![0i64; spec.shape.len().unwrap_or(0)];
+            let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
             for p in group {
                 image[(p.channel * shape.in_height + p.pixel.0) * shape.in_width + p.pixel.1] =
                     p.values[i];
             }
-            let mut live = match oracle.open() {
-                Ok(live) => live,
-                Err(Stop::Budget) => {
+            match probe_session(oracle, model, spec, r, known, &image, true)? {
+                Probed::Seen { outputs, realized } if realized == image => {
+                    entry.sessions += 1;
+                    seen.push(counts(&outputs));
+                }
+                Probed::Seen { .. } => {
+                    entry.sessions += 1;
+                    entry.note = "a probe pixel could not be placed in a slot of its own".into();
+                    return Ok(());
+                }
+                Probed::Budget => {
                     entry.outcome = Outcome::StoppedByBudget;
                     entry.note = format!(
                         "the budget stopped the probes after {} session(s) ({} needed)",
@@ -1365,10 +1585,12 @@ fn pixel_probes(
                     );
                     return Ok(());
                 }
-                Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
-            };
-            entry.sessions += 1;
-            seen.push(counts(&step(oracle, &mut live, &image)?));
+                Probed::Lost(why) => {
+                    entry.sessions += 1;
+                    entry.note = why;
+                    return Ok(());
+                }
+            }
         }
         // Outputs no probe reaches: each channel's bias at the positions
         // outside the group's footprints.
@@ -1458,13 +1680,6 @@ fn pixel_probes(
             readings.push(per_combo);
         }
     }
-    // Channels sharing a bias leave several solutions. One more session
-    // decides between them: a random image whose input channels occupy
-    // bands of rows separated by k_h − 1 zero rows, so that no output sees
-    // two bands and each output depends on one input channel's kernels
-    // only. The outputs of everything already solved are predicted and
-    // removed from its multiset, and a solution stays if its own predicted
-    // outputs are what is left.
     // What the probes leave open: channels sharing a bias have several
     // slice solutions, and with several input channels the slices of one
     // input channel are not yet paired with another's. One more session
@@ -1482,23 +1697,36 @@ fn pixel_probes(
     let mut checked = false;
     let mut full: Vec<Vec<Kernels>>;
     let layout = check_layout(&shape);
-    let live = match (need_check, layout.as_ref()) {
-        (true, Some(_)) => oracle.open().ok(),
-        _ => None,
-    };
-    if let (Some(mut live), Some((bands, joint))) = (live, layout.as_ref()) {
-        entry.sessions += 1;
-        checked = true;
-        let plane_len = shape.in_height * shape.in_width;
-        let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
-        for (c, band) in bands.iter().enumerate() {
-            for rows in [band, joint] {
-                let start = c * plane_len + rows.start * shape.in_width;
-                let len = rows.len() * shape.in_width;
-                image[start..start + len].copy_from_slice(&random_values(len, (lo, hi)));
+    let plane_len = shape.in_height * shape.in_width;
+    let mut check_lost = String::new();
+    let check = match (need_check, layout.as_ref()) {
+        (true, Some((bands, joint))) => {
+            let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
+            for (c, band) in bands.iter().enumerate() {
+                for rows in [band, joint] {
+                    let start = c * plane_len + rows.start * shape.in_width;
+                    let len = rows.len() * shape.in_width;
+                    image[start..start + len].copy_from_slice(&random_values(len, (lo, hi)));
+                }
+            }
+            // Tied slots get 0 at round r ≥ 1: still a random image with
+            // zero gaps, and the attacker knows it.
+            match probe_session(oracle, model, spec, r, known, &image, false)? {
+                Probed::Seen { outputs, realized } => Some((outputs, realized)),
+                Probed::Budget => None,
+                Probed::Lost(why) => {
+                    entry.sessions += 1;
+                    check_lost = format!("; the check image's session was lost: {why}");
+                    None
+                }
             }
         }
-        let mut left = counts(&step(oracle, &mut live, &image)?);
+        _ => None,
+    };
+    if let (Some((outputs, image)), Some((bands, joint))) = (check, layout.as_ref()) {
+        entry.sessions += 1;
+        checked = true;
+        let mut left = counts(&outputs);
         let w_out = shape.output_width().unwrap_or(0);
         let rows_seeing = |rows: &std::ops::Range<usize>| -> Vec<usize> {
             (0..shape.output_height().unwrap_or(0))
@@ -1608,26 +1836,74 @@ fn pixel_probes(
     // (channels, solutions) of each bias class left open.
     let mut open: Vec<(usize, usize)> = Vec::new();
     let whole = cin * kh * kw;
+    let kk = kh * kw;
+    // True output channel o's kernel, its input channels in label order.
+    let true_kernel = |o: usize| -> Vec<i64> {
+        previous
+            .iter()
+            .flat_map(|&c| {
+                true_w[(o * cin + c) * kk..(o * cin + c + 1) * kk]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    // What the attacker holds for the next round, when every class is
+    // solved: its kernels under labels, class after class.
+    let mut recovered = Some(Known {
+        shape,
+        weights: Vec::with_capacity(shape.out_channels * whole),
+        bias: Vec::with_capacity(shape.out_channels),
+        truth: Vec::with_capacity(shape.out_channels),
+    });
+    let mut taken = vec![false; shape.out_channels];
+    // Channels of the classes no candidate set fits.
+    let mut unsolved = 0usize;
     for (&(b, g), sets) in bias_classes.iter().zip(&full) {
         let mut truth: Kernels = (0..shape.out_channels)
             .filter(|&o| true_b[o * positions] == b)
-            .map(|o| true_w[o * whole..(o + 1) * whole].to_vec())
+            .map(true_kernel)
             .collect();
         truth.sort();
         match sets.as_slice() {
             [one] if *one == truth => exact += g * whole,
-            [_] | [] => {}
+            [_] => {}
+            [] => unsolved += g,
             many => open.push((g, many.len())),
         }
+        match (sets.as_slice(), recovered.as_mut()) {
+            ([one], Some(k)) => {
+                for kernel in one {
+                    // The audit's bookkeeping: the true channel it is.
+                    let o = (0..shape.out_channels)
+                        .find(|&o| {
+                            !taken[o] && true_b[o * positions] == b && true_kernel(o) == *kernel
+                        })
+                        .or_else(|| (0..shape.out_channels).find(|&o| !taken[o]))
+                        .unwrap_or(0);
+                    taken[o] = true;
+                    k.weights.extend_from_slice(kernel);
+                    k.bias.push(b);
+                    k.truth.push(o);
+                }
+            }
+            _ => recovered = None,
+        }
     }
-    entry.weights.0 = exact;
-    entry.outcome = if exact == entry.weights.1 {
+    // A folded sum pool repeats each of the layer's weights in the stage's
+    // kernel: count the layer's share of the stage's exact weights.
+    let stage_total = shape.out_channels * whole;
+    entry.weights.0 = exact * entry.weights.1 / stage_total.max(1);
+    entry.outcome = if exact == stage_total {
         Outcome::Recovered
     } else {
         Outcome::Partial
     };
+    if r + 1 < model.rounds() {
+        known[r] = recovered;
+    }
     entry.note = format!(
-        "{} probes in {} group(s) of 3 sessions{}; {exact} of {} weights exact{}",
+        "{} probes in {} group(s) of 3 sessions{}{}; {} of {} weights exact{}{}{check_lost}",
         groups.iter().map(Vec::len).sum::<usize>(),
         groups.len(),
         if checked {
@@ -1635,6 +1911,12 @@ fn pixel_probes(
         } else {
             ""
         },
+        if r > 0 {
+            " (each session locates its slots through the recovered rounds)"
+        } else {
+            ""
+        },
+        entry.weights.0,
         entry.weights.1,
         open.iter()
             .map(|&(g, n)| format!(
@@ -1645,7 +1927,16 @@ fn pixel_probes(
                     ""
                 }
             ))
-            .collect::<String>()
+            .collect::<String>(),
+        match (unsolved, checked || layout.is_none()) {
+            (0, _) => String::new(),
+            (n, true) => format!("; {n} channel(s) sharing a bias: no candidate fits{}", if layout.is_none() {
+                " (no check image fits the input: a band per input channel with k_h − 1 zero rows between)"
+            } else {
+                ""
+            }),
+            (n, false) => format!("; {n} channel(s) sharing a bias: no candidate fits (the check image's session did not run)"),
+        }
     );
     Ok(())
 }
@@ -2372,7 +2663,7 @@ impl AuditReport {
             }
             if let Some(e) = s.bias_error.filter(|&e| e > 0.0) {
                 out.push_str(&format!(
-                    "{:>14}noise: the bias probe is off by {e:.1} per value on average\n",
+                    "{:>14}noise: the bias estimate is off by {e:.1} per bias on average\n",
                     ""
                 ));
             }
