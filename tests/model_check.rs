@@ -34,10 +34,11 @@ use safhire::protocol::{
 use safhire::rlwe::Context;
 use safhire::rng::{Csprng, SeedSource};
 use safhire::service::ServerConnection;
+use safhire::shuffle::{Granularity, SessionSeed};
 use safhire::{ClientEvent, ClientSession, ModelServer, Policy};
 use stateright::{Checker, Expectation, Model, Property};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -230,6 +231,8 @@ enum Server {
     /// Broken: the accept carries the bytes the server's seed source
     /// handed out (its session seed).
     LeaksSeed,
+    /// Broken: the accept carries round 0's permutation.
+    LeaksPermutation,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -383,6 +386,7 @@ struct System {
     live_clients: Mutex<HashMap<Vec<Msg>, ClientSession>>,
     client_steps: Mutex<HashMap<(Vec<Msg>, Msg), ClientStep>>,
     requests: Mutex<HashMap<usize, Msg>>,
+    secrets: Mutex<HashSet<[u8; 16]>>,
 }
 
 impl System {
@@ -420,6 +424,7 @@ impl System {
             live_clients: Mutex::default(),
             client_steps: Mutex::default(),
             requests: Mutex::default(),
+            secrets: Mutex::default(),
         }
     }
 
@@ -517,9 +522,22 @@ impl System {
                         reply.extend_from_slice(seed);
                     }
                 }
-                let secret_on_wire = reply
-                    .windows(16)
-                    .any(|w| handed_out.iter().any(|s| s.as_slice() == w));
+                if self.server == Server::LeaksPermutation && handed_out.len() >= 3 {
+                    // The endpoint draws its generator's seed, then the
+                    // 32-byte session seed.
+                    let mut bytes = [0u8; 32];
+                    bytes[..16].copy_from_slice(&handed_out[1]);
+                    bytes[16..].copy_from_slice(&handed_out[2]);
+                    let len = self.servers[0].model().stages()[0].output_len();
+                    let sigma = SessionSeed::from_bytes(bytes)
+                        .permutation(0, len, Granularity::Element)
+                        .unwrap();
+                    for k in 0..sigma.len() {
+                        reply.extend_from_slice(&(sigma.image(k) as u32).to_le_bytes());
+                    }
+                }
+                let secrets = self.secrets(&handed_out);
+                let secret_on_wire = reply.windows(16).any(|w| secrets.contains(w));
                 // MC-5: an upload the server took must carry the session
                 // id of the accept that opened the session in flight.
                 let mixed_sessions = round.is_some()
@@ -573,6 +591,33 @@ impl System {
                 }
             }
         }
+    }
+
+    /// What must never reach the wire (MC-7): every 16 bytes the server's
+    /// seed source has handed out, and the first 16 bytes of the u32
+    /// little-endian encoding of each round's permutation under any 32
+    /// consecutive handed-out bytes taken as a session seed.
+    fn secrets(&self, handed_out: &[[u8; 16]]) -> std::sync::MutexGuard<'_, HashSet<[u8; 16]>> {
+        let mut secrets = self.secrets.lock().unwrap();
+        secrets.extend(handed_out.iter().copied());
+        for pair in handed_out.windows(2) {
+            let mut bytes = [0u8; 32];
+            bytes[..16].copy_from_slice(&pair[0]);
+            bytes[16..].copy_from_slice(&pair[1]);
+            let seed = SessionSeed::from_bytes(bytes);
+            for (r, stage) in self.servers[0].model().stages().iter().enumerate() {
+                let sigma = seed
+                    .permutation(r as u64, stage.output_len(), Granularity::Element)
+                    .unwrap();
+                let encoded: Vec<u8> = (0..sigma.len())
+                    .flat_map(|k| (sigma.image(k) as u32).to_le_bytes())
+                    .collect();
+                if let Some(head) = encoded.get(..16) {
+                    secrets.insert(head.try_into().unwrap());
+                }
+            }
+        }
+        secrets
     }
 
     /// The session id of the session in flight after `history`: from the
@@ -1075,4 +1120,9 @@ fn a_ledger_that_counts_refusals_changes_state_on_a_refusal() {
 #[test]
 fn a_server_that_sends_its_seed_is_caught() {
     assert_caught(Server::LeaksSeed, SAFETY, SECRET);
+}
+
+#[test]
+fn a_server_that_sends_a_permutation_is_caught() {
+    assert_caught(Server::LeaksPermutation, SAFETY, SECRET);
 }
