@@ -8,6 +8,9 @@
 //! broken in turn, one field at a time (a value out of range, a wrong
 //! length, a cut, a trailing byte, a wrong version or kind), and the
 //! decoder must refuse it with exactly the typed error the grammar names.
+//! The grammar is also read as a parser, which must agree with the decoders
+//! on every case and accept what the crate itself encodes (real keys, a
+//! real session, real control messages).
 //! A variant of a decoder's error type, an object kind, a message kind or a
 //! control message that exists in the code but not in the grammar fails
 //! the completeness test. The fuzz dictionaries and seeds (WIRE-7) are
@@ -1067,6 +1070,235 @@ fn int_violations(f: &Field, ty: IntTy, env: &Env, v: i128) -> Vec<(String, i128
     out
 }
 
+// -------------------------------------------------------------- the parser
+
+/// Reads bytes by the grammar: the grammar's own verdict on an encoding,
+/// compared with the decoders' on every generated case and applied to
+/// encodings the crate makes from real keys and sessions.
+struct Parser<'a> {
+    g: &'a Grammar,
+    ctx: Option<&'a Context>,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+type Verdict = Result<(), String>;
+
+impl<'a> Parser<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(len).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("{len} bytes past the end at {}", self.pos))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn int(&mut self, ty: IntTy) -> Result<i128, String> {
+        let width = ty.bytes(0).len();
+        let b = self.take(width)?;
+        let mut w = [0u8; 8];
+        Ok(match ty {
+            IntTy::U32Be => u32::from_be_bytes(b.try_into().unwrap()) as i128,
+            IntTy::I64 => i64::from_le_bytes(b.try_into().unwrap()) as i128,
+            _ => {
+                w[..width].copy_from_slice(b);
+                u64::from_le_bytes(w) as i128
+            }
+        })
+    }
+
+    /// A whole input: the entry and nothing after it.
+    fn top(&mut self, m: &Message, env: &mut Env) -> Verdict {
+        self.entry(m, env)?;
+        match self.bytes.len() - self.pos {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes after the end")),
+        }
+    }
+
+    fn entry(&mut self, m: &Message, env: &mut Env) -> Verdict {
+        if let Some(k) = m.kind {
+            env.set("KIND", k as i128);
+        }
+        if let Some(s) = &m.size {
+            let size = eval(s, env);
+            env.set("SIZE", size);
+        }
+        let Some(h) = &m.header else {
+            return self.fields(&m.field, env);
+        };
+        // Without a length field (a control message) the body is the rest.
+        let mut declared = None;
+        for f in &self.g.layout(h).field {
+            let v = self.field(f, env)?;
+            if f.length_of.is_some() {
+                declared = Some(v);
+            }
+        }
+        let start = self.pos;
+        let end = declared.map_or(self.bytes.len() as i128, |d| start as i128 + d);
+        if end > self.bytes.len() as i128 {
+            return Err("the body is shorter than declared".into());
+        }
+        let mut body = Parser {
+            g: self.g,
+            ctx: self.ctx,
+            bytes: &self.bytes[..end as usize],
+            pos: start,
+        };
+        body.fields(&m.field, env)?;
+        if body.pos != end as usize {
+            return Err("the body is longer than its fields".into());
+        }
+        self.pos = end as usize;
+        Ok(())
+    }
+
+    fn fields(&mut self, fields: &[Field], env: &mut Env) -> Verdict {
+        for (i, f) in fields.iter().enumerate() {
+            let v = self.field(f, env)?;
+            if f.length_of.is_some() {
+                if self.bytes.len() - self.pos != v as usize {
+                    return Err(format!("{} does not match what follows", f.name));
+                }
+                return self.fields(&fields[i + 1..], env);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one field, checks its rules; returns its value (integers).
+    fn field(&mut self, f: &Field, env: &mut Env) -> Result<i128, String> {
+        let bad = |what: &str| Err(format!("{}: {what}", f.name));
+        if let Some(ty) = IntTy::parse(&f.ty) {
+            let v = self.int(ty)?;
+            if let Some(e) = &f.value {
+                if v != eval(e, env) {
+                    return bad("not its value");
+                }
+            }
+            let (lo, hi) = int_range(f, ty, env);
+            if v < lo || v > hi {
+                return bad("out of range");
+            }
+            env.set(&f.name, v);
+            return Ok(v);
+        }
+        match f.ty.as_str() {
+            "magic" => {
+                let want = f.value.as_ref().unwrap().as_bytes();
+                if self.take(want.len())? != want {
+                    return bad("wrong magic");
+                }
+            }
+            "bytes" | "string" => {
+                let len = match (&f.prefix, &f.len) {
+                    (Some(p), _) => {
+                        let len = self.int(IntTy::parse(p).unwrap())?;
+                        let min = f.min_len.as_ref().map_or(0, |e| eval(e, env));
+                        if len < min || len > eval(f.max_len.as_ref().unwrap(), env) {
+                            return bad("length out of range");
+                        }
+                        len as usize
+                    }
+                    (None, Some(e)) => eval(e, env) as usize,
+                    (None, None) => panic!("{}: no length", f.name),
+                };
+                let content = self.take(len)?;
+                let ok = match f.charset.as_deref() {
+                    Some("id") => content
+                        .iter()
+                        .all(|&c| c.is_ascii_alphanumeric() || b"._@-".contains(&c)),
+                    Some("utf8") => std::str::from_utf8(content).is_ok(),
+                    _ => true,
+                };
+                if !ok {
+                    return bad("outside its charset");
+                }
+            }
+            "poly" => {
+                let ctx = self.ctx.expect("a context");
+                let n = eval(f.count.as_ref().unwrap(), env) as usize;
+                let moduli: Vec<u64> = match f.modulus.as_deref() {
+                    Some("q") => ctx.q().limbs().iter().map(|m| m.value()).collect(),
+                    _ => vec![ctx.params().p().value()],
+                };
+                for m in moduli {
+                    for c in self.take(8 * n)?.chunks_exact(8) {
+                        if u64::from_le_bytes(c.try_into().unwrap()) >= m {
+                            return bad("unreduced");
+                        }
+                    }
+                }
+            }
+            "object" => {
+                let len = self.int(IntTy::parse(f.prefix.as_ref().unwrap()).unwrap())?;
+                let bytes = self.take(len as usize)?;
+                let mut inner = Env::new(self.ctx);
+                if let Some(l) = &f.level {
+                    inner.set("LEVEL", eval(l, env));
+                }
+                let m = self.g.message(f.object.as_ref().unwrap());
+                let mut p = Parser {
+                    g: self.g,
+                    ctx: self.ctx,
+                    bytes,
+                    pos: 0,
+                };
+                p.top(m, &mut inner)?;
+            }
+            "repeat" => {
+                let group = self.g.group(f.group.as_ref().unwrap());
+                for i in 0..eval(f.count.as_ref().unwrap(), env) {
+                    let mut inner = env.clone();
+                    inner.set("INDEX", i);
+                    self.fields(&group.field, &mut inner)?;
+                }
+            }
+            "union" => {
+                let tag = self.take(1)?[0];
+                let Some(v) = f.variants.iter().flatten().find(|v| v.tag == tag) else {
+                    return bad("unknown tag");
+                };
+                let mut inner = env.clone();
+                self.fields(&self.g.group(&v.group).field, &mut inner)?;
+            }
+            other => panic!("unknown field type {other}"),
+        }
+        Ok(0)
+    }
+}
+
+/// The grammar's verdict on `bytes` as an `m`.
+fn parse(
+    m: &Message,
+    ctx: Option<&Context>,
+    bytes: &[u8],
+    level: Option<u32>,
+    limit: Option<i128>,
+) -> Verdict {
+    let mut env = Env::new(ctx);
+    if let Some(l) = level {
+        env.set("LEVEL", l as i128);
+    }
+    if let Some(l) = limit {
+        env.set("LIMIT", l);
+    }
+    if let Some(a) = &m.arg {
+        let l = env.get(&a.name);
+        if l < eval(&a.min, &env) || l > eval(&a.max, &env) {
+            return Err(format!("{} out of range", a.name));
+        }
+    }
+    let mut p = Parser {
+        g: grammar(),
+        ctx,
+        bytes,
+        pos: 0,
+    };
+    p.top(m, &mut env)
+}
+
 // ------------------------------------------------------------ the decoders
 
 /// A decoder's typed error, reduced to what the grammar names: the variant
@@ -1349,8 +1581,21 @@ fn cases(
 }
 
 /// Checks one case against the decoder's verdict.
-fn check(m: &Message, case: &Case, got: Result<Vec<u8>, Got>, checked: &mut BTreeSet<String>) {
+fn check(
+    m: &Message,
+    case: &Case,
+    got: Result<Vec<u8>, Got>,
+    grammar_says: Verdict,
+    checked: &mut BTreeSet<String>,
+) {
     let label = &case.label;
+    // The grammar read as a parser agrees with the decoder.
+    assert_eq!(
+        grammar_says.is_ok(),
+        got.is_ok(),
+        "{label}: the grammar's parser says {grammar_says:?}, the decoder {:?}",
+        got.as_ref().err()
+    );
     match (&case.expect, got) {
         (None, Ok(reencoded)) => {
             assert!(
@@ -1391,6 +1636,7 @@ fn run_objects_on(set: &str) -> BTreeSet<String> {
                 m,
                 &case,
                 object_decode(&m.name, c, &case.bytes, case.level),
+                parse(m, Some(c), &case.bytes, case.level, None),
                 &mut checked,
             );
             n += 1;
@@ -1457,6 +1703,7 @@ fn messages_follow_the_grammar() {
                     m,
                     &case,
                     message_decode(&m.name, c, &case.bytes),
+                    parse(m, Some(c), &case.bytes, None, None),
                     &mut checked,
                 );
             },
@@ -1493,7 +1740,8 @@ fn control_messages_follow_the_grammar() {
                 }
                 bytes
             });
-            check(m, &case, got, &mut checked);
+            let parsed = parse(m, None, &case.bytes, None, None);
+            check(m, &case, got, parsed, &mut checked);
         });
     }
     let refusals = grammar().message("Refusal").field[0]
@@ -1529,6 +1777,7 @@ fn frames_follow_the_grammar() {
                 m,
                 &case,
                 net_decoders::read(&case.bytes, limit),
+                parse(m, None, &case.bytes, None, Some(l)),
                 &mut checked,
             );
         });
@@ -1537,6 +1786,134 @@ fn frames_follow_the_grammar() {
     }
     for e in ["Empty", "TooLarge", "Truncated"] {
         assert!(checked.iter().any(|c| c.ends_with(e)), "{e} never checked");
+    }
+}
+
+// WIRE-6: what the crate sends is in the grammar: objects made from real
+// keys, the four messages of a real session of the shipped model, and
+// (feature `net`) real control messages and frames.
+#[test]
+fn real_encodings_follow_the_grammar() {
+    use safhire::engine;
+    use safhire::model::Model;
+    use safhire::protocol::{Client, ClientId, Endpoint, Policy, ServerStep};
+    use safhire::rlwe::{GaloisKeys, SecretKey, SeededPublicKey};
+    use safhire::rng::Csprng;
+    use std::sync::Arc;
+
+    let g = grammar();
+    let obey = |name: &str, ctx: Option<&Context>, bytes: &[u8], level: Option<u32>| {
+        let verdict = parse(g.message(name), ctx, bytes, level, None);
+        assert_eq!(
+            verdict,
+            Ok(()),
+            "{name} made by the crate breaks the grammar"
+        );
+    };
+    for set in ["b8", "s16"] {
+        let c = ctx(set);
+        let mut rng = Csprng::from_seed([7; 16]);
+        let sk = SecretKey::generate(c, &mut rng);
+        let seeded = c.encrypt_seeded(&sk, &[1, -2, 3], &mut rng);
+        obey(
+            "SeededCiphertext",
+            Some(c),
+            &wire::encode_seeded_ciphertext(c, &seeded),
+            None,
+        );
+        let full = c.encrypt(&sk, &[4, 5], &mut rng);
+        obey(
+            "Ciphertext",
+            Some(c),
+            &wire::encode_ciphertext(c, &full),
+            None,
+        );
+        let pk = SeededPublicKey::generate(c, &sk, &mut rng);
+        obey(
+            "SeededPublicKey",
+            Some(c),
+            &wire::encode_public_key(c, &pk),
+            None,
+        );
+        let keys = GaloisKeys::generate_seeded(c, &sk, &mut rng);
+        for (i, k) in keys.iter().enumerate().step_by(5) {
+            let bytes = wire::encode_galois_key(c, k);
+            obey("SeededGaloisKey", Some(c), &bytes, Some(i as u32 + 1));
+            // The same bytes are not a key of the next level.
+            assert!(parse(
+                g.message("SeededGaloisKey"),
+                Some(c),
+                &bytes,
+                Some(i as u32 + 2),
+                None
+            )
+            .is_err());
+        }
+    }
+
+    // One round of a real session on b16, every message encoded.
+    let c = Arc::new(Context::new(ParameterSet::shipped("b16").unwrap()));
+    let model = Model::from_json(include_str!("../models/digits-cnn.json")).unwrap();
+    let model = Arc::new(engine::compile(&c, &model).unwrap());
+    let policy = Policy::shipped("benchmark").unwrap();
+    let mut server = Endpoint::new(c.clone(), model, policy).unwrap();
+    let (client, request) = Client::start(c.clone());
+    obey("SessionRequest", Some(&c), &request.encode(&c), None);
+    let (session, accept) = server.accept(&ClientId("grammar".into()), request).unwrap();
+    obey("SessionAccept", Some(&c), &accept.encode(&c), None);
+    let input = vec![accept.input_range().0; accept.input_len() as usize];
+    let client = client.receive_accept(accept).unwrap();
+    let (_, upload) = client.send_input(&input).unwrap();
+    obey("Upload", Some(&c), &upload.encode(&c), None);
+    let response = match session.receive_upload(upload).unwrap() {
+        ServerStep::Continue(_, r) | ServerStep::Closed(r) => r,
+    };
+    obey("Response", Some(&c), &response.encode(&c), None);
+    // A message is not another message.
+    assert!(parse(
+        g.message("Upload"),
+        Some(&c),
+        &response.encode(&c),
+        None,
+        None
+    )
+    .is_err());
+
+    #[cfg(feature = "net")]
+    {
+        use safhire::net::frame::encode_frame;
+        use safhire::net::{Control, Refusal, MAX_CONTROL_FRAME, MAX_FRAME};
+        let controls = [
+            Control::Hello {
+                protocol_version: protocol::VERSION,
+                fingerprint: c.params().fingerprint(),
+                set: "b16".into(),
+            },
+            Control::Auth {
+                token: b"a-token-of-some-length".to_vec(),
+            },
+            Control::Welcome {
+                used: 1,
+                budget: 8,
+                input_len: 64,
+                input_min: 0,
+                input_max: 15,
+                client_id: "alice@example.org".into(),
+            },
+            Control::Refusal(Refusal::BudgetExhausted { used: 8, budget: 8 }),
+            Control::Refusal(Refusal::ProtocolViolation("round 3, expected 2: é".into())),
+            Control::Refusal(Refusal::ServerError),
+            Control::ServerTime { micros: 12_345 },
+        ];
+        for control in controls {
+            let bytes = control.encode();
+            obey(&control.to_string(), None, &bytes, None);
+            let frame = encode_frame(&bytes).unwrap();
+            for limit in [MAX_FRAME, MAX_CONTROL_FRAME] {
+                let verdict = parse(g.message("Frame"), None, &frame, None, Some(limit as i128));
+                assert_eq!(verdict, Ok(()), "a frame of {control}");
+            }
+        }
     }
 }
 
