@@ -36,11 +36,21 @@ for t in "${targets[@]}"; do
     if [ -d "$here/regressions/$t" ]; then
         dirs+=("$here/regressions/$t")
     fi
+    # Seeds and a dictionary generated from spec/wire-grammar.toml (WIRE-7),
+    # for the targets that have them (read-only; new inputs go to corpus/).
+    if [ -d "$here/seeds/$t" ]; then
+        dirs+=("$here/seeds/$t")
+    fi
+    dict=()
+    if [ -f "$here/dictionaries/$t.dict" ]; then
+        dict=("-dict=$here/dictionaries/$t.dict")
+    fi
     # -O: release build *without* cargo-fuzz's global -Cdebug-assertions
     # (tfhe would take 15+ min to build); Cargo.toml turns debug assertions
     # and overflow checks back on for safhire and the targets.
     if cargo +nightly fuzz run -O --fuzz-dir "$here" "$t" "${dirs[@]}" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=60 -print_final_stats=1; then
+        -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=60 -print_final_stats=1 \
+        ${dict[@]+"${dict[@]}"}; then
         echo "=== $t: ok ===" >&2
     else
         echo "=== $t: FAILED (crash input, if any, in $here/artifacts/$t/) ===" >&2

@@ -18,6 +18,12 @@
 //! more than the expected size (WIRE-1, WIRE-2, WIRE-3, WIRE-4). Under an RNS
 //! modulus every polynomial modulo q carries all its limbs, limb-major, each
 //! checked against its own prime (WIRE-5, PARAM-8).
+//!
+//! `spec/wire-grammar.toml` states every field, range and length rule of
+//! these objects, of the protocol messages and of the transport frames,
+//! with the error each broken rule raises; the decoders accept exactly its
+//! encodings (WIRE-6), and the fuzz targets' dictionaries and seeds are
+//! generated from it (WIRE-7).
 
 use crate::rlwe::{Ciphertext, Context, SeededCiphertext, SeededGaloisKey, SeededPublicKey};
 use thiserror::Error;

@@ -5,8 +5,9 @@
 //! bit). The rest is either
 //!
 //! * **raw** (high bit clear): fed as-is to all four decoders; or
-//! * **synthesised** (high bit set): byte 1 picks the kind and an optional
-//!   single corruption, bytes 2.. are a cyclic stream from which a
+//! * **synthesised** (high bit set): byte 1 picks the kind (bits 0–1) and
+//!   an optional single corruption (bit 7 set: corruption number bits 2–6,
+//!   modulo 12), bytes 2.. are a cyclic stream from which a
 //!   well-formed object of that kind is built (header, structural fields,
 //!   reduced coefficients). Random bytes almost never pass the 20-byte
 //!   header check or the 4096 "coefficient < P" checks of a Galois key, so
@@ -150,7 +151,11 @@ impl Corruption {
             Unreduced,
             TrailingByte,
             Truncated,
-        ][(b & 0x7f) as usize % 12]
+        // Bits 2–6, independent of the kind in bits 0–1: every corruption
+        // reaches every kind (taken from the low bits, corruption i only
+        // ever met kind i mod 4, so a Galois key was never given a wrong
+        // element or row count).
+        ][((b >> 2) & 0x1f) as usize % 12]
     }
 }
 

@@ -5,7 +5,8 @@
 //! [`read_frame`] checks the declared length against the caller's limit
 //! before it reads or allocates any payload byte, and grows the buffer only
 //! as bytes arrive. [`Control::decode`] checks every length and range and
-//! never panics.
+//! never panics. Their grammar, with the error each broken rule raises, is
+//! in `spec/wire-grammar.toml` (WIRE-6).
 
 use super::error::{NetError, NetErrorKind};
 use crate::protocol::{Fault, ENVELOPE_LEN, MAGIC as PROTOCOL_MAGIC, MAX_BODY};

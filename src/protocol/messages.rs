@@ -3,7 +3,8 @@
 //! Decoding takes untrusted bytes and the receiver's context, checks the
 //! envelope before the body, bounds every count by what the parameter set
 //! and the message kind allow, and decodes embedded objects with the
-//! validating `wire` decoders.
+//! validating `wire` decoders. Field by field, with the error each broken
+//! rule raises, the messages are in `spec/wire-grammar.toml` (WIRE-6).
 
 use super::error::{ErrorKind, ProtocolError};
 use crate::engine::ClientOp;
