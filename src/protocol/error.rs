@@ -91,9 +91,10 @@ pub enum ErrorKind {
     /// fault, an input outside the model's declared range (ENG-5).
     #[error("malformed message: {0}")]
     Malformed(&'static str),
-    /// The session request's Galois keys are not exactly the packing keys,
-    /// one per level `1..=log2 N` in order: the client's fault. Caught at
-    /// decoding, or at accept after the session was charged (PROTO-8).
+    /// The session request carries fewer packing Galois keys than log2 N
+    /// (caught at decoding), or keys that do not expand (caught at accept,
+    /// after the session was charged, PROTO-8): the client's fault. A key
+    /// out of order is refused at decoding as `Wire(WrongGaloisElement)`.
     #[error("the session's keys are incomplete or out of order")]
     BadKeySet,
     /// The client identity has used its whole query budget (PROTO-5): the

@@ -65,8 +65,10 @@ impl MessageKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRequest {
     /// The packing Galois keys, one per level `1..=log2 N` in order (the
-    /// server needs exactly these to repack; anything else is
-    /// [`ErrorKind::BadKeySet`]).
+    /// server needs exactly these to repack). Fewer keys are
+    /// [`ErrorKind::BadKeySet`], more than log2 N a `Malformed` count, and a
+    /// key of the wrong level `Wire(WrongGaloisElement)`
+    /// (spec/wire-grammar.toml).
     pub(crate) galois: Vec<SeededGaloisKey>,
     /// The client's public key, which the server uses to re-randomise its
     /// responses.
