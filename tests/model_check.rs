@@ -53,6 +53,7 @@ const ONCE: &str = "no round is evaluated twice";
 const UNMIXED: &str = "every evaluated upload belongs to its session";
 const REFUSAL: &str = "a refused message changes no state";
 const SECRET: &str = "no server secret reaches the wire";
+const LIVE: &str = "the honest client gets its logits";
 
 // ------------------------------------------------------------ the workload
 
@@ -1084,10 +1085,17 @@ fn assert_caught(server: Server, bounds: Bounds, property: &'static str) {
     );
 }
 
-// MC-1..MC-5, MC-7 on the crate's server.
+// MC-1..MC-5, MC-7 on the crate's server. MC-6 must fail here: a network
+// that drops the honest client's message strands it (there is no
+// retransmission in the protocol core), and the checker must say so.
 #[test]
 fn the_real_server_keeps_every_safety_property() {
-    assert_holds(&check(Server::Real, SAFETY), false);
+    let checker = check(Server::Real, SAFETY);
+    assert_holds(&checker, false);
+    assert!(
+        checker.discovery(LIVE).is_some(),
+        "a dropped message must strand the honest client"
+    );
 }
 
 // MC-6 (and the safety properties again) on a network that delivers.
