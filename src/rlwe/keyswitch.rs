@@ -9,7 +9,11 @@
 //! On a multi-limb q (PARAM-8) each mask coefficient is first recomposed to
 //! its integer in `[0, q)` by the CRT and centred, so the digits are those
 //! of the full modulus; the digits are then reduced into every limb and P,
-//! and the division by P is done limb by limb: P is a separate prime.
+//! and the division by P is done limb by limb: P is a separate prime. With
+//! two limbs (s16) the CRT, the digits and the division by P run as
+//! branch-free kernels over whole arrays (64-bit words only, Shoup
+//! constants), vectorised like `poly`'s add/sub; the tests hold them to the
+//! per-coefficient u128 reference bit for bit.
 
 use super::{Ciphertext, Context, GaloisKey};
 use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS};
