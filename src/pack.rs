@@ -397,6 +397,16 @@ impl<'a> Packer<'a> {
         // is reused at once (a level at a time held N/2^ℓ* ciphertexts,
         // whose release made the allocator return and re-fault memory:
         // benches/README.md).
+        // On multi-limb sets, a node's terms image by image: the rotate-adds
+        // that read one image then follow each other while it is in cache
+        // (an s16 image is 256 KiB; ResNet-20 on s16 took 9 % less CPU).
+        // Exact modular sums, so the order changes no result. The one-limb
+        // sets keep their order: no gain measured there.
+        if ctx.limbs() > 1 {
+            for terms in &mut nodes {
+                terms.sort_by_key(|t| (t.source, t.image));
+            }
+        }
         self.subtree(&nodes, images, shared, log_n, 0)
             .unwrap_or_else(|| ctx.zero_ciphertext())
     }
