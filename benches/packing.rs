@@ -23,7 +23,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let ctx = Context::new(ParameterSet::shipped("b8").unwrap());
+    setup_set("b8")
+}
+
+fn setup_set(name: &str) -> Setup {
+    let ctx = Context::new(ParameterSet::shipped(name).unwrap());
     let mut rng = Csprng::from_seed([1; 16]);
     let sk = SecretKey::generate(&ctx, &mut rng);
     let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
@@ -130,6 +134,23 @@ fn arithmetic(c: &mut Criterion) {
     g.finish();
 }
 
+/// One hybrid key switch per shipped set of the b16/s16 comparison
+/// (issue 9): one limb at N = 4096 against two limbs at N = 8192.
+fn key_switch_by_set(c: &mut Criterion) {
+    let mut g = c.benchmark_group("key_switch_set");
+    for name in ["b16", "s16"] {
+        let s = setup_set(name);
+        let ctx = &s.ctx;
+        let mut rng = Csprng::from_seed([3; 16]);
+        let vals: Vec<i64> = (0..ctx.n() as i64).map(|i| i % 100).collect();
+        let ct = ctx.encrypt(&s.sk, &vals, &mut rng);
+        g.bench_function(name, |b| {
+            b.iter(|| ctx.apply_galois(s.keys.key_for_level(1), black_box(&ct)))
+        });
+    }
+    g.finish();
+}
+
 fn tfhe_baseline(c: &mut Criterion) {
     use tfhe::core_crypto::prelude::*;
     let n = 4096;
@@ -174,5 +195,5 @@ fn tfhe_baseline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, arithmetic, tfhe_baseline);
+criterion_group!(benches, arithmetic, key_switch_by_set, tfhe_baseline);
 criterion_main!(benches);

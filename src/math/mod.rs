@@ -11,6 +11,8 @@ mod ntt;
 pub mod poly;
 mod rns;
 
+pub(crate) use modulus::{add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst};
 pub use modulus::{Modulus, SOLINAS};
 pub use ntt::{NttPlan, RnsNttPlan};
+pub(crate) use rns::CrtComposer;
 pub use rns::{RnsModulus, MAX_LIMBS};

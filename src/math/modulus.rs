@@ -175,6 +175,119 @@ impl Modulus {
     }
 }
 
+/// Multiplication by a fixed `w` modulo q, division-free: Shoup's method
+/// (precomputed ⌊w·2^64/q⌋) for q < 2^63, the Solinas reduction for
+/// [`SOLINAS`], a plain [`Modulus::mul`] otherwise. For the per-limb
+/// constants of the RNS key switch (CRT, division by P).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MulConst {
+    q: Modulus,
+    w: u64,
+    /// ⌊w·2^64/q⌋ when Shoup's method applies, else 0 (unused).
+    w_shoup: u64,
+    shoup: bool,
+}
+
+impl MulConst {
+    /// Multiplication by `w mod q`.
+    pub(crate) fn new(q: Modulus, w: u64) -> Self {
+        let w = w % q.value();
+        let shoup = q.value() < 1 << 63;
+        let w_shoup = if shoup {
+            (((w as u128) << 64) / q.value() as u128) as u64
+        } else {
+            0
+        };
+        Self {
+            q,
+            w,
+            w_shoup,
+            shoup,
+        }
+    }
+
+    /// Whether [`mul_split`](Self::mul_split) serves this modulus (Shoup's
+    /// q < 2^63, or [`SOLINAS`]).
+    pub(crate) fn splittable(self) -> bool {
+        self.shoup || self.q.value() == SOLINAS
+    }
+
+    /// `a·w mod q` for any `a` < 2^64, in `[0, q)`.
+    #[inline(always)]
+    pub(crate) fn mul(self, a: u64) -> u64 {
+        if !self.shoup {
+            return self.q.mul(a, self.w);
+        }
+        let est = ((a as u128 * self.w_shoup as u128) >> 64) as u64;
+        self.shoup_finish(a, est)
+    }
+
+    /// `a·w mod q` as [`mul`](Self::mul), from 64-bit operations only and
+    /// without a branch, so a loop of it vectorises (SIMD kernels); only
+    /// when [`splittable`](Self::splittable), with `SOLINAS_Q` telling
+    /// which of the two cases this is.
+    #[inline(always)]
+    pub(crate) fn mul_split<const SOLINAS_Q: bool>(self, a: u64) -> u64 {
+        if SOLINAS_Q {
+            solinas_reduce_split(a.wrapping_mul(self.w), mulhi_split(a, self.w))
+        } else {
+            self.shoup_finish(a, mulhi_split(a, self.w_shoup))
+        }
+    }
+
+    /// Shoup's last step: a·w − est·q lies in [0, 2q), and 2q < 2^64.
+    #[inline(always)]
+    fn shoup_finish(self, a: u64, est: u64) -> u64 {
+        let q = self.q.value();
+        let r = a.wrapping_mul(self.w).wrapping_sub(est.wrapping_mul(q));
+        r - select(r >= q, q)
+    }
+}
+
+/// The high 64 bits of a·b from four 32×32-bit products: slower than one
+/// widening multiply on a scalar core, but vectorisable.
+#[inline(always)]
+pub(crate) fn mulhi_split(a: u64, b: u64) -> u64 {
+    const LOW: u64 = 0xffff_ffff;
+    let (a0, a1, b0, b1) = (a & LOW, a >> 32, b & LOW, b >> 32);
+    let (p00, p01, p10, p11) = (a0 * b0, a0 * b1, a1 * b0, a1 * b1);
+    // The carry out of the middle 32-bit column (each term < 2^32).
+    let mid = (p00 >> 32) + (p01 & LOW) + (p10 & LOW);
+    p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32)
+}
+
+/// (hi·2^64 + lo) mod [`SOLINAS`], the reduction of [`Modulus::mul`] with
+/// selects in place of branches.
+#[inline(always)]
+pub(crate) fn solinas_reduce_split(lo: u64, hi: u64) -> u64 {
+    const EPSILON: u64 = 0xffff_ffff; // 2^64 mod SOLINAS
+    let (t0, borrow) = lo.overflowing_sub(hi >> 32);
+    let t0 = t0.wrapping_sub(select(borrow, EPSILON));
+    let (t2, carry) = t0.overflowing_add((hi & EPSILON) * EPSILON);
+    let t2 = t2.wrapping_add(select(carry, EPSILON));
+    t2 - select(t2 >= SOLINAS, SOLINAS)
+}
+
+/// `mask` if `c`, else 0, without a branch.
+#[inline(always)]
+pub(crate) fn select(c: bool, mask: u64) -> u64 {
+    mask & (c as u64).wrapping_neg()
+}
+
+/// (a − b) mod q for a, b < q, without a branch.
+#[inline(always)]
+pub(crate) fn sub_mod(q: u64, a: u64, b: u64) -> u64 {
+    let (d, borrow) = a.overflowing_sub(b);
+    d.wrapping_add(select(borrow, q))
+}
+
+/// (a + b) mod q for a, b < q, without a branch.
+#[inline(always)]
+pub(crate) fn add_mod(q: u64, a: u64, b: u64) -> u64 {
+    // a − (q − b), plus q when that borrows; q − b ∈ (0, q].
+    sub_mod(q, a, q - b)
+}
+
 /// x mod (2^64 − 2^32 + 1) using 2^64 ≡ 2^32 − 1 and 2^96 ≡ −1.
 #[inline(always)]
 fn solinas_reduce(x: u128) -> u64 {
@@ -226,6 +339,38 @@ mod tests {
         fn from_i64_matches_euclidean_remainder(x in any::<i64>(), q in prop_oneof![Just(SOLINAS), Just(2147377153u64), 3u64..1000]) {
             let m = Modulus::new(q | 1).unwrap();
             prop_assert_eq!(m.from_i64(x), (x as i128).rem_euclid((q | 1) as i128) as u64);
+        }
+    }
+
+    proptest! {
+        // The division-free constant multiplication is the field product,
+        // for any 64-bit operand, on Shoup's moduli and on Solinas.
+        #[test]
+        fn mul_const_matches_field_mul(
+            a in any::<u64>(),
+            w in any::<u64>(),
+            q in prop_oneof![Just(SOLINAS), Just(0x3fff_ffff_ffff_0001u64), Just(2305843009213317121u64), Just(2147377153u64), 3u64..1000, (1u64 << 63)..u64::MAX],
+        ) {
+            let m = Modulus::new(q | 1).unwrap();
+            let expect = ((a as u128 * (w % m.value()) as u128) % m.value() as u128) as u64;
+            let c = MulConst::new(m, w);
+            prop_assert_eq!(c.mul(a), expect);
+            if c.splittable() {
+                let split = if m.value() == SOLINAS {
+                    c.mul_split::<true>(a)
+                } else {
+                    c.mul_split::<false>(a)
+                };
+                prop_assert_eq!(split, expect);
+            }
+        }
+
+        // The vectorisable pieces against u128 arithmetic.
+        #[test]
+        fn split_arithmetic_is_exact(a in any::<u64>(), b in any::<u64>(), x in any::<u128>()) {
+            prop_assert_eq!(mulhi_split(a, b), ((a as u128 * b as u128) >> 64) as u64);
+            prop_assert_eq!(mulhi_split(u64::MAX, u64::MAX), u64::MAX - 1);
+            prop_assert_eq!(solinas_reduce_split(x as u64, (x >> 64) as u64), (x % SOLINAS as u128) as u64);
         }
     }
 

@@ -83,9 +83,7 @@ impl NttPlan {
             self.plan.mul_accumulate(acc, lhs, rhs);
             return;
         }
-        for ((a, &l), &r) in acc.iter_mut().zip(lhs).zip(rhs) {
-            *a = m.add(*a, m.mul(l, r));
-        }
+        solinas_simd::mul_accumulate(acc, lhs, rhs);
     }
 
     /// `lhs ⊙= rhs` point-wise.
@@ -103,6 +101,47 @@ impl NttPlan {
             *o = self.modulus.from_i64(c);
         }
         self.forward(out);
+    }
+}
+
+/// The Solinas prime's point-wise multiply-accumulate, from 64-bit
+/// operations only and branch-free, compiled once per instruction set and
+/// picked at run time (SIMD-1): tfhe-ntt has no vectorised kernel for it.
+mod solinas_simd {
+    use crate::math::{add_mod, mulhi_split, solinas_reduce_split, SOLINAS};
+
+    #[inline(always)]
+    fn kernel(acc: &mut [u64], lhs: &[u64], rhs: &[u64]) {
+        let n = acc.len();
+        let (lhs, rhs) = (&lhs[..n], &rhs[..n]);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let (l, r) = (lhs[i], rhs[i]);
+            let prod = solinas_reduce_split(l.wrapping_mul(r), mulhi_split(l, r));
+            *a = add_mod(SOLINAS, *a, prod);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn kernel_avx512(acc: &mut [u64], lhs: &[u64], rhs: &[u64]) {
+        kernel(acc, lhs, rhs)
+    }
+
+    /// `acc += lhs ⊙ rhs` modulo [`SOLINAS`], all reduced.
+    pub(super) fn mul_accumulate(acc: &mut [u64], lhs: &[u64], rhs: &[u64]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the features were detected on this CPU.
+            return unsafe { kernel_avx512(acc, lhs, rhs) };
+        }
+        // Without AVX-512's 64-bit lanes the widening scalar multiply wins.
+        let m = crate::math::Modulus::new(SOLINAS).expect("odd");
+        for ((a, &l), &r) in acc.iter_mut().zip(lhs).zip(rhs) {
+            *a = m.add(*a, m.mul(l, r));
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! decomposition, decoding, centring, Δ·m, flooding samples beyond one
 //! limb) it is recomposed exactly by Garner's mixed-radix CRT into a `u128`.
 
-use super::Modulus;
+use super::{add_mod, sub_mod, Modulus, MulConst};
 
 /// At most this many limbs (their product must stay below 2^128 anyway).
 pub const MAX_LIMBS: usize = 4;
@@ -247,6 +247,72 @@ impl RnsModulus {
     }
 }
 
+/// Garner's recomposition with every reduction division-free (Shoup or
+/// Solinas constants, [`MulConst`]): the per-coefficient CRT of the key
+/// switch's gadget decomposition (PARAM-8). Built once per context; the
+/// same integer as [`RnsModulus::compose`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CrtComposer {
+    q: RnsModulus,
+    /// `garner[i]` multiplies by (q_0⋯q_(i−1))^-1 mod q_i.
+    garner: [MulConst; MAX_LIMBS],
+    /// `radix[i][k]` multiplies by q_0⋯q_(k−1) mod q_i (k < i; 1 for k = 0).
+    radix: [[MulConst; MAX_LIMBS]; MAX_LIMBS],
+}
+
+impl CrtComposer {
+    pub(crate) fn new(q: RnsModulus) -> Self {
+        let one = MulConst::new(q.limbs[0], 1);
+        let mut garner = [one; MAX_LIMBS];
+        let mut radix = [[one; MAX_LIMBS]; MAX_LIMBS];
+        for (i, &m) in q.limbs().iter().enumerate() {
+            garner[i] = MulConst::new(m, q.garner[i]);
+            let mut prod = 1u64;
+            for (k, c) in radix[i].iter_mut().enumerate() {
+                *c = MulConst::new(m, prod);
+                if k < q.len() {
+                    prod = m.mul(prod, q.limbs[k].value() % m.value());
+                }
+            }
+        }
+        Self { q, garner, radix }
+    }
+
+    /// The representative of `x ∈ [0, q)` in `(−q/2, q/2]`, as
+    /// [`RnsModulus::centered`] but without a branch.
+    #[inline(always)]
+    pub(crate) fn centered(&self, x: u128) -> i128 {
+        let q = self.q.value;
+        let mask = ((x > q / 2) as u128).wrapping_neg();
+        x.wrapping_sub(q & mask) as i128
+    }
+
+    /// The integer in `[0, q)` whose residues are `r` (each reduced modulo
+    /// its limb); `L` must be the number of limbs.
+    #[inline(always)]
+    pub(crate) fn compose<const L: usize>(&self, r: [u64; L]) -> u128 {
+        debug_assert_eq!(L, self.q.len());
+        // Mixed-radix digits: x = v_0 + q_0·(v_1 + q_1·(v_2 + …)), v_i < q_i.
+        let mut v = [0u64; L];
+        v[0] = r[0];
+        for i in 1..L {
+            let qi = self.q.limbs[i].value();
+            // (v_0 + q_0·v_1 + … + q_0⋯q_(i−2)·v_(i−1)) mod q_i.
+            let mut low = self.radix[i][0].mul(v[0]);
+            for (c, &vk) in self.radix[i][1..i].iter().zip(&v[1..i]) {
+                low = add_mod(qi, low, c.mul(vk));
+            }
+            v[i] = self.garner[i].mul(sub_mod(qi, r[i], low));
+        }
+        let mut x = v[L - 1] as u128;
+        for k in (0..L - 1).rev() {
+            // x·q_k + v_k < q_0⋯q_(L−1) < 2^128.
+            x = x * self.q.limbs[k].value() as u128 + v[k] as u128;
+        }
+        x
+    }
+}
+
 fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -307,6 +373,33 @@ mod tests {
     }
 
     proptest! {
+        // PARAM-8: the division-free composer is the reference Garner, for
+        // 1 to 4 limbs (Solinas first, or later, and small primes).
+        #[test]
+        fn crt_composer_matches_garner(x in any::<u128>(), which in 0usize..5) {
+            let sets: [&[u64]; 5] = [
+                &[SOLINAS],
+                &[SOLINAS, Q1],
+                &[Q1, SOLINAS],
+                &[(1u64 << 40) - 87, 2147377153, 65537],
+                &[2147377153, 65537, 257, 97],
+            ];
+            let q = RnsModulus::new(sets[which]).unwrap();
+            let x = x % q.value();
+            let mut r = [0u64; MAX_LIMBS];
+            q.residues_u128(x, |i, v| r[i] = v);
+            let c = CrtComposer::new(q);
+            let got = match q.len() {
+                1 => c.compose([r[0]]),
+                2 => c.compose([r[0], r[1]]),
+                3 => c.compose([r[0], r[1], r[2]]),
+                _ => c.compose(r),
+            };
+            prop_assert_eq!(got, q.compose(|i| r[i]));
+            prop_assert_eq!(got, x);
+            prop_assert_eq!(c.centered(x), q.centered(x));
+        }
+
         // PARAM-8: residues → Garner → the same integer, for 1, 2 and 3 limbs.
         #[test]
         fn crt_round_trips(x in any::<u128>(), three in any::<bool>()) {

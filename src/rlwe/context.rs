@@ -19,6 +19,8 @@ pub struct Context {
     pub(crate) ntt_p: NttPlan,
     /// Δ = ⌊q/t⌋ modulo each limb.
     delta: [u64; MAX_LIMBS],
+    /// The multi-limb key switch's constants (unused with one limb).
+    pub(crate) rns_ks: super::keyswitch::RnsKeySwitch,
 }
 
 impl Context {
@@ -33,12 +35,14 @@ impl Context {
         let ntt_p = NttPlan::new(n, params.p().value()).expect("validated NTT prime P");
         let mut delta = [0; MAX_LIMBS];
         q.residues_u128(params.delta(), |l, r| delta[l] = r);
+        let rns_ks = super::keyswitch::RnsKeySwitch::new(q, params.p(), params.gadget_base_log());
         Self {
             params,
             q,
             ntt_q,
             ntt_p,
             delta,
+            rns_ks,
         }
     }
 

@@ -9,12 +9,14 @@
 //! On a multi-limb q (PARAM-8) each mask coefficient is first recomposed to
 //! its integer in `[0, q)` by the CRT and centred, so the digits are those
 //! of the full modulus; the digits are then reduced into every limb and P,
-//! and the division by P is done limb by limb: P is a separate prime.
+//! and the division by P is done limb by limb: P is a separate prime. With
+//! two limbs (s16) the CRT, the digits and the division by P run as
+//! branch-free kernels over whole arrays (64-bit words only, Shoup
+//! constants), vectorised like `poly`'s add/sub; the tests hold them to the
+//! per-coefficient u128 reference bit for bit.
 
 use super::{Ciphertext, Context, GaloisKey};
-use crate::math::Modulus;
-#[cfg(test)]
-use crate::math::RnsModulus;
+use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS};
 
 /// Signed base-2^B digit decomposition of centred residues mod q.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +76,455 @@ impl Decomposer {
             y = (y - r) >> self.base_log;
         }
         out[self.levels - 1] = y as i64;
+    }
+}
+
+/// The multi-limb key switch's constants, built once per context
+/// (PARAM-8): a division-free CRT for the decomposition and P^-1 per limb
+/// for the division by P.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RnsKeySwitch {
+    crt: CrtComposer,
+    /// P^-1 mod q_i.
+    p_inv: [MulConst; MAX_LIMBS],
+    /// Whether every gadget digit (|d| ≤ 2^B) is below every limb and P, so
+    /// a digit maps to a residue by one conditional add.
+    small_digits: bool,
+    /// Whether P/2 is below every limb, so the centred [x_P] maps to a
+    /// residue by one conditional add.
+    small_p: bool,
+    /// The two-limb CRT as a vectorised kernel, when q has two limbs and
+    /// q_1 is one [`MulConst::splittable`] serves.
+    crt2: Option<simd::Crt2>,
+}
+
+impl RnsKeySwitch {
+    pub(crate) fn new(q: RnsModulus, p: Modulus, base_log: u32) -> Self {
+        let min_limb = q.limbs().iter().map(|m| m.value()).min().unwrap_or(0);
+        let mut p_inv = [MulConst::new(q.limb(0), 1); MAX_LIMBS];
+        for (c, &m) in p_inv.iter_mut().zip(q.limbs()) {
+            // No inverse only if P ≡ 0 mod q_i, which PARAM-2's distinct
+            // primes rule out; 0 then keeps this total.
+            *c = MulConst::new(m, m.inv(p.value()).unwrap_or(0));
+        }
+        let crt2 = match q.limbs() {
+            &[q0, q1] => {
+                let r0_mod_q1 = MulConst::new(q1, 1);
+                let garner = MulConst::new(q1, q1.inv(q0.value()).unwrap_or(0));
+                let half = q.value() / 2;
+                (r0_mod_q1.splittable() && garner.splittable()).then_some(simd::Crt2 {
+                    q0: q0.value(),
+                    q1: q1.value(),
+                    r0_mod_q1,
+                    garner,
+                    q_lo: q.value() as u64,
+                    q_hi: (q.value() >> 64) as u64,
+                    half_lo: half as u64,
+                    half_hi: (half >> 64) as u64,
+                })
+            }
+            _ => None,
+        };
+        Self {
+            crt: CrtComposer::new(q),
+            crt2,
+            p_inv,
+            small_digits: base_log < 64 && 1u64 << base_log < min_limb.min(p.value()),
+            small_p: p.value() / 2 < min_limb,
+        }
+    }
+
+    /// The gadget digits of every coefficient of the limb-major `a` (`L`
+    /// limbs of `n`): CRT to the integer in `[0, q)`, centred, then split
+    /// as [`Decomposer::digits_centered`]; digit j of coefficient i goes to
+    /// `rows[j][i]`.
+    fn decompose<const L: usize>(
+        &self,
+        dec: Decomposer,
+        a: &[u64],
+        n: usize,
+        rows: &mut [Vec<i64>],
+    ) {
+        let levels = dec.levels();
+        let mut tmp = [0i64; 64];
+        for i in 0..n {
+            let r: [u64; L] = std::array::from_fn(|l| a[l * n + i]);
+            let y = self.crt.centered(self.crt.compose(r));
+            dec.digits_centered(y, &mut tmp[..levels]);
+            for (row, &d) in rows.iter_mut().zip(&tmp[..levels]) {
+                row[i] = d;
+            }
+        }
+    }
+
+    /// [`decompose`](Self::decompose) for two limbs, in vectorised passes
+    /// over whole arrays: the CRT into the centred integers (as 64-bit
+    /// halves in `y`, which holds 2N words), then one pass per digit.
+    fn decompose_two_limbs(
+        &self,
+        dec: Decomposer,
+        a: &[u64],
+        n: usize,
+        rows: &mut [Vec<i64>],
+        y: &mut [u64],
+    ) {
+        let Some(crt2) = self.crt2 else {
+            return self.decompose::<2>(dec, a, n, rows);
+        };
+        let (r0, r1) = a.split_at(n);
+        let (y_lo, y_hi) = y[..2 * n].split_at_mut(n);
+        simd::crt2_centred(crt2, r0, r1, y_lo, y_hi);
+        let (last, digit_rows) = rows[..dec.levels()].split_last_mut().expect("levels ≥ 1");
+        for row in digit_rows {
+            simd::digit_step(dec.base_log, y_lo, y_hi, &mut row[..n]);
+        }
+        // The top digit takes the rest (as `digits_centered`'s `y as i64`).
+        for (d, &lo) in last[..n].iter_mut().zip(y_lo.iter()) {
+            *d = lo as i64;
+        }
+    }
+
+    /// `out[i] = digits[i] mod m`: one branch-free conditional add when the
+    /// digits are known smaller than m (vectorised).
+    #[inline]
+    fn digits_mod(&self, m: Modulus, out: &mut [u64], digits: &[i64]) {
+        if self.small_digits {
+            return simd::digits_mod(m.value(), out, digits);
+        }
+        for (o, &d) in out.iter_mut().zip(digits) {
+            *o = m.from_i64(d);
+        }
+    }
+
+    /// Limb `l` (modulus `m`) of the division by P and the sum into `out`:
+    /// `out.a −= (x_a − [x_a,P])·P^-1`, `out.b += b' − (x_b − [x_b,P])·P^-1`,
+    /// [·] centred in (−P/2, P/2].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn mod_down_add(
+        &self,
+        l: usize,
+        m: Modulus,
+        p: Modulus,
+        (aq, bq): (&[u64], &[u64]),
+        (ap, bp): (&[u64], &[u64]),
+        ct_b: &[u64],
+        (out_a, out_b): (&mut [u64], &mut [u64]),
+    ) {
+        let p_inv = self.p_inv[l];
+        if self.small_p && p_inv.splittable() {
+            let consts = simd::ModDown {
+                q: m.value(),
+                p: p.value(),
+                p_inv,
+            };
+            let ops = simd::ModDownOperands {
+                aq,
+                bq,
+                ap,
+                bp,
+                ct_b,
+                out_a,
+                out_b,
+            };
+            return simd::mod_down_add(consts, ops);
+        }
+        let mod_down = |xq: u64, xp: u64| p_inv.mul(m.sub(xq, m.from_i64(p.centered(xp))));
+        for i in 0..out_a.len() {
+            let a = mod_down(aq[i], ap[i]);
+            let b = mod_down(bq[i], bp[i]);
+            out_a[i] = m.sub(out_a[i], a);
+            out_b[i] = m.add(out_b[i], m.sub(ct_b[i], b));
+        }
+    }
+}
+
+/// The multi-limb key switch's per-coefficient loops as branch-free
+/// kernels, compiled once per instruction set and picked at run time, as
+/// `poly`'s add/sub (SIMD-1).
+mod simd {
+    use crate::math::{add_mod, mulhi_split, select, sub_mod, MulConst, SOLINAS};
+
+    /// One limb's constants of the division by P.
+    #[derive(Clone, Copy)]
+    pub(super) struct ModDown {
+        /// The limb q_i.
+        pub(super) q: u64,
+        /// The special prime P, with P/2 < q_i.
+        pub(super) p: u64,
+        /// P^-1 mod q_i; [`MulConst::splittable`].
+        pub(super) p_inv: MulConst,
+    }
+
+    /// One limb of the key-switch accumulators (mod q_i and mod P), the
+    /// input body and the output ciphertext, all of length N.
+    pub(super) struct ModDownOperands<'a> {
+        pub(super) aq: &'a [u64],
+        pub(super) bq: &'a [u64],
+        pub(super) ap: &'a [u64],
+        pub(super) bp: &'a [u64],
+        pub(super) ct_b: &'a [u64],
+        pub(super) out_a: &'a mut [u64],
+        pub(super) out_b: &'a mut [u64],
+    }
+
+    #[inline(always)]
+    fn mod_down_kernel<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
+        let (q, half_p) = (c.q, c.p / 2);
+        // [x_P] mod q: x_P − P + q when x_P > P/2 (then P − x_P < P/2 < q),
+        // else x_P (< q).
+        let lift = q.wrapping_sub(c.p);
+        let down = |xq: u64, xp: u64| {
+            let centred = xp.wrapping_add(select(xp > half_p, lift));
+            c.p_inv.mul_split::<SOLINAS_Q>(sub_mod(q, xq, centred))
+        };
+        let n = o.out_a.len();
+        let (aq, bq, ap, bp, ct_b) = (&o.aq[..n], &o.bq[..n], &o.ap[..n], &o.bp[..n], &o.ct_b[..n]);
+        let out_b = &mut o.out_b[..n];
+        for (i, out_a) in o.out_a.iter_mut().enumerate() {
+            let a = down(aq[i], ap[i]);
+            let b = down(bq[i], bp[i]);
+            *out_a = sub_mod(q, *out_a, a);
+            out_b[i] = add_mod(q, out_b[i], sub_mod(q, ct_b[i], b));
+        }
+    }
+
+    /// The constants of the two-limb CRT: x = r_0 + q_0·v_1 with
+    /// v_1 = (r_1 − r_0)·q_0^-1 mod q_1, then centred modulo q = q_0·q_1.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Crt2 {
+        pub(super) q0: u64,
+        pub(super) q1: u64,
+        /// Multiplication by 1 mod q_1: r_0 mod q_1.
+        pub(super) r0_mod_q1: MulConst,
+        /// q_0^-1 mod q_1.
+        pub(super) garner: MulConst,
+        pub(super) q_lo: u64,
+        pub(super) q_hi: u64,
+        /// ⌊q/2⌋.
+        pub(super) half_lo: u64,
+        pub(super) half_hi: u64,
+    }
+
+    #[inline(always)]
+    fn crt2_kernel<const SOLINAS_Q1: bool>(
+        c: Crt2,
+        r0: &[u64],
+        r1: &[u64],
+        y_lo: &mut [u64],
+        y_hi: &mut [u64],
+    ) {
+        let n = y_lo.len();
+        let (r0, r1, y_hi) = (&r0[..n], &r1[..n], &mut y_hi[..n]);
+        for (i, lo_out) in y_lo.iter_mut().enumerate() {
+            let low = c.r0_mod_q1.mul_split::<SOLINAS_Q1>(r0[i]);
+            let v1 = c.garner.mul_split::<SOLINAS_Q1>(sub_mod(c.q1, r1[i], low));
+            // x = r_0 + q_0·v_1 < q, as two 64-bit words.
+            let (lo, carry) = v1.wrapping_mul(c.q0).overflowing_add(r0[i]);
+            let hi = mulhi_split(v1, c.q0) + carry as u64;
+            // x − q when x > ⌊q/2⌋ (two's complement over both words).
+            let above = (hi > c.half_hi) | ((hi == c.half_hi) & (lo > c.half_lo));
+            let (lo, borrow) = lo.overflowing_sub(select(above, c.q_lo));
+            let hi = hi
+                .wrapping_sub(select(above, c.q_hi))
+                .wrapping_sub(borrow as u64);
+            *lo_out = lo;
+            y_hi[i] = hi;
+        }
+    }
+
+    /// One gadget digit of the two-word signed integers `y`, which become
+    /// the rest: d = ((y + 2^(B−1)) mod 2^B) − 2^(B−1), y ← (y + 2^(B−1)) >> B
+    /// (arithmetic), which is `digits_centered`'s (y − d) >> B.
+    #[inline(always)]
+    fn digit_step_kernel(base_log: u32, y_lo: &mut [u64], y_hi: &mut [u64], row: &mut [i64]) {
+        let half = 1u64 << (base_log - 1);
+        let mask = (1u64 << base_log) - 1;
+        let n = row.len();
+        let (y_lo, y_hi) = (&mut y_lo[..n], &mut y_hi[..n]);
+        for (i, d) in row.iter_mut().enumerate() {
+            let (lo, carry) = y_lo[i].overflowing_add(half);
+            let hi = y_hi[i].wrapping_add(carry as u64);
+            *d = (lo & mask) as i64 - half as i64;
+            y_lo[i] = (lo >> base_log) | (hi << (64 - base_log));
+            y_hi[i] = ((hi as i64) >> base_log) as u64;
+        }
+    }
+
+    #[inline(always)]
+    fn digits_kernel(q: u64, out: &mut [u64], digits: &[i64]) {
+        for (o, &d) in out.iter_mut().zip(digits) {
+            // d + q if d < 0, else d (|d| < q).
+            *o = (d as u64).wrapping_add(q & (d >> 63) as u64);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn mod_down_avx512<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
+        mod_down_kernel::<SOLINAS_Q>(c, o)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mod_down_avx2<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
+        mod_down_kernel::<SOLINAS_Q>(c, o)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn digits_avx512(q: u64, out: &mut [u64], digits: &[i64]) {
+        digits_kernel(q, out, digits)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn digits_avx2(q: u64, out: &mut [u64], digits: &[i64]) {
+        digits_kernel(q, out, digits)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn crt2_avx512<const SOLINAS_Q1: bool>(
+        c: Crt2,
+        r0: &[u64],
+        r1: &[u64],
+        y_lo: &mut [u64],
+        y_hi: &mut [u64],
+    ) {
+        crt2_kernel::<SOLINAS_Q1>(c, r0, r1, y_lo, y_hi)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn crt2_avx2<const SOLINAS_Q1: bool>(
+        c: Crt2,
+        r0: &[u64],
+        r1: &[u64],
+        y_lo: &mut [u64],
+        y_hi: &mut [u64],
+    ) {
+        crt2_kernel::<SOLINAS_Q1>(c, r0, r1, y_lo, y_hi)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn digit_step_avx512(b: u32, y_lo: &mut [u64], y_hi: &mut [u64], row: &mut [i64]) {
+        digit_step_kernel(b, y_lo, y_hi, row)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn digit_step_avx2(b: u32, y_lo: &mut [u64], y_hi: &mut [u64], row: &mut [i64]) {
+        digit_step_kernel(b, y_lo, y_hi, row)
+    }
+
+    /// The centred integers of the two-limb residues `(r0, r1)`, as low and
+    /// high 64-bit words of their two's complement.
+    pub(super) fn crt2_centred(
+        c: Crt2,
+        r0: &[u64],
+        r1: &[u64],
+        y_lo: &mut [u64],
+        y_hi: &mut [u64],
+    ) {
+        let solinas = c.q1 == SOLINAS;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe {
+                    if solinas {
+                        crt2_avx512::<true>(c, r0, r1, y_lo, y_hi)
+                    } else {
+                        crt2_avx512::<false>(c, r0, r1, y_lo, y_hi)
+                    }
+                };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe {
+                    if solinas {
+                        crt2_avx2::<true>(c, r0, r1, y_lo, y_hi)
+                    } else {
+                        crt2_avx2::<false>(c, r0, r1, y_lo, y_hi)
+                    }
+                };
+            }
+        }
+        if solinas {
+            crt2_kernel::<true>(c, r0, r1, y_lo, y_hi)
+        } else {
+            crt2_kernel::<false>(c, r0, r1, y_lo, y_hi)
+        }
+    }
+
+    /// One digit of every `y` into `row` (1 ≤ `base_log` ≤ 32).
+    pub(super) fn digit_step(base_log: u32, y_lo: &mut [u64], y_hi: &mut [u64], row: &mut [i64]) {
+        debug_assert!((1..=32).contains(&base_log));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { digit_step_avx512(base_log, y_lo, y_hi, row) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { digit_step_avx2(base_log, y_lo, y_hi, row) };
+            }
+        }
+        digit_step_kernel(base_log, y_lo, y_hi, row)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+
+    /// The division by P of one limb and its sum into the output.
+    pub(super) fn mod_down_add(c: ModDown, o: ModDownOperands) {
+        debug_assert!(c.p / 2 < c.q && c.p_inv.splittable());
+        let solinas = c.q == SOLINAS;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe {
+                    if solinas {
+                        mod_down_avx512::<true>(c, o)
+                    } else {
+                        mod_down_avx512::<false>(c, o)
+                    }
+                };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe {
+                    if solinas {
+                        mod_down_avx2::<true>(c, o)
+                    } else {
+                        mod_down_avx2::<false>(c, o)
+                    }
+                };
+            }
+        }
+        if solinas {
+            mod_down_kernel::<true>(c, o)
+        } else {
+            mod_down_kernel::<false>(c, o)
+        }
+    }
+
+    /// `out[i] = digits[i] mod q` for digits with |d| < q.
+    pub(super) fn digits_mod(q: u64, out: &mut [u64], digits: &[i64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { digits_avx512(q, out, digits) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { digits_avx2(q, out, digits) };
+            }
+        }
+        digits_kernel(q, out, digits)
     }
 }
 
@@ -142,12 +593,14 @@ impl Context {
             self.key_switch_single(q0, key, ct, out, scratch);
             return;
         }
-        for i in 0..n {
-            let y = q.centered(q.coefficient(&ct.a, n, i));
-            dec.digits_centered(y, &mut tmp[..levels]);
-            for (row, &d) in scratch.digits.iter_mut().zip(&tmp[..levels]) {
-                row[i] = d;
+        let rns = &self.rns_ks;
+        match q.len() {
+            2 if rns.crt2.is_some() => {
+                rns.decompose_two_limbs(dec, &ct.a, n, &mut scratch.digits, &mut scratch.dq)
             }
+            2 => rns.decompose::<2>(dec, &ct.a, n, &mut scratch.digits),
+            3 => rns.decompose::<3>(dec, &ct.a, n, &mut scratch.digits),
+            _ => rns.decompose::<4>(dec, &ct.a, n, &mut scratch.digits),
         }
         let [acc_aq, acc_bq] = &mut scratch.acc_q;
         let [acc_ap, acc_bp] = &mut scratch.acc_p;
@@ -156,14 +609,10 @@ impl Context {
         }
         for j in 0..levels {
             let digits = &scratch.digits[j];
-            for (c, m) in scratch.dq.chunks_exact_mut(n).zip(q.limbs()) {
-                for (o, &d) in c.iter_mut().zip(digits) {
-                    *o = m.from_i64(d);
-                }
+            for (c, &m) in scratch.dq.chunks_exact_mut(n).zip(q.limbs()) {
+                rns.digits_mod(m, c, digits);
             }
-            for (o, &d) in scratch.dp.iter_mut().zip(digits) {
-                *o = p.from_i64(d);
-            }
+            rns.digits_mod(p, &mut scratch.dp, digits);
             self.ntt_q.forward(&mut scratch.dq);
             self.ntt_p.forward(&mut scratch.dp);
             self.ntt_q.mul_accumulate(acc_aq, &scratch.dq, &key.a_q[j]);
@@ -181,21 +630,16 @@ impl Context {
         // q_i, [·] centred (P is one prime, so [x_P] is the same integer in
         // every limb); then out += (−a, b' − b).
         for (l, &m) in q.limbs().iter().enumerate() {
-            let p_inv = m.inv(p.value()).expect("P ≠ q_i, both prime");
-            let mod_down = |xq: u64, xp: u64| m.mul(m.sub(xq, m.from_i64(p.centered(xp))), p_inv);
             let r = l * n..(l + 1) * n;
-            let (oa, ob, cb) = (
-                &mut out.a[r.clone()],
-                &mut out.b[r.clone()],
+            rns.mod_down_add(
+                l,
+                m,
+                p,
+                (&acc_aq[r.clone()], &acc_bq[r.clone()]),
+                (acc_ap, acc_bp),
                 &ct.b[r.clone()],
+                (&mut out.a[r.clone()], &mut out.b[r]),
             );
-            let (aq, bq) = (&acc_aq[r.clone()], &acc_bq[r]);
-            for i in 0..n {
-                let a = mod_down(aq[i], acc_ap[i]);
-                let b = mod_down(bq[i], acc_bp[i]);
-                oa[i] = m.sub(oa[i], a);
-                ob[i] = m.add(ob[i], m.sub(cb[i], b));
-            }
         }
     }
 
@@ -264,6 +708,190 @@ mod tests {
     use super::*;
     use crate::math::SOLINAS;
     use proptest::prelude::*;
+
+    /// The multi-limb key switch as first written (per-coefficient Garner
+    /// through `RnsModulus::compose`, i128 digits, `from_i64`, division by
+    /// P with `Modulus` ops): the exact reference for the kernels.
+    fn key_switch_add_reference(
+        ctx: &Context,
+        key: &GaloisKey,
+        ct: &Ciphertext,
+        out: &mut Ciphertext,
+    ) {
+        let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
+        let levels = ctx.params().gadget_levels();
+        let dec = ctx.decomposer();
+        let mut digits = vec![vec![0i64; n]; levels];
+        let mut tmp = [0i64; 64];
+        for i in 0..n {
+            dec.digits_centered(q.centered(q.coefficient(&ct.a, n, i)), &mut tmp[..levels]);
+            for (row, &d) in digits.iter_mut().zip(&tmp[..levels]) {
+                row[i] = d;
+            }
+        }
+        let limbs = q.len();
+        let (mut acc_aq, mut acc_bq) = (vec![0; n * limbs], vec![0; n * limbs]);
+        let (mut acc_ap, mut acc_bp) = (vec![0; n], vec![0; n]);
+        for (j, digits) in digits.iter().enumerate() {
+            let mut dq = vec![0u64; n * limbs];
+            for (c, m) in dq.chunks_exact_mut(n).zip(q.limbs()) {
+                for (o, &d) in c.iter_mut().zip(digits) {
+                    *o = m.from_i64(d);
+                }
+            }
+            let mut dp: Vec<u64> = digits.iter().map(|&d| p.from_i64(d)).collect();
+            ctx.ntt_q.forward(&mut dq);
+            ctx.ntt_p.forward(&mut dp);
+            ctx.ntt_q.mul_accumulate(&mut acc_aq, &dq, &key.a_q[j]);
+            ctx.ntt_q.mul_accumulate(&mut acc_bq, &dq, &key.b_q[j]);
+            ctx.ntt_p.mul_accumulate(&mut acc_ap, &dp, &key.a_p[j]);
+            ctx.ntt_p.mul_accumulate(&mut acc_bp, &dp, &key.b_p[j]);
+        }
+        ctx.ntt_q.backward_unnormalized(&mut acc_aq);
+        ctx.ntt_q.backward_unnormalized(&mut acc_bq);
+        ctx.ntt_p.backward_unnormalized(&mut acc_ap);
+        ctx.ntt_p.backward_unnormalized(&mut acc_bp);
+        for (l, &m) in q.limbs().iter().enumerate() {
+            let p_inv = m.inv(p.value()).unwrap();
+            let mod_down = |xq: u64, xp: u64| m.mul(m.sub(xq, m.from_i64(p.centered(xp))), p_inv);
+            for i in 0..n {
+                let k = l * n + i;
+                let a = mod_down(acc_aq[k], acc_ap[i]);
+                let b = mod_down(acc_bq[k], acc_bp[i]);
+                out.a[k] = m.sub(out.a[k], a);
+                out.b[k] = m.add(out.b[k], m.sub(ct.b[k], b));
+            }
+        }
+    }
+
+    /// Uniformly random residues, limb-major, for `q` at degree `n`.
+    fn random_residues(q: RnsModulus, n: usize, rng: &mut crate::rng::Csprng) -> Vec<u64> {
+        let mut v = vec![0u64; n * q.len()];
+        for (c, m) in v.chunks_exact_mut(n).zip(q.limbs()) {
+            rng.fill_uniform(c, m.value());
+        }
+        v
+    }
+
+    // PARAM-8, SIMD-1: on s16 the vectorised multi-limb key switch (the
+    // two-limb CRT and digit kernels, the division by P, the Solinas
+    // accumulate) is bit for bit the reference one, on uniformly random
+    // ciphertexts (every residue, not only small phases) added to a random
+    // output.
+    #[test]
+    fn s16_key_switch_matches_the_reference() {
+        let ctx = Context::new(crate::params::ParameterSet::shipped("s16").unwrap());
+        let (q, n) = (ctx.q(), ctx.n());
+        let mut rng = crate::rng::Csprng::from_seed([7; 16]);
+        let sk = super::super::SecretKey::generate(&ctx, &mut rng);
+        for g in [3, 2 * n - 1] {
+            let key = super::super::SeededGaloisKey::generate(&ctx, &sk, g, &mut rng).expand(&ctx);
+            let ct = Ciphertext {
+                a: random_residues(q, n, &mut rng),
+                b: random_residues(q, n, &mut rng),
+                n,
+            };
+            let start = Ciphertext {
+                a: random_residues(q, n, &mut rng),
+                b: random_residues(q, n, &mut rng),
+                n,
+            };
+            let (mut fast, mut reference) = (start.clone(), start.clone());
+            let mut scratch = KeySwitchScratch::new(n, ctx.params().gadget_levels(), q.len());
+            ctx.key_switch_add(&key, &ct, &mut fast, &mut scratch);
+            key_switch_add_reference(&ctx, &key, &ct, &mut reference);
+            assert!(
+                fast == reference,
+                "g = {g}: the kernels differ from the reference"
+            );
+            assert!(fast != start);
+        }
+    }
+
+    proptest! {
+        // PARAM-8, SIMD-1: the two-limb CRT and digit kernels give every
+        // coefficient the digits `digits_centered` gives its centred
+        // integer, at s16's gadget and others covering 126 bits.
+        #[test]
+        fn crt2_digit_kernels_match_digits_centered(
+            seed in any::<[u8; 16]>(),
+            (b, l) in prop_oneof![Just((32u32, 4usize)), Just((22, 6)), Just((26, 5))],
+            swap in any::<bool>(),
+        ) {
+            let limbs = if swap { [0x3fff_ffff_ffff_0001, SOLINAS] } else { [SOLINAS, 0x3fff_ffff_ffff_0001] };
+            let q = RnsModulus::new(&limbs).unwrap();
+            let p = Modulus::new(2305843009213317121).unwrap();
+            let ks = RnsKeySwitch::new(q, p, b);
+            prop_assert!(ks.crt2.is_some());
+            let dec = Decomposer::covering(b, l, q.bits()).unwrap();
+            let n = 67; // not a multiple of any vector width
+            let mut rng = crate::rng::Csprng::from_seed(seed);
+            let mut a = random_residues(q, n, &mut rng);
+            // The edges: 0, ⌊q/2⌋, ⌊q/2⌋ + 1, q − 1.
+            let half = q.value() / 2;
+            for (i, x) in [0, half, half + 1, q.value() - 1].into_iter().enumerate() {
+                q.set_coefficient(&mut a, n, i, x);
+            }
+            let mut rows = vec![vec![0i64; n]; l];
+            let mut y = vec![0u64; 2 * n];
+            ks.decompose_two_limbs(dec, &a, n, &mut rows, &mut y);
+            let mut expect = vec![0i64; l];
+            for i in 0..n {
+                dec.digits_centered(q.centered(q.coefficient(&a, n, i)), &mut expect);
+                let got: Vec<i64> = rows.iter().map(|r| r[i]).collect();
+                prop_assert_eq!(&got, &expect, "coefficient {}", i);
+            }
+            // The generic path agrees too.
+            let mut generic = vec![vec![0i64; n]; l];
+            ks.decompose::<2>(dec, &a, n, &mut generic);
+            prop_assert_eq!(&generic, &rows);
+        }
+
+        // SIMD-1: the division-by-P kernel is the reference formula, for
+        // random accumulators, on both s16 limbs.
+        #[test]
+        fn mod_down_kernel_matches_field_ops(seed in any::<[u8; 16]>()) {
+            let q = RnsModulus::new(&[SOLINAS, 0x3fff_ffff_ffff_0001]).unwrap();
+            let p = Modulus::new(2305843009213317121).unwrap();
+            let ks = RnsKeySwitch::new(q, p, 32);
+            prop_assert!(ks.small_p && ks.small_digits);
+            let n = 45;
+            let mut rng = crate::rng::Csprng::from_seed(seed);
+            for (l, &m) in q.limbs().iter().enumerate() {
+                let mut draw = |modulus: u64| {
+                    let mut v = vec![0u64; n];
+                    rng.fill_uniform(&mut v, modulus);
+                    v
+                };
+                let (aq, bq, ct_b) = (draw(m.value()), draw(m.value()), draw(m.value()));
+                let (mut ap, bp) = (draw(p.value()), draw(p.value()));
+                // The edges of the centring: P/2 and P/2 + 1, 0 and P − 1.
+                ap[..4].copy_from_slice(&[p.value() / 2, p.value() / 2 + 1, 0, p.value() - 1]);
+                let (out_a, out_b) = (draw(m.value()), draw(m.value()));
+                let (mut fast_a, mut fast_b) = (out_a.clone(), out_b.clone());
+                ks.mod_down_add(l, m, p, (&aq, &bq), (&ap, &bp), &ct_b, (&mut fast_a, &mut fast_b));
+                let p_inv = m.inv(p.value()).unwrap();
+                let down = |xq: u64, xp: u64| m.mul(m.sub(xq, m.from_i64(p.centered(xp))), p_inv);
+                for i in 0..n {
+                    prop_assert_eq!(fast_a[i], m.sub(out_a[i], down(aq[i], ap[i])));
+                    prop_assert_eq!(fast_b[i], m.add(out_b[i], m.sub(ct_b[i], down(bq[i], bp[i]))));
+                }
+            }
+        }
+
+        // SIMD-1: digits to residues, branch-free, is `from_i64`.
+        #[test]
+        fn digits_mod_matches_from_i64(
+            d in proptest::collection::vec(-(1i64 << 32)..=(1i64 << 32), 1..40),
+            m in prop_oneof![Just(SOLINAS), Just(0x3fff_ffff_ffff_0001u64), Just(2305843009213317121u64)],
+        ) {
+            let m = Modulus::new(m).unwrap();
+            let mut out = vec![0u64; d.len()];
+            simd::digits_mod(m.value(), &mut out, &d);
+            let expect: Vec<u64> = d.iter().map(|&x| m.from_i64(x)).collect();
+            prop_assert_eq!(out, expect);
+        }
+    }
 
     proptest! {
         #[test]
