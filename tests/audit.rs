@@ -92,13 +92,19 @@ fn pixel_probes_recover_an_element_shuffled_first_conv() {
 /// conv 1→4 3×3 on an 8×8 input with four different biases → requantise →
 /// linear: the pixel probes' plain case.
 fn distinct_biases() -> Model {
-    let mut rng = Csprng::from_seed([39; 16]);
+    four_channel_conv("distinct-biases", 8, 39, [10, -20, 30, 5])
+}
+
+/// conv 1→4 3×3 (weights drawn from `seed`, biases given) on a `side` ×
+/// `side` input → requantise → linear to 2.
+fn four_channel_conv(name: &str, side: usize, seed: u8, bias: [i64; 4]) -> Model {
+    let mut rng = Csprng::from_seed([seed; 16]);
     let mut small =
         |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
     Model::new(
-        "distinct-biases",
+        name,
         InputSpec {
-            shape: Shape::new(1, 8, 8),
+            shape: Shape::new(1, side, side),
             min: 0,
             max: 15,
         },
@@ -111,7 +117,7 @@ fn distinct_biases() -> Model {
                 padding: 1,
                 groups: 1,
                 weights: small(36),
-                bias: vec![10, -20, 30, 5],
+                bias: bias.to_vec(),
             },
             Layer::Requantize {
                 multiplier: 1,
@@ -122,7 +128,7 @@ fn distinct_biases() -> Model {
             Layer::Flatten,
             Layer::Linear {
                 out_features: 2,
-                weights: small(2 * 256),
+                weights: small(2 * 4 * side * side),
                 bias: small(2),
             },
         ],
@@ -482,42 +488,7 @@ fn located_pixel_probes_reach_the_second_conv_under_element_shuffling() {
 /// conv 1→4 3×3 on a 16×16 input, biases 60 apart → requantise → linear:
 /// each bias is released 256 times per session.
 fn separated_biases() -> Model {
-    let mut rng = Csprng::from_seed([41; 16]);
-    let mut small =
-        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-    Model::new(
-        "separated-biases",
-        InputSpec {
-            shape: Shape::new(1, 16, 16),
-            min: 0,
-            max: 15,
-        },
-        vec![
-            Layer::Conv2d {
-                out_channels: 4,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-                weights: small(36),
-                bias: vec![-100, -40, 20, 80],
-            },
-            Layer::Requantize {
-                multiplier: 1,
-                shift: 5,
-                min: 0,
-                max: 15,
-            },
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: 2,
-                weights: small(2 * 1024),
-                bias: small(2),
-            },
-        ],
-    )
-    .unwrap()
+    four_channel_conv("separated-biases", 16, 41, [-100, -40, 20, 80])
 }
 
 fn noisy_element(sigma: u32) -> Policy {
