@@ -10,15 +10,16 @@
 //! * public generators (ciphertext masks of seeded ciphertexts), seeded by a
 //!   16-byte seed that travels on the wire, so the peer can re-expand them.
 //!
-//! **Injection** (KEY-3). The protocol's parties ([`Client`](crate::protocol::Client),
+//! **Injection** (KEY-3). The protocol's parties
+//! ([`Client`](crate::protocol::Client),
 //! [`Endpoint`](crate::protocol::Endpoint)) and the facade
 //! ([`ModelServer`](crate::ModelServer), [`ModelClient`](crate::ModelClient))
-//! take their seeds from an `Arc<dyn SeedSource>`: [`OsSeeds`] by default,
-//! or the application's own source (a hardware generator, an HSM). A
-//! deterministic source for reproducible tests, `DeterministicSeeds`, and
-//! the public seeded constructors (`Csprng::from_seed`,
-//! `SessionSeed::from_bytes`) exist only with the test-only feature `deterministic-rng`, so a
-//! production build cannot seed a secret generator by mistake.
+//! take their seeds from a [`SeedSource`]: [`OsSeeds`] by default, or the
+//! application's own (a hardware generator, an HSM). A deterministic source
+//! for reproducible tests, `DeterministicSeeds`, and the public seeded
+//! constructors (`Csprng::from_seed`, `SessionSeed::from_bytes`) exist only
+//! with the test-only feature `deterministic-rng`, so a production build
+//! cannot seed a secret generator by mistake.
 //!
 //! **Wiping** (KEY-1). A generator's state (the AES key schedule, the
 //! counter and the unread keystream) is overwritten when it is dropped.
