@@ -429,12 +429,18 @@ impl System {
         }
     }
 
+    /// A client's session and its SessionRequest, always with the same
+    /// keys for the same client (so a replay rebuilds the same session).
+    fn start_client(&self, who: usize) -> (ClientSession, Vec<u8>) {
+        let seeds = KeyedSeeds::default();
+        seeds.rekey(key(&[7, who as u64]));
+        ClientSession::start_with(self.ctx.clone(), &input(who), &seeds)
+    }
+
     /// A client's SessionRequest (alice's, or mallory's own), made once.
     fn request(&self, who: usize) -> Msg {
         *self.requests.lock().unwrap().entry(who).or_insert_with(|| {
-            let seeds = KeyedSeeds::default();
-            seeds.rekey(key(&[7, who as u64]));
-            let (session, bytes) = ClientSession::start_with(self.ctx.clone(), &input(who), &seeds);
+            let (session, bytes) = self.start_client(who);
             if who == ALICE {
                 self.live_clients
                     .lock()
@@ -767,9 +773,7 @@ impl System {
         if let Some(s) = self.live_clients.lock().unwrap().remove(history) {
             return s;
         }
-        let seeds = KeyedSeeds::default();
-        seeds.rekey(key(&[7, ALICE as u64]));
-        let (mut session, _) = ClientSession::start_with(self.ctx.clone(), &input(ALICE), &seeds);
+        let (mut session, _) = self.start_client(ALICE);
         for m in history {
             session
                 .receive(&m.bytes())
