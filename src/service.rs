@@ -865,6 +865,47 @@ impl Inference {
     pub fn client_ms(&self) -> f64 {
         self.rounds.iter().map(|r| r.client_ms).sum()
     }
+
+    /// The end-to-end latency this inference would have had over `link`,
+    /// modelled from its measured computation and its bytes: each exchange
+    /// (the setup when `with_setup`, then every round) costs its client and
+    /// server computation, its bytes up and down at the link's bandwidth,
+    /// and one round trip. A model, not a measurement: no overlap of
+    /// computation with transfer, no framing or TLS overhead, no queueing.
+    pub fn modelled_latency_ms(&self, link: Link, with_setup: bool) -> f64 {
+        let setup = with_setup.then_some(&self.setup);
+        setup
+            .into_iter()
+            .chain(&self.rounds)
+            .map(|e| {
+                let bytes = (e.up_bytes + e.down_bytes) as f64;
+                e.client_ms
+                    + e.server_ms.unwrap_or(0.0)
+                    + 1e3 * bytes / link.bytes_per_second
+                    + link.round_trip_ms
+            })
+            .sum()
+    }
+}
+
+/// A network link for [`Inference::modelled_latency_ms`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    /// Bandwidth, the same both ways, in bytes per second.
+    pub bytes_per_second: f64,
+    /// Round-trip time added once per exchange, in milliseconds.
+    pub round_trip_ms: f64,
+}
+
+impl Link {
+    /// A link of `mb_per_second` · 10^6 bytes per second and no propagation
+    /// delay (the bandwidth-only model the paper's latencies use).
+    pub fn bandwidth_only(mb_per_second: f64) -> Self {
+        Self {
+            bytes_per_second: mb_per_second * 1e6,
+            round_trip_ms: 0.0,
+        }
+    }
 }
 
 /// Runs inferences against a server over a [`Transport`], one session

@@ -84,6 +84,59 @@ fn a_round_trip_through_the_facade_gives_the_reference_logits() {
     assert_eq!(server.queries_used(&ClientId("alice".into())).unwrap(), 2);
 }
 
+// Issue 9's latency model: each exchange adds its computation, its bytes
+// at the link's bandwidth and one round trip; the setup only when asked.
+#[test]
+fn the_modelled_latency_adds_computation_bytes_and_round_trips() {
+    use safhire::service::Link;
+    let server = server("default");
+    let inference = server
+        .client(ClientId("carol".into()))
+        .infer(input(3))
+        .unwrap();
+    let exchanges: Vec<_> = std::iter::once(&inference.setup)
+        .chain(&inference.rounds)
+        .collect();
+    let compute: f64 = exchanges
+        .iter()
+        .map(|e| e.client_ms + e.server_ms.unwrap_or(0.0))
+        .sum();
+    let bytes: usize = exchanges.iter().map(|e| e.up_bytes + e.down_bytes).sum();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    let infinite = Link {
+        bytes_per_second: f64::INFINITY,
+        round_trip_ms: 0.0,
+    };
+    assert!(close(
+        inference.modelled_latency_ms(infinite, true),
+        compute
+    ));
+    let slow = Link::bandwidth_only(1.25);
+    assert_eq!(slow.bytes_per_second, 1.25e6);
+    assert!(close(
+        inference.modelled_latency_ms(slow, true),
+        compute + 1e3 * bytes as f64 / 1.25e6
+    ));
+    let rtt = Link {
+        round_trip_ms: 10.0,
+        ..slow
+    };
+    assert!(close(
+        inference.modelled_latency_ms(rtt, true) - inference.modelled_latency_ms(slow, true),
+        10.0 * exchanges.len() as f64
+    ));
+    let setup = &inference.setup;
+    let setup_cost = setup.client_ms
+        + setup.server_ms.unwrap_or(0.0)
+        + 1e3 * (setup.up_bytes + setup.down_bytes) as f64 / 1.25e6;
+    assert!(close(
+        inference.modelled_latency_ms(slow, true) - inference.modelled_latency_ms(slow, false),
+        setup_cost
+    ));
+    // The keys dominate the traffic of the shipped model's session.
+    assert!(setup.up_bytes * 2 > bytes);
+}
+
 /// Every message of one session, both directions, with both parties'
 /// randomness drawn from deterministic sources seeded `client` and `server`.
 fn transcript(client: u8, server_seed: u8) -> (Vec<Vec<u8>>, Vec<i64>) {

@@ -12,7 +12,7 @@ use safhire::protocol::{ClientId, Policy};
 use safhire::rlwe::{Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
 use safhire::rng::Csprng;
 use safhire::select::{self, Requirement, Selection};
-use safhire::service::{ExchangeStats, Inference};
+use safhire::service::{ExchangeStats, Inference, Link};
 use safhire::shuffle::ShuffleUnit;
 use safhire::wire;
 use safhire::ModelServer;
@@ -1220,6 +1220,18 @@ fn bench(a: Args) -> CliResult {
     let down: usize = out.rounds.iter().map(|r| r.down_bytes).sum();
     let key_bytes = out.setup.up_bytes;
     exact &= out.logits == reference;
+    // The paper's links (issue 9): bandwidth only, every exchange in turn.
+    let latencies: Vec<(f64, f64, f64)> = LINK_MB_PER_S
+        .iter()
+        .map(|&mb| {
+            let link = Link::bandwidth_only(mb);
+            (
+                mb,
+                out.modelled_latency_ms(link, true),
+                out.modelled_latency_ms(link, false),
+            )
+        })
+        .collect();
     let round_totals: Vec<RoundTotals> = out
         .rounds
         .iter()
@@ -1296,6 +1308,13 @@ fn bench(a: Args) -> CliResult {
             "down_bytes": down,
             "peak_rss_mib": peak_rss_mib(),
             "bit_exact": exact,
+            "modelled_latency": latencies.iter().map(|&(mb, with_keys, without)| serde_json::json!({
+                "mb_per_s": mb,
+                "round_trip_ms": 0.0,
+                "with_key_upload_ms": with_keys,
+                "keys_already_sent_ms": without,
+            })).collect::<Vec<_>>(),
+            "exchanges": out.rounds.len() + 1,
             "circuit_privacy": circuit_json,
             "threads": pool_threads,
             "threads_sweep": sweep_json,
@@ -1379,6 +1398,18 @@ fn bench(a: Args) -> CliResult {
             up as f64 / 1048576.0,
             down as f64 / 1048576.0
         );
+        println!(
+            "modelled end to end (this run's computation, its bytes at the link's bandwidth, {} exchanges in turn, no propagation delay: add {} round trips):",
+            out.rounds.len() + 1,
+            out.rounds.len() + 1
+        );
+        for (mb, with_keys, without) in &latencies {
+            println!(
+                "  {mb:>6} MB/s: {:8.2} s with the key upload, {:8.2} s with the keys already at the server",
+                with_keys / 1e3,
+                without / 1e3
+            );
+        }
         if let Some(rss) = peak_rss_mib() {
             println!("peak memory: {rss:.0} MiB");
         }
@@ -1393,6 +1424,10 @@ fn bench(a: Args) -> CliResult {
         Err("encrypted logits differ from the plaintext reference".into())
     }
 }
+
+/// The links `bench` models the end-to-end latency at, in MB/s (10^6
+/// bytes): the Safhire paper's 1.25 MB/s and ten and a hundred times it.
+const LINK_MB_PER_S: [f64; 3] = [1.25, 12.5, 125.0];
 
 /// Peak resident memory of this process (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
