@@ -13,7 +13,9 @@
 //! two limbs (s16) the CRT, the digits and the division by P run as
 //! branch-free kernels over whole arrays (64-bit words only, Shoup
 //! constants), vectorised like `poly`'s add/sub; the tests hold them to the
-//! per-coefficient u128 reference bit for bit.
+//! per-coefficient u128 reference bit for bit. One limb (the b-sets) takes
+//! the same path without the CRT: the centred residue fits one signed word,
+//! so its digits come from one-word kernels.
 
 use super::{Ciphertext, Context, GaloisKey};
 use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS};
@@ -79,9 +81,9 @@ impl Decomposer {
     }
 }
 
-/// The multi-limb key switch's constants, built once per context
-/// (PARAM-8): a division-free CRT for the decomposition and P^-1 per limb
-/// for the division by P.
+/// The key switch's constants, built once per context (PARAM-8): a
+/// division-free CRT for a multi-limb decomposition and P^-1 per limb for
+/// the division by P (one limb included).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RnsKeySwitch {
     crt: CrtComposer,
@@ -184,6 +186,26 @@ impl RnsKeySwitch {
         }
     }
 
+    /// [`decompose`](Self::decompose) for one limb q < 2^64, in vectorised
+    /// passes over whole arrays: the centred residues go into the top row,
+    /// which each pass turns into the rest after one more digit, and which
+    /// ends as the top digit (the one that takes the carry).
+    fn decompose_one_limb(
+        &self,
+        dec: Decomposer,
+        q: Modulus,
+        a: &[u64],
+        n: usize,
+        rows: &mut [Vec<i64>],
+    ) {
+        let (rest, digit_rows) = rows[..dec.levels()].split_last_mut().expect("levels ≥ 1");
+        let rest = &mut rest[..n];
+        simd::centre(q.value(), &a[..n], rest);
+        for row in digit_rows {
+            simd::digit_step_one(dec.base_log, rest, &mut row[..n]);
+        }
+    }
+
     /// `out[i] = digits[i] mod m`: one branch-free conditional add when the
     /// digits are known smaller than m (vectorised).
     #[inline]
@@ -239,9 +261,9 @@ impl RnsKeySwitch {
     }
 }
 
-/// The multi-limb key switch's per-coefficient loops as branch-free
-/// kernels, compiled once per instruction set and picked at run time, as
-/// `poly`'s add/sub (SIMD-1).
+/// The key switch's per-coefficient loops as branch-free kernels, compiled
+/// once per instruction set and picked at run time, as `poly`'s add/sub
+/// (SIMD-1).
 mod simd {
     use crate::math::{add_mod, mulhi_split, select, sub_mod, MulConst, SOLINAS};
 
@@ -269,7 +291,7 @@ mod simd {
     }
 
     #[inline(always)]
-    fn mod_down_kernel<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
+    pub(super) fn mod_down_kernel<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
         let (q, half_p) = (c.q, c.p / 2);
         // [x_P] mod q: x_P − P + q when x_P > P/2 (then P − x_P < P/2 < q),
         // else x_P (< q).
@@ -351,8 +373,34 @@ mod simd {
         }
     }
 
+    /// `y[i]` = `a[i]` centred modulo q: a − q when a > ⌊q/2⌋ (then
+    /// q − a < 2^63, so the i64 is exact), else a; `Modulus::centered`.
     #[inline(always)]
-    fn digits_kernel(q: u64, out: &mut [u64], digits: &[i64]) {
+    pub(super) fn centre_kernel(q: u64, a: &[u64], y: &mut [i64]) {
+        let half = q / 2;
+        for (y, &x) in y.iter_mut().zip(a) {
+            *y = x.wrapping_sub(select(x > half, q)) as i64;
+        }
+    }
+
+    /// One gadget digit of the signed integers `y`, which become the rest,
+    /// without overflow at any |y| < 2^63: with y = 2^B·h + r (h = y >> B,
+    /// 0 ≤ r < 2^B) and t = r + 2^(B−1), the digit is (t mod 2^B) − 2^(B−1)
+    /// and the rest h + (t >> B) = ⌊(y + 2^(B−1)) / 2^B⌋, which is
+    /// `digits_centered`'s (y − d) >> B.
+    #[inline(always)]
+    pub(super) fn digit_step_one_kernel(base_log: u32, y: &mut [i64], row: &mut [i64]) {
+        let half = 1i64 << (base_log - 1);
+        let mask = (1i64 << base_log) - 1;
+        for (y, d) in y.iter_mut().zip(row.iter_mut()) {
+            let t = (*y & mask) + half;
+            *d = (t & mask) - half;
+            *y = (*y >> base_log) + (t >> base_log);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn digits_kernel(q: u64, out: &mut [u64], digits: &[i64]) {
         for (o, &d) in out.iter_mut().zip(digits) {
             // d + q if d < 0, else d (|d| < q).
             *o = (d as u64).wrapping_add(q & (d >> 63) as u64);
@@ -471,6 +519,60 @@ mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn centre_avx512(q: u64, a: &[u64], y: &mut [i64]) {
+        centre_kernel(q, a, y)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn centre_avx2(q: u64, a: &[u64], y: &mut [i64]) {
+        centre_kernel(q, a, y)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn digit_step_one_avx512(b: u32, y: &mut [i64], row: &mut [i64]) {
+        digit_step_one_kernel(b, y, row)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn digit_step_one_avx2(b: u32, y: &mut [i64], row: &mut [i64]) {
+        digit_step_one_kernel(b, y, row)
+    }
+
+    /// `y[i]` = the centred `a[i]` modulo one limb q (`Modulus::centered`).
+    pub(super) fn centre(q: u64, a: &[u64], y: &mut [i64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { centre_avx512(q, a, y) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { centre_avx2(q, a, y) };
+            }
+        }
+        centre_kernel(q, a, y)
+    }
+
+    /// One digit of every one-word `y` into `row` (1 ≤ `base_log` ≤ 32).
+    pub(super) fn digit_step_one(base_log: u32, y: &mut [i64], row: &mut [i64]) {
+        debug_assert!((1..=32).contains(&base_log));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { digit_step_one_avx512(base_log, y, row) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { digit_step_one_avx2(base_log, y, row) };
+            }
+        }
+        digit_step_one_kernel(base_log, y, row)
+    }
+
+    #[cfg(target_arch = "x86_64")]
     fn has_avx512() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
@@ -579,22 +681,10 @@ impl Context {
         let n = self.n();
         let levels = self.params().gadget_levels();
         let dec = self.decomposer();
-
-        let mut tmp = [0i64; 64];
-        if let Some(q0) = q.single_limb() {
-            // PARAM-8's one-limb fast path: the single-modulus loops as they
-            // were, on the one plan, with no per-limb iteration.
-            for (i, &x) in ct.a.iter().enumerate() {
-                dec.digits(q0, x, &mut tmp[..levels]);
-                for (row, &d) in scratch.digits.iter_mut().zip(&tmp[..levels]) {
-                    row[i] = d;
-                }
-            }
-            self.key_switch_single(q0, key, ct, out, scratch);
-            return;
-        }
         let rns = &self.rns_ks;
         match q.len() {
+            // PARAM-8's one limb (the b-sets): no CRT, one-word kernels.
+            1 => rns.decompose_one_limb(dec, q.limb(0), &ct.a, n, &mut scratch.digits),
             2 if rns.crt2.is_some() => {
                 rns.decompose_two_limbs(dec, &ct.a, n, &mut scratch.digits, &mut scratch.dq)
             }
@@ -640,55 +730,6 @@ impl Context {
                 &ct.b[r.clone()],
                 (&mut out.a[r.clone()], &mut out.b[r]),
             );
-        }
-    }
-
-    /// The one-limb key switch after decomposition: the single-modulus code.
-    fn key_switch_single(
-        &self,
-        q: Modulus,
-        key: &GaloisKey,
-        ct: &Ciphertext,
-        out: &mut Ciphertext,
-        scratch: &mut KeySwitchScratch,
-    ) {
-        let p = self.params().p();
-        let n = self.n();
-        let levels = self.params().gadget_levels();
-        let ntt_q = self.ntt_q.limb(0);
-        let [acc_aq, acc_bq] = &mut scratch.acc_q;
-        let [acc_ap, acc_bp] = &mut scratch.acc_p;
-        for acc in [&mut *acc_aq, &mut *acc_bq, &mut *acc_ap, &mut *acc_bp] {
-            acc.fill(0);
-        }
-        for j in 0..levels {
-            for i in 0..n {
-                let d = scratch.digits[j][i];
-                scratch.dq[i] = q.from_i64(d);
-                scratch.dp[i] = p.from_i64(d);
-            }
-            ntt_q.forward(&mut scratch.dq);
-            self.ntt_p.forward(&mut scratch.dp);
-            ntt_q.mul_accumulate(acc_aq, &scratch.dq, &key.a_q[j]);
-            ntt_q.mul_accumulate(acc_bq, &scratch.dq, &key.b_q[j]);
-            self.ntt_p.mul_accumulate(acc_ap, &scratch.dp, &key.a_p[j]);
-            self.ntt_p.mul_accumulate(acc_bp, &scratch.dp, &key.b_p[j]);
-        }
-        for acc in [&mut *acc_aq, &mut *acc_bq] {
-            ntt_q.backward_unnormalized(acc);
-        }
-        for acc in [&mut *acc_ap, &mut *acc_bp] {
-            self.ntt_p.backward_unnormalized(acc);
-        }
-        // Divide by P with rounding: (x_q − [x_P]) · P^-1 mod q, [·] centred.
-        let p_inv = q.inv(p.value()).expect("P < q, both prime");
-        let mod_down = |xq: u64, xp: u64| q.mul(q.sub(xq, q.from_i64(p.centered(xp))), p_inv);
-        for i in 0..n {
-            let a = mod_down(acc_aq[i], acc_ap[i]);
-            let b = mod_down(acc_bq[i], acc_bp[i]);
-            // out += (−a, b' − b).
-            out.a[i] = q.sub(out.a[i], a);
-            out.b[i] = q.add(out.b[i], q.sub(ct.b[i], b));
         }
     }
 
@@ -773,14 +814,11 @@ mod tests {
         v
     }
 
-    // PARAM-8, SIMD-1: on s16 the vectorised multi-limb key switch (the
-    // two-limb CRT and digit kernels, the division by P, the Solinas
-    // accumulate) is bit for bit the reference one, on uniformly random
-    // ciphertexts (every residue, not only small phases) added to a random
-    // output.
-    #[test]
-    fn s16_key_switch_matches_the_reference() {
-        let ctx = Context::new(crate::params::ParameterSet::shipped("s16").unwrap());
+    /// The key switch of `set` against the reference on uniformly random
+    /// ciphertexts (every residue, not only small phases) added to a random
+    /// output, for two Galois elements.
+    fn key_switch_matches_the_reference(set: &str) {
+        let ctx = Context::new(crate::params::ParameterSet::shipped(set).unwrap());
         let (q, n) = (ctx.q(), ctx.n());
         let mut rng = crate::rng::Csprng::from_seed([7; 16]);
         let sk = super::super::SecretKey::generate(&ctx, &mut rng);
@@ -802,10 +840,57 @@ mod tests {
             key_switch_add_reference(&ctx, &key, &ct, &mut reference);
             assert!(
                 fast == reference,
-                "g = {g}: the kernels differ from the reference"
+                "{set}, g = {g}: the kernels differ from the reference"
             );
             assert!(fast != start);
         }
+    }
+
+    // PARAM-8, SIMD-1: on s16 the vectorised multi-limb key switch (the
+    // two-limb CRT and digit kernels, the division by P, the Solinas
+    // accumulate) is bit for bit the reference one.
+    #[test]
+    fn s16_key_switch_matches_the_reference() {
+        key_switch_matches_the_reference("s16");
+    }
+
+    // SIMD-1: on one limb (the b-sets' q = 2^64 − 2^32 + 1, gadgets 22×3
+    // and wide's 16×4) the one-word digit kernels, the digit residues and
+    // the division by P are bit for bit the reference key switch.
+    #[test]
+    fn one_limb_key_switch_matches_the_reference() {
+        for set in ["b8", "b16", "wide"] {
+            key_switch_matches_the_reference(set);
+        }
+    }
+
+    /// Residues mod q that stress the one-word digit kernels: 0, ⌊q/2⌋,
+    /// ⌊q/2⌋ + 1, q − 1, and centred values whose digits sit at ±2^(B−1)
+    /// (the rounding edge) in every position.
+    fn one_limb_edges(q: u64, b: u32, levels: usize) -> Vec<u64> {
+        let mut v = vec![0, q / 2, q / 2 + 1, q - 1];
+        let half = 1i128 << (b - 1);
+        for j in 0..levels as u32 {
+            let shift = (b * j).min(62);
+            for y in [
+                half << shift,
+                -(half << shift),
+                (half - 1) << shift,
+                -((half + 1) << shift),
+            ] {
+                if y.unsigned_abs() <= (q / 2) as u128 {
+                    v.push(y.rem_euclid(q as i128) as u64);
+                }
+            }
+            // Every digit at the edge: y = Σ 2^(B−1)·2^(Bk), k ≤ j.
+            let all: i128 = (0..=j).map(|k| half << (b * k).min(126)).sum();
+            for y in [all, -all] {
+                if y.unsigned_abs() <= (q / 2) as u128 {
+                    v.push(y.rem_euclid(q as i128) as u64);
+                }
+            }
+        }
+        v
     }
 
     proptest! {
@@ -890,6 +975,129 @@ mod tests {
             simd::digits_mod(m.value(), &mut out, &d);
             let expect: Vec<u64> = d.iter().map(|&x| m.from_i64(x)).collect();
             prop_assert_eq!(out, expect);
+        }
+    }
+
+    proptest! {
+        // SIMD-1: the one-limb digit kernels (dispatched and scalar) give
+        // every residue the digits `Decomposer::digits` gives it, for the
+        // b-sets' gadgets and others covering 64 bits, on the Solinas
+        // prime and on other one-limb moduli (q < 2^63, q near 2^64), at
+        // the edges and the digits' rounding edges.
+        #[test]
+        fn one_limb_digit_kernels_match_digits(
+            seed in any::<[u8; 16]>(),
+            (b, l) in prop_oneof![Just((22u32, 3usize)), Just((16, 4)), Just((32, 2)), Just((21, 4)), Just((1, 64))],
+            q in prop_oneof![Just(SOLINAS), Just(0x3fff_ffff_ffff_0001u64), Just(u64::MAX - 58)],
+        ) {
+            let m = Modulus::new(q).unwrap();
+            let dec = Decomposer::new(b, l).unwrap();
+            let mut a = one_limb_edges(q, b, l);
+            let mut rng = crate::rng::Csprng::from_seed(seed);
+            let mut random = vec![0u64; 67];
+            rng.fill_uniform(&mut random, q);
+            a.extend(random);
+            let n = a.len();
+            let ks = RnsKeySwitch::new(RnsModulus::single(m), Modulus::new(2147377153).unwrap(), b);
+            let mut rows = vec![vec![0i64; n]; l];
+            ks.decompose_one_limb(dec, m, &a, n, &mut rows);
+            // The scalar kernels as the fallback runs them.
+            let mut scalar = vec![vec![0i64; n]; l];
+            {
+                let (rest, digit_rows) = scalar.split_last_mut().unwrap();
+                simd::centre_kernel(q, &a, rest);
+                for row in digit_rows {
+                    simd::digit_step_one_kernel(b, rest, row);
+                }
+            }
+            prop_assert_eq!(&scalar, &rows);
+            let mut expect = vec![0i64; l];
+            for (i, &x) in a.iter().enumerate() {
+                dec.digits(m, x, &mut expect);
+                let got: Vec<i64> = rows.iter().map(|r| r[i]).collect();
+                prop_assert_eq!(&got, &expect, "x = {}", x);
+            }
+        }
+
+        // SIMD-1: the centring kernel is `Modulus::centered`.
+        #[test]
+        fn centre_kernel_matches_centered(
+            x in proptest::collection::vec(any::<u64>(), 1..40),
+            q in prop_oneof![Just(SOLINAS), Just(0x3fff_ffff_ffff_0001u64), Just(u64::MAX - 58), Just(2147377153u64)],
+        ) {
+            let m = Modulus::new(q).unwrap();
+            let mut a: Vec<u64> = x.iter().map(|&v| v % q).collect();
+            a.extend([0, q / 2, q / 2 + 1, q - 1]);
+            let (mut fast, mut scalar) = (vec![0i64; a.len()], vec![0i64; a.len()]);
+            simd::centre(q, &a, &mut fast);
+            simd::centre_kernel(q, &a, &mut scalar);
+            let expect: Vec<i64> = a.iter().map(|&v| m.centered(v)).collect();
+            prop_assert_eq!(&fast, &expect);
+            prop_assert_eq!(&scalar, &expect);
+        }
+
+        // SIMD-1: the division by P on the b-sets' one limb (Solinas q,
+        // P ≈ 2^31), dispatched and scalar, is the formula the one-limb
+        // key switch used with `Modulus` ops, at the centring edges and
+        // the ends of [0, q).
+        #[test]
+        fn one_limb_mod_down_matches_field_ops(seed in any::<[u8; 16]>()) {
+            let m = Modulus::new(SOLINAS).unwrap();
+            let p = Modulus::new(2147377153).unwrap();
+            let ks = RnsKeySwitch::new(RnsModulus::single(m), p, 22);
+            prop_assert!(ks.small_p && ks.small_digits && ks.p_inv[0].splittable());
+            let n = 45;
+            let mut rng = crate::rng::Csprng::from_seed(seed);
+            let mut draw = |modulus: u64| {
+                let mut v = vec![0u64; n];
+                rng.fill_uniform(&mut v, modulus);
+                v
+            };
+            let (mut aq, bq, mut ct_b) = (draw(SOLINAS), draw(SOLINAS), draw(SOLINAS));
+            let (mut ap, mut bp) = (draw(p.value()), draw(p.value()));
+            let edges_p = [p.value() / 2, p.value() / 2 + 1, 0, p.value() - 1];
+            ap[..4].copy_from_slice(&edges_p);
+            bp[4..8].copy_from_slice(&edges_p);
+            aq[..4].copy_from_slice(&[0, SOLINAS - 1, 0, SOLINAS - 1]);
+            ct_b[..2].copy_from_slice(&[0, SOLINAS - 1]);
+            let (mut out_a, mut out_b) = (draw(SOLINAS), draw(SOLINAS));
+            out_a[..2].copy_from_slice(&[0, SOLINAS - 1]);
+            out_b[2..4].copy_from_slice(&[0, SOLINAS - 1]);
+            let (mut fast_a, mut fast_b) = (out_a.clone(), out_b.clone());
+            ks.mod_down_add(0, m, p, (&aq, &bq), (&ap, &bp), &ct_b, (&mut fast_a, &mut fast_b));
+            let (mut scalar_a, mut scalar_b) = (out_a.clone(), out_b.clone());
+            let consts = simd::ModDown { q: SOLINAS, p: p.value(), p_inv: ks.p_inv[0] };
+            simd::mod_down_kernel::<true>(consts, simd::ModDownOperands {
+                aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b,
+                out_a: &mut scalar_a, out_b: &mut scalar_b,
+            });
+            let p_inv = m.inv(p.value()).unwrap();
+            let down = |xq: u64, xp: u64| m.mul(m.sub(xq, m.from_i64(p.centered(xp))), p_inv);
+            for i in 0..n {
+                let a = m.sub(out_a[i], down(aq[i], ap[i]));
+                let b = m.add(out_b[i], m.sub(ct_b[i], down(bq[i], bp[i])));
+                prop_assert_eq!((fast_a[i], fast_b[i]), (a, b), "coefficient {}", i);
+                prop_assert_eq!((scalar_a[i], scalar_b[i]), (a, b), "coefficient {}", i);
+            }
+        }
+
+        // SIMD-1: digits to residues mod the Solinas q and mod P at the
+        // b-sets' digit range (|d| ≤ 2^22), dispatched and scalar, is
+        // `from_i64`, with the edges 0 and ±2^21, ±2^22.
+        #[test]
+        fn one_limb_digits_mod_matches_from_i64(
+            d in proptest::collection::vec(-(1i64 << 22)..=(1i64 << 22), 1..40),
+            m in prop_oneof![Just(SOLINAS), Just(2147377153u64)],
+        ) {
+            let m = Modulus::new(m).unwrap();
+            let mut d = d;
+            d.extend([0, 1 << 21, -(1 << 21), 1 << 22, -(1 << 22), -1]);
+            let (mut fast, mut scalar) = (vec![0u64; d.len()], vec![0u64; d.len()]);
+            simd::digits_mod(m.value(), &mut fast, &d);
+            simd::digits_kernel(m.value(), &mut scalar, &d);
+            let expect: Vec<u64> = d.iter().map(|&x| m.from_i64(x)).collect();
+            prop_assert_eq!(&fast, &expect);
+            prop_assert_eq!(&scalar, &expect);
         }
     }
 
