@@ -157,9 +157,9 @@ impl Endpoint {
     }
 
     /// The same endpoint with its sessions counted in `ledger` instead of
-    /// in memory (PROTO-8), e.g. a [`super::SqliteLedger`] shared by every
-    /// process on the host, or a `PostgresLedger` (feature `postgres`,
-    /// PROTO-9) shared by servers on several hosts.
+    /// in memory (PROTO-8), e.g. a `SqliteLedger` (feature `sqlite`)
+    /// shared by every process on the host, or a `PostgresLedger` (feature
+    /// `postgres`, PROTO-9) shared by servers on several hosts.
     pub fn with_ledger(mut self, ledger: Box<dyn Ledger>) -> Self {
         self.ledger = ledger;
         self
