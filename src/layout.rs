@@ -1151,6 +1151,22 @@ pub fn matvec_reference(
         .collect()
 }
 
+/// ENG-9: `poly`, a polynomial of `Z[Y]/(Y^n' + 1)`, mapped into
+/// `Z[X]/(X^N + 1)` by `Y ↦ X^dilation`, `N = n'·dilation`: coefficient `j`
+/// moves to `dilation·j`, every other coefficient is zero. The map is an
+/// injective ring homomorphism (`(X^dilation)^n' = X^N = −1`), so a layout
+/// built for ring degree `n'` computes the same values at `N` with every
+/// position multiplied by `dilation` (proofs/pool-folding.md, "Dilated
+/// layouts"). `dilation` 1 returns `poly` as is; 0 is treated as 1.
+pub fn dilate_polynomial(poly: &[i64], dilation: usize) -> Vec<i64> {
+    let dilation = dilation.max(1);
+    let mut out = vec![0i64; poly.len() * dilation];
+    for (j, &c) in poly.iter().enumerate() {
+        out[j * dilation] = c;
+    }
+    out
+}
+
 /// Schoolbook product in `Z[X]/(X^n + 1)` with `n = max(a.len(), b.len())`
 /// (the shorter operand is zero-extended). **Reference only** (for tests and
 /// debugging): `O(n²)`, and sums wrap silently on `i128` overflow, which cannot
@@ -1661,6 +1677,46 @@ mod tests {
         })
     }
 
+    /// ENG-9: the layout's inputs and weight polynomials spread by
+    /// `dilation` into ring degree `dilation·n`, multiplied there, and read
+    /// at `dilation` times the layout's output positions. Every other
+    /// coefficient of the products must be zero (Y ↦ X^s is a ring
+    /// homomorphism onto the multiples of s).
+    fn dilated_outputs(
+        inputs: &[Vec<i64>],
+        output_cts: usize,
+        positions: &[(usize, usize)],
+        dilation: usize,
+        weight_poly: impl Fn(usize, usize) -> Result<Option<Vec<i64>>, LayoutError>,
+    ) -> Vec<i128> {
+        let n = inputs[0].len() * dilation;
+        let spread: Vec<Vec<i64>> = inputs
+            .iter()
+            .map(|x| dilate_polynomial(x, dilation))
+            .collect();
+        let outs = simulate(&spread, output_cts, n, |k, m| {
+            weight_poly(k, m).map(|w| w.map(|w| dilate_polynomial(&w, dilation)))
+        });
+        for out in &outs {
+            assert!(out
+                .iter()
+                .enumerate()
+                .all(|(c, &v)| c.is_multiple_of(dilation) || v == 0));
+        }
+        let at_n: Vec<(usize, usize)> = positions
+            .iter()
+            .map(|&(ct, c)| (ct, c * dilation))
+            .collect();
+        read(&outs, &at_n)
+    }
+
+    #[test]
+    fn dilate_polynomial_spreads_coefficients() {
+        assert_eq!(dilate_polynomial(&[1, -2, 3], 2), vec![1, 0, -2, 0, 3, 0]);
+        assert_eq!(dilate_polynomial(&[5, 7], 1), vec![5, 7]);
+        assert_eq!(dilate_polynomial(&[5, 7], 0), vec![5, 7]);
+    }
+
     /// Usize values that stress validation: zero, tiny, huge, and arbitrary.
     fn wild_usize() -> impl Strategy<Value = usize> {
         prop_oneof![
@@ -1900,6 +1956,59 @@ mod tests {
                 Err(e) => prop_assert!(!e.to_string().is_empty()),
             }
             prop_assert!(matvec_reference(&shape, &[], &[]).is_err());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// (5) ENG-9: a conv layout built for ring degree n and dilated by s
+        /// into ring degree s·n gives the undilated values, which are the
+        /// direct convolution.
+        #[test]
+        fn prop_dilated_conv_matches_undilated(
+            (shape, n, input, weights) in conv_case(),
+            log_s in 1..=2u32,
+        ) {
+            let Ok(layout) = Conv2dLayout::new(shape, n) else {
+                prop_assume!(false);
+                unreachable!()
+            };
+            let (got, want) = conv_pipeline(&layout, &input, &weights);
+            let inputs = layout.encode_input(&input).unwrap();
+            let dilated = dilated_outputs(
+                &inputs,
+                layout.output_ciphertexts(),
+                &layout.output_positions(),
+                1 << log_s,
+                |k, m| layout.weight_polynomial(&weights, k, m),
+            );
+            prop_assert_eq!(&dilated, &got);
+            prop_assert_eq!(dilated, want);
+        }
+
+        /// (6) The same for matrix–vector products.
+        #[test]
+        fn prop_dilated_matvec_matches_undilated(
+            (shape, n, input, weights) in matvec_case(),
+            log_s in 1..=2u32,
+        ) {
+            let layout = MatVecLayout::new(shape, n).unwrap();
+            let (got, want) = matvec_pipeline(&layout, &input, &weights);
+            let inputs = layout.encode_input(&input).unwrap();
+            let dilated = dilated_outputs(
+                &inputs,
+                layout.output_ciphertexts(),
+                &layout.output_positions(),
+                1 << log_s,
+                |k, m| layout.weight_polynomial(&weights, k, m),
+            );
+            prop_assert_eq!(&dilated, &got);
+            prop_assert_eq!(dilated, want);
         }
     }
 }

@@ -224,3 +224,53 @@ fn resnet20_attack_threshold_is_its_stem_conv() {
     // Every residual stage costs at least its own 3×3 fan-in + 1.
     assert!(projections.iter().all(|&q| q > 16 * 9), "{projections:?}");
 }
+
+// ENG-9: each stage of the digits model is laid out for the smallest ring
+// degree that keeps the ciphertext counts of the layout at N (so the ct×pt
+// work does not grow) and dilated to N; the first conv (a 1×8×8 image, 8
+// channels stacked in 800 of N coefficients) is dilated, the other two fill
+// N's ciphertexts and stay at N. The encrypted tests above run these stages.
+#[test]
+fn the_digits_stages_are_dilated_without_more_ciphertexts() {
+    use safhire::layout::{Conv2dLayout, MatVecLayout};
+    let f = fixture("b16");
+    let n = f.ctx.n();
+    let model = Model::from_json(MODEL).unwrap();
+    let compiled = engine::compile(&f.ctx, &model).unwrap();
+    for (r, stage) in compiled.stages().iter().enumerate() {
+        let s = stage.dilation();
+        println!("stage {r}: dilation {s}");
+        assert!(s.is_power_of_two() && n.is_multiple_of(s), "stage {r}: {s}");
+        if r == 0 {
+            assert!(s > 1, "the first conv is not dilated");
+        }
+        let (inputs, outputs) = match (stage.conv_shape(), stage.matvec_shape()) {
+            (Some(shape), _) => {
+                let at_n = Conv2dLayout::new(shape, n).unwrap();
+                let dilated = Conv2dLayout::new(shape, n / s).unwrap();
+                assert_eq!(dilated.input_ciphertexts(), stage.input_ciphertexts());
+                // The largest dilation: one more halving changes the counts.
+                let smaller = Conv2dLayout::new(shape, n / s / 2);
+                let counts = (at_n.input_ciphertexts(), at_n.output_ciphertexts());
+                assert!(
+                    !matches!(smaller, Ok(l) if (l.input_ciphertexts(), l.output_ciphertexts()) == counts),
+                    "stage {r}: a larger dilation was possible"
+                );
+                counts
+            }
+            (None, Some(shape)) => {
+                let at_n = MatVecLayout::new(shape, n).unwrap();
+                let smaller = MatVecLayout::new(shape, n / s / 2);
+                let counts = (at_n.input_ciphertexts(), at_n.output_ciphertexts());
+                assert!(
+                    !matches!(smaller, Ok(l) if (l.input_ciphertexts(), l.output_ciphertexts()) == counts),
+                    "stage {r}: a larger dilation was possible"
+                );
+                counts
+            }
+            _ => unreachable!("a stage is a conv or a mat-vec"),
+        };
+        assert_eq!(stage.input_ciphertexts(), inputs, "stage {r}");
+        assert_eq!(stage.output_ciphertexts(), outputs, "stage {r}");
+    }
+}

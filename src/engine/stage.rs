@@ -9,9 +9,10 @@
 use super::error::{CompileError, CompileProblem, EngineError};
 use crate::extract::ValueRef;
 use crate::layout::{
-    conv2d_reference, matvec_reference, Conv2dLayout, Conv2dShape, MatVecLayout, MatVecShape,
+    conv2d_reference, dilate_polynomial, matvec_reference, Conv2dLayout, Conv2dShape, LayoutError,
+    MatVecLayout, MatVecShape,
 };
-use crate::linear::EncodedLayer;
+use crate::linear::{CoefficientLayout, EncodedLayer, LinearError};
 use crate::protocol::client_steps::{apply_client_ops, response_ciphertexts};
 use crate::rlwe::{Ciphertext, Context};
 use crate::rng::Csprng;
@@ -31,6 +32,9 @@ pub(super) enum StageLayout {
 #[derive(Debug)]
 pub struct LinearStage {
     layout: StageLayout,
+    /// ENG-9: N over the ring degree `layout` was built for; every position
+    /// the layout names is multiplied by it at N.
+    dilation: usize,
     pub(super) encoded: EncodedLayer,
     /// Bias polynomial (coefficient domain, signed) per output ciphertext.
     pub(super) bias: Vec<Vec<i64>>,
@@ -168,9 +172,10 @@ impl LinearStage {
         stage: usize,
         max_stack: usize,
     ) -> Result<Self, EngineError> {
-        let layout = Conv2dLayout::with_max_stack(shape, ctx.n(), max_stack)?;
-        let encoded = EncodedLayer::new(ctx, &layout, weights)?;
-        let positions = layout.output_positions();
+        let (layout, dilation, encoded) = dilated_layer(ctx, weights, |n| {
+            Conv2dLayout::with_max_stack(shape, n, max_stack)
+        })?;
+        let positions = dilate_positions(layout.output_positions(), dilation);
         let per_channel = layout.output_height() * layout.output_width();
         check_bias(bias, shape.out_channels, stage)?;
         let bias_values: Vec<i64> = (0..positions.len())
@@ -188,6 +193,7 @@ impl LinearStage {
             public_weights: false,
             sensitivity: 0.0,
             layout: StageLayout::Conv(layout, weights.to_vec()),
+            dilation,
         })
     }
 
@@ -201,9 +207,10 @@ impl LinearStage {
         stage: usize,
         max_rows: usize,
     ) -> Result<Self, EngineError> {
-        let layout = MatVecLayout::with_max_rows(shape, ctx.n(), max_rows)?;
-        let encoded = EncodedLayer::new(ctx, &layout, weights)?;
-        let positions = layout.output_positions();
+        let (layout, dilation, encoded) = dilated_layer(ctx, weights, |n| {
+            MatVecLayout::with_max_rows(shape, n, max_rows)
+        })?;
+        let positions = dilate_positions(layout.output_positions(), dilation);
         check_bias(bias, shape.rows, stage)?;
         let bias_values: Vec<i64> = (0..positions.len())
             .map(|k| bias.get(k).copied().unwrap_or(0))
@@ -220,6 +227,7 @@ impl LinearStage {
             public_weights: false,
             sensitivity: 0.0,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
+            dilation,
         })
     }
 
@@ -340,18 +348,28 @@ impl LinearStage {
         self.output_len
     }
 
-    /// (flat input index, input ciphertext, coefficient) of every placement.
+    /// ENG-9: the stage's dilation s: its layout was built for ring degree
+    /// N/s and every position it names sits at s times its coefficient
+    /// (1: built for N). Chosen at compile time as the largest s at which
+    /// the layout needs as many input and output ciphertexts as at N.
+    pub fn dilation(&self) -> usize {
+        self.dilation
+    }
+
+    /// (flat input index, input ciphertext, coefficient at N) of every
+    /// placement.
     pub(super) fn input_placements(&self) -> Vec<(usize, usize, usize)> {
+        let s = self.dilation;
         match &self.layout {
             StageLayout::Conv(l, _) => {
-                let s = l.shape();
+                let shape = l.shape();
                 l.input_placements()
                     .iter()
                     .map(|p| {
                         (
-                            (p.channel * s.in_height + p.row) * s.in_width + p.col,
+                            (p.channel * shape.in_height + p.row) * shape.in_width + p.col,
                             p.ciphertext,
-                            p.coefficient,
+                            p.coefficient * s,
                         )
                     })
                     .collect()
@@ -359,19 +377,22 @@ impl LinearStage {
             StageLayout::MatVec(l, _) => l
                 .input_placements()
                 .iter()
-                .map(|p| (p.col, p.ciphertext, p.coefficient))
+                .map(|p| (p.col, p.ciphertext, p.coefficient * s))
                 .collect(),
         }
     }
 
+    /// (output ciphertext, coefficient at N) of every output, in true order.
     pub(super) fn output_positions(&self) -> Vec<(usize, usize)> {
-        match &self.layout {
+        let positions = match &self.layout {
             StageLayout::Conv(l, _) => l.output_positions(),
             StageLayout::MatVec(l, _) => l.output_positions(),
-        }
+        };
+        dilate_positions(positions, self.dilation)
     }
 
-    pub(super) fn input_ciphertexts(&self) -> usize {
+    /// Number of ciphertexts the repack arranges the stage's inputs into.
+    pub fn input_ciphertexts(&self) -> usize {
         self.encoded.input_ciphertexts()
     }
 
@@ -387,6 +408,82 @@ impl LinearStage {
         }
         Ok(out)
     }
+}
+
+/// ENG-9: a layout built for ring degree N/`dilation`, as seen at N: its
+/// weight polynomials spread by [`dilate_polynomial`].
+struct Dilated<'a, L> {
+    layout: &'a L,
+    dilation: usize,
+}
+
+impl<L: CoefficientLayout> CoefficientLayout for Dilated<'_, L> {
+    fn input_ciphertexts(&self) -> usize {
+        self.layout.input_ciphertexts()
+    }
+    fn output_ciphertexts(&self) -> usize {
+        self.layout.output_ciphertexts()
+    }
+    fn weight_polynomial(
+        &self,
+        weights: &[i64],
+        output_ct: usize,
+        input_ct: usize,
+    ) -> Result<Option<Vec<i64>>, LayoutError> {
+        let poly = self
+            .layout
+            .weight_polynomial(weights, output_ct, input_ct)?;
+        Ok(poly.map(|p| dilate_polynomial(&p, self.dilation)))
+    }
+}
+
+/// ENG-9: the layout `build` gives for the smallest ring degree n' (a power
+/// of two, n' ≤ N) whose input and output ciphertext counts are N's, with
+/// s = N/n' and the weights encoded at N. The repack of a small layer then
+/// places its values at multiples of s, where the PackLWEs tree has few
+/// nodes above its lowest levels (proofs/pool-folding.md, "Dilated
+/// layouts"); the ct×pt work is unchanged. Halving stops at the first
+/// degree that changes the counts or refuses the shape. Should the smaller
+/// degree's stacking break the noise budget (LIN-3) where N's does not, the
+/// stage keeps N's layout, so dilating never refuses a stage.
+fn dilated_layer<L: CoefficientLayout>(
+    ctx: &Context,
+    weights: &[i64],
+    build: impl Fn(usize) -> Result<L, LayoutError>,
+) -> Result<(L, usize, EncodedLayer), EngineError> {
+    let n = ctx.n();
+    let full = build(n)?;
+    let counts = |l: &L| (l.input_ciphertexts(), l.output_ciphertexts());
+    let mut smallest = None;
+    let mut degree = n / 2;
+    while degree >= 1 {
+        match build(degree) {
+            Ok(l) if counts(&l) == counts(&full) => smallest = Some((l, n / degree)),
+            _ => break,
+        }
+        degree /= 2;
+    }
+    if let Some((layout, dilation)) = smallest {
+        let dilated = Dilated {
+            layout: &layout,
+            dilation,
+        };
+        match EncodedLayer::new(ctx, &dilated, weights) {
+            Ok(encoded) => return Ok((layout, dilation, encoded)),
+            Err(LinearError::NoiseBudget { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let encoded = EncodedLayer::new(ctx, &full, weights)?;
+    Ok((full, 1, encoded))
+}
+
+/// Positions of a layout built for ring degree N/`dilation`, at N.
+fn dilate_positions(mut positions: Vec<(usize, usize)>, dilation: usize) -> Vec<(usize, usize)> {
+    for (_, c) in &mut positions {
+        *c *= dilation;
+    }
+    positions
 }
 
 fn check_bias(bias: &[i64], expected: usize, stage: usize) -> Result<(), EngineError> {
