@@ -1,8 +1,8 @@
-//! AUDIT-1..AUDIT-4: the attacks run through the real protocol, recover an
+//! AUDIT-1..AUDIT-9: the attacks run through the real protocol, recover an
 //! unprotected layer exactly, and are stopped by the defence a policy
 //! claims; every figure comes from running them.
 
-use safhire::audit::{audit, Outcome};
+use safhire::audit::{audit, audit_with, AuditOptions, Outcome};
 use safhire::model::{InputSpec, Layer, Model, Shape};
 use safhire::protocol::Policy;
 use safhire::rng::Csprng;
@@ -370,14 +370,17 @@ fn conv_then_linear() -> Model {
 
 // AUDIT-6: behind an element-shuffled round the logits' columns still fall,
 // one per session and in an unknown order. With 9 columns the collection
-// takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 299 after the bias
-// probe, and P[some column unseen after 298 column sessions] ≤ 9·(8/9)^298
-// < 1e-14 (if two of the random columns coincide the collection is shorter).
-// The default budget stops it.
+// takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 272 after the bias
+// probe and round 0's 27, and P[some column unseen after 271 column
+// sessions] ≤ 9·(8/9)^271 < 1e-12 (if two of the random columns coincide
+// the collection is shorter). The audit would run the cheaper located
+// d + 1 here (AUDIT-9), so the blind one is asked for. A budget that stops
+// round 0 leaves the blind d + 1 as the only attack, and stops it too.
 #[test]
 fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
     let model = conv_then_linear();
-    let report = audit(&model, policy("element", 300, true), None).unwrap();
+    let options = AuditOptions::blind_logits();
+    let report = audit_with(&model, policy("element", 300, true), None, options).unwrap();
     let last = &report.stages[1];
     assert_eq!(last.attack, "blind d + 1");
     assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
@@ -393,9 +396,71 @@ fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
 
     let stopped = audit(&model, policy("element", 4, true), None).unwrap();
     let last = &stopped.stages[1];
+    assert_eq!(last.attack, "blind d + 1");
     assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
     assert!(last.weights.0 <= 2 * 2, "{:?}", last.weights);
     assert_eq!(stopped.sessions, 4);
+}
+
+// AUDIT-9: once round 0 is recovered, each session locates the slot of one
+// input of the logits' layer by its predicted value and raises it alone: a
+// column per session, at its position, the biases from the bias probe's
+// zero session, so d = 9 sessions against the blind d + 1's base and at
+// least one session per distinct column, measured on the same model. A
+// budget that covers round 0 but only 5 of the 9 columns stops it there,
+// and the report says so.
+#[test]
+fn located_d_plus_one_takes_the_logits_behind_element_shuffling() {
+    let model = conv_then_linear();
+    let report = audit(&model, policy("element", 300, true), None).unwrap();
+    let (first, last) = (&report.stages[0], &report.stages[1]);
+    assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
+    assert_eq!(last.attack, "located d + 1");
+    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
+    assert_eq!((last.weights, last.biases), ((18, 18), (2, 2)));
+    let columns = last.columns.expect("the column sources are reported");
+    assert_eq!((columns.total, columns.located, columns.blind), (9, 9, 0));
+    assert_eq!(last.sessions, 9, "{}", last.note);
+    assert_eq!(report.sessions, 1 + first.sessions + 9);
+    let json = report.to_json();
+    assert_eq!(json["stages"][1]["attack"], "located d + 1");
+    assert_eq!(json["stages"][1]["columns"]["located"], 9);
+
+    let blind = audit_with(
+        &model,
+        policy("element", 300, true),
+        None,
+        AuditOptions::blind_logits(),
+    )
+    .unwrap();
+    let blind_last = &blind.stages[1];
+    assert_eq!(blind_last.attack, "blind d + 1");
+    assert_eq!(
+        blind_last.outcome,
+        Outcome::Recovered,
+        "{}",
+        blind_last.note
+    );
+    assert!(
+        last.sessions < blind_last.sessions,
+        "located {} vs blind {}",
+        last.sessions,
+        blind_last.sessions
+    );
+
+    let budget = 1 + first.sessions + 5;
+    let short = audit(&model, policy("element", budget, true), None).unwrap();
+    let last = &short.stages[1];
+    assert_eq!(short.stages[0].outcome, Outcome::Recovered);
+    assert_eq!(last.attack, "located d + 1");
+    assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
+    assert_eq!((last.sessions, last.weights.0), (5, 5 * 2));
+    assert!(
+        last.note.contains("during the located columns"),
+        "{}",
+        last.note
+    );
+    assert_eq!(short.sessions, budget);
 }
 
 // PROTO-6, AUDIT-7 on ResNet-20 (slow: each audit runs one whole zero
