@@ -1,4 +1,4 @@
-//! The audit (spec/threat-model.md, AUDIT-1..AUDIT-8): chosen-input attacks
+//! The audit (spec/threat-model.md, AUDIT-1..AUDIT-9): chosen-input attacks
 //! on the model, run as the client side of real sessions against a real
 //! [`Endpoint`], over encoded messages, counting the sessions they use.
 //!
@@ -44,6 +44,17 @@
 //!   chosen offline so that each probe pixel's position predicts a value of
 //!   its own; tied positions get one common value). Round r is then probed
 //!   as round 0, every session counted;
+//! * **located d + 1** (AUDIT-9: element shuffling, a mat-vec in the last
+//!   round behind rounds the audit recovered): each session locates one
+//!   input slot of the logits' layer as the located probes do (round
+//!   r − 1's input chosen so that the target position predicts a value of
+//!   its own) and raises it alone, which gives one column at its position;
+//!   the biases come from the bias probe, one position per folded pool
+//!   window: d sessions for d columns. Behind a round recovered only in
+//!   part, the open channels' columns are collected blind, each session
+//!   raising a slot no recovered channel's prediction explains; the report
+//!   says which columns came from which ([`ColumnSources`]). The audit runs
+//!   it wherever it applies, the blind d + 1 elsewhere;
 //! * **malicious public key** (AUDIT-5, one session as a second identity):
 //!   Δ/2 added to the key's body exposes the server's re-randomiser u in
 //!   every coefficient of a response; the tool confirms the reading and
@@ -55,14 +66,13 @@
 //! to an output channel through exact coincidences (three values on one
 //! line b + v·w through a bias, in three sessions shuffled apart), and
 //! under noise those vanish, so the stage is reported as not attacked,
-//! with the bias probe's error only. Nor do the located probes, whose
-//! slots are matched by exact value.
+//! with the bias probe's error only. Nor do the located probes and the
+//! located d + 1, whose slots are matched by exact value.
 //!
 //! Not yet here, and reported as such per stage: channel matching across
 //! sessions for stages one session cannot solve, residual stages, a
-//! reading of the pixel probes under DP noise, d + 1 through located
-//! element slots (the logits behind element-shuffled rounds fall to the
-//! blind d + 1 instead), weight recovery after the malicious-key attack.
+//! reading of the pixel probes under DP noise, weight recovery after the
+//! malicious-key attack.
 //! (A noisy reading would need another way to attribute values to
 //! channels: e.g. a probe value v small enough that each channel's
 //! readings b_c + v·w stay nearer its own bias than any other's, then
