@@ -3114,10 +3114,10 @@ impl AuditReport {
             "sessions used, all attacks, one identity: {}\n\n",
             self.sessions
         ));
-        out.push_str("round  layer  kind                       attack          sessions  weights exact   biases exact  outcome\n");
+        out.push_str("round  layer  kind                       attack           sessions  weights exact   biases exact  outcome\n");
         for s in &self.stages {
             out.push_str(&format!(
-                "{:>5}  {:>5}  {:<25}  {:<14}  {:>8}  {:>13}  {:>13}  {}\n",
+                "{:>5}  {:>5}  {:<25}  {:<15}  {:>8}  {:>13}  {:>13}  {}\n",
                 s.round,
                 s.layer,
                 s.kind,

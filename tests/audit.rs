@@ -1,6 +1,6 @@
-//! AUDIT-1..AUDIT-9: the attacks run through the real protocol, recover an
-//! unprotected layer exactly, and are stopped by the defence a policy
-//! claims; every figure comes from running them.
+//! AUDIT-1..AUDIT-4 (and AUDIT-5..AUDIT-9 below): the attacks run through
+//! the real protocol, recover an unprotected layer exactly, and are stopped
+//! by the defence a policy claims; every figure comes from running them.
 
 use safhire::audit::{audit, audit_with, AuditOptions, Outcome};
 use safhire::model::{InputSpec, Layer, Model, Shape};
