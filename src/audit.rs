@@ -2759,8 +2759,15 @@ enum Column {
     Lost(String),
 }
 
-/// Sessions AUDIT-9 spends on one located column before giving it up.
-const LOCATE_ATTEMPTS: usize = 4;
+/// Inputs AUDIT-9 compares offline for the one that puts the target's
+/// value farthest from the others.
+const CANDIDATE_INPUTS: usize = 64;
+
+/// Sessions AUDIT-9 spends on one located column before giving it up: a
+/// miss needs an open channel to return the target's value, rare once the
+/// target's value is chosen far out (AUDIT-9), so eight misses in a row
+/// are rarer still.
+const LOCATE_ATTEMPTS: usize = 8;
 
 /// AUDIT-9: one session that raises one slot of round r's input by `v`.
 /// Rounds 0..r − 1 are played as in [`probe_session`]: each upload of the
@@ -2812,7 +2819,12 @@ fn column_session(
             _ => None,
         };
         let len = kn.shape.input_len().unwrap_or(0);
-        let mut chosen = None;
+        // Among the inputs that give the target a value of its own, the one
+        // whose value lies farthest from the middle of the predicted ones:
+        // an open channel is then less likely to return it too (a miss).
+        let mut chosen: Option<(Vec<i64>, Vec<i64>)> = None;
+        let mut farthest = 0u64;
+        let mut candidates = 0usize;
         for _ in 0..if target.is_some() { PLACEMENT_TRIES } else { 1 } {
             let x = realize(&random_values(len, ranges[k]), &ties);
             let Some(y) = predict(&x) else {
@@ -2820,12 +2832,22 @@ fn column_session(
                     "round {k}'s recovered stage could not be evaluated"
                 )));
             };
-            let alone = |j: usize| {
-                y.get(j)
-                    .is_some_and(|&t| y.iter().filter(|&&u| u == t).count() == 1)
-            };
-            if target.is_none_or(alone) {
+            let Some(j) = target else {
                 chosen = Some((x, y));
+                break;
+            };
+            let Some(&t) = y.get(j) else { break };
+            if y.iter().filter(|&&u| u == t).count() != 1 {
+                continue;
+            }
+            let mut sorted = y.clone();
+            sorted.sort_unstable();
+            let distance = t.abs_diff(sorted[sorted.len() / 2]);
+            if chosen.is_none() || distance > farthest {
+                (chosen, farthest) = (Some((x, y)), distance);
+            }
+            candidates += 1;
+            if candidates == CANDIDATE_INPUTS {
                 break;
             }
         }

@@ -507,11 +507,15 @@ fn shared_bias_on_three_rows() -> Model {
 
 // AUDIT-9 behind a round recovered in part: the slots of the solved
 // channel's 9 outputs are located (a slot counts only when its value is
-// the only one of its kind among the 27 received), and the 18 columns of
-// the two open channels are collected blind, one slot no prediction
+// the only one of its kind among the 27 received; a column is given up
+// after 8 sessions that miss, and with the target's value chosen far from
+// the others misses are rare), and the 18 columns
+// of the two open channels are collected blind, one slot no prediction
 // explains per session: ≈ 18·H_18 ≈ 63 sessions, capped at
-// 18·(ln 18 + 10) ≈ 233, which a budget of 500 covers. The report says
-// which columns came from which.
+// 18·(ln 18 + 10) ≈ 233, which a budget of 500 covers (were the raised
+// slot uniform over the open positions, some column would stay unseen at
+// the cap with probability ≤ e^-10 ≈ 5e-5). The report says which columns
+// came from which.
 #[test]
 fn located_d_plus_one_falls_back_to_blind_for_the_open_channels() {
     let model = shared_bias_on_three_rows();
