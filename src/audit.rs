@@ -1,4 +1,4 @@
-//! The audit (spec/threat-model.md, AUDIT-1..AUDIT-8): chosen-input attacks
+//! The audit (spec/threat-model.md, AUDIT-1..AUDIT-9): chosen-input attacks
 //! on the model, run as the client side of real sessions against a real
 //! [`Endpoint`], over encoded messages, counting the sessions they use.
 //!
@@ -44,6 +44,17 @@
 //!   chosen offline so that each probe pixel's position predicts a value of
 //!   its own; tied positions get one common value). Round r is then probed
 //!   as round 0, every session counted;
+//! * **located d + 1** (AUDIT-9: element shuffling, a mat-vec in the last
+//!   round behind rounds the audit recovered): each session locates one
+//!   input slot of the logits' layer as the located probes do (round
+//!   r − 1's input chosen so that the target position predicts a value of
+//!   its own) and raises it alone, which gives one column at its position;
+//!   the biases come from the bias probe, one position per folded pool
+//!   window: d sessions for d columns. Behind a round recovered only in
+//!   part, the open channels' columns are collected blind, each session
+//!   raising a slot no recovered channel's prediction explains; the report
+//!   says which columns came from which ([`ColumnSources`]). The audit runs
+//!   it wherever it applies, the blind d + 1 elsewhere;
 //! * **malicious public key** (AUDIT-5, one session as a second identity):
 //!   Δ/2 added to the key's body exposes the server's re-randomiser u in
 //!   every coefficient of a response; the tool confirms the reading and
@@ -55,14 +66,13 @@
 //! to an output channel through exact coincidences (three values on one
 //! line b + v·w through a bias, in three sessions shuffled apart), and
 //! under noise those vanish, so the stage is reported as not attacked,
-//! with the bias probe's error only. Nor do the located probes, whose
-//! slots are matched by exact value.
+//! with the bias probe's error only. Nor do the located probes and the
+//! located d + 1, whose slots are matched by exact value.
 //!
 //! Not yet here, and reported as such per stage: channel matching across
 //! sessions for stages one session cannot solve, residual stages, a
-//! reading of the pixel probes under DP noise, d + 1 through located
-//! element slots (the logits behind element-shuffled rounds fall to the
-//! blind d + 1 instead), weight recovery after the malicious-key attack.
+//! reading of the pixel probes under DP noise, weight recovery after the
+//! malicious-key attack.
 //! (A noisy reading would need another way to attribute values to
 //! channels: e.g. a probe value v small enough that each channel's
 //! readings b_c + v·w stay nearer its own bias than any other's, then
@@ -305,9 +315,32 @@ pub struct StageReport {
     /// The weight attack's mean absolute error per weight, when it ran but
     /// noise kept it from exact recovery.
     pub weight_error: Option<f64>,
+    /// For the d + 1 attacks on the logits behind element-shuffled rounds
+    /// (AUDIT-6, AUDIT-9): which of the layer's columns came from where.
+    pub columns: Option<ColumnSources>,
     /// Why the stage ended as it did (why no attack ran, why one stopped,
     /// the policy's refusal), in words; empty when there is nothing to add.
     pub note: String,
+}
+
+/// Where the exact columns of the logits' layer came from (AUDIT-9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ColumnSources {
+    /// The layer's columns (its input length).
+    pub total: usize,
+    /// Columns recovered exactly, each at its position, through a slot
+    /// located by its predicted value (AUDIT-9).
+    pub located: usize,
+    /// Columns recovered exactly up to their order (AUDIT-6): a raised slot
+    /// of unknown position; behind partly recovered rounds, the slots
+    /// that could not be located.
+    pub blind: usize,
+    /// Sessions spent on the located columns (misses included: a session
+    /// whose target value turned up in a slot an unrecovered channel also
+    /// holds).
+    pub located_sessions: u64,
+    /// Sessions spent on the blind columns (a base session included).
+    pub blind_sessions: u64,
 }
 
 /// The audit of one model under one policy (AUDIT-2).
@@ -364,9 +397,37 @@ pub struct KeyAttack {
     pub note: String,
 }
 
+/// Choices of [`audit_with`]; the default runs the cheapest attack that
+/// applies to each stage, as [`audit`] does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditOptions {
+    /// Attack the logits behind element-shuffled rounds with the blind
+    /// d + 1 (AUDIT-6) even where the located d + 1 (AUDIT-9) applies:
+    /// for measuring one against the other on the same model.
+    pub blind_logits: bool,
+}
+
+impl AuditOptions {
+    /// The default options with [`blind_logits`](Self::blind_logits) set.
+    pub fn blind_logits() -> Self {
+        AuditOptions { blind_logits: true }
+    }
+}
+
 /// AUDIT-1: runs every attack of this module against `model` served under
 /// `policy` on the set `select` picks (or `set`), as one client identity.
 pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditReport, AuditError> {
+    audit_with(model, policy, set, AuditOptions::default())
+}
+
+/// [`audit`], with a choice of attacks.
+pub fn audit_with(
+    model: &Model,
+    policy: Policy,
+    set: Option<&str>,
+    options: AuditOptions,
+) -> Result<AuditReport, AuditError> {
     let requirement = Requirement::of(&policy);
     let selection = select::select(model, requirement, set)?;
     let ctx = Arc::new(selection.context);
@@ -403,6 +464,7 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
                 biases: (0, layer_counts(model, compiled.stage_layers()[r], s).1),
                 bias_error: None,
                 weight_error: None,
+                columns: None,
                 note: String::new(),
             })
             .collect(),
@@ -420,6 +482,7 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
     let mut oracle = Oracle::new(ctx.clone(), &mut endpoint, ClientId("auditor".into()));
     let base = bias_probe(&mut oracle, &compiled, &mut report)?;
     let mut known: Vec<Option<Known>> = vec![None; compiled.rounds()];
+    let mut partial: Vec<Option<Known>> = vec![None; compiled.rounds()];
     for r in 0..compiled.rounds() {
         let base_r = base.as_ref().and_then(|b| b.get(r)).map(Vec::as_slice);
         weight_attack(
@@ -429,6 +492,8 @@ pub fn audit(model: &Model, policy: Policy, set: Option<&str>) -> Result<AuditRe
             r,
             base_r,
             &mut known,
+            &mut partial,
+            options,
             &mut report,
         )?;
     }
@@ -589,6 +654,7 @@ fn malicious_key(
 }
 
 /// The weight attack that applies to stage `r`, if any.
+#[allow(clippy::too_many_arguments)]
 fn weight_attack(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
@@ -596,6 +662,8 @@ fn weight_attack(
     r: usize,
     base: Option<&[i64]>,
     known: &mut [Option<Known>],
+    partial: &mut [Option<Known>],
+    options: AuditOptions,
     report: &mut AuditReport,
 ) -> Result<(), AuditError> {
     let stage = &model.stages()[r];
@@ -626,14 +694,37 @@ fn weight_attack(
             d_plus_one(oracle, model, spec, r, known, entry)
         }
         (Some(_), ShuffleUnit::Element) => match base {
-            Some(base) => pixel_probes(oracle, model, spec, r, base, known, entry),
+            Some(base) => pixel_probes(oracle, model, spec, r, base, known, partial, entry),
             None => {
                 entry.note =
                     "the bias probe did not run (budget): nothing to align the probes with".into();
                 Ok(())
             }
         },
-        (None, _) if r + 1 == model.rounds() => blind_columns(oracle, model, spec, r, entry),
+        (None, _) if r + 1 == model.rounds() => {
+            // AUDIT-9 when round r − 1's slots can be located, at least for
+            // the channels recovered (every earlier round recovered whole):
+            // cheaper than the blind d + 1, whose columns arrive at random.
+            let behind = r
+                .checked_sub(1)
+                .filter(|&p| !options.blind_logits && (0..p).all(|k| known[k].is_some()))
+                .and_then(|p| match (&known[p], &partial[p]) {
+                    (Some(k), _) => Some((k, true)),
+                    (None, Some(k)) => Some((k, false)),
+                    (None, None) => None,
+                });
+            match behind {
+                Some((last, complete)) => {
+                    let located = Located {
+                        last,
+                        complete,
+                        base,
+                    };
+                    located_columns(oracle, model, spec, r, known, located, entry)
+                }
+                None => blind_columns(oracle, model, spec, r, entry),
+            }
+        }
         (None, _) if r > 0 => {
             entry.note = "shuffled mat-vec behind element-shuffled rounds: needs the alignment attack, not in this tool yet".into();
             Ok(())
@@ -1484,6 +1575,7 @@ fn pixel_probes(
     r: usize,
     base: &[i64],
     known: &mut [Option<Known>],
+    partial: &mut [Option<Known>],
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
     entry.attack = if r == 0 {
@@ -1850,12 +1942,15 @@ fn pixel_probes(
     };
     // What the attacker holds for the next round, when every class is
     // solved: its kernels under labels, class after class.
-    let mut recovered = Some(Known {
+    // When some class is left open, the solved classes alone (`partial`):
+    // the slots of their outputs can still be located (AUDIT-9).
+    let mut recovered = Known {
         shape,
         weights: Vec::with_capacity(shape.out_channels * whole),
         bias: Vec::with_capacity(shape.out_channels),
         truth: Vec::with_capacity(shape.out_channels),
-    });
+    };
+    let mut complete = true;
     let mut taken = vec![false; shape.out_channels];
     // Channels of the classes no candidate set fits.
     let mut unsolved = 0usize;
@@ -1871,8 +1966,9 @@ fn pixel_probes(
             [] => unsolved += g,
             many => open.push((g, many.len())),
         }
-        match (sets.as_slice(), recovered.as_mut()) {
-            ([one], Some(k)) => {
+        match sets.as_slice() {
+            [one] => {
+                let k = &mut recovered;
                 for kernel in one {
                     // The audit's bookkeeping: the true channel it is.
                     let o = (0..shape.out_channels)
@@ -1887,7 +1983,7 @@ fn pixel_probes(
                     k.truth.push(o);
                 }
             }
-            _ => recovered = None,
+            _ => complete = false,
         }
     }
     // A folded sum pool repeats each of the layer's weights in the stage's
@@ -1900,7 +1996,12 @@ fn pixel_probes(
         Outcome::Partial
     };
     if r + 1 < model.rounds() {
-        known[r] = recovered;
+        if complete {
+            known[r] = Some(recovered);
+        } else if !recovered.bias.is_empty() {
+            recovered.shape.out_channels = recovered.bias.len();
+            partial[r] = Some(recovered);
+        }
     }
     entry.note = format!(
         "{} probes in {} group(s) of 3 sessions{}{}; {} of {} weights exact{}{}{check_lost}",
@@ -2625,6 +2726,396 @@ fn blind_columns(
     Ok(())
 }
 
+/// What AUDIT-9 locates the logits' input through: round r − 1's
+/// recovered stage (`complete`: every output channel; otherwise only the
+/// channels solved, under labels 0..), and the bias probe's round-r
+/// values, which are the logits' biases in true order.
+struct Located<'a> {
+    last: &'a Known,
+    complete: bool,
+    base: Option<&'a [i64]>,
+}
+
+/// What one AUDIT-9 session raises at round r; every other slot is 0.
+#[derive(Clone, Copy)]
+enum Raise {
+    /// Nothing: the base session, W·0 + b.
+    Nothing,
+    /// The slot holding label position j of round r's input.
+    Position(usize),
+    /// A slot whose value no recovered channel predicts: a position of a
+    /// channel left open, of unknown index.
+    Unlocated,
+}
+
+/// What one AUDIT-9 session returned.
+enum Column {
+    /// The logits, in true order.
+    Seen(Vec<i64>),
+    /// The raised slot could not be told apart (its value also came from
+    /// an open channel, or no slot was unexplained); the session counts.
+    Missed,
+    Budget,
+    Lost(String),
+}
+
+/// Inputs AUDIT-9 compares offline for the one that puts the target's
+/// value farthest from the others.
+const CANDIDATE_INPUTS: usize = 64;
+
+/// Sessions AUDIT-9 spends on one located column before giving it up: a
+/// miss needs an open channel to return the target's value, rare once the
+/// target's value is chosen far out (AUDIT-9), so eight misses in a row
+/// are rarer still.
+const LOCATE_ATTEMPTS: usize = 8;
+
+/// AUDIT-9: one session that raises one slot of round r's input by `v`.
+/// Rounds 0..r − 1 are played as in [`probe_session`]: each upload of the
+/// attacker's choice, placed through the slots located in the previous
+/// round. Round r − 1's input is searched offline so that the target
+/// position predicts a value of its own; the slot that returns that value
+/// (the only one, or the session is a miss: behind a partly recovered
+/// round an open channel may return it too) is the target's slot.
+#[allow(clippy::too_many_arguments)]
+fn column_session(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+    known: &[Option<Known>],
+    located: &Located<'_>,
+    raise: Raise,
+    v: i64,
+) -> Result<Column, AuditError> {
+    let mut live = match oracle.open() {
+        Ok(live) => live,
+        Err(Stop::Budget) => return Ok(Column::Budget),
+        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+    };
+    let ranges = upload_ranges(model, spec, r);
+    let mut slots: Option<Vec<usize>> = None;
+    let mut ties: Vec<Vec<usize>> = Vec::new();
+    let mut raised = None;
+    for k in 0..r {
+        let last = k + 1 == r;
+        let kn = match (last, known[k].as_ref()) {
+            (true, _) => located.last,
+            (false, Some(kn)) => kn,
+            (false, None) => {
+                return Ok(Column::Lost(format!(
+                    "round {k} was not recovered, so the slots of round {r} cannot be located"
+                )))
+            }
+        };
+        let predict = |x: &[i64]| -> Option<Vec<i64>> {
+            let mut y = conv2d_reference(&kn.shape, x, &kn.weights).ok()?;
+            for (o, block) in y.chunks_mut(plane(&kn.shape)).enumerate() {
+                block.iter_mut().for_each(|t| *t += kn.bias[o]);
+            }
+            Some(y)
+        };
+        let target = match raise {
+            Raise::Position(j) if last => Some(j),
+            _ => None,
+        };
+        let len = kn.shape.input_len().unwrap_or(0);
+        // Among the inputs that give the target a value of its own, the one
+        // whose value lies farthest from the middle of the predicted ones:
+        // an open channel is then less likely to return it too (a miss).
+        let mut chosen: Option<(Vec<i64>, Vec<i64>)> = None;
+        let mut farthest = 0u64;
+        let mut candidates = 0usize;
+        for _ in 0..if target.is_some() { PLACEMENT_TRIES } else { 1 } {
+            let x = realize(&random_values(len, ranges[k]), &ties);
+            let Some(y) = predict(&x) else {
+                return Ok(Column::Lost(format!(
+                    "round {k}'s recovered stage could not be evaluated"
+                )));
+            };
+            let Some(j) = target else {
+                chosen = Some((x, y));
+                break;
+            };
+            let Some(&t) = y.get(j) else { break };
+            if y.iter().filter(|&&u| u == t).count() != 1 {
+                continue;
+            }
+            let mut sorted = y.clone();
+            sorted.sort_unstable();
+            let distance = t.abs_diff(sorted[sorted.len() / 2]);
+            if chosen.is_none() || distance > farthest {
+                (chosen, farthest) = (Some((x, y)), distance);
+            }
+            candidates += 1;
+            if candidates == CANDIDATE_INPUTS {
+                break;
+            }
+        }
+        let Some((x, predicted)) = chosen else {
+            return Ok(Column::Lost(format!(
+                "no input of round {k} found in {PLACEMENT_TRIES} tries that gives the raised position a value of its own"
+            )));
+        };
+        let seen = step(oracle, &mut live, &arrange_elements(&x, slots.as_deref()))?;
+        let complete = !last || located.complete;
+        let fits = if complete {
+            locate_elements(&seen, &predicted)
+        } else {
+            difference(&counts(&seen), &counts(&predicted)).map(|_| Vec::new())
+        };
+        let Some(map) = fits else {
+            return Ok(Column::Lost(format!(
+                "round {k}'s values differ from the recovered stage's prediction"
+            )));
+        };
+        if !last {
+            slots = Some(map);
+            ties = tie_groups(&predicted);
+            continue;
+        }
+        raised = match raise {
+            Raise::Nothing => None,
+            Raise::Position(j) => {
+                let mut at = (0..seen.len()).filter(|&s| seen[s] == predicted[j]);
+                match (at.next(), at.next()) {
+                    (Some(s), None) => Some(s),
+                    _ => return Ok(Column::Missed),
+                }
+            }
+            Raise::Unlocated => {
+                let explained = counts(&predicted);
+                let free: Vec<usize> = (0..seen.len())
+                    .filter(|&s| !explained.contains_key(&seen[s]))
+                    .collect();
+                if free.is_empty() {
+                    return Ok(Column::Missed);
+                }
+                let pick = Csprng::from_os().uniform_below(free.len() as u64) as usize;
+                Some(free[pick])
+            }
+        };
+    }
+    let mut upload = vec![0i64; model.stages()[r].input_len()];
+    if let Some(s) = raised {
+        upload[s] = v;
+    }
+    Ok(Column::Seen(step(oracle, &mut live, &upload)?))
+}
+
+/// AUDIT-9 (located d + 1: a mat-vec in the last round behind element-
+/// shuffled rounds the audit recovered): the logits return in true order,
+/// so with each slot of the input located a one-hot of v at label position
+/// j gives v times column j, one session per column, the biases coming from
+/// the bias probe's session (zero uploads: W·0 + b). A folded sum pool
+/// repeats each layer column over its window, which the attacker knows
+/// from the architecture: one position per window is raised. Behind a
+/// round recovered only in part, the open channels' positions cannot be
+/// located: their columns are collected blind (AUDIT-6), each session
+/// raising a slot no recovered channel's prediction explains.
+fn located_columns(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+    known: &[Option<Known>],
+    located: Located<'_>,
+    entry: &mut StageReport,
+) -> Result<(), AuditError> {
+    let stage = &model.stages()[r];
+    let Some(shape) = stage.matvec_shape() else {
+        return Ok(());
+    };
+    let (zero, v) = probe_step(upload_ranges(model, spec, r)[r]);
+    let last = located.last;
+    let hw = plane(&last.shape);
+    let (h, w) = (
+        last.shape.output_height().unwrap_or(0),
+        last.shape.output_width().unwrap_or(0),
+    );
+    if zero != 0 || v == 0 || hw == 0 || shape.cols % hw != 0 {
+        // The one-hot needs 0 around its raised slot, and whole planes.
+        return blind_columns(oracle, model, spec, r, entry);
+    }
+    entry.attack = if located.complete {
+        "located d + 1"
+    } else {
+        "located + blind"
+    };
+    let channels = shape.cols / hw;
+    let layer_cols = entry.weights.1 / shape.rows.max(1);
+    // The folded pool's window side, from the architecture (1: none).
+    let p = (1..=h.max(1))
+        .find(|&p| h % p == 0 && w % p == 0 && p * p * layer_cols == shape.cols)
+        .unwrap_or(1);
+    let windows: Vec<usize> = (0..h / p)
+        .flat_map(|y| (0..w / p).map(move |x| y * p * w + x * p))
+        .collect();
+    let (true_w, true_b) = stage.weights_and_bias();
+    let column = |j: usize| -> Vec<i64> {
+        (0..shape.rows)
+            .map(|i| v * true_w[i * shape.cols + j])
+            .collect()
+    };
+    let mut sources = ColumnSources {
+        total: layer_cols,
+        ..ColumnSources::default()
+    };
+    let mut budget_hit = false;
+    let mut lost = String::new();
+    let mut misses = 0usize;
+    // The biases: the bias probe's logits, or one base session.
+    let mut y0 = located.base.map(<[i64]>::to_vec);
+    if y0.is_none() {
+        match column_session(oracle, model, spec, r, known, &located, Raise::Nothing, v)? {
+            Column::Seen(y) => y0 = Some(y),
+            Column::Budget => budget_hit = true,
+            Column::Missed => {}
+            Column::Lost(why) => lost = why,
+        }
+        sources.located_sessions += u64::from(!budget_hit);
+    }
+    let solved = last.shape.out_channels;
+    'columns: for c in 0..solved {
+        for &offset in &windows {
+            if budget_hit || !lost.is_empty() || y0.is_none() {
+                break 'columns;
+            }
+            let j = c * hw + offset;
+            for _ in 0..LOCATE_ATTEMPTS {
+                let raise = Raise::Position(j);
+                match column_session(oracle, model, spec, r, known, &located, raise, v)? {
+                    Column::Budget => {
+                        budget_hit = true;
+                        break;
+                    }
+                    Column::Lost(why) => {
+                        sources.located_sessions += 1;
+                        lost = why;
+                        break;
+                    }
+                    Column::Missed => {
+                        sources.located_sessions += 1;
+                        misses += 1;
+                    }
+                    Column::Seen(y) => {
+                        sources.located_sessions += 1;
+                        let base = y0.as_deref().unwrap_or_default();
+                        let diff: Vec<i64> = y.iter().zip(base).map(|(a, b)| a - b).collect();
+                        let truth = last.truth.get(c).map(|&t| t * hw + offset);
+                        sources.located += usize::from(truth.map(&column) == Some(diff));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let located_wanted = solved * windows.len();
+    // The open channels' columns, blind: distinct ones, as AUDIT-6 counts.
+    let open: Vec<usize> = (0..channels)
+        .filter(|t| !last.truth[..solved].contains(t))
+        .collect();
+    let mut distinct: Vec<Vec<i64>> = Vec::new();
+    for &t in &open {
+        for &offset in &windows {
+            let col = column(t * hw + offset);
+            if !distinct.contains(&col) {
+                distinct.push(col);
+            }
+        }
+    }
+    let mut seen: Vec<Vec<i64>> = Vec::new();
+    let mut matched = vec![false; distinct.len()];
+    let m = distinct.len() as f64;
+    let cap = if distinct.is_empty() {
+        0
+    } else {
+        (m * (m.ln() + 10.0)).ceil() as usize
+    };
+    for _ in 0..cap {
+        if budget_hit || !lost.is_empty() || y0.is_none() || seen.len() == distinct.len() {
+            break;
+        }
+        match column_session(oracle, model, spec, r, known, &located, Raise::Unlocated, v)? {
+            Column::Budget => budget_hit = true,
+            Column::Lost(why) => {
+                sources.blind_sessions += 1;
+                lost = why;
+            }
+            Column::Missed => sources.blind_sessions += 1,
+            Column::Seen(y) => {
+                sources.blind_sessions += 1;
+                let base = y0.as_deref().unwrap_or_default();
+                let diff: Vec<i64> = y.iter().zip(base).map(|(a, b)| a - b).collect();
+                if !seen.contains(&diff) {
+                    if let Some(k) =
+                        (0..distinct.len()).find(|&k| !matched[k] && distinct[k] == diff)
+                    {
+                        matched[k] = true;
+                    }
+                    seen.push(diff);
+                }
+            }
+        }
+    }
+    sources.blind = matched.iter().filter(|&&x| x).count();
+    entry.sessions = sources.located_sessions + sources.blind_sessions;
+    entry.columns = Some(sources);
+    let all = sources.located == located_wanted && sources.blind == distinct.len();
+    let bias_exact = y0.as_deref() == Some(true_b);
+    entry.weights.0 = if all {
+        entry.weights.1
+    } else {
+        ((sources.located + sources.blind) * shape.rows).min(entry.weights.1)
+    };
+    entry.outcome = if all && bias_exact {
+        Outcome::Recovered
+    } else if budget_hit {
+        Outcome::StoppedByBudget
+    } else {
+        Outcome::Partial
+    };
+    let pool = if p > 1 {
+        format!(", one position per {p}×{p} window of the folded pool")
+    } else {
+        String::new()
+    };
+    let mut note = format!(
+        "{} of {located_wanted} columns located and exact in {} sessions ({misses} missed{pool}), biases {}",
+        sources.located,
+        sources.located_sessions,
+        if located.base.is_some() {
+            "from the bias probe's session"
+        } else {
+            "from a base session"
+        }
+    );
+    if !located.complete {
+        note.push_str(&format!(
+            "; round {}'s {} open channel(s) cannot be located: {} of their {} distinct columns exact, up to their order, in {} blind sessions",
+            r - 1,
+            open.len(),
+            sources.blind,
+            distinct.len(),
+            sources.blind_sessions
+        ));
+    }
+    if budget_hit {
+        let during = if sources.located < located_wanted {
+            "the located columns"
+        } else {
+            "the blind columns"
+        };
+        note.push_str(&format!(
+            "; the budget stopped it after {} session(s), during {during}",
+            entry.sessions
+        ));
+    } else if !lost.is_empty() {
+        note.push_str(&format!("; stopped: {lost}"));
+    }
+    entry.note = note;
+    Ok(())
+}
+
 impl AuditReport {
     /// A table for people.
     pub fn to_text(&self) -> String {
@@ -2645,10 +3136,10 @@ impl AuditReport {
             "sessions used, all attacks, one identity: {}\n\n",
             self.sessions
         ));
-        out.push_str("round  layer  kind                       attack          sessions  weights exact   biases exact  outcome\n");
+        out.push_str("round  layer  kind                       attack           sessions  weights exact   biases exact  outcome\n");
         for s in &self.stages {
             out.push_str(&format!(
-                "{:>5}  {:>5}  {:<25}  {:<14}  {:>8}  {:>13}  {:>13}  {}\n",
+                "{:>5}  {:>5}  {:<25}  {:<15}  {:>8}  {:>13}  {:>13}  {}\n",
                 s.round,
                 s.layer,
                 s.kind,
@@ -2720,6 +3211,13 @@ impl AuditReport {
                 "biases_total": s.biases.1,
                 "bias_error": s.bias_error,
                 "weight_error": s.weight_error,
+                "columns": s.columns.map(|c| serde_json::json!({
+                    "total": c.total,
+                    "located": c.located,
+                    "blind": c.blind,
+                    "located_sessions": c.located_sessions,
+                    "blind_sessions": c.blind_sessions,
+                })),
                 "note": s.note,
             })).collect::<Vec<_>>(),
             "malicious_key": self.malicious_key.as_ref().map(|k| serde_json::json!({

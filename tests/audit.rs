@@ -1,8 +1,8 @@
-//! AUDIT-1..AUDIT-4: the attacks run through the real protocol, recover an
-//! unprotected layer exactly, and are stopped by the defence a policy
-//! claims; every figure comes from running them.
+//! AUDIT-1..AUDIT-4 (and AUDIT-5..AUDIT-9 below): the attacks run through
+//! the real protocol, recover an unprotected layer exactly, and are stopped
+//! by the defence a policy claims; every figure comes from running them.
 
-use safhire::audit::{audit, Outcome};
+use safhire::audit::{audit, audit_with, AuditOptions, Outcome};
 use safhire::model::{InputSpec, Layer, Model, Shape};
 use safhire::protocol::Policy;
 use safhire::rng::Csprng;
@@ -370,14 +370,17 @@ fn conv_then_linear() -> Model {
 
 // AUDIT-6: behind an element-shuffled round the logits' columns still fall,
 // one per session and in an unknown order. With 9 columns the collection
-// takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 299 after the bias
-// probe, and P[some column unseen after 298 column sessions] ≤ 9·(8/9)^298
-// < 1e-14 (if two of the random columns coincide the collection is shorter).
-// The default budget stops it.
+// takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 272 after the bias
+// probe and round 0's 27, and P[some column unseen after 271 column
+// sessions] ≤ 9·(8/9)^271 < 1e-12 (if two of the random columns coincide
+// the collection is shorter). The audit would run the cheaper located
+// d + 1 here (AUDIT-9), so the blind one is asked for. A budget that stops
+// round 0 leaves the blind d + 1 as the only attack, and stops it too.
 #[test]
 fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
     let model = conv_then_linear();
-    let report = audit(&model, policy("element", 300, true), None).unwrap();
+    let options = AuditOptions::blind_logits();
+    let report = audit_with(&model, policy("element", 300, true), None, options).unwrap();
     let last = &report.stages[1];
     assert_eq!(last.attack, "blind d + 1");
     assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
@@ -393,9 +396,145 @@ fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
 
     let stopped = audit(&model, policy("element", 4, true), None).unwrap();
     let last = &stopped.stages[1];
+    assert_eq!(last.attack, "blind d + 1");
     assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
     assert!(last.weights.0 <= 2 * 2, "{:?}", last.weights);
     assert_eq!(stopped.sessions, 4);
+}
+
+// AUDIT-9: once round 0 is recovered, each session locates the slot of one
+// input of the logits' layer by its predicted value and raises it alone: a
+// column per session, at its position, the biases from the bias probe's
+// zero session, so d = 9 sessions against the blind d + 1's base and at
+// least one session per distinct column, measured on the same model. A
+// budget that covers round 0 but only 5 of the 9 columns stops it there,
+// and the report says so.
+#[test]
+fn located_d_plus_one_takes_the_logits_behind_element_shuffling() {
+    let model = conv_then_linear();
+    let report = audit(&model, policy("element", 300, true), None).unwrap();
+    let (first, last) = (&report.stages[0], &report.stages[1]);
+    assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
+    assert_eq!(last.attack, "located d + 1");
+    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
+    assert_eq!((last.weights, last.biases), ((18, 18), (2, 2)));
+    let columns = last.columns.expect("the column sources are reported");
+    assert_eq!((columns.total, columns.located, columns.blind), (9, 9, 0));
+    assert_eq!(last.sessions, 9, "{}", last.note);
+    assert_eq!(report.sessions, 1 + first.sessions + 9);
+    let json = report.to_json();
+    assert_eq!(json["stages"][1]["attack"], "located d + 1");
+    assert_eq!(json["stages"][1]["columns"]["located"], 9);
+
+    let blind = audit_with(
+        &model,
+        policy("element", 300, true),
+        None,
+        AuditOptions::blind_logits(),
+    )
+    .unwrap();
+    let blind_last = &blind.stages[1];
+    assert_eq!(blind_last.attack, "blind d + 1");
+    assert_eq!(
+        blind_last.outcome,
+        Outcome::Recovered,
+        "{}",
+        blind_last.note
+    );
+    assert!(
+        last.sessions < blind_last.sessions,
+        "located {} vs blind {}",
+        last.sessions,
+        blind_last.sessions
+    );
+
+    let budget = 1 + first.sessions + 5;
+    let short = audit(&model, policy("element", budget, true), None).unwrap();
+    let last = &short.stages[1];
+    assert_eq!(short.stages[0].outcome, Outcome::Recovered);
+    assert_eq!(last.attack, "located d + 1");
+    assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
+    assert_eq!((last.sessions, last.weights.0), (5, 5 * 2));
+    assert!(
+        last.note.contains("during the located columns"),
+        "{}",
+        last.note
+    );
+    assert_eq!(short.sessions, budget);
+}
+
+/// conv 1→3 on a 3×3 input, channels 0 and 1 sharing a bias → requantise
+/// → linear 27 → 4: the pixel probes solve channel 2 alone, and no check
+/// image fits three rows, so channels 0 and 1 stay open.
+fn shared_bias_on_three_rows() -> Model {
+    let mut rng = Csprng::from_seed([43; 16]);
+    let mut small =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    Model::new(
+        "shared-bias-3x3",
+        InputSpec {
+            shape: Shape::new(1, 3, 3),
+            min: 0,
+            max: 15,
+        },
+        vec![
+            Layer::Conv2d {
+                out_channels: 3,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+                weights: small(27),
+                bias: vec![4, 4, -9],
+            },
+            Layer::Requantize {
+                multiplier: 1,
+                shift: 4,
+                min: 0,
+                max: 15,
+            },
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 4,
+                weights: small(4 * 27),
+                bias: small(4),
+            },
+        ],
+    )
+    .unwrap()
+}
+
+// AUDIT-9 behind a round recovered in part: the slots of the solved
+// channel's 9 outputs are located (a slot counts only when its value is
+// the only one of its kind among the 27 received; a column is given up
+// after 8 sessions that miss, and with the target's value chosen far from
+// the others misses are rare), and the 18 columns
+// of the two open channels are collected blind, one slot no prediction
+// explains per session: ≈ 18·H_18 ≈ 63 sessions, capped at
+// 18·(ln 18 + 10) ≈ 233, which a budget of 500 covers (were the raised
+// slot uniform over the open positions, some column would stay unseen at
+// the cap with probability ≤ e^-10 ≈ 5e-5). The report says which columns
+// came from which.
+#[test]
+fn located_d_plus_one_falls_back_to_blind_for_the_open_channels() {
+    let model = shared_bias_on_three_rows();
+    let report = audit(&model, policy("element", 500, true), None).unwrap();
+    let (first, last) = (&report.stages[0], &report.stages[1]);
+    assert_eq!(first.outcome, Outcome::Partial, "{}", first.note);
+    assert_eq!(first.weights.0, 9, "{}", first.note);
+    assert_eq!(last.attack, "located + blind");
+    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
+    assert_eq!(last.weights, (4 * 27, 4 * 27));
+    let columns = last.columns.expect("the column sources are reported");
+    assert_eq!((columns.total, columns.located), (27, 9), "{}", last.note);
+    assert_eq!(columns.blind, 18, "{}", last.note);
+    assert_eq!(
+        last.sessions,
+        columns.located_sessions + columns.blind_sessions
+    );
+    assert!(columns.blind_sessions >= 18, "{}", last.note);
+    assert!(last.note.contains("2 open channel(s)"), "{}", last.note);
 }
 
 // PROTO-6, AUDIT-7 on ResNet-20 (slow: each audit runs one whole zero
