@@ -397,13 +397,15 @@ impl<'a> Packer<'a> {
         // is reused at once (a level at a time held N/2^ℓ* ciphertexts,
         // whose release made the allocator return and re-fault memory:
         // benches/README.md).
-        // A node's terms image by image: the rotate-adds that read one
-        // image then follow each other while it is in cache (an s16 image
-        // is 256 KiB; ResNet-20 on s16 took 9 % less CPU; with the fused
-        // leaf kernel the one-limb sets gain too, benches/README.md).
-        // Exact modular sums, so the order changes no result.
-        for terms in &mut nodes {
-            terms.sort_by_key(|t| (t.source, t.image));
+        // On multi-limb sets, a node's terms image by image: the rotate-adds
+        // that read one image then follow each other while it is in cache
+        // (an s16 image is 256 KiB; ResNet-20 on s16 took 9 % less CPU).
+        // Exact modular sums, so the order changes no result. The one-limb
+        // sets keep their order: no gain measured there.
+        if ctx.limbs() > 1 {
+            for terms in &mut nodes {
+                terms.sort_by_key(|t| (t.source, t.image));
+            }
         }
         self.subtree(&nodes, images, shared, log_n, 0)
             .unwrap_or_else(|| ctx.zero_ciphertext())
@@ -427,14 +429,11 @@ impl<'a> Packer<'a> {
             if terms.is_empty() {
                 return None;
             }
-            // All terms in one fused pass (issue 9): the accumulator is read
-            // and written once per group of terms, not once per term.
-            let shifted: Vec<(&Ciphertext, usize, bool)> = terms
-                .iter()
-                .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
-                .collect();
             let mut ct = ctx.zero_ciphertext();
-            ct.monomial_mul_add_many(q, &shifted);
+            for t in terms {
+                let img = images.get(t.source, t.image);
+                ct.monomial_mul_add(q, img, t.exp as usize, t.negate);
+            }
             return Some(ct);
         }
         let half = n >> level;

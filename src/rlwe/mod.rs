@@ -181,37 +181,6 @@ impl Ciphertext {
         });
     }
 
-    /// `self += Σ ±X^e · other` over `terms` of `(other, e, negate)`: the
-    /// result of [`monomial_mul_add`](Self::monomial_mul_add) term by term,
-    /// with `self` read and written once per group of terms rather than once
-    /// per term (the leaves of packing, issue 9).
-    pub(crate) fn monomial_mul_add_many(
-        &mut self,
-        q: RnsModulus,
-        terms: &[(&Ciphertext, usize, bool)],
-    ) {
-        let n = self.n;
-        let mut limb_terms = Vec::with_capacity(terms.len());
-        for (l, &m) in q.limbs().iter().enumerate() {
-            let limb = l * n..(l + 1) * n;
-            for (out, part) in [
-                (
-                    &mut self.a,
-                    (|ct: &Ciphertext| &ct.a) as fn(&Ciphertext) -> &Vec<u64>,
-                ),
-                (&mut self.b, |ct: &Ciphertext| &ct.b),
-            ] {
-                limb_terms.clear();
-                limb_terms.extend(terms.iter().map(|&(ct, exp, negate)| poly::MonomialTerm {
-                    inp: &part(ct)[limb.clone()],
-                    exp,
-                    negate,
-                }));
-                poly::monomial_mul_add_many(m, &mut out[limb.clone()], &limb_terms);
-            }
-        }
-    }
-
     /// Multiplies by the scalar whose residue modulo limb l is `c[l]`.
     pub fn scalar_mul_assign(&mut self, q: RnsModulus, c: &[u64]) {
         let n = self.n;
