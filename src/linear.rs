@@ -30,12 +30,67 @@ pub enum LinearError {
     },
 }
 
-/// Weight polynomials of one layer, transformed once per model load.
-/// `weights[k][m]` multiplies input ciphertext m into output ciphertext k.
+/// Weight polynomials of one layer, encoded once per model load and kept in
+/// coefficient form (compact, narrow integers); each is transformed when a
+/// round uses it. `weights[k][m]` multiplies input ciphertext m into output
+/// ciphertext k.
 pub struct EncodedLayer {
     inputs: usize,
-    weights: Vec<Vec<Option<NttPlaintext>>>,
+    weights: Vec<Vec<Option<CompactPolynomial>>>,
     max_l1: u128,
+}
+
+/// One weight polynomial up to its last non-zero coefficient, each
+/// coefficient in the narrowest signed width that holds all of them.
+///
+/// Why not the transformed polynomial: that is L·N words (32 KiB at
+/// N = 4096) per interacting ciphertext pair, 4.5 GiB for ResNet-18, while
+/// the coefficients are small and mostly zero beyond a short prefix. A
+/// round transforms each polynomial once anyway (one forward NTT beside the
+/// product it feeds), so keeping them compact costs little time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum CompactPolynomial {
+    I8(Box<[i8]>),
+    I16(Box<[i16]>),
+    I32(Box<[i32]>),
+    I64(Box<[i64]>),
+}
+
+impl CompactPolynomial {
+    /// Stores `coeffs` without trailing zeros, in the narrowest width every
+    /// coefficient converts to exactly (checked conversions: a value that
+    /// does not fit a width moves the polynomial to the next, never
+    /// truncates).
+    fn new(coeffs: &[i64]) -> Self {
+        let used = coeffs
+            .iter()
+            .rposition(|&c| c != 0)
+            .map_or(0, |last| last + 1);
+        let used = &coeffs[..used];
+        fn narrow<T: TryFrom<i64>>(coeffs: &[i64]) -> Option<Box<[T]>> {
+            coeffs.iter().map(|&c| T::try_from(c).ok()).collect()
+        }
+        if let Some(c) = narrow(used) {
+            Self::I8(c)
+        } else if let Some(c) = narrow(used) {
+            Self::I16(c)
+        } else if let Some(c) = narrow(used) {
+            Self::I32(c)
+        } else {
+            Self::I64(used.into())
+        }
+    }
+
+    /// The transform [`Context::plaintext_ntt`] gives for the original
+    /// coefficients, into a reused buffer.
+    fn transform_into(&self, ctx: &Context, out: &mut NttPlaintext) {
+        match self {
+            Self::I8(c) => ctx.plaintext_ntt_into(c, out),
+            Self::I16(c) => ctx.plaintext_ntt_into(c, out),
+            Self::I32(c) => ctx.plaintext_ntt_into(c, out),
+            Self::I64(c) => ctx.plaintext_ntt_into(c, out),
+        }
+    }
 }
 
 impl std::fmt::Debug for EncodedLayer {
@@ -102,7 +157,7 @@ impl CoefficientLayout for MatVecLayout {
 }
 
 impl EncodedLayer {
-    /// Encodes and transforms the weights, refusing them if any output
+    /// Encodes the weights, refusing them if any output
     /// ciphertext would exceed the parameter set's noise budget (LIN-3).
     pub fn new(
         ctx: &Context,
@@ -121,7 +176,7 @@ impl EncodedLayer {
                 if let Some(w) = &poly {
                     l1 += w.iter().map(|&c| c.unsigned_abs() as u128).sum::<u128>();
                 }
-                row.push(poly.map(|w| ctx.plaintext_ntt(&w)));
+                row.push(poly.map(|w| CompactPolynomial::new(&w)));
             }
             if l1 > 1u128 << allowed_log2 {
                 return Err(LinearError::NoiseBudget {
@@ -151,9 +206,12 @@ impl EncodedLayer {
     }
 
     /// Evaluates the layer: each input is transformed once, each output is
-    /// one accumulation and one inverse transform. Inputs, then outputs, in
-    /// parallel on the caller's rayon pool (src/par.rs); each output sums
-    /// its products in input order, so the result is the same on any pool.
+    /// one accumulation and one inverse transform, each weight polynomial
+    /// is transformed when its product is accumulated (into one buffer per
+    /// output task, so memory grows with the threads, not the weights).
+    /// Inputs, then outputs, in parallel on the caller's rayon pool
+    /// (src/par.rs); each output sums its products in input order, so the
+    /// result is the same on any pool.
     ///
     /// # Panics
     /// If `inputs.len()` differs from the layout's input count (a caller bug).
@@ -162,12 +220,170 @@ impl EncodedLayer {
         let transformed = crate::par::map(inputs, |c| ctx.to_ntt(c));
         crate::par::map(&self.weights, |row| {
             let mut acc = ctx.ntt_zero();
+            let mut w_ntt = ctx.plaintext_ntt_buffer();
             for (w, x) in row.iter().zip(&transformed) {
                 if let Some(w) = w {
-                    ctx.mul_plain_accumulate(&mut acc, x, w);
+                    w.transform_into(ctx, &mut w_ntt);
+                    ctx.mul_plain_accumulate(&mut acc, x, &w_ntt);
                 }
             }
             ctx.from_ntt(acc)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParameterSet;
+    use crate::rlwe::SecretKey;
+    use crate::rng::Csprng;
+    use proptest::prelude::*;
+
+    impl CompactPolynomial {
+        /// The stored coefficients, widened back to i64.
+        fn coefficients(&self) -> Vec<i64> {
+            match self {
+                Self::I8(c) => c.iter().map(|&x| x.into()).collect(),
+                Self::I16(c) => c.iter().map(|&x| x.into()).collect(),
+                Self::I32(c) => c.iter().map(|&x| x.into()).collect(),
+                Self::I64(c) => c.to_vec(),
+            }
+        }
+
+        fn width_bits(&self) -> u32 {
+            match self {
+                Self::I8(_) => 8,
+                Self::I16(_) => 16,
+                Self::I32(_) => 32,
+                Self::I64(_) => 64,
+            }
+        }
+    }
+
+    /// The bits a signed integer type needs to hold `x`.
+    fn bits_needed(x: i64) -> u32 {
+        [8u32, 16, 32]
+            .into_iter()
+            .find(|&b| x >= -(1i64 << (b - 1)) && x < 1i64 << (b - 1))
+            .unwrap_or(64)
+    }
+
+    #[test]
+    fn a_coefficient_too_wide_for_a_width_widens_the_polynomial_never_truncates() {
+        let cases: [(&[i64], u32); 9] = [
+            (&[0, -128, 127, 0, 0], 8),
+            (&[5, 300, 0], 16),
+            (&[128], 16),
+            (&[-129], 16),
+            (&[32767, -32768], 16),
+            (&[1, 32768], 32),
+            (&[i64::from(i32::MIN) - 1], 64),
+            (&[i64::MIN, 0, i64::MAX], 64),
+            (&[0, 0, 0], 8),
+        ];
+        for (coeffs, bits) in cases {
+            let compact = CompactPolynomial::new(coeffs);
+            assert_eq!(compact.width_bits(), bits, "{coeffs:?}");
+            let mut back = compact.coefficients();
+            assert!(back.last() != Some(&0), "trailing zeros dropped: {back:?}");
+            back.resize(coeffs.len(), 0);
+            assert_eq!(back, coeffs);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn compact_form_round_trips_exactly_in_the_narrowest_width(
+            coeffs in proptest::collection::vec(
+                prop_oneof![Just(0i64), -3i64..=3, -200i64..=200, any::<i32>().prop_map(i64::from), any::<i64>()],
+                0..64,
+            ),
+        ) {
+            let compact = CompactPolynomial::new(&coeffs);
+            let used = coeffs.iter().rposition(|&c| c != 0).map_or(0, |p| p + 1);
+            prop_assert_eq!(compact.coefficients(), &coeffs[..used]);
+            let widest = coeffs.iter().map(|&c| bits_needed(c)).max().unwrap_or(8);
+            prop_assert_eq!(compact.width_bits(), widest);
+        }
+    }
+
+    /// The transform as it was made once per model before (the oracle).
+    fn transformed_once(ctx: &Context, coeffs: &[i64]) -> NttPlaintext {
+        let mut values = vec![0u64; ctx.n() * ctx.limbs()];
+        ctx.ntt_q.forward_signed(coeffs, &mut values);
+        ctx.ntt_q.normalize(&mut values);
+        NttPlaintext { values }
+    }
+
+    // The per-round transform is the one made once per model before:
+    // same values bit for bit, on a one-limb and a two-limb set, and the
+    // evaluated layer equals the products of the once-transformed weights.
+    #[test]
+    fn per_round_transforms_equal_the_transform_made_once() {
+        for set in ["b16", "s16"] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let mut rng = Csprng::from_seed([7; 16]);
+            let mut buf = ctx.plaintext_ntt_buffer();
+            for bound in [3u64, 300, 1 << 20, 1 << 40] {
+                let coeffs: Vec<i64> = (0..ctx.n())
+                    .map(|i| {
+                        let x = rng.uniform_below(2 * bound + 1) as i64 - bound as i64;
+                        if i % 5 == 0 {
+                            x
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                // Dirty buffer: the transform must overwrite all of it.
+                buf.values.fill(u64::MAX);
+                CompactPolynomial::new(&coeffs).transform_into(&ctx, &mut buf);
+                assert!(
+                    buf.values == transformed_once(&ctx, &coeffs).values,
+                    "{set}, bound {bound}"
+                );
+            }
+
+            let shape = crate::layout::Conv2dShape {
+                in_channels: 3,
+                in_height: 12,
+                in_width: 12,
+                out_channels: 4,
+                kernel_height: 3,
+                kernel_width: 3,
+                stride: 1,
+                padding: 1,
+            };
+            let layout = crate::layout::Conv2dLayout::new(shape, ctx.n()).unwrap();
+            let weights: Vec<i64> = (0..shape.weight_len().unwrap())
+                .map(|_| rng.uniform_below(255) as i64 - 127)
+                .collect();
+            let layer = EncodedLayer::new(&ctx, &layout, &weights).unwrap();
+            let sk = SecretKey::generate(&ctx, &mut rng);
+            let input: Vec<i64> = (0..shape.input_len().unwrap())
+                .map(|_| rng.uniform_below(15) as i64 - 7)
+                .collect();
+            let cts: Vec<Ciphertext> = layout
+                .encode_input(&input)
+                .unwrap()
+                .iter()
+                .map(|p| ctx.encrypt(&sk, p, &mut rng))
+                .collect();
+            let transformed: Vec<_> = cts.iter().map(|c| ctx.to_ntt(c)).collect();
+            let expected: Vec<Ciphertext> = (0..layout.output_ciphertexts())
+                .map(|k| {
+                    let mut acc = ctx.ntt_zero();
+                    for (m, x) in transformed.iter().enumerate() {
+                        if let Some(w) = layout.weight_polynomial(&weights, k, m).unwrap() {
+                            ctx.mul_plain_accumulate(&mut acc, x, &transformed_once(&ctx, &w));
+                        }
+                    }
+                    ctx.from_ntt(acc)
+                })
+                .collect();
+            assert!(layer.evaluate(&ctx, &cts) == expected, "{set}");
+        }
     }
 }

@@ -251,13 +251,14 @@ impl RnsNttPlan {
     }
 
     /// Transforms a polynomial with small signed coefficients (`coeffs` of
-    /// length ≤ N, zero-padded) into every limb of `out` (length L·N).
-    pub fn forward_signed(&self, coeffs: &[i64], out: &mut [u64]) {
+    /// length ≤ N, zero-padded) into every limb of `out` (length L·N). Any
+    /// signed width: weights are kept in their narrowest (`linear`).
+    pub fn forward_signed<T: Copy + Into<i64>>(&self, coeffs: &[T], out: &mut [u64]) {
         for (c, p) in out.chunks_exact_mut(self.n).zip(&self.plans) {
             let m = p.modulus();
             c.fill(0);
             for (o, &x) in c.iter_mut().zip(coeffs) {
-                *o = m.from_i64(x);
+                *o = m.from_i64(x.into());
             }
             p.forward(c);
         }

@@ -333,11 +333,29 @@ impl Context {
 
     /// Transforms a weight polynomial once, with 1/N folded in.
     pub fn plaintext_ntt(&self, coeffs: &[i64]) -> NttPlaintext {
-        let mut values = vec![0u64; self.n() * self.limbs()];
+        let mut out = self.plaintext_ntt_buffer();
+        self.plaintext_ntt_into(coeffs, &mut out);
+        out
+    }
+
+    /// A buffer for [`plaintext_ntt_into`](Self::plaintext_ntt_into).
+    pub(crate) fn plaintext_ntt_buffer(&self) -> NttPlaintext {
+        NttPlaintext {
+            values: vec![0u64; self.n() * self.limbs()],
+        }
+    }
+
+    /// [`plaintext_ntt`](Self::plaintext_ntt) into a reused buffer (from
+    /// [`plaintext_ntt_buffer`](Self::plaintext_ntt_buffer)), from
+    /// coefficients of any signed width: the same values, no allocation.
+    pub(crate) fn plaintext_ntt_into<T: Copy + Into<i64>>(
+        &self,
+        coeffs: &[T],
+        out: &mut NttPlaintext,
+    ) {
         let n = coeffs.len().min(self.n());
-        self.ntt_q.forward_signed(&coeffs[..n], &mut values);
-        self.ntt_q.normalize(&mut values);
-        NttPlaintext { values }
+        self.ntt_q.forward_signed(&coeffs[..n], &mut out.values);
+        self.ntt_q.normalize(&mut out.values);
     }
 
     /// `acc += ct · w`, exact, in the NTT domain.
