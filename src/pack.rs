@@ -477,17 +477,18 @@ fn distinct_sources(slots: &[Vec<ValueRef>]) -> Vec<u32> {
 }
 
 /// Cost of one key switch (with its node's bookkeeping) in monomial
-/// rotate-adds of a ciphertext, fitted to fixed-ℓ* packs of 4096 values on
-/// the development machine (≈0.32 ms against ≈0.86 µs); only the choice of
-/// ℓ* depends on it, never a result.
-const KEY_SWITCH_IN_ROTATIONS: u64 = 384;
+/// rotate-adds of a ciphertext on the one-limb sets; only the choice of ℓ*
+/// depends on it, never a result. First fitted to fixed-ℓ* packs of 4096
+/// values (384, against a 0.32 ms key switch); refitted on ResNet-20 after
+/// the one-limb key switch was vectorised (0.44× its time): 192 took
+/// 0.92× the server time of 384, 128 the same as 192 (benches/README.md).
+const KEY_SWITCH_IN_ROTATIONS: u64 = 192;
 
 /// The same on a multi-limb set (PARAM-8): s16's vectorised key switch
 /// (≈0.44 ms) against its rotate-add of 2 limbs × 8192 coefficients
 /// (≈7 µs inside a dense pack, where the images no longer fit in cache).
 /// Fitted on ResNet-20 with s16 (benches/README.md): 64 took 27 % less
-/// CPU time than 384. The one-limb sets keep 384, so their ℓ*, hence
-/// their ciphertexts, are unchanged.
+/// CPU time than 384.
 const KEY_SWITCH_IN_ROTATIONS_MULTI_LIMB: u64 = 64;
 
 /// The key-switch cost in rotate-adds that the ℓ* choice uses for `ctx`.
@@ -502,7 +503,7 @@ fn key_switch_in_rotations(ctx: &Context) -> u64 {
 /// Picks ℓ* in `lo..=hi` for one output by a cost model (PACK-2): sharing
 /// level ℓ costs 2^ℓ rotate-adds per value and 2^ℓ − 1 key switches per
 /// source, and saves the key switches of every non-empty node at levels ≤ ℓ.
-/// `key_switch` is a key switch's cost in rotate-adds. With one limb (384) a
+/// `key_switch` is a key switch's cost in rotate-adds. With one limb (192) a
 /// full dense output lands on ℓ* = 4, sparser ones higher.
 fn choose_shared_levels(
     slots: &[Vec<ValueRef>],
@@ -666,7 +667,7 @@ mod tests {
     use crate::params::ParameterSet;
 
     // PACK-2: a full dense output of one source at N = 8192 shares 4 levels
-    // at the one-limb cost (384, every b-set's unchanged choice) and 3 at
+    // at the one-limb cost (192) and 3 at
     // the multi-limb one, whose key switch costs fewer rotate-adds.
     #[test]
     fn multi_limb_sets_share_fewer_levels_when_dense() {
@@ -676,7 +677,7 @@ mod tests {
         let s16 = Context::new(ParameterSet::shipped("s16").unwrap());
         let one = key_switch_in_rotations(&b16);
         let multi = key_switch_in_rotations(&s16);
-        assert_eq!((one, multi), (384, 64));
+        assert_eq!((one, multi), (192, 64));
         assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, one), 4);
         assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, multi), 3);
     }
