@@ -753,6 +753,18 @@ struct Known {
     truth: Vec<usize>,
 }
 
+impl Known {
+    /// The recovered stage's outputs (bias added, label order) for input
+    /// `x`; `None` if `x` does not fit its shape.
+    fn predict(&self, x: &[i64]) -> Option<Vec<i64>> {
+        let mut y = conv2d_reference(&self.shape, x, &self.weights).ok()?;
+        for (o, block) in y.chunks_mut(plane(&self.shape)).enumerate() {
+            block.iter_mut().for_each(|v| *v += self.bias[o]);
+        }
+        Some(y)
+    }
+}
+
 /// The weights of a public (0/1 pool) stage: channel c to channel c, so
 /// labels carry over from input to output.
 fn known_public(stage: &LinearStage, previous: &[usize]) -> Option<Known> {
@@ -1052,10 +1064,7 @@ fn step(oracle: &mut Oracle<'_>, live: &mut Live, upload: &[i64]) -> Result<Vec<
 /// matches no label or two planes match the same one.
 fn locate(seen: &[i64], known: &Known, chosen: &[i64]) -> Option<Vec<usize>> {
     let out_plane = plane(&known.shape);
-    let mut expected = conv2d_reference(&known.shape, chosen, &known.weights).ok()?;
-    for (o, block) in expected.chunks_mut(out_plane).enumerate() {
-        block.iter_mut().for_each(|v| *v += known.bias[o]);
-    }
+    let expected = known.predict(chosen)?;
     let mut taken = vec![false; known.shape.out_channels];
     let mut map = Vec::with_capacity(known.shape.out_channels);
     for block in seen.chunks(out_plane) {
@@ -1452,21 +1461,13 @@ fn probe_session(
                 "round {k} was not recovered, so the slots of round {r} cannot be located"
             )));
         };
-        let predict = |x: &[i64]| -> Option<Vec<i64>> {
-            let mut y = conv2d_reference(&kn.shape, x, &kn.weights).ok()?;
-            let out_plane = plane(&kn.shape);
-            for (o, block) in y.chunks_mut(out_plane).enumerate() {
-                block.iter_mut().for_each(|v| *v += kn.bias[o]);
-            }
-            Some(y)
-        };
         let len = kn.shape.input_len().unwrap_or(0);
         // The last round before r: search for an input that separates the
         // probe pixels; earlier rounds: any random input.
         let mut chosen = None;
         for _ in 0..if k + 1 == r { PLACEMENT_TRIES } else { 1 } {
             let x = realize(&random_values(len, ranges[k]), &ties);
-            let Some(y) = predict(&x) else {
+            let Some(y) = kn.predict(&x) else {
                 return Ok(Probed::Lost(format!(
                     "round {k}'s recovered stage could not be evaluated"
                 )));
@@ -2807,13 +2808,6 @@ fn column_session(
                 )))
             }
         };
-        let predict = |x: &[i64]| -> Option<Vec<i64>> {
-            let mut y = conv2d_reference(&kn.shape, x, &kn.weights).ok()?;
-            for (o, block) in y.chunks_mut(plane(&kn.shape)).enumerate() {
-                block.iter_mut().for_each(|t| *t += kn.bias[o]);
-            }
-            Some(y)
-        };
         let target = match raise {
             Raise::Position(j) if last => Some(j),
             _ => None,
@@ -2827,7 +2821,7 @@ fn column_session(
         let mut candidates = 0usize;
         for _ in 0..if target.is_some() { PLACEMENT_TRIES } else { 1 } {
             let x = realize(&random_values(len, ranges[k]), &ties);
-            let Some(y) = predict(&x) else {
+            let Some(y) = kn.predict(&x) else {
                 return Ok(Column::Lost(format!(
                     "round {k}'s recovered stage could not be evaluated"
                 )));

@@ -2,6 +2,8 @@
 //! the real protocol, recover an unprotected layer exactly, and are stopped
 //! by the defence a policy claims; every figure comes from running them.
 
+mod common;
+
 use safhire::audit::{audit, audit_with, AuditOptions, Outcome};
 use safhire::model::{InputSpec, Layer, Model, Shape};
 use safhire::protocol::Policy;
@@ -330,42 +332,16 @@ fn malicious_public_key_exposes_the_rerandomiser() {
 /// conv 1→1 on a 3×3 input → requantise → linear 9 → 2: one
 /// element-shuffled round in front of the logits.
 fn conv_then_linear() -> Model {
-    let mut rng = Csprng::from_seed([37; 16]);
-    let mut small =
-        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-    Model::new(
+    common::conv_then_linear(
         "conv-then-linear",
-        InputSpec {
-            shape: Shape::new(1, 3, 3),
-            min: 0,
-            max: 15,
+        37,
+        common::ConvThenLinear {
+            channels: 1,
+            conv_bias: None,
+            relu: false,
+            out_features: 2,
         },
-        vec![
-            Layer::Conv2d {
-                out_channels: 1,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-                weights: small(9),
-                bias: small(1),
-            },
-            Layer::Requantize {
-                multiplier: 1,
-                shift: 4,
-                min: 0,
-                max: 15,
-            },
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: 2,
-                weights: small(18),
-                bias: small(2),
-            },
-        ],
     )
-    .unwrap()
 }
 
 // AUDIT-6: behind an element-shuffled round the logits' columns still fall,
@@ -467,42 +443,16 @@ fn located_d_plus_one_takes_the_logits_behind_element_shuffling() {
 /// → linear 27 → 4: the pixel probes solve channel 2 alone, and no check
 /// image fits three rows, so channels 0 and 1 stay open.
 fn shared_bias_on_three_rows() -> Model {
-    let mut rng = Csprng::from_seed([43; 16]);
-    let mut small =
-        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-    Model::new(
+    common::conv_then_linear(
         "shared-bias-3x3",
-        InputSpec {
-            shape: Shape::new(1, 3, 3),
-            min: 0,
-            max: 15,
+        43,
+        common::ConvThenLinear {
+            channels: 3,
+            conv_bias: Some(vec![4, 4, -9]),
+            relu: false,
+            out_features: 4,
         },
-        vec![
-            Layer::Conv2d {
-                out_channels: 3,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-                weights: small(27),
-                bias: vec![4, 4, -9],
-            },
-            Layer::Requantize {
-                multiplier: 1,
-                shift: 4,
-                min: 0,
-                max: 15,
-            },
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: 4,
-                weights: small(4 * 27),
-                bias: small(4),
-            },
-        ],
     )
-    .unwrap()
 }
 
 // AUDIT-9 behind a round recovered in part: the slots of the solved

@@ -102,9 +102,68 @@ pub fn encoded_session(
 /// encrypted rounds, cheap enough for the state-machine and model-checking
 /// tests to run hundreds of sessions. `seed` draws its small weights.
 pub fn two_round_model(name: &str, seed: u8) -> Model {
+    conv_then_linear(
+        name,
+        seed,
+        ConvThenLinear {
+            channels: 2,
+            conv_bias: None,
+            relu: true,
+            out_features: 2,
+        },
+    )
+}
+
+/// The shape of a [`conv_then_linear`] model.
+pub struct ConvThenLinear {
+    /// Output channels of the conv.
+    pub channels: usize,
+    /// The conv's bias; `None` draws it.
+    pub conv_bias: Option<Vec<i64>>,
+    /// A ReLU after the conv.
+    pub relu: bool,
+    /// Logits of the linear layer.
+    pub out_features: usize,
+}
+
+/// conv 1→`channels` 3×3 (padding 1) on a 3×3 input in 0..=15 → optional
+/// ReLU → requantise to 0..=15 → linear 9·`channels` → `out_features`:
+/// two encrypted rounds. `seed` draws the small weights (−7..=7), in the
+/// order conv weights, conv bias (unless given), linear weights, bias.
+pub fn conv_then_linear(name: &str, seed: u8, shape: ConvThenLinear) -> Model {
     let mut rng = Csprng::from_seed([seed; 16]);
     let mut small =
         |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    let c = shape.channels;
+    let conv_weights = small(9 * c);
+    let conv_bias = shape.conv_bias.unwrap_or_else(|| small(c));
+    let mut layers = vec![Layer::Conv2d {
+        out_channels: c,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        padding: 1,
+        groups: 1,
+        weights: conv_weights,
+        bias: conv_bias,
+    }];
+    if shape.relu {
+        layers.push(Layer::Relu);
+    }
+    layers.extend([
+        Layer::Requantize {
+            multiplier: 1,
+            shift: 4,
+            min: 0,
+            max: 15,
+        },
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: shape.out_features,
+            weights: small(shape.out_features * 9 * c),
+            bias: small(shape.out_features),
+        },
+    ]);
     Model::new(
         name,
         InputSpec {
@@ -112,31 +171,7 @@ pub fn two_round_model(name: &str, seed: u8) -> Model {
             min: 0,
             max: 15,
         },
-        vec![
-            Layer::Conv2d {
-                out_channels: 2,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-                weights: small(18),
-                bias: small(2),
-            },
-            Layer::Relu,
-            Layer::Requantize {
-                multiplier: 1,
-                shift: 4,
-                min: 0,
-                max: 15,
-            },
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: 2,
-                weights: small(36),
-                bias: small(2),
-            },
-        ],
+        layers,
     )
     .unwrap()
 }
