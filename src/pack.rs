@@ -175,14 +175,7 @@ pub struct Packer<'a> {
     shared_levels: u32,
     /// Choose ℓ* ≤ `shared_levels` per output by cost, or use it as given.
     adaptive: bool,
-    /// log2 of the level-ℓ* nodes materialised together (issue 9).
-    leaf_group_levels: u32,
 }
-
-/// Level-ℓ* nodes are materialised 2^this at a time, image by image: each
-/// image is read once per group of sibling nodes instead of once per node
-/// (benches/README.md, "Pack leaves in groups").
-const LEAF_GROUP_LEVELS: u32 = 2;
 
 impl<'a> Packer<'a> {
     /// A packer with the Galois keys `keys` of `ctx`'s set, choosing ℓ* per
@@ -193,7 +186,6 @@ impl<'a> Packer<'a> {
             keys,
             shared_levels: ctx.params().shared_pack_levels(),
             adaptive: true,
-            leaf_group_levels: LEAF_GROUP_LEVELS,
         }
     }
 
@@ -419,11 +411,9 @@ impl<'a> Packer<'a> {
             .unwrap_or_else(|| ctx.zero_ciphertext())
     }
 
-    /// Node `r` of tree level `level` of one output: at the group level
-    /// (ℓ* + `leaf_group_levels`, at most log N) its level-ℓ* descendants
-    /// materialised together and combined up, else the combination of its
-    /// two subtrees with the level's key switch. `None` for an empty
-    /// subtree.
+    /// Node `r` of tree level `level` of one output: materialised from its
+    /// symbolic terms at level `shared`, else the combination of its two
+    /// subtrees with the level's key switch. `None` for an empty subtree.
     fn subtree(
         &self,
         nodes: &[Vec<Term>],
@@ -432,89 +422,25 @@ impl<'a> Packer<'a> {
         level: u32,
         r: usize,
     ) -> Option<Ciphertext> {
-        let log_n = self.ctx.params().log_ring_degree();
-        let group = self.leaf_group_levels.min(log_n - shared);
-        if level == shared + group {
-            let mut leaves = self.materialise_group(nodes, images, shared, level, r);
-            return self.combine(&mut leaves, shared, level);
+        let ctx = self.ctx;
+        let (q, n) = (ctx.q(), ctx.n());
+        if level == shared {
+            let terms = &nodes[r];
+            if terms.is_empty() {
+                return None;
+            }
+            let mut ct = ctx.zero_ciphertext();
+            for t in terms {
+                let img = images.get(t.source, t.image);
+                ct.monomial_mul_add(q, img, t.exp as usize, t.negate);
+            }
+            return Some(ct);
         }
-        let half = self.ctx.n() >> level;
+        let half = n >> level;
         let (even, odd) = par::join(
             || self.subtree(nodes, images, shared, level - 1, r),
             || self.subtree(nodes, images, shared, level - 1, r + half),
         );
-        self.join_children(even, odd, level)
-    }
-
-    /// The level-ℓ* descendants of node (`level`, `r`) from their symbolic
-    /// terms, in tree order (the even subtree's first, recursively: leaf `p`
-    /// is node r + bitrev(p)·N/2^level). The group's terms are applied image
-    /// by image, so an image is read from memory once per group while the
-    /// accumulators stay in cache. Exact modular sums: the order changes no
-    /// result.
-    fn materialise_group(
-        &self,
-        nodes: &[Vec<Term>],
-        images: &Images,
-        shared: u32,
-        level: u32,
-        r: usize,
-    ) -> Vec<Option<Ciphertext>> {
-        let ctx = self.ctx;
-        let bits = level - shared;
-        let stride = ctx.n() >> level;
-        let leaf_node = |p: usize| {
-            let j = if bits == 0 {
-                0
-            } else {
-                p.reverse_bits() >> (usize::BITS - bits)
-            };
-            &nodes[r + j * stride]
-        };
-        let mut terms: Vec<(usize, &Term)> = (0..1usize << bits)
-            .flat_map(|p| leaf_node(p).iter().map(move |t| (p, t)))
-            .collect();
-        terms.sort_by_key(|&(p, t)| (t.source, t.image, p));
-        let mut leaves: Vec<Option<Ciphertext>> = (0..1usize << bits).map(|_| None).collect();
-        for (p, t) in terms {
-            let img = images.get(t.source, t.image);
-            leaves[p]
-                .get_or_insert_with(|| ctx.zero_ciphertext())
-                .monomial_mul_add(ctx.q(), img, t.exp as usize, t.negate);
-        }
-        leaves
-    }
-
-    /// A node of tree level `level` from its level-ℓ* descendants `leaves`
-    /// (tree order, taken), with the key switches of the levels between.
-    fn combine(
-        &self,
-        leaves: &mut [Option<Ciphertext>],
-        shared: u32,
-        level: u32,
-    ) -> Option<Ciphertext> {
-        if level == shared {
-            return leaves[0].take();
-        }
-        let (low, high) = leaves.split_at_mut(leaves.len() / 2);
-        let (even, odd) = par::join(
-            || self.combine(low, shared, level - 1),
-            || self.combine(high, shared, level - 1),
-        );
-        self.join_children(even, odd, level)
-    }
-
-    /// Node (`level`, r) from its two children: E + X^half O plus the key
-    /// switch of τ_g(E − X^half O).
-    fn join_children(
-        &self,
-        even: Option<Ciphertext>,
-        odd: Option<Ciphertext>,
-        level: u32,
-    ) -> Option<Ciphertext> {
-        let ctx = self.ctx;
-        let (q, n) = (ctx.q(), ctx.n());
-        let half = n >> level;
         if even.is_none() && odd.is_none() {
             return None;
         }
@@ -754,78 +680,5 @@ mod tests {
         assert_eq!((one, multi), (192, 64));
         assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, one), 4);
         assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, multi), 3);
-    }
-
-    // Issue 9: materialising the level-ℓ* nodes in groups, image by image,
-    // gives the same ciphertexts bit for bit as node by node, for dense,
-    // sparse and summed outputs, fixed and chosen ℓ*, and group sizes up to
-    // past the top of the tree.
-    #[test]
-    fn grouped_leaves_equal_leaves_node_by_node() {
-        use crate::rlwe::{GaloisKeys, SecretKey};
-        use crate::rng::Csprng;
-        let ctx = Context::new(ParameterSet::shipped("b8").unwrap());
-        let n = ctx.n();
-        let mut rng = Csprng::from_seed([7; 16]);
-        let sk = SecretKey::generate(&ctx, &mut rng);
-        let keys = GaloisKeys::from_seeded(&ctx, &GaloisKeys::generate_seeded(&ctx, &sk, &mut rng))
-            .unwrap();
-        let sources: Vec<Ciphertext> = (0..3)
-            .map(|_| {
-                let values: Vec<i64> = (0..n).map(|_| rng.uniform_below(100) as i64).collect();
-                ctx.encrypt(&sk, &values, &mut rng)
-            })
-            .collect();
-        let srcs: Vec<PackSource> = sources.iter().map(PackSource::plain).collect();
-        let value = |rng: &mut Csprng| {
-            ValueRef::new(
-                rng.uniform_below(3) as usize,
-                rng.uniform_below(n as u64) as usize,
-            )
-        };
-        let dense: Vec<SumPlacement> = (0..2 * n)
-            .map(|k| SumPlacement {
-                values: vec![value(&mut rng)],
-                output: k / n,
-                position: k % n,
-            })
-            .collect();
-        let positions: Vec<usize> = (0..n).filter(|_| rng.uniform_below(5) == 0).collect();
-        let sparse: Vec<SumPlacement> = positions
-            .into_iter()
-            .map(|k| SumPlacement {
-                values: vec![value(&mut rng)],
-                output: 0,
-                position: k,
-            })
-            .collect();
-        let sums: Vec<SumPlacement> = (0..n)
-            .map(|k| SumPlacement {
-                values: (0..1 + rng.uniform_below(3))
-                    .map(|_| value(&mut rng))
-                    .collect(),
-                output: 0,
-                position: (k * 7) % n,
-            })
-            .collect();
-        for placements in [&dense, &sparse, &sums] {
-            for shared in [None, Some(0), Some(3)] {
-                let mut packer = Packer::new(&ctx, &keys);
-                if let Some(l) = shared {
-                    packer = packer.with_shared_levels(l).unwrap();
-                }
-                packer.leaf_group_levels = 0;
-                let reference = packer.pack_sums(&srcs, placements).unwrap();
-                for group in [1, 2, 4, 20] {
-                    packer.leaf_group_levels = group;
-                    let grouped = packer.pack_sums(&srcs, placements).unwrap();
-                    assert!(
-                        grouped == reference,
-                        "group 2^{group}, shared {shared:?}, {} placements",
-                        placements.len()
-                    );
-                }
-            }
-        }
     }
 }
