@@ -575,8 +575,10 @@ fn bias_probe(
 /// round(phase/(Δ/2)) = 2y_i + u_i while the noise (flooding included) stays
 /// below Δ/4. With u known the client strips u·a_pk from the mask, leaving
 /// the unsanitised mask plus the re-randomiser's small error: this tool
-/// stops there (recovering the weights from it is an RLWE problem in the
-/// weight polynomials; no lattice reduction is run).
+/// stops there. That mask is not an RLWE sample in the weights: the pack
+/// tree adds, at every node, a key switch whose gadget digits are not
+/// linear in its input, so the weights' linear part sits under terms that
+/// look uniform mod q (spec/threat-model.md).
 fn malicious_key(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
@@ -649,7 +651,7 @@ fn malicious_key(
         want.sort_unstable();
         attack.values_confirmed = Some(got == want);
     }
-    attack.note = "weights not recovered by this tool: with u known the mask is the unsanitised mask plus the re-randomiser's error e_a (|e_a| ≤ 16), an RLWE instance in the weight polynomials; no protection against malicious keys is claimed (spec/threat-model.md)".into();
+    attack.note = "weights not recovered by this tool: with u known the mask is the unsanitised mask plus the re-randomiser's error e_a (|e_a| ≤ 16), which after the pack tree's key switches is not linear in the weights; no attack on it is known to this tool, and no protection against malicious keys is claimed (spec/threat-model.md)".into();
     Ok(attack)
 }
 
