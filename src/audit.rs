@@ -1423,18 +1423,127 @@ enum Probed {
 /// whose outputs put every probe pixel of round r in a slot of its own.
 const PLACEMENT_TRIES: usize = 2000;
 
+/// How a walk picks round r − 1's input among random candidates: `score`
+/// rejects a candidate's predicted outputs (`None`) or rates them (higher
+/// is better); the walk keeps the best of the first `enough` accepted,
+/// out of at most [`PLACEMENT_TRIES`].
+struct LastInput<'a> {
+    score: &'a dyn Fn(&[i64]) -> Option<u64>,
+    enough: usize,
+    /// What an accepted candidate achieves, for the "not found" message.
+    wanted: &'a str,
+}
+
+/// Where [`walk_to_round`] left a session.
+enum Walk {
+    /// Rounds 0..r − 1 played; the session waits for round r's upload.
+    At {
+        live: Box<Live>,
+        /// Slot → label position of round r's upload: `None` at round 0
+        /// (true order) or when round r − 1 was only partly recovered.
+        slots: Option<Vec<usize>>,
+        /// Round r − 1's predicted outputs that tie, as groups.
+        ties: Vec<Vec<usize>>,
+        /// Round r − 1's received values, and their prediction.
+        seen: Vec<i64>,
+        predicted: Vec<i64>,
+    },
+    Budget,
+    Lost(String),
+}
+
+/// The walk shared by AUDIT-8 and AUDIT-9: opens a session and plays
+/// rounds 0..r − 1 with uploads of the attacker's choice. The server reads
+/// round k's upload in σ_(k−1)'s order, which the attacker learns by
+/// predicting: it predicts each round's outputs from the recovered stage
+/// (`stage(k)`), and matches each received value to the label position
+/// predicting it. Positions whose predicted values tie cannot be told
+/// apart, so they all get one value (see [`realize`]). Earlier rounds take
+/// any random input; round r − 1's is chosen offline by `last`. With
+/// `last_complete` false, round r − 1's stage covers only some channels,
+/// and its values are checked as a sub-multiset, not located.
+#[allow(clippy::too_many_arguments)]
+fn walk_to_round<'k>(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    r: usize,
+    stage: &dyn Fn(usize) -> Option<&'k Known>,
+    last: LastInput<'_>,
+    last_complete: bool,
+) -> Result<Walk, AuditError> {
+    let mut live = match oracle.open() {
+        Ok(live) => live,
+        Err(Stop::Budget) => return Ok(Walk::Budget),
+        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+    };
+    let ranges = upload_ranges(model, spec, r);
+    let mut slots: Option<Vec<usize>> = None;
+    let mut ties: Vec<Vec<usize>> = Vec::new();
+    let (mut seen, mut predicted) = (Vec::new(), Vec::new());
+    for (k, &range) in ranges.iter().enumerate().take(r) {
+        let Some(kn) = stage(k) else {
+            return Ok(Walk::Lost(format!(
+                "round {k} was not recovered, so the slots of round {r} cannot be located"
+            )));
+        };
+        let is_last = k + 1 == r;
+        let len = kn.shape.input_len().unwrap_or(0);
+        let (mut chosen, mut best, mut accepted) = (None, 0u64, 0usize);
+        for _ in 0..if is_last { PLACEMENT_TRIES } else { 1 } {
+            let x = realize(&random_values(len, range), &ties);
+            let Some(y) = kn.predict(&x) else {
+                return Ok(Walk::Lost(format!(
+                    "round {k}'s recovered stage could not be evaluated"
+                )));
+            };
+            let score = if is_last { (last.score)(&y) } else { Some(0) };
+            let Some(score) = score else { continue };
+            if chosen.is_none() || score > best {
+                (chosen, best) = (Some((x, y)), score);
+            }
+            accepted += 1;
+            if !is_last || accepted == last.enough {
+                break;
+            }
+        }
+        let Some((x, y)) = chosen else {
+            return Ok(Walk::Lost(format!(
+                "no input of round {k} found in {PLACEMENT_TRIES} tries that {}",
+                last.wanted
+            )));
+        };
+        seen = step(oracle, &mut live, &arrange_elements(&x, slots.as_deref()))?;
+        predicted = y;
+        let located = if !is_last || last_complete {
+            locate_elements(&seen, &predicted).map(Some)
+        } else {
+            difference(&counts(&seen), &counts(&predicted)).map(|_| None)
+        };
+        let Some(located) = located else {
+            return Ok(Walk::Lost(format!(
+                "round {k}'s values differ from the recovered stage's prediction"
+            )));
+        };
+        slots = located;
+        ties = tie_groups(&predicted);
+    }
+    Ok(Walk::At {
+        live: Box::new(live),
+        slots,
+        ties,
+        seen,
+        predicted,
+    })
+}
+
 /// AUDIT-8: one session whose round-r upload is `image` (in the
 /// attacker's labels: round 0's true order, later the output labels of
-/// the stages it recovered). Round 0 needs nothing more. At a later round
-/// the upload is read by the server in σ_(r−1)'s order, which the attacker
-/// learns by predicting: it uploads inputs of its choice at rounds
-/// 0..r − 1, predicts each round's outputs from the recovered stage
-/// (`known`), and matches each received value to the label position
-/// predicting it. Positions whose predicted values tie cannot be told
-/// apart, so they all get one value: the wanted one when the image agrees
-/// on them, else 0. With `separate`, round r − 1's input is searched
-/// offline so that every position where `image` is not 0 predicts a value
-/// of its own, so that probe pixels reach the server as wanted.
+/// the stages it recovered), reached through [`walk_to_round`]. Tied
+/// positions all get one value: the wanted one when the image agrees on
+/// them, else 0. With `separate`, round r − 1's input is searched offline
+/// so that every position where `image` is not 0 predicts a value of its
+/// own, so that probe pixels reach the server as wanted.
 fn probe_session(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
@@ -1444,61 +1553,29 @@ fn probe_session(
     image: &[i64],
     separate: bool,
 ) -> Result<Probed, AuditError> {
-    let mut live = match oracle.open() {
-        Ok(live) => live,
-        Err(Stop::Budget) => return Ok(Probed::Budget),
-        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
-    };
-    let ranges = upload_ranges(model, spec, r);
-    // Slot → label position of the next upload (`None`: true order), and
-    // the label positions whose values tie, as groups.
-    let mut slots: Option<Vec<usize>> = None;
-    let mut ties: Vec<Vec<usize>> = Vec::new();
     let needed: Vec<usize> = (0..image.len())
         .filter(|&i| separate && image[i] != 0)
         .collect();
-    for (k, kn) in known.iter().enumerate().take(r) {
-        let Some(kn) = kn.as_ref() else {
-            return Ok(Probed::Lost(format!(
-                "round {k} was not recovered, so the slots of round {r} cannot be located"
-            )));
-        };
-        let len = kn.shape.input_len().unwrap_or(0);
-        // The last round before r: search for an input that separates the
-        // probe pixels; earlier rounds: any random input.
-        let mut chosen = None;
-        for _ in 0..if k + 1 == r { PLACEMENT_TRIES } else { 1 } {
-            let x = realize(&random_values(len, ranges[k]), &ties);
-            let Some(y) = kn.predict(&x) else {
-                return Ok(Probed::Lost(format!(
-                    "round {k}'s recovered stage could not be evaluated"
-                )));
-            };
-            let separated = k + 1 < r || {
-                let groups = tie_groups(&y);
-                needed
-                    .iter()
-                    .all(|i| groups.iter().all(|g| g.len() == 1 || !g.contains(i)))
-            };
-            if separated {
-                chosen = Some((x, y));
-                break;
-            }
-        }
-        let Some((x, predicted)) = chosen else {
-            return Ok(Probed::Lost(format!(
-                "no input of round {k} found in {PLACEMENT_TRIES} tries that gives every probe pixel a slot of its own"
-            )));
-        };
-        let seen = step(oracle, &mut live, &arrange_elements(&x, slots.as_deref()))?;
-        let Some(located) = locate_elements(&seen, &predicted) else {
-            return Ok(Probed::Lost(format!(
-                "round {k}'s values differ from the recovered stage's prediction"
-            )));
-        };
-        slots = Some(located);
-        ties = tie_groups(&predicted);
-    }
+    let separated = |y: &[i64]| {
+        let groups = tie_groups(y);
+        let alone = needed
+            .iter()
+            .all(|i| groups.iter().all(|g| g.len() == 1 || !g.contains(i)));
+        alone.then_some(0)
+    };
+    let last = LastInput {
+        score: &separated,
+        enough: 1,
+        wanted: "gives every probe pixel a slot of its own",
+    };
+    let stage = |k: usize| known[k].as_ref();
+    let (mut live, slots, ties) = match walk_to_round(oracle, model, spec, r, &stage, last, true)? {
+        Walk::At {
+            live, slots, ties, ..
+        } => (live, slots, ties),
+        Walk::Budget => return Ok(Probed::Budget),
+        Walk::Lost(why) => return Ok(Probed::Lost(why)),
+    };
     let realized = realize(image, &ties);
     let outputs = step(
         oracle,
@@ -2773,12 +2850,12 @@ const CANDIDATE_INPUTS: usize = 64;
 const LOCATE_ATTEMPTS: usize = 8;
 
 /// AUDIT-9: one session that raises one slot of round r's input by `v`.
-/// Rounds 0..r − 1 are played as in [`probe_session`]: each upload of the
-/// attacker's choice, placed through the slots located in the previous
-/// round. Round r − 1's input is searched offline so that the target
-/// position predicts a value of its own; the slot that returns that value
-/// (the only one, or the session is a miss: behind a partly recovered
-/// round an open channel may return it too) is the target's slot.
+/// Rounds 0..r − 1 are played by [`walk_to_round`]. Round r − 1's input is
+/// searched offline so that the target position predicts a value of its
+/// own, the farthest from the middle of the predicted values of the first
+/// [`CANDIDATE_INPUTS`] that do (an open channel is then less likely to
+/// return it too); the slot that returns that value (the only one, or the
+/// session is a miss) is the target's slot.
 #[allow(clippy::too_many_arguments)]
 fn column_session(
     oracle: &mut Oracle<'_>,
@@ -2790,107 +2867,68 @@ fn column_session(
     raise: Raise,
     v: i64,
 ) -> Result<Column, AuditError> {
-    let mut live = match oracle.open() {
-        Ok(live) => live,
-        Err(Stop::Budget) => return Ok(Column::Budget),
-        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+    let target = match raise {
+        Raise::Position(j) => Some(j),
+        Raise::Nothing | Raise::Unlocated => None,
     };
-    let ranges = upload_ranges(model, spec, r);
-    let mut slots: Option<Vec<usize>> = None;
-    let mut ties: Vec<Vec<usize>> = Vec::new();
-    let mut raised = None;
-    for k in 0..r {
-        let last = k + 1 == r;
-        let kn = match (last, known[k].as_ref()) {
-            (true, _) => located.last,
-            (false, Some(kn)) => kn,
-            (false, None) => {
-                return Ok(Column::Lost(format!(
-                    "round {k} was not recovered, so the slots of round {r} cannot be located"
-                )))
-            }
-        };
-        let target = match raise {
-            Raise::Position(j) if last => Some(j),
-            _ => None,
-        };
-        let len = kn.shape.input_len().unwrap_or(0);
-        // Among the inputs that give the target a value of its own, the one
-        // whose value lies farthest from the middle of the predicted ones:
-        // an open channel is then less likely to return it too (a miss).
-        let mut chosen: Option<(Vec<i64>, Vec<i64>)> = None;
-        let mut farthest = 0u64;
-        let mut candidates = 0usize;
-        for _ in 0..if target.is_some() { PLACEMENT_TRIES } else { 1 } {
-            let x = realize(&random_values(len, ranges[k]), &ties);
-            let Some(y) = kn.predict(&x) else {
-                return Ok(Column::Lost(format!(
-                    "round {k}'s recovered stage could not be evaluated"
-                )));
-            };
-            let Some(j) = target else {
-                chosen = Some((x, y));
-                break;
-            };
-            let Some(&t) = y.get(j) else { break };
-            if y.iter().filter(|&&u| u == t).count() != 1 {
-                continue;
-            }
-            let mut sorted = y.clone();
-            sorted.sort_unstable();
-            let distance = t.abs_diff(sorted[sorted.len() / 2]);
-            if chosen.is_none() || distance > farthest {
-                (chosen, farthest) = (Some((x, y)), distance);
-            }
-            candidates += 1;
-            if candidates == CANDIDATE_INPUTS {
-                break;
-            }
+    let apart = |y: &[i64]| {
+        let Some(j) = target else { return Some(0) };
+        let &t = y.get(j)?;
+        if y.iter().filter(|&&u| u == t).count() != 1 {
+            return None;
         }
-        let Some((x, predicted)) = chosen else {
-            return Ok(Column::Lost(format!(
-                "no input of round {k} found in {PLACEMENT_TRIES} tries that gives the raised position a value of its own"
-            )));
-        };
-        let seen = step(oracle, &mut live, &arrange_elements(&x, slots.as_deref()))?;
-        let complete = !last || located.complete;
-        let fits = if complete {
-            locate_elements(&seen, &predicted)
+        let mut sorted = y.to_vec();
+        sorted.sort_unstable();
+        Some(t.abs_diff(sorted[sorted.len() / 2]))
+    };
+    let last = LastInput {
+        score: &apart,
+        enough: if target.is_some() {
+            CANDIDATE_INPUTS
         } else {
-            difference(&counts(&seen), &counts(&predicted)).map(|_| Vec::new())
-        };
-        let Some(map) = fits else {
-            return Ok(Column::Lost(format!(
-                "round {k}'s values differ from the recovered stage's prediction"
-            )));
-        };
-        if !last {
-            slots = Some(map);
-            ties = tie_groups(&predicted);
-            continue;
+            1
+        },
+        wanted: "gives the raised position a value of its own",
+    };
+    let stage = |k: usize| {
+        if k + 1 == r {
+            Some(located.last)
+        } else {
+            known[k].as_ref()
         }
-        raised = match raise {
-            Raise::Nothing => None,
-            Raise::Position(j) => {
-                let mut at = (0..seen.len()).filter(|&s| seen[s] == predicted[j]);
-                match (at.next(), at.next()) {
-                    (Some(s), None) => Some(s),
-                    _ => return Ok(Column::Missed),
-                }
-            }
-            Raise::Unlocated => {
-                let explained = counts(&predicted);
-                let free: Vec<usize> = (0..seen.len())
-                    .filter(|&s| !explained.contains_key(&seen[s]))
-                    .collect();
-                if free.is_empty() {
-                    return Ok(Column::Missed);
-                }
-                let pick = Csprng::from_os().uniform_below(free.len() as u64) as usize;
-                Some(free[pick])
-            }
+    };
+    let (mut live, seen, predicted) =
+        match walk_to_round(oracle, model, spec, r, &stage, last, located.complete)? {
+            Walk::At {
+                live,
+                seen,
+                predicted,
+                ..
+            } => (live, seen, predicted),
+            Walk::Budget => return Ok(Column::Budget),
+            Walk::Lost(why) => return Ok(Column::Lost(why)),
         };
-    }
+    let raised = match raise {
+        Raise::Nothing => None,
+        Raise::Position(j) => {
+            let mut at = (0..seen.len()).filter(|&s| seen[s] == predicted[j]);
+            match (at.next(), at.next()) {
+                (Some(s), None) => Some(s),
+                _ => return Ok(Column::Missed),
+            }
+        }
+        Raise::Unlocated => {
+            let explained = counts(&predicted);
+            let free: Vec<usize> = (0..seen.len())
+                .filter(|&s| !explained.contains_key(&seen[s]))
+                .collect();
+            if free.is_empty() {
+                return Ok(Column::Missed);
+            }
+            let pick = Csprng::from_os().uniform_below(free.len() as u64) as usize;
+            Some(free[pick])
+        }
+    };
     let mut upload = vec![0i64; model.stages()[r].input_len()];
     if let Some(s) = raised {
         upload[s] = v;
