@@ -33,7 +33,9 @@
 //! * **single-pixel probes** (AUDIT-7: element shuffling, a conv at round
 //!   0): one pixel per input channel and offset class in three sessions
 //!   with independent value triples, read as an exact cover, the kernels
-//!   solved per bias; one random image tells apart and pairs the kernels of
+//!   solved per bias; check images (one band per input channel, one pair
+//!   region per input channel with channel 0, as many per session as the
+//!   rows allow) tell apart and pair the kernels of
 //!   channels that share a bias;
 //! * **located pixel probes** (AUDIT-8: element shuffling, a conv at round
 //!   r ≥ 1 whose earlier rounds were recovered): the server reads round
@@ -406,12 +408,29 @@ pub struct AuditOptions {
     /// d + 1 (AUDIT-6) even where the located d + 1 (AUDIT-9) applies:
     /// for measuring one against the other on the same model.
     pub blind_logits: bool,
+    /// Run the pixel probes (AUDIT-7, AUDIT-8) without their check images:
+    /// channels that share a bias then stay open. For measuring what the
+    /// probes alone give, and what the next round's attack does behind
+    /// open channels.
+    pub skip_check_images: bool,
 }
 
 impl AuditOptions {
     /// The default options with [`blind_logits`](Self::blind_logits) set.
     pub fn blind_logits() -> Self {
-        AuditOptions { blind_logits: true }
+        AuditOptions {
+            blind_logits: true,
+            ..Self::default()
+        }
+    }
+
+    /// The default options with
+    /// [`skip_check_images`](Self::skip_check_images) set.
+    pub fn without_check_images() -> Self {
+        AuditOptions {
+            skip_check_images: true,
+            ..Self::default()
+        }
     }
 }
 
@@ -696,7 +715,16 @@ fn weight_attack(
             d_plus_one(oracle, model, spec, r, known, entry)
         }
         (Some(_), ShuffleUnit::Element) => match base {
-            Some(base) => pixel_probes(oracle, model, spec, r, base, known, partial, entry),
+            Some(base) => pixel_probes(
+                oracle,
+                model,
+                spec,
+                r,
+                base,
+                (known, partial),
+                !options.skip_check_images,
+                entry,
+            ),
             None => {
                 entry.note =
                     "the bias probe did not run (budget): nothing to align the probes with".into();
@@ -1654,8 +1682,8 @@ fn pixel_probes(
     spec: crate::model::InputSpec,
     r: usize,
     base: &[i64],
-    known: &mut [Option<Known>],
-    partial: &mut [Option<Known>],
+    (known, partial): (&mut [Option<Known>], &mut [Option<Known>]),
+    check_images: bool,
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
     entry.attack = if r == 0 {
@@ -1678,6 +1706,12 @@ fn pixel_probes(
         None => (0..shape.in_channels).collect(),
     };
     let (kh, kw) = (shape.kernel_height, shape.kernel_width);
+    // A folded f × f sum pool repeats each layer weight over an f × f
+    // square of the stage's kernel: f² = stage weights / layer weights.
+    let stage_weights = shape.out_channels * shape.in_channels * kh * kw;
+    let block = (2..=kh.min(kw))
+        .find(|&f| f * f * entry.weights.1 == stage_weights && kh % f == 0 && kw % f == 0)
+        .unwrap_or(1);
     let positions = plane(&shape);
     let (lo, hi) = upload_ranges(model, spec, r)[r];
     if !(lo <= 0 && 0 <= hi) || (lo == 0 && hi == 0) {
@@ -1829,9 +1863,12 @@ fn pixel_probes(
     // The readings behind each entry of `solved`, one item list per
     // attribution, for the check image below.
     let mut readings: Vec<Vec<Vec<Item>>> = Vec::new();
+    // Whether each entry of `solved` lists every solution (no cap hit).
+    let mut complete_lists: Vec<bool> = Vec::new();
     for &(b, g) in &bias_classes {
         for c in 0..shape.in_channels {
             let mut all: Vec<Kernels> = Vec::new();
+            let mut complete = true;
             let mut per_combo = Vec::with_capacity(combos.len());
             for combo in &combos {
                 let items: Vec<Item> = combo
@@ -1841,13 +1878,16 @@ fn pixel_probes(
                     .filter(|(rb, p, _)| *rb == b && p.channel == c)
                     .map(|(_, p, ws)| (p.offsets.as_slice(), ws.as_slice()))
                     .collect();
-                for sol in solve_kernels(&items, g, kh, kw) {
+                let (solutions, whole) = solve_kernels(&items, g, kh, kw, block);
+                complete &= whole;
+                for sol in solutions {
                     if !all.contains(&sol) {
                         all.push(sol);
                     }
                 }
                 per_combo.push(items);
             }
+            complete_lists.push(complete && !all.is_empty());
             solved.push((b, c, all));
             readings.push(per_combo);
         }
@@ -1865,48 +1905,69 @@ fn pixel_probes(
     let cin = shape.in_channels;
     let class_of = |b: i64| bias_classes.iter().position(|x| x.0 == b).unwrap_or(0);
     let pairing_open = cin > 1 && bias_classes.iter().any(|&(_, g)| g > 1);
-    let need_check = pairing_open || solved.iter().any(|(_, _, sol)| sol.len() != 1);
+    let need_check =
+        check_images && (pairing_open || solved.iter().any(|(_, _, sol)| sol.len() != 1));
     let mut checked = false;
     let mut full: Vec<Vec<Kernels>>;
     let layout = check_layout(&shape);
     let plane_len = shape.in_height * shape.in_width;
     let mut check_lost = String::new();
-    let check = match (need_check, layout.as_ref()) {
-        (true, Some((bands, joint))) => {
+    // The check sessions' outputs and the images the server read.
+    let mut check: Option<Vec<(Vec<i64>, Vec<i64>)>> = None;
+    if let (true, Some(sessions)) = (need_check, layout.as_ref()) {
+        let mut got = Vec::with_capacity(sessions.len());
+        for regions in sessions {
             let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
-            for (c, band) in bands.iter().enumerate() {
-                for rows in [band, joint] {
-                    let start = c * plane_len + rows.start * shape.in_width;
-                    let len = rows.len() * shape.in_width;
+            for region in regions {
+                let channels = match region.set {
+                    Set::Band(c) => vec![c],
+                    Set::Pair(c) => vec![0, c],
+                };
+                for c in channels {
+                    let start = c * plane_len + region.rows.start * shape.in_width;
+                    let len = region.rows.len() * shape.in_width;
                     image[start..start + len].copy_from_slice(&random_values(len, (lo, hi)));
                 }
             }
             // Tied slots get 0 at round r ≥ 1: still a random image with
             // zero gaps, and the attacker knows it.
             match probe_session(oracle, model, spec, r, known, &image, false)? {
-                Probed::Seen { outputs, realized } => Some((outputs, realized)),
-                Probed::Budget => None,
+                Probed::Seen { outputs, realized } => got.push((outputs, realized)),
+                Probed::Budget => break,
                 Probed::Lost(why) => {
                     entry.sessions += 1;
-                    check_lost = format!("; the check image's session was lost: {why}");
-                    None
+                    check_lost = format!("; a check image's session was lost: {why}");
+                    break;
                 }
             }
         }
-        _ => None,
-    };
-    if let (Some((outputs, image)), Some((bands, joint))) = (check, layout.as_ref()) {
-        entry.sessions += 1;
+        if got.len() == sessions.len() {
+            check = Some(got);
+        } else {
+            entry.sessions += got.len() as u64;
+        }
+    }
+    if let (Some(check), Some(sessions)) = (check, layout.as_ref()) {
+        entry.sessions += check.len() as u64;
         checked = true;
-        let mut left = counts(&outputs);
         let w_out = shape.output_width().unwrap_or(0);
         let rows_seeing = |rows: &std::ops::Range<usize>| -> Vec<usize> {
             (0..shape.output_height().unwrap_or(0))
                 .filter(|&i| window_rows(&shape, i).any(|y| rows.contains(&y)))
                 .collect()
         };
-        let band_rows: Vec<Vec<usize>> = bands.iter().map(&rows_seeing).collect();
-        let joint_rows = rows_seeing(joint);
+        // Where each band and each pair region are: (session, output rows).
+        let mut band_at = vec![(0usize, Vec::new()); shape.in_channels];
+        let mut pair_at = vec![(0usize, Vec::new()); shape.in_channels];
+        for (s, regions) in sessions.iter().enumerate() {
+            for region in regions {
+                let at = (s, rows_seeing(&region.rows));
+                match region.set {
+                    Set::Band(c) => band_at[c] = at,
+                    Set::Pair(c) => pair_at[c] = at,
+                }
+            }
+        }
         let pick = |y: Vec<i64>, rows: &[usize], b: i64| -> Vec<i64> {
             rows.iter()
                 .flat_map(|&i| y[i * w_out..(i + 1) * w_out].iter().map(move |v| v + b))
@@ -1919,30 +1980,51 @@ fn pixel_probes(
             ..shape
         };
         let band_outputs = |c: usize, slice: &[i64], b: i64| -> Vec<i64> {
-            let plane = &image[c * plane_len..(c + 1) * plane_len];
+            let (s, rows) = &band_at[c];
+            let plane = &check[*s].1[c * plane_len..(c + 1) * plane_len];
             let y = conv2d_reference(&slice_shape, plane, slice).unwrap_or_default();
-            pick(y, &band_rows[c], b)
+            pick(y, rows, b)
         };
-        // A whole kernel (all input channels): its outputs in the joint region.
-        let kernel_shape = Conv2dShape {
-            out_channels: 1,
-            ..shape
+        // A whole kernel's outputs in pair region c, where only input
+        // channels 0 and c are set: its slices 0 and c.
+        let kk = kh * kw;
+        let pair_outputs = |c: usize, kernel: &[i64], b: i64| -> Vec<i64> {
+            let (s, rows) = &pair_at[c];
+            let image = &check[*s].1;
+            let slice_conv = |ch: usize| {
+                let plane = &image[ch * plane_len..(ch + 1) * plane_len];
+                conv2d_reference(&slice_shape, plane, &kernel[ch * kk..(ch + 1) * kk])
+                    .unwrap_or_default()
+            };
+            let y: Vec<i64> = slice_conv(0)
+                .iter()
+                .zip(slice_conv(c))
+                .map(|(u, v)| u + v)
+                .collect();
+            pick(y, rows, b)
         };
-        let joint_outputs = |kernel: &[i64], b: i64| -> Vec<i64> {
-            let y = conv2d_reference(&kernel_shape, &image, kernel).unwrap_or_default();
-            pick(y, &joint_rows, b)
-        };
-        // Outputs that see no band and no joint row hold the bias.
-        let seen: usize = band_rows.iter().map(Vec::len).sum::<usize>() + joint_rows.len();
-        let dead = (shape.output_height().unwrap_or(0) - seen) * w_out;
-        for &(b, g) in &bias_classes {
-            left = difference(&left, &Counts::from([(b, g * dead)])).unwrap_or_default();
+        // Per session, what is left to explain: the outputs that see no
+        // region hold the bias, and the solved slices' are predicted.
+        let mut left: Vec<Counts> = Vec::with_capacity(check.len());
+        for (s, (outputs, _)) in check.iter().enumerate() {
+            let mut l = counts(outputs);
+            let seen: usize = band_at
+                .iter()
+                .chain(pair_at.iter().skip(1))
+                .filter(|(at, _)| *at == s)
+                .map(|(_, rows)| rows.len())
+                .sum();
+            let dead = (shape.output_height().unwrap_or(0) - seen) * w_out;
+            for &(b, g) in &bias_classes {
+                l = difference(&l, &Counts::from([(b, g * dead)])).unwrap_or_default();
+            }
+            left.push(l);
         }
         for (b, c, sol) in &solved {
             if let [slices] = sol.as_slice() {
+                let l = &mut left[band_at[*c].0];
                 for slice in slices {
-                    left = difference(&left, &counts(&band_outputs(*c, slice, *b)))
-                        .unwrap_or_default();
+                    *l = difference(l, &counts(&band_outputs(*c, slice, *b))).unwrap_or_default();
                 }
             }
         }
@@ -1953,24 +2035,36 @@ fn pixel_probes(
                 continue;
             }
             let g = bias_classes[class_of(*b)].1;
+            let left = &left[band_at[*c].0];
+            let set_fits = |set: &Kernels| {
+                let predicted: Vec<i64> =
+                    set.iter().flat_map(|s| band_outputs(*c, s, *b)).collect();
+                difference(left, &counts(&predicted)).is_some()
+            };
+            // A complete list of the readings' solutions: keep those that
+            // fit. Otherwise search again, the check pruning each kernel.
+            if complete_lists[k] {
+                sol.retain(set_fits);
+                continue;
+            }
             let mut found: Vec<Kernels> = Vec::new();
             for items in &readings[k] {
                 let fits = |slice: &[i64]| {
-                    difference(&left, &counts(&band_outputs(*c, slice, *b))).is_some()
+                    difference(left, &counts(&band_outputs(*c, slice, *b))).is_some()
                 };
                 let single = kernels_fitting(items, kh, kw, fits);
                 for set in kernel_sets(&single, g, items, kw) {
-                    let predicted: Vec<i64> =
-                        set.iter().flat_map(|s| band_outputs(*c, s, *b)).collect();
-                    if difference(&left, &counts(&predicted)).is_some() && !found.contains(&set) {
+                    if set_fits(&set) && !found.contains(&set) {
                         found.push(set);
                     }
                 }
             }
             *sol = found;
         }
-        // Whole kernels: classes with one candidate are removed first, then
-        // the others' candidates are kept if their joint outputs fit.
+        // Whole kernels: classes with one candidate are removed from every
+        // pair region first; then each other class's slices of channel
+        // c ≥ 1 are paired with its slices of channel 0 by pair region c,
+        // one input channel at a time.
         full = bias_classes
             .iter()
             .enumerate()
@@ -1978,19 +2072,22 @@ fn pixel_probes(
             .collect();
         for (bi, sets) in full.iter().enumerate() {
             if let [set] = sets.as_slice() {
-                for kernel in set {
-                    left = difference(&left, &counts(&joint_outputs(kernel, bias_classes[bi].0)))
-                        .unwrap_or_default();
+                for c in 1..cin {
+                    let l = &mut left[pair_at[c].0];
+                    for kernel in set {
+                        let y = pair_outputs(c, kernel, bias_classes[bi].0);
+                        *l = difference(l, &counts(&y)).unwrap_or_default();
+                    }
                 }
             }
         }
         for (bi, sets) in full.iter_mut().enumerate() {
             if sets.len() > 1 {
-                let b = bias_classes[bi].0;
-                sets.retain(|set| {
-                    let predicted: Vec<i64> =
-                        set.iter().flat_map(|k| joint_outputs(k, b)).collect();
-                    difference(&left, &counts(&predicted)).is_some()
+                let (b, g) = bias_classes[bi];
+                let per_channel = &solved[bi * cin..(bi + 1) * cin];
+                *sets = paired_kernels(per_channel, g, |c, set| {
+                    let y: Vec<i64> = set.iter().flat_map(|k| pair_outputs(c, k, b)).collect();
+                    difference(&left[pair_at[c].0], &counts(&y)).is_some()
                 });
             }
         }
@@ -2088,9 +2185,12 @@ fn pixel_probes(
         groups.iter().map(Vec::len).sum::<usize>(),
         groups.len(),
         if checked {
-            ", and one random image to tell apart and pair the kernels of channels sharing a bias"
+            format!(
+                ", and {} random image(s) to tell apart and pair the kernels of channels sharing a bias",
+                layout.as_ref().map_or(0, Vec::len)
+            )
         } else {
-            ""
+            String::new()
         },
         if r > 0 {
             " (each session locates its slots through the recovered rounds)"
@@ -2112,11 +2212,11 @@ fn pixel_probes(
         match (unsolved, checked || layout.is_none()) {
             (0, _) => String::new(),
             (n, true) => format!("; {n} channel(s) sharing a bias: no candidate fits{}", if layout.is_none() {
-                " (no check image fits the input: a band per input channel with k_h − 1 zero rows between)"
+                " (no check image fits the input: no rows are seen through every kernel row)"
             } else {
                 ""
             }),
-            (n, false) => format!("; {n} channel(s) sharing a bias: no candidate fits (the check image's session did not run)"),
+            (n, false) => format!("; {n} channel(s) sharing a bias: no candidate fits (the check images did not run: skipped, or the budget ran out)"),
         }
     );
     Ok(())
@@ -2255,21 +2355,76 @@ fn kernel_sets(single: &[Vec<i64>], g: usize, items: &[Item], kw: usize) -> Vec<
 /// bias (the product of the values the readings allow per position).
 const MAX_KERNEL_CANDIDATES: usize = 1 << 20;
 
-/// AUDIT-7's check image: one band of rows per input channel, then a
-/// joint region where every channel is set, each separated from the next
-/// by k_h − 1 zero rows so that no output window spans two of them (each
-/// at least one row); `None` when the input is too short for that.
-#[allow(clippy::type_complexity)]
-fn check_layout(
-    shape: &Conv2dShape,
-) -> Option<(Vec<std::ops::Range<usize>>, std::ops::Range<usize>)> {
-    let c = shape.in_channels;
+/// A region of an AUDIT-7 check image: rows of the input, set at random in
+/// the input channels `set` names.
+struct Region {
+    rows: std::ops::Range<usize>,
+    set: Set,
+}
+
+/// The input channels a check region sets.
+#[derive(Clone, Copy)]
+enum Set {
+    /// One channel: its outputs depend on that channel's slices only.
+    Band(usize),
+    /// Channels 0 and c ≥ 1: their outputs pair the slices of c with
+    /// those of 0.
+    Pair(usize),
+}
+
+/// AUDIT-7's check images: one band of rows per input channel and one pair
+/// region per input channel c ≥ 1, where channels 0 and c are set (pairing
+/// slices channel by channel takes g!·C_in candidates where one joint
+/// region of every channel would take g!^(C_in − 1)); each separated from the next by
+/// k_h − 1 zero rows so that no output window spans two of them, and each
+/// seen through every kernel row (a region in the padding's reach only,
+/// e.g. a single edge row, leaves some kernel rows untested). As many
+/// regions go in one session as fit that way, in as few sessions as that
+/// takes (one, when all fit); `None` when not even one region fits.
+fn check_layout(shape: &Conv2dShape) -> Option<Vec<Vec<Region>>> {
+    let cin = shape.in_channels;
+    let regions = 2 * cin - 1;
     let gap = shape.kernel_height.saturating_sub(1);
-    let height = shape.in_height.checked_sub(gap * c)?.checked_div(c + 1)?;
-    (height > 0).then(|| {
-        let at = |i: usize| i * (height + gap)..i * (height + gap) + height;
-        ((0..c).map(at).collect(), at(c))
-    })
+    let out_h = shape.output_height().ok()?;
+    let seen_by_every_kernel_row = |rows: &std::ops::Range<usize>| {
+        (0..shape.kernel_height).all(|k| {
+            (0..out_h).any(|i| {
+                (i * shape.stride + k)
+                    .checked_sub(shape.padding)
+                    .is_some_and(|y| rows.contains(&y))
+            })
+        })
+    };
+    let most = ((shape.in_height + gap) / (1 + gap)).min(regions);
+    let (per_session, height) = (1..=most).rev().find_map(|m| {
+        let height = (shape.in_height - gap * (m - 1)) / m;
+        let at = |k: usize| k * (height + gap)..k * (height + gap) + height;
+        (0..m)
+            .all(|k| seen_by_every_kernel_row(&at(k)))
+            .then_some((m, height))
+    })?;
+    let set = |i: usize| {
+        if i < cin {
+            Set::Band(i)
+        } else {
+            Set::Pair(i - cin + 1)
+        }
+    };
+    let sessions = (0..regions)
+        .collect::<Vec<_>>()
+        .chunks(per_session)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| Region {
+                    rows: k * (height + gap)..k * (height + gap) + height,
+                    set: set(i),
+                })
+                .collect()
+        })
+        .collect();
+    Some(sessions)
 }
 
 /// AUDIT-7: the candidate sets of `g` whole kernels (input channel after
@@ -2310,6 +2465,76 @@ fn whole_kernels(per_channel: &[(i64, usize, Vec<Kernels>)], g: usize) -> Vec<Ke
         })
         .collect();
     distinct.into_iter().collect()
+}
+
+/// AUDIT-7: the candidate sets of `g` whole kernels of one bias class,
+/// paired by the check's pair regions: for each slice set of channel 0,
+/// each channel c ≥ 1's slice sets and orders that `fits(c, kernels)`
+/// accepts (the kernels holding only slices 0 and c), then every
+/// combination of those over c (sorted, each set once; at most
+/// [`MAX_KERNEL_SOLUTIONS`]).
+fn paired_kernels(
+    per_channel: &[(i64, usize, Vec<Kernels>)],
+    g: usize,
+    fits: impl Fn(usize, &Kernels) -> bool,
+) -> Vec<Kernels> {
+    let Some(((_, _, first), rest)) = per_channel.split_first() else {
+        return Vec::new();
+    };
+    let kk = first.first().and_then(|s| s.first()).map_or(0, Vec::len);
+    let orders = permutations(g, MAX_KERNEL_SOLUTIONS);
+    let mut out: std::collections::BTreeSet<Kernels> = Default::default();
+    for zero in first.iter().filter(|s| s.len() == g) {
+        // Per channel c ≥ 1: the slices (in channel 0's order) that fit.
+        let mut choices: Vec<Vec<Kernels>> = Vec::with_capacity(rest.len());
+        for (i, (_, _, solutions)) in rest.iter().enumerate() {
+            let c = i + 1;
+            let mut fitting = Vec::new();
+            for slices in solutions.iter().filter(|s| s.len() == g) {
+                for order in &orders {
+                    let paired: Kernels = (0..g).map(|j| slices[order[j]].clone()).collect();
+                    // Kernels with zero slices but at 0 and c.
+                    let kernels: Kernels = (0..g)
+                        .map(|j| {
+                            let mut k = vec![0; (c + 1) * kk];
+                            k[..kk].copy_from_slice(&zero[j]);
+                            k[c * kk..].copy_from_slice(&paired[j]);
+                            k
+                        })
+                        .collect();
+                    if fits(c, &kernels) && !fitting.contains(&paired) {
+                        fitting.push(paired);
+                    }
+                }
+            }
+            choices.push(fitting);
+        }
+        let mut sets: Vec<Kernels> = vec![zero.clone()];
+        for fitting in &choices {
+            let mut next = Vec::new();
+            'grow: for partial in &sets {
+                for paired in fitting {
+                    if next.len() >= MAX_KERNEL_SOLUTIONS {
+                        break 'grow;
+                    }
+                    let mut grown = partial.clone();
+                    for (kernel, slice) in grown.iter_mut().zip(paired) {
+                        kernel.extend_from_slice(slice);
+                    }
+                    next.push(grown);
+                }
+            }
+            sets = next;
+        }
+        for mut set in sets {
+            set.sort();
+            out.insert(set);
+            if out.len() >= MAX_KERNEL_SOLUTIONS {
+                return out.into_iter().collect();
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Up to `cap` permutations of 0..n, in lexicographic order.
@@ -2603,37 +2828,80 @@ fn allowed_values(items: &[Item], kh: usize, kw: usize) -> Vec<Vec<i64>> {
 
 /// AUDIT-7's kernel solve: every set of `g` kernels (kh × kw, row-major,
 /// sorted, so channels sharing a bias are not counted twice) whose values at
-/// each item's offsets, over all g kernels, are the item's multiset. At most
-/// [`MAX_KERNEL_SOLUTIONS`] are returned.
-fn solve_kernels(items: &[Item], g: usize, kh: usize, kw: usize) -> Vec<Kernels> {
-    let slots = g * kh * kw;
-    // Candidate values per position: those of every item that covers it.
-    let domain = allowed_values(items, kh, kw);
-    let mut assign = vec![0i64; slots];
+/// each item's offsets, over all g kernels, are the item's multiset. A
+/// folded sum pool of side `block` (1: none) repeats each layer weight over
+/// a block × block square of the stage's kernel, which the attacker knows
+/// from the architecture: the solve assigns one value per square. At most
+/// [`MAX_KERNEL_SOLUTIONS`] are returned, and whether the list is complete
+/// (no cap was hit).
+fn solve_kernels(
+    items: &[Item],
+    g: usize,
+    kh: usize,
+    kw: usize,
+    block: usize,
+) -> (Vec<Kernels>, bool) {
+    let (bh, bw) = (kh / block, kw / block);
+    let squares = bh * bw;
+    // Candidate values per square: those every covering item allows at
+    // every position of the square.
+    let per_position = allowed_values(items, kh, kw);
+    let members = |sq: usize| {
+        let (y, x) = (sq / bw, sq % bw);
+        (0..block).flat_map(move |a| (0..block).map(move |b| (y * block + a, x * block + b)))
+    };
+    let domain: Vec<Vec<i64>> = (0..squares)
+        .map(|sq| {
+            let mut values: Option<Vec<i64>> = None;
+            for (y, x) in members(sq) {
+                let here = &per_position[y * kw + x];
+                values = Some(match values {
+                    None => here.clone(),
+                    Some(old) => old.into_iter().filter(|v| here.contains(v)).collect(),
+                });
+            }
+            values.unwrap_or_default()
+        })
+        .collect();
+    // Per square: the items that cover it, and at how many of its positions.
+    let touched: Vec<Vec<(usize, usize)>> = (0..squares)
+        .map(|sq| {
+            (0..items.len())
+                .filter_map(|i| {
+                    let n = members(sq).filter(|at| items[i].0.contains(at)).count();
+                    (n > 0).then_some((i, n))
+                })
+                .collect()
+        })
+        .collect();
+    let mut assign = vec![0i64; g * squares];
     let mut out: Vec<Kernels> = Vec::new();
     let mut nodes = 0usize;
-    // Remaining multiset per item, decremented as slots are assigned.
+    // Remaining multiset per item, decremented as squares are assigned.
     let mut remaining: Vec<Counts> = items.iter().map(|(_, ws)| counts(ws)).collect();
-    #[allow(clippy::too_many_arguments)]
+    struct Search<'a> {
+        g: usize,
+        squares: usize,
+        domain: &'a [Vec<i64>],
+        touched: &'a [Vec<(usize, usize)>],
+        expand: &'a dyn Fn(&[i64]) -> Vec<i64>,
+    }
     fn go(
         k: usize,
+        s: &Search<'_>,
         assign: &mut Vec<i64>,
         remaining: &mut [Counts],
-        items: &[Item],
-        domain: &[Vec<i64>],
-        dims: (usize, usize, usize),
         out: &mut Vec<Kernels>,
         nodes: &mut usize,
     ) {
-        let (g, kh, kw) = dims;
         *nodes += 1;
         if out.len() >= MAX_KERNEL_SOLUTIONS || *nodes > 2_000_000 {
             return;
         }
-        if k == g * kh * kw {
+        if k == s.g * s.squares {
             if remaining.iter().all(|r| r.values().all(|&n| n == 0)) {
                 let mut kernels: Vec<Vec<i64>> =
-                    assign.chunks(kh * kw).map(<[i64]>::to_vec).collect();
+                    assign.chunks(s.squares).map(|c| (s.expand)(c)).collect();
                 kernels.sort();
                 if !out.contains(&kernels) {
                     out.push(kernels);
@@ -2641,52 +2909,60 @@ fn solve_kernels(items: &[Item], g: usize, kh: usize, kw: usize) -> Vec<Kernels>
             }
             return;
         }
-        let (copy, pos) = (k / (kh * kw), k % (kh * kw));
-        let at = (pos / kw, pos % kw);
-        for &v in &domain[pos] {
+        let (copy, sq) = (k / s.squares, k % s.squares);
+        for &v in &s.domain[sq] {
             // Kernels in non-decreasing order: a later copy never sorts
-            // before an earlier one once its prefix is equal.
-            if copy > 0 && pos == kh * kw - 1 {
-                let prev = &assign[(copy - 1) * kh * kw..copy * kh * kw];
-                let mut this = assign[copy * kh * kw..k].to_vec();
+            // before an earlier one once its prefix is equal (the squares'
+            // row-major order is the expanded kernels' order).
+            if copy > 0 && sq == s.squares - 1 {
+                let prev = &assign[(copy - 1) * s.squares..copy * s.squares];
+                let mut this = assign[copy * s.squares..k].to_vec();
                 this.push(v);
                 if this.as_slice() < prev {
                     continue;
                 }
             }
-            let touched: Vec<usize> = (0..items.len())
-                .filter(|&i| items[i].0.contains(&at))
-                .collect();
-            if !touched
+            let fits = s.touched[sq]
                 .iter()
-                .all(|&i| remaining[i].get(&v).is_some_and(|&n| n > 0))
-            {
+                .all(|&(i, n)| remaining[i].get(&v).is_some_and(|&m| m >= n));
+            if !fits {
                 continue;
             }
-            for &i in &touched {
-                *remaining[i].get_mut(&v).expect("checked") -= 1;
+            for &(i, n) in &s.touched[sq] {
+                *remaining[i].get_mut(&v).expect("checked") -= n;
             }
             assign[k] = v;
-            go(k + 1, assign, remaining, items, domain, dims, out, nodes);
-            for &i in &touched {
-                *remaining[i].get_mut(&v).expect("checked") += 1;
+            go(k + 1, s, assign, remaining, out, nodes);
+            for &(i, n) in &s.touched[sq] {
+                *remaining[i].get_mut(&v).expect("checked") += n;
             }
         }
     }
     if domain.iter().any(Vec::is_empty) {
-        return out;
+        return (out, true);
     }
+    let expand = |squares_of_one: &[i64]| -> Vec<i64> {
+        (0..kh * kw)
+            .map(|pos| squares_of_one[(pos / kw / block) * bw + (pos % kw) / block])
+            .collect()
+    };
+    let search = Search {
+        g,
+        squares,
+        domain: &domain,
+        touched: &touched,
+        expand: &expand,
+    };
     go(
         0,
+        &search,
         &mut assign,
         &mut remaining,
-        items,
-        &domain,
-        (g, kh, kw),
         &mut out,
         &mut nodes,
     );
-    out
+    let complete = out.len() < MAX_KERNEL_SOLUTIONS && nodes <= 2_000_000;
+    (out, complete)
 }
 
 /// AUDIT-6 (blind d + 1): a mat-vec in the last round (outputs unshuffled)

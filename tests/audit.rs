@@ -4,7 +4,8 @@
 
 mod common;
 
-use safhire::audit::{audit, audit_with, AuditOptions, Outcome};
+use safhire::audit::{audit, audit_with, pixel_probe_sessions, AuditOptions, Outcome};
+use safhire::layout::Conv2dShape;
 use safhire::model::{InputSpec, Layer, Model, Shape};
 use safhire::protocol::Policy;
 use safhire::rng::Csprng;
@@ -440,8 +441,8 @@ fn located_d_plus_one_takes_the_logits_behind_element_shuffling() {
 }
 
 /// conv 1→3 on a 3×3 input, channels 0 and 1 sharing a bias → requantise
-/// → linear 27 → 4: the pixel probes solve channel 2 alone, and no check
-/// image fits three rows, so channels 0 and 1 stay open.
+/// → linear 27 → 4: the pixel probes solve channel 2 alone; without the
+/// check image channels 0 and 1 stay open.
 fn shared_bias_on_three_rows() -> Model {
     common::conv_then_linear(
         "shared-bias-3x3",
@@ -469,7 +470,8 @@ fn shared_bias_on_three_rows() -> Model {
 #[test]
 fn located_d_plus_one_falls_back_to_blind_for_the_open_channels() {
     let model = shared_bias_on_three_rows();
-    let report = audit(&model, policy("element", 500, true), None).unwrap();
+    let options = AuditOptions::without_check_images();
+    let report = audit_with(&model, policy("element", 500, true), None, options).unwrap();
     let (first, last) = (&report.stages[0], &report.stages[1]);
     assert_eq!(first.outcome, Outcome::Partial, "{}", first.note);
     assert_eq!(first.weights.0, 9, "{}", first.note);
@@ -485,6 +487,13 @@ fn located_d_plus_one_falls_back_to_blind_for_the_open_channels() {
     );
     assert!(columns.blind_sessions >= 18, "{}", last.note);
     assert!(last.note.contains("2 open channel(s)"), "{}", last.note);
+    // With its check image (the default) the conv is recovered whole, and
+    // every column of the logits' layer is located.
+    let report = audit(&model, policy("element", 500, true), None).unwrap();
+    let (first, last) = (&report.stages[0], &report.stages[1]);
+    assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
+    let columns = last.columns.expect("the column sources are reported");
+    assert_eq!((columns.located, columns.blind), (27, 0), "{}", last.note);
 }
 
 // PROTO-6, AUDIT-7 on ResNet-20 (slow: each audit runs one whole zero
@@ -621,4 +630,93 @@ fn noisy_bias_estimate_averages_each_channels_copies() {
     let first = &clean.stages[0];
     assert_eq!((first.biases, first.bias_error), ((4, 4), Some(0.0)));
     assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
+}
+
+/// conv 2→3 3×3 on a 2×4×4 input, two of its channels sharing a bias →
+/// requantise → linear to 2: the check's three regions (a band per input
+/// channel and the pair region of channels 0 and 1, k_h − 1 zero rows
+/// between) need 7 rows, and two one-row regions in 4 rows would sit at
+/// the edges, where the padding hides them from a kernel row: one session
+/// per region.
+fn shared_bias_on_a_short_input() -> Model {
+    let mut rng = Csprng::from_seed([47; 16]);
+    let mut small =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    Model::new(
+        "shared-bias-short-input",
+        InputSpec {
+            shape: Shape::new(2, 4, 4),
+            min: 0,
+            max: 15,
+        },
+        vec![
+            Layer::Conv2d {
+                out_channels: 3,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+                weights: small(54),
+                bias: vec![5, 5, -9],
+            },
+            Layer::Requantize {
+                multiplier: 1,
+                shift: 5,
+                min: 0,
+                max: 15,
+            },
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 2,
+                weights: small(2 * 3 * 16),
+                bias: small(2),
+            },
+        ],
+    )
+    .unwrap()
+}
+
+// AUDIT-7: channels sharing a bias are told apart and their input channels
+// paired by check images; when the bands and the pair regions do not fit
+// in one image's rows they are spread over as few sessions as fit, and
+// the conv is still recovered exactly, at the probes' cost plus those
+// sessions.
+#[test]
+fn check_images_spread_over_sessions_when_the_input_is_short() {
+    let model = shared_bias_on_a_short_input();
+    let report = audit(&model, policy("element", 1000, true), None).unwrap();
+    let conv = &report.stages[0];
+    assert_eq!(conv.attack, "pixel probes");
+    assert_eq!(conv.outcome, Outcome::Recovered, "{}", conv.note);
+    assert_eq!(conv.weights, (54, 54));
+    assert_eq!(conv.biases, (3, 3));
+    assert!(conv.note.contains("3 random image(s)"), "{}", conv.note);
+    let shape = Conv2dShape {
+        in_channels: 2,
+        in_height: 4,
+        in_width: 4,
+        out_channels: 3,
+        kernel_height: 3,
+        kernel_width: 3,
+        stride: 1,
+        padding: 1,
+    };
+    assert_eq!(
+        conv.sessions,
+        pixel_probe_sessions(&shape) + 2,
+        "{}",
+        conv.note
+    );
+    // A budget one session short of the last check image: the probes
+    // finish, the pairing does not, and the shared-bias channels stay open.
+    let short = audit(
+        &model,
+        policy("element", pixel_probe_sessions(&shape) + 2, true),
+        None,
+    )
+    .unwrap();
+    let conv = &short.stages[0];
+    assert_eq!(conv.outcome, Outcome::Partial, "{}", conv.note);
+    assert!(conv.weights.0 < conv.weights.1, "{}", conv.note);
 }
