@@ -64,7 +64,13 @@ fn help_on_every_command() {
     }
     let (stdout, _) = text(&safhire(&["infer", "--help"]));
     for option in [
-        "--model", "--inputs", "--labels", "--set", "--json", "--policy",
+        "--model",
+        "--inputs",
+        "--labels",
+        "--set",
+        "--json",
+        "--policy",
+        "--dp-sigma",
     ] {
         assert!(stdout.contains(option), "infer --help omits {option}");
     }
@@ -344,4 +350,60 @@ fn params_names_the_statistical_sets() {
         );
     }
     assert!(line.contains("s16"), "{line}");
+}
+
+// DP-8: `--dp-sigma` replaces the `dp` policy's σ in `infer` and `audit`,
+// through the policy's own validation: the printed ε follows σ (larger σ,
+// smaller ε), and a value the flag cannot take is refused naming the flag.
+#[test]
+fn dp_sigma_flag_sets_the_noise_and_the_printed_epsilon() {
+    let epsilon = |sigma: &str| {
+        let out = safhire(&[
+            "infer",
+            "--policy",
+            "dp",
+            "--dp-sigma",
+            sigma,
+            "--images",
+            "1",
+            "--json",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "--dp-sigma {sigma}: {stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let dp = &report["differential_privacy"];
+        assert_eq!(dp["sigma"].as_u64().unwrap().to_string(), sigma, "{dp}");
+        dp["epsilon"].as_f64().unwrap()
+    };
+    let (small, large) = (epsilon("100"), epsilon("1000"));
+    assert!(
+        large < small && large > 0.0,
+        "ε {small} at σ 100, {large} at σ 1000"
+    );
+
+    for (args, says) in [
+        (
+            &["infer", "--policy", "dp", "--dp-sigma", "0"][..],
+            "--dp-sigma",
+        ),
+        (
+            &["infer", "--policy", "dp", "--dp-sigma", "-5"][..],
+            "--dp-sigma",
+        ),
+        (
+            &["audit", "--policy", "dp", "--dp-sigma", "ten"][..],
+            "--dp-sigma",
+        ),
+        (&["infer", "--dp-sigma", "100"][..], "adds no noise"),
+    ] {
+        let out = safhire(args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // Beyond DP-1's exact sampler: refused by the policy's validation.
+    let out = safhire(&["infer", "--policy", "dp", "--dp-sigma", "4294967295"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--dp-sigma 4294967295"), "{stderr}");
 }

@@ -955,16 +955,26 @@ fn parses_a_hand_written_file() {
     assert_eq!(Model::from_json(&m.to_json()).unwrap(), m);
 }
 
-/// MODEL-6, MODEL-4: the shipped digits CNN parses, fits b16, and the
+/// MODEL-6, MODEL-4: the shipped digits CNN, and its noise-aware sibling
+/// trained for the `dp` policy (models/README.md), parse, fit b16, and the
 /// evaluator reproduces the exporter's integer logits bit for bit.
 #[test]
-fn shipped_digits_model_reproduces_its_logits() {
+fn shipped_digits_models_reproduce_their_logits() {
+    for (model, test) in [
+        ("digits-cnn.json", "digits-test.json"),
+        ("digits-cnn-dp.json", "digits-cnn-dp-test.json"),
+    ] {
+        digits_model_reproduces_its_logits(model, test);
+    }
+}
+
+fn digits_model_reproduces_its_logits(model: &str, test: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let (Ok(model), Ok(test)) = (
-        std::fs::read_to_string(root.join("digits-cnn.json")),
-        std::fs::read_to_string(root.join("digits-test.json")),
+        std::fs::read_to_string(root.join(model)),
+        std::fs::read_to_string(root.join(test)),
     ) else {
-        eprintln!("models/digits-*.json not present; skipped");
+        eprintln!("models/{model} or models/{test} not present; skipped");
         return;
     };
     let m = Model::from_json(&model).unwrap();

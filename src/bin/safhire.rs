@@ -43,7 +43,7 @@ commands:
 parameter sets: b8 b12 b16 b20 b24 wide, or auto (the cheapest that carries
 the model under the policy; the default); s16 (N = 8192, 40-bit statistical
 circuit privacy, about 5× the cost of b16) only when named
-policies: default channel benchmark (spec/shuffling.toml)";
+policies: default channel benchmark dp (spec/shuffling.toml; dp adds noise, DP-8)";
 
 /// The commands of feature `net`, listed in the usage text when built with it.
 #[cfg(feature = "net")]
@@ -82,6 +82,10 @@ runs the shipped digits CNN on its test images (models/).
   --policy NAME         policy whose requirements the set must meet and
                         whose shuffle granularity is used (default: default)
   --granularity G       element or channel (default: the policy's)
+  --dp-sigma S          σ of the discrete Gaussian noise, an integer >= 1 in
+                        accumulator units, instead of the policy's dp_sigma
+                        (only for a policy with noise: dp); the printed ε is
+                        for this σ (spec/dp.md)
   --json                machine-readable report on stdout
   -h, --help            this text";
 
@@ -114,7 +118,7 @@ The shipped parameter sets (spec/parameters.toml) with their security and
 noise budgets, computed by the code that enforces them.";
 
 const AUDIT_HELP: &str = "\
-usage: safhire audit [--model FILE] [--policy NAME] [--set NAME|auto] [--json]
+usage: safhire audit [--model FILE] [--policy NAME] [--dp-sigma S] [--set NAME|auto] [--json]
 
 Runs the attacks of `safhire::audit` as the client side of real sessions
 against a real endpoint serving the model (default: the shipped digits CNN)
@@ -124,7 +128,10 @@ the policy hides) and whether the policy stopped it. spec/threat-model.md
 lists the attacks this tool does not run yet.
 
   --model FILE          model file (JSON, or .onnx with --features onnx)
-  --policy NAME         default, channel or benchmark (spec/shuffling.toml)
+  --policy NAME         default, channel, benchmark or dp (spec/shuffling.toml)
+  --dp-sigma S          σ of the discrete Gaussian noise, an integer >= 1 in
+                        accumulator units, instead of the policy's dp_sigma
+                        (only for a policy with noise: dp)
   --set NAME|auto       parameter set (default auto)
   --json                machine-readable report on stdout
   -h, --help            this text";
@@ -257,6 +264,7 @@ fn main() -> ExitCode {
                 "set",
                 "policy",
                 "granularity",
+                "dp-sigma",
             ],
             &["json"],
         )
@@ -269,7 +277,7 @@ fn main() -> ExitCode {
         .and_then(bench),
         "params" => parse(rest, &[], &["json"]).and_then(|a| params(a.has("json"))),
         "layer" => parse(rest, &["set"], &[]).and_then(|a| layer(a.get("set").unwrap_or("b16"))),
-        "audit" => parse(rest, &["model", "policy", "set"], &["json"]).and_then(audit),
+        "audit" => parse(rest, &["model", "policy", "set", "dp-sigma"], &["json"]).and_then(audit),
         #[cfg(feature = "net")]
         "serve" | "query" | "dev-cert" | "new-token" => net_commands::run(command, rest),
         _ => parse(rest, &[], &[]).map(|_| print!("{}", safhire::protocol::state_graph())),
@@ -706,6 +714,53 @@ fn derived_policy(
     unit: ShuffleUnit,
     allow: bool,
 ) -> Result<Policy, Box<dyn std::error::Error>> {
+    rebuilt_policy(policy, unit, allow, policy.dp_sigma())
+}
+
+/// The named shipped policy, with `--dp-sigma` (if given) in place of its
+/// `dp_sigma`. Only a policy that already adds noise takes the flag: the
+/// others' budgets and verdicts were chosen for exact accumulators.
+fn policy_from_args(a: &Args) -> Result<Policy, Box<dyn std::error::Error>> {
+    let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+    let Some(text) = a.get("dp-sigma") else {
+        return Ok(policy);
+    };
+    let sigma = text
+        .parse::<u32>()
+        .ok()
+        .filter(|&s| s >= 1)
+        .ok_or_else(|| {
+            Usage(format!(
+                "--dp-sigma: {text:?} is not an integer from 1 to {}",
+                u32::MAX
+            ))
+        })?;
+    if policy.dp_sigma().is_none() {
+        return Err(Usage(format!(
+            "--dp-sigma: policy {:?} adds no noise; use it with --policy dp",
+            policy.name()
+        ))
+        .into());
+    }
+    // Through `Policy::load`, the same validation as a policy file's
+    // `dp_sigma` (DP-1's range of σ included).
+    rebuilt_policy(
+        &policy,
+        policy.unit(),
+        policy.allows_budget_above_attack_threshold(),
+        Some(sigma),
+    )
+    .map_err(|e| format!("--dp-sigma {sigma}: {e}").into())
+}
+
+/// `policy` written back as TOML with the granularity `unit`, the opt-in
+/// `allow` and the noise `dp_sigma`, and loaded (validated) again.
+fn rebuilt_policy(
+    policy: &Policy,
+    unit: ShuffleUnit,
+    allow: bool,
+    dp_sigma: Option<u32>,
+) -> Result<Policy, Box<dyn std::error::Error>> {
     let mut toml = format!(
         "[[policy]]\nname = {}\ngranularity = \"{}\"\nquery_budget = {}\nallow_budget_above_attack_threshold = {allow}\n",
         serde_json::to_string(policy.name())?,
@@ -715,7 +770,7 @@ fn derived_policy(
     if let Some(bits) = policy.min_flooding_headroom_bits() {
         toml.push_str(&format!("min_flooding_headroom_bits = {bits}\n"));
     }
-    if let Some(sigma) = policy.dp_sigma() {
+    if let Some(sigma) = dp_sigma {
         toml.push_str(&format!("dp_sigma = {sigma}\n"));
     }
     Ok(Policy::load(&toml, policy.name())?)
@@ -892,7 +947,7 @@ fn infer(a: Args) -> CliResult {
             })?,
         }
         .min(set.inputs.len());
-    let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+    let policy = policy_from_args(&a)?;
     let unit = match a.get("granularity") {
         None => policy.unit(),
         Some("element") => ShuffleUnit::Element,
@@ -1087,7 +1142,7 @@ fn audit(a: Args) -> CliResult {
         Some(path) => load_model(Path::new(path))?,
         None => Model::from_json(DIGITS_MODEL)?,
     };
-    let policy = Policy::shipped(a.get("policy").unwrap_or("default"))?;
+    let policy = policy_from_args(&a)?;
     let set = a.get("set").filter(|s| *s != "auto");
     let report = safhire::audit::audit(&model, policy, set)?;
     if a.has("json") {
