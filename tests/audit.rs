@@ -101,25 +101,34 @@ fn distinct_biases() -> Model {
 /// conv 1→4 3×3 (weights drawn from `seed`, biases given) on a `side` ×
 /// `side` input → requantise → linear to 2.
 fn four_channel_conv(name: &str, side: usize, seed: u8, bias: [i64; 4]) -> Model {
+    conv_requantise_linear(name, Shape::new(1, side, side), seed, &bias)
+}
+
+/// conv 3×3 pad 1 from `input` to `bias.len()` channels (weights in
+/// [−7, 7] drawn from `seed`) → requantise → linear to 2.
+fn conv_requantise_linear(name: &str, input: Shape, seed: u8, bias: &[i64]) -> Model {
     let mut rng = Csprng::from_seed([seed; 16]);
     let mut small =
         |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    let out = bias.len();
+    let weights = small(out * input.channels * 9);
+    let linear = small(2 * out * input.height * input.width);
     Model::new(
         name,
         InputSpec {
-            shape: Shape::new(1, side, side),
+            shape: input,
             min: 0,
             max: 15,
         },
         vec![
             Layer::Conv2d {
-                out_channels: 4,
+                out_channels: out,
                 kernel_h: 3,
                 kernel_w: 3,
                 stride: 1,
                 padding: 1,
                 groups: 1,
-                weights: small(36),
+                weights,
                 bias: bias.to_vec(),
             },
             Layer::Requantize {
@@ -131,7 +140,7 @@ fn four_channel_conv(name: &str, side: usize, seed: u8, bias: [i64; 4]) -> Model
             Layer::Flatten,
             Layer::Linear {
                 out_features: 2,
-                weights: small(2 * 4 * side * side),
+                weights: linear,
                 bias: small(2),
             },
         ],
@@ -639,42 +648,12 @@ fn noisy_bias_estimate_averages_each_channels_copies() {
 /// the edges, where the padding hides them from a kernel row: one session
 /// per region.
 fn shared_bias_on_a_short_input() -> Model {
-    let mut rng = Csprng::from_seed([47; 16]);
-    let mut small =
-        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-    Model::new(
+    conv_requantise_linear(
         "shared-bias-short-input",
-        InputSpec {
-            shape: Shape::new(2, 4, 4),
-            min: 0,
-            max: 15,
-        },
-        vec![
-            Layer::Conv2d {
-                out_channels: 3,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-                weights: small(54),
-                bias: vec![5, 5, -9],
-            },
-            Layer::Requantize {
-                multiplier: 1,
-                shift: 5,
-                min: 0,
-                max: 15,
-            },
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: 2,
-                weights: small(2 * 3 * 16),
-                bias: small(2),
-            },
-        ],
+        Shape::new(2, 4, 4),
+        47,
+        &[5, 5, -9],
     )
-    .unwrap()
 }
 
 // AUDIT-7: channels sharing a bias are told apart and their input channels
