@@ -63,8 +63,8 @@ pub struct NttPlaintext {
 }
 
 /// Output coefficients per block of [`Ciphertext::monomial_sum_add`]: 16 KiB
-/// of accumulator plus 16 KiB of the input streaming through leave room in
-/// a 48 KiB (Zen 4/5: 32–48 KiB) L1.
+/// of accumulator plus 16 KiB of the input streaming through fit a 32 KiB
+/// L1 (48 KiB on the project's Zen 5). 1024 and 4096 were slower.
 pub(crate) const SUM_BLOCK: usize = 2048;
 
 /// Applies `f` to each limb of `out` (and the matching limb of `inp`). One
