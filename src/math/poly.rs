@@ -32,6 +32,51 @@ pub fn monomial_mul_add(m: Modulus, out: &mut [u64], inp: &[u64], e: usize, nega
     }
 }
 
+/// [`monomial_mul_add`] restricted to the output coefficients
+/// `lo..lo + out.len()`: `out` is that block of the full output, `inp` the
+/// whole input polynomial (N coefficients). Summing several terms block by
+/// block keeps the block in L1 between terms (the packer's leaves:
+/// benches/README.md, "what bounds them"). The block must lie inside `0..N`.
+#[inline]
+pub fn monomial_mul_add_block(
+    m: Modulus,
+    out: &mut [u64],
+    lo: usize,
+    inp: &[u64],
+    e: usize,
+    negate: bool,
+) {
+    let n = inp.len();
+    let hi = lo + out.len();
+    debug_assert!(hi <= n);
+    let e = e % (2 * n);
+    let (shift, negate) = if e >= n {
+        (e - n, !negate)
+    } else {
+        (e, negate)
+    };
+    // Output j < shift receives −inp[j − shift + N] (it wrapped past X^N),
+    // output j ≥ shift receives +inp[j − shift].
+    let split = shift.clamp(lo, hi);
+    let (wrapped, straight) = out.split_at_mut(split - lo);
+    if !wrapped.is_empty() {
+        let src = &inp[lo + n - shift..split + n - shift];
+        if negate {
+            add_assign(m, wrapped, src);
+        } else {
+            sub_assign(m, wrapped, src);
+        }
+    }
+    if !straight.is_empty() {
+        let src = &inp[split - shift..hi - shift];
+        if negate {
+            sub_assign(m, straight, src);
+        } else {
+            add_assign(m, straight, src);
+        }
+    }
+}
+
 /// `out = X^e · inp`.
 pub fn monomial_mul(m: Modulus, out: &mut [u64], inp: &[u64], e: usize) {
     out.fill(0);
@@ -245,6 +290,32 @@ mod tests {
             let expect = negacyclic_mul_i64(&a, &mono);
             let got: Vec<i128> = out.iter().map(|&x| m.centered(x) as i128).collect();
             prop_assert_eq!(got, expect);
+        }
+
+        // The blocked rotate-add (the packer's leaves) is the whole one cut
+        // into blocks: terms of any exponent in 0..2N (0, N and the block
+        // edges included by the range), blocks of any size, even not
+        // dividing N, give the same output word for word.
+        #[test]
+        fn blocked_monomial_mul_add_equals_the_whole(
+            start in proptest::collection::vec(0..SOLINAS, 64),
+            inputs in proptest::collection::vec(proptest::collection::vec(0..SOLINAS, 64), 1..5),
+            terms in proptest::collection::vec((0usize..128, any::<bool>()), 4),
+            block in 1usize..70,
+        ) {
+            let m = m();
+            let mut whole = start.clone();
+            let mut blocked = start;
+            for (k, &(e, negate)) in terms.iter().enumerate() {
+                monomial_mul_add(m, &mut whole, &inputs[k % inputs.len()], e, negate);
+            }
+            for (b, chunk) in blocked.chunks_mut(block).enumerate() {
+                for (k, &(e, negate)) in terms.iter().enumerate() {
+                    let inp = &inputs[k % inputs.len()];
+                    monomial_mul_add_block(m, chunk, b * block, inp, e, negate);
+                }
+            }
+            prop_assert_eq!(blocked, whole);
         }
 
         #[test]
