@@ -1277,36 +1277,6 @@ mod tests {
         }
     }
 
-    /// CPU time of the b16 key switch (issue 9): `KS_ITERS` calls, run by
-    /// hand under `/usr/bin/time` with `--ignored`.
-    #[test]
-    #[ignore]
-    fn time_key_switch() {
-        let ctx = Context::new(crate::params::ParameterSet::shipped("b16").unwrap());
-        let (q, n) = (ctx.q(), ctx.n());
-        let mut rng = crate::rng::Csprng::from_seed([7; 16]);
-        let sk = super::super::SecretKey::generate(&ctx, &mut rng);
-        let key = super::super::SeededGaloisKey::generate(&ctx, &sk, 3, &mut rng).expand(&ctx);
-        let mut ct = Ciphertext {
-            a: random_residues(q, n, &mut rng),
-            b: random_residues(q, n, &mut rng),
-            n,
-        };
-        let iters: usize = std::env::var("KS_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        let start = ct.clone();
-        // The packer's use: one scratch, reused.
-        let mut scratch = KeySwitchScratch::new(n, ctx.params().gadget_levels(), q.len());
-        let mut out = ct.clone();
-        for _ in 0..iters {
-            ctx.key_switch_add(&key, &ct, &mut out, &mut scratch);
-            std::mem::swap(&mut ct, &mut out);
-        }
-        assert!(iters == 0 || ct != start);
-    }
-
     // SIMD-1: the fused one-limb path and the per-level path are the same
     // key switch, bit for bit, on every set the fused path serves.
     #[test]
