@@ -486,8 +486,11 @@ fn distinct_sources(slots: &[Vec<ValueRef>]) -> Vec<u32> {
 /// depends on it, never a result. First fitted to fixed-ℓ* packs of 4096
 /// values (384, against a 0.32 ms key switch); refitted on ResNet-20 after
 /// the one-limb key switch was vectorised (0.44× its time): 192 took
-/// 0.92× the server time of 384, 128 the same as 192 (benches/README.md).
-const KEY_SWITCH_IN_ROTATIONS: u64 = 192;
+/// 0.92× the server time of 384, 128 the same as 192; refitted again after
+/// the fused key switch (0.90× its time): 96 took 0.97× the CPU time of
+/// 192 (geometric mean of 9 pairs, 8 below 1), 128 and 64 no better than
+/// 96 (benches/README.md).
+const KEY_SWITCH_IN_ROTATIONS: u64 = 96;
 
 /// The same on a multi-limb set (PARAM-8): s16's vectorised key switch
 /// (≈0.44 ms) against its rotate-add of 2 limbs × 8192 coefficients
@@ -508,8 +511,9 @@ fn key_switch_in_rotations(ctx: &Context) -> u64 {
 /// Picks ℓ* in `lo..=hi` for one output by a cost model (PACK-2): sharing
 /// level ℓ costs 2^ℓ rotate-adds per value and 2^ℓ − 1 key switches per
 /// source, and saves the key switches of every non-empty node at levels ≤ ℓ.
-/// `key_switch` is a key switch's cost in rotate-adds. With one limb (192) a
-/// full dense output lands on ℓ* = 4, sparser ones higher.
+/// `key_switch` is a key switch's cost in rotate-adds. With one limb (96) a
+/// full dense output (one value per slot) lands on ℓ* = 3, sparser ones
+/// higher.
 fn choose_shared_levels(
     slots: &[Vec<ValueRef>],
     sources: &[u32],
@@ -671,19 +675,28 @@ mod tests {
     use super::*;
     use crate::params::ParameterSet;
 
-    // PACK-2: a full dense output of one source at N = 8192 shares 4 levels
-    // at the one-limb cost (192) and 3 at
-    // the multi-limb one, whose key switch costs fewer rotate-adds.
+    // PACK-2: a full output of one source at N = 8192 with 2.5 values per
+    // slot (T = 20480 terms) shares 3 levels at the one-limb cost (96) and
+    // 2 at the multi-limb one, whose key switch costs fewer rotate-adds:
+    // going from 2 to 3 levels adds 4T rotate-adds and saves 1020 key
+    // switches, worth it above 80 rotate-adds per key switch (from 3 to 4,
+    // above 325).
     #[test]
     fn multi_limb_sets_share_fewer_levels_when_dense() {
         let n = 8192;
-        let slots: Vec<Vec<ValueRef>> = (0..n).map(|i| vec![ValueRef::new(0, i)]).collect();
+        let slots: Vec<Vec<ValueRef>> = (0..n)
+            .map(|i| {
+                (0..2 + i % 2)
+                    .map(|k| ValueRef::new(0, (3 * i + k) % n))
+                    .collect()
+            })
+            .collect();
         let b16 = Context::new(ParameterSet::shipped("b16").unwrap());
         let s16 = Context::new(ParameterSet::shipped("s16").unwrap());
         let one = key_switch_in_rotations(&b16);
         let multi = key_switch_in_rotations(&s16);
-        assert_eq!((one, multi), (192, 64));
-        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, one), 4);
-        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, multi), 3);
+        assert_eq!((one, multi), (96, 64));
+        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, one), 3);
+        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, multi), 2);
     }
 }

@@ -13,12 +13,15 @@
 //! two limbs (s16) the CRT, the digits and the division by P run as
 //! branch-free kernels over whole arrays (64-bit words only, Shoup
 //! constants), vectorised like `poly`'s add/sub; the tests hold them to the
-//! per-coefficient u128 reference bit for bit. One limb (the b-sets) takes
-//! the same path without the CRT: the centred residue fits one signed word,
-//! so its digits come from one-word kernels.
+//! per-coefficient u128 reference bit for bit. One limb (the b-sets) needs
+//! no CRT: the centred residue fits one signed word, so its digits come
+//! from one-word kernels, which write their residues mod q and mod P
+//! directly; all digits are transformed first (mod P by tfhe-ntt's 32-bit
+//! plan), then one pass per prime forms both key products over all levels
+//! with deferred reductions (`key_switch_add_one_limb`).
 
 use super::{Ciphertext, Context, GaloisKey};
-use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS};
+use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS, SOLINAS};
 
 /// Signed base-2^B digit decomposition of centred residues mod q.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +101,10 @@ pub(crate) struct RnsKeySwitch {
     /// The two-limb CRT as a vectorised kernel, when q has two limbs and
     /// q_1 is one [`MulConst::splittable`] serves.
     crt2: Option<simd::Crt2>,
+    /// Whether the one-limb fused path's kernels serve (the b-sets): q is
+    /// the Solinas prime, P < 2^32, digits and P/2 below both, P^-1
+    /// splittable. The path also needs P's 32-bit transform (P < 2^31).
+    fused_one_limb: bool,
 }
 
 impl RnsKeySwitch {
@@ -127,13 +134,32 @@ impl RnsKeySwitch {
             }
             _ => None,
         };
+        let small_digits = base_log < 64 && 1u64 << base_log < min_limb.min(p.value());
+        let small_p = p.value() / 2 < min_limb;
+        let fused_one_limb = q.len() == 1
+            && q.limb(0).value() == SOLINAS
+            && p.value() < 1 << 32
+            && small_digits
+            && small_p
+            && p_inv[0].splittable();
         Self {
             crt: CrtComposer::new(q),
             crt2,
             p_inv,
-            small_digits: base_log < 64 && 1u64 << base_log < min_limb.min(p.value()),
-            small_p: p.value() / 2 < min_limb,
+            small_digits,
+            small_p,
+            fused_one_limb,
         }
+    }
+
+    /// Whether the fused one-limb path serves `levels` digits: the b-sets'
+    /// 3 and wide's 4, with the sum of `levels` products mod P (each below
+    /// (P − 1)^2) exact in a 64-bit word.
+    fn fused_one_limb_serves(&self, p: Modulus, levels: usize) -> bool {
+        let max_product = (p.value() - 1) as u128 * (p.value() - 1) as u128;
+        self.fused_one_limb
+            && matches!(levels, 3 | 4)
+            && levels as u128 * max_product <= u64::MAX as u128
     }
 
     /// The gadget digits of every coefficient of the limb-major `a` (`L`
@@ -265,7 +291,9 @@ impl RnsKeySwitch {
 /// once per instruction set and picked at run time, as `poly`'s add/sub
 /// (SIMD-1).
 mod simd {
-    use crate::math::{add_mod, mulhi_split, select, sub_mod, MulConst, SOLINAS};
+    use crate::math::{
+        add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst, SOLINAS,
+    };
 
     /// One limb's constants of the division by P.
     #[derive(Clone, Copy)]
@@ -613,6 +641,271 @@ mod simd {
         }
     }
 
+    /// The digit residues mod q and mod P, both above |d|: `d + m` when
+    /// d < 0, else d (as `digits_kernel`).
+    #[inline(always)]
+    fn residue(m: u64, d: i64) -> u64 {
+        (d as u64).wrapping_add(m & (d >> 63) as u64)
+    }
+
+    /// [`digit_step_one_kernel`] that writes the digit's residues mod q and
+    /// mod P (both above every digit; P < 2^32, in 32-bit words) instead
+    /// of the digit: the one-limb fused path needs no signed digit rows.
+    #[inline(always)]
+    pub(super) fn digit_step_residues_kernel(
+        base_log: u32,
+        (q, p): (u64, u64),
+        y: &mut [i64],
+        out_q: &mut [u64],
+        out_p: &mut [u32],
+    ) {
+        let half = 1i64 << (base_log - 1);
+        let mask = (1i64 << base_log) - 1;
+        let n = y.len();
+        let (out_q, out_p) = (&mut out_q[..n], &mut out_p[..n]);
+        for (i, y) in y.iter_mut().enumerate() {
+            let t = (*y & mask) + half;
+            let d = (t & mask) - half;
+            *y = (*y >> base_log) + (t >> base_log);
+            out_q[i] = residue(q, d);
+            out_p[i] = residue(p, d) as u32;
+        }
+    }
+
+    /// The top digit (the rest `y`) as residues mod q and mod P (32-bit).
+    #[inline(always)]
+    pub(super) fn top_residues_kernel(
+        (q, p): (u64, u64),
+        y: &[i64],
+        out_q: &mut [u64],
+        out_p: &mut [u32],
+    ) {
+        let n = y.len();
+        let (out_q, out_p) = (&mut out_q[..n], &mut out_p[..n]);
+        for (i, &d) in y.iter().enumerate() {
+            out_q[i] = residue(q, d);
+            out_p[i] = residue(p, d) as u32;
+        }
+    }
+
+    /// The key product modulo the Solinas q in one pass: `out_a = Σ_j
+    /// d_j ⊙ a_j`, `out_b = Σ_j d_j ⊙ b_j` over the `L` transformed digits
+    /// (all operands reduced), each digit loaded once for both key halves
+    /// and the sums kept in registers (no accumulator passes). The
+    /// reductions are deferred: the 128-bit products are summed exactly in
+    /// three words (c·2^128 + hi·2^64 + lo, c < L) and reduced once, using
+    /// 2^128 ≡ −2^32 modulo the Solinas prime (0.9× the time of reducing
+    /// each product).
+    #[inline(always)]
+    pub(super) fn key_product_solinas_kernel<const L: usize>(
+        d: [&[u64]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u64],
+        out_b: &mut [u64],
+    ) {
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        // (lo, hi, c) += x·k; hi + carry cannot wrap: hi ≤ (q − 1)^2 / 2^64 < 2^64 − 1.
+        let mac = |(lo, hi, c): (u64, u64, u64), x: u64, k: u64| {
+            let (lo, carry) = lo.overflowing_add(x.wrapping_mul(k));
+            let (hi, wrap) = hi.overflowing_add(mulhi_split(x, k) + carry as u64);
+            (lo, hi, c + wrap as u64)
+        };
+        let reduce =
+            |(lo, hi, c): (u64, u64, u64)| sub_mod(SOLINAS, solinas_reduce_split(lo, hi), c << 32);
+        for (i, out_a) in out_a.iter_mut().enumerate() {
+            let (mut a, mut b) = ((0, 0, 0), (0, 0, 0));
+            for j in 0..L {
+                let x = d[j][i];
+                a = mac(a, x, ka[j][i]);
+                b = mac(b, x, kb[j][i]);
+            }
+            *out_a = reduce(a);
+            out_b[i] = reduce(b);
+        }
+    }
+
+    /// The key product modulo P < 2^32 in one pass, lazily: the `L`
+    /// products of 32-bit residues are summed exactly in 64 bits (the
+    /// caller checks L·(P − 1)^2 < 2^64) and reduced once, by Barrett's
+    /// method with m = ⌊(2^64 − 1)/P⌋: the estimate is at most 2 short, so
+    /// two conditional subtractions finish it.
+    #[inline(always)]
+    pub(super) fn key_product_small_kernel<const L: usize>(
+        p: u64,
+        d: [&[u32]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u32],
+        out_b: &mut [u32],
+    ) {
+        const LOW: u64 = 0xffff_ffff;
+        let m = u64::MAX / p;
+        let reduce = |s: u64| {
+            let r = s.wrapping_sub(mulhi_split(s, m).wrapping_mul(p));
+            let r = r - select(r >= p, p);
+            r - select(r >= p, p)
+        };
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        for (i, out_a) in out_a.iter_mut().enumerate() {
+            let (mut a, mut b) = (0u64, 0u64);
+            for j in 0..L {
+                // Masked to 32 bits so the product is one 32×32 multiply.
+                let x = d[j][i] as u64;
+                a = a.wrapping_add(x * (ka[j][i] & LOW));
+                b = b.wrapping_add(x * (kb[j][i] & LOW));
+            }
+            *out_a = reduce(a) as u32;
+            out_b[i] = reduce(b) as u32;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn digit_step_residues_avx512(
+        b: u32,
+        m: (u64, u64),
+        y: &mut [i64],
+        out_q: &mut [u64],
+        out_p: &mut [u32],
+    ) {
+        digit_step_residues_kernel(b, m, y, out_q, out_p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn digit_step_residues_avx2(
+        b: u32,
+        m: (u64, u64),
+        y: &mut [i64],
+        out_q: &mut [u64],
+        out_p: &mut [u32],
+    ) {
+        digit_step_residues_kernel(b, m, y, out_q, out_p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn top_residues_avx512(m: (u64, u64), y: &[i64], out_q: &mut [u64], out_p: &mut [u32]) {
+        top_residues_kernel(m, y, out_q, out_p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn top_residues_avx2(m: (u64, u64), y: &[i64], out_q: &mut [u64], out_p: &mut [u32]) {
+        top_residues_kernel(m, y, out_q, out_p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn key_product_solinas_avx512<const L: usize>(
+        d: [&[u64]; L],
+        k: ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u64],
+        out_b: &mut [u64],
+    ) {
+        key_product_solinas_kernel(d, k, out_a, out_b)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    unsafe fn key_product_small_avx512<const L: usize>(
+        p: u64,
+        d: [&[u32]; L],
+        k: ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u32],
+        out_b: &mut [u32],
+    ) {
+        key_product_small_kernel(p, d, k, out_a, out_b)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn key_product_small_avx2<const L: usize>(
+        p: u64,
+        d: [&[u32]; L],
+        k: ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u32],
+        out_b: &mut [u32],
+    ) {
+        key_product_small_kernel(p, d, k, out_a, out_b)
+    }
+
+    /// One digit of every one-word `y` into its residues mod q and mod P
+    /// (1 ≤ `base_log` ≤ 32, every digit below both).
+    pub(super) fn digit_step_residues(
+        base_log: u32,
+        m: (u64, u64),
+        y: &mut [i64],
+        out_q: &mut [u64],
+        out_p: &mut [u32],
+    ) {
+        debug_assert!((1..=32).contains(&base_log));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { digit_step_residues_avx512(base_log, m, y, out_q, out_p) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { digit_step_residues_avx2(base_log, m, y, out_q, out_p) };
+            }
+        }
+        digit_step_residues_kernel(base_log, m, y, out_q, out_p)
+    }
+
+    /// The top digits `y` as residues mod q and mod P.
+    pub(super) fn top_residues(m: (u64, u64), y: &[i64], out_q: &mut [u64], out_p: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { top_residues_avx512(m, y, out_q, out_p) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { top_residues_avx2(m, y, out_q, out_p) };
+            }
+        }
+        top_residues_kernel(m, y, out_q, out_p)
+    }
+
+    /// [`key_product_solinas_kernel`], dispatched. Without AVX-512's 64-bit
+    /// lanes the scalar loop (the split multiply included) is what runs.
+    pub(super) fn key_product_solinas<const L: usize>(
+        d: [&[u64]; L],
+        k: ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u64],
+        out_b: &mut [u64],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            // SAFETY: the features were detected on this CPU.
+            return unsafe { key_product_solinas_avx512(d, k, out_a, out_b) };
+        }
+        key_product_solinas_kernel(d, k, out_a, out_b)
+    }
+
+    /// [`key_product_small_kernel`], dispatched (P < 2^32, L·(P − 1)^2 < 2^64).
+    pub(super) fn key_product_small<const L: usize>(
+        p: u64,
+        d: [&[u32]; L],
+        k: ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u32],
+        out_b: &mut [u32],
+    ) {
+        debug_assert!(p < 1 << 32);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { key_product_small_avx512(p, d, k, out_a, out_b) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { key_product_small_avx2(p, d, k, out_a, out_b) };
+            }
+        }
+        key_product_small_kernel(p, d, k, out_a, out_b)
+    }
+
     /// `out[i] = digits[i] mod q` for digits with |d| < q.
     pub(super) fn digits_mod(q: u64, out: &mut [u64], digits: &[i64]) {
         #[cfg(target_arch = "x86_64")]
@@ -637,6 +930,9 @@ pub(crate) struct KeySwitchScratch {
     acc_p: [Vec<u64>; 2],
     dq: Vec<u64>,
     dp: Vec<u64>,
+    /// The fused one-limb path's digits and accumulators mod P < 2^31.
+    dp32: Vec<u32>,
+    acc_p32: [Vec<u32>; 2],
 }
 
 impl KeySwitchScratch {
@@ -645,15 +941,21 @@ impl KeySwitchScratch {
             digits: vec![vec![0; n]; levels],
             acc_q: [vec![0; n * limbs], vec![0; n * limbs]],
             acc_p: [vec![0; n], vec![0; n]],
-            dq: vec![0; n * limbs],
+            // One transformed digit per level: the fused one-limb path
+            // keeps them all for its single key-product pass.
+            dq: vec![0; n * limbs * levels],
             dp: vec![0; n],
+            dp32: vec![0; n * levels],
+            acc_p32: [vec![0; n], vec![0; n]],
         }
     }
 
     /// Whether this scratch serves key switches at ring degree `n` with
     /// `levels` gadget digits and `limbs` RNS limbs.
     pub(crate) fn fits(&self, n: usize, levels: usize, limbs: usize) -> bool {
-        self.digits.len() == levels && self.dp.len() == n && self.dq.len() == n * limbs
+        self.digits.len() == levels
+            && self.dp.len() == n * levels
+            && self.dq.len() == n * limbs * levels
     }
 }
 
@@ -670,6 +972,24 @@ impl Context {
 
     /// Key-switches `ct` (under `τ_g(s)`) to `s`, adding the result to `out`.
     pub(crate) fn key_switch_add(
+        &self,
+        key: &GaloisKey,
+        ct: &Ciphertext,
+        out: &mut Ciphertext,
+        scratch: &mut KeySwitchScratch,
+    ) {
+        let (p, levels) = (self.params().p(), self.params().gadget_levels());
+        match self.ntt_p.narrow() {
+            Some(p32) if self.limbs() == 1 && self.rns_ks.fused_one_limb_serves(p, levels) => {
+                self.key_switch_add_one_limb(key, ct, out, scratch, p32)
+            }
+            _ => self.key_switch_add_rns(key, ct, out, scratch),
+        }
+    }
+
+    /// The key switch on any modulus (PARAM-8): digits as signed rows, then
+    /// per level their residues, transforms and four accumulate passes.
+    fn key_switch_add_rns(
         &self,
         key: &GaloisKey,
         ct: &Ciphertext,
@@ -697,18 +1017,19 @@ impl Context {
         for acc in [&mut *acc_aq, &mut *acc_bq, &mut *acc_ap, &mut *acc_bp] {
             acc.fill(0);
         }
+        let (dq, dp) = (&mut scratch.dq[..n * q.len()], &mut scratch.dp[..n]);
         for j in 0..levels {
             let digits = &scratch.digits[j];
-            for (c, &m) in scratch.dq.chunks_exact_mut(n).zip(q.limbs()) {
+            for (c, &m) in dq.chunks_exact_mut(n).zip(q.limbs()) {
                 rns.digits_mod(m, c, digits);
             }
-            rns.digits_mod(p, &mut scratch.dp, digits);
-            self.ntt_q.forward(&mut scratch.dq);
-            self.ntt_p.forward(&mut scratch.dp);
-            self.ntt_q.mul_accumulate(acc_aq, &scratch.dq, &key.a_q[j]);
-            self.ntt_q.mul_accumulate(acc_bq, &scratch.dq, &key.b_q[j]);
-            self.ntt_p.mul_accumulate(acc_ap, &scratch.dp, &key.a_p[j]);
-            self.ntt_p.mul_accumulate(acc_bp, &scratch.dp, &key.b_p[j]);
+            rns.digits_mod(p, dp, digits);
+            self.ntt_q.forward(dq);
+            self.ntt_p.forward(dp);
+            self.ntt_q.mul_accumulate(acc_aq, dq, &key.a_q[j]);
+            self.ntt_q.mul_accumulate(acc_bq, dq, &key.b_q[j]);
+            self.ntt_p.mul_accumulate(acc_ap, dp, &key.a_p[j]);
+            self.ntt_p.mul_accumulate(acc_bp, dp, &key.b_p[j]);
         }
         for acc in [&mut *acc_aq, &mut *acc_bq] {
             self.ntt_q.backward_unnormalized(acc);
@@ -716,6 +1037,16 @@ impl Context {
         for acc in [&mut *acc_ap, &mut *acc_bp] {
             self.ntt_p.backward_unnormalized(acc);
         }
+        self.mod_down_add_all(ct, out, scratch);
+    }
+
+    /// The division by P of the four accumulators in `scratch` (inverse
+    /// transformed) into `out`.
+    fn mod_down_add_all(&self, ct: &Ciphertext, out: &mut Ciphertext, scratch: &KeySwitchScratch) {
+        let (q, p, n) = (self.q(), self.params().p(), self.n());
+        let rns = &self.rns_ks;
+        let [acc_aq, acc_bq] = &scratch.acc_q;
+        let [acc_ap, acc_bp] = &scratch.acc_p;
         // Divide by P with rounding, limb by limb: (x_qi − [x_P]) · P^-1 mod
         // q_i, [·] centred (P is one prime, so [x_P] is the same integer in
         // every limb); then out += (−a, b' − b).
@@ -731,6 +1062,106 @@ impl Context {
                 (&mut out.a[r.clone()], &mut out.b[r]),
             );
         }
+    }
+
+    /// [`key_switch_add`](Self::key_switch_add) on the b-sets' one limb
+    /// (`RnsKeySwitch::fused_one_limb_serves`), the same integers with
+    /// fewer passes: the digit kernels write the residues mod q and mod P
+    /// directly (no signed digit rows, no `digits_mod` passes), every
+    /// digit is transformed first (mod P in 32-bit words by `ntt_p`, the
+    /// plan of [`NttPlan::narrow`](crate::math::NttPlan::narrow), the
+    /// domain the key's P rows are in), and then one pass per prime forms
+    /// both key products over all levels (no accumulator passes; the sums
+    /// are reduced once).
+    fn key_switch_add_one_limb(
+        &self,
+        key: &GaloisKey,
+        ct: &Ciphertext,
+        out: &mut Ciphertext,
+        scratch: &mut KeySwitchScratch,
+        ntt_p: &tfhe_ntt::prime32::Plan,
+    ) {
+        let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
+        let levels = self.params().gadget_levels();
+        let base_log = self.params().gadget_base_log();
+        let moduli = (q.value(), p.value());
+        let (dq, dp) = (
+            &mut scratch.dq[..levels * n],
+            &mut scratch.dp32[..levels * n],
+        );
+        // The centred residues become the rest after each digit and, at
+        // the end, the top digit (as `decompose_one_limb`).
+        let rest = &mut scratch.digits[0][..n];
+        simd::centre(q.value(), &ct.a[..n], rest);
+        for (cq, cp) in dq
+            .chunks_exact_mut(n)
+            .zip(dp.chunks_exact_mut(n))
+            .take(levels - 1)
+        {
+            simd::digit_step_residues(base_log, moduli, rest, cq, cp);
+        }
+        let top = (levels - 1) * n..levels * n;
+        simd::top_residues(moduli, rest, &mut dq[top.clone()], &mut dp[top]);
+        for (cq, cp) in dq.chunks_exact_mut(n).zip(dp.chunks_exact_mut(n)) {
+            self.ntt_q.forward(cq);
+            ntt_p.fwd(cp);
+        }
+        let [acc_aq, acc_bq] = &mut scratch.acc_q;
+        let [acc_ap, acc_bp] = &mut scratch.acc_p32;
+        let (dq, dp) = (&*dq, &*dp);
+        fn rows<T, const L: usize>(v: &[T], n: usize) -> [&[T]; L] {
+            std::array::from_fn(|j| &v[j * n..(j + 1) * n])
+        }
+        fn keys<const L: usize>(k: &[Vec<u64>]) -> [&[u64]; L] {
+            std::array::from_fn(|j| &k[j][..])
+        }
+        let (ka_q, kb_q, ka_p, kb_p) = (&key.a_q, &key.b_q, &key.a_p, &key.b_p);
+        let p = p.value();
+        match levels {
+            3 => {
+                simd::key_product_solinas::<3>(
+                    rows(dq, n),
+                    (keys(ka_q), keys(kb_q)),
+                    acc_aq,
+                    acc_bq,
+                );
+                simd::key_product_small::<3>(
+                    p,
+                    rows(dp, n),
+                    (keys(ka_p), keys(kb_p)),
+                    acc_ap,
+                    acc_bp,
+                );
+            }
+            _ => {
+                debug_assert_eq!(levels, 4, "fused_one_limb_serves");
+                simd::key_product_solinas::<4>(
+                    rows(dq, n),
+                    (keys(ka_q), keys(kb_q)),
+                    acc_aq,
+                    acc_bq,
+                );
+                simd::key_product_small::<4>(
+                    p,
+                    rows(dp, n),
+                    (keys(ka_p), keys(kb_p)),
+                    acc_ap,
+                    acc_bp,
+                );
+            }
+        }
+        // The inverse transforms mod P in 32-bit words, widened for the
+        // division by P.
+        for (narrow, wide) in scratch.acc_p32.iter_mut().zip(&mut scratch.acc_p) {
+            ntt_p.inv(narrow);
+            for (w, &x) in wide.iter_mut().zip(narrow.iter()) {
+                *w = x as u64;
+            }
+        }
+        for acc in &mut scratch.acc_q {
+            self.ntt_q.backward_unnormalized(acc);
+        }
+        self.mod_down_add_all(ct, out, scratch);
     }
 
     /// `KS_g(τ_g(ct))`: the automorphism applied homomorphically.
@@ -843,6 +1274,44 @@ mod tests {
                 "{set}, g = {g}: the kernels differ from the reference"
             );
             assert!(fast != start);
+        }
+    }
+
+    // SIMD-1: the fused one-limb path and the per-level path are the same
+    // key switch, bit for bit, on every set the fused path serves.
+    #[test]
+    fn fused_one_limb_key_switch_matches_the_per_level_one() {
+        for set in ["b8", "b16", "b24", "wide"] {
+            let ctx = Context::new(crate::params::ParameterSet::shipped(set).unwrap());
+            let (q, n, levels) = (ctx.q(), ctx.n(), ctx.params().gadget_levels());
+            assert!(
+                ctx.rns_ks.fused_one_limb_serves(ctx.params().p(), levels),
+                "{set}"
+            );
+            let mut rng = crate::rng::Csprng::from_seed([9; 16]);
+            let sk = super::super::SecretKey::generate(&ctx, &mut rng);
+            let key = super::super::SeededGaloisKey::generate(&ctx, &sk, 5, &mut rng).expand(&ctx);
+            let mut a = random_residues(q, n, &mut rng);
+            // The centring edges and the ends of [0, q).
+            let qv = q.limb(0).value();
+            a[..4].copy_from_slice(&[0, qv / 2, qv / 2 + 1, qv - 1]);
+            let ct = Ciphertext {
+                a,
+                b: random_residues(q, n, &mut rng),
+                n,
+            };
+            let start = Ciphertext {
+                a: random_residues(q, n, &mut rng),
+                b: random_residues(q, n, &mut rng),
+                n,
+            };
+            let (mut fused, mut per_level) = (start.clone(), start.clone());
+            let mut scratch = KeySwitchScratch::new(n, levels, q.len());
+            let p32 = ctx.ntt_p.narrow().expect("P < 2^31");
+            ctx.key_switch_add_one_limb(&key, &ct, &mut fused, &mut scratch, p32);
+            ctx.key_switch_add_rns(&key, &ct, &mut per_level, &mut scratch);
+            assert!(fused == per_level, "{set}: the fused path differs");
+            assert!(fused != start);
         }
     }
 
@@ -1098,6 +1567,168 @@ mod tests {
             let expect: Vec<u64> = d.iter().map(|&x| m.from_i64(x)).collect();
             prop_assert_eq!(&fast, &expect);
             prop_assert_eq!(&scalar, &expect);
+        }
+    }
+
+    /// `L` rows of `n` residues mod `m` from `rng`, with the edges 0 and
+    /// m − 1 in every row (so max digits meet max keys) and an all-zero
+    /// stretch.
+    fn edge_rows(m: u64, n: usize, count: usize, rng: &mut crate::rng::Csprng) -> Vec<Vec<u64>> {
+        (0..count)
+            .map(|_| {
+                let mut v = vec![0u64; n];
+                rng.fill_uniform(&mut v, m);
+                v[..6].copy_from_slice(&[0, m - 1, m - 1, 1, m / 2, m / 2 + 1]);
+                v[6..10].fill(0);
+                v
+            })
+            .collect()
+    }
+
+    /// The key product as the per-level path forms it: accumulate passes
+    /// with `Modulus` ops.
+    fn key_product_reference(m: Modulus, d: &[Vec<u64>], k: &[Vec<u64>]) -> Vec<u64> {
+        let mut acc = vec![0u64; d[0].len()];
+        for (dj, kj) in d.iter().zip(k) {
+            for ((a, &x), &y) in acc.iter_mut().zip(dj).zip(kj) {
+                *a = m.add(*a, m.mul(x, y));
+            }
+        }
+        acc
+    }
+
+    fn rows<T, const L: usize>(v: &[Vec<T>]) -> [&[T]; L] {
+        std::array::from_fn(|j| &v[j][..])
+    }
+
+    fn key_product_matches<const L: usize>(seed: [u8; 16], p: u64) -> Result<(), TestCaseError> {
+        let n = 67; // not a multiple of any vector width
+        let mut rng = crate::rng::Csprng::from_seed(seed);
+        for m in [SOLINAS, p] {
+            let modulus = Modulus::new(m).unwrap();
+            let (d, ka, kb) = (
+                edge_rows(m, n, L, &mut rng),
+                edge_rows(m, n, L, &mut rng),
+                edge_rows(m, n, L, &mut rng),
+            );
+
+            let expect = (
+                key_product_reference(modulus, &d, &ka),
+                key_product_reference(modulus, &d, &kb),
+            );
+            let (mut fast_a, mut fast_b) = (vec![1u64; n], vec![1u64; n]);
+            let (mut scalar_a, mut scalar_b) = (vec![1u64; n], vec![1u64; n]);
+            if m == SOLINAS {
+                simd::key_product_solinas::<L>(
+                    rows(&d),
+                    (rows(&ka), rows(&kb)),
+                    &mut fast_a,
+                    &mut fast_b,
+                );
+                simd::key_product_solinas_kernel::<L>(
+                    rows(&d),
+                    (rows(&ka), rows(&kb)),
+                    &mut scalar_a,
+                    &mut scalar_b,
+                );
+            } else {
+                // The digits mod P in 32-bit words, as the fused path keeps them.
+                let d32: Vec<Vec<u32>> = d
+                    .iter()
+                    .map(|r| r.iter().map(|&x| x as u32).collect())
+                    .collect();
+                let (mut f32a, mut f32b) = (vec![1u32; n], vec![1u32; n]);
+                let (mut s32a, mut s32b) = (vec![1u32; n], vec![1u32; n]);
+                simd::key_product_small::<L>(
+                    m,
+                    rows(&d32),
+                    (rows(&ka), rows(&kb)),
+                    &mut f32a,
+                    &mut f32b,
+                );
+                simd::key_product_small_kernel::<L>(
+                    m,
+                    rows(&d32),
+                    (rows(&ka), rows(&kb)),
+                    &mut s32a,
+                    &mut s32b,
+                );
+                let widen = |v: &[u32]| -> Vec<u64> { v.iter().map(|&x| x as u64).collect() };
+                (fast_a, fast_b, scalar_a, scalar_b) =
+                    (widen(&f32a), widen(&f32b), widen(&s32a), widen(&s32b));
+            }
+            prop_assert_eq!((&fast_a, &fast_b), (&expect.0, &expect.1), "modulus {}", m);
+            prop_assert_eq!(
+                (&scalar_a, &scalar_b),
+                (&expect.0, &expect.1),
+                "modulus {}",
+                m
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // SIMD-1: the fused key products (Solinas q; P < 2^32 summed
+        // lazily), dispatched and scalar, are the accumulate passes' sums,
+        // for 3 and 4 levels, with zeros and m − 1 (the largest products)
+        // in every row; P = the b-sets' and the largest prime below 2^32
+        // that 3 levels allow.
+        #[test]
+        fn key_products_match_accumulate_passes(
+            seed in any::<[u8; 16]>(),
+            p in prop_oneof![Just(2147377153u64), Just(2479620097u64)],
+        ) {
+            key_product_matches::<3>(seed, p)?;
+            if 4 * (p as u128 - 1) * (p as u128 - 1) <= u64::MAX as u128 {
+                key_product_matches::<4>(seed, p)?;
+            }
+        }
+
+        // SIMD-1: the fused digit kernels (dispatched and scalar) write
+        // the residues mod q and mod P of `Decomposer::digits`.
+        #[test]
+        fn digit_residue_kernels_match_digits(
+            seed in any::<[u8; 16]>(),
+            (b, l) in prop_oneof![Just((22u32, 3usize)), Just((16, 4))],
+        ) {
+            let (q, p) = (Modulus::new(SOLINAS).unwrap(), Modulus::new(2147377153).unwrap());
+            let dec = Decomposer::new(b, l).unwrap();
+            let mut a = one_limb_edges(SOLINAS, b, l);
+            let mut rng = crate::rng::Csprng::from_seed(seed);
+            let mut random = vec![0u64; 67];
+            rng.fill_uniform(&mut random, SOLINAS);
+            a.extend(random);
+            let n = a.len();
+            let moduli = (SOLINAS, p.value());
+            let run = |fast: bool| {
+                let (mut rq, mut rp) = (vec![vec![0u64; n]; l], vec![vec![0u32; n]; l]);
+                let mut rest = vec![0i64; n];
+                simd::centre(SOLINAS, &a, &mut rest);
+                for j in 0..l - 1 {
+                    if fast {
+                        simd::digit_step_residues(b, moduli, &mut rest, &mut rq[j], &mut rp[j]);
+                    } else {
+                        simd::digit_step_residues_kernel(b, moduli, &mut rest, &mut rq[j], &mut rp[j]);
+                    }
+                }
+                if fast {
+                    simd::top_residues(moduli, &rest, &mut rq[l - 1], &mut rp[l - 1]);
+                } else {
+                    simd::top_residues_kernel(moduli, &rest, &mut rq[l - 1], &mut rp[l - 1]);
+                }
+                (rq, rp)
+            };
+            let (fast, scalar) = (run(true), run(false));
+            prop_assert_eq!(&fast, &scalar);
+            let mut expect = vec![0i64; l];
+            for (i, &x) in a.iter().enumerate() {
+                dec.digits(q, x, &mut expect);
+                for (j, &d) in expect.iter().enumerate() {
+                    prop_assert_eq!(fast.0[j][i], q.from_i64(d), "x = {}, digit {}", x, j);
+                    prop_assert_eq!(fast.1[j][i] as u64, p.from_i64(d), "x = {}, digit {}", x, j);
+                }
+            }
         }
     }
 
