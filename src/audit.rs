@@ -2395,31 +2395,33 @@ fn check_layout(shape: &Conv2dShape) -> Option<Vec<Vec<Region>>> {
             })
         })
     };
+    // The rows of one session's regions: as many as fit.
     let most = ((shape.in_height + gap) / (1 + gap)).min(regions);
-    let (per_session, height) = (1..=most).rev().find_map(|m| {
+    let slots = (1..=most).rev().find_map(|m| {
         let height = (shape.in_height - gap * (m - 1)) / m;
-        let at = |k: usize| k * (height + gap)..k * (height + gap) + height;
-        (0..m)
-            .all(|k| seen_by_every_kernel_row(&at(k)))
-            .then_some((m, height))
+        let rows: Vec<_> = (0..m)
+            .map(|k| k * (height + gap)..k * (height + gap) + height)
+            .collect();
+        rows.iter().all(seen_by_every_kernel_row).then_some(rows)
     })?;
-    let set = |i: usize| {
-        if i < cin {
-            Set::Band(i)
-        } else {
-            Set::Pair(i - cin + 1)
-        }
-    };
-    let sessions = (0..regions)
-        .collect::<Vec<_>>()
-        .chunks(per_session)
+    let sets: Vec<Set> = (0..regions)
+        .map(|i| {
+            if i < cin {
+                Set::Band(i)
+            } else {
+                Set::Pair(i - cin + 1)
+            }
+        })
+        .collect();
+    let sessions = sets
+        .chunks(slots.len())
         .map(|chunk| {
             chunk
                 .iter()
-                .enumerate()
-                .map(|(k, &i)| Region {
-                    rows: k * (height + gap)..k * (height + gap) + height,
-                    set: set(i),
+                .zip(&slots)
+                .map(|(&set, rows)| Region {
+                    rows: rows.clone(),
+                    set,
                 })
                 .collect()
         })
@@ -2433,29 +2435,19 @@ fn check_layout(shape: &Conv2dShape) -> Option<Vec<Vec<Region>>> {
 /// every pairing of the g slices of channel c > 0 with those of channel 0
 /// (sorted, each set once; at most [`MAX_KERNEL_SOLUTIONS`]).
 fn whole_kernels(per_channel: &[(i64, usize, Vec<Kernels>)], g: usize) -> Vec<Kernels> {
-    let mut sets: Vec<Vec<Vec<i64>>> = vec![vec![Vec::new(); g]];
+    let mut sets: Vec<Kernels> = vec![vec![Vec::new(); g]];
     for (i, (_, _, solutions)) in per_channel.iter().enumerate() {
         let orders = if i == 0 {
             vec![(0..g).collect()]
         } else {
             permutations(g, MAX_KERNEL_SOLUTIONS)
         };
-        let mut next: Vec<Vec<Vec<i64>>> = Vec::new();
-        'grow: for partial in &sets {
-            for slices in solutions.iter().filter(|s| s.len() == g) {
-                for order in &orders {
-                    if next.len() >= MAX_KERNEL_SOLUTIONS {
-                        break 'grow;
-                    }
-                    let mut grown = partial.clone();
-                    for (j, kernel) in grown.iter_mut().enumerate() {
-                        kernel.extend_from_slice(&slices[order[j]]);
-                    }
-                    next.push(grown);
-                }
-            }
-        }
-        sets = next;
+        sets = extend_sets(&sets, || {
+            solutions
+                .iter()
+                .filter(|s| s.len() == g)
+                .flat_map(|slices| orders.iter().map(|order| order_slices(slices, order)))
+        });
     }
     let distinct: std::collections::BTreeSet<Kernels> = sets
         .into_iter()
@@ -2492,7 +2484,7 @@ fn paired_kernels(
             let mut fitting = Vec::new();
             for slices in solutions.iter().filter(|s| s.len() == g) {
                 for order in &orders {
-                    let paired: Kernels = (0..g).map(|j| slices[order[j]].clone()).collect();
+                    let paired = order_slices(slices, order);
                     // Kernels with zero slices but at 0 and c.
                     let kernels: Kernels = (0..g)
                         .map(|j| {
@@ -2511,20 +2503,7 @@ fn paired_kernels(
         }
         let mut sets: Vec<Kernels> = vec![zero.clone()];
         for fitting in &choices {
-            let mut next = Vec::new();
-            'grow: for partial in &sets {
-                for paired in fitting {
-                    if next.len() >= MAX_KERNEL_SOLUTIONS {
-                        break 'grow;
-                    }
-                    let mut grown = partial.clone();
-                    for (kernel, slice) in grown.iter_mut().zip(paired) {
-                        kernel.extend_from_slice(slice);
-                    }
-                    next.push(grown);
-                }
-            }
-            sets = next;
+            sets = extend_sets(&sets, || fitting.iter().cloned());
         }
         for mut set in sets {
             set.sort();
@@ -2535,6 +2514,34 @@ fn paired_kernels(
         }
     }
     out.into_iter().collect()
+}
+
+/// `slices` in `order`: slice `order[j]` for kernel j.
+fn order_slices(slices: &[Vec<i64>], order: &[usize]) -> Kernels {
+    order.iter().map(|&o| slices[o].clone()).collect()
+}
+
+/// One input channel's step in building whole kernels: every partial set
+/// of `sets` extended by every choice of `choices` (g slices, slice j
+/// appended to kernel j), at most [`MAX_KERNEL_SOLUTIONS`] in all.
+fn extend_sets<I: Iterator<Item = Kernels>>(
+    sets: &[Kernels],
+    choices: impl Fn() -> I,
+) -> Vec<Kernels> {
+    let mut next = Vec::new();
+    for partial in sets {
+        for choice in choices() {
+            if next.len() >= MAX_KERNEL_SOLUTIONS {
+                return next;
+            }
+            let mut grown = partial.clone();
+            for (kernel, slice) in grown.iter_mut().zip(&choice) {
+                kernel.extend_from_slice(slice);
+            }
+            next.push(grown);
+        }
+    }
+    next
 }
 
 /// Up to `cap` permutations of 0..n, in lexicographic order.
