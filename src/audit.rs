@@ -320,6 +320,10 @@ pub struct StageReport {
     /// For the d + 1 attacks on the logits behind element-shuffled rounds
     /// (AUDIT-6, AUDIT-9): which of the layer's columns came from where.
     pub columns: Option<ColumnSources>,
+    /// For the d + 1 attacks on a mat-vec in the last round under a noisy
+    /// policy (DP-8, AUDIT-6): the column estimates and their error.
+    /// [`weight_error`](Self::weight_error) then holds the same mean error.
+    pub noisy_columns: Option<NoisyColumns>,
     /// Why the stage ended as it did (why no attack ran, why one stopped,
     /// the policy's refusal), in words; empty when there is nothing to add.
     pub note: String,
@@ -345,6 +349,50 @@ pub struct ColumnSources {
     pub blind_sessions: u64,
 }
 
+/// AUDIT-6 under DP noise: what the d + 1 attacks' column readings are
+/// worth. Each column session raises one slot by v and reads v·column plus
+/// the difference of two independent noise draws (this session's and the
+/// base session's), so the client's estimate of the column is
+/// (reading − base)/v, real-valued, with an error per weight of variance
+/// ≈ 2σ²/v² (DP-8's discrete Gaussian has variance at most σ²).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoisyColumns {
+    /// σ of the policy's noise, in accumulator units (the logits' units).
+    pub sigma: u32,
+    /// The step v of the raised slot: the largest the declared input range
+    /// allows (base its minimum, v its width).
+    pub step: i64,
+    /// Column estimates made: one per column session, none merged. Under
+    /// noise two readings of one column differ, and the blind d + 1 does
+    /// not de-duplicate them (nor stop at d distinct ones, which it can no
+    /// longer tell): it runs to the budget or its session cap.
+    pub estimates: usize,
+    /// The distinct true columns that at least one estimate was matched
+    /// to, of [`columns_total`](Self::columns_total).
+    pub columns_covered: usize,
+    /// The distinct columns of the layer (the blind d + 1's targets; the
+    /// positions, for the d + 1 at known positions).
+    pub columns_total: usize,
+    /// Mean absolute error per weight of the estimates against the true
+    /// column each is matched to.
+    pub mean_abs_error: f64,
+    /// What σ alone predicts for [`mean_abs_error`](Self::mean_abs_error):
+    /// E|N₁ − N₀|/v = 2σ/(v·√π) ≈ 1.13·σ/v for the difference of two
+    /// independent N(0, σ²) (the discrete Gaussian's is within a hair of
+    /// it for σ ≥ 1).
+    pub expected_error: f64,
+    /// The mean |w| of the layer's distinct columns: the error of guessing
+    /// 0 for every weight, for scale.
+    pub zero_guess_error: f64,
+    /// Whether each estimate was matched to the true column nearest to it
+    /// (L1), i.e. through the audited model: the blind d + 1 does not know
+    /// which column a session raised, so this is the auditor's
+    /// measurement, not the attacker's knowledge, and a lower bound on the
+    /// error against the column actually raised. `false` when the
+    /// session's position is known (d + 1 on an unshuffled input).
+    pub matched_by_model: bool,
+}
+
 /// The audit of one model under one policy (AUDIT-2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditReport {
@@ -362,6 +410,8 @@ pub struct AuditReport {
     pub budget: u64,
     /// PROTO-6's cheapest stage: (queries, round).
     pub threshold: Option<(u64, usize)>,
+    /// σ of the policy's DP noise (DP-8), `None` for a policy without.
+    pub dp_sigma: Option<u32>,
     /// Sessions used by all attacks together, under one identity.
     pub sessions: u64,
     /// One report per stage, in round order.
@@ -460,6 +510,7 @@ pub fn audit_with(
         set: ctx.params().name().to_owned(),
         budget: policy.query_budget(),
         threshold: policy.attack_threshold(&compiled),
+        dp_sigma: policy.dp_sigma(),
         sessions: 0,
         malicious_key: None,
         stages: compiled
@@ -484,6 +535,7 @@ pub fn audit_with(
                 bias_error: None,
                 weight_error: None,
                 columns: None,
+                noisy_columns: None,
                 note: String::new(),
             })
             .collect(),
@@ -689,6 +741,7 @@ fn weight_attack(
 ) -> Result<(), AuditError> {
     let stage = &model.stages()[r];
     let unit = report.granularity;
+    let sigma = report.dp_sigma;
     let entry = &mut report.stages[r];
     if stage.has_public_weights() {
         entry.note = "fixed 0/1 weights: nothing to recover".into();
@@ -712,7 +765,7 @@ fn weight_attack(
     match (stage.conv_shape(), unit) {
         (Some(_), ShuffleUnit::Channel) => channel_chain(oracle, model, spec, r, known, entry),
         (None, _) if r + 1 == model.rounds() && (r == 0 || unit == ShuffleUnit::Channel) => {
-            d_plus_one(oracle, model, spec, r, known, entry)
+            d_plus_one(oracle, model, spec, r, known, sigma, entry)
         }
         (Some(_), ShuffleUnit::Element) => match base {
             Some(base) => pixel_probes(
@@ -750,9 +803,9 @@ fn weight_attack(
                         complete,
                         base,
                     };
-                    located_columns(oracle, model, spec, r, known, located, entry)
+                    located_columns(oracle, model, spec, r, known, located, sigma, entry)
                 }
-                None => blind_columns(oracle, model, spec, r, entry),
+                None => blind_columns(oracle, model, spec, r, sigma, entry),
             }
         }
         (None, _) if r > 0 => {
@@ -1053,6 +1106,70 @@ fn probe_step((lo, hi): (i64, i64)) -> (i64, i64) {
     }
 }
 
+/// The base and step of a d + 1 probe under DP noise (AUDIT-6): the
+/// reading is v·column plus noise whose size does not depend on v, so the
+/// base is the range's minimum and v its whole width, the largest step the
+/// declared range allows (the same as [`probe_step`] when the range starts
+/// at 0, as a requantisation clamp's does).
+fn noisy_probe_step((lo, hi): (i64, i64)) -> (i64, i64) {
+    (lo, hi - lo)
+}
+
+/// AUDIT-6 under DP noise: the column estimates' error. Each estimate is
+/// (reading − base)/v, with the index of its true column among `truth`
+/// when the session's position is known, or `None` when it is not (the
+/// blind d + 1): it is then matched to the column of `truth` nearest to it
+/// in L1, through the audited model.
+fn noisy_columns(
+    estimates: &[(Option<usize>, Vec<f64>)],
+    truth: &[Vec<i64>],
+    sigma: u32,
+    step: i64,
+) -> NoisyColumns {
+    let distance = |k: usize, e: &[f64]| -> f64 {
+        truth[k]
+            .iter()
+            .zip(e)
+            .map(|(&w, &x)| (x - w as f64).abs())
+            .sum()
+    };
+    let mut covered = vec![false; truth.len()];
+    let (mut error, mut weights) = (0f64, 0usize);
+    for (at, e) in estimates {
+        let nearest =
+            || (0..truth.len()).min_by(|&a, &b| distance(a, e).total_cmp(&distance(b, e)));
+        if let Some(k) = at.or_else(nearest) {
+            covered[k] = true;
+            error += distance(k, e);
+            weights += e.len();
+        }
+    }
+    NoisyColumns {
+        sigma,
+        step,
+        estimates: estimates.len(),
+        columns_covered: covered.iter().filter(|&&c| c).count(),
+        columns_total: truth.len(),
+        mean_abs_error: error / weights.max(1) as f64,
+        expected_error: 2.0 * f64::from(sigma) / (step as f64 * std::f64::consts::PI.sqrt()),
+        zero_guess_error: truth
+            .iter()
+            .flatten()
+            .map(|w| w.unsigned_abs() as f64)
+            .sum::<f64>()
+            / truth.iter().map(Vec::len).sum::<usize>().max(1) as f64,
+        matched_by_model: estimates.iter().any(|(at, _)| at.is_none()),
+    }
+}
+
+/// (reading − base)/v, the client's estimate of one column under noise.
+fn column_estimate(y: &[i64], y0: &[i64], v: i64) -> Vec<f64> {
+    y.iter()
+        .zip(y0)
+        .map(|(a, b)| (a - b) as f64 / v as f64)
+        .collect()
+}
+
 /// Whether the base session's outputs `y0` (upload `base` in every slot)
 /// minus W·base are exactly the stage's biases.
 fn bias_matches(y0: &[i64], shape: &MatVecShape, w: &[i64], b: &[i64], base: i64) -> bool {
@@ -1171,6 +1288,7 @@ fn d_plus_one(
     spec: crate::model::InputSpec,
     r: usize,
     known: &[Option<Known>],
+    sigma: Option<u32>,
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
     entry.attack = if r == 0 { "d + 1" } else { "d + 1, located" };
@@ -1195,17 +1313,26 @@ fn d_plus_one(
     let (true_w, true_b) = stage.weights_and_bias();
     let mut at_base: Option<Vec<i64>> = None;
     let (mut columns, mut probe) = (0usize, (0i64, 0i64));
+    // Under noise (AUDIT-6): (true column, estimate) per column session.
+    let mut estimates: Vec<(Option<usize>, Vec<f64>)> = Vec::new();
+    let mut budget_hit = false;
     for q in 0..=shape.cols {
         let (mut live, slots, range) = match advance(oracle, model, spec, r, known)? {
             Advanced::Ready { live, slots, range } => (live, slots, range),
-            Advanced::Budget => break,
+            Advanced::Budget => {
+                budget_hit = true;
+                break;
+            }
             Advanced::Lost(why) => {
                 entry.note = why;
                 return Ok(());
             }
         };
         entry.sessions += 1;
-        probe = probe_step(range);
+        probe = match sigma {
+            Some(_) => noisy_probe_step(range),
+            None => probe_step(range),
+        };
         let (base, v) = probe;
         if v == 0 {
             entry.note = "the input range holds one value: nothing to probe".into();
@@ -1225,6 +1352,9 @@ fn d_plus_one(
         let true_j = previous[j / block] * block + j % block;
         let exact = (0..shape.rows).all(|i| (y[i] - y0[i]) == v * true_w[i * shape.cols + true_j]);
         columns += usize::from(exact);
+        if sigma.is_some() {
+            estimates.push((Some(true_j), column_estimate(&y, y0, v)));
+        }
     }
     let bias_exact = columns == shape.cols
         && at_base
@@ -1233,19 +1363,33 @@ fn d_plus_one(
     entry.weights.0 = columns * shape.rows;
     entry.outcome = if columns == shape.cols && bias_exact {
         Outcome::Recovered
-    } else {
+    } else if budget_hit || sigma.is_none() {
         Outcome::StoppedByBudget
+    } else {
+        Outcome::Approximate
     };
     entry.note = format!(
         "{columns} of {} columns exact in {} sessions{}",
         shape.cols,
         entry.sessions,
-        if columns < shape.cols {
+        if budget_hit {
             " before the budget ran out"
         } else {
             ""
         }
     );
+    if let Some(sigma) = sigma {
+        let truth: Vec<Vec<i64>> = (0..shape.cols)
+            .map(|j| {
+                (0..shape.rows)
+                    .map(|i| true_w[i * shape.cols + j])
+                    .collect()
+            })
+            .collect();
+        let noisy = noisy_columns(&estimates, &truth, sigma, probe.1);
+        entry.weight_error = Some(noisy.mean_abs_error);
+        entry.noisy_columns = Some(noisy);
+    }
     Ok(())
 }
 
@@ -1755,7 +1899,7 @@ fn pixel_probes(
     let mut bias_classes: Vec<(i64, usize)> = Vec::new();
     for (&b, &n) in &base {
         if n % positions != 0 {
-            entry.note = "the bias probe's values are not whole planes of equal biases (DP noise?): the probes' reading needs exact values, so the weights are not attacked; the bias estimate averages each channel's copies".into();
+            entry.note = "the bias probe's values are not whole planes of equal biases (DP noise?): the probes' reading needs exact values, so the weights are not attacked; this is a gap in the tool (no noisy reading of the probes yet), not a protection the noise is shown to give; the bias estimate averages each channel's copies".into();
             return Ok(());
         }
         bias_classes.push((b, n / positions));
@@ -2987,6 +3131,7 @@ fn blind_columns(
     model: &CompiledModel,
     spec: crate::model::InputSpec,
     r: usize,
+    sigma: Option<u32>,
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
     entry.attack = "blind d + 1";
@@ -3008,7 +3153,10 @@ fn blind_columns(
         }
     }
     let ranges = upload_ranges(model, spec, r);
-    let (base, v) = probe_step(ranges[r]);
+    let (base, v) = match sigma {
+        Some(_) => noisy_probe_step(ranges[r]),
+        None => probe_step(ranges[r]),
+    };
     if v == 0 {
         entry.note = "the input range holds one value: nothing to probe".into();
         return Ok(());
@@ -3019,6 +3167,8 @@ fn blind_columns(
     // Columns seen (as v·column differences), and the true columns matched.
     let mut seen: Vec<Vec<i64>> = Vec::new();
     let mut matched = vec![false; distinct.len()];
+    // Under noise (AUDIT-6): every session's estimate, none merged.
+    let mut estimates: Vec<(Option<usize>, Vec<f64>)> = Vec::new();
     let mut budget_hit = false;
     for q in 0..cap {
         let mut live = match oracle.open() {
@@ -3048,6 +3198,9 @@ fn blind_columns(
             continue;
         };
         let diff: Vec<i64> = y.iter().zip(y0).map(|(a, b)| a - b).collect();
+        if sigma.is_some() {
+            estimates.push((None, column_estimate(&y, y0, v)));
+        }
         if !seen.contains(&diff) {
             // Exact when it is v times a true column not matched yet.
             if let Some(k) = (0..distinct.len())
@@ -3057,7 +3210,10 @@ fn blind_columns(
             }
             seen.push(diff);
         }
-        if seen.len() == distinct.len() {
+        // Under noise equal differences no longer mean one column, nor
+        // different ones two: the count of distinct differences says
+        // nothing, and the collection runs to the budget or the cap.
+        if sigma.is_none() && seen.len() == distinct.len() {
             break;
         }
     }
@@ -3072,6 +3228,8 @@ fn blind_columns(
         Outcome::Recovered
     } else if budget_hit {
         Outcome::StoppedByBudget
+    } else if sigma.is_some() {
+        Outcome::Approximate
     } else {
         Outcome::Partial
     };
@@ -3082,10 +3240,15 @@ fn blind_columns(
         m * (1..=distinct.len()).map(|k| 1.0 / k as f64).sum::<f64>(),
         match entry.outcome {
             Outcome::StoppedByBudget => " before the budget ran out",
-            Outcome::Partial => " before the tool's session cap",
+            Outcome::Partial | Outcome::Approximate => " before the tool's session cap",
             _ => "",
         }
     );
+    if let Some(sigma) = sigma {
+        let noisy = noisy_columns(&estimates, &distinct, sigma, v);
+        entry.weight_error = Some(noisy.mean_abs_error);
+        entry.noisy_columns = Some(noisy);
+    }
     Ok(())
 }
 
@@ -3229,6 +3392,7 @@ fn column_session(
 /// round recovered only in part, the open channels' positions cannot be
 /// located: their columns are collected blind (AUDIT-6), each session
 /// raising a slot no recovered channel's prediction explains.
+#[allow(clippy::too_many_arguments)]
 fn located_columns(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
@@ -3236,6 +3400,7 @@ fn located_columns(
     r: usize,
     known: &[Option<Known>],
     located: Located<'_>,
+    sigma: Option<u32>,
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
     let stage = &model.stages()[r];
@@ -3251,7 +3416,7 @@ fn located_columns(
     );
     if zero != 0 || v == 0 || hw == 0 || shape.cols % hw != 0 {
         // The one-hot needs 0 around its raised slot, and whole planes.
-        return blind_columns(oracle, model, spec, r, entry);
+        return blind_columns(oracle, model, spec, r, sigma, entry);
     }
     entry.attack = if located.complete {
         "located d + 1"
@@ -3444,6 +3609,11 @@ impl AuditReport {
             self.budget,
             self.set
         );
+        if let Some(sigma) = self.dp_sigma {
+            out.push_str(&format!(
+                "DP-8: discrete Gaussian noise of σ = {sigma} on every released value\n"
+            ));
+        }
         if let Some((q, r)) = self.threshold {
             out.push_str(&format!(
                 "PROTO-6: the cheapest stage (round {r}) falls to {q} chosen queries under the known attacks\n"
@@ -3475,7 +3645,25 @@ impl AuditReport {
                     ""
                 ));
             }
-            if let Some(e) = s.weight_error {
+            if let Some(n) = &s.noisy_columns {
+                out.push_str(&format!(
+                    "{:>14}noise (σ = {}, step v = {}): {} column estimates (reading − base)/v, not merged, matched to {} of {} distinct columns{}; off by {:.2} per weight on average, where σ alone predicts 2σ/(v·√π) = {:.2} (guessing 0: {:.2})\n",
+                    "",
+                    n.sigma,
+                    n.step,
+                    n.estimates,
+                    n.columns_covered,
+                    n.columns_total,
+                    if n.matched_by_model {
+                        " (each to its nearest true column: the auditor's measurement, through the model, not the attacker's knowledge)"
+                    } else {
+                        " (at their known positions)"
+                    },
+                    n.mean_abs_error,
+                    n.expected_error,
+                    n.zero_guess_error
+                ));
+            } else if let Some(e) = s.weight_error {
                 out.push_str(&format!(
                     "{:>14}noise: the weight attack is off by {e:.2} per parameter on average\n",
                     ""
@@ -3514,6 +3702,7 @@ impl AuditReport {
             "set": self.set,
             "budget": self.budget,
             "threshold": self.threshold.map(|(q, r)| serde_json::json!({"queries": q, "round": r})),
+            "dp_sigma": self.dp_sigma,
             "sessions": self.sessions,
             "stages": self.stages.iter().map(|s| serde_json::json!({
                 "round": s.round,
@@ -3528,6 +3717,17 @@ impl AuditReport {
                 "biases_total": s.biases.1,
                 "bias_error": s.bias_error,
                 "weight_error": s.weight_error,
+                "noisy_columns": s.noisy_columns.as_ref().map(|n| serde_json::json!({
+                    "sigma": n.sigma,
+                    "step": n.step,
+                    "estimates": n.estimates,
+                    "columns_covered": n.columns_covered,
+                    "columns_total": n.columns_total,
+                    "mean_abs_error": n.mean_abs_error,
+                    "expected_error": n.expected_error,
+                    "zero_guess_error": n.zero_guess_error,
+                    "matched_by_model": n.matched_by_model,
+                })),
                 "columns": s.columns.map(|c| serde_json::json!({
                     "total": c.total,
                     "located": c.located,

@@ -407,3 +407,46 @@ fn dp_sigma_flag_sets_the_noise_and_the_printed_epsilon() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--dp-sigma 4294967295"), "{stderr}");
 }
+
+// AUDIT-6, DP-8: `safhire audit --policy dp --dp-sigma S` reports the
+// logits' column estimates under that σ, in JSON and in the table: the
+// step v = 15 (the clamp's width), six estimates (budget 8: the bias probe
+// and the base session take two), and the error σ alone predicts,
+// 2σ/(v√π); round 0's conv is a gap in the tool, not a protection.
+#[test]
+fn audit_reports_the_noisy_column_error_at_the_flags_sigma() {
+    let out = safhire(&["audit", "--policy", "dp", "--dp-sigma", "400", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["dp_sigma"], 400);
+    let stages = report["stages"].as_array().unwrap();
+    let noisy = &stages[2]["noisy_columns"];
+    assert_eq!(stages[2]["attack"], "blind d + 1");
+    assert_eq!(noisy["sigma"], 400, "{noisy}");
+    assert_eq!(noisy["step"], 15, "{noisy}");
+    assert_eq!(noisy["estimates"], 6, "{noisy}");
+    assert_eq!(noisy["columns_total"], 64, "{noisy}");
+    assert_eq!(noisy["matched_by_model"], true, "{noisy}");
+    let predicted = 2.0 * 400.0 / (15.0 * std::f64::consts::PI.sqrt());
+    let expected = noisy["expected_error"].as_f64().unwrap();
+    assert!((expected - predicted).abs() < 1e-9, "{noisy}");
+    let measured = noisy["mean_abs_error"].as_f64().unwrap();
+    assert!(measured > 0.0 && measured.is_finite(), "{noisy}");
+    assert_eq!(stages[2]["weight_error"].as_f64(), Some(measured));
+    assert!(stages[0]["noisy_columns"].is_null());
+    assert!(
+        stages[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("gap in the tool"),
+        "{}",
+        stages[0]["note"]
+    );
+
+    let out = safhire(&["audit", "--policy", "dp"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("σ = 100"), "{stdout}");
+    assert!(stdout.contains("σ alone predicts"), "{stdout}");
+}
