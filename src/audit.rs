@@ -64,6 +64,11 @@
 //!
 //! Under a policy with DP noise (DP-8) the bias probe, the channel solve
 //! and d + 1 run and report their mean error instead of exact recovery.
+//! The d + 1 attacks (AUDIT-6) then raise a slot by the widest step the
+//! range allows, estimate each column as (reading − base)/v, keep every
+//! estimate (two readings of one column differ, so none is merged) and
+//! report the mean absolute error per weight against the nearest true
+//! column with what σ alone predicts, 2σ/(v·√π) ([`NoisyColumns`]).
 //! The pixel probes do not: their reading attributes each released value
 //! to an output channel through exact coincidences (three values on one
 //! line b + v·w through a bias, in three sessions shuffled apart), and
