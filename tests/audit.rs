@@ -836,3 +836,30 @@ fn noisy_blind_d_plus_one_reports_the_error_sigma_predicts() {
         other => panic!("{other:?}: {}", last.note),
     }
 }
+
+// AUDIT-3, AUDIT-6, DP-8: the d + 1 at known positions (an unshuffled
+// mat-vec) under noise: the budget of 8 covers the bias probe, the base and
+// all six columns, so the attack runs to its end and reports an
+// approximation, each estimate against the column at its position (no
+// matching through the model). A column is exact only if its four noise
+// differences are all 0 (each with probability ≈ 1/(2σ√π) < 3e-4 at
+// σ = 1000), so no weight is exact and the error is positive but with
+// probability < 6·(3e-4)^4 < 1e-13.
+#[test]
+fn noisy_d_plus_one_at_known_positions_estimates_every_column() {
+    let model = single_linear(6);
+    let report = audit(&model, noisy_element(1000), None).unwrap();
+    let stage = &report.stages[0];
+    assert_eq!(stage.attack, "d + 1");
+    assert_eq!(stage.outcome, Outcome::Approximate, "{}", stage.note);
+    assert_eq!(stage.weights, (0, 24), "{}", stage.note);
+    let noisy = stage.noisy_columns.clone().expect("noise reported");
+    assert_eq!(noisy.step, 15);
+    assert_eq!(
+        (noisy.estimates, noisy.columns_covered, noisy.columns_total),
+        (6, 6, 6)
+    );
+    assert!(!noisy.matched_by_model);
+    assert!(noisy.mean_abs_error > 0.0 && noisy.mean_abs_error.is_finite());
+    assert_eq!(stage.weight_error, Some(noisy.mean_abs_error));
+}
