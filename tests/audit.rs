@@ -357,9 +357,9 @@ fn conv_then_linear() -> Model {
 // AUDIT-6: behind an element-shuffled round the logits' columns still fall,
 // one per session and in an unknown order. With 9 columns the collection
 // takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 272 after the bias
-// probe and round 0's 27, and P[some column unseen after 271 column
-// sessions] ≤ 9·(8/9)^271 < 1e-12 (if two of the random columns coincide
-// the collection is shorter). The audit would run the cheaper located
+// probe and round 0's 27, more than the tool's cap of ⌈9·(ln 9 + 10)⌉ + 1 =
+// 111 sessions (110 columns), so P[some column unseen] ≤ 9·(8/9)^110 <
+// 3e-5 (if two of the random columns coincide the collection is shorter). The audit would run the cheaper located
 // d + 1 here (AUDIT-9), so the blind one is asked for. A budget that stops
 // round 0 leaves the blind d + 1 as the only attack, and stops it too.
 #[test]
