@@ -58,7 +58,9 @@ pub struct ServerKeys<'a> {
 }
 
 /// Repacks an upload into `stage`'s input layout (the unshuffle), then
-/// evaluates the stage and adds its bias.
+/// evaluates the stage and adds its bias; or, for a stage that reads its
+/// upload directly (ENG-10), lays the weights out for the upload as it
+/// arrived and evaluates them on it, with no repack.
 fn evaluate_stage(
     ctx: &Context,
     packer: &Packer<'_>,
@@ -67,6 +69,17 @@ fn evaluate_stage(
     phases: &mut RoundPhases,
 ) -> Result<Vec<Ciphertext>, EngineError> {
     let t = Instant::now();
+    if let Some(encoded) = stage.encode_for_upload(ctx, upload) {
+        // The per-round weight layout is part of the linear work.
+        let encoded = encoded?;
+        let inputs = &upload.ciphertexts()[..encoded.input_ciphertexts()];
+        let mut outputs = encoded.evaluate(ctx, inputs);
+        for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
+            ctx.add_plain(ct, bias);
+        }
+        phases.linear_ms += elapsed_ms(t);
+        return Ok(outputs);
+    }
     let n = ctx.n();
     let sources: Vec<PackSource> = upload.ciphertexts().iter().map(PackSource::plain).collect();
     let placements: Vec<Placement> = stage
