@@ -554,23 +554,35 @@ fn shared_level_cost(nodes: &[u64], terms: u64, sources: u64, shared: u32, key_s
     rotations + (images + upper) * key_switch
 }
 
-/// ENG-10: the price, in rotate-adds, of one output of a pack with
-/// `terms` values (each term of a sum counted) at coefficients `positions`,
-/// drawn from `sources` source ciphertexts, at the ℓ* [`Packer::new`]
-/// would choose: the cost model PACK-2 chooses ℓ* by, for plans that
-/// compare a pack with work that replaces it. An estimate (images shared
-/// between outputs are counted per output), never a result.
-pub(crate) fn output_price(ctx: &Context, positions: &[usize], terms: u64, sources: u64) -> u64 {
+/// ENG-10: the price, in rotate-adds, of a pack whose outputs hold values
+/// at the coefficients `outputs[o]` (one term each), drawn from
+/// `sources` source ciphertexts, by PACK-2's cost model at the cheapest ℓ*
+/// common to all outputs (a source's images are computed once for every
+/// output that uses them). For plans that compare a pack with work that
+/// would replace it: an estimate, never a result.
+pub(crate) fn pack_price(ctx: &Context, outputs: &[Vec<usize>], sources: u64) -> u64 {
     let n = ctx.n();
-    let occupied: Vec<usize> = positions.iter().map(|&p| p % n).collect();
-    let nodes = nodes_per_level(n, &occupied);
+    let nodes: Vec<(Vec<u64>, u64)> = outputs
+        .iter()
+        .map(|pos| {
+            let occupied: Vec<usize> = pos.iter().map(|&p| p % n).collect();
+            (nodes_per_level(n, &occupied), pos.len() as u64)
+        })
+        .collect();
     let hi = ctx
         .params()
         .shared_pack_levels()
         .min(ctx.params().log_ring_degree());
     let key_switch = key_switch_in_rotations(ctx);
     (0..=hi)
-        .map(|l| shared_level_cost(&nodes, terms, sources, l, key_switch))
+        .map(|l| {
+            let images = sources * ((1u64 << l) - 1) * key_switch;
+            let per_output: u64 = nodes
+                .iter()
+                .map(|(nodes, terms)| shared_level_cost(nodes, *terms, 0, l, key_switch))
+                .sum();
+            images + per_output
+        })
         .min()
         .unwrap_or(0)
 }

@@ -908,7 +908,10 @@ fn reading_the_upload_directly_is_chosen_by_price() {
     let compiled = engine::compile(&f.ctx, &tall).unwrap();
     let stage = &compiled.stages()[0];
     assert!(stage.matvec_shape().is_some() && !stage.reads_upload_directly());
-    assert!(stage.output_ciphertexts() < 2048, "rows stacked as compiled");
+    assert!(
+        stage.output_ciphertexts() < 2048,
+        "rows stacked as compiled"
+    );
     let input = random_input(&mut rng, &tall);
     let (logits, repack_ms) =
         rounds_with_phases("b16", &compiled, &input, ShuffleUnit::Element, 5, false);

@@ -562,18 +562,24 @@ impl CoefficientLayout for UploadMatVec {
 
 /// A forward or inverse transform of one polynomial, in rotate-adds (the
 /// unit of PACK-2's cost model, where a key switch is 96 on the one-limb
-/// sets): a key switch is a few transforms and products. Only ENG-10's
+/// sets): ≈ 12 µs against ≈ 1 µs (benches/README.md). Only ENG-10's
 /// choice depends on it, never a result.
-const TRANSFORM_IN_ROTATIONS: u64 = 16;
+const TRANSFORM_IN_ROTATIONS: u64 = 12;
 
-/// ENG-10: reads the upload directly when the stage's priced work is less
-/// than the repack's: the repack (PACK-2's cost model over the layout's
-/// input positions, every upload ciphertext a source) and the compiled
-/// layout's transforms, against one transform per row and upload
-/// ciphertext, one per row, and the dearer output pack of one source per
-/// row. Priced without σ: each output draws on every source it may.
+/// Laying one weight polynomial out per round (ENG-10), in rotate-adds:
+/// writing, scanning and compacting N coefficients.
+const LAYOUT_IN_ROTATIONS: u64 = 8;
+
+/// ENG-10: reads the upload directly when that prices below the repack,
+/// in PACK-2's unit (src/pack.rs). Repacking: the repack (every upload
+/// ciphertext a source of the layout's input ciphertexts), the layout's
+/// transforms (two per input and output ciphertext, one per weight
+/// polynomial) and the output pack from its output ciphertexts. Reading:
+/// the transforms of one output ciphertext per row, a weight polynomial
+/// laid out per row and upload ciphertext, and the output pack from one
+/// source per row. Priced without σ, which changes no count.
 fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Option<UploadRead> {
-    use crate::pack::output_price;
+    use crate::pack::pack_price;
     use crate::protocol::client_steps::{output_stride, response_ciphertexts};
     let n = ctx.n();
     let MatVecShape { rows, cols } = *layout.shape();
@@ -581,17 +587,13 @@ fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Op
         input_ciphertexts: cols.div_ceil(n),
         output_coefficient: cols.min(n) - 1,
     };
-    // The repack: placements grouped by the layout's input ciphertext.
-    let mut repack_positions = vec![Vec::new(); layout.input_ciphertexts()];
+    let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
+    let mut repack_positions = vec![Vec::new(); ins];
     for p in layout.input_placements() {
         repack_positions[p.ciphertext].push(p.coefficient * dilation);
     }
-    let repack: u64 = repack_positions
-        .iter()
-        .map(|pos| output_price(ctx, pos, pos.len() as u64, read.input_ciphertexts as u64))
-        .sum();
-    // The output pack: the same response, from the layout's output
-    // ciphertexts or from one per row.
+    let repack = pack_price(ctx, &repack_positions, read.input_ciphertexts as u64);
+    // The response is the same either way; only its sources differ.
     let stride = output_stride(n, rows);
     let response: Vec<Vec<usize>> = (0..response_ciphertexts(n, rows))
         .map(|c| {
@@ -600,17 +602,12 @@ fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Op
                 .collect()
         })
         .collect();
-    let pack = |sources: usize| -> u64 {
-        response
-            .iter()
-            .map(|pos| output_price(ctx, pos, pos.len() as u64, sources.min(pos.len()) as u64))
-            .sum()
-    };
-    let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
     let transforms =
-        |ins: usize, outs: usize| (ins + outs * ins + outs) as u64 * TRANSFORM_IN_ROTATIONS;
-    let repacking = repack + transforms(ins, outs) + pack(outs);
-    let reading = transforms(read.input_ciphertexts, rows) + pack(rows);
+        |ins: usize, outs: usize| (2 * ins + outs * ins + 2 * outs) as u64 * TRANSFORM_IN_ROTATIONS;
+    let repacking = repack + transforms(ins, outs) + pack_price(ctx, &response, outs as u64);
+    let reading = transforms(read.input_ciphertexts, rows)
+        + (rows * read.input_ciphertexts) as u64 * LAYOUT_IN_ROTATIONS
+        + pack_price(ctx, &response, rows as u64);
     (reading < repacking).then_some(read)
 }
 
