@@ -457,18 +457,23 @@ impl LinearStage {
         };
         let n = ctx.n();
         let cols = layout.shape().cols;
+        let sources = upload.ciphertexts().len();
+        // Too short an upload is the peer's fault, as the repack says it;
+        // the error names the first missing ciphertext, not a slot of σ.
+        let missing = PackError::NoSuchSource {
+            value: ValueRef::new(sources, 0),
+            sources,
+        };
+        if sources < read.input_ciphertexts {
+            return Some(Err(missing.into()));
+        }
         // (coefficient, true column) of every value, by upload ciphertext.
         let mut by_ciphertext = vec![Vec::new(); read.input_ciphertexts];
         for k in 0..cols {
             let slot = upload.value(n, k);
             let ct = slot.source as usize;
-            if ct >= upload.ciphertexts().len() {
-                // Too short an upload: the peer's fault, as the repack says it.
-                return Some(Err(PackError::NoSuchSource {
-                    value: slot,
-                    sources: upload.ciphertexts().len(),
-                }
-                .into()));
+            if ct >= sources {
+                return Some(Err(missing.clone().into()));
             }
             if ct >= by_ciphertext.len() {
                 by_ciphertext.resize_with(ct + 1, Vec::new);
