@@ -730,6 +730,9 @@ fn a_rounds_refusal_says_whose_fault_it_is() {
     use safhire::protocol::Fault;
     let f = fixture("b16");
     let compiled = engine::compile(&f.ctx, &tiny(1, 1, vec![linear(1, 1)])).unwrap();
+    // ENG-10: the refusal comes from the weights' per-round layout, not a
+    // repack, and is the same.
+    assert!(compiled.stages()[0].reads_upload_directly());
     let seed = SessionSeed::from_bytes([4; 32]);
     let release = ShuffleUnit::Element.into();
     let round = RoundEvaluator::new(&f.ctx, keys("b16"), &compiled, &seed, release).unwrap();
