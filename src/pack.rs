@@ -524,9 +524,15 @@ fn choose_shared_levels(
     let n = slots.len();
     let occupied: Vec<usize> = (0..n).filter(|&p| !slots[p].is_empty()).collect();
     let terms: u64 = slots.iter().map(|v| v.len() as u64).sum();
-    // Non-empty nodes at level ℓ: distinct residues of the positions mod N/2^ℓ.
-    let log_n = n.trailing_zeros();
-    let nodes: Vec<u64> = (0..=log_n)
+    let nodes = nodes_per_level(n, &occupied);
+    let cost = |shared| shared_level_cost(&nodes, terms, sources.len() as u64, shared, key_switch);
+    (lo..=hi).min_by_key(|&l| cost(l)).unwrap_or(lo)
+}
+
+/// Non-empty tree nodes at each level ℓ = 0..=log2 N of one output whose
+/// values sit at `occupied`: the distinct residues of the positions mod N/2^ℓ.
+fn nodes_per_level(n: usize, occupied: &[usize]) -> Vec<u64> {
+    (0..=n.trailing_zeros())
         .map(|l| {
             let modulus = n >> l;
             let mut seen = vec![false; modulus];
@@ -535,14 +541,50 @@ fn choose_shared_levels(
                 .filter(|&&p| !std::mem::replace(&mut seen[p % modulus], true))
                 .count() as u64
         })
+        .collect()
+}
+
+/// PACK-2's cost model, in rotate-adds: sharing `shared` levels costs 2^ℓ
+/// rotate-adds per term and 2^ℓ − 1 key switches per source; every
+/// non-empty node above them costs a key switch.
+fn shared_level_cost(nodes: &[u64], terms: u64, sources: u64, shared: u32, key_switch: u64) -> u64 {
+    let rotations = terms * (1u64 << shared);
+    let images = sources * ((1u64 << shared) - 1);
+    let upper: u64 = nodes[(shared + 1) as usize..].iter().sum();
+    rotations + (images + upper) * key_switch
+}
+
+/// ENG-10: the price, in rotate-adds, of a pack whose outputs hold values
+/// at the coefficients `outputs[o]` (one term each), drawn from
+/// `sources` source ciphertexts, by PACK-2's cost model at the cheapest ℓ*
+/// common to all outputs (a source's images are computed once for every
+/// output that uses them). For plans that compare a pack with work that
+/// would replace it: an estimate, never a result.
+pub(crate) fn pack_price(ctx: &Context, outputs: &[Vec<usize>], sources: u64) -> u64 {
+    let n = ctx.n();
+    let nodes: Vec<(Vec<u64>, u64)> = outputs
+        .iter()
+        .map(|pos| {
+            let occupied: Vec<usize> = pos.iter().map(|&p| p % n).collect();
+            (nodes_per_level(n, &occupied), pos.len() as u64)
+        })
         .collect();
-    let cost = |shared: u32| -> u64 {
-        let rotations = terms * (1u64 << shared);
-        let images = sources.len() as u64 * ((1u64 << shared) - 1);
-        let upper: u64 = nodes[(shared + 1) as usize..].iter().sum();
-        rotations + (images + upper) * key_switch
-    };
-    (lo..=hi).min_by_key(|&l| cost(l)).unwrap_or(lo)
+    let hi = ctx
+        .params()
+        .shared_pack_levels()
+        .min(ctx.params().log_ring_degree());
+    let key_switch = key_switch_in_rotations(ctx);
+    (0..=hi)
+        .map(|l| {
+            let images = sources * ((1u64 << l) - 1) * key_switch;
+            let per_output: u64 = nodes
+                .iter()
+                .map(|(nodes, terms)| shared_level_cost(nodes, *terms, 0, l, key_switch))
+                .sum();
+            images + per_output
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// The images `D_t(N^-1 · c_s)` the outputs' shared levels use: for every

@@ -273,7 +273,7 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
     assert!(report["key_expansion_ms"].as_f64().unwrap() > 0.0);
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
-    for r in rounds {
+    for (i, r) in rounds.iter().enumerate() {
         let phases = &r["server_phases_ms"];
         let sum: f64 = ["repack", "linear", "pack", "sanitise", "decode_encode"]
             .iter()
@@ -284,7 +284,10 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
             server > 0.0 && (sum - server).abs() <= 0.01 * server + 0.01,
             "{r}"
         );
-        assert!(phases["repack"].as_f64().unwrap() > 0.0, "{r}");
+        // The two convs repack; the classifier, a mat-vec, reads its
+        // upload as it arrived (ENG-10).
+        let repack = phases["repack"].as_f64().unwrap();
+        assert_eq!(repack > 0.0, i < 2, "{r}");
     }
 
     let out = safhire(&["infer", "--images", "1"]);

@@ -730,6 +730,9 @@ fn a_rounds_refusal_says_whose_fault_it_is() {
     use safhire::protocol::Fault;
     let f = fixture("b16");
     let compiled = engine::compile(&f.ctx, &tiny(1, 1, vec![linear(1, 1)])).unwrap();
+    // ENG-10: the refusal comes from the weights' per-round layout, not a
+    // repack, and is the same.
+    assert!(compiled.stages()[0].reads_upload_directly());
     let seed = SessionSeed::from_bytes([4; 32]);
     let release = ShuffleUnit::Element.into();
     let round = RoundEvaluator::new(&f.ctx, keys("b16"), &compiled, &seed, release).unwrap();
@@ -770,4 +773,151 @@ fn a_rounds_refusal_says_whose_fault_it_is() {
         "{err}"
     );
     assert_eq!(err.fault(), Fault::Local);
+}
+
+/// conv 1→`m` 3×3 on 1×`hw`×`hw` → requantise to [0, 15] → flatten →
+/// linear to `classes` with weights in ±1: the linear reads m·hw² values.
+fn conv_then_wide_linear(seed: u8, hw: usize, m: usize, classes: usize) -> Model {
+    let mut rng = Csprng::from_seed([seed; 16]);
+    let w1 = small(&mut rng, m * 9, 3);
+    let b1 = small(&mut rng, m, 20);
+    let w2 = small(&mut rng, classes * m * hw * hw, 1);
+    let b2 = small(&mut rng, classes, 50);
+    Model::new(
+        "wide-linear",
+        input_spec(1, hw, hw, 0, 15),
+        vec![
+            conv(m, 3, 1, 1, w1, b1),
+            requantize(3, 4, 15),
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: classes,
+                weights: w2,
+                bias: b2,
+            },
+        ],
+    )
+    .unwrap()
+}
+
+/// One session round by round through [`RoundEvaluator`], as `engine::run`
+/// drives it; returns the logits and each round's repack time. With `junk`,
+/// every upload's last ciphertext carries random values past the round's
+/// values, which no released value may depend on.
+fn rounds_with_phases(
+    set: &str,
+    compiled: &engine::CompiledModel,
+    input: &[i64],
+    unit: ShuffleUnit,
+    seed: u8,
+    junk: bool,
+) -> (Vec<i64>, Vec<f64>) {
+    use safhire::engine::{ReceivedUpload, RoundEvaluator};
+    use safhire::protocol::client_steps::{apply_client_ops, client_encrypt, client_values};
+    let f = fixture(set);
+    let session = SessionSeed::from_bytes([seed; 32]);
+    let round = RoundEvaluator::new(&f.ctx, keys(set), compiled, &session, unit.into()).unwrap();
+    let mut rng = Csprng::from_seed([seed; 16]);
+    let (mut held, mut previous, mut history) = (input.to_vec(), None, Vec::new());
+    let mut repack_ms = Vec::new();
+    for r in 0..compiled.rounds() {
+        let mut values = held.clone();
+        if junk {
+            let padded = values.len().next_multiple_of(f.ctx.n());
+            let extra = common::random_values(&f.ctx, &mut rng, padded - values.len());
+            values.extend(extra);
+        }
+        let upload = client_encrypt(&f.ctx, &f.sk, &values, &mut rng)
+            .into_iter()
+            .map(|c| c.expand(f.ctx.q()))
+            .collect();
+        history.push(ReceivedUpload::new(upload, previous.take()));
+        let out = round.evaluate(r, &history, &mut rng).unwrap();
+        repack_ms.push(out.phases.repack_ms);
+        let stage_len = compiled.stages()[r].output_len();
+        held = client_values(&f.ctx, &f.sk, &out.ciphertexts, stage_len);
+        apply_client_ops(&compiled.client_ops()[r], &mut held);
+        previous = out.shuffle;
+    }
+    (held, repack_ms)
+}
+
+// ENG-10: a mat-vec stage reads its upload as it arrived, the weights'
+// columns laid out for σ_(r−1): its round does no repack at all (no key
+// switch before the product: the repack phase is never entered), the conv
+// before it still repacks, and the logits equal the reference bit for bit
+// under several session seeds (random σ), element and channel shuffling,
+// for an upload of one ciphertext (6·8·8 values) and of two (5·30·30 =
+// 4500 > N = 4096, the second ciphertext partly used). Values a client
+// puts past its upload's values change nothing, as the repack drops them:
+// with one row per output ciphertext no weight reaches them.
+#[test]
+fn a_matvec_stage_reads_its_upload_without_a_repack_and_stays_exact() {
+    for (set, model) in [
+        ("b16", conv_then_wide_linear(21, 8, 6, 7)),
+        ("b20", conv_then_wide_linear(22, 30, 5, 3)),
+    ] {
+        let f = fixture(set);
+        let compiled = engine::compile(&f.ctx, &model).unwrap();
+        let stages = compiled.stages();
+        assert!(!stages[0].reads_upload_directly(), "{set}: a conv repacks");
+        assert!(stages[1].reads_upload_directly(), "{set}: the mat-vec");
+        let cols = stages[1].input_len();
+        assert_eq!(stages[1].input_ciphertexts(), cols.div_ceil(f.ctx.n()));
+        let mut rng = Csprng::from_seed([23; 16]);
+        for (seed, unit, junk) in [
+            (1, ShuffleUnit::Element, false),
+            (2, ShuffleUnit::Element, true),
+            (3, ShuffleUnit::Channel, true),
+        ] {
+            let input = random_input(&mut rng, &model);
+            let (logits, repack_ms) = rounds_with_phases(set, &compiled, &input, unit, seed, junk);
+            assert_eq!(
+                logits,
+                model.evaluate(&input).unwrap(),
+                "{set}, seed {seed}"
+            );
+            assert!(repack_ms[0] > 0.0, "{set}: the conv's repack ran");
+            assert_eq!(repack_ms[1], 0.0, "{set}: the mat-vec round repacked");
+        }
+    }
+}
+
+// ENG-10: reading the upload directly is chosen by price. A classifier of
+// 384 inputs and 7 rows would repack 384 values (hundreds of key
+// switches) to save 7 products: it reads the upload. A mat-vec of 64
+// inputs and 2048 rows repacks 64 values cheaply into one ciphertext,
+// while one row per output ciphertext would mean 2048 products and an
+// output pack from 2048 sources: it repacks, and stays exact.
+#[test]
+fn reading_the_upload_directly_is_chosen_by_price() {
+    let f = fixture("b16");
+    let narrow = engine::compile(&f.ctx, &conv_then_wide_linear(21, 8, 6, 7)).unwrap();
+    assert!(narrow.stages()[1].reads_upload_directly());
+    let mut rng = Csprng::from_seed([24; 16]);
+    let tall = Model::new(
+        "tall",
+        input_spec(1, 8, 8, 0, 15),
+        vec![
+            Layer::Flatten,
+            Layer::Linear {
+                out_features: 2048,
+                weights: small(&mut rng, 2048 * 64, 2),
+                bias: small(&mut rng, 2048, 9),
+            },
+        ],
+    )
+    .unwrap();
+    let compiled = engine::compile(&f.ctx, &tall).unwrap();
+    let stage = &compiled.stages()[0];
+    assert!(stage.matvec_shape().is_some() && !stage.reads_upload_directly());
+    assert!(
+        stage.output_ciphertexts() < 2048,
+        "rows stacked as compiled"
+    );
+    let input = random_input(&mut rng, &tall);
+    let (logits, repack_ms) =
+        rounds_with_phases("b16", &compiled, &input, ShuffleUnit::Element, 5, false);
+    assert_eq!(logits, tall.evaluate(&input).unwrap());
+    assert!(repack_ms[0] > 0.0);
 }

@@ -17,10 +17,12 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RoundPhases {
     /// Repacking the upload into the stage's input layout, σ_(r−1)^(−1)
-    /// folded in (and a projection shortcut's repack).
+    /// folded in (and a projection shortcut's repack); 0 for a mat-vec
+    /// stage that reads its upload as it arrived (ENG-10).
     pub repack_ms: f64,
     /// The stage's linear evaluation, its bias and any DP noise (and a
-    /// projection shortcut's evaluation).
+    /// projection shortcut's evaluation); for a stage that reads its
+    /// upload directly, laying its weights out for σ_(r−1) too (ENG-10).
     pub linear_ms: f64,
     /// Shuffling the outputs with σ_r and packing them, residual operand
     /// included, into the response.
@@ -58,7 +60,9 @@ pub struct ServerKeys<'a> {
 }
 
 /// Repacks an upload into `stage`'s input layout (the unshuffle), then
-/// evaluates the stage and adds its bias.
+/// evaluates the stage and adds its bias; or, for a stage that reads its
+/// upload directly (ENG-10), lays the weights out for the upload as it
+/// arrived and evaluates them on it, with no repack.
 fn evaluate_stage(
     ctx: &Context,
     packer: &Packer<'_>,
@@ -67,6 +71,17 @@ fn evaluate_stage(
     phases: &mut RoundPhases,
 ) -> Result<Vec<Ciphertext>, EngineError> {
     let t = Instant::now();
+    if let Some(encoded) = stage.encode_for_upload(ctx, upload) {
+        // The per-round weight layout is part of the linear work.
+        let encoded = encoded?;
+        let inputs = &upload.ciphertexts()[..encoded.input_ciphertexts()];
+        let mut outputs = encoded.evaluate(ctx, inputs);
+        for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
+            ctx.add_plain(ct, bias);
+        }
+        phases.linear_ms += elapsed_ms(t);
+        return Ok(outputs);
+    }
     let n = ctx.n();
     let sources: Vec<PackSource> = upload.ciphertexts().iter().map(PackSource::plain).collect();
     let placements: Vec<Placement> = stage
@@ -151,7 +166,8 @@ impl<'a> RoundEvaluator<'a> {
         })
     }
 
-    /// Round `r`: unshuffle (σ_(r−1)^(−1), folded into the repack),
+    /// Round `r`: unshuffle (σ_(r−1)^(−1), folded into the repack, or into
+    /// a mat-vec's weights: ENG-10),
     /// evaluate stage r, add its bias, any DP noise and any residual
     /// operand, shuffle with σ_r (none after the last stage), pack,
     /// sanitise. `history[j]` is upload j (`history.len() == r + 1`).

@@ -13,6 +13,7 @@ use crate::layout::{
     MatVecLayout, MatVecShape,
 };
 use crate::linear::{CoefficientLayout, EncodedLayer, LinearError};
+use crate::pack::PackError;
 use crate::protocol::client_steps::{apply_client_ops, response_ciphertexts};
 use crate::rlwe::{Ciphertext, Context};
 use crate::rng::Csprng;
@@ -56,6 +57,27 @@ pub struct LinearStage {
     /// DP-6: L2 sensitivity of the stage's released values to one weight
     /// or bias changed by 1 (τ = 1), for uploads in the declared ranges.
     pub(super) sensitivity: f64,
+    /// ENG-10: a mat-vec stage that reads its upload as it arrived, with
+    /// the weights' columns permuted per round, instead of repacking it.
+    reads_upload: Option<UploadRead>,
+}
+
+/// ENG-10: how a mat-vec stage reads its upload without a repack. The
+/// upload holds true value k at slot σ(k) (ciphertext ⌊σ(k)/N⌋,
+/// coefficient σ(k) mod N); row i's weight polynomial for upload
+/// ciphertext c carries W[i][k] at `output_coefficient − (σ(k) mod N)` for
+/// every k in c, so the product's coefficient `output_coefficient` is
+/// Σ_k W[i][k]·x_k. One row per output ciphertext: the weights reach no
+/// other coefficient of the upload, so a coefficient the upload should not
+/// use (past its values) meets only zeros, as in the repack, which drops it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UploadRead {
+    /// Upload ciphertexts read: ⌈cols/N⌉.
+    input_ciphertexts: usize,
+    /// The coefficient of its output ciphertext every row lands at:
+    /// min(cols, N) − 1, the highest a used slot reaches, so no product
+    /// term wraps around (X^N = −1) onto it.
+    output_coefficient: usize,
 }
 
 /// The second operand of a residual connection (ENG-4): an activation the
@@ -194,6 +216,7 @@ impl LinearStage {
             sensitivity: 0.0,
             layout: StageLayout::Conv(layout, weights.to_vec()),
             dilation,
+            reads_upload: None,
         })
     }
 
@@ -210,7 +233,14 @@ impl LinearStage {
         let (layout, dilation, encoded) = dilated_layer(ctx, weights, |n| {
             MatVecLayout::with_max_rows(shape, n, max_rows)
         })?;
-        let positions = dilate_positions(layout.output_positions(), dilation);
+        let reads_upload = upload_read_pays(ctx, &layout, dilation);
+        let (positions, output_cts) = match &reads_upload {
+            Some(read) => (read.output_positions(shape.rows), shape.rows),
+            None => (
+                dilate_positions(layout.output_positions(), dilation),
+                layout.output_ciphertexts(),
+            ),
+        };
         check_bias(bias, shape.rows, stage)?;
         let bias_values: Vec<i64> = (0..positions.len())
             .map(|k| bias.get(k).copied().unwrap_or(0))
@@ -218,7 +248,7 @@ impl LinearStage {
         Ok(Self {
             input_len: shape.cols,
             output_len: positions.len(),
-            bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
+            bias: bias_polys(ctx, &positions, output_cts, &bias_values),
             bias_values,
             encoded,
             independent_inputs: shape.cols,
@@ -228,6 +258,7 @@ impl LinearStage {
             sensitivity: 0.0,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
             dilation,
+            reads_upload,
         })
     }
 
@@ -384,6 +415,9 @@ impl LinearStage {
 
     /// (output ciphertext, coefficient at N) of every output, in true order.
     pub(super) fn output_positions(&self) -> Vec<(usize, usize)> {
+        if let Some(read) = &self.reads_upload {
+            return read.output_positions(self.output_len);
+        }
         let positions = match &self.layout {
             StageLayout::Conv(l, _) => l.output_positions(),
             StageLayout::MatVec(l, _) => l.output_positions(),
@@ -391,9 +425,69 @@ impl LinearStage {
         dilate_positions(positions, self.dilation)
     }
 
-    /// Number of ciphertexts the repack arranges the stage's inputs into.
+    /// Number of input ciphertexts the stage's product reads: those the
+    /// repack arranges its inputs into, or the upload's (ENG-10).
     pub fn input_ciphertexts(&self) -> usize {
-        self.encoded.input_ciphertexts()
+        match &self.reads_upload {
+            Some(read) => read.input_ciphertexts,
+            None => self.encoded.input_ciphertexts(),
+        }
+    }
+
+    /// ENG-10: whether the stage reads its upload as it arrived (a
+    /// mat-vec whose weights are laid out per round for σ_(r−1)) instead
+    /// of repacking it into its layout.
+    pub fn reads_upload_directly(&self) -> bool {
+        self.reads_upload.is_some()
+    }
+
+    /// ENG-10: the stage's weights laid out for `upload` as it arrived:
+    /// row i into output ciphertext i, W[i][k] placed for the slot σ(k)
+    /// that holds x_k. `None` for a stage that repacks. Per-output
+    /// ‖ŵ‖₁ is one row's, at most the compiled layout's (which stacks
+    /// whole rows), so the noise factor `noise_l1` reports still bounds it.
+    pub(super) fn encode_for_upload(
+        &self,
+        ctx: &Context,
+        upload: &ReceivedUpload,
+    ) -> Option<Result<EncodedLayer, EngineError>> {
+        let read = self.reads_upload?;
+        let StageLayout::MatVec(layout, weights) = &self.layout else {
+            return None;
+        };
+        let n = ctx.n();
+        let cols = layout.shape().cols;
+        let sources = upload.ciphertexts().len();
+        // Too short an upload is the peer's fault, as the repack says it;
+        // the error names the first missing ciphertext, not a slot of σ.
+        let missing = PackError::NoSuchSource {
+            value: ValueRef::new(sources, 0),
+            sources,
+        };
+        if sources < read.input_ciphertexts {
+            return Some(Err(missing.into()));
+        }
+        // (coefficient, true column) of every value, by upload ciphertext.
+        let mut by_ciphertext = vec![Vec::new(); read.input_ciphertexts];
+        for k in 0..cols {
+            let slot = upload.value(n, k);
+            let ct = slot.source as usize;
+            if ct >= sources {
+                return Some(Err(missing.clone().into()));
+            }
+            if ct >= by_ciphertext.len() {
+                by_ciphertext.resize_with(ct + 1, Vec::new);
+            }
+            by_ciphertext[ct].push((slot.coeff as usize, k));
+        }
+        let permuted = UploadMatVec {
+            n,
+            cols,
+            rows: layout.shape().rows,
+            output_coefficient: read.output_coefficient,
+            by_ciphertext,
+        };
+        Some(EncodedLayer::new(ctx, &permuted, weights).map_err(EngineError::from))
     }
 
     /// The plaintext integer result of this stage (the reference), from
@@ -408,6 +502,118 @@ impl LinearStage {
         }
         Ok(out)
     }
+}
+
+impl UploadRead {
+    /// (output ciphertext, coefficient) of row i, in row order.
+    fn output_positions(&self, rows: usize) -> Vec<(usize, usize)> {
+        (0..rows).map(|i| (i, self.output_coefficient)).collect()
+    }
+}
+
+/// ENG-10: a mat-vec's weights laid out for one upload's slots.
+struct UploadMatVec {
+    n: usize,
+    rows: usize,
+    cols: usize,
+    output_coefficient: usize,
+    /// (coefficient, true column) of every value, by upload ciphertext.
+    by_ciphertext: Vec<Vec<(usize, usize)>>,
+}
+
+impl CoefficientLayout for UploadMatVec {
+    fn input_ciphertexts(&self) -> usize {
+        self.by_ciphertext.len()
+    }
+    fn output_ciphertexts(&self) -> usize {
+        self.rows
+    }
+    fn weight_polynomial(
+        &self,
+        weights: &[i64],
+        output_ct: usize,
+        input_ct: usize,
+    ) -> Result<Option<Vec<i64>>, LayoutError> {
+        let row = weights
+            .get(output_ct * self.cols..(output_ct + 1) * self.cols)
+            .ok_or(LayoutError::WeightCountMismatch {
+                expected: self.rows * self.cols,
+                got: weights.len(),
+            })?;
+        let values = self
+            .by_ciphertext
+            .get(input_ct)
+            .ok_or(LayoutError::IndexOutOfRange {
+                field: "input_ct",
+                index: input_ct,
+                bound: self.by_ciphertext.len(),
+            })?;
+        let mut poly = vec![0i64; self.n];
+        for &(coeff, k) in values {
+            // Slots fill coefficients 0..min(cols, N): coeff ≤ output_coefficient.
+            let at =
+                self.output_coefficient
+                    .checked_sub(coeff)
+                    .ok_or(LayoutError::IndexOutOfRange {
+                        field: "coefficient",
+                        index: coeff,
+                        bound: self.output_coefficient + 1,
+                    })?;
+            poly[at] = row[k];
+        }
+        Ok(Some(poly))
+    }
+}
+
+/// A forward or inverse transform of one polynomial, in rotate-adds (the
+/// unit of PACK-2's cost model, where a key switch is 96 on the one-limb
+/// sets): ≈ 12 µs against ≈ 1 µs (benches/README.md). Only ENG-10's
+/// choice depends on it, never a result.
+const TRANSFORM_IN_ROTATIONS: u64 = 12;
+
+/// Laying one weight polynomial out per round (ENG-10), in rotate-adds:
+/// writing, scanning and compacting N coefficients.
+const LAYOUT_IN_ROTATIONS: u64 = 8;
+
+/// ENG-10: reads the upload directly when that prices below the repack,
+/// in PACK-2's unit (src/pack.rs). Repacking: the repack (every upload
+/// ciphertext a source of the layout's input ciphertexts), the layout's
+/// transforms (two per input and output ciphertext, one per weight
+/// polynomial) and the output pack from its output ciphertexts. Reading:
+/// the transforms of one output ciphertext per row, a weight polynomial
+/// laid out per row and upload ciphertext, and the output pack from one
+/// source per row. Priced without σ, which changes no count.
+fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Option<UploadRead> {
+    use crate::pack::pack_price;
+    use crate::protocol::client_steps::{output_stride, response_ciphertexts};
+    let n = ctx.n();
+    let MatVecShape { rows, cols } = *layout.shape();
+    let read = UploadRead {
+        input_ciphertexts: cols.div_ceil(n),
+        output_coefficient: cols.min(n) - 1,
+    };
+    let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
+    let mut repack_positions = vec![Vec::new(); ins];
+    for p in layout.input_placements() {
+        repack_positions[p.ciphertext].push(p.coefficient * dilation);
+    }
+    let repack = pack_price(ctx, &repack_positions, read.input_ciphertexts as u64);
+    // The response is the same either way; only its sources differ.
+    let stride = output_stride(n, rows);
+    let response: Vec<Vec<usize>> = (0..response_ciphertexts(n, rows))
+        .map(|c| {
+            (c * n..rows.min((c + 1) * n))
+                .map(|s| (s % n) * stride)
+                .collect()
+        })
+        .collect();
+    let transforms =
+        |ins: usize, outs: usize| (2 * ins + outs * ins + 2 * outs) as u64 * TRANSFORM_IN_ROTATIONS;
+    let repacking = repack + transforms(ins, outs) + pack_price(ctx, &response, outs as u64);
+    let reading = transforms(read.input_ciphertexts, rows)
+        + (rows * read.input_ciphertexts) as u64 * LAYOUT_IN_ROTATIONS
+        + pack_price(ctx, &response, rows as u64);
+    (reading < repacking).then_some(read)
 }
 
 /// ENG-9: a layout built for ring degree N/`dilation`, as seen at N: its
