@@ -60,12 +60,25 @@ fn requantize(multiplier: i64, shift: u32, max: i64) -> Layer {
 
 /// conv (C×H×W → M channels) → requantise to [0, 15] → flatten → dense → logits.
 fn two_stage(rng: &mut Csprng, c: usize, hw: usize, m: usize, classes: usize) -> Model {
+    conv_then_linear(rng, "two-stage", c, hw, m, classes, 3)
+}
+
+/// [`two_stage`] with its name and the dense layer's weight bound given.
+fn conv_then_linear(
+    rng: &mut Csprng,
+    name: &str,
+    c: usize,
+    hw: usize,
+    m: usize,
+    classes: usize,
+    dense_bound: i64,
+) -> Model {
     let w1 = small(rng, m * c * 9, 3);
     let b1 = small(rng, m, 20);
-    let w2 = small(rng, classes * m * hw * hw, 3);
+    let w2 = small(rng, classes * m * hw * hw, dense_bound);
     let b2 = small(rng, classes, 50);
     Model::new(
-        "two-stage",
+        name,
         input_spec(c, hw, hw, 0, 15),
         vec![
             conv(m, 3, 1, 1, w1, b1),
@@ -779,25 +792,7 @@ fn a_rounds_refusal_says_whose_fault_it_is() {
 /// linear to `classes` with weights in ±1: the linear reads m·hw² values.
 fn conv_then_wide_linear(seed: u8, hw: usize, m: usize, classes: usize) -> Model {
     let mut rng = Csprng::from_seed([seed; 16]);
-    let w1 = small(&mut rng, m * 9, 3);
-    let b1 = small(&mut rng, m, 20);
-    let w2 = small(&mut rng, classes * m * hw * hw, 1);
-    let b2 = small(&mut rng, classes, 50);
-    Model::new(
-        "wide-linear",
-        input_spec(1, hw, hw, 0, 15),
-        vec![
-            conv(m, 3, 1, 1, w1, b1),
-            requantize(3, 4, 15),
-            Layer::Flatten,
-            Layer::Linear {
-                out_features: classes,
-                weights: w2,
-                bias: b2,
-            },
-        ],
-    )
-    .unwrap()
+    conv_then_linear(&mut rng, "wide-linear", 1, hw, m, classes, 1)
 }
 
 /// One session round by round through [`RoundEvaluator`], as `engine::run`
