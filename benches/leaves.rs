@@ -19,8 +19,6 @@ use std::time::Instant;
 /// Rotate-adds per measurement (the node count is this over T).
 const ROTATIONS: usize = 32768;
 const REPEATS: usize = 5;
-/// The packer's block of output coefficients (`rlwe::SUM_BLOCK`).
-const BLOCK: usize = 2048;
 
 struct XorShift(u64);
 impl XorShift {
@@ -222,88 +220,6 @@ fn main() {
                 }
             }) / ROTATIONS as f64;
             report(&format!("m={images:3} T={t:3} any e, term by term"), ns, n);
-        }
-    }
-
-    println!("\n-- blocks of {BLOCK}: one pass per term against G terms per pass (any e)");
-    for &images in &[4usize, 16, 64, 256] {
-        for &t in &[16usize, 64, 256] {
-            let nodes = ROTATIONS / t;
-            let plan: Vec<Vec<Term>> = (0..nodes)
-                .map(|_| terms(&mut rng, t, images, Rotation::Any, n))
-                .collect();
-            // Alternated, so a load change on the shared machine hits both.
-            let mut per_term = f64::INFINITY;
-            let mut grouped = [f64::INFINITY; poly::TERMS_PER_PASS];
-            let mut words = Vec::new();
-            for _ in 0..3 {
-                per_term = per_term.min(best(|| {
-                    for node in &plan {
-                        let mut acc = vec![0u64; 2 * n];
-                        for part in 0..2 {
-                            let out = &mut acc[part * n..(part + 1) * n];
-                            for (k, chunk) in out.chunks_mut(BLOCK).enumerate() {
-                                for term in node {
-                                    let img = &raw[term.image][part * n..(part + 1) * n];
-                                    poly::monomial_mul_add_block(
-                                        m,
-                                        chunk,
-                                        k * BLOCK,
-                                        img,
-                                        term.exp,
-                                        term.negate,
-                                    );
-                                }
-                            }
-                        }
-                        black_box(&acc);
-                    }
-                }));
-                for (g, time) in grouped.iter_mut().enumerate() {
-                    words.clear();
-                    *time = time.min(best(|| {
-                        words.clear();
-                        for node in &plan {
-                            let mut acc = vec![0u64; 2 * n];
-                            for part in 0..2 {
-                                let slices: Vec<(&[u64], usize, bool)> = node
-                                    .iter()
-                                    .map(|t| {
-                                        let img = &raw[t.image][part * n..(part + 1) * n];
-                                        (img, t.exp, t.negate)
-                                    })
-                                    .collect();
-                                let out = &mut acc[part * n..(part + 1) * n];
-                                for (k, chunk) in out.chunks_mut(BLOCK).enumerate() {
-                                    poly::monomial_sum_add_block_grouped(
-                                        m,
-                                        chunk,
-                                        k * BLOCK,
-                                        &slices,
-                                        g + 1,
-                                    );
-                                }
-                            }
-                            words.push(acc[0] ^ acc[n + 5]);
-                            black_box(&acc);
-                        }
-                    }));
-                }
-            }
-            let per_term = per_term / ROTATIONS as f64;
-            report(&format!("m={images:3} T={t:3} one pass per term"), per_term, n);
-            for (g, &time) in grouped.iter().enumerate() {
-                let time = time / ROTATIONS as f64;
-                report(
-                    &format!(
-                        "m={images:3} T={t:3} G={} per pass ({:.2}×)",
-                        g + 1,
-                        time / per_term
-                    ),
-                    time,
-                    n,
-                );
-            }
         }
     }
 

@@ -77,39 +77,6 @@ pub fn monomial_mul_add_block(
     }
 }
 
-/// Terms [`monomial_sum_add_block`] adds per pass over its output block.
-pub const TERMS_PER_PASS: usize = 4;
-
-/// `out += Σ sign · X^e · inp` over `terms` (each `(inp, e, negate)` as in
-/// [`monomial_mul_add_block`], every `inp` of N coefficients), restricted
-/// to the output coefficients `lo..lo + out.len()`, which must lie inside
-/// `0..N`. The same words as [`monomial_mul_add_block`] term by term (exact
-/// modular sums, each step reduced into `[0, q)`), but [`TERMS_PER_PASS`]
-/// terms are added per pass over the block, so the block is loaded and
-/// stored once per group of terms instead of once per term.
-pub fn monomial_sum_add_block(
-    m: Modulus,
-    out: &mut [u64],
-    lo: usize,
-    terms: &[(&[u64], usize, bool)],
-) {
-    monomial_sum_add_block_grouped(m, out, lo, terms, TERMS_PER_PASS);
-}
-
-/// [`monomial_sum_add_block`] with `group` (1 to [`TERMS_PER_PASS`]; other
-/// values are clamped) terms per pass, for benches/leaves.rs.
-#[doc(hidden)]
-pub fn monomial_sum_add_block_grouped(
-    m: Modulus,
-    out: &mut [u64],
-    lo: usize,
-    terms: &[(&[u64], usize, bool)],
-    group: usize,
-) {
-    debug_assert!(terms.iter().all(|t| lo + out.len() <= t.0.len()));
-    simd::dispatch_sum_block(m.value(), out, lo, terms, group.clamp(1, TERMS_PER_PASS));
-}
-
 /// `out = X^e · inp`.
 pub fn monomial_mul(m: Modulus, out: &mut [u64], inp: &[u64], e: usize) {
     out.fill(0);
@@ -131,161 +98,21 @@ pub fn sub_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
 
 /// Branch-free kernels, compiled once per instruction set (SIMD-1).
 mod simd {
-    use super::TERMS_PER_PASS;
-
-    /// `o + i mod q` for `o, i < q`, in `[0, q)`.
-    #[inline(always)]
-    fn add_mod(q: u64, o: u64, i: u64) -> u64 {
-        let s = o.wrapping_add(i);
-        let t = s.wrapping_sub(q);
-        // The true sum is ≥ q when it wrapped (s < i) or when s ≥ q.
-        if (s < i) | (s >= q) {
-            t
-        } else {
-            s
-        }
-    }
-
-    /// `o − i mod q` for `o < q` and `i ≤ q`, in `[0, q)`.
-    #[inline(always)]
-    fn sub_mod(q: u64, o: u64, i: u64) -> u64 {
-        let d = o.wrapping_sub(i);
-        if o < i {
-            d.wrapping_add(q)
-        } else {
-            d
-        }
-    }
-
-    /// `o + i mod q` for `o, i < q` as `o − (q − i)`: one comparison
-    /// instead of `add_mod`'s two, the same word (`q − i` is in `(0, q]`).
-    #[inline(always)]
-    fn add_mod_by_sub(q: u64, o: u64, i: u64) -> u64 {
-        sub_mod(q, o, q - i)
-    }
-
     #[inline(always)]
     fn add_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
         for (o, &i) in out.iter_mut().zip(inp) {
-            *o = add_mod(q, *o, i);
+            let s = o.wrapping_add(i);
+            let t = s.wrapping_sub(q);
+            // The true sum is ≥ q when it wrapped (s < i) or when s ≥ q.
+            *o = if (s < i) | (s >= q) { t } else { s };
         }
     }
 
     #[inline(always)]
     fn sub_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
         for (o, &i) in out.iter_mut().zip(inp) {
-            *o = sub_mod(q, *o, i);
-        }
-    }
-
-    /// `out += Σ adds − Σ subs` in one pass: each output word is loaded
-    /// once, gets every term reduced step by step (so the words are those
-    /// of `add_kernel`/`sub_kernel` term by term), and is stored once.
-    /// Every source is at least `out.len()` long.
-    #[inline(always)]
-    fn pass_kernel<const A: usize, const S: usize>(
-        q: u64,
-        out: &mut [u64],
-        adds: [&[u64]; A],
-        subs: [&[u64]; S],
-    ) {
-        let len = out.len();
-        let adds = adds.map(|s| &s[..len]);
-        let subs = subs.map(|s| &s[..len]);
-        for j in 0..len {
-            let mut o = out[j];
-            for s in adds {
-                o = add_mod_by_sub(q, o, s[j]);
-            }
-            for s in subs {
-                o = sub_mod(q, o, s[j]);
-            }
-            out[j] = o;
-        }
-    }
-
-    /// One pass of `pass_kernel` for up to `TERMS_PER_PASS` terms in all.
-    #[inline(always)]
-    fn pass(q: u64, out: &mut [u64], adds: &[&[u64]], subs: &[&[u64]]) {
-        macro_rules! arms {
-            ($(($a:literal, $s:literal)),*) => {
-                match (adds.len(), subs.len()) {
-                    $(($a, $s) => pass_kernel::<$a, $s>(
-                        q,
-                        out,
-                        std::array::from_fn(|t| adds[t]),
-                        std::array::from_fn(|t| subs[t]),
-                    ),)*
-                    _ => {
-                        adds.iter().for_each(|s| add_kernel(q, out, s));
-                        subs.iter().for_each(|s| sub_kernel(q, out, s));
-                    }
-                }
-            };
-        }
-        arms!(
-            (1, 0), (0, 1), (2, 0), (1, 1), (0, 2), (3, 0), (2, 1), (1, 2), (0, 3),
-            (4, 0), (3, 1), (2, 2), (1, 3), (0, 4)
-        )
-    }
-
-    /// `super::monomial_sum_add_block` with `group` ≤ `TERMS_PER_PASS`
-    /// terms per pass. A group's wrap points cut the block into segments;
-    /// in each, every term is one contiguous slice of its input, added or
-    /// subtracted, and the segment gets one `pass`.
-    #[inline(always)]
-    fn sum_block_kernel(
-        q: u64,
-        out: &mut [u64],
-        lo: usize,
-        terms: &[(&[u64], usize, bool)],
-        group: usize,
-    ) {
-        let hi = lo + out.len();
-        for terms in terms.chunks(group) {
-            // X^e = −X^(e−N) for e ≥ N: (shift, subtract the straight part).
-            let mut shifts = [(0usize, false); TERMS_PER_PASS];
-            let mut cuts = [hi; TERMS_PER_PASS + 1];
-            for (t, &(inp, e, negate)) in terms.iter().enumerate() {
-                let n = inp.len();
-                let e = e % (2 * n);
-                shifts[t] = if e >= n {
-                    (e - n, !negate)
-                } else {
-                    (e, negate)
-                };
-                cuts[t] = shifts[t].0.clamp(lo, hi);
-            }
-            cuts.sort_unstable();
-            let mut start = lo;
-            for &end in &cuts {
-                if end == start {
-                    continue;
-                }
-                let mut adds: [&[u64]; TERMS_PER_PASS] = [&[]; TERMS_PER_PASS];
-                let mut subs: [&[u64]; TERMS_PER_PASS] = [&[]; TERMS_PER_PASS];
-                let (mut na, mut ns) = (0, 0);
-                for (&(inp, _, _), &(shift, negate)) in terms.iter().zip(&shifts) {
-                    let n = inp.len();
-                    // Output j < shift receives −inp[j − shift + N] (it
-                    // wrapped past X^N), output j ≥ shift +inp[j − shift];
-                    // no segment straddles a shift inside the block.
-                    let (src, subtract) = if start < shift {
-                        (&inp[start + n - shift..end + n - shift], !negate)
-                    } else {
-                        (&inp[start - shift..end - shift], negate)
-                    };
-                    if subtract {
-                        subs[ns] = src;
-                        ns += 1;
-                    } else {
-                        adds[na] = src;
-                        na += 1;
-                    }
-                }
-                pass(q, &mut out[start - lo..end - lo], &adds[..na], &subs[..ns]);
-                start = end;
-            }
+            let d = o.wrapping_sub(i);
+            *o = if *o < i { d.wrapping_add(q) } else { d };
         }
     }
 
@@ -308,52 +135,6 @@ mod simd {
     #[target_feature(enable = "avx2")]
     unsafe fn sub_avx2(q: u64, out: &mut [u64], inp: &[u64]) {
         sub_kernel(q, out, inp)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn sum_block_avx512(
-        q: u64,
-        out: &mut [u64],
-        lo: usize,
-        terms: &[(&[u64], usize, bool)],
-        group: usize,
-    ) {
-        sum_block_kernel(q, out, lo, terms, group)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn sum_block_avx2(
-        q: u64,
-        out: &mut [u64],
-        lo: usize,
-        terms: &[(&[u64], usize, bool)],
-        group: usize,
-    ) {
-        sum_block_kernel(q, out, lo, terms, group)
-    }
-
-    pub(super) fn dispatch_sum_block(
-        q: u64,
-        out: &mut [u64],
-        lo: usize,
-        terms: &[(&[u64], usize, bool)],
-        group: usize,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                // SAFETY: the features were detected on this CPU.
-                return unsafe { sum_block_avx512(q, out, lo, terms, group) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: as above.
-                return unsafe { sum_block_avx2(q, out, lo, terms, group) };
-            }
-        }
-        sum_block_kernel(q, out, lo, terms, group)
     }
 
     #[inline]
@@ -400,16 +181,6 @@ mod simd {
         use crate::math::{Modulus, SOLINAS};
         use proptest::prelude::*;
 
-        /// A residue mod q, the edges 0 and q − 1 often.
-        fn residue() -> impl Strategy<Value = u64> {
-            prop_oneof![1 => Just(0), 1 => Just(SOLINAS - 1), 6 => 0..SOLINAS]
-        }
-
-        /// An exponent of X for N = 64: 0, N and 2N − 1 often, else any.
-        fn exponent() -> impl Strategy<Value = usize> {
-            prop_oneof![1 => Just(0), 1 => Just(64), 1 => Just(127), 5 => 0usize..128]
-        }
-
         proptest! {
             // SIMD-1: every instruction-set variant agrees with the scalar field ops.
             #[test]
@@ -442,66 +213,6 @@ mod simd {
                     unsafe { sub_avx2(SOLINAS, &mut o, b) };
                     prop_assert_eq!(&o, &sub);
                 }
-            }
-
-            // SIMD-1: the multi-term block kernel, every instruction-set
-            // variant and group size, gives the words of the per-term
-            // blocked rotate-add: exponents 0, N, 2N − 1 and any in
-            // 0..2N (so wrapped terms, negated by X^N = −1, and straight
-            // ones), 1 to 13 terms (counts not divisible by the group),
-            // blocks of any size, dividing N or not, and residues at the
-            // edges 0 and q − 1.
-            #[test]
-            fn sum_block_kernel_equals_term_by_term(
-                start in proptest::collection::vec(residue(), 64),
-                inputs in proptest::collection::vec(
-                    proptest::collection::vec(residue(), 64), 1..5),
-                terms in proptest::collection::vec((exponent(), any::<bool>()), 1..14),
-                block in 1usize..70,
-            ) {
-                let m = Modulus::new(SOLINAS).unwrap();
-                let terms: Vec<(&[u64], usize, bool)> = terms
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &(e, negate))| (&inputs[k % inputs.len()][..], e, negate))
-                    .collect();
-                let mut expect = start.clone();
-                for (b, chunk) in expect.chunks_mut(block).enumerate() {
-                    for &(inp, e, negate) in &terms {
-                        crate::math::poly::monomial_mul_add_block(m, chunk, b * block, inp, e, negate);
-                    }
-                }
-                type Kernel = fn(u64, &mut [u64], usize, &[(&[u64], usize, bool)], usize);
-                let mut kernels: Vec<(&str, Kernel)> =
-                    vec![("scalar", sum_block_kernel), ("dispatched", dispatch_sum_block)];
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: detected on this CPU.
-                        kernels.push(("avx2", |q, o, lo, t, g| unsafe { sum_block_avx2(q, o, lo, t, g) }));
-                    }
-                    if std::arch::is_x86_feature_detected!("avx512f")
-                        && std::arch::is_x86_feature_detected!("avx512vl")
-                    {
-                        // SAFETY: detected on this CPU.
-                        kernels.push(("avx512", |q, o, lo, t, g| unsafe { sum_block_avx512(q, o, lo, t, g) }));
-                    }
-                }
-                for (name, kernel) in kernels {
-                    for group in 1..=TERMS_PER_PASS {
-                        let mut got = start.clone();
-                        for (b, chunk) in got.chunks_mut(block).enumerate() {
-                            kernel(SOLINAS, chunk, b * block, &terms, group);
-                        }
-                        prop_assert_eq!(&got, &expect, "{} kernel, {} terms per pass", name, group);
-                    }
-                }
-                let mut got = start.clone();
-                for (b, chunk) in got.chunks_mut(block).enumerate() {
-                    crate::math::poly::monomial_sum_add_block(m, chunk, b * block, &terms);
-                }
-                prop_assert_eq!(&got, &expect);
-                prop_assert!(got.iter().all(|&x| x < SOLINAS));
             }
         }
     }

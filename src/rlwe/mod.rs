@@ -196,17 +196,21 @@ impl Ciphertext {
     /// (benches/README.md, "Pack leaves: what bounds them").
     pub(crate) fn monomial_sum_add(&mut self, q: RnsModulus, terms: &[(&Ciphertext, usize, bool)]) {
         let n = self.n;
-        let mut slices: Vec<(&[u64], usize, bool)> = Vec::with_capacity(terms.len());
         for (l, &m) in q.limbs().iter().enumerate() {
             let limb = l * n..(l + 1) * n;
             for (out, part) in [(&mut self.a, 0), (&mut self.b, 1)] {
-                slices.clear();
-                slices.extend(terms.iter().map(|&(ct, e, negate)| {
-                    let inp = if part == 0 { &ct.a } else { &ct.b };
-                    (&inp[limb.clone()], e, negate)
-                }));
                 for (k, block) in out[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
-                    poly::monomial_sum_add_block(m, block, k * SUM_BLOCK, &slices);
+                    for &(ct, e, negate) in terms {
+                        let inp = if part == 0 { &ct.a } else { &ct.b };
+                        poly::monomial_mul_add_block(
+                            m,
+                            block,
+                            k * SUM_BLOCK,
+                            &inp[limb.clone()],
+                            e,
+                            negate,
+                        );
+                    }
                 }
             }
         }
