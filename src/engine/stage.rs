@@ -681,7 +681,8 @@ struct ConvChoice {
 }
 
 /// ENG-9, ENG-11: a conv stage laid out for the ring degree n' = N/s (a
-/// power of two, halving from N while the shape fits), with k ≤ s of its
+/// power of two, halving from N while the shape fits) and the channel
+/// blocking ([`Conv2dLayout::block_alternatives`]), with k ≤ s of its
 /// output ciphertexts interleaved into one, whichever prices lowest
 /// ([`conv_repack_price`] plus [`conv_product_price`]; ties to the larger
 /// s, then k), never above N's undilated layout, its weights encoded at N.
@@ -717,28 +718,32 @@ fn priced_conv_layer(
     // (price, dilation, interleave, index into `layouts`) of each choice.
     let mut layouts = Vec::new();
     let mut candidates = Vec::new();
-    let mut degree = n / 2;
+    let mut degree = n;
     while degree >= 1 {
-        let Ok(layout) = Conv2dLayout::with_max_stack(shape, degree, max_stack) else {
+        let alternatives = Conv2dLayout::block_alternatives(shape, degree, max_stack);
+        if alternatives.is_empty() {
             break;
-        };
-        let dilation = n / degree;
-        let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
-        let repack = conv_repack_price(ctx, &layout, dilation);
-        let widest = dilation
-            .min(outs)
-            .min(stack_at_n / layout.output_channels_per_ciphertext())
-            .max(1);
-        // The widest, and the powers of two below it should that one
-        // break the noise budget.
-        let narrower = (0..).map(|i| 1usize << i).take_while(|&k| k < widest);
-        for interleave in std::iter::once(widest).chain(narrower) {
-            let price = repack + conv_product_price(ctx, ins, outs.div_ceil(interleave), released);
-            if price <= full_price {
-                candidates.push((price, dilation, interleave, layouts.len()));
-            }
         }
-        layouts.push(layout);
+        let dilation = n / degree;
+        for layout in alternatives {
+            let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
+            let repack = conv_repack_price(ctx, &layout, dilation);
+            let widest = dilation
+                .min(outs)
+                .min(stack_at_n / layout.output_channels_per_ciphertext())
+                .max(1);
+            // The widest, and the powers of two below it should that one
+            // break the noise budget.
+            let narrower = (0..).map(|i| 1usize << i).take_while(|&k| k < widest);
+            for interleave in std::iter::once(widest).chain(narrower) {
+                let price =
+                    repack + conv_product_price(ctx, ins, outs.div_ceil(interleave), released);
+                if price <= full_price {
+                    candidates.push((price, dilation, interleave, layouts.len()));
+                }
+            }
+            layouts.push(layout);
+        }
         degree /= 2;
     }
     // Cheapest first; at equal price the larger dilation, then interleave.
