@@ -686,6 +686,7 @@ struct ConvChoice {
 /// output ciphertexts interleaved into one, whichever prices lowest
 /// ([`conv_repack_price`] plus [`conv_product_price`]; ties to the larger
 /// s, then k), never above N's undilated layout, its weights encoded at N.
+/// A choice with more output ciphertexts than N's layout is not taken.
 /// A choice whose noise factor (the largest ‖ŵ‖₁ of an output ciphertext)
 /// exceeds N's layout's, or the budget (LIN-3) where N's breaks it, gives
 /// way to the next cheapest, N's layout last: the stage's noise figures
@@ -736,9 +737,13 @@ fn priced_conv_layer(
             // break the noise budget.
             let narrower = (0..).map(|i| 1usize << i).take_while(|&k| k < widest);
             for interleave in std::iter::once(widest).chain(narrower) {
-                let price =
-                    repack + conv_product_price(ctx, ins, outs.div_ceil(interleave), released);
-                if price <= full_price {
+                let sources = outs.div_ceil(interleave);
+                let price = repack + conv_product_price(ctx, ins, sources, released);
+                // More output-pack sources than N's layout has are not
+                // taken: their images outgrow the caches, which the price
+                // does not see (ResNet-20's round 7 packed 2.2× slower from
+                // 32 sources that priced lower; benches/README.md).
+                if price <= full_price && sources <= full.output_ciphertexts() {
                     candidates.push((price, dilation, interleave, layouts.len()));
                 }
             }
