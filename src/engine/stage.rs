@@ -715,8 +715,9 @@ fn priced_conv_layer(
             full.output_ciphertexts(),
             released,
         );
-    // (dilation, layout) of every smaller degree the shape fits, and
-    // (price, dilation, interleave, index into `layouts`) of each choice.
+    // The block alternatives of every degree the shape fits (N's too),
+    // and (price, dilation, interleave, index into `layouts`) of each
+    // choice that prices at most N's default layout.
     let mut layouts = Vec::new();
     let mut candidates = Vec::new();
     let mut degree = n;
