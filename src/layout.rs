@@ -592,12 +592,45 @@ impl Conv2dLayout {
             });
         }
         let choice = Self::choose(&shape, &geo, n, max_stack.max(1))?;
+        Ok(Self::from_choice(shape, n, geo, &choice))
+    }
+
+    /// ENG-9: the best `Q` for each number of channel blocks, at the
+    /// smallest `Cb` (channels per input ciphertext) giving it (a larger
+    /// one only pads: a longer slot, fewer stacked outputs), for a caller
+    /// that prices layouts by more than ciphertext counts; among them
+    /// [`Conv2dLayout::with_max_stack`]'s choice. Empty where that fails.
+    pub(crate) fn block_alternatives(shape: Conv2dShape, n: usize, max_stack: usize) -> Vec<Self> {
+        let Ok(geo) = shape.geometry() else {
+            return Vec::new();
+        };
+        let kh = shape.kernel_height;
+        if check_ring_degree(n).is_err() || kh.checked_mul(geo.used_w).is_none_or(|need| need > n) {
+            return Vec::new();
+        }
+        let c = shape.in_channels;
+        let max_cb = c.min(n / (kh * geo.used_w));
+        let mut widths: Vec<usize> = (1..=c)
+            .map(|blocks| c.div_ceil(blocks))
+            .filter(|&cb| cb <= max_cb)
+            .collect();
+        widths.dedup();
+        widths
+            .into_iter()
+            .filter_map(|cb| Self::choose_with(&shape, &geo, n, max_stack.max(1), cb..=cb).ok())
+            .map(|choice| Self::from_choice(shape, n, geo, &choice))
+            .collect()
+    }
+
+    fn from_choice(shape: Conv2dShape, n: usize, geo: ConvGeometry, choice: &ConvChoice) -> Self {
+        let kh = shape.kernel_height;
+        let pitch = geo.used_w;
         let cb = choice.block_channels;
         // All products below are ≤ n because cb·hb·pitch ≤ n.
         let hb = (choice.out_rows - 1) * shape.stride + kh;
         let slot = cb * hb * pitch;
         let offset = (cb - 1) * hb * pitch + (kh - 1) * pitch + (shape.kernel_width - 1);
-        Ok(Self {
+        Self {
             shape,
             n,
             geo,
@@ -612,7 +645,7 @@ impl Conv2dLayout {
             offset,
             input_cts: choice.input_cts,
             output_cts: choice.output_cts,
-        })
+        }
     }
 
     /// Exhaustive search over `(Cb, Q)`; requires `kh·Wu ≤ n`.
@@ -622,12 +655,26 @@ impl Conv2dLayout {
         n: usize,
         max_stack: usize,
     ) -> Result<ConvChoice, LayoutError> {
+        let max_cb = shape
+            .in_channels
+            .min(n / (shape.kernel_height * geo.used_w));
+        Self::choose_with(shape, geo, n, max_stack, 1..=max_cb)
+    }
+
+    /// The search over `Q` for every `Cb` in `channels` (each at most
+    /// `n / (kh·Wu)`).
+    fn choose_with(
+        shape: &Conv2dShape,
+        geo: &ConvGeometry,
+        n: usize,
+        max_stack: usize,
+        channels: std::ops::RangeInclusive<usize>,
+    ) -> Result<ConvChoice, LayoutError> {
         let (kh, s) = (shape.kernel_height, shape.stride);
         let pitch = geo.used_w;
         let out_ch = shape.out_channels;
-        let max_cb = shape.in_channels.min(n / (kh * pitch));
         let mut best: Option<ConvChoice> = None;
-        for cb in 1..=max_cb {
+        for cb in channels {
             let channel_blocks = shape.in_channels.div_ceil(cb);
             // cb·kh·pitch ≤ n, hence max_hb ≥ kh and max_q ≥ 1.
             let max_hb = n / (cb * pitch);
@@ -1329,6 +1376,39 @@ mod tests {
     }
 
     // ----- deterministic, hand-checked cases -----
+
+    // ENG-9: the block alternatives a priced choice considers: one per
+    // number of channel blocks (8 channels: 8, 4, 3, 2, 1 per block, those
+    // that fit), each computing the same convolution, with
+    // `with_max_stack`'s own choice among them.
+    #[test]
+    fn block_alternatives_cover_every_channel_block_count() {
+        let shape = conv_shape(8, 8, 8, 16, (3, 3), 1, 1);
+        let input: Vec<i64> = (0..8 * 8 * 8).map(|i| (i % 7) as i64 - 3).collect();
+        let weights: Vec<i64> = (0..16 * 8 * 9).map(|i| (i % 5) as i64 - 2).collect();
+        for n in [256, 1024, 4096] {
+            let alternatives = Conv2dLayout::block_alternatives(shape, n, usize::MAX);
+            let widths: Vec<usize> = alternatives.iter().map(|l| l.block_channels()).collect();
+            let fitting: Vec<usize> = [8, 4, 3, 2, 1]
+                .into_iter()
+                .filter(|&cb| cb * 3 * 10 <= n)
+                .collect();
+            assert_eq!(widths, fitting, "n = {n}");
+            let default = Conv2dLayout::new(shape, n).unwrap();
+            assert!(
+                alternatives
+                    .iter()
+                    .any(|l| l.block_channels() == default.block_channels()
+                        && l.input_ciphertexts() == default.input_ciphertexts()
+                        && l.output_ciphertexts() == default.output_ciphertexts()),
+                "n = {n}: the default choice is missing"
+            );
+            for layout in &alternatives {
+                let (got, want) = conv_pipeline(layout, &input, &weights);
+                assert_eq!(got, want, "n = {n}, Cb = {}", layout.block_channels());
+            }
+        }
+    }
 
     #[test]
     fn conv_1x3x3_kernel_2x2_by_hand() {

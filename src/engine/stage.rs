@@ -13,8 +13,8 @@ use crate::layout::{
     MatVecLayout, MatVecShape,
 };
 use crate::linear::{CoefficientLayout, EncodedLayer, LinearError};
-use crate::pack::PackError;
-use crate::protocol::client_steps::{apply_client_ops, response_ciphertexts};
+use crate::pack::{pack_price, PackError};
+use crate::protocol::client_steps::{apply_client_ops, output_stride, response_ciphertexts};
 use crate::rlwe::{Ciphertext, Context};
 use crate::rng::Csprng;
 use crate::shuffle::{Granularity, Permutation, ShuffleUnit};
@@ -36,6 +36,9 @@ pub struct LinearStage {
     /// ENG-9: N over the ring degree `layout` was built for; every position
     /// the layout names is multiplied by it at N.
     dilation: usize,
+    /// ENG-11: output ciphertexts of the layout summed into one, output
+    /// ciphertext o's values at coefficient s·c + (o mod interleave).
+    interleave: usize,
     pub(super) encoded: EncodedLayer,
     /// Bias polynomial (coefficient domain, signed) per output ciphertext.
     pub(super) bias: Vec<Vec<i64>>,
@@ -194,10 +197,13 @@ impl LinearStage {
         stage: usize,
         max_stack: usize,
     ) -> Result<Self, EngineError> {
-        let (layout, dilation, encoded) = dilated_layer(ctx, weights, |n| {
-            Conv2dLayout::with_max_stack(shape, n, max_stack)
-        })?;
-        let positions = dilate_positions(layout.output_positions(), dilation);
+        let ConvChoice {
+            layout,
+            dilation,
+            interleave,
+            encoded,
+        } = priced_conv_layer(ctx, shape, weights, max_stack)?;
+        let positions = place_outputs(layout.output_positions(), dilation, interleave);
         let per_channel = layout.output_height() * layout.output_width();
         check_bias(bias, shape.out_channels, stage)?;
         let bias_values: Vec<i64> = (0..positions.len())
@@ -206,7 +212,12 @@ impl LinearStage {
         Ok(Self {
             input_len: shape.input_len()?,
             output_len: positions.len(),
-            bias: bias_polys(ctx, &positions, layout.output_ciphertexts(), &bias_values),
+            bias: bias_polys(
+                ctx,
+                &positions,
+                layout.output_ciphertexts().div_ceil(interleave),
+                &bias_values,
+            ),
             bias_values,
             encoded,
             independent_inputs: shape.input_len()?,
@@ -216,6 +227,7 @@ impl LinearStage {
             sensitivity: 0.0,
             layout: StageLayout::Conv(layout, weights.to_vec()),
             dilation,
+            interleave,
             reads_upload: None,
         })
     }
@@ -258,6 +270,7 @@ impl LinearStage {
             sensitivity: 0.0,
             layout: StageLayout::MatVec(layout, weights.to_vec()),
             dilation,
+            interleave: 1,
             reads_upload,
         })
     }
@@ -381,10 +394,19 @@ impl LinearStage {
 
     /// ENG-9: the stage's dilation s: its layout was built for ring degree
     /// N/s and every position it names sits at s times its coefficient
-    /// (1: built for N). Chosen at compile time as the largest s at which
-    /// the layout needs as many input and output ciphertexts as at N.
+    /// (1: built for N). Chosen at compile time: for a mat-vec the largest
+    /// s at which the layout needs as many input and output ciphertexts as
+    /// at N, for a conv the s (with [`interleave`](Self::interleave)) whose
+    /// server work prices lowest.
     pub fn dilation(&self) -> usize {
         self.dilation
+    }
+
+    /// ENG-11: how many of the layout's output ciphertexts one of the
+    /// stage's sums (1 for none, always 1 for a mat-vec): output
+    /// ciphertext o's values sit at s·c + (o mod k).
+    pub fn interleave(&self) -> usize {
+        self.interleave
     }
 
     /// (flat input index, input ciphertext, coefficient at N) of every
@@ -422,7 +444,7 @@ impl LinearStage {
             StageLayout::Conv(l, _) => l.output_positions(),
             StageLayout::MatVec(l, _) => l.output_positions(),
         };
-        dilate_positions(positions, self.dilation)
+        place_outputs(positions, self.dilation, self.interleave)
     }
 
     /// Number of input ciphertexts the stage's product reads: those the
@@ -584,8 +606,6 @@ const LAYOUT_IN_ROTATIONS: u64 = 8;
 /// laid out per row and upload ciphertext, and the output pack from one
 /// source per row. Priced without σ, which changes no count.
 fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Option<UploadRead> {
-    use crate::pack::pack_price;
-    use crate::protocol::client_steps::{output_stride, response_ciphertexts};
     let n = ctx.n();
     let MatVecShape { rows, cols } = *layout.shape();
     let read = UploadRead {
@@ -599,28 +619,191 @@ fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Op
     }
     let repack = pack_price(ctx, &repack_positions, read.input_ciphertexts as u64);
     // The response is the same either way; only its sources differ.
-    let stride = output_stride(n, rows);
-    let response: Vec<Vec<usize>> = (0..response_ciphertexts(n, rows))
-        .map(|c| {
-            (c * n..rows.min((c + 1) * n))
-                .map(|s| (s % n) * stride)
-                .collect()
-        })
-        .collect();
-    let transforms =
-        |ins: usize, outs: usize| (2 * ins + outs * ins + 2 * outs) as u64 * TRANSFORM_IN_ROTATIONS;
-    let repacking = repack + transforms(ins, outs) + pack_price(ctx, &response, outs as u64);
-    let reading = transforms(read.input_ciphertexts, rows)
+    let response = response_positions(n, rows);
+    let repacking = repack + transforms_price(ins, outs) + pack_price(ctx, &response, outs as u64);
+    let reading = transforms_price(read.input_ciphertexts, rows)
         + (rows * read.input_ciphertexts) as u64 * LAYOUT_IN_ROTATIONS
         + pack_price(ctx, &response, rows as u64);
     (reading < repacking).then_some(read)
 }
 
+/// The coefficients a response of `values` values fills, by response
+/// ciphertext (slot order, every `output_stride`-th coefficient): what the
+/// output pack places, whatever the stage's layout.
+fn response_positions(n: usize, values: usize) -> Vec<Vec<usize>> {
+    let stride = output_stride(n, values);
+    (0..response_ciphertexts(n, values))
+        .map(|c| {
+            (c * n..values.min((c + 1) * n))
+                .map(|s| (s % n) * stride)
+                .collect()
+        })
+        .collect()
+}
+
+/// The transforms of a stage with `ins` input and `outs` output
+/// ciphertexts, in rotate-adds: two per input and output ciphertext, one
+/// per weight polynomial.
+fn transforms_price(ins: usize, outs: usize) -> u64 {
+    (2 * ins + outs * ins + 2 * outs) as u64 * TRANSFORM_IN_ROTATIONS
+}
+
+/// ENG-9: the part of a conv stage's server work its layout fixes, built
+/// for ring degree N/`dilation`, in PACK-2's unit (src/pack.rs): the
+/// repack of its upload (`response_ciphertexts` of the input values;
+/// σ_(r−1) changes no count) into the layout's input ciphertexts. An
+/// estimate that picks the layout, never a result.
+fn conv_repack_price(ctx: &Context, layout: &Conv2dLayout, dilation: usize) -> u64 {
+    let n = ctx.n();
+    let mut repack = vec![Vec::new(); layout.input_ciphertexts()];
+    for p in layout.input_placements() {
+        repack[p.ciphertext].push(p.coefficient * dilation);
+    }
+    let upload = response_ciphertexts(n, layout.shape().input_len().unwrap_or(n)) as u64;
+    pack_price(ctx, &repack, upload)
+}
+
+/// ENG-9, ENG-11: the rest of a conv stage's server work with `ins` input
+/// and `outs` output ciphertexts (after interleaving): the transforms and
+/// the output pack of `released` values from `outs` sources.
+fn conv_product_price(ctx: &Context, ins: usize, outs: usize, released: usize) -> u64 {
+    let response = response_positions(ctx.n(), released);
+    transforms_price(ins, outs) + pack_price(ctx, &response, outs as u64)
+}
+
+/// A conv layout as a stage evaluates it: built for N/`dilation`,
+/// `interleave` output ciphertexts summed into one (ENG-9, ENG-11).
+struct ConvChoice {
+    layout: Conv2dLayout,
+    dilation: usize,
+    interleave: usize,
+    encoded: EncodedLayer,
+}
+
+/// ENG-9, ENG-11: a conv stage laid out for the ring degree n' = N/s (a
+/// power of two, halving from N while the shape fits) and the channel
+/// blocking ([`Conv2dLayout::block_alternatives`]), with k ≤ s of its
+/// output ciphertexts interleaved into one, whichever prices lowest
+/// ([`conv_repack_price`] plus [`conv_product_price`]; ties to the larger
+/// s, then k), never above N's undilated layout, its weights encoded at N.
+/// A choice with more output ciphertexts than N's layout is not taken.
+/// A choice whose noise factor (the largest ‖ŵ‖₁ of an output ciphertext)
+/// exceeds N's layout's, or the budget (LIN-3) where N's breaks it, gives
+/// way to the next cheapest, N's layout last: the stage's noise figures
+/// (LIN-3, the flooding, PRIV-3) are never worse than N's layout gives,
+/// and choosing never refuses a stage that fits at N. k·T stays within
+/// N's T (and `max_stack`, ENG-7), so the first candidate usually passes.
+fn priced_conv_layer(
+    ctx: &Context,
+    shape: Conv2dShape,
+    weights: &[i64],
+    max_stack: usize,
+) -> Result<ConvChoice, EngineError> {
+    let n = ctx.n();
+    let released = shape.output_len()?;
+    let full = Conv2dLayout::with_max_stack(shape, n, max_stack)?;
+    let full_encoded = match EncodedLayer::new(ctx, &full, weights) {
+        Ok(encoded) => Some(encoded),
+        Err(LinearError::NoiseBudget { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let stack_at_n = full.output_channels_per_ciphertext().min(max_stack);
+    let full_price = conv_repack_price(ctx, &full, 1)
+        + conv_product_price(
+            ctx,
+            full.input_ciphertexts(),
+            full.output_ciphertexts(),
+            released,
+        );
+    // The block alternatives of every degree the shape fits (N's too),
+    // and (price, dilation, interleave, index into `layouts`) of each
+    // choice that prices at most N's default layout.
+    let mut layouts = Vec::new();
+    let mut candidates = Vec::new();
+    let mut degree = n;
+    while degree >= 1 {
+        let alternatives = Conv2dLayout::block_alternatives(shape, degree, max_stack);
+        if alternatives.is_empty() {
+            break;
+        }
+        let dilation = n / degree;
+        for layout in alternatives {
+            let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
+            let repack = conv_repack_price(ctx, &layout, dilation);
+            let widest = dilation
+                .min(outs)
+                .min(stack_at_n / layout.output_channels_per_ciphertext())
+                .max(1);
+            // The widest, and the powers of two below it should that one
+            // break the noise budget.
+            let narrower = (0..).map(|i| 1usize << i).take_while(|&k| k < widest);
+            for interleave in std::iter::once(widest).chain(narrower) {
+                let sources = outs.div_ceil(interleave);
+                let price = repack + conv_product_price(ctx, ins, sources, released);
+                // More output-pack sources than N's layout has are not
+                // taken: their images outgrow the caches, which the price
+                // does not see (ResNet-20's round 7 packed 2.2× slower from
+                // 32 sources that priced lower; benches/README.md).
+                if price <= full_price && sources <= full.output_ciphertexts() {
+                    candidates.push((price, dilation, interleave, layouts.len()));
+                }
+            }
+            layouts.push(layout);
+        }
+        degree /= 2;
+    }
+    // Cheapest first; at equal price the larger dilation, then interleave.
+    candidates.sort_by_key(|&(price, dilation, interleave, _)| {
+        (
+            price,
+            std::cmp::Reverse(dilation),
+            std::cmp::Reverse(interleave),
+        )
+    });
+    for (_, dilation, interleave, index) in candidates {
+        let dilated = Dilated {
+            layout: &layouts[index],
+            dilation,
+            interleave,
+        };
+        match EncodedLayer::new(ctx, &dilated, weights) {
+            Ok(encoded)
+                if full_encoded
+                    .as_ref()
+                    .is_none_or(|f| encoded.max_weight_l1() <= f.max_weight_l1()) =>
+            {
+                return Ok(ConvChoice {
+                    layout: layouts.swap_remove(index),
+                    dilation,
+                    interleave,
+                    encoded,
+                })
+            }
+            Ok(_) | Err(LinearError::NoiseBudget { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let encoded = match full_encoded {
+        Some(encoded) => encoded,
+        None => EncodedLayer::new(ctx, &full, weights)?,
+    };
+    Ok(ConvChoice {
+        layout: full,
+        dilation: 1,
+        interleave: 1,
+        encoded,
+    })
+}
+
 /// ENG-9: a layout built for ring degree N/`dilation`, as seen at N: its
-/// weight polynomials spread by [`dilate_polynomial`].
+/// weight polynomials spread by [`dilate_polynomial`], and (ENG-11) each
+/// run of `interleave` ≤ `dilation` consecutive output ciphertexts summed
+/// into one, output ciphertext o's polynomials times X^(o mod interleave):
+/// its values land at s·c + (o mod interleave), free in the others'.
 struct Dilated<'a, L> {
     layout: &'a L,
     dilation: usize,
+    interleave: usize,
 }
 
 impl<L: CoefficientLayout> CoefficientLayout for Dilated<'_, L> {
@@ -628,7 +811,7 @@ impl<L: CoefficientLayout> CoefficientLayout for Dilated<'_, L> {
         self.layout.input_ciphertexts()
     }
     fn output_ciphertexts(&self) -> usize {
-        self.layout.output_ciphertexts()
+        self.layout.output_ciphertexts().div_ceil(self.interleave)
     }
     fn weight_polynomial(
         &self,
@@ -636,10 +819,23 @@ impl<L: CoefficientLayout> CoefficientLayout for Dilated<'_, L> {
         output_ct: usize,
         input_ct: usize,
     ) -> Result<Option<Vec<i64>>, LayoutError> {
-        let poly = self
-            .layout
-            .weight_polynomial(weights, output_ct, input_ct)?;
-        Ok(poly.map(|p| dilate_polynomial(&p, self.dilation)))
+        let k = self.interleave;
+        let first = output_ct * k;
+        let last = (first + k).min(self.layout.output_ciphertexts());
+        let mut sum: Option<Vec<i64>> = None;
+        for (shift, o) in (first..last).enumerate() {
+            let Some(poly) = self.layout.weight_polynomial(weights, o, input_ct)? else {
+                continue;
+            };
+            let dilated = dilate_polynomial(&poly, self.dilation);
+            let sum = sum.get_or_insert_with(|| vec![0; dilated.len()]);
+            // Nonzero only at multiples of s ≤ N − s, and shift < s: no
+            // coefficient wraps, none meets another shift's.
+            for (i, &w) in dilated.iter().enumerate().step_by(self.dilation) {
+                sum[i + shift] = w;
+            }
+        }
+        Ok(sum)
     }
 }
 
@@ -673,6 +869,7 @@ fn dilated_layer<L: CoefficientLayout>(
         let dilated = Dilated {
             layout: &layout,
             dilation,
+            interleave: 1,
         };
         match EncodedLayer::new(ctx, &dilated, weights) {
             Ok(encoded) => return Ok((layout, dilation, encoded)),
@@ -682,6 +879,21 @@ fn dilated_layer<L: CoefficientLayout>(
     }
     let encoded = EncodedLayer::new(ctx, &full, weights)?;
     Ok((full, 1, encoded))
+}
+
+/// Output positions of a layout built for ring degree N/`dilation`, at N,
+/// with `interleave` output ciphertexts summed into one (ENG-11): output
+/// ciphertext o's coefficient c goes to ciphertext o / interleave,
+/// coefficient s·c + (o mod interleave).
+fn place_outputs(
+    positions: Vec<(usize, usize)>,
+    dilation: usize,
+    interleave: usize,
+) -> Vec<(usize, usize)> {
+    positions
+        .into_iter()
+        .map(|(ct, c)| (ct / interleave, c * dilation + ct % interleave))
+        .collect()
 }
 
 /// Positions of a layout built for ring degree N/`dilation`, at N.
@@ -1056,5 +1268,80 @@ impl CompiledModel {
             None => {}
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParameterSet;
+
+    // ENG-9, ENG-11: on the digits model's two conv shapes (1×8×8 → 8,
+    // 3×3; 8×8×8 → 16, 6×6 stride 2, a folded pool), the chosen layout
+    // dilates and interleaves, prices below N's undilated layout, and its
+    // noise factor stays at most N's (k = 16 on the second shape would sum
+    // 16 channels where N's layout stacks 7: the rule must refuse it).
+    #[test]
+    fn priced_conv_layouts_never_raise_the_noise_factor() {
+        let ctx = Context::new(ParameterSet::shipped("b16").unwrap());
+        let shapes = [
+            Conv2dShape {
+                in_channels: 1,
+                in_height: 8,
+                in_width: 8,
+                out_channels: 8,
+                kernel_height: 3,
+                kernel_width: 3,
+                stride: 1,
+                padding: 1,
+            },
+            Conv2dShape {
+                in_channels: 8,
+                in_height: 8,
+                in_width: 8,
+                out_channels: 16,
+                kernel_height: 6,
+                kernel_width: 6,
+                stride: 2,
+                padding: 2,
+            },
+        ];
+        let mut rng = Csprng::from_seed([7; 16]);
+        for shape in shapes {
+            let count =
+                shape.out_channels * shape.in_channels * shape.kernel_height * shape.kernel_width;
+            let weights: Vec<i64> = (0..count)
+                .map(|_| rng.uniform_below(31) as i64 - 15)
+                .collect();
+            let full = Conv2dLayout::new(shape, ctx.n()).unwrap();
+            let full_noise = EncodedLayer::new(&ctx, &full, &weights)
+                .unwrap()
+                .max_weight_l1();
+            let released = shape.output_len().unwrap();
+            let full_price = conv_repack_price(&ctx, &full, 1)
+                + conv_product_price(
+                    &ctx,
+                    full.input_ciphertexts(),
+                    full.output_ciphertexts(),
+                    released,
+                );
+            let choice = priced_conv_layer(&ctx, shape, &weights, usize::MAX).unwrap();
+            let (s, k) = (choice.dilation, choice.interleave);
+            assert!(s > 1 && k > 1 && k <= s, "{shape:?}: s = {s}, k = {k}");
+            let outs = choice.layout.output_ciphertexts().div_ceil(k);
+            let price = conv_repack_price(&ctx, &choice.layout, s)
+                + conv_product_price(&ctx, choice.layout.input_ciphertexts(), outs, released);
+            assert!(price < full_price, "{shape:?}: {price} vs {full_price}");
+            assert!(
+                choice.encoded.max_weight_l1() <= full_noise,
+                "{shape:?}: noise factor {} above N's {full_noise}",
+                choice.encoded.max_weight_l1()
+            );
+            assert!(
+                k * choice.layout.output_channels_per_ciphertext()
+                    <= full.output_channels_per_ciphertext(),
+                "{shape:?}: more channels summed than N's layout stacks"
+            );
+        }
     }
 }
