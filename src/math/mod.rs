@@ -6,6 +6,7 @@
 //! outside `math` touches `tfhe-ntt` directly, so the transform can be swapped
 //! or accelerated without changing callers.
 
+mod goldilocks_ntt;
 mod modulus;
 mod ntt;
 pub mod poly;

@@ -1,13 +1,20 @@
-//! Negacyclic number-theoretic transforms, delegated to `tfhe-ntt`, which
-//! selects AVX-512 (IFMA), AVX2 or scalar kernels at run time.
+//! Negacyclic number-theoretic transforms. Modulo the Goldilocks prime
+//! [`SOLINAS`](super::SOLINAS) on CPUs with AVX-512, the crate's own
+//! transform (`goldilocks_ntt`: shift twiddles, transposed tail); every
+//! other prime, or that one without AVX-512, is delegated to `tfhe-ntt`,
+//! which selects AVX-512 (IFMA), AVX2 or scalar kernels at run time.
 
+use super::goldilocks_ntt::GoldilocksNtt;
 use super::Modulus;
 
 /// A transform of length `N` modulo one prime `p ≡ 1 (mod 2N)`.
 ///
-/// The forward transform leaves values in bit-reversed evaluation order; only
-/// point-wise products and sums are ever taken in that domain, so the order
-/// never matters to callers.
+/// The forward transform leaves values in a private evaluation order (bit-
+/// reversed for tfhe-ntt's, permuted further for the Goldilocks one); only
+/// point-wise products and sums are ever taken in that domain, and every
+/// operand of one prime goes through the same plan, so the order never
+/// matters to callers. Nothing in that domain is serialised (keys travel in
+/// the coefficient domain and are transformed on expansion).
 pub struct NttPlan {
     plan: Transform,
     modulus: Modulus,
@@ -18,9 +25,13 @@ pub struct NttPlan {
 /// 2^31 (the b-sets' P: sixteen lanes per AVX-512 vector instead of eight,
 /// about 0.7× the time), else its 64-bit one. Each prime has one
 /// transform, so every operand of a point-wise product is in its domain.
+/// The Goldilocks prime takes the crate's own transform where it runs
+/// (AVX-512, N ≥ 64), keeping tfhe-ntt's plan for `normalize` and the
+/// point-wise products, which do not depend on the order.
 enum Transform {
     Wide(tfhe_ntt::prime64::Plan),
     Narrow(tfhe_ntt::prime32::Plan),
+    Goldilocks(GoldilocksNtt, tfhe_ntt::prime64::Plan),
 }
 
 impl Transform {
@@ -28,6 +39,7 @@ impl Transform {
         match self {
             Self::Wide(p) => p.ntt_size(),
             Self::Narrow(p) => p.ntt_size(),
+            Self::Goldilocks(g, _) => g.n(),
         }
     }
 
@@ -59,7 +71,13 @@ impl NttPlan {
         let plan = if p < 1 << 31 {
             Transform::Narrow(tfhe_ntt::prime32::Plan::try_new(n, p as u32)?)
         } else {
-            Transform::Wide(tfhe_ntt::prime64::Plan::try_new(n, p)?)
+            let wide = tfhe_ntt::prime64::Plan::try_new(n, p)?;
+            match GoldilocksNtt::new(n) {
+                Some(g) if p == super::SOLINAS && GoldilocksNtt::supported() => {
+                    Transform::Goldilocks(g, wide)
+                }
+                _ => Transform::Wide(wide),
+            }
         };
         let n_inv = modulus.inv(n as u64 % p)?;
         Some(Self {
@@ -79,7 +97,7 @@ impl NttPlan {
     pub(crate) fn narrow(&self) -> Option<&tfhe_ntt::prime32::Plan> {
         match &self.plan {
             Transform::Narrow(p) => Some(p),
-            Transform::Wide(_) => None,
+            Transform::Wide(_) | Transform::Goldilocks(..) => None,
         }
     }
 
@@ -99,6 +117,7 @@ impl NttPlan {
         match &self.plan {
             Transform::Wide(p) => p.fwd(buf),
             Transform::Narrow(p) => Transform::narrowed(buf, |b| p.fwd(b)),
+            Transform::Goldilocks(g, _) => g.forward(buf),
         }
     }
 
@@ -108,12 +127,17 @@ impl NttPlan {
         match &self.plan {
             Transform::Wide(p) => p.inv(buf),
             Transform::Narrow(p) => Transform::narrowed(buf, |b| p.inv(b)),
+            Transform::Goldilocks(g, _) => g.backward_unnormalized(buf),
         }
     }
 
     /// Inverse transform including the 1/N factor.
     pub fn backward(&self, buf: &mut [u64]) {
         match &self.plan {
+            Transform::Goldilocks(g, p) => {
+                g.backward_unnormalized(buf);
+                p.normalize(buf);
+            }
             Transform::Wide(p) => {
                 p.inv(buf);
                 p.normalize(buf);
@@ -128,7 +152,7 @@ impl NttPlan {
     /// Multiplies every value by 1/N.
     pub fn normalize(&self, buf: &mut [u64]) {
         match &self.plan {
-            Transform::Wide(p) => p.normalize(buf),
+            Transform::Wide(p) | Transform::Goldilocks(_, p) => p.normalize(buf),
             Transform::Narrow(p) => Transform::narrowed(buf, |b| p.normalize(b)),
         }
     }
@@ -140,7 +164,7 @@ impl NttPlan {
         let m = self.modulus;
         match &self.plan {
             _ if m.value() == super::SOLINAS => solinas_simd::mul_accumulate(acc, lhs, rhs),
-            Transform::Wide(p) => p.mul_accumulate(acc, lhs, rhs),
+            Transform::Wide(p) | Transform::Goldilocks(_, p) => p.mul_accumulate(acc, lhs, rhs),
             // Off the hot paths (see `narrowed`): field ops.
             Transform::Narrow(_) => {
                 for ((a, &l), &r) in acc.iter_mut().zip(lhs).zip(rhs) {
