@@ -70,34 +70,33 @@ fn evaluate_stage(
     upload: &ReceivedUpload,
     phases: &mut RoundPhases,
 ) -> Result<Vec<Ciphertext>, EngineError> {
-    let t = Instant::now();
-    if let Some(encoded) = stage.encode_for_upload(ctx, upload) {
+    let mut t = Instant::now();
+    let mut outputs = match stage.encode_for_upload(ctx, upload) {
         // The per-round weight layout is part of the linear work.
-        let encoded = encoded?;
-        let inputs = &upload.ciphertexts()[..encoded.input_ciphertexts()];
-        let mut outputs = encoded.evaluate(ctx, inputs);
-        for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
-            ctx.add_plain(ct, bias);
+        Some(encoded) => {
+            let encoded = encoded?;
+            encoded.evaluate(ctx, &upload.ciphertexts()[..encoded.input_ciphertexts()])
         }
-        phases.linear_ms += elapsed_ms(t);
-        return Ok(outputs);
-    }
-    let n = ctx.n();
-    let sources: Vec<PackSource> = upload.ciphertexts().iter().map(PackSource::plain).collect();
-    let placements: Vec<Placement> = stage
-        .input_placements()
-        .into_iter()
-        .map(|(k, ct, coeff)| Placement {
-            value: upload.value(n, k),
-            output: ct,
-            position: coeff,
-        })
-        .collect();
-    let mut repacked = packer.pack(&sources, &placements)?;
-    repacked.resize_with(stage.input_ciphertexts(), || ctx.zero_ciphertext());
-    phases.repack_ms += elapsed_ms(t);
-    let t = Instant::now();
-    let mut outputs = stage.encoded.evaluate(ctx, &repacked);
+        None => {
+            let n = ctx.n();
+            let sources: Vec<PackSource> =
+                upload.ciphertexts().iter().map(PackSource::plain).collect();
+            let placements: Vec<Placement> = stage
+                .input_placements()
+                .into_iter()
+                .map(|(k, ct, coeff)| Placement {
+                    value: upload.value(n, k),
+                    output: ct,
+                    position: coeff,
+                })
+                .collect();
+            let mut repacked = packer.pack(&sources, &placements)?;
+            repacked.resize_with(stage.input_ciphertexts(), || ctx.zero_ciphertext());
+            phases.repack_ms += elapsed_ms(t);
+            t = Instant::now();
+            stage.encoded.evaluate(ctx, &repacked)
+        }
+    };
     for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
         ctx.add_plain(ct, bias);
     }

@@ -9,8 +9,8 @@
 use super::error::{CompileError, CompileProblem, EngineError};
 use crate::extract::ValueRef;
 use crate::layout::{
-    conv2d_reference, dilate_polynomial, matvec_reference, Conv2dLayout, Conv2dShape, LayoutError,
-    MatVecLayout, MatVecShape,
+    conv2d_reference, dilate_polynomial, matvec_reference, Conv2dLayout, Conv2dShape,
+    InputPlacement, LayoutError, MatVecLayout, MatVecShape,
 };
 use crate::linear::{CoefficientLayout, EncodedLayer, LinearError};
 use crate::pack::{pack_price, PackError};
@@ -249,7 +249,7 @@ impl LinearStage {
         let (positions, output_cts) = match &reads_upload {
             Some(read) => (read.output_positions(shape.rows), shape.rows),
             None => (
-                dilate_positions(layout.output_positions(), dilation),
+                place_outputs(layout.output_positions(), dilation, 1),
                 layout.output_ciphertexts(),
             ),
         };
@@ -613,11 +613,7 @@ fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Op
         output_coefficient: cols.min(n) - 1,
     };
     let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
-    let mut repack_positions = vec![Vec::new(); ins];
-    for p in layout.input_placements() {
-        repack_positions[p.ciphertext].push(p.coefficient * dilation);
-    }
-    let repack = pack_price(ctx, &repack_positions, read.input_ciphertexts as u64);
+    let repack = repack_price(ctx, &layout.input_placements(), ins, dilation, cols);
     // The response is the same either way; only its sources differ.
     let response = response_positions(n, rows);
     let repacking = repack + transforms_price(ins, outs) + pack_price(ctx, &response, outs as u64);
@@ -654,13 +650,33 @@ fn transforms_price(ins: usize, outs: usize) -> u64 {
 /// σ_(r−1) changes no count) into the layout's input ciphertexts. An
 /// estimate that picks the layout, never a result.
 fn conv_repack_price(ctx: &Context, layout: &Conv2dLayout, dilation: usize) -> u64 {
-    let n = ctx.n();
-    let mut repack = vec![Vec::new(); layout.input_ciphertexts()];
-    for p in layout.input_placements() {
-        repack[p.ciphertext].push(p.coefficient * dilation);
+    let values = layout.shape().input_len().unwrap_or(ctx.n());
+    repack_price(
+        ctx,
+        &layout.input_placements(),
+        layout.input_ciphertexts(),
+        dilation,
+        values,
+    )
+}
+
+/// PACK-2's price of repacking an upload of `values` values (dense, N per
+/// ciphertext; σ_(r−1) changes no count) to `placements` in `ins` input
+/// ciphertexts of a layout built for N/`dilation`: what ENG-9 and ENG-10
+/// weigh against other work, never a result.
+fn repack_price(
+    ctx: &Context,
+    placements: &[InputPlacement],
+    ins: usize,
+    dilation: usize,
+    values: usize,
+) -> u64 {
+    let mut positions = vec![Vec::new(); ins];
+    for p in placements {
+        positions[p.ciphertext].push(p.coefficient * dilation);
     }
-    let upload = response_ciphertexts(n, layout.shape().input_len().unwrap_or(n)) as u64;
-    pack_price(ctx, &repack, upload)
+    let upload = response_ciphertexts(ctx.n(), values) as u64;
+    pack_price(ctx, &positions, upload)
 }
 
 /// ENG-9, ENG-11: the rest of a conv stage's server work with `ins` input
@@ -894,14 +910,6 @@ fn place_outputs(
         .into_iter()
         .map(|(ct, c)| (ct / interleave, c * dilation + ct % interleave))
         .collect()
-}
-
-/// Positions of a layout built for ring degree N/`dilation`, at N.
-fn dilate_positions(mut positions: Vec<(usize, usize)>, dilation: usize) -> Vec<(usize, usize)> {
-    for (_, c) in &mut positions {
-        *c *= dilation;
-    }
-    positions
 }
 
 fn check_bias(bias: &[i64], expected: usize, stage: usize) -> Result<(), EngineError> {
