@@ -334,6 +334,15 @@ pub struct StageReport {
     pub note: String,
 }
 
+impl StageReport {
+    /// Records AUDIT-6's column estimates under noise, their mean error
+    /// standing as the stage's weight error.
+    fn record_noisy(&mut self, noisy: NoisyColumns) {
+        self.weight_error = Some(noisy.mean_abs_error);
+        self.noisy_columns = Some(noisy);
+    }
+}
+
 /// Where the exact columns of the logits' layer came from (AUDIT-9).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ColumnSources {
@@ -1120,6 +1129,22 @@ fn noisy_probe_step((lo, hi): (i64, i64)) -> (i64, i64) {
     (lo, hi - lo)
 }
 
+/// The d + 1 attacks' base and step: [`noisy_probe_step`] under DP noise
+/// of σ = `sigma`, else [`probe_step`].
+fn column_probe_step(range: (i64, i64), sigma: Option<u32>) -> (i64, i64) {
+    match sigma {
+        Some(_) => noisy_probe_step(range),
+        None => probe_step(range),
+    }
+}
+
+/// The columns of a mat-vec's row-major weights `w`, in column order.
+fn matvec_columns(w: &[i64], shape: &MatVecShape) -> Vec<Vec<i64>> {
+    (0..shape.cols)
+        .map(|j| (0..shape.rows).map(|i| w[i * shape.cols + j]).collect())
+        .collect()
+}
+
 /// AUDIT-6 under DP noise: the column estimates' error. Each estimate is
 /// (reading − base)/v, with the index of its true column among `truth`
 /// when the session's position is known, or `None` when it is not (the
@@ -1334,10 +1359,7 @@ fn d_plus_one(
             }
         };
         entry.sessions += 1;
-        probe = match sigma {
-            Some(_) => noisy_probe_step(range),
-            None => probe_step(range),
-        };
+        probe = column_probe_step(range, sigma);
         let (base, v) = probe;
         if v == 0 {
             entry.note = "the input range holds one value: nothing to probe".into();
@@ -1384,16 +1406,8 @@ fn d_plus_one(
         }
     );
     if let Some(sigma) = sigma {
-        let truth: Vec<Vec<i64>> = (0..shape.cols)
-            .map(|j| {
-                (0..shape.rows)
-                    .map(|i| true_w[i * shape.cols + j])
-                    .collect()
-            })
-            .collect();
-        let noisy = noisy_columns(&estimates, &truth, sigma, probe.1);
-        entry.weight_error = Some(noisy.mean_abs_error);
-        entry.noisy_columns = Some(noisy);
+        let truth = matvec_columns(true_w, &shape);
+        entry.record_noisy(noisy_columns(&estimates, &truth, sigma, probe.1));
     }
     Ok(())
 }
@@ -3149,19 +3163,13 @@ fn blind_columns(
     // layer's columns once per pooled position, and the attacker, who knows
     // the architecture, collects the distinct ones.
     let mut distinct: Vec<Vec<i64>> = Vec::new();
-    for k in 0..shape.cols {
-        let column: Vec<i64> = (0..shape.rows)
-            .map(|i| true_w[i * shape.cols + k])
-            .collect();
+    for column in matvec_columns(true_w, &shape) {
         if !distinct.contains(&column) {
             distinct.push(column);
         }
     }
     let ranges = upload_ranges(model, spec, r);
-    let (base, v) = match sigma {
-        Some(_) => noisy_probe_step(ranges[r]),
-        None => probe_step(ranges[r]),
-    };
+    let (base, v) = column_probe_step(ranges[r], sigma);
     if v == 0 {
         entry.note = "the input range holds one value: nothing to probe".into();
         return Ok(());
@@ -3250,9 +3258,7 @@ fn blind_columns(
         }
     );
     if let Some(sigma) = sigma {
-        let noisy = noisy_columns(&estimates, &distinct, sigma, v);
-        entry.weight_error = Some(noisy.mean_abs_error);
-        entry.noisy_columns = Some(noisy);
+        entry.record_noisy(noisy_columns(&estimates, &distinct, sigma, v));
     }
     Ok(())
 }
