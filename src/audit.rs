@@ -329,6 +329,10 @@ pub struct StageReport {
     /// policy (DP-8, AUDIT-6): the column estimates and their error.
     /// [`weight_error`](Self::weight_error) then holds the same mean error.
     pub noisy_columns: Option<NoisyColumns>,
+    /// For the single-pixel probes of a round-0 conv under a noisy policy
+    /// (DP-8, AUDIT-10): the weight estimates and their error.
+    /// [`weight_error`](Self::weight_error) then holds the same mean error.
+    pub noisy_probes: Option<NoisyProbes>,
     /// Why the stage ended as it did (why no attack ran, why one stopped,
     /// the policy's refusal), in words; empty when there is nothing to add.
     pub note: String,
@@ -405,6 +409,48 @@ pub struct NoisyColumns {
     /// error against the column actually raised. `false` when the
     /// session's position is known (d + 1 on an unshuffled input).
     pub matched_by_model: bool,
+}
+
+/// AUDIT-10: AUDIT-7's single-pixel probes read under DP noise. One session
+/// per input channel uploads v at one pixel and zeros elsewhere; the
+/// attacker knows from the shape how many outputs T the pixel reaches,
+/// takes the T received values farthest from b̄ (the mean of the bias
+/// probe's values) and estimates each weight as (value − b̄)/v. Element
+/// shuffling hides which output each value came from, so the estimates
+/// are an unordered multiset, compared with the weights the pixel reaches
+/// in sorted order (for multisets of numbers the matching with the least
+/// total error: the auditor's measurement, through the model).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoisyProbes {
+    /// σ of the policy's noise, in accumulator units.
+    pub sigma: u32,
+    /// The probe value v: the value of largest magnitude the declared
+    /// input range allows.
+    pub step: i64,
+    /// The probed pixel (row, column): the first whose window reaches the
+    /// most outputs.
+    pub pixel: (usize, usize),
+    /// Input channels read (one session each), of
+    /// [`channels_total`](Self::channels_total).
+    pub channels_read: usize,
+    /// The stage's input channels.
+    pub channels_total: usize,
+    /// Weight estimates made: T per channel read.
+    pub estimates: usize,
+    /// Estimates that round to the weight they are matched to.
+    pub rounding_exact: usize,
+    /// Mean absolute error per weight, estimates and reached weights
+    /// matched in sorted order.
+    pub mean_abs_error: f64,
+    /// What σ alone predicts for a value read against a well-estimated
+    /// bias: E|N(0, σ²)|/|v| = σ·√(2/π)/|v|.
+    pub expected_error: f64,
+    /// What reading against b̄ instead of each channel's own bias costs
+    /// without noise: the mean over the reached outputs of |b_o − b̄|/|v|,
+    /// b̄ the biases' mean (the auditor's figure, from the model).
+    pub bias_offset_error: f64,
+    /// The mean |w| of the reached weights: the error of guessing 0.
+    pub zero_guess_error: f64,
 }
 
 /// The audit of one model under one policy (AUDIT-2).
@@ -550,6 +596,7 @@ pub fn audit_with(
                 weight_error: None,
                 columns: None,
                 noisy_columns: None,
+                noisy_probes: None,
                 note: String::new(),
             })
             .collect(),
@@ -781,8 +828,11 @@ fn weight_attack(
         (None, _) if r + 1 == model.rounds() && (r == 0 || unit == ShuffleUnit::Channel) => {
             d_plus_one(oracle, model, spec, r, known, sigma, entry)
         }
-        (Some(_), ShuffleUnit::Element) => match base {
-            Some(base) => pixel_probes(
+        (Some(_), ShuffleUnit::Element) => match (base, sigma) {
+            (Some(base), Some(sigma)) if r == 0 => {
+                noisy_pixel_probes(oracle, model, spec, base, sigma, entry)
+            }
+            (Some(base), _) => pixel_probes(
                 oracle,
                 model,
                 spec,
@@ -792,7 +842,7 @@ fn weight_attack(
                 !options.skip_check_images,
                 entry,
             ),
-            None => {
+            (None, _) => {
                 entry.note =
                     "the bias probe did not run (budget): nothing to align the probes with".into();
                 Ok(())
@@ -1823,6 +1873,158 @@ fn locate_elements(seen: &[i64], predicted: &[i64]) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// AUDIT-10: the single-pixel probes of a round-0 conv under DP noise
+/// ([`NoisyProbes`]): one session per input channel, v at the pixel whose
+/// window reaches the most outputs, read against the mean of the bias
+/// probe's round-0 values `base`.
+fn noisy_pixel_probes(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    spec: crate::model::InputSpec,
+    base: &[i64],
+    sigma: u32,
+    entry: &mut StageReport,
+) -> Result<(), AuditError> {
+    entry.attack = "pixel probes";
+    let stage = &model.stages()[0];
+    let Some(shape) = stage.conv_shape() else {
+        return Ok(());
+    };
+    let (lo, hi) = (spec.min, spec.max);
+    let v = if hi >= -lo { hi } else { lo };
+    if !(lo <= 0 && 0 <= hi) || v == 0 {
+        entry.note = "the input range does not hold 0 and a probe value".into();
+        return Ok(());
+    }
+    let (true_w, true_b) = stage.weights_and_bias();
+    let pixel = widest_reach_pixel(&shape);
+    let reached = reached_weights(&shape, pixel);
+    let b_mean = base.iter().sum::<i64>() as f64 / base.len().max(1) as f64;
+    let true_b_mean = true_b.iter().sum::<i64>() as f64 / true_b.len().max(1) as f64;
+    let (mut estimates, mut exact, mut error, mut truth_abs, mut offset) =
+        (0usize, 0usize, 0f64, 0f64, 0f64);
+    let mut channels_read = 0;
+    let mut budget_hit = false;
+    for c in 0..shape.in_channels {
+        let mut live = match oracle.open() {
+            Ok(live) => live,
+            Err(Stop::Budget) => {
+                budget_hit = true;
+                break;
+            }
+            Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+        };
+        entry.sessions += 1;
+        let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
+        image[(c * shape.in_height + pixel.0) * shape.in_width + pixel.1] = v;
+        let y = step(oracle, &mut live, &image)?;
+        let read = noisy_probe_reading(&y, b_mean, reached.len(), v);
+        let mut truth: Vec<i64> = reached
+            .iter()
+            .map(|&(o, t)| {
+                true_w[(o * shape.in_channels + c) * shape.kernel_height * shape.kernel_width + t]
+            })
+            .collect();
+        truth.sort_unstable();
+        for (e, &w) in read.iter().zip(&truth) {
+            error += (e - w as f64).abs();
+            exact += usize::from(e.round() as i64 == w);
+            truth_abs += w.unsigned_abs() as f64;
+        }
+        offset += reached
+            .iter()
+            .map(|&(o, _)| (true_b[o] as f64 - true_b_mean).abs())
+            .sum::<f64>();
+        estimates += read.len();
+        channels_read += 1;
+    }
+    let per = |x: f64| x / estimates.max(1) as f64;
+    let noisy = NoisyProbes {
+        sigma,
+        step: v,
+        pixel,
+        channels_read,
+        channels_total: shape.in_channels,
+        estimates,
+        rounding_exact: exact,
+        mean_abs_error: per(error),
+        expected_error: f64::from(sigma) * (2.0 / std::f64::consts::PI).sqrt()
+            / v.unsigned_abs() as f64,
+        bias_offset_error: per(offset) / v.unsigned_abs() as f64,
+        zero_guess_error: per(truth_abs),
+    };
+    entry.outcome = if budget_hit {
+        Outcome::StoppedByBudget
+    } else {
+        Outcome::Approximate
+    };
+    entry.note = format!(
+        "noisy reading (AUDIT-10): {channels_read} of {} input channels probed at pixel {pixel:?}, one session each{}; no weight counts as exact under noise",
+        shape.in_channels,
+        if budget_hit { " before the budget ran out" } else { "" }
+    );
+    entry.weight_error = (estimates > 0).then_some(noisy.mean_abs_error);
+    entry.noisy_probes = Some(noisy);
+    Ok(())
+}
+
+/// AUDIT-10: the first pixel, in row-major order, whose window reaches the
+/// most outputs of `shape` (the centre, away from the padding).
+fn widest_reach_pixel(shape: &Conv2dShape) -> (usize, usize) {
+    let mut best = ((0, 0), 0);
+    for i in 0..shape.in_height {
+        for j in 0..shape.in_width {
+            let n = reached_weights(shape, (i, j)).len();
+            if n > best.1 {
+                best = ((i, j), n);
+            }
+        }
+    }
+    best.0
+}
+
+/// AUDIT-10: the (output channel, kernel offset dy·k_w + dx) of every output
+/// that input pixel `(i, j)` of one input channel reaches.
+fn reached_weights(shape: &Conv2dShape, (i, j): (usize, usize)) -> Vec<(usize, usize)> {
+    let (h_out, w_out) = (
+        shape.output_height().unwrap_or(0),
+        shape.output_width().unwrap_or(0),
+    );
+    let offset = |x: usize, out: usize, k: usize| {
+        (x + shape.padding)
+            .checked_sub(out * shape.stride)
+            .filter(|&d| d < k)
+    };
+    let mut reached = Vec::new();
+    for o in 0..shape.out_channels {
+        for oh in 0..h_out {
+            for ow in 0..w_out {
+                if let (Some(dy), Some(dx)) = (
+                    offset(i, oh, shape.kernel_height),
+                    offset(j, ow, shape.kernel_width),
+                ) {
+                    reached.push((o, dy * shape.kernel_width + dx));
+                }
+            }
+        }
+    }
+    reached
+}
+
+/// AUDIT-10's reading of one probe session's released values `y`: the
+/// `reached` values farthest from `b_mean`, as (value − b_mean)/v, sorted.
+fn noisy_probe_reading(y: &[i64], b_mean: f64, reached: usize, v: i64) -> Vec<f64> {
+    let mut by_distance: Vec<f64> = y.iter().map(|&x| x as f64 - b_mean).collect();
+    by_distance.sort_by(|a, b| b.abs().total_cmp(&a.abs()));
+    let mut read: Vec<f64> = by_distance
+        .into_iter()
+        .take(reached)
+        .map(|d| d / v as f64)
+        .collect();
+    read.sort_by(f64::total_cmp);
+    read
+}
+
 /// AUDIT-7 (single-pixel probes, element shuffling, a conv at round 0): the
 /// client writes its input in true order, so it can place single pixels;
 /// only the outputs come back shuffled. A pixel of value v reaches one
@@ -1918,7 +2120,7 @@ fn pixel_probes(
     let mut bias_classes: Vec<(i64, usize)> = Vec::new();
     for (&b, &n) in &base {
         if n % positions != 0 {
-            entry.note = "the bias probe's values are not whole planes of equal biases (DP noise?): the probes' reading needs exact values, so the weights are not attacked; this is a gap in the tool (no noisy reading of the probes yet), not a protection the noise is shown to give; the bias estimate averages each channel's copies".into();
+            entry.note = "the bias probe's values are not whole planes of equal biases: the probes' exact reading does not apply, so the weights are not attacked (this is a gap in the tool, not a protection)".into();
             return Ok(());
         }
         bias_classes.push((b, n / positions));
@@ -3674,6 +3876,21 @@ impl AuditReport {
                     n.expected_error,
                     n.zero_guess_error
                 ));
+            } else if let Some(n) = &s.noisy_probes {
+                out.push_str(&format!(
+                    "{:>14}noise (σ = {}, probe v = {}): {} weight estimates (value − mean bias)/v from {} of {} input channels, matched to the reached weights in sorted order (the auditor's measurement, through the model); off by {:.2} per weight on average ({} round to their weight), where σ alone predicts σ·√(2/π)/|v| = {:.2} and reading against the mean bias costs {:.2} without noise (guessing 0: {:.2})\n",
+                    "",
+                    n.sigma,
+                    n.step,
+                    n.estimates,
+                    n.channels_read,
+                    n.channels_total,
+                    n.mean_abs_error,
+                    n.rounding_exact,
+                    n.expected_error,
+                    n.bias_offset_error,
+                    n.zero_guess_error
+                ));
             } else if let Some(e) = s.weight_error {
                 out.push_str(&format!(
                     "{:>14}noise: the weight attack is off by {e:.2} per parameter on average\n",
@@ -3738,6 +3955,19 @@ impl AuditReport {
                     "expected_error": n.expected_error,
                     "zero_guess_error": n.zero_guess_error,
                     "matched_by_model": n.matched_by_model,
+                })),
+                "noisy_probes": s.noisy_probes.as_ref().map(|n| serde_json::json!({
+                    "sigma": n.sigma,
+                    "step": n.step,
+                    "pixel": [n.pixel.0, n.pixel.1],
+                    "channels_read": n.channels_read,
+                    "channels_total": n.channels_total,
+                    "estimates": n.estimates,
+                    "rounding_exact": n.rounding_exact,
+                    "mean_abs_error": n.mean_abs_error,
+                    "expected_error": n.expected_error,
+                    "bias_offset_error": n.bias_offset_error,
+                    "zero_guess_error": n.zero_guess_error,
                 })),
                 "columns": s.columns.map(|c| serde_json::json!({
                     "total": c.total,

@@ -411,11 +411,13 @@ fn dp_sigma_flag_sets_the_noise_and_the_printed_epsilon() {
     assert!(stderr.contains("--dp-sigma 4294967295"), "{stderr}");
 }
 
-// AUDIT-6, DP-8: `safhire audit --policy dp --dp-sigma S` reports the
-// logits' column estimates under that σ, in JSON and in the table: the
-// step v = 15 (the clamp's width), six estimates (budget 8: the bias probe
-// and the base session take two), and the error σ alone predicts,
-// 2σ/(v√π); round 0's conv is a gap in the tool, not a protection.
+// AUDIT-6, AUDIT-10, DP-8: `safhire audit --policy dp --dp-sigma S`
+// reports the logits' column estimates under that σ, in JSON and in the
+// table: the step v = 15 (the clamp's width), five estimates (budget 8:
+// the bias probe, round 0's pixel probe and the base session take three),
+// and the error σ alone predicts, 2σ/(v√π); round 0's conv is read by the
+// noisy pixel probe: 72 weight estimates from one session at pixel (1, 1),
+// with σ·√(2/π)/v as the noise's share of the error.
 #[test]
 fn audit_reports_the_noisy_column_error_at_the_flags_sigma() {
     let out = safhire(&["audit", "--policy", "dp", "--dp-sigma", "400", "--json"]);
@@ -428,7 +430,7 @@ fn audit_reports_the_noisy_column_error_at_the_flags_sigma() {
     assert_eq!(stages[2]["attack"], "blind d + 1");
     assert_eq!(noisy["sigma"], 400, "{noisy}");
     assert_eq!(noisy["step"], 15, "{noisy}");
-    assert_eq!(noisy["estimates"], 6, "{noisy}");
+    assert_eq!(noisy["estimates"], 5, "{noisy}");
     assert_eq!(noisy["columns_total"], 64, "{noisy}");
     assert_eq!(noisy["matched_by_model"], true, "{noisy}");
     let predicted = 2.0 * 400.0 / (15.0 * std::f64::consts::PI.sqrt());
@@ -438,14 +440,17 @@ fn audit_reports_the_noisy_column_error_at_the_flags_sigma() {
     assert!(measured > 0.0 && measured.is_finite(), "{noisy}");
     assert_eq!(stages[2]["weight_error"].as_f64(), Some(measured));
     assert!(stages[0]["noisy_columns"].is_null());
-    assert!(
-        stages[0]["note"]
-            .as_str()
-            .unwrap()
-            .contains("gap in the tool"),
-        "{}",
-        stages[0]["note"]
-    );
+    let probes = &stages[0]["noisy_probes"];
+    assert_eq!(stages[0]["attack"], "pixel probes");
+    assert_eq!(stages[0]["sessions"], 1, "{}", stages[0]);
+    assert_eq!(probes["estimates"], 72, "{probes}");
+    assert_eq!(probes["pixel"], serde_json::json!([1, 1]), "{probes}");
+    let predicted = 400.0 * (2.0 / std::f64::consts::PI).sqrt() / 15.0;
+    let expected = probes["expected_error"].as_f64().unwrap();
+    assert!((expected - predicted).abs() < 1e-9, "{probes}");
+    let measured = probes["mean_abs_error"].as_f64().unwrap();
+    assert!(measured > 0.0 && measured.is_finite(), "{probes}");
+    assert_eq!(stages[0]["weight_error"].as_f64(), Some(measured));
 
     let out = safhire(&["audit", "--policy", "dp"]);
     let (stdout, stderr) = text(&out);
