@@ -869,7 +869,7 @@ fn weight_attack(
                     };
                     located_columns(oracle, model, spec, r, known, located, sigma, entry)
                 }
-                None => blind_columns(oracle, model, spec, r, sigma, entry),
+                None => blind_columns(oracle, model, spec, r, base, sigma, entry),
             }
         }
         (None, _) if r > 0 => {
@@ -3352,6 +3352,7 @@ fn blind_columns(
     model: &CompiledModel,
     spec: crate::model::InputSpec,
     r: usize,
+    bias_reading: Option<&[i64]>,
     sigma: Option<u32>,
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
@@ -3378,14 +3379,16 @@ fn blind_columns(
     }
     let m = distinct.len() as f64;
     let cap = (m * (m.ln() + 10.0)).ceil() as usize + 1;
-    let mut at_base: Option<Vec<i64>> = None;
+    // The bias probe's round-r reading is W·0 + b in true order: the base
+    // session's reading when the base is 0, which saves that session.
+    let mut at_base: Option<Vec<i64>> = bias_reading.filter(|_| base == 0).map(<[i64]>::to_vec);
     // Columns seen (as v·column differences), and the true columns matched.
     let mut seen: Vec<Vec<i64>> = Vec::new();
     let mut matched = vec![false; distinct.len()];
     // Under noise (AUDIT-6): every session's estimate, none merged.
     let mut estimates: Vec<(Option<usize>, Vec<f64>)> = Vec::new();
     let mut budget_hit = false;
-    for q in 0..cap {
+    for _ in 0..cap {
         let mut live = match oracle.open() {
             Ok(live) => live,
             Err(Stop::Budget) => {
@@ -3404,7 +3407,7 @@ fn blind_columns(
             )?;
         }
         let mut x = vec![base; shape.cols];
-        if q > 0 {
+        if at_base.is_some() {
             x[0] = base + v;
         }
         let y = step(oracle, &mut live, &x)?;
@@ -3629,7 +3632,7 @@ fn located_columns(
     );
     if zero != 0 || v == 0 || hw == 0 || shape.cols % hw != 0 {
         // The one-hot needs 0 around its raised slot, and whole planes.
-        return blind_columns(oracle, model, spec, r, sigma, entry);
+        return blind_columns(oracle, model, spec, r, located.base, sigma, entry);
     }
     entry.attack = if located.complete {
         "located d + 1"

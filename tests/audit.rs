@@ -785,8 +785,9 @@ fn closest_columns(model: &Model) -> i64 {
 // as (reading − base)/v, v = 15 (the clamp's whole width), with an error
 // per weight of (n_s − n_0)/v, n_s this session's noise and n_0 the base
 // session's, and reports the mean absolute error against the nearest true
-// column. Budget 35: the bias probe, round 0's noisy pixel probe
-// (AUDIT-10), the base, K = 32 column sessions, R = 128 rows, KR = 4096.
+// column. Budget 34: the bias probe (whose round-1 reading, W·0 + b, is
+// the base), round 0's noisy pixel probe (AUDIT-10), K = 32 column
+// sessions, R = 128 rows, KR = 4096.
 //
 // Why the bounds hold with probability ≥ 1 − 10^-6 over both noisy runs.
 // N_Z(0, σ²) is σ-sub-Gaussian with variance ≤ σ² (Canonne, Kamath,
@@ -833,7 +834,7 @@ fn noisy_blind_d_plus_one_reports_the_error_sigma_predicts() {
         let toml = format!(
             "[[policy]]\nname = \"noisy\"\ngranularity = \"element\"\nquery_budget = {}\n\
              allow_budget_above_attack_threshold = true\ndp_sigma = {sigma}\n",
-            sessions + 3
+            sessions + 2
         );
         let policy = Policy::load(&toml, "noisy").unwrap();
         let report = audit_with(&model, policy, None, AuditOptions::blind_logits()).unwrap();
