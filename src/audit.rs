@@ -207,6 +207,16 @@ impl<'e> Oracle<'e> {
 
     /// As [`Self::step`], returning the response's ciphertexts undecrypted.
     fn step_raw(&mut self, live: &mut Live, values: &[i64]) -> Result<Vec<Ciphertext>, Stop> {
+        Ok(self.step_raw_with_upload(live, values)?.0)
+    }
+
+    /// As [`Self::step_raw`], with the upload's ciphertexts as sent (the
+    /// client knows their masks: AUDIT-5's mask division).
+    fn step_raw_with_upload(
+        &mut self,
+        live: &mut Live,
+        values: &[i64],
+    ) -> Result<(Vec<Ciphertext>, Vec<Ciphertext>), Stop> {
         let ctx = self.ctx.clone();
         let server = live
             .server
@@ -219,6 +229,11 @@ impl<'e> Oracle<'e> {
             ciphertexts: client_steps::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
         };
         let upload = Upload::decode(&ctx, &upload.encode(&ctx)).map_err(protocol)?;
+        let sent: Vec<Ciphertext> = upload
+            .ciphertexts
+            .iter()
+            .map(|c| c.expand(ctx.q()))
+            .collect();
         let (next, response) = match server.receive_upload(upload) {
             Ok(ServerStep::Continue(s, resp)) => (Some(s), resp),
             Ok(ServerStep::Closed(resp)) => (None, resp),
@@ -227,7 +242,7 @@ impl<'e> Oracle<'e> {
         live.server = next;
         live.round += 1;
         let response = Response::decode(&ctx, &response.encode(&ctx)).map_err(protocol)?;
-        Ok(response.ciphertexts)
+        Ok((response.ciphertexts, sent))
     }
 
     /// One session with every upload fixed in advance.
@@ -505,6 +520,19 @@ pub struct KeyAttack {
     /// reading of u is then right. `None` under DP noise, which the values
     /// carry either way.
     pub values_confirmed: Option<bool>,
+    /// The mask division (the attack that breaks an unsanitised single
+    /// product: mask(response) = mask(upload)·w, so the quotient is the
+    /// weights' polynomial): with u·a_pk taken out of each response's mask,
+    /// the quotient by each upload ciphertext's mask, coefficients examined
+    /// (N per pair of response and upload ciphertexts; 0 on multi-limb sets,
+    /// where the tool does not divide). What is left of the mask still
+    /// carries the re-randomiser's error e_a, which alone stops the
+    /// division even for a single product.
+    pub mask_quotient_coefficients: usize,
+    /// Of those, the coefficients below 2^32 in magnitude: all N for a
+    /// response linear in the upload's mask, about N·2^-31 for one that is
+    /// not.
+    pub mask_quotient_small: usize,
     /// What stopped the attack or what it leaves undone, in words.
     pub note: String,
 }
@@ -731,8 +759,11 @@ fn malicious_key(
         rerandomiser_ones: 0,
         clear_readings: 0,
         values_confirmed: None,
+        mask_quotient_coefficients: 0,
+        mask_quotient_small: 0,
         note: String::new(),
     };
+    let pk = public.expand(&ctx);
     let mut live = match oracle.open_with(public) {
         Ok(live) => live,
         Err(Stop::Budget) => {
@@ -747,14 +778,15 @@ fn malicious_key(
     attack.sessions = oracle.sessions;
     attack.accepted = true;
     let upload = vec![0; model.stages()[0].input_len()];
-    let response = oracle
-        .step_raw(&mut live, &upload)
+    let (response, sent) = oracle
+        .step_raw_with_upload(&mut live, &upload)
         .map_err(|e| AuditError::Protocol(format!("{e:?}")))?;
     let d = half_delta as i128;
     let mut corrected = Vec::with_capacity(response.len());
     for ct in &response {
         let (a, b) = ct.parts();
         let mut b = b.to_vec();
+        let mut u = vec![0u64; n];
         for (i, &x) in ctx.phase_centered(&oracle.sk, ct).iter().enumerate() {
             let v = (2 * x + d).div_euclid(2 * d);
             attack.rerandomiser_bits += 1;
@@ -763,8 +795,16 @@ fn malicious_key(
             }
             if v.rem_euclid(2) == 1 {
                 attack.rerandomiser_ones += 1;
+                u[i] = 1;
                 let bi = q.sub(q.coefficient(&b, n, i), half_delta);
                 q.set_coefficient(&mut b, n, i, bi);
+            }
+        }
+        if let Some(stripped) = strip_rerandomiser(&ctx, a, &u, &pk) {
+            for up in &sent {
+                attack.mask_quotient_coefficients += n;
+                attack.mask_quotient_small +=
+                    mask_quotient_small(&ctx, &stripped, up.parts().0).unwrap_or(0);
             }
         }
         corrected.push(
@@ -783,8 +823,48 @@ fn malicious_key(
         want.sort_unstable();
         attack.values_confirmed = Some(got == want);
     }
-    attack.note = "weights not recovered by this tool: with u known the mask is the unsanitised mask plus the re-randomiser's error e_a (|e_a| ≤ 16), which after the pack tree's key switches is not linear in the weights; no attack on it is known to this tool, and no protection against malicious keys is claimed (spec/threat-model.md)".into();
+    attack.note = format!(
+        "weights not recovered by this tool: with u known the mask is the unsanitised mask plus the re-randomiser's error e_a (|e_a| ≤ 16); divided by the upload's mask it gives {} small coefficients of {} (an unsanitised single product gives all of them): e_a alone makes even a single product's mask an RLWE sample in the weights, and after the pack tree's key switches the mask is not linear in them; no other attack on it is known to this tool, and no protection against malicious keys is claimed (spec/threat-model.md)",
+        attack.mask_quotient_small, attack.mask_quotient_coefficients
+    );
     Ok(attack)
+}
+
+/// AUDIT-5: a response's mask `a` without the re-randomiser's u·a_pk (u
+/// read off the response, a_pk the client's own public mask), computed as
+/// `Context::rerandomize` adds it. `None` on multi-limb sets.
+fn strip_rerandomiser(
+    ctx: &Context,
+    a: &[u64],
+    u: &[u64],
+    pk: &crate::rlwe::PublicKey,
+) -> Option<Vec<u64>> {
+    let q = ctx.q().single_limb()?;
+    let mut prod = u.to_vec();
+    ctx.ntt_q.forward(&mut prod);
+    ctx.ntt_q.mul_assign(&mut prod, &pk.a_ntt);
+    ctx.ntt_q.backward_unnormalized(&mut prod);
+    Some(a.iter().zip(&prod).map(|(&x, &p)| q.sub(x, p)).collect())
+}
+
+/// AUDIT-5's mask division: the coefficients of `response_mask` /
+/// `upload_mask` in the ring (one-limb sets) whose centred value is below
+/// 2^32 in magnitude. `None` when the upload's mask is not invertible or
+/// the set has several limbs.
+fn mask_quotient_small(ctx: &Context, response_mask: &[u64], upload_mask: &[u64]) -> Option<usize> {
+    let q = ctx.q().single_limb()?;
+    let (mut r, mut a) = (response_mask.to_vec(), upload_mask.to_vec());
+    ctx.ntt_q.forward(&mut r);
+    ctx.ntt_q.forward(&mut a);
+    for (ri, &ai) in r.iter_mut().zip(&a) {
+        *ri = q.mul(*ri, q.inv(ai)?);
+    }
+    ctx.ntt_q.backward(&mut r);
+    Some(
+        r.iter()
+            .filter(|&&x| q.centered(x).unsigned_abs() < 1 << 32)
+            .count(),
+    )
 }
 
 /// The weight attack that applies to stage `r`, if any.
@@ -3988,6 +4068,8 @@ impl AuditReport {
                 "rerandomiser_ones": k.rerandomiser_ones,
                 "clear_readings": k.clear_readings,
                 "values_confirmed": k.values_confirmed,
+                "mask_quotient_coefficients": k.mask_quotient_coefficients,
+                "mask_quotient_small": k.mask_quotient_small,
                 "note": k.note,
             })),
         })
@@ -3998,6 +4080,52 @@ impl AuditReport {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    // AUDIT-5: the mask division reads a raw single product's weights (all
+    // N quotient coefficients small), and nothing from the same product
+    // re-randomised with u·a_pk taken out again (u replayed from the
+    // server's seed): the stripped mask differs from the raw one by the
+    // re-randomiser's error e_a alone (|e_a| ≤ 2^4, checked), and that makes
+    // it an RLWE sample in the weights. A quotient coefficient below 2^32
+    // by chance has probability 2^-31 if uniform: none of 4096 but with
+    // probability ≤ 2^-19.
+    #[test]
+    fn mask_division_reads_a_raw_product_and_not_a_stripped_rerandomised_one() {
+        use crate::params::ParameterSet;
+        use crate::rlwe::{SecretKey, SeededPublicKey};
+        let ctx = Context::new(ParameterSet::shipped("b16").unwrap());
+        let (n, q) = (ctx.n(), ctx.q().single_limb().unwrap());
+        let mut rng = crate::rng::Csprng::from_seed([5; 16]);
+        let sk = SecretKey::generate(&ctx, &mut rng);
+        let pk = SeededPublicKey::generate(&ctx, &sk, &mut rng).expand(&ctx);
+        let upload = ctx.encrypt(&sk, &vec![3; n], &mut rng);
+        let w: Vec<i64> = (0..n)
+            .map(|i| if i < 9 { i as i64 % 5 - 2 } else { 0 })
+            .collect();
+        let mut acc = ctx.ntt_zero();
+        ctx.mul_plain_accumulate(&mut acc, &ctx.to_ntt(&upload), &ctx.plaintext_ntt(&w));
+        let raw = ctx.from_ntt(acc);
+        let a_up = upload.parts().0;
+        assert_eq!(mask_quotient_small(&ctx, raw.parts().0, a_up), Some(n));
+
+        let seed = [6; 16];
+        let mut sanitised = raw.clone();
+        ctx.rerandomize(
+            &mut sanitised,
+            &pk,
+            &mut crate::rng::Csprng::from_seed(seed),
+        );
+        let mut replay = crate::rng::Csprng::from_seed(seed);
+        let u: Vec<u64> = (0..n).map(|_| replay.bit()).collect();
+        let stripped = strip_rerandomiser(&ctx, sanitised.parts().0, &u, &pk).unwrap();
+        let bound = 1i64 << ctx.params().noise_bound_log2();
+        assert!(stripped
+            .iter()
+            .zip(raw.parts().0)
+            .all(|(&s, &a)| q.centered(q.sub(s, a)).abs() <= bound));
+        assert_ne!(stripped, raw.parts().0);
+        assert_eq!(mask_quotient_small(&ctx, &stripped, a_up), Some(0));
+    }
 
     proptest! {
         // AUDIT-7: every (input channel, offset class) is probed once, and

@@ -335,8 +335,15 @@ fn malicious_public_key_exposes_the_rerandomiser() {
     assert!((ones - half).abs() < 0.1 * half, "{ones} ones");
     assert_eq!(k.values_confirmed, Some(true));
     assert!(k.note.contains("not recovered"));
+    // The mask division on the digits model's one upload and one response
+    // ciphertext: N quotient coefficients, none small (one below 2^32 by
+    // chance has probability 2^-31 if uniform: any of 4096, ≤ 2^-19; the
+    // library's unit test shows the same division reading a raw product).
+    assert_eq!(k.mask_quotient_coefficients, 4096);
+    assert_eq!(k.mask_quotient_small, 0, "{}", k.note);
     assert!(report.to_text().contains("malicious public key"));
     assert_eq!(report.to_json()["malicious_key"]["accepted"], true);
+    assert_eq!(report.to_json()["malicious_key"]["mask_quotient_small"], 0);
 }
 
 /// conv 1→1 on a 3×3 input → requantise → linear 9 → 2: one
