@@ -426,15 +426,18 @@ pub struct NoisyColumns {
     pub matched_by_model: bool,
 }
 
-/// AUDIT-10: AUDIT-7's single-pixel probes read under DP noise. One session
-/// per input channel uploads v at one pixel and zeros elsewhere; the
-/// attacker knows from the shape how many outputs T the pixel reaches,
-/// takes the T received values farthest from b̄ (the mean of the bias
-/// probe's values) and estimates each weight as (value − b̄)/v. Element
-/// shuffling hides which output each value came from, so the estimates
-/// are an unordered multiset, compared with the weights the pixel reaches
-/// in sorted order (for multisets of numbers the matching with the least
-/// total error: the auditor's measurement, through the model).
+/// AUDIT-10, AUDIT-11: a conv stage's weights read under DP noise. At round
+/// 0 one session per input channel uploads v at one pixel and zeros
+/// elsewhere (AUDIT-10); at a later round one session raises one slot of
+/// the upload by v, which the server's unshuffle puts at a true position
+/// the attacker does not know (AUDIT-11). The attacker knows from the shape
+/// how many outputs T a pixel reaches at most, takes the T received values
+/// farthest from b̄ (the mean of the bias probe's values at that round) and
+/// estimates each weight as (value − b̄)/v. Element shuffling hides which
+/// output each value came from, so the estimates are an unordered multiset,
+/// compared with the weights the pixel reaches (zeros for outputs it does
+/// not reach) in sorted order: for multisets of numbers the matching with
+/// the least total error, the auditor's measurement, through the model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NoisyProbes {
     /// σ of the policy's noise, in accumulator units.
@@ -442,8 +445,9 @@ pub struct NoisyProbes {
     /// The probe value v: the value of largest magnitude the declared
     /// input range allows.
     pub step: i64,
-    /// The probed pixel (row, column): the first whose window reaches the
-    /// most outputs.
+    /// The probed pixel (row, column): at round 0 the first whose window
+    /// reaches the most outputs; at a later round the auditor's match (see
+    /// [`matched_by_model`](Self::matched_by_model)).
     pub pixel: (usize, usize),
     /// Input channels read (one session each), of
     /// [`channels_total`](Self::channels_total).
@@ -466,6 +470,13 @@ pub struct NoisyProbes {
     pub bias_offset_error: f64,
     /// The mean |w| of the reached weights: the error of guessing 0.
     pub zero_guess_error: f64,
+    /// Whether the raised pixel was unknown to the attacker (AUDIT-11, a
+    /// later round: the server's unshuffle placed it) and the auditor
+    /// matched the estimates to the input pixel whose reached weights they
+    /// are nearest to, through the model: a lower bound on the error
+    /// against the pixel actually raised. [`pixel`](Self::pixel) is then
+    /// that match.
+    pub matched_by_model: bool,
 }
 
 /// The audit of one model under one policy (AUDIT-2).
@@ -909,9 +920,7 @@ fn weight_attack(
             d_plus_one(oracle, model, spec, r, known, sigma, entry)
         }
         (Some(_), ShuffleUnit::Element) => match (base, sigma) {
-            (Some(base), Some(sigma)) if r == 0 => {
-                noisy_pixel_probes(oracle, model, spec, base, sigma, entry)
-            }
+            (Some(base), Some(sigma)) => noisy_probes(oracle, model, spec, r, base, sigma, entry),
             (Some(base), _) => pixel_probes(
                 oracle,
                 model,
@@ -1953,39 +1962,65 @@ fn locate_elements(seen: &[i64], predicted: &[i64]) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// AUDIT-10: the single-pixel probes of a round-0 conv under DP noise
-/// ([`NoisyProbes`]): one session per input channel, v at the pixel whose
-/// window reaches the most outputs, read against the mean of the bias
-/// probe's round-0 values `base`.
-fn noisy_pixel_probes(
+/// AUDIT-10 and AUDIT-11: a conv stage's weights read under DP noise
+/// ([`NoisyProbes`]), against the mean of the bias probe's round-r values
+/// `base`. Round 0 (AUDIT-10): one session per input channel, v at the
+/// pixel whose window reaches the most outputs. A later round (AUDIT-11):
+/// one session raising one slot of round r's upload by v, which the
+/// server's unshuffle puts at a true position the attacker does not know;
+/// the auditor matches the estimates to the input pixel whose reached
+/// weights they are nearest to, through the model.
+fn noisy_probes(
     oracle: &mut Oracle<'_>,
     model: &CompiledModel,
     spec: crate::model::InputSpec,
+    r: usize,
     base: &[i64],
     sigma: u32,
     entry: &mut StageReport,
 ) -> Result<(), AuditError> {
-    entry.attack = "pixel probes";
-    let stage = &model.stages()[0];
+    let blind = r > 0;
+    entry.attack = if blind { "blind probe" } else { "pixel probes" };
+    let stage = &model.stages()[r];
     let Some(shape) = stage.conv_shape() else {
         return Ok(());
     };
-    let (lo, hi) = (spec.min, spec.max);
+    let ranges = upload_ranges(model, spec, r);
+    let (lo, hi) = ranges[r];
     let v = if hi >= -lo { hi } else { lo };
     if !(lo <= 0 && 0 <= hi) || v == 0 {
         entry.note = "the input range does not hold 0 and a probe value".into();
         return Ok(());
     }
     let (true_w, true_b) = stage.weights_and_bias();
-    let pixel = widest_reach_pixel(&shape);
-    let reached = reached_weights(&shape, pixel);
+    let widest = widest_reach_pixel(&shape);
+    let reach = reached_weights(&shape, widest).len();
+    let kk = shape.kernel_height * shape.kernel_width;
+    // The weights input pixel (c, i, j) reaches, sorted, padded with zeros
+    // to `reach` (a value the attacker takes beyond them is an output no
+    // weight moved), and the outputs' channels.
+    let truth_at = |c: usize, pixel: (usize, usize)| {
+        let reached = reached_weights(&shape, pixel);
+        let mut w: Vec<i64> = reached
+            .iter()
+            .map(|&(o, t)| true_w[(o * shape.in_channels + c) * kk + t])
+            .collect();
+        w.resize(reach, 0);
+        w.sort_unstable();
+        (w, reached)
+    };
+    let sorted_error = |read: &[f64], w: &[i64]| -> f64 {
+        read.iter().zip(w).map(|(e, &x)| (e - x as f64).abs()).sum()
+    };
     let b_mean = base.iter().sum::<i64>() as f64 / base.len().max(1) as f64;
     let true_b_mean = true_b.iter().sum::<i64>() as f64 / true_b.len().max(1) as f64;
     let (mut estimates, mut exact, mut error, mut truth_abs, mut offset) =
         (0usize, 0usize, 0f64, 0f64, 0f64);
-    let mut channels_read = 0;
+    let mut channels = vec![false; shape.in_channels];
+    let mut pixel = widest;
     let mut budget_hit = false;
-    for c in 0..shape.in_channels {
+    let sessions = if blind { 1 } else { shape.in_channels };
+    for c in 0..sessions {
         let mut live = match oracle.open() {
             Ok(live) => live,
             Err(Stop::Budget) => {
@@ -1995,19 +2030,41 @@ fn noisy_pixel_probes(
             Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
         };
         entry.sessions += 1;
-        let mut image = vec![0i64; shape.input_len().unwrap_or(0)];
-        image[(c * shape.in_height + pixel.0) * shape.in_width + pixel.1] = v;
+        for (k, &range) in ranges.iter().enumerate().take(r) {
+            let filler = probe_step(range).0;
+            step(
+                oracle,
+                &mut live,
+                &vec![filler; model.stages()[k].input_len()],
+            )?;
+        }
+        let mut image = vec![0i64; stage.input_len()];
+        if blind {
+            image[0] = v;
+        } else {
+            image[(c * shape.in_height + widest.0) * shape.in_width + widest.1] = v;
+        }
         let y = step(oracle, &mut live, &image)?;
-        let read = noisy_probe_reading(&y, b_mean, reached.len(), v);
-        let mut truth: Vec<i64> = reached
-            .iter()
-            .map(|&(o, t)| {
-                true_w[(o * shape.in_channels + c) * shape.kernel_height * shape.kernel_width + t]
-            })
-            .collect();
-        truth.sort_unstable();
+        let read = noisy_probe_reading(&y, b_mean, reach, v);
+        let (c, at) = if blind {
+            // The auditor's match: the input pixel of least error.
+            let candidates = (0..shape.in_channels).flat_map(|c| {
+                (0..shape.in_height)
+                    .flat_map(move |i| (0..shape.in_width).map(move |j| (c, (i, j))))
+            });
+            candidates
+                .min_by(|a, b| {
+                    let ea = sorted_error(&read, &truth_at(a.0, a.1).0);
+                    let eb = sorted_error(&read, &truth_at(b.0, b.1).0);
+                    ea.total_cmp(&eb)
+                })
+                .unwrap_or((0, widest))
+        } else {
+            (c, widest)
+        };
+        let (truth, reached) = truth_at(c, at);
+        error += sorted_error(&read, &truth);
         for (e, &w) in read.iter().zip(&truth) {
-            error += (e - w as f64).abs();
             exact += usize::from(e.round() as i64 == w);
             truth_abs += w.unsigned_abs() as f64;
         }
@@ -2016,9 +2073,11 @@ fn noisy_pixel_probes(
             .map(|&(o, _)| (true_b[o] as f64 - true_b_mean).abs())
             .sum::<f64>();
         estimates += read.len();
-        channels_read += 1;
+        channels[c] = true;
+        pixel = at;
     }
     let per = |x: f64| x / estimates.max(1) as f64;
+    let channels_read = channels.iter().filter(|&&c| c).count();
     let noisy = NoisyProbes {
         sigma,
         step: v,
@@ -2032,17 +2091,27 @@ fn noisy_pixel_probes(
             / v.unsigned_abs() as f64,
         bias_offset_error: per(offset) / v.unsigned_abs() as f64,
         zero_guess_error: per(truth_abs),
+        matched_by_model: blind,
     };
     entry.outcome = if budget_hit {
         Outcome::StoppedByBudget
     } else {
         Outcome::Approximate
     };
-    entry.note = format!(
-        "noisy reading (AUDIT-10): {channels_read} of {} input channels probed at pixel {pixel:?}, one session each{}; no weight counts as exact under noise",
-        shape.in_channels,
-        if budget_hit { " before the budget ran out" } else { "" }
-    );
+    entry.note = if blind {
+        format!(
+            "noisy blind probe (AUDIT-11): {} session raised one slot of round {r}'s upload, whose true position the unshuffle hides; its estimates matched through the model to input channel {} at pixel {pixel:?}{}; no weight counts as exact under noise",
+            entry.sessions,
+            channels.iter().position(|&c| c).map_or("none".into(), |c| c.to_string()),
+            if budget_hit { ", before the budget ran out" } else { "" }
+        )
+    } else {
+        format!(
+            "noisy reading (AUDIT-10): {channels_read} of {} input channels probed at pixel {pixel:?}, one session each{}; no weight counts as exact under noise",
+            shape.in_channels,
+            if budget_hit { " before the budget ran out" } else { "" }
+        )
+    };
     entry.weight_error = (estimates > 0).then_some(noisy.mean_abs_error);
     entry.noisy_probes = Some(noisy);
     Ok(())
@@ -3961,13 +4030,18 @@ impl AuditReport {
                 ));
             } else if let Some(n) = &s.noisy_probes {
                 out.push_str(&format!(
-                    "{:>14}noise (σ = {}, probe v = {}): {} weight estimates (value − mean bias)/v from {} of {} input channels, matched to the reached weights in sorted order (the auditor's measurement, through the model); off by {:.2} per weight on average ({} round to their weight), where σ alone predicts σ·√(2/π)/|v| = {:.2} and reading against the mean bias costs {:.2} without noise (guessing 0: {:.2})\n",
+                    "{:>14}noise (σ = {}, probe v = {}): {} weight estimates (value − mean bias)/v from {} of {} input channels, matched to the reached weights in sorted order{} (the auditor's measurement, through the model); off by {:.2} per weight on average ({} round to their weight), where σ alone predicts σ·√(2/π)/|v| = {:.2} and reading against the mean bias costs {:.2} without noise (guessing 0: {:.2})\n",
                     "",
                     n.sigma,
                     n.step,
                     n.estimates,
                     n.channels_read,
                     n.channels_total,
+                    if n.matched_by_model {
+                        " of the input pixel they fit best"
+                    } else {
+                        ""
+                    },
                     n.mean_abs_error,
                     n.rounding_exact,
                     n.expected_error,
@@ -4051,6 +4125,7 @@ impl AuditReport {
                     "expected_error": n.expected_error,
                     "bias_offset_error": n.bias_offset_error,
                     "zero_guess_error": n.zero_guess_error,
+                    "matched_by_model": n.matched_by_model,
                 })),
                 "columns": s.columns.map(|c| serde_json::json!({
                     "total": c.total,

@@ -694,6 +694,99 @@ fn noisy_pixel_probes_read_the_first_conv_up_to_the_noise() {
     assert!(large.mean_abs_error > large.zero_guess_error, "{large:?}");
 }
 
+/// conv 1→3 3×3 on a 10×10 input → requantise → conv 3→2 3×3 with equal
+/// biases → requantise → linear to 2: a second conv whose outputs, read
+/// against the mean bias, carry no bias offset.
+fn second_conv_with_equal_biases() -> Model {
+    let mut rng = Csprng::from_seed([57; 16]);
+    let mut small =
+        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
+    let conv = |out: usize, weights: Vec<i64>, bias: Vec<i64>| Layer::Conv2d {
+        out_channels: out,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        padding: 1,
+        groups: 1,
+        weights,
+        bias,
+    };
+    let rq = |shift: u32| Layer::Requantize {
+        multiplier: 1,
+        shift,
+        min: 0,
+        max: 15,
+    };
+    let layers = vec![
+        conv(3, small(27), small(3)),
+        rq(5),
+        conv(2, small(54), vec![5, 5]),
+        rq(7),
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: 2,
+            weights: small(400),
+            bias: small(2),
+        },
+    ];
+    Model::new(
+        "second-conv-equal-biases",
+        InputSpec {
+            shape: Shape::new(1, 10, 10),
+            min: 0,
+            max: 15,
+        },
+        layers,
+    )
+    .unwrap()
+}
+
+// AUDIT-11, DP-8: the blind noisy probe on the second conv (3→2, weights in
+// [−7, 7], equal biases): one session raises slot 0 of round 1's upload by
+// v = 15 (the clamp's width), the unshuffle puts it at an input pixel the
+// attacker does not know, and the 18 values farthest from b̄ (a pixel
+// reaches at most 9 outputs of each of 2 channels) are matched through the
+// model to the pixel they fit best. σ = 1: b̄, the mean of the bias probe's
+// 200 round-1 values, is within 0.5 of the bias except with probability
+// 2e^(−25), and each of the session's 200 values within 6.9 of its mean
+// except with probability 2e^(−23.8): then the raised pixel's own weights
+// (zeros past the outputs it reaches) are within 7.4/15 < 0.5 of the
+// estimates one by one, and the best fit is no worse: the mean error is
+// below 0.5 with probability ≥ 1 − 1e-8. σ = 1000: b̄ is within 350 of the
+// bias except with probability 2e^(−12.25) < 1e-5, and about 39 % of the
+// 200 values have noise ≥ 855 (fewer than 18 of them with probability
+// ≈ e^(−20)), so every value taken is ≥ 400 from b̄ and reads ≥ 26 in
+// magnitude: off by > 19 per weight against any pixel, worse than
+// guessing 0.
+#[test]
+fn blind_noisy_probe_reads_a_second_conv_up_to_the_noise() {
+    let model = second_conv_with_equal_biases();
+    let run = |sigma: u32| {
+        let report = audit(&model, noisy_element(sigma), None).unwrap();
+        let second = report.stages[1].clone();
+        assert_eq!(second.attack, "blind probe");
+        assert_eq!(second.outcome, Outcome::Approximate, "{}", second.note);
+        assert_eq!((second.sessions, second.weights), (1, (0, 54)));
+        let probes = second.noisy_probes.clone().expect("noise reported");
+        assert!(probes.matched_by_model);
+        assert_eq!((probes.sigma, probes.step), (sigma, 15));
+        assert_eq!((probes.channels_read, probes.channels_total), (1, 3));
+        assert_eq!(probes.estimates, 18);
+        assert_eq!(probes.bias_offset_error, 0.0);
+        assert_eq!(second.weight_error, Some(probes.mean_abs_error));
+        assert!(report.stages[0]
+            .noisy_probes
+            .as_ref()
+            .is_some_and(|p| !p.matched_by_model));
+        probes
+    };
+    let small = run(1);
+    assert!(small.mean_abs_error < 0.5, "{small:?}");
+    let large = run(1000);
+    assert!(large.mean_abs_error > 19.0, "{large:?}");
+    assert!(large.mean_abs_error > large.zero_guess_error, "{large:?}");
+}
+
 /// conv 2→3 3×3 on a 2×4×4 input, two of its channels sharing a bias →
 /// requantise → linear to 2: the check's three regions (a band per input
 /// channel and the pair region of channels 0 and 1, k_h − 1 zero rows

@@ -413,9 +413,9 @@ fn dp_sigma_flag_sets_the_noise_and_the_printed_epsilon() {
 
 // AUDIT-6, AUDIT-10, DP-8: `safhire audit --policy dp --dp-sigma S`
 // reports the logits' column estimates under that σ, in JSON and in the
-// table: the step v = 15 (the clamp's width), six estimates (budget 8:
-// the bias probe, whose round-2 reading is the base, and round 0's pixel
-// probe take two),
+// table: the step v = 15 (the clamp's width), five estimates (budget 8:
+// the bias probe, whose round-2 reading is the base, round 0's pixel probe
+// and round 1's blind probe take three),
 // and the error σ alone predicts, 2σ/(v√π); round 0's conv is read by the
 // noisy pixel probe: 72 weight estimates from one session at pixel (1, 1),
 // with σ·√(2/π)/v as the noise's share of the error.
@@ -431,7 +431,9 @@ fn audit_reports_the_noisy_column_error_at_the_flags_sigma() {
     assert_eq!(stages[2]["attack"], "blind d + 1");
     assert_eq!(noisy["sigma"], 400, "{noisy}");
     assert_eq!(noisy["step"], 15, "{noisy}");
-    assert_eq!(noisy["estimates"], 6, "{noisy}");
+    assert_eq!(noisy["estimates"], 5, "{noisy}");
+    assert_eq!(stages[1]["attack"], "blind probe");
+    assert_eq!(stages[1]["noisy_probes"]["matched_by_model"], true);
     assert_eq!(noisy["columns_total"], 64, "{noisy}");
     assert_eq!(noisy["matched_by_model"], true, "{noisy}");
     let predicted = 2.0 * 400.0 / (15.0 * std::f64::consts::PI.sqrt());
