@@ -98,6 +98,17 @@ impl U256 {
 /// Uniform on `[0, n)`, `n ≥ 1`, by rejection (no modulo bias).
 fn uniform_below_u128(rng: &mut Csprng, n: u128) -> u128 {
     debug_assert!(n > 0);
+    if n.is_power_of_two() {
+        // The rejection below never rejects for n = 2^k, and x mod 2^k is
+        // x's low k bits: the same value from the same draws, without the
+        // divisions (flooding's σ = 2^k draws nothing else: PRIV-2).
+        let x = if n <= u64::MAX as u128 {
+            rng.next_u64() as u128
+        } else {
+            ((rng.next_u64() as u128) << 64) | rng.next_u64() as u128
+        };
+        return x & (n - 1);
+    }
     if n <= u64::MAX as u128 {
         return rng.uniform_below(n as u64) as u128;
     }
@@ -178,7 +189,7 @@ pub fn sample_discrete_laplace(t: u64, rng: &mut Csprng) -> i64 {
     'outer: loop {
         // X = U + t·V: U uniform on [0, t) tilted by exp(−U/t), V geometric
         // with parameter e^(−1): X is geometric with parameter e^(−1/t).
-        let u = rng.uniform_below(t) as u128;
+        let u = uniform_below_u128(rng, t as u128);
         if !bernoulli_exp_neg_le_one(rng, u, t as u128) {
             continue;
         }
@@ -813,6 +824,40 @@ pub fn budget_guarantee(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // DP-1: the power-of-two shortcut returns what the plain rejection
+    // returns from the same stream, draw for draw (the sampler's law and
+    // its use of randomness are unchanged).
+    #[test]
+    fn uniform_below_u128_matches_the_plain_rejection() {
+        fn plain(g: &mut Csprng, n: u128) -> u128 {
+            if n <= u64::MAX as u128 {
+                return g.uniform_below(n as u64) as u128;
+            }
+            let zone = u128::MAX - (u128::MAX % n + 1) % n;
+            loop {
+                let x = ((g.next_u64() as u128) << 64) | g.next_u64() as u128;
+                if x <= zone {
+                    return x % n;
+                }
+            }
+        }
+        for k in [0u32, 1, 43, 63, 64, 65, 87, 127] {
+            let n = 1u128 << k;
+            let (mut a, mut b) = (
+                Csprng::from_seed([k as u8; 16]),
+                Csprng::from_seed([k as u8; 16]),
+            );
+            for _ in 0..500 {
+                assert_eq!(uniform_below_u128(&mut a, n), plain(&mut b, n), "n = 2^{k}");
+            }
+            assert_eq!(
+                a.next_u64(),
+                b.next_u64(),
+                "n = 2^{k}: the streams stay aligned"
+            );
+        }
+    }
 
     #[test]
     fn u256_arithmetic_agrees_with_u128() {

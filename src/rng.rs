@@ -223,8 +223,14 @@ impl Csprng {
     /// Uniform in `[0, q)` by rejection (no modulo bias).
     pub fn uniform_below(&mut self, q: u64) -> u64 {
         debug_assert!(q > 0);
-        // Largest multiple of q that fits; values at or above it are redrawn.
-        let zone = u64::MAX - (u64::MAX % q + 1) % q;
+        if q.is_power_of_two() {
+            // Nothing is redrawn for q = 2^k and x mod 2^k is x's low k
+            // bits: the value the loop below returns, without a division.
+            return self.next_u64() & (q - 1);
+        }
+        // Largest multiple of q that fits; values at or above it are
+        // redrawn. 2^64 mod q = (2^64 − q) mod q: one division.
+        let zone = u64::MAX - q.wrapping_neg() % q;
         loop {
             let x = self.next_u64();
             if x <= zone {
@@ -321,6 +327,46 @@ mod tests {
         let samples: Vec<i64> = (0..20_000).map(|_| g.tuniform(2)).collect();
         assert!(samples.iter().all(|&x| (-4..=4).contains(&x)));
         assert!(samples.contains(&-4) && samples.contains(&4));
+    }
+
+    // The shortcuts (no division for q = 2^k, one for the zone) return the
+    // value the plain rejection returns from the same stream, draw for draw.
+    #[test]
+    fn uniform_below_matches_the_plain_rejection() {
+        fn plain(g: &mut Csprng, q: u64) -> u64 {
+            let zone = u64::MAX - (u64::MAX % q + 1) % q;
+            loop {
+                let x = g.next_u64();
+                if x <= zone {
+                    return x % q;
+                }
+            }
+        }
+        let moduli = [
+            1u64,
+            2,
+            3,
+            7,
+            64,
+            1 << 43,
+            (1 << 63) + 1,
+            u64::MAX,
+            0xffff_ffff_0000_0001,
+        ];
+        for (i, &q) in moduli.iter().enumerate() {
+            let (mut a, mut b) = (
+                Csprng::from_seed([i as u8; 16]),
+                Csprng::from_seed([i as u8; 16]),
+            );
+            for _ in 0..2000 {
+                assert_eq!(a.uniform_below(q), plain(&mut b, q), "q = {q}");
+            }
+            assert_eq!(
+                a.next_u64(),
+                b.next_u64(),
+                "q = {q}: the streams stay aligned"
+            );
+        }
     }
 
     #[test]
