@@ -1367,6 +1367,31 @@ fn arrange(chosen: &[i64], slots: Option<&[usize]>, block: usize) -> Vec<i64> {
     upload
 }
 
+/// A session opened and brought to round `r`: each earlier round's upload
+/// is its range's base value (`probe_step`), as the bias probe's zeros
+/// where the range holds 0. `None` when the budget refuses the session.
+fn open_at_round(
+    oracle: &mut Oracle<'_>,
+    model: &CompiledModel,
+    ranges: &[(i64, i64)],
+    r: usize,
+) -> Result<Option<Live>, AuditError> {
+    let mut live = match oracle.open() {
+        Ok(live) => live,
+        Err(Stop::Budget) => return Ok(None),
+        Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+    };
+    for (k, &range) in ranges.iter().enumerate().take(r) {
+        let filler = probe_step(range).0;
+        step(
+            oracle,
+            &mut live,
+            &vec![filler; model.stages()[k].input_len()],
+        )?;
+    }
+    Ok(Some(live))
+}
+
 /// One round of an open session.
 fn step(oracle: &mut Oracle<'_>, live: &mut Live, upload: &[i64]) -> Result<Vec<i64>, AuditError> {
     oracle.step(live, upload).map_err(|e| match e {
@@ -2021,23 +2046,11 @@ fn noisy_probes(
     let mut budget_hit = false;
     let sessions = if blind { 1 } else { shape.in_channels };
     for c in 0..sessions {
-        let mut live = match oracle.open() {
-            Ok(live) => live,
-            Err(Stop::Budget) => {
-                budget_hit = true;
-                break;
-            }
-            Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+        let Some(mut live) = open_at_round(oracle, model, &ranges, r)? else {
+            budget_hit = true;
+            break;
         };
         entry.sessions += 1;
-        for (k, &range) in ranges.iter().enumerate().take(r) {
-            let filler = probe_step(range).0;
-            step(
-                oracle,
-                &mut live,
-                &vec![filler; model.stages()[k].input_len()],
-            )?;
-        }
         let mut image = vec![0i64; stage.input_len()];
         if blind {
             image[0] = v;
@@ -3538,23 +3551,11 @@ fn blind_columns(
     let mut estimates: Vec<(Option<usize>, Vec<f64>)> = Vec::new();
     let mut budget_hit = false;
     for _ in 0..cap {
-        let mut live = match oracle.open() {
-            Ok(live) => live,
-            Err(Stop::Budget) => {
-                budget_hit = true;
-                break;
-            }
-            Err(Stop::Protocol(e)) => return Err(AuditError::Protocol(e)),
+        let Some(mut live) = open_at_round(oracle, model, &ranges, r)? else {
+            budget_hit = true;
+            break;
         };
         entry.sessions += 1;
-        for (k, &range) in ranges.iter().enumerate().take(r) {
-            let filler = probe_step(range).0;
-            step(
-                oracle,
-                &mut live,
-                &vec![filler; model.stages()[k].input_len()],
-            )?;
-        }
         let mut x = vec![base; shape.cols];
         if at_base.is_some() {
             x[0] = base + v;

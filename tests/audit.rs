@@ -223,7 +223,14 @@ fn noise_turns_exact_recovery_into_a_measured_error() {
 /// conv 1→3 → requantise → conv 3→2 → requantise → linear: two conv
 /// stages whose planes (36 positions) hold more equations than unknowns.
 fn two_convs() -> Model {
-    let mut rng = Csprng::from_seed([33; 16]);
+    two_convs_with("two-convs", 33, 6, None)
+}
+
+/// conv 1→3 3×3 on a `side` × `side` input → requantise → conv 3→2 3×3 →
+/// requantise → linear to 2, weights and biases in [−7, 7] drawn from
+/// `seed`; the second conv's biases are `second_bias` when given.
+fn two_convs_with(name: &str, seed: u8, side: usize, second_bias: Option<[i64; 2]>) -> Model {
+    let mut rng = Csprng::from_seed([seed; 16]);
     let mut small =
         |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
     let conv = |out: usize, weights: Vec<i64>, bias: Vec<i64>| Layer::Conv2d {
@@ -242,22 +249,29 @@ fn two_convs() -> Model {
         min: 0,
         max: 15,
     };
+    let first = conv(3, small(27), small(3));
+    let second_weights = small(54);
+    let second = conv(
+        2,
+        second_weights,
+        second_bias.map_or_else(|| small(2), Vec::from),
+    );
     let layers = vec![
-        conv(3, small(27), small(3)),
+        first,
         rq(5),
-        conv(2, small(54), small(2)),
+        second,
         rq(7),
         Layer::Flatten,
         Layer::Linear {
             out_features: 2,
-            weights: small(144),
+            weights: small(2 * 2 * side * side),
             bias: small(2),
         },
     ];
     Model::new(
-        "two-convs",
+        name,
         InputSpec {
-            shape: Shape::new(1, 6, 6),
+            shape: Shape::new(1, side, side),
             min: 0,
             max: 15,
         },
@@ -694,51 +708,10 @@ fn noisy_pixel_probes_read_the_first_conv_up_to_the_noise() {
     assert!(large.mean_abs_error > large.zero_guess_error, "{large:?}");
 }
 
-/// conv 1→3 3×3 on a 10×10 input → requantise → conv 3→2 3×3 with equal
-/// biases → requantise → linear to 2: a second conv whose outputs, read
-/// against the mean bias, carry no bias offset.
+/// [`two_convs_with`] on a 10×10 input, the second conv's biases equal:
+/// its outputs, read against the mean bias, carry no bias offset.
 fn second_conv_with_equal_biases() -> Model {
-    let mut rng = Csprng::from_seed([57; 16]);
-    let mut small =
-        |n: usize| -> Vec<i64> { (0..n).map(|_| rng.uniform_below(15) as i64 - 7).collect() };
-    let conv = |out: usize, weights: Vec<i64>, bias: Vec<i64>| Layer::Conv2d {
-        out_channels: out,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        padding: 1,
-        groups: 1,
-        weights,
-        bias,
-    };
-    let rq = |shift: u32| Layer::Requantize {
-        multiplier: 1,
-        shift,
-        min: 0,
-        max: 15,
-    };
-    let layers = vec![
-        conv(3, small(27), small(3)),
-        rq(5),
-        conv(2, small(54), vec![5, 5]),
-        rq(7),
-        Layer::Flatten,
-        Layer::Linear {
-            out_features: 2,
-            weights: small(400),
-            bias: small(2),
-        },
-    ];
-    Model::new(
-        "second-conv-equal-biases",
-        InputSpec {
-            shape: Shape::new(1, 10, 10),
-            min: 0,
-            max: 15,
-        },
-        layers,
-    )
-    .unwrap()
+    two_convs_with("second-conv-equal-biases", 57, 10, Some([5, 5]))
 }
 
 // AUDIT-11, DP-8: the blind noisy probe on the second conv (3→2, weights in
