@@ -344,8 +344,9 @@ pub struct StageReport {
     /// policy (DP-8, AUDIT-6): the column estimates and their error.
     /// [`weight_error`](Self::weight_error) then holds the same mean error.
     pub noisy_columns: Option<NoisyColumns>,
-    /// For the single-pixel probes of a round-0 conv under a noisy policy
-    /// (DP-8, AUDIT-10): the weight estimates and their error.
+    /// For a conv stage under a noisy policy (DP-8): the pixel probes of
+    /// round 0 (AUDIT-10) or the blind probe of a later round (AUDIT-11),
+    /// their weight estimates and error.
     /// [`weight_error`](Self::weight_error) then holds the same mean error.
     pub noisy_probes: Option<NoisyProbes>,
     /// Why the stage ended as it did (why no attack ran, why one stopped,
@@ -449,12 +450,13 @@ pub struct NoisyProbes {
     /// reaches the most outputs; at a later round the auditor's match (see
     /// [`matched_by_model`](Self::matched_by_model)).
     pub pixel: (usize, usize),
-    /// Input channels read (one session each), of
-    /// [`channels_total`](Self::channels_total).
+    /// Input channels read, of [`channels_total`](Self::channels_total):
+    /// at round 0 one session each, at a later round the channel the
+    /// auditor matched the session's estimates to.
     pub channels_read: usize,
     /// The stage's input channels.
     pub channels_total: usize,
-    /// Weight estimates made: T per channel read.
+    /// Weight estimates made: T per session.
     pub estimates: usize,
     /// Estimates that round to the weight they are matched to.
     pub rounding_exact: usize,
