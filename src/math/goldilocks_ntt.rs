@@ -19,17 +19,23 @@
 //!   The cyclic 128-point transform that follows multiplies by shifts in
 //!   its first six splits (the first has w = 1, no product at all) and by
 //!   general values only in the last. At N = 4096 that is 3 general
-//!   products per pair of values (the twist counts two) instead of 7.
-//!   Below [`TWIST_MIN`] the twist would not pay, and the negacyclic tree
+//!   products per pair of values (the twist counts two) instead of 7; at
+//!   N = 8192 the sixth negacyclic split is general too (4 instead of 8).
+//!   Below [`TWIST_MIN`] the twist does not pay, and the negacyclic tree
 //!   runs to the end.
 //! - The last three splits act inside blocks of eight: an 8×8 transpose of
 //!   each group of 64 values puts the blocks in lanes, so they run as
 //!   vertical butterflies with per-lane twiddles (per-lane shift counts in
 //!   the cyclic tree), and the output is left transposed (the evaluation
-//!   order is private, see [`super::NttPlan`]).
+//!   order is private, see [`super::NttPlan`]). In the cyclic tree the
+//!   splits at t = 32, 16, 8 run on the same group's registers before the
+//!   transpose; the twist shares a pass with the split at t = 64.
 //!
-//! The inverse mirrors it: Gentleman–Sande butterflies with 1/w, the
-//! untwist by ψ_j^−i, without the factor 1/N.
+//! A product by 2^s takes the cheapest reduction for its range of s (below
+//! 32 no word above 2^96, from 64 no word below 2^64), and each block's
+//! loop is specialised to its twiddle's kind. The inverse mirrors the
+//! forward transform: Gentleman–Sande butterflies with 1/w (1/2^s =
+//! −2^(96−s)), the untwist by ψ_j^−i, without the factor 1/N.
 
 use super::{Modulus, SOLINAS};
 
@@ -42,9 +48,11 @@ const BLOCK: usize = 128;
 
 /// The smallest N that twists its blocks into cyclic ones. Per pair of
 /// values the twist costs two general products and saves one per
-/// negacyclic split beyond the fifth that it replaces by a shift: it gains
-/// from N = 512 (three general products instead of four).
-const TWIST_MIN: usize = 512;
+/// negacyclic split beyond the fifth that it replaces by a shift, which
+/// counts a gain from N = 512 (three general products instead of four);
+/// measured (benches/README.md), the extra pass and the per-lane shifts of
+/// the tail make it a loss at 512, even at 1024, and a gain from 2048.
+const TWIST_MIN: usize = 2048;
 
 /// One split's multiplier.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1116,7 +1124,7 @@ mod tests {
 
     // The tree splits X^N + 1 into linear factors: every output is the
     // input evaluated at a distinct root of X^N + 1 (N = 64 without the
-    // twist, N = 512 and 4096 with it).
+    // twist, N = 2048 and 4096 with it).
     #[test]
     fn outputs_are_evaluations_at_distinct_roots() {
         let m = field();
