@@ -28,8 +28,10 @@
 //!   vertical butterflies with per-lane twiddles (per-lane shift counts in
 //!   the cyclic tree), and the output is left transposed (the evaluation
 //!   order is private, see [`super::NttPlan`]). In the cyclic tree the
-//!   splits at t = 32, 16, 8 run on the same group's registers before the
-//!   transpose; the twist shares a pass with the split at t = 64.
+//!   twist shares a pass with the split at t = 64 (w = 1), and the splits
+//!   at t = 32, 16, 8 run as passes over the block like the negacyclic
+//!   ones: one branch-free loop per pass beats keeping a group in
+//!   registers, where each pair would pick its twiddle's kind by a branch.
 //!
 //! A product by 2^s takes the cheapest reduction for its range of s (below
 //! 32 no word above 2^96, from 64 no word below 2^64), and each block's
@@ -532,19 +534,9 @@ mod avx512 {
         _mm_cvtsi64_si128(c as i64)
     }
 
-    /// `x·2^s mod q` for x < q, s < 96.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn mul_pow2(x: __m512i, s: u32) -> __m512i {
-        match s {
-            0..32 => mul_pow2_low(x, s),
-            32..64 => mul_pow2_mid(x, s),
-            _ => mul_pow2_high(x, s),
-        }
-    }
-
-    /// `x·2^s mod q` per lane for x < q, s ≤ 96 (96 negates): [`mul_pow2`]
-    /// with per-lane counts (out-of-range counts give zero here too).
+    /// `x·2^s mod q` per lane for x < q, s ≤ 96 (96 negates): x·2^s =
+    /// lo + mid·2^64 + top·2^96 folded, with per-lane shift counts (counts
+    /// of 64 or more, and negative ones, give zero).
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn mul_pow2v(x: __m512i, s: __m512i) -> __m512i {
@@ -891,86 +883,6 @@ mod avx512 {
         }
     }
 
-    /// `x·w` for a twiddle that is expected to be a shift (a general one
-    /// takes the slower path).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn times_row(x: __m512i, w: Twiddle) -> __m512i {
-        match w {
-            Twiddle::Shift(0) => x,
-            Twiddle::Shift(s) | Twiddle::NegShift(s) => mul_pow2(x, s),
-            Twiddle::General(_) => {
-                let (w, w_hi) = splat_split(w);
-                mul(x, w, w_hi)
-            }
-        }
-    }
-
-    /// A forward butterfly between rows i and j with a splat twiddle.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn forward_row_pair(v: &mut [__m512i; 8], i: usize, j: usize, w: Twiddle) {
-        let p = times_row(v[j], w);
-        let (s, d) = (add(v[i], p), sub(v[i], p));
-        (v[i], v[j]) = if matches!(w, Twiddle::NegShift(_)) {
-            (d, s)
-        } else {
-            (s, d)
-        };
-    }
-
-    /// Its inverse, without the factor 2.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn backward_row_pair(v: &mut [__m512i; 8], i: usize, j: usize, w_inv: Twiddle) {
-        let (a, b) = (v[i], v[j]);
-        let d = if matches!(w_inv, Twiddle::NegShift(_)) {
-            sub(b, a)
-        } else {
-            sub(a, b)
-        };
-        (v[i], v[j]) = (add(a, b), times_row(d, w_inv));
-    }
-
-    /// The cyclic splits at t = 32, 16, 8 on the rows of group `g` (its
-    /// 8 rows of 8 values, before the transpose).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn forward_rows(v: &mut [__m512i; 8], w: &[Vec<Twiddle>], g: usize) {
-        let (w32, w16, w8) = (&w[0][g..], &w[1][2 * g..], &w[2][4 * g..]);
-        forward_row_pair(v, 0, 4, w32[0]);
-        forward_row_pair(v, 1, 5, w32[0]);
-        forward_row_pair(v, 2, 6, w32[0]);
-        forward_row_pair(v, 3, 7, w32[0]);
-        forward_row_pair(v, 0, 2, w16[0]);
-        forward_row_pair(v, 1, 3, w16[0]);
-        forward_row_pair(v, 4, 6, w16[1]);
-        forward_row_pair(v, 5, 7, w16[1]);
-        forward_row_pair(v, 0, 1, w8[0]);
-        forward_row_pair(v, 2, 3, w8[1]);
-        forward_row_pair(v, 4, 5, w8[2]);
-        forward_row_pair(v, 6, 7, w8[3]);
-    }
-
-    /// [`forward_rows`] undone, without the factor 8.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn backward_rows(v: &mut [__m512i; 8], w: &[Vec<Twiddle>], g: usize) {
-        let (w32, w16, w8) = (&w[0][g..], &w[1][2 * g..], &w[2][4 * g..]);
-        backward_row_pair(v, 0, 1, w8[0]);
-        backward_row_pair(v, 2, 3, w8[1]);
-        backward_row_pair(v, 4, 5, w8[2]);
-        backward_row_pair(v, 6, 7, w8[3]);
-        backward_row_pair(v, 0, 2, w16[0]);
-        backward_row_pair(v, 1, 3, w16[0]);
-        backward_row_pair(v, 4, 6, w16[1]);
-        backward_row_pair(v, 5, 7, w16[1]);
-        backward_row_pair(v, 0, 4, w32[0]);
-        backward_row_pair(v, 1, 5, w32[0]);
-        backward_row_pair(v, 2, 6, w32[0]);
-        backward_row_pair(v, 3, 7, w32[0]);
-    }
-
     /// One block of [`BLOCK`] values: the twist by `twist`, then the cyclic
     /// transform.
     #[target_feature(enable = "avx512f")]
@@ -998,11 +910,10 @@ mod avx512 {
                 store(b.as_mut_ptr(), sub(x, y));
             }
         }
-        // The rest per group of 64 in registers.
+        forward_stages(block, &tw.fwd, BLOCK / 4);
         let groups = block.chunks_exact_mut(64).zip(tw.fwd_tail.chunks_exact(56));
-        for (g, (group, tail)) in groups.enumerate() {
+        for (group, tail) in groups {
             let (mut v, w) = load_group(group, tail);
-            forward_rows(&mut v, &tw.fwd, g);
             transpose(&mut v);
             forward_tail_cyclic(&mut v, &w);
             store_group(group, &v);
@@ -1013,13 +924,13 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     fn backward_cyclic(tw: &Twisted, block: &mut [u64], untwist: &[u64]) {
         let groups = block.chunks_exact_mut(64).zip(tw.inv_tail.chunks_exact(56));
-        for (g, (group, tail)) in groups.enumerate() {
+        for (group, tail) in groups {
             let (mut v, w) = load_group(group, tail);
             backward_tail_cyclic(&mut v, &w);
             transpose(&mut v);
-            backward_rows(&mut v, &tw.inv, g);
             store_group(group, &v);
         }
+        backward_stages(block, &tw.inv, 8);
         let (lo, hi) = block.split_at_mut(BLOCK / 2);
         let (untwist_lo, untwist_hi) = untwist.split_at(BLOCK / 2);
         let pairs = lo.chunks_exact_mut(8).zip(hi.chunks_exact_mut(8));
