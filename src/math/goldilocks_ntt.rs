@@ -53,7 +53,8 @@ const BLOCK: usize = 128;
 /// negacyclic split beyond the fifth that it replaces by a shift, which
 /// counts a gain from N = 512 (three general products instead of four);
 /// measured (benches/README.md), the extra pass and the per-lane shifts of
-/// the tail make it a loss at 512, even at 1024, and a gain from 2048.
+/// the tail leave 512 even or worse, 1024 a gain forward and a loss
+/// inverse, and a clear gain from 2048.
 const TWIST_MIN: usize = 2048;
 
 /// One split's multiplier.
