@@ -2,27 +2,65 @@
 //! with AVX-512 kernels (SIMD-1): the b-sets' ciphertext modulus.
 //!
 //! A Cooley–Tukey tree of radix-2 splits `X^2t − r → (X^t − w)(X^t + w)`
-//! with w² = r. Two facts about q make it cheaper than a generic 64-bit
+//! with w² = r. Three facts make it cheaper than a generic 64-bit
 //! transform:
-//! - 2 has order 192 (2^96 ≡ −1), so every root of unity of order dividing
-//!   64 is ±2^s with s < 96: the first five splits (w of order 4…64)
-//!   multiply by shifts and the Solinas folding (2^64 ≡ 2^32 − 1) instead of
-//!   a 64×64-bit product. Of each split's two square roots the tree takes
-//!   the positive power of two, which only reorders the evaluations.
+//! - 2 has order 192 mod q (2^96 ≡ −1), so every root of unity of order
+//!   dividing 64 is ±2^s with s < 96: a split whose w has order ≤ 64
+//!   multiplies by shifts and the Solinas folding (2^64 ≡ 2^32 − 1) instead
+//!   of a 64×64-bit product. Of each split's two square roots the tree
+//!   takes the positive power of two, which only reorders the evaluations.
+//!   In the negacyclic tree only the first five splits qualify (w of order
+//!   4…64); a cyclic tree `X^128 − 1` has six such splits of its seven.
+//! - So from N = [`TWIST_MIN`] on the negacyclic splits stop at blocks of
+//!   [`BLOCK`] = 128 values, block j a residue modulo X^128 − ζ_j, and a
+//!   twist turns each into a cyclic residue: a(X) mod X^128 − ζ_j evaluated
+//!   at X = ψ_j·Y, with ψ_j^128 = ζ_j, is a residue modulo ζ_j·(Y^128 − 1),
+//!   i.e. value i is multiplied by ψ_j^i (one general product per value).
+//!   The cyclic 128-point transform that follows multiplies by shifts in
+//!   its first six splits (the first has w = 1, no product at all) and by
+//!   general values only in the last. At N = 4096 that is 3 general
+//!   products per pair of values (the twist counts two) instead of 7; at
+//!   N = 8192 the sixth negacyclic split is general too (4 instead of 8).
+//!   Below [`TWIST_MIN`] the twist does not pay, and the negacyclic tree
+//!   runs to the end.
 //! - The last three splits act inside blocks of eight: an 8×8 transpose of
 //!   each group of 64 values puts the blocks in lanes, so they run as
-//!   vertical butterflies with per-lane twiddles, and the output is left
-//!   transposed (the evaluation order is private, see [`super::NttPlan`]).
+//!   vertical butterflies with per-lane twiddles (per-lane shift counts in
+//!   the cyclic tree), and the output is left transposed (the evaluation
+//!   order is private, see [`super::NttPlan`]). In the cyclic tree the
+//!   twist shares a pass with the split at t = 64 (w = 1), and the splits
+//!   at t = 32, 16, 8 run as passes over the block like the negacyclic
+//!   ones: one branch-free loop per pass beats keeping a group in
+//!   registers, where each pair would pick its twiddle's kind by a branch.
+//!
+//! A product by 2^s takes the cheapest reduction for its range of s (below
+//! 32 no word above 2^96, from 64 no word below 2^64), and each block's
+//! loop is specialised to its twiddle's kind. The inverse mirrors the
+//! forward transform: Gentleman–Sande butterflies with 1/w (1/2^s =
+//! −2^(96−s)), the untwist by ψ_j^−i, without the factor 1/N.
 
 use super::{Modulus, SOLINAS};
 
 /// 2^64 mod q.
 const EPS: u64 = 0xffff_ffff;
 
+/// The cyclic blocks' length: the first six of their seven splits multiply
+/// by shifts.
+const BLOCK: usize = 128;
+
+/// The smallest N that twists its blocks into cyclic ones. Per pair of
+/// values the twist costs two general products and saves one per
+/// negacyclic split beyond the fifth that it replaces by a shift, which
+/// counts a gain from N = 512 (three general products instead of four);
+/// measured (benches/README.md), the extra pass and the per-lane shifts of
+/// the tail leave 512 even or worse, 1024 a gain forward and a loss
+/// inverse, and a clear gain from 2048.
+const TWIST_MIN: usize = 2048;
+
 /// One split's multiplier.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Twiddle {
-    /// 2^s, s < 96.
+    /// 2^s, s < 96 (s = 0: no product).
     Shift(u32),
     /// −2^s, s < 96.
     NegShift(u32),
@@ -30,20 +68,149 @@ enum Twiddle {
     General(u64),
 }
 
+/// The cyclic part of the tree, for N ≥ [`TWIST_MIN`].
+struct Twisted {
+    /// ψ_j^i for value i of block j (N values), ψ_j^128 the block's root.
+    twist: Vec<u64>,
+    /// ψ_j^−i, same layout.
+    untwist: Vec<u64>,
+    /// Forward multipliers of the cyclic splits with t = 32, 16, 8 (the one
+    /// at t = 64 has w = 1), the same in every block: one stage per t, one
+    /// entry per sub-block.
+    fwd: Vec<Vec<Twiddle>>,
+    /// Their inverses, same layout.
+    inv: Vec<Vec<Twiddle>>,
+    /// The last three splits per half block (two groups of 64) in the
+    /// layout of [`GoldilocksNtt::fwd_tail`]: t = 4 and t = 2 as shift
+    /// counts s (w = 2^s), t = 1 as values.
+    fwd_tail: Vec<u64>,
+    /// Their inverses: t = 4 and t = 2 as counts u with 1/w = −2^u (u = 0
+    /// for w = 1), t = 1 as values.
+    inv_tail: Vec<u64>,
+}
+
 /// The transform of one power-of-two length N ≥ 64 modulo [`SOLINAS`].
 pub(super) struct GoldilocksNtt {
     n: usize,
-    /// Forward multipliers w of the splits with half-size t ≥ 8, one
-    /// stage per t from N/2 down, one entry per block.
+    /// Forward multipliers w of the negacyclic splits, one stage per t from
+    /// N/2 down to 8 (to [`BLOCK`] when twisted), one entry per block.
     fwd: Vec<Vec<Twiddle>>,
     /// The inverse multipliers 1/w, same layout.
     inv: Vec<Vec<Twiddle>>,
-    /// The last three splits' w per group of 64 values: 7 lane vectors
-    /// (t = 4; t = 2 for each half; t = 1 for each quarter), lane l for
-    /// block l of the group.
+    /// The cyclic part from N = [`TWIST_MIN`] on (boxed: `NttPlan` holds
+    /// the plan in an enum with smaller variants).
+    twisted: Option<Box<Twisted>>,
+    /// Without the twist, the last three splits' w per group of 64 values:
+    /// 7 lane vectors (t = 4; t = 2 for each half; t = 1 for each quarter),
+    /// lane l for block l of the group. Empty when twisted.
     fwd_tail: Vec<u64>,
     /// Their inverses, same layout.
     inv_tail: Vec<u64>,
+}
+
+/// The roots of unity the tree is built from: ψ of order 2N, every root a
+/// power ψ^e named by its exponent e mod 2N.
+struct Roots {
+    m: Modulus,
+    psi: u64,
+    n: u64,
+    /// 2^s for s < 96.
+    pow2: Vec<u64>,
+}
+
+impl Roots {
+    fn new(n: usize) -> Option<Self> {
+        let m = Modulus::new(SOLINAS)?;
+        // 7 generates the multiplicative group, so ψ has order exactly 2N.
+        let psi = m.pow(7, (SOLINAS - 1) / (2 * n as u64));
+        let pow2 = (0..96).map(|s| m.pow(2, s)).collect();
+        Some(Self {
+            m,
+            psi,
+            n: n as u64,
+            pow2,
+        })
+    }
+
+    /// ψ^e.
+    fn root(&self, e: u64) -> u64 {
+        self.m.pow(self.psi, e % (2 * self.n))
+    }
+
+    /// ψ^−e.
+    fn root_inv(&self, e: u64) -> u64 {
+        self.root(2 * self.n - e % (2 * self.n))
+    }
+
+    fn classify(&self, w: u64) -> Twiddle {
+        if let Some(s) = self.pow2.iter().position(|&x| x == w) {
+            Twiddle::Shift(s as u32)
+        } else if let Some(s) = self.pow2.iter().position(|&x| x == self.m.neg(w)) {
+            Twiddle::NegShift(s as u32)
+        } else {
+            Twiddle::General(w)
+        }
+    }
+
+    /// The splits of blocks `X^2t − ψ^e` (e from `roots`) for t from
+    /// `t_from` down to `t_to`: each block into X^t − ψ^h and
+    /// X^t + ψ^h = X^t − ψ^(h+N) with 2h ≡ e, taking of the two h the one
+    /// whose ψ^h is a positive power of two if either is. Returns every
+    /// stage's h per block and the roots of the blocks left.
+    fn splits(&self, mut roots: Vec<u64>, t_from: usize, t_to: usize) -> (Vec<Vec<u64>>, Vec<u64>) {
+        let two_n = 2 * self.n;
+        let mut stages = Vec::new();
+        let mut t = t_from;
+        while t >= t_to {
+            let hs: Vec<u64> = roots
+                .iter()
+                .map(|&e| {
+                    debug_assert!(e % 2 == 0);
+                    let h = e / 2;
+                    if matches!(self.classify(self.root(h)), Twiddle::NegShift(_)) {
+                        (h + self.n) % two_n
+                    } else {
+                        h
+                    }
+                })
+                .collect();
+            roots = hs.iter().flat_map(|&h| [h, (h + self.n) % two_n]).collect();
+            stages.push(hs);
+            t /= 2;
+        }
+        (stages, roots)
+    }
+
+    /// The stages' multipliers ψ^h, or their inverses.
+    fn twiddles(&self, stages: &[Vec<u64>], inverse: bool) -> Vec<Vec<Twiddle>> {
+        let w = |h: u64| {
+            self.classify(if inverse {
+                self.root_inv(h)
+            } else {
+                self.root(h)
+            })
+        };
+        stages
+            .iter()
+            .map(|s| s.iter().map(|&h| w(h)).collect())
+            .collect()
+    }
+}
+
+/// The last three stages (t = 4, 2, 1; entries per block of 8 values: 1,
+/// 2, 4) as lane vectors per group of 64 values: 7 vectors of 8, lane l for
+/// block l of the group.
+fn tail_lanes(stages: &[Vec<u64>], groups: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(groups * 56);
+    for g in 0..groups {
+        // (stage, blocks of that stage per size-8 block)
+        for (stage, per) in [(0, 1), (1, 2), (2, 4)] {
+            for k in 0..per {
+                out.extend((0..8).map(|l| stages[stage][per * (8 * g + l) + k]));
+            }
+        }
+    }
+    out
 }
 
 impl GoldilocksNtt {
@@ -52,78 +219,77 @@ impl GoldilocksNtt {
         if !n.is_power_of_two() || !(64..=1 << 31).contains(&n) {
             return None;
         }
-        let m = Modulus::new(SOLINAS)?;
-        let two_n = 2 * n as u64;
-        // 7 generates the multiplicative group, so ψ has order exactly 2N.
-        let psi = m.pow(7, (SOLINAS - 1) / two_n);
-        let pow2: Vec<u64> = (0..96).map(|s| m.pow(2, s)).collect();
-        let classify = |w: u64| {
-            if let Some(s) = pow2.iter().position(|&x| x == w) {
-                Twiddle::Shift(s as u32)
-            } else if let Some(s) = pow2.iter().position(|&x| x == m.neg(w)) {
-                Twiddle::NegShift(s as u32)
-            } else {
-                Twiddle::General(w)
-            }
-        };
-        // Each block is a residue mod X^2t − ψ^e; start from X^N + 1.
-        let mut roots = vec![n as u64];
-        let (mut fwd, mut inv) = (Vec::new(), Vec::new());
-        let (mut tail_f, mut tail_i): (Vec<Vec<u64>>, Vec<Vec<u64>>) = (Vec::new(), Vec::new());
-        let mut t = n / 2;
-        while t >= 1 {
-            let (mut stage_f, mut stage_i) = (Vec::new(), Vec::new());
-            let mut next = Vec::with_capacity(2 * roots.len());
-            for &e in &roots {
-                debug_assert!(e % 2 == 0);
-                let mut h = e / 2;
-                if matches!(classify(m.pow(psi, h)), Twiddle::NegShift(_)) {
-                    h = (h + n as u64) % two_n;
-                }
-                let w = m.pow(psi, h);
-                let w_inv = m.pow(psi, (two_n - h) % two_n);
-                if t >= 8 {
-                    stage_f.push(classify(w));
-                    stage_i.push(classify(w_inv));
-                } else {
-                    stage_f.push(Twiddle::General(w));
-                    stage_i.push(Twiddle::General(w_inv));
-                }
-                next.push(h);
-                next.push((h + n as u64) % two_n);
-            }
-            if t >= 8 {
-                fwd.push(stage_f);
-                inv.push(stage_i);
-            } else {
-                let value = |w: &Twiddle| match *w {
-                    Twiddle::General(v) => v,
-                    _ => unreachable!("tail twiddles are stored as values"),
-                };
-                tail_f.push(stage_f.iter().map(value).collect());
-                tail_i.push(stage_i.iter().map(value).collect());
-            }
-            roots = next;
-            t /= 2;
+        let r = Roots::new(n)?;
+        let twist = n >= TWIST_MIN;
+        // Each block is a residue mod X^2t − ψ^e; start from X^N + 1 = X^N − ψ^N.
+        let (neg, roots) = r.splits(vec![n as u64], n / 2, if twist { BLOCK } else { 8 });
+        let (fwd, inv) = (r.twiddles(&neg, false), r.twiddles(&neg, true));
+        if !twist {
+            let (tail, _) = r.splits(roots, 4, 1);
+            let values = |inverse: bool| -> Vec<Vec<u64>> {
+                let w = |h: u64| if inverse { r.root_inv(h) } else { r.root(h) };
+                tail.iter()
+                    .map(|s| s.iter().map(|&h| w(h)).collect())
+                    .collect()
+            };
+            return Some(Self {
+                n,
+                fwd,
+                inv,
+                twisted: None,
+                fwd_tail: tail_lanes(&values(false), n / 64),
+                inv_tail: tail_lanes(&values(true), n / 64),
+            });
         }
-        let tail = |stages: &[Vec<u64>]| {
-            let mut out = Vec::with_capacity(n / 64 * 56);
-            for g in 0..n / 64 {
-                // (stage, blocks of that stage per size-8 block)
-                for (stage, per) in [(0, 1), (1, 2), (2, 4)] {
-                    for k in 0..per {
-                        out.extend((0..8).map(|l| stages[stage][per * (8 * g + l) + k]));
-                    }
-                }
-            }
-            out
+        // Block j is a residue mod X^128 − ψ^e with e ≡ 128 (mod 256):
+        // ψ_j = ψ^(e/128).
+        let (mut twist, mut untwist) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &e in &roots {
+            debug_assert_eq!(e % BLOCK as u64, 0);
+            let step = e / BLOCK as u64;
+            twist.extend((0..BLOCK as u64).map(|i| r.root(step * i)));
+            untwist.extend((0..BLOCK as u64).map(|i| r.root_inv(step * i)));
+        }
+        // The cyclic tree of X^128 − 1 = X^128 − ψ^0.
+        let (cyclic, roots) = r.splits(vec![0], BLOCK / 2, 8);
+        debug_assert_eq!(cyclic[0], [0], "the first cyclic split has w = 1");
+        let (tail, _) = r.splits(roots, 4, 1);
+        let tail_values = |inverse: bool| -> Vec<Vec<u64>> {
+            let mut stages: Vec<Vec<u64>> = tail[..2]
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|&h| {
+                            // w has order ≤ 64: a shift, and 1/w = 2^−s = −2^(96−s).
+                            let w = if inverse { r.root_inv(h) } else { r.root(h) };
+                            match r.classify(w) {
+                                Twiddle::Shift(0) => 0,
+                                Twiddle::Shift(s) if !inverse => s as u64,
+                                Twiddle::NegShift(u) if inverse => u as u64,
+                                other => unreachable!("cyclic tail twiddle {other:?}"),
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let w = |h: u64| if inverse { r.root_inv(h) } else { r.root(h) };
+            stages.push(tail[2].iter().map(|&h| w(h)).collect());
+            stages
         };
         Some(Self {
             n,
             fwd,
             inv,
-            fwd_tail: tail(&tail_f),
-            inv_tail: tail(&tail_i),
+            twisted: Some(Box::new(Twisted {
+                twist,
+                untwist,
+                fwd: r.twiddles(&cyclic[1..], false),
+                inv: r.twiddles(&cyclic[1..], true),
+                fwd_tail: tail_lanes(&tail_values(false), BLOCK / 64),
+                inv_tail: tail_lanes(&tail_values(true), BLOCK / 64),
+            })),
+            fwd_tail: Vec::new(),
+            inv_tail: Vec::new(),
         })
     }
 
@@ -192,11 +358,39 @@ impl GoldilocksNtt {
             butterflies(buf, t, &mut stage.iter().map(|&w| value(w)));
             t /= 2;
         }
-        // The tail's twiddles in block order, from the per-group lanes.
+        // The tail's lane vectors (the first three of each group as shift
+        // counts when twisted) and the groups they repeat over.
+        let (tail, groups, shifts) = match &self.twisted {
+            Some(tw) => {
+                let blocks = buf
+                    .chunks_exact_mut(BLOCK)
+                    .zip(tw.twist.chunks_exact(BLOCK));
+                for (block, twist) in blocks {
+                    for (x, &w) in block.iter_mut().zip(twist) {
+                        *x = m.mul(*x, w);
+                    }
+                    butterflies(block, BLOCK / 2, &mut std::iter::once(1));
+                    let mut t = BLOCK / 4;
+                    for stage in &tw.fwd {
+                        butterflies(block, t, &mut stage.iter().map(|&w| value(w)));
+                        t /= 2;
+                    }
+                }
+                (&tw.fwd_tail, BLOCK / 64, 3)
+            }
+            None => (&self.fwd_tail, self.n / 64, 0),
+        };
+        let lane = |k: usize, i: usize| {
+            if k < shifts {
+                m.pow(2, tail[i])
+            } else {
+                tail[i]
+            }
+        };
         for (stage, per, first) in [(4, 1, 0), (2, 2, 1), (1, 4, 3)] {
             let mut ws = (0..self.n / 8).flat_map(|b| {
-                let (g, l) = (b / 8, b % 8);
-                (0..per).map(move |k| self.fwd_tail[g * 56 + (first + k) * 8 + l])
+                let (g, l) = (b / 8 % groups, b % 8);
+                (0..per).map(move |k| lane(first + k, g * 56 + (first + k) * 8 + l))
             });
             butterflies(buf, stage, &mut ws);
         }
@@ -218,7 +412,7 @@ fn transpose8(group: &mut [u64]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{GoldilocksNtt, Twiddle, EPS, SOLINAS};
+    use super::{GoldilocksNtt, Twiddle, Twisted, BLOCK, EPS, SOLINAS};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -291,21 +485,68 @@ mod avx512 {
         fold(lo, hi, _mm512_srli_epi64::<32>(hi))
     }
 
-    /// `x·2^s mod q` for x < q, s < 96 (shift counts of 64 or more give
-    /// zero, which the split into lo/mid/top relies on).
+    /// `x·2^s mod q` for x < q, s < 32: with x·2^s = lo + mid·2^64 and
+    /// mid < 2^32, lo + mid·(2^32 − 1), the second term below q, and a
+    /// carry out of 2^64 is worth 2^32 − 1. Each range of s has its own
+    /// reduction: the splat-twiddle splits spend most of their time here.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn mul_pow2(x: __m512i, s: u32) -> __m512i {
-        let count = |c: i64| _mm_cvtsi64_si128(c);
-        let s = s as i64;
-        // x·2^s = lo + mid·2^64 + top·2^96 (mid's bits 64..128 of the product).
+    fn mul_pow2_low(x: __m512i, s: u32) -> __m512i {
         let lo = _mm512_sll_epi64(x, count(s));
-        let mid = _mm512_or_si512(
-            _mm512_srl_epi64(x, count(64 - s)),
-            _mm512_sll_epi64(x, count(s - 64)),
-        );
-        // top = x >> (96 − s) < 2^63 < q.
+        let mid = _mm512_srl_epi64(x, count(64 - s));
+        let mid_term = _mm512_sub_epi64(_mm512_slli_epi64::<32>(mid), mid);
+        let sum = _mm512_add_epi64(lo, mid_term);
+        let carry = _mm512_cmplt_epu64_mask(sum, mid_term);
+        let sum = _mm512_mask_add_epi64(sum, carry, sum, splat(EPS));
+        let big = _mm512_cmpge_epu64_mask(sum, splat(SOLINAS));
+        _mm512_mask_sub_epi64(sum, big, sum, splat(SOLINAS))
+    }
+
+    /// `x·2^s mod q` for x < q, 32 ≤ s < 64: lo + mid·2^64 + top·2^96
+    /// with top = mid >> 32, folded.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn mul_pow2_mid(x: __m512i, s: u32) -> __m512i {
+        let mid = _mm512_srl_epi64(x, count(64 - s));
+        fold(
+            _mm512_sll_epi64(x, count(s)),
+            mid,
+            _mm512_srli_epi64::<32>(mid),
+        )
+    }
+
+    /// `x·2^s mod q` for x < q, 64 ≤ s < 96: lo = 0, and y = x << (s − 32)
+    /// is mid·2^32 (mod 2^64; the bits above are top's), so the value is
+    /// y − mid − top with y − mid = mid·(2^32 − 1) < q and
+    /// top = x >> (96 − s) < q.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn mul_pow2_high(x: __m512i, s: u32) -> __m512i {
+        let y = _mm512_sll_epi64(x, count(s - 32));
+        let mid = _mm512_srli_epi64::<32>(y);
         let top = _mm512_srl_epi64(x, count(96 - s));
+        sub(_mm512_sub_epi64(y, mid), top)
+    }
+
+    /// A shift count for `_mm512_sll_epi64` and friends.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn count(c: u32) -> __m128i {
+        _mm_cvtsi64_si128(c as i64)
+    }
+
+    /// `x·2^s mod q` per lane for x < q, s ≤ 96 (96 negates): x·2^s =
+    /// lo + mid·2^64 + top·2^96 folded, with per-lane shift counts (counts
+    /// of 64 or more, and negative ones, give zero).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn mul_pow2v(x: __m512i, s: __m512i) -> __m512i {
+        let lo = _mm512_sllv_epi64(x, s);
+        let mid = _mm512_or_si512(
+            _mm512_srlv_epi64(x, _mm512_sub_epi64(splat(64), s)),
+            _mm512_sllv_epi64(x, _mm512_sub_epi64(s, splat(64))),
+        );
+        let top = _mm512_srlv_epi64(x, _mm512_sub_epi64(splat(96), s));
         fold(lo, mid, top)
     }
 
@@ -323,16 +564,6 @@ mod avx512 {
         unsafe { _mm512_storeu_si512(p.cast(), v) }
     }
 
-    /// `x·w` for one block's twiddle, with `split` = [`splat_split`]`(w)`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn times(x: __m512i, w: Twiddle, split: (__m512i, __m512i)) -> __m512i {
-        match w {
-            Twiddle::Shift(s) | Twiddle::NegShift(s) => mul_pow2(x, s),
-            Twiddle::General(_) => mul(x, split.0, split.1),
-        }
-    }
-
     /// A general twiddle's (w, w >> 32) splatted, hidden from the
     /// optimiser: when LLVM sees that a splat's high halves are zero it
     /// drops the masks `_mm512_mul_epu32` stands for and lowers a full
@@ -347,18 +578,68 @@ mod avx512 {
         std::hint::black_box((splat(v), splat(v >> 32)))
     }
 
+    /// A block loop's multiplier kind, as a const parameter so that each
+    /// kind gets its own loop without branches (LLVM does not unswitch
+    /// them): w = 1, 2^s by the range of s, or a general value.
+    const ONE: u8 = 0;
+    const LOW: u8 = 1;
+    const MID: u8 = 2;
+    const HIGH: u8 = 3;
+    const GENERAL: u8 = 4;
+
+    /// `x·w` for a twiddle of kind `KIND` (2^s, or `split` for a general
+    /// one).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn times_kind<const KIND: u8>(x: __m512i, s: u32, split: (__m512i, __m512i)) -> __m512i {
+        match KIND {
+            ONE => x,
+            LOW => mul_pow2_low(x, s),
+            MID => mul_pow2_mid(x, s),
+            HIGH => mul_pow2_high(x, s),
+            _ => mul(x, split.0, split.1),
+        }
+    }
+
+    /// Calls `$f::<KIND, NEGATE>($lo, $hi, s, split)` for twiddle `$w`.
+    macro_rules! dispatch {
+        ($f:ident, $lo:expr, $hi:expr, $w:expr) => {{
+            let none = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            match $w {
+                Twiddle::Shift(0) => $f::<ONE, false>($lo, $hi, 0, none),
+                Twiddle::Shift(s @ 0..32) => $f::<LOW, false>($lo, $hi, s, none),
+                Twiddle::Shift(s @ 32..64) => $f::<MID, false>($lo, $hi, s, none),
+                Twiddle::Shift(s) => $f::<HIGH, false>($lo, $hi, s, none),
+                Twiddle::NegShift(s @ 0..32) => $f::<LOW, true>($lo, $hi, s, none),
+                Twiddle::NegShift(s @ 32..64) => $f::<MID, true>($lo, $hi, s, none),
+                Twiddle::NegShift(s) => $f::<HIGH, true>($lo, $hi, s, none),
+                Twiddle::General(_) => $f::<GENERAL, false>($lo, $hi, 0, splat_split($w)),
+            }
+        }};
+    }
+
     /// One block's Cooley–Tukey butterflies: (a, b) → (a + wb, a − wb).
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn forward_block(lo: &mut [u64], hi: &mut [u64], w: Twiddle) {
-        let negate = matches!(w, Twiddle::NegShift(_));
-        let split = splat_split(w);
+        dispatch!(forward_loop, lo, hi, w)
+    }
+
+    /// [`forward_block`] for one kind of twiddle; `NEGATE` for w = −2^s.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn forward_loop<const KIND: u8, const NEGATE: bool>(
+        lo: &mut [u64],
+        hi: &mut [u64],
+        s: u32,
+        split: (__m512i, __m512i),
+    ) {
         for (a, b) in lo.chunks_exact_mut(8).zip(hi.chunks_exact_mut(8)) {
             // SAFETY: both chunks hold 8 values.
             let (x, y) = unsafe { (load(a.as_ptr()), load(b.as_ptr())) };
-            let v = times(y, w, split);
+            let v = times_kind::<KIND>(y, s, split);
             let (s, d) = (add(x, v), sub(x, v));
-            let (s, d) = if negate { (d, s) } else { (s, d) };
+            let (s, d) = if NEGATE { (d, s) } else { (s, d) };
             // SAFETY: as above.
             unsafe {
                 store(a.as_mut_ptr(), s);
@@ -371,13 +652,24 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn backward_block(lo: &mut [u64], hi: &mut [u64], w_inv: Twiddle) {
-        let negate = matches!(w_inv, Twiddle::NegShift(_));
-        let split = splat_split(w_inv);
+        dispatch!(backward_loop, lo, hi, w_inv)
+    }
+
+    /// [`backward_block`] for one kind of twiddle; `NEGATE` for
+    /// 1/w = −2^s.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn backward_loop<const KIND: u8, const NEGATE: bool>(
+        lo: &mut [u64],
+        hi: &mut [u64],
+        s: u32,
+        split: (__m512i, __m512i),
+    ) {
         for (a, b) in lo.chunks_exact_mut(8).zip(hi.chunks_exact_mut(8)) {
             // SAFETY: both chunks hold 8 values.
             let (x, y) = unsafe { (load(a.as_ptr()), load(b.as_ptr())) };
-            let d = if negate { sub(y, x) } else { sub(x, y) };
-            let (s, d) = (add(x, y), times(d, w_inv, split));
+            let d = if NEGATE { sub(y, x) } else { sub(x, y) };
+            let (s, d) = (add(x, y), times_kind::<KIND>(d, s, split));
             // SAFETY: as above.
             unsafe {
                 store(a.as_mut_ptr(), s);
@@ -482,34 +774,184 @@ mod avx512 {
         backward_pair(v, 3, 7, w[0]);
     }
 
-    /// # Safety
-    /// AVX-512F is available; `buf.len() == plan.n`.
+    #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn forward(plan: &GoldilocksNtt, buf: &mut [u64]) {
-        let mut t = plan.n / 2;
-        for stage in &plan.fwd {
+    fn forward_shift_pair(v: &mut [__m512i; 8], i: usize, j: usize, s: __m512i) {
+        let p = mul_pow2v(v[j], s);
+        (v[i], v[j]) = (add(v[i], p), sub(v[i], p));
+    }
+
+    /// The inverse of [`forward_shift_pair`] for per-lane `u` with 1/w = −2^u
+    /// (u = 0: w = 1): (a, b) → (a + b, (b − a)·2^u), or (a − b) where u = 0.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn backward_shift_pair(v: &mut [__m512i; 8], i: usize, j: usize, u: __m512i) {
+        let (a, b) = (v[i], v[j]);
+        let negate = _mm512_test_epi64_mask(u, u);
+        let d = _mm512_mask_blend_epi64(negate, sub(a, b), sub(b, a));
+        (v[i], v[j]) = (add(a, b), mul_pow2v(d, u));
+    }
+
+    /// [`forward_tail`] for the cyclic tree: t = 4 and t = 2 by per-lane
+    /// shifts (vectors 0..3 hold the counts).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn forward_tail_cyclic(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
+        forward_shift_pair(v, 0, 4, w[0]);
+        forward_shift_pair(v, 1, 5, w[0]);
+        forward_shift_pair(v, 2, 6, w[0]);
+        forward_shift_pair(v, 3, 7, w[0]);
+        forward_shift_pair(v, 0, 2, w[1]);
+        forward_shift_pair(v, 1, 3, w[1]);
+        forward_shift_pair(v, 4, 6, w[2]);
+        forward_shift_pair(v, 5, 7, w[2]);
+        forward_pair(v, 0, 1, w[3]);
+        forward_pair(v, 2, 3, w[4]);
+        forward_pair(v, 4, 5, w[5]);
+        forward_pair(v, 6, 7, w[6]);
+    }
+
+    /// [`forward_tail_cyclic`] undone, without the factor 8.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn backward_tail_cyclic(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
+        backward_pair(v, 0, 1, w[3]);
+        backward_pair(v, 2, 3, w[4]);
+        backward_pair(v, 4, 5, w[5]);
+        backward_pair(v, 6, 7, w[6]);
+        backward_shift_pair(v, 0, 2, w[1]);
+        backward_shift_pair(v, 1, 3, w[1]);
+        backward_shift_pair(v, 4, 6, w[2]);
+        backward_shift_pair(v, 5, 7, w[2]);
+        backward_shift_pair(v, 0, 4, w[0]);
+        backward_shift_pair(v, 1, 5, w[0]);
+        backward_shift_pair(v, 2, 6, w[0]);
+        backward_shift_pair(v, 3, 7, w[0]);
+    }
+
+    /// A group's 64 values as 8 rows, and its 7 tail twiddle vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_group(group: &[u64], tw: &[u64]) -> ([__m512i; 8], [__m512i; 7]) {
+        assert!(group.len() >= 64 && tw.len() >= 56);
+        let (mut v, mut w) = ([_mm512_setzero_si512(); 8], [_mm512_setzero_si512(); 7]);
+        // Plain loops: a closure would not inherit the target feature.
+        for (r, x) in v.iter_mut().enumerate() {
+            // SAFETY: 64 values in the group.
+            *x = unsafe { load(group[8 * r..].as_ptr()) };
+        }
+        for (k, x) in w.iter_mut().enumerate() {
+            // SAFETY: 56 twiddles per group.
+            *x = unsafe { load(tw[8 * k..].as_ptr()) };
+        }
+        (v, w)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store_group(group: &mut [u64], v: &[__m512i; 8]) {
+        assert!(group.len() >= 64);
+        for (r, x) in v.iter().enumerate() {
+            // SAFETY: 64 values in the group.
+            unsafe { store(group[8 * r..].as_mut_ptr(), *x) };
+        }
+    }
+
+    /// The splits of `stages`, the first with half-size `t`, halving it.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn forward_stages(buf: &mut [u64], stages: &[Vec<Twiddle>], mut t: usize) {
+        for stage in stages {
             for (block, &w) in buf.chunks_exact_mut(2 * t).zip(stage) {
                 let (lo, hi) = block.split_at_mut(t);
                 forward_block(lo, hi, w);
             }
             t /= 2;
         }
-        for (group, tw) in buf.chunks_exact_mut(64).zip(plan.fwd_tail.chunks_exact(56)) {
-            let (mut v, mut w) = ([_mm512_setzero_si512(); 8], [_mm512_setzero_si512(); 7]);
-            // Plain loops: a closure would not inherit the target feature.
-            for (r, x) in v.iter_mut().enumerate() {
-                // SAFETY: 64 values in the group.
-                *x = unsafe { load(group[8 * r..].as_ptr()) };
+    }
+
+    /// The inverse splits of `stages` in reverse order, the first (the last
+    /// stage) with half-size `t`, doubling it.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn backward_stages(buf: &mut [u64], stages: &[Vec<Twiddle>], mut t: usize) {
+        for stage in stages.iter().rev() {
+            for (block, &w) in buf.chunks_exact_mut(2 * t).zip(stage) {
+                let (lo, hi) = block.split_at_mut(t);
+                backward_block(lo, hi, w);
             }
-            for (k, x) in w.iter_mut().enumerate() {
-                // SAFETY: 56 twiddles per group.
-                *x = unsafe { load(tw[8 * k..].as_ptr()) };
+            t *= 2;
+        }
+    }
+
+    /// One block of [`BLOCK`] values: the twist by `twist`, then the cyclic
+    /// transform.
+    #[target_feature(enable = "avx512f")]
+    fn forward_cyclic(tw: &Twisted, block: &mut [u64], twist: &[u64]) {
+        let (lo, hi) = block.split_at_mut(BLOCK / 2);
+        let (twist_lo, twist_hi) = twist.split_at(BLOCK / 2);
+        let pairs = lo.chunks_exact_mut(8).zip(hi.chunks_exact_mut(8));
+        for ((a, b), (wa, wb)) in pairs.zip(twist_lo.chunks_exact(8).zip(twist_hi.chunks_exact(8)))
+        {
+            // SAFETY: every chunk holds 8 values.
+            let (x, y, wa, wb) = unsafe {
+                (
+                    load(a.as_ptr()),
+                    load(b.as_ptr()),
+                    load(wa.as_ptr()),
+                    load(wb.as_ptr()),
+                )
+            };
+            let x = mul(x, wa, _mm512_srli_epi64::<32>(wa));
+            let y = mul(y, wb, _mm512_srli_epi64::<32>(wb));
+            // The split at t = 64 has w = 1.
+            // SAFETY: as above.
+            unsafe {
+                store(a.as_mut_ptr(), add(x, y));
+                store(b.as_mut_ptr(), sub(x, y));
             }
+        }
+        forward_stages(block, &tw.fwd, BLOCK / 4);
+        let groups = block.chunks_exact_mut(64).zip(tw.fwd_tail.chunks_exact(56));
+        for (group, tail) in groups {
+            let (mut v, w) = load_group(group, tail);
             transpose(&mut v);
-            forward_tail(&mut v, &w);
-            for (r, x) in v.iter().enumerate() {
-                // SAFETY: as above.
-                unsafe { store(group[8 * r..].as_mut_ptr(), *x) };
+            forward_tail_cyclic(&mut v, &w);
+            store_group(group, &v);
+        }
+    }
+
+    /// [`forward_cyclic`] undone, without the factor 128.
+    #[target_feature(enable = "avx512f")]
+    fn backward_cyclic(tw: &Twisted, block: &mut [u64], untwist: &[u64]) {
+        let groups = block.chunks_exact_mut(64).zip(tw.inv_tail.chunks_exact(56));
+        for (group, tail) in groups {
+            let (mut v, w) = load_group(group, tail);
+            backward_tail_cyclic(&mut v, &w);
+            transpose(&mut v);
+            store_group(group, &v);
+        }
+        backward_stages(block, &tw.inv, 8);
+        let (lo, hi) = block.split_at_mut(BLOCK / 2);
+        let (untwist_lo, untwist_hi) = untwist.split_at(BLOCK / 2);
+        let pairs = lo.chunks_exact_mut(8).zip(hi.chunks_exact_mut(8));
+        for ((a, b), (wa, wb)) in
+            pairs.zip(untwist_lo.chunks_exact(8).zip(untwist_hi.chunks_exact(8)))
+        {
+            // SAFETY: every chunk holds 8 values.
+            let (x, y, wa, wb) = unsafe {
+                (
+                    load(a.as_ptr()),
+                    load(b.as_ptr()),
+                    load(wa.as_ptr()),
+                    load(wb.as_ptr()),
+                )
+            };
+            let (s, d) = (add(x, y), sub(x, y));
+            // SAFETY: as above.
+            unsafe {
+                store(a.as_mut_ptr(), mul(s, wa, _mm512_srli_epi64::<32>(wa)));
+                store(b.as_mut_ptr(), mul(d, wb, _mm512_srli_epi64::<32>(wb)));
             }
         }
     }
@@ -517,33 +959,46 @@ mod avx512 {
     /// # Safety
     /// AVX-512F is available; `buf.len() == plan.n`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn backward(plan: &GoldilocksNtt, buf: &mut [u64]) {
-        for (group, tw) in buf.chunks_exact_mut(64).zip(plan.inv_tail.chunks_exact(56)) {
-            let (mut v, mut w) = ([_mm512_setzero_si512(); 8], [_mm512_setzero_si512(); 7]);
-            // Plain loops: a closure would not inherit the target feature.
-            for (r, x) in v.iter_mut().enumerate() {
-                // SAFETY: 64 values in the group.
-                *x = unsafe { load(group[8 * r..].as_ptr()) };
+    pub(super) unsafe fn forward(plan: &GoldilocksNtt, buf: &mut [u64]) {
+        forward_stages(buf, &plan.fwd, plan.n / 2);
+        if let Some(tw) = &plan.twisted {
+            for (block, twist) in buf
+                .chunks_exact_mut(BLOCK)
+                .zip(tw.twist.chunks_exact(BLOCK))
+            {
+                forward_cyclic(tw, block, twist);
             }
-            for (k, x) in w.iter_mut().enumerate() {
-                // SAFETY: 56 twiddles per group.
-                *x = unsafe { load(tw[8 * k..].as_ptr()) };
-            }
-            backward_tail(&mut v, &w);
+            return;
+        }
+        for (group, tail) in buf.chunks_exact_mut(64).zip(plan.fwd_tail.chunks_exact(56)) {
+            let (mut v, w) = load_group(group, tail);
             transpose(&mut v);
-            for (r, x) in v.iter().enumerate() {
-                // SAFETY: as above.
-                unsafe { store(group[8 * r..].as_mut_ptr(), *x) };
+            forward_tail(&mut v, &w);
+            store_group(group, &v);
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F is available; `buf.len() == plan.n`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward(plan: &GoldilocksNtt, buf: &mut [u64]) {
+        if let Some(tw) = &plan.twisted {
+            for (block, untwist) in buf
+                .chunks_exact_mut(BLOCK)
+                .zip(tw.untwist.chunks_exact(BLOCK))
+            {
+                backward_cyclic(tw, block, untwist);
+            }
+        } else {
+            for (group, tail) in buf.chunks_exact_mut(64).zip(plan.inv_tail.chunks_exact(56)) {
+                let (mut v, w) = load_group(group, tail);
+                backward_tail(&mut v, &w);
+                transpose(&mut v);
+                store_group(group, &v);
             }
         }
-        let mut t = 8;
-        for stage in plan.inv.iter().rev() {
-            for (block, &w) in buf.chunks_exact_mut(2 * t).zip(stage) {
-                let (lo, hi) = block.split_at_mut(t);
-                backward_block(lo, hi, w);
-            }
-            t *= 2;
-        }
+        // The negacyclic stages ended at t = N >> (their number).
+        backward_stages(buf, &plan.inv, plan.n >> plan.inv.len());
     }
 }
 
@@ -580,42 +1035,56 @@ mod tests {
     }
 
     // The tree splits X^N + 1 into linear factors: every output is the
-    // input evaluated at a distinct root of X^N + 1.
+    // input evaluated at a distinct root of X^N + 1 (N = 64 without the
+    // twist, N = 2048 and 4096 with it).
     #[test]
     fn outputs_are_evaluations_at_distinct_roots() {
         let m = field();
-        let n = 64;
-        let plan = GoldilocksNtt::new(n).unwrap();
-        // a = X: the outputs are the roots themselves.
-        let mut x = vec![0; n];
-        x[1] = 1;
-        plan.forward_scalar(&mut x);
-        let mut seen = x.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        assert_eq!(seen.len(), n);
-        for &r in &x {
-            assert_eq!(m.pow(r, n as u64), SOLINAS - 1);
-        }
-        // And any a is evaluated at those roots.
-        let a: Vec<u64> = (0..n as u64).map(|i| m.pow(3, i + 7)).collect();
-        let mut fa = a.clone();
-        plan.forward_scalar(&mut fa);
-        for (&r, &got) in x.iter().zip(&fa) {
-            let expect = a.iter().rev().fold(0, |acc, &c| m.add(m.mul(acc, r), c));
-            assert_eq!(got, expect);
+        for n in [64, TWIST_MIN, 4096] {
+            let plan = GoldilocksNtt::new(n).unwrap();
+            assert_eq!(plan.twisted.is_some(), n >= TWIST_MIN);
+            // a = X: the outputs are the roots themselves.
+            let mut x = vec![0; n];
+            x[1] = 1;
+            plan.forward_scalar(&mut x);
+            let mut seen = x.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), n);
+            for &r in &x {
+                assert_eq!(m.pow(r, n as u64), SOLINAS - 1);
+            }
+            // And any a is evaluated at those roots.
+            let a: Vec<u64> = (0..n as u64).map(|i| m.pow(3, i + 7)).collect();
+            let mut fa = a.clone();
+            plan.forward_scalar(&mut fa);
+            for (&r, &got) in x.iter().zip(&fa) {
+                let expect = a.iter().rev().fold(0, |acc, &c| m.add(m.mul(acc, r), c));
+                assert_eq!(got, expect);
+            }
         }
     }
 
+    // Without the twist the first five negacyclic splits multiply by shifts
+    // and the rest by general values; with it every split before the tail
+    // is a shift up to N = 4096 (N = 8192 has one general negacyclic
+    // split), and the cyclic tail's first two splits are shifts by
+    // construction (`new` checks them).
     #[test]
-    fn first_five_splits_are_shifts() {
-        let plan = GoldilocksNtt::new(4096).unwrap();
-        for (i, stage) in plan.fwd.iter().enumerate() {
-            let shifts = stage
-                .iter()
-                .filter(|w| matches!(w, Twiddle::Shift(_)))
-                .count();
-            assert_eq!(shifts == stage.len(), i < 5, "stage {i}");
+    fn shift_splits() {
+        let is_shift = |w: &Twiddle| matches!(w, Twiddle::Shift(_));
+        for n in [256, 4096, 8192] {
+            let plan = GoldilocksNtt::new(n).unwrap();
+            for (i, stage) in plan.fwd.iter().enumerate() {
+                assert_eq!(stage.iter().all(is_shift), i < 5, "N = {n}, stage {i}");
+                assert_eq!(stage.iter().any(is_shift), i < 5, "N = {n}, stage {i}");
+            }
+            if let Some(tw) = &plan.twisted {
+                assert_eq!(tw.fwd.len(), 3);
+                assert!(tw.fwd.iter().flatten().all(is_shift), "N = {n}");
+                // The first sub-block of every stage has w = 1.
+                assert!(tw.fwd.iter().all(|s| s[0] == Twiddle::Shift(0)));
+            }
         }
     }
 
@@ -646,9 +1115,9 @@ mod tests {
         // The point-wise product is the negacyclic product.
         #[test]
         fn pointwise_product_is_the_negacyclic_product(
-            a in values(128),
-            b in values(128),
-            n in prop_oneof![Just(64usize), Just(128)],
+            a in values(TWIST_MIN),
+            b in values(TWIST_MIN),
+            n in prop_oneof![Just(64usize), Just(128), Just(TWIST_MIN)],
         ) {
             prop_assume!(GoldilocksNtt::supported());
             let m = field();
@@ -667,15 +1136,14 @@ mod tests {
         }
     }
 
-    // N = 4096, the b-sets' degree: one random product against schoolbook.
+    // N = 4096, the b-sets' degree, and 8192 (s16's q_0): one random
+    // product each against schoolbook.
     #[test]
-    fn product_at_4096_is_the_negacyclic_product() {
+    fn products_at_4096_and_8192_are_negacyclic_products() {
         if !GoldilocksNtt::supported() {
             return;
         }
         let m = field();
-        let n = 4096;
-        let plan = GoldilocksNtt::new(n).unwrap();
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             state ^= state << 13;
@@ -683,18 +1151,21 @@ mod tests {
             state ^= state << 17;
             state % SOLINAS
         };
-        let mut a: Vec<u64> = (0..n).map(|_| next()).collect();
-        let b: Vec<u64> = (0..n).map(|_| next()).collect();
-        (a[0], a[1], a[n - 1]) = (0, SOLINAS - 1, SOLINAS - 1);
-        let (mut fa, mut fb) = (a.clone(), b.clone());
-        plan.forward(&mut fa);
-        plan.forward(&mut fb);
-        for (x, y) in fa.iter_mut().zip(&fb) {
-            *x = m.mul(*x, *y);
+        for n in [4096, 8192] {
+            let plan = GoldilocksNtt::new(n).unwrap();
+            let mut a: Vec<u64> = (0..n).map(|_| next()).collect();
+            let b: Vec<u64> = (0..n).map(|_| next()).collect();
+            (a[0], a[1], a[n - 1]) = (0, SOLINAS - 1, SOLINAS - 1);
+            let (mut fa, mut fb) = (a.clone(), b.clone());
+            plan.forward(&mut fa);
+            plan.forward(&mut fb);
+            for (x, y) in fa.iter_mut().zip(&fb) {
+                *x = m.mul(*x, *y);
+            }
+            plan.backward_unnormalized(&mut fa);
+            let n_inv = m.inv(n as u64).unwrap();
+            let got: Vec<u64> = fa.iter().map(|&x| m.mul(x, n_inv)).collect();
+            assert_eq!(got, negacyclic(&a, &b), "N = {n}");
         }
-        plan.backward_unnormalized(&mut fa);
-        let n_inv = m.inv(n as u64).unwrap();
-        let got: Vec<u64> = fa.iter().map(|&x| m.mul(x, n_inv)).collect();
-        assert_eq!(got, negacyclic(&a, &b));
     }
 }

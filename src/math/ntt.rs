@@ -1,8 +1,9 @@
 //! Negacyclic number-theoretic transforms. Modulo the Goldilocks prime
 //! [`SOLINAS`](super::SOLINAS) on CPUs with AVX-512, the crate's own
-//! transform (`goldilocks_ntt`: shift twiddles, transposed tail); every
-//! other prime, or that one without AVX-512, is delegated to `tfhe-ntt`,
-//! which selects AVX-512 (IFMA), AVX2 or scalar kernels at run time.
+//! transform (`goldilocks_ntt`: shift twiddles, cyclic blocks after a
+//! twist, transposed tail); every other prime, or that one without
+//! AVX-512, is delegated to `tfhe-ntt`, which selects AVX-512 (IFMA), AVX2
+//! or scalar kernels at run time.
 
 use super::goldilocks_ntt::GoldilocksNtt;
 use super::Modulus;
