@@ -2068,12 +2068,9 @@ fn noisy_probes(
                     .flat_map(move |i| (0..shape.in_width).map(move |j| (c, (i, j))))
             });
             candidates
-                .min_by(|a, b| {
-                    let ea = sorted_error(&read, &truth_at(a.0, a.1).0);
-                    let eb = sorted_error(&read, &truth_at(b.0, b.1).0);
-                    ea.total_cmp(&eb)
-                })
-                .unwrap_or((0, widest))
+                .map(|(c, at)| (sorted_error(&read, &truth_at(c, at).0), (c, at)))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map_or((0, widest), |(_, best)| best)
         } else {
             (c, widest)
         };
