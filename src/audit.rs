@@ -853,10 +853,9 @@ fn strip_rerandomiser(
     pk: &crate::rlwe::PublicKey,
 ) -> Option<Vec<u64>> {
     let q = ctx.q().single_limb()?;
-    let mut prod = u.to_vec();
-    ctx.ntt_q.forward(&mut prod);
-    ctx.ntt_q.mul_assign(&mut prod, &pk.a_ntt);
-    ctx.ntt_q.backward_unnormalized(&mut prod);
+    let mut u_ntt = u.to_vec();
+    ctx.ntt_q.forward(&mut u_ntt);
+    let prod = ctx.times_public_key_part(&u_ntt, &pk.a_ntt);
     Some(a.iter().zip(&prod).map(|(&x, &p)| q.sub(x, p)).collect())
 }
 

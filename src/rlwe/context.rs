@@ -402,9 +402,7 @@ impl Context {
         };
         self.ntt_q.forward(&mut u);
         for (key, ct_part) in [(&pk.a_ntt, &mut ct.a), (&pk.b_ntt, &mut ct.b)] {
-            let mut prod = u.clone();
-            self.ntt_q.mul_assign(&mut prod, key);
-            self.ntt_q.backward_unnormalized(&mut prod);
+            let prod = self.times_public_key_part(&u, key);
             if let Some(q) = self.q.single_limb() {
                 for (c, &p) in ct_part.iter_mut().zip(&prod) {
                     let e = q.from_i64(rng.tuniform(bound));
@@ -420,6 +418,17 @@ impl Context {
                 }
             }
         }
+    }
+
+    /// u·k for the re-randomiser u given in the evaluation domain and one
+    /// part k of a public key (`PublicKey`'s parts are stored pre-scaled by
+    /// N^-1 for the unnormalised inverse): what [`Self::rerandomize`] adds,
+    /// before its small errors.
+    pub(crate) fn times_public_key_part(&self, u_ntt: &[u64], key: &[u64]) -> Vec<u64> {
+        let mut prod = u_ntt.to_vec();
+        self.ntt_q.mul_assign(&mut prod, key);
+        self.ntt_q.backward_unnormalized(&mut prod);
+        prod
     }
 
     /// PRIV-1 / THREAT-1, part 2; PRIV-2: floods the body with the discrete
