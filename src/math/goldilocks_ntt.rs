@@ -736,44 +736,6 @@ mod avx512 {
         (v[i], v[j]) = (add(a, b), mul(sub(a, b), w, _mm512_srli_epi64::<32>(w)));
     }
 
-    /// The last three forward splits on a transposed group (v[c] holds
-    /// value c of the group's 8 blocks): t = 4 with twiddle vector 0, t = 2
-    /// with 1 (low half) and 2 (high half), t = 1 with 3..7 by quarter.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn forward_tail(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
-        forward_pair(v, 0, 4, w[0]);
-        forward_pair(v, 1, 5, w[0]);
-        forward_pair(v, 2, 6, w[0]);
-        forward_pair(v, 3, 7, w[0]);
-        forward_pair(v, 0, 2, w[1]);
-        forward_pair(v, 1, 3, w[1]);
-        forward_pair(v, 4, 6, w[2]);
-        forward_pair(v, 5, 7, w[2]);
-        forward_pair(v, 0, 1, w[3]);
-        forward_pair(v, 2, 3, w[4]);
-        forward_pair(v, 4, 5, w[5]);
-        forward_pair(v, 6, 7, w[6]);
-    }
-
-    /// [`forward_tail`] undone, without the factor 8.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn backward_tail(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
-        backward_pair(v, 0, 1, w[3]);
-        backward_pair(v, 2, 3, w[4]);
-        backward_pair(v, 4, 5, w[5]);
-        backward_pair(v, 6, 7, w[6]);
-        backward_pair(v, 0, 2, w[1]);
-        backward_pair(v, 1, 3, w[1]);
-        backward_pair(v, 4, 6, w[2]);
-        backward_pair(v, 5, 7, w[2]);
-        backward_pair(v, 0, 4, w[0]);
-        backward_pair(v, 1, 5, w[0]);
-        backward_pair(v, 2, 6, w[0]);
-        backward_pair(v, 3, 7, w[0]);
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn forward_shift_pair(v: &mut [__m512i; 8], i: usize, j: usize, s: __m512i) {
@@ -792,41 +754,77 @@ mod avx512 {
         (v[i], v[j]) = (add(a, b), mul_pow2v(d, u));
     }
 
-    /// [`forward_tail`] for the cyclic tree: t = 4 and t = 2 by per-lane
-    /// shifts (vectors 0..3 hold the counts).
+    /// A split of the tail's t = 4 or t = 2: by per-lane shift counts in
+    /// the cyclic tree (`SHIFTS`), else by general per-lane twiddles.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn forward_tail_cyclic(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
-        forward_shift_pair(v, 0, 4, w[0]);
-        forward_shift_pair(v, 1, 5, w[0]);
-        forward_shift_pair(v, 2, 6, w[0]);
-        forward_shift_pair(v, 3, 7, w[0]);
-        forward_shift_pair(v, 0, 2, w[1]);
-        forward_shift_pair(v, 1, 3, w[1]);
-        forward_shift_pair(v, 4, 6, w[2]);
-        forward_shift_pair(v, 5, 7, w[2]);
+    fn forward_upper_pair<const SHIFTS: bool>(
+        v: &mut [__m512i; 8],
+        i: usize,
+        j: usize,
+        w: __m512i,
+    ) {
+        if SHIFTS {
+            forward_shift_pair(v, i, j, w)
+        } else {
+            forward_pair(v, i, j, w)
+        }
+    }
+
+    /// [`forward_upper_pair`] undone.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn backward_upper_pair<const SHIFTS: bool>(
+        v: &mut [__m512i; 8],
+        i: usize,
+        j: usize,
+        w: __m512i,
+    ) {
+        if SHIFTS {
+            backward_shift_pair(v, i, j, w)
+        } else {
+            backward_pair(v, i, j, w)
+        }
+    }
+
+    /// The last three forward splits on a transposed group (v[c] holds
+    /// value c of the group's 8 blocks): t = 4 with twiddle vector 0, t = 2
+    /// with 1 (low half) and 2 (high half), t = 1 with 3..7 by quarter.
+    /// With `SHIFTS` (the cyclic tree) t = 4 and t = 2 multiply by per-lane
+    /// shifts, vectors 0..3 holding the counts.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn forward_tail<const SHIFTS: bool>(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
+        forward_upper_pair::<SHIFTS>(v, 0, 4, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 1, 5, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 2, 6, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 3, 7, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 0, 2, w[1]);
+        forward_upper_pair::<SHIFTS>(v, 1, 3, w[1]);
+        forward_upper_pair::<SHIFTS>(v, 4, 6, w[2]);
+        forward_upper_pair::<SHIFTS>(v, 5, 7, w[2]);
         forward_pair(v, 0, 1, w[3]);
         forward_pair(v, 2, 3, w[4]);
         forward_pair(v, 4, 5, w[5]);
         forward_pair(v, 6, 7, w[6]);
     }
 
-    /// [`forward_tail_cyclic`] undone, without the factor 8.
+    /// [`forward_tail`] undone, without the factor 8.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn backward_tail_cyclic(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
+    fn backward_tail<const SHIFTS: bool>(v: &mut [__m512i; 8], w: &[__m512i; 7]) {
         backward_pair(v, 0, 1, w[3]);
         backward_pair(v, 2, 3, w[4]);
         backward_pair(v, 4, 5, w[5]);
         backward_pair(v, 6, 7, w[6]);
-        backward_shift_pair(v, 0, 2, w[1]);
-        backward_shift_pair(v, 1, 3, w[1]);
-        backward_shift_pair(v, 4, 6, w[2]);
-        backward_shift_pair(v, 5, 7, w[2]);
-        backward_shift_pair(v, 0, 4, w[0]);
-        backward_shift_pair(v, 1, 5, w[0]);
-        backward_shift_pair(v, 2, 6, w[0]);
-        backward_shift_pair(v, 3, 7, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 0, 2, w[1]);
+        backward_upper_pair::<SHIFTS>(v, 1, 3, w[1]);
+        backward_upper_pair::<SHIFTS>(v, 4, 6, w[2]);
+        backward_upper_pair::<SHIFTS>(v, 5, 7, w[2]);
+        backward_upper_pair::<SHIFTS>(v, 0, 4, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 1, 5, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 2, 6, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 3, 7, w[0]);
     }
 
     /// A group's 64 values as 8 rows, and its 7 tail twiddle vectors.
@@ -916,7 +914,7 @@ mod avx512 {
         for (group, tail) in groups {
             let (mut v, w) = load_group(group, tail);
             transpose(&mut v);
-            forward_tail_cyclic(&mut v, &w);
+            forward_tail::<true>(&mut v, &w);
             store_group(group, &v);
         }
     }
@@ -927,7 +925,7 @@ mod avx512 {
         let groups = block.chunks_exact_mut(64).zip(tw.inv_tail.chunks_exact(56));
         for (group, tail) in groups {
             let (mut v, w) = load_group(group, tail);
-            backward_tail_cyclic(&mut v, &w);
+            backward_tail::<true>(&mut v, &w);
             transpose(&mut v);
             store_group(group, &v);
         }
@@ -973,7 +971,7 @@ mod avx512 {
         for (group, tail) in buf.chunks_exact_mut(64).zip(plan.fwd_tail.chunks_exact(56)) {
             let (mut v, w) = load_group(group, tail);
             transpose(&mut v);
-            forward_tail(&mut v, &w);
+            forward_tail::<false>(&mut v, &w);
             store_group(group, &v);
         }
     }
@@ -992,7 +990,7 @@ mod avx512 {
         } else {
             for (group, tail) in buf.chunks_exact_mut(64).zip(plan.inv_tail.chunks_exact(56)) {
                 let (mut v, w) = load_group(group, tail);
-                backward_tail(&mut v, &w);
+                backward_tail::<false>(&mut v, &w);
                 transpose(&mut v);
                 store_group(group, &v);
             }
