@@ -95,7 +95,9 @@ use crate::protocol::{
     ClientId, Endpoint, ErrorKind, Policy, Response, ServerStep, SessionAccept, SessionRequest,
     Upload,
 };
-use crate::rlwe::{Ciphertext, Context, GaloisKeys, SecretKey, SeededGaloisKey, SeededPublicKey};
+use crate::rlwe::{
+    Ciphertext, Context, GaloisKeys, SecretKey, SeededCiphertext, SeededGaloisKey, SeededPublicKey,
+};
 use crate::rng::Csprng;
 use crate::select::{self, Requirement};
 use crate::shuffle::ShuffleUnit;
@@ -216,7 +218,7 @@ impl<'e> Oracle<'e> {
         &mut self,
         live: &mut Live,
         values: &[i64],
-    ) -> Result<(Vec<Ciphertext>, Vec<Ciphertext>), Stop> {
+    ) -> Result<(Vec<Ciphertext>, Vec<SeededCiphertext>), Stop> {
         let ctx = self.ctx.clone();
         let server = live
             .server
@@ -229,11 +231,8 @@ impl<'e> Oracle<'e> {
             ciphertexts: client_steps::client_encrypt(&ctx, &self.sk, values, &mut self.rng),
         };
         let upload = Upload::decode(&ctx, &upload.encode(&ctx)).map_err(protocol)?;
-        let sent: Vec<Ciphertext> = upload
-            .ciphertexts
-            .iter()
-            .map(|c| c.expand(ctx.q()))
-            .collect();
+        // Kept seeded (seed and body); only AUDIT-5 expands the masks.
+        let sent = upload.ciphertexts.clone();
         let (next, response) = match server.receive_upload(upload) {
             Ok(ServerStep::Continue(s, resp)) => (Some(s), resp),
             Ok(ServerStep::Closed(resp)) => (None, resp),
@@ -794,6 +793,7 @@ fn malicious_key(
     let (response, sent) = oracle
         .step_raw_with_upload(&mut live, &upload)
         .map_err(|e| AuditError::Protocol(format!("{e:?}")))?;
+    let sent: Vec<Ciphertext> = sent.iter().map(|c| c.expand(ctx.q())).collect();
     let d = half_delta as i128;
     let mut corrected = Vec::with_capacity(response.len());
     for ct in &response {
