@@ -200,6 +200,29 @@ fn main() {
                 }) / ROTATIONS as f64;
                 report(&format!("m={images:3} T={t:3} any e, B={block}"), ns, n);
             }
+            // The packer's kernel: all T terms of a block in one call (lazy
+            // on AVX2 without AVX-512, else the per-term blocks above).
+            let ns = best(|| {
+                for node in &plan {
+                    let mut acc = vec![0u64; 2 * n];
+                    for part in 0..2 {
+                        let out = &mut acc[part * n..(part + 1) * n];
+                        for (k, chunk) in out.chunks_mut(2048).enumerate() {
+                            let inputs = node.iter().map(|term| {
+                                let img = &raw[term.image][part * n..(part + 1) * n];
+                                (img, term.exp, term.negate)
+                            });
+                            poly::monomial_sum_block(m, chunk, k * 2048, inputs);
+                        }
+                    }
+                    black_box(&acc);
+                }
+            }) / ROTATIONS as f64;
+            report(
+                &format!("m={images:3} T={t:3} any e, B=2048, monomial_sum_block"),
+                ns,
+                n,
+            );
             // The same plan term by term, on the same raw images, to compare.
             let ns = best(|| {
                 for node in &plan {

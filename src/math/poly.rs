@@ -46,8 +46,31 @@ pub fn monomial_mul_add_block(
     e: usize,
     negate: bool,
 ) {
-    let n = inp.len();
-    let hi = lo + out.len();
+    for (range, src, subtract) in block_segments(inp.len(), lo, out.len(), e, negate) {
+        if range.is_empty() {
+            continue;
+        }
+        let (o, i) = (&mut out[range.clone()], &inp[src..src + range.len()]);
+        if subtract {
+            sub_assign(m, o, i);
+        } else {
+            add_assign(m, o, i);
+        }
+    }
+}
+
+/// The (at most two) contiguous pieces of `± X^e · inp` on the output block
+/// `lo..lo + len` of an N-coefficient polynomial: for each, the range of
+/// the block, where it starts in `inp`, and whether it is subtracted.
+#[inline(always)]
+fn block_segments(
+    n: usize,
+    lo: usize,
+    len: usize,
+    e: usize,
+    negate: bool,
+) -> [(std::ops::Range<usize>, usize, bool); 2] {
+    let hi = lo + len;
     debug_assert!(hi <= n);
     let e = e % (2 * n);
     let (shift, negate) = if e >= n {
@@ -58,22 +81,121 @@ pub fn monomial_mul_add_block(
     // Output j < shift receives −inp[j − shift + N] (it wrapped past X^N),
     // output j ≥ shift receives +inp[j − shift].
     let split = shift.clamp(lo, hi);
-    let (wrapped, straight) = out.split_at_mut(split - lo);
-    if !wrapped.is_empty() {
-        let src = &inp[lo + n - shift..split + n - shift];
-        if negate {
-            add_assign(m, wrapped, src);
-        } else {
-            sub_assign(m, wrapped, src);
+    [
+        (0..split - lo, lo + n - shift, !negate),
+        (split - lo..len, split - shift, negate),
+    ]
+}
+
+/// `out += Σ ± X^e · inp` over `terms` on the output block
+/// `lo..lo + out.len()`, the same words as [`monomial_mul_add_block`] term
+/// by term (exact modular sums). Where the CPU has AVX2 but not AVX-512 and
+/// q > 2^63, the block is summed lazily ([`lazy`]): half the vector
+/// operations per term of the reduced add and subtract, which are what
+/// bounds the packer's leaves there (benches/README.md, "Leaves on AVX2").
+pub fn monomial_sum_block<'a>(
+    m: Modulus,
+    out: &mut [u64],
+    lo: usize,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if lazy::serves(m) {
+        // SAFETY: `serves` detected AVX2 on this CPU.
+        return unsafe { lazy::sum_avx2(m.value(), out, lo, terms) };
+    }
+    for (inp, e, negate) in terms {
+        monomial_mul_add_block(m, out, lo, inp, e, negate);
+    }
+}
+
+/// Block sums in a lazy, shifted representation (SIMD-1), for AVX2, whose
+/// 64-bit lanes have only a signed compare. The accumulator x ∈ [0, 2^64)
+/// is kept as x ⊕ 2^63, so one signed compare tells whether adding a
+/// reduced term y < q wrapped past 2^64; a wrap is folded back by adding
+/// c = 2^64 − q (≡ 2^64 mod q), which cannot wrap again: x + y < 2^64 + q,
+/// so x + y − 2^64 + c < q + c = 2^64. A borrow in x − y is folded by
+/// subtracting c, which cannot borrow: x − y + 2^64 > 2^64 − q = c. Every
+/// word stays congruent to the exact sum, and one subtraction of q at the
+/// end reduces it (2^64 < 2q). 4 operations per term and lane, against 8
+/// for the reduced add.
+mod lazy {
+    use super::block_segments;
+    #[cfg(target_arch = "x86_64")]
+    use super::Modulus;
+
+    const SIGN: u64 = 1 << 63;
+
+    /// AVX2 without AVX-512 (where the reduced kernels' masked compares
+    /// are as cheap), and a modulus above 2^63.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    pub(super) fn serves(m: Modulus) -> bool {
+        m.value() > SIGN
+            && std::arch::is_x86_feature_detected!("avx2")
+            && !std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    #[inline(always)]
+    pub(super) fn add(acc: &mut [u64], inp: &[u64], c: u64) {
+        for (a, &y) in acc.iter_mut().zip(inp) {
+            let r = a.wrapping_add(y);
+            let wrapped = (r as i64) < (*a as i64);
+            *a = r.wrapping_add(if wrapped { c } else { 0 });
         }
     }
-    if !straight.is_empty() {
-        let src = &inp[split - shift..hi - shift];
-        if negate {
-            sub_assign(m, straight, src);
-        } else {
-            add_assign(m, straight, src);
+
+    #[inline(always)]
+    pub(super) fn sub(acc: &mut [u64], inp: &[u64], c: u64) {
+        for (a, &y) in acc.iter_mut().zip(inp) {
+            let r = a.wrapping_sub(y);
+            let borrowed = (r as i64) > (*a as i64);
+            *a = r.wrapping_sub(if borrowed { c } else { 0 });
         }
+    }
+
+    /// Enters the shifted representation, sums, and leaves it reduced.
+    #[inline(always)]
+    pub(super) fn sum<'a>(
+        q: u64,
+        out: &mut [u64],
+        lo: usize,
+        terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+    ) {
+        let c = q.wrapping_neg();
+        for x in out.iter_mut() {
+            *x ^= SIGN;
+        }
+        for (inp, e, negate) in terms {
+            for (range, src, subtract) in block_segments(inp.len(), lo, out.len(), e, negate) {
+                if range.is_empty() {
+                    continue;
+                }
+                let (o, i) = (&mut out[range.clone()], &inp[src..src + range.len()]);
+                if subtract {
+                    sub(o, i, c);
+                } else {
+                    add(o, i, c);
+                }
+            }
+        }
+        for x in out.iter_mut() {
+            let y = *x ^ SIGN;
+            *x = if y >= q { y - q } else { y };
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn sum_avx2<'a>(
+        q: u64,
+        out: &mut [u64],
+        lo: usize,
+        terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+    ) {
+        sum(q, out, lo, terms)
     }
 }
 
@@ -274,6 +396,12 @@ mod tests {
         Modulus::new(SOLINAS).unwrap()
     }
 
+    /// Words near 0 and near 2^64 (reduced by the test's modulus), where
+    /// sums wrap and differences borrow, or anywhere.
+    fn extreme() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..4, (u64::MAX - (1 << 33))..=u64::MAX, any::<u64>()]
+    }
+
     proptest! {
         #[test]
         fn monomial_mul_matches_schoolbook(
@@ -316,6 +444,38 @@ mod tests {
                 }
             }
             prop_assert_eq!(blocked, whole);
+        }
+
+        // SIMD-1: the lazy block sum (shifted representation, wraps folded
+        // by 2^64 − q) gives the reduced words of term by term, for moduli
+        // above 2^63, with values at both ends of the range so that wraps
+        // and borrows pile up over many terms; and so does the dispatched
+        // sum on whatever this CPU runs.
+        #[test]
+        fn lazy_block_sum_equals_term_by_term(
+            q in prop_oneof![Just(SOLINAS), Just(u64::MAX - 58), Just((1u64 << 63) + 29)],
+            start in proptest::collection::vec(extreme(), 64),
+            inputs in proptest::collection::vec(proptest::collection::vec(extreme(), 64), 1..4),
+            terms in proptest::collection::vec((0usize..128, any::<bool>()), 1..40),
+            block in 1usize..70,
+        ) {
+            let m = Modulus::new(q).unwrap();
+            let reduce = |v: &[u64]| v.iter().map(|&x| x % q).collect::<Vec<u64>>();
+            let inputs: Vec<Vec<u64>> = inputs.iter().map(|v| reduce(v)).collect();
+            let mut whole = reduce(&start);
+            let (mut lazy_sum, mut dispatched) = (whole.clone(), whole.clone());
+            for (k, &(e, negate)) in terms.iter().enumerate() {
+                monomial_mul_add(m, &mut whole, &inputs[k % inputs.len()], e, negate);
+            }
+            let term = |k: usize| (&inputs[k % inputs.len()][..], terms[k].0, terms[k].1);
+            for (b, chunk) in lazy_sum.chunks_mut(block).enumerate() {
+                lazy::sum(q, chunk, b * block, (0..terms.len()).map(term));
+            }
+            for (b, chunk) in dispatched.chunks_mut(block).enumerate() {
+                monomial_sum_block(m, chunk, b * block, (0..terms.len()).map(term));
+            }
+            prop_assert_eq!(&lazy_sum, &whole);
+            prop_assert_eq!(&dispatched, &whole);
         }
 
         #[test]

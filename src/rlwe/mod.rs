@@ -200,17 +200,11 @@ impl Ciphertext {
             let limb = l * n..(l + 1) * n;
             for (out, part) in [(&mut self.a, 0), (&mut self.b, 1)] {
                 for (k, block) in out[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
-                    for &(ct, e, negate) in terms {
+                    let inputs = terms.iter().map(|&(ct, e, negate)| {
                         let inp = if part == 0 { &ct.a } else { &ct.b };
-                        poly::monomial_mul_add_block(
-                            m,
-                            block,
-                            k * SUM_BLOCK,
-                            &inp[limb.clone()],
-                            e,
-                            negate,
-                        );
-                    }
+                        (&inp[limb.clone()], e, negate)
+                    });
+                    poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
                 }
             }
         }
