@@ -867,8 +867,44 @@ mod simd {
         top_residues_kernel(m, y, out_q, out_p)
     }
 
-    /// [`key_product_solinas_kernel`], dispatched. Without AVX-512's 64-bit
-    /// lanes the scalar loop (the split multiply included) is what runs.
+    /// [`key_product_solinas_kernel`]'s sums with the CPU's widening
+    /// multiply, for CPUs without AVX-512's 64-bit lanes: nothing vectorises
+    /// the split products there, and one 64×64 → 128-bit `mul` replaces
+    /// the split's four (the key product was 11 % of ResNet-20's server
+    /// time on a Zen 3 with the split; benches/README.md, "On AVX2").
+    #[inline(always)]
+    pub(super) fn key_product_solinas_wide_kernel<const L: usize>(
+        d: [&[u64]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u64],
+        out_b: &mut [u64],
+    ) {
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        // (sum, c) += x·k: the exact sum is c·2^128 + sum.
+        let mac = |(sum, c): (u128, u64), x: u64, k: u64| {
+            let (sum, wrap) = sum.overflowing_add(x as u128 * k as u128);
+            (sum, c + wrap as u64)
+        };
+        let reduce = |(sum, c): (u128, u64)| {
+            let r = solinas_reduce_split(sum as u64, (sum >> 64) as u64);
+            sub_mod(SOLINAS, r, c << 32)
+        };
+        for (i, out_a) in out_a.iter_mut().enumerate() {
+            let (mut a, mut b) = ((0, 0), (0, 0));
+            for j in 0..L {
+                let x = d[j][i];
+                a = mac(a, x, ka[j][i]);
+                b = mac(b, x, kb[j][i]);
+            }
+            *out_a = reduce(a);
+            out_b[i] = reduce(b);
+        }
+    }
+
+    /// The key product modulo the Solinas prime, dispatched: AVX-512's
+    /// split products, else the widening scalar multiply.
     pub(super) fn key_product_solinas<const L: usize>(
         d: [&[u64]; L],
         k: ([&[u64]; L], [&[u64]; L]),
@@ -880,7 +916,7 @@ mod simd {
             // SAFETY: the features were detected on this CPU.
             return unsafe { key_product_solinas_avx512(d, k, out_a, out_b) };
         }
-        key_product_solinas_kernel(d, k, out_a, out_b)
+        key_product_solinas_wide_kernel(d, k, out_a, out_b)
     }
 
     /// [`key_product_small_kernel`], dispatched (P < 2^32, L·(P − 1)^2 < 2^64).
@@ -1631,6 +1667,15 @@ mod tests {
                     &mut scalar_a,
                     &mut scalar_b,
                 );
+                // The widening kernel, whichever one dispatch picks here.
+                let (mut wide_a, mut wide_b) = (vec![1u64; n], vec![1u64; n]);
+                simd::key_product_solinas_wide_kernel::<L>(
+                    rows(&d),
+                    (rows(&ka), rows(&kb)),
+                    &mut wide_a,
+                    &mut wide_b,
+                );
+                prop_assert_eq!((&wide_a, &wide_b), (&expect.0, &expect.1), "wide kernel");
             } else {
                 // The digits mod P in 32-bit words, as the fused path keeps them.
                 let d32: Vec<Vec<u32>> = d
