@@ -1050,17 +1050,19 @@ mod avx2 {
         _mm256_cmpgt_epi64(flip(b), flip(a))
     }
 
-    /// `a + b mod q` for a, b < q: a + b ≥ q iff a ≥ q − b, and then
-    /// a + b − q ≡ a + b + EPS (mod 2^64).
+    /// `a + b mod q` for a, b < q: a + b ≥ q iff a ≥ q − b. The
+    /// corrections under a negated mask subtract q rather than add EPS:
+    /// LLVM lowers an `and` with EPS as a blend and then materialises the
+    /// negation, where `vpandn` takes it for free.
     #[inline]
     #[target_feature(enable = "avx2")]
     fn add(a: __m256i, b: __m256i) -> __m256i {
         // (q − b) ^ 2^63 = (q ^ 2^63) − b.
         let neg_b_flipped = _mm256_sub_epi64(splat(SOLINAS ^ SIGN), b);
         let fits = _mm256_cmpgt_epi64(neg_b_flipped, flip(a));
-        _mm256_add_epi64(
+        _mm256_sub_epi64(
             _mm256_add_epi64(a, b),
-            _mm256_andnot_si256(fits, splat(EPS)),
+            _mm256_andnot_si256(fits, splat(SOLINAS)),
         )
     }
 
@@ -1073,12 +1075,25 @@ mod avx2 {
         _mm256_sub_epi64(d, _mm256_and_si256(borrow, splat(EPS)))
     }
 
-    /// `s mod q` for s < 2^64 whose excess over q is at most q − 1.
+    /// `s mod q` for any s < 2^64, given as `s ^ 2^63`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn reduce_once(s: __m256i) -> __m256i {
-        let big = _mm256_cmpgt_epi64(flip(s), splat((SOLINAS - 1) ^ SIGN));
-        _mm256_sub_epi64(s, _mm256_and_si256(big, splat(SOLINAS)))
+    fn reduce_flipped(s_flipped: __m256i) -> __m256i {
+        let fits = _mm256_cmpgt_epi64(splat(SOLINAS ^ SIGN), s_flipped);
+        _mm256_sub_epi64(flip(s_flipped), _mm256_andnot_si256(fits, splat(SOLINAS)))
+    }
+
+    /// `(r + t) ^ 2^63` with a carry out of 2^64 folded as + EPS, for
+    /// t ≤ (2^32 − 1)^2 (the folded sum does not wrap again), as in the
+    /// AVX-512 kernels; flipped, because the carry test needs it so.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add_folded_flipped(r: __m256i, t: __m256i) -> __m256i {
+        // (r + t) ^ 2^63 = r + (t ^ 2^63), below t ^ 2^63 on a carry.
+        let t_flipped = flip(t);
+        let s_flipped = _mm256_add_epi64(r, t_flipped);
+        let carry = _mm256_cmpgt_epi64(t_flipped, s_flipped);
+        _mm256_add_epi64(s_flipped, _mm256_and_si256(carry, splat(EPS)))
     }
 
     /// `lo + mid·2^64 + top·2^96 mod q` as in the AVX-512 `fold`.
@@ -1090,10 +1105,7 @@ mod avx2 {
         let borrow = lt(lo, top);
         let r = _mm256_sub_epi64(lo, top);
         let r = _mm256_sub_epi64(r, _mm256_and_si256(borrow, splat(EPS)));
-        let s = _mm256_add_epi64(r, mid_term);
-        let carry = lt(s, mid_term);
-        let s = _mm256_add_epi64(s, _mm256_and_si256(carry, splat(EPS)));
-        reduce_once(s)
+        reduce_flipped(add_folded_flipped(r, mid_term))
     }
 
     /// `x·w mod q` for x < 2^64, w < q, with `w_hi` = w >> 32.
@@ -1125,9 +1137,7 @@ mod avx2 {
         let lo = _mm256_sll_epi64(x, count(s));
         let mid = _mm256_srl_epi64(x, count(64 - s));
         let mid_term = _mm256_sub_epi64(_mm256_slli_epi64::<32>(mid), mid);
-        let sum = _mm256_add_epi64(lo, mid_term);
-        let carry = lt(sum, mid_term);
-        reduce_once(_mm256_add_epi64(sum, _mm256_and_si256(carry, splat(EPS))))
+        reduce_flipped(add_folded_flipped(lo, mid_term))
     }
 
     /// `x·2^s mod q` for x < q, 32 ≤ s < 64.
