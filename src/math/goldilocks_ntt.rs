@@ -1050,20 +1050,17 @@ mod avx2 {
         _mm256_cmpgt_epi64(flip(b), flip(a))
     }
 
-    /// `a + b mod q` for a, b < q: a + b ≥ q iff a ≥ q − b. The
-    /// corrections under a negated mask subtract q rather than add EPS:
-    /// LLVM lowers an `and` with EPS as a blend and then materialises the
-    /// negation, where `vpandn` takes it for free.
+    /// `a + b mod q` for a, b < q: a + b ≥ q iff a > q − 1 − b, and then
+    /// a + b − q ≡ a + b + EPS (mod 2^64). (Tested as a "greater than"
+    /// so that LLVM needs no negated mask: it lowers an `and` with EPS as
+    /// a blend, which cannot absorb a negation the way `vpandn` does.)
     #[inline]
     #[target_feature(enable = "avx2")]
     fn add(a: __m256i, b: __m256i) -> __m256i {
-        // (q − b) ^ 2^63 = (q ^ 2^63) − b.
-        let neg_b_flipped = _mm256_sub_epi64(splat(SOLINAS ^ SIGN), b);
-        let fits = _mm256_cmpgt_epi64(neg_b_flipped, flip(a));
-        _mm256_sub_epi64(
-            _mm256_add_epi64(a, b),
-            _mm256_andnot_si256(fits, splat(SOLINAS)),
-        )
+        // (q − 1 − b) ^ 2^63 = ((q − 1) ^ 2^63) − b, with b ≤ q − 1.
+        let limit_flipped = _mm256_sub_epi64(splat((SOLINAS - 1) ^ SIGN), b);
+        let wraps = _mm256_cmpgt_epi64(flip(a), limit_flipped);
+        _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_and_si256(wraps, splat(EPS)))
     }
 
     /// `a − b mod q` for a, b < q: on a borrow adding q is subtracting EPS.
@@ -1079,8 +1076,8 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     fn reduce_flipped(s_flipped: __m256i) -> __m256i {
-        let fits = _mm256_cmpgt_epi64(splat(SOLINAS ^ SIGN), s_flipped);
-        _mm256_sub_epi64(flip(s_flipped), _mm256_andnot_si256(fits, splat(SOLINAS)))
+        let big = _mm256_cmpgt_epi64(s_flipped, splat((SOLINAS - 1) ^ SIGN));
+        _mm256_add_epi64(flip(s_flipped), _mm256_and_si256(big, splat(EPS)))
     }
 
     /// `(r + t) ^ 2^63` with a carry out of 2^64 folded as + EPS, for
