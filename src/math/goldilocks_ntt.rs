@@ -1077,7 +1077,12 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     fn reduce_flipped(s_flipped: __m256i) -> __m256i {
         let big = _mm256_cmpgt_epi64(s_flipped, splat((SOLINAS - 1) ^ SIGN));
-        _mm256_add_epi64(flip(s_flipped), _mm256_and_si256(big, splat(EPS)))
+        // Flipped back last: a caller's compare flips the result again,
+        // and LLVM cancels the two.
+        flip(_mm256_add_epi64(
+            s_flipped,
+            _mm256_and_si256(big, splat(EPS)),
+        ))
     }
 
     /// `(r + t) ^ 2^63` with a carry out of 2^64 folded as + EPS, for
