@@ -1,7 +1,8 @@
 //! The negacyclic transforms of the key switch (benches/README.md lever log,
 //! "Goldilocks NTT"): tfhe-ntt's 64-bit plan against the crate's own
-//! Goldilocks transform (`NttPlan` for q = 2^64 − 2^32 + 1 on AVX-512), and
-//! tfhe-ntt's 32-bit plan for the special prime P, at the shipped degrees.
+//! Goldilocks transform (`NttPlan` for q = 2^64 − 2^32 + 1 on AVX-512 or
+//! AVX2), and tfhe-ntt's 32-bit plan for the special prime P, at the
+//! shipped degrees.
 //! Run: `cargo bench --bench ntt`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

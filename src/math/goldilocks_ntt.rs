@@ -1,5 +1,7 @@
 //! The negacyclic transform modulo the Goldilocks prime q = 2^64 − 2^32 + 1
-//! with AVX-512 kernels (SIMD-1): the b-sets' ciphertext modulus.
+//! with AVX-512 kernels and their 4-lane AVX2 copy, picked at run time
+//! (SIMD-1): the b-sets' ciphertext modulus. Both run the same tree in the
+//! same evaluation order and give identical outputs.
 //!
 //! A Cooley–Tukey tree of radix-2 splits `X^2t − r → (X^t − w)(X^t + w)`
 //! with w² = r. Three facts make it cheaper than a generic 64-bit
@@ -298,11 +300,13 @@ impl GoldilocksNtt {
         self.n
     }
 
-    /// Whether this CPU runs the kernels (else the caller keeps tfhe-ntt).
+    /// Whether this CPU runs the kernels, AVX-512 or AVX2 (else the caller
+    /// keeps tfhe-ntt).
     pub(super) fn supported() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512f")
+                || std::arch::is_x86_feature_detected!("avx2")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -314,24 +318,37 @@ impl GoldilocksNtt {
     /// check [`Self::supported`] first.
     pub(super) fn forward(&self, buf: &mut [u64]) {
         assert_eq!(buf.len(), self.n, "buffer length is the plan's N");
+        // SIMD-1: AVX-512 where present, else AVX2 (same outputs).
         #[cfg(target_arch = "x86_64")]
-        if Self::supported() {
-            // SAFETY: the feature was detected on this CPU; the length is
-            // checked above.
-            return unsafe { avx512::forward(self, buf) };
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected on this CPU; the length
+                // is checked above.
+                return unsafe { avx512::forward(self, buf) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { avx2::forward(self, buf) };
+            }
         }
-        unreachable!("GoldilocksNtt used without AVX-512")
+        unreachable!("GoldilocksNtt used without AVX-512 or AVX2")
     }
 
     /// Inverse transform without the 1/N factor, in place.
     pub(super) fn backward_unnormalized(&self, buf: &mut [u64]) {
         assert_eq!(buf.len(), self.n, "buffer length is the plan's N");
         #[cfg(target_arch = "x86_64")]
-        if Self::supported() {
-            // SAFETY: as in `forward`.
-            return unsafe { avx512::backward(self, buf) };
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: as in `forward`.
+                return unsafe { avx512::backward(self, buf) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as in `forward`.
+                return unsafe { avx2::backward(self, buf) };
+            }
         }
-        unreachable!("GoldilocksNtt used without AVX-512")
+        unreachable!("GoldilocksNtt used without AVX-512 or AVX2")
     }
 
     /// The same transform from scalar field operations: the kernels'
@@ -1000,6 +1017,633 @@ mod avx512 {
     }
 }
 
+/// The AVX-512 kernels on AVX2 (SIMD-1): the same tree and evaluation
+/// order with 4-lane vectors, so both builds give identical outputs (every
+/// kernel leaves values in [0, q), and the scalar tree is their common
+/// reference). AVX2 has no unsigned 64-bit compare: `x ^ 2^63` (which is
+/// also `x + 2^63`) turns it into `_mm256_cmpgt_epi64`, and the masked
+/// corrections become an `and` with the all-ones lane mask.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{GoldilocksNtt, Twiddle, Twisted, BLOCK, EPS, SOLINAS};
+    use std::arch::x86_64::*;
+
+    const SIGN: u64 = 1 << 63;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn splat(x: u64) -> __m256i {
+        _mm256_set1_epi64x(x as i64)
+    }
+
+    /// `x ^ 2^63`: unsigned order becomes signed order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn flip(x: __m256i) -> __m256i {
+        _mm256_xor_si256(x, splat(SIGN))
+    }
+
+    /// All ones in the lanes where a < b (unsigned).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lt(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_cmpgt_epi64(flip(b), flip(a))
+    }
+
+    /// `a + b mod q` for a, b < q: a + b ≥ q iff a > q − 1 − b, and then
+    /// a + b − q ≡ a + b + EPS (mod 2^64). (Tested as a "greater than"
+    /// so that LLVM needs no negated mask: it lowers an `and` with EPS as
+    /// a blend, which cannot absorb a negation the way `vpandn` does.)
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add(a: __m256i, b: __m256i) -> __m256i {
+        // (q − 1 − b) ^ 2^63 = ((q − 1) ^ 2^63) − b, with b ≤ q − 1.
+        let limit_flipped = _mm256_sub_epi64(splat((SOLINAS - 1) ^ SIGN), b);
+        let wraps = _mm256_cmpgt_epi64(flip(a), limit_flipped);
+        _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_and_si256(wraps, splat(EPS)))
+    }
+
+    /// `a − b mod q` for a, b < q: on a borrow adding q is subtracting EPS.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sub(a: __m256i, b: __m256i) -> __m256i {
+        let borrow = lt(a, b);
+        let d = _mm256_sub_epi64(a, b);
+        _mm256_sub_epi64(d, _mm256_and_si256(borrow, splat(EPS)))
+    }
+
+    /// `s mod q` for any s < 2^64, given as `s ^ 2^63`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn reduce_flipped(s_flipped: __m256i) -> __m256i {
+        let big = _mm256_cmpgt_epi64(s_flipped, splat((SOLINAS - 1) ^ SIGN));
+        // Flipped back last: a caller's compare flips the result again,
+        // and LLVM cancels the two.
+        flip(_mm256_add_epi64(
+            s_flipped,
+            _mm256_and_si256(big, splat(EPS)),
+        ))
+    }
+
+    /// `(r + t) ^ 2^63` with a carry out of 2^64 folded as + EPS, for
+    /// t ≤ (2^32 − 1)^2 (the folded sum does not wrap again), as in the
+    /// AVX-512 kernels; flipped, because the carry test needs it so.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add_folded_flipped(r: __m256i, t: __m256i) -> __m256i {
+        // (r + t) ^ 2^63 = r + (t ^ 2^63), below t ^ 2^63 on a carry.
+        let t_flipped = flip(t);
+        let s_flipped = _mm256_add_epi64(r, t_flipped);
+        let carry = _mm256_cmpgt_epi64(t_flipped, s_flipped);
+        _mm256_add_epi64(s_flipped, _mm256_and_si256(carry, splat(EPS)))
+    }
+
+    /// `lo + mid·2^64 + top·2^96 mod q` as in the AVX-512 `fold`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fold(lo: __m256i, mid: __m256i, top: __m256i) -> __m256i {
+        let mid_lo = _mm256_and_si256(mid, splat(EPS));
+        let mid_term = _mm256_sub_epi64(_mm256_slli_epi64::<32>(mid), mid_lo);
+        let borrow = lt(lo, top);
+        let r = _mm256_sub_epi64(lo, top);
+        let r = _mm256_sub_epi64(r, _mm256_and_si256(borrow, splat(EPS)));
+        reduce_flipped(add_folded_flipped(r, mid_term))
+    }
+
+    /// `x·w mod q` for x < 2^64, w < q, with `w_hi` = w >> 32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul(x: __m256i, w: __m256i, w_hi: __m256i) -> __m256i {
+        let x_hi = _mm256_srli_epi64::<32>(x);
+        let ll = _mm256_mul_epu32(x, w);
+        let lh = _mm256_mul_epu32(x, w_hi);
+        let hl = _mm256_mul_epu32(x_hi, w);
+        let hh = _mm256_mul_epu32(x_hi, w_hi);
+        let mid = _mm256_add_epi64(lh, _mm256_srli_epi64::<32>(ll));
+        let mid2 = _mm256_add_epi64(hl, _mm256_and_si256(mid, splat(EPS)));
+        let hi = _mm256_add_epi64(
+            _mm256_add_epi64(hh, _mm256_srli_epi64::<32>(mid)),
+            _mm256_srli_epi64::<32>(mid2),
+        );
+        let lo = _mm256_or_si256(
+            _mm256_slli_epi64::<32>(mid2),
+            _mm256_and_si256(ll, splat(EPS)),
+        );
+        fold(lo, hi, _mm256_srli_epi64::<32>(hi))
+    }
+
+    /// `x·2^s mod q` for x < q, s < 32 (see the AVX-512 `mul_pow2_low`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul_pow2_low(x: __m256i, s: u32) -> __m256i {
+        let lo = _mm256_sll_epi64(x, count(s));
+        let mid = _mm256_srl_epi64(x, count(64 - s));
+        let mid_term = _mm256_sub_epi64(_mm256_slli_epi64::<32>(mid), mid);
+        reduce_flipped(add_folded_flipped(lo, mid_term))
+    }
+
+    /// `x·2^s mod q` for x < q, 32 ≤ s < 64.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul_pow2_mid(x: __m256i, s: u32) -> __m256i {
+        let mid = _mm256_srl_epi64(x, count(64 - s));
+        fold(
+            _mm256_sll_epi64(x, count(s)),
+            mid,
+            _mm256_srli_epi64::<32>(mid),
+        )
+    }
+
+    /// `x·2^s mod q` for x < q, 64 ≤ s < 96.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul_pow2_high(x: __m256i, s: u32) -> __m256i {
+        let y = _mm256_sll_epi64(x, count(s - 32));
+        let mid = _mm256_srli_epi64::<32>(y);
+        let top = _mm256_srl_epi64(x, count(96 - s));
+        sub(_mm256_sub_epi64(y, mid), top)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn count(c: u32) -> __m128i {
+        _mm_cvtsi64_si128(c as i64)
+    }
+
+    /// `x·2^s mod q` per lane for x < q, s ≤ 96 (AVX2's variable shifts
+    /// also give zero for counts of 64 or more and negative ones).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul_pow2v(x: __m256i, s: __m256i) -> __m256i {
+        let lo = _mm256_sllv_epi64(x, s);
+        let mid = _mm256_or_si256(
+            _mm256_srlv_epi64(x, _mm256_sub_epi64(splat(64), s)),
+            _mm256_sllv_epi64(x, _mm256_sub_epi64(s, splat(64))),
+        );
+        let top = _mm256_srlv_epi64(x, _mm256_sub_epi64(splat(96), s));
+        fold(lo, mid, top)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const u64) -> __m256i {
+        // SAFETY (caller): 4 readable values at p.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(p: *mut u64, v: __m256i) {
+        // SAFETY (caller): 4 writable values at p.
+        unsafe { _mm256_storeu_si256(p.cast(), v) }
+    }
+
+    /// A general twiddle's (w, w >> 32) splatted, hidden from the optimiser
+    /// (see the AVX-512 `splat_split`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn splat_split(w: Twiddle) -> (__m256i, __m256i) {
+        let v = match w {
+            Twiddle::General(v) => v,
+            _ => 0,
+        };
+        std::hint::black_box((splat(v), splat(v >> 32)))
+    }
+
+    const ONE: u8 = 0;
+    const LOW: u8 = 1;
+    const MID: u8 = 2;
+    const HIGH: u8 = 3;
+    const GENERAL: u8 = 4;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn times_kind<const KIND: u8>(x: __m256i, s: u32, split: (__m256i, __m256i)) -> __m256i {
+        match KIND {
+            ONE => x,
+            LOW => mul_pow2_low(x, s),
+            MID => mul_pow2_mid(x, s),
+            HIGH => mul_pow2_high(x, s),
+            _ => mul(x, split.0, split.1),
+        }
+    }
+
+    macro_rules! dispatch {
+        ($f:ident, $lo:expr, $hi:expr, $w:expr) => {{
+            let none = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            match $w {
+                Twiddle::Shift(0) => $f::<ONE, false>($lo, $hi, 0, none),
+                Twiddle::Shift(s @ 0..32) => $f::<LOW, false>($lo, $hi, s, none),
+                Twiddle::Shift(s @ 32..64) => $f::<MID, false>($lo, $hi, s, none),
+                Twiddle::Shift(s) => $f::<HIGH, false>($lo, $hi, s, none),
+                Twiddle::NegShift(s @ 0..32) => $f::<LOW, true>($lo, $hi, s, none),
+                Twiddle::NegShift(s @ 32..64) => $f::<MID, true>($lo, $hi, s, none),
+                Twiddle::NegShift(s) => $f::<HIGH, true>($lo, $hi, s, none),
+                Twiddle::General(_) => $f::<GENERAL, false>($lo, $hi, 0, splat_split($w)),
+            }
+        }};
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_block(lo: &mut [u64], hi: &mut [u64], w: Twiddle) {
+        dispatch!(forward_loop, lo, hi, w)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_loop<const KIND: u8, const NEGATE: bool>(
+        lo: &mut [u64],
+        hi: &mut [u64],
+        s: u32,
+        split: (__m256i, __m256i),
+    ) {
+        for (a, b) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)) {
+            // SAFETY: both chunks hold 4 values.
+            let (x, y) = unsafe { (load(a.as_ptr()), load(b.as_ptr())) };
+            let v = times_kind::<KIND>(y, s, split);
+            let (s, d) = (add(x, v), sub(x, v));
+            let (s, d) = if NEGATE { (d, s) } else { (s, d) };
+            // SAFETY: as above.
+            unsafe {
+                store(a.as_mut_ptr(), s);
+                store(b.as_mut_ptr(), d);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_block(lo: &mut [u64], hi: &mut [u64], w_inv: Twiddle) {
+        dispatch!(backward_loop, lo, hi, w_inv)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_loop<const KIND: u8, const NEGATE: bool>(
+        lo: &mut [u64],
+        hi: &mut [u64],
+        s: u32,
+        split: (__m256i, __m256i),
+    ) {
+        for (a, b) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)) {
+            // SAFETY: both chunks hold 4 values.
+            let (x, y) = unsafe { (load(a.as_ptr()), load(b.as_ptr())) };
+            let d = if NEGATE { sub(y, x) } else { sub(x, y) };
+            let (s, d) = (add(x, y), times_kind::<KIND>(d, s, split));
+            // SAFETY: as above.
+            unsafe {
+                store(a.as_mut_ptr(), s);
+                store(b.as_mut_ptr(), d);
+            }
+        }
+    }
+
+    /// Transposes the 4×4 block in `r` (row i in r[i]).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose4(r: [__m256i; 4]) -> [__m256i; 4] {
+        let t0 = _mm256_unpacklo_epi64(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi64(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi64(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi64(r[2], r[3]);
+        [
+            _mm256_permute2x128_si256::<0x20>(t0, t2),
+            _mm256_permute2x128_si256::<0x20>(t1, t3),
+            _mm256_permute2x128_si256::<0x31>(t0, t2),
+            _mm256_permute2x128_si256::<0x31>(t1, t3),
+        ]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_pair(v: &mut [__m256i; 8], i: usize, j: usize, w: __m256i) {
+        let p = mul(v[j], w, _mm256_srli_epi64::<32>(w));
+        (v[i], v[j]) = (add(v[i], p), sub(v[i], p));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_pair(v: &mut [__m256i; 8], i: usize, j: usize, w: __m256i) {
+        let (a, b) = (v[i], v[j]);
+        (v[i], v[j]) = (add(a, b), mul(sub(a, b), w, _mm256_srli_epi64::<32>(w)));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_shift_pair(v: &mut [__m256i; 8], i: usize, j: usize, s: __m256i) {
+        let p = mul_pow2v(v[j], s);
+        (v[i], v[j]) = (add(v[i], p), sub(v[i], p));
+    }
+
+    /// (a, b) → (a + b, (b − a)·2^u), or (a − b) where u = 0.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_shift_pair(v: &mut [__m256i; 8], i: usize, j: usize, u: __m256i) {
+        let (a, b) = (v[i], v[j]);
+        let keep = _mm256_cmpeq_epi64(u, _mm256_setzero_si256());
+        let d = _mm256_blendv_epi8(sub(b, a), sub(a, b), keep);
+        (v[i], v[j]) = (add(a, b), mul_pow2v(d, u));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_upper_pair<const SHIFTS: bool>(
+        v: &mut [__m256i; 8],
+        i: usize,
+        j: usize,
+        w: __m256i,
+    ) {
+        if SHIFTS {
+            forward_shift_pair(v, i, j, w)
+        } else {
+            forward_pair(v, i, j, w)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_upper_pair<const SHIFTS: bool>(
+        v: &mut [__m256i; 8],
+        i: usize,
+        j: usize,
+        w: __m256i,
+    ) {
+        if SHIFTS {
+            backward_shift_pair(v, i, j, w)
+        } else {
+            backward_pair(v, i, j, w)
+        }
+    }
+
+    /// The AVX-512 `forward_tail` on four of a group's eight blocks.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_tail<const SHIFTS: bool>(v: &mut [__m256i; 8], w: &[__m256i; 7]) {
+        forward_upper_pair::<SHIFTS>(v, 0, 4, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 1, 5, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 2, 6, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 3, 7, w[0]);
+        forward_upper_pair::<SHIFTS>(v, 0, 2, w[1]);
+        forward_upper_pair::<SHIFTS>(v, 1, 3, w[1]);
+        forward_upper_pair::<SHIFTS>(v, 4, 6, w[2]);
+        forward_upper_pair::<SHIFTS>(v, 5, 7, w[2]);
+        forward_pair(v, 0, 1, w[3]);
+        forward_pair(v, 2, 3, w[4]);
+        forward_pair(v, 4, 5, w[5]);
+        forward_pair(v, 6, 7, w[6]);
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_tail<const SHIFTS: bool>(v: &mut [__m256i; 8], w: &[__m256i; 7]) {
+        backward_pair(v, 0, 1, w[3]);
+        backward_pair(v, 2, 3, w[4]);
+        backward_pair(v, 4, 5, w[5]);
+        backward_pair(v, 6, 7, w[6]);
+        backward_upper_pair::<SHIFTS>(v, 0, 2, w[1]);
+        backward_upper_pair::<SHIFTS>(v, 1, 3, w[1]);
+        backward_upper_pair::<SHIFTS>(v, 4, 6, w[2]);
+        backward_upper_pair::<SHIFTS>(v, 5, 7, w[2]);
+        backward_upper_pair::<SHIFTS>(v, 0, 4, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 1, 5, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 2, 6, w[0]);
+        backward_upper_pair::<SHIFTS>(v, 3, 7, w[0]);
+    }
+
+    /// Lanes 4h..4h + 4 of a group's 7 tail twiddle vectors.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load_twiddles(tw: &[u64], h: usize) -> [__m256i; 7] {
+        assert!(tw.len() >= 56 && h < 2);
+        let mut w = [_mm256_setzero_si256(); 7];
+        for (k, x) in w.iter_mut().enumerate() {
+            // SAFETY: 56 twiddles per group, 8k + 4h + 4 ≤ 56.
+            *x = unsafe { load(tw[8 * k + 4 * h..].as_ptr()) };
+        }
+        w
+    }
+
+    /// A group's 64 values (8 blocks of 8, row-major) as two halves of
+    /// columns: `v[h][c]` lane l holds value c of block 4h + l, the AVX-512
+    /// kernels' transposed row c, lanes 4h..4h + 4.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load_transposed(group: &[u64]) -> [[__m256i; 8]; 2] {
+        assert!(group.len() >= 64);
+        let mut v = [[_mm256_setzero_si256(); 8]; 2];
+        for (h, half) in v.iter_mut().enumerate() {
+            for q in 0..2 {
+                let mut rows = [_mm256_setzero_si256(); 4];
+                for (l, row) in rows.iter_mut().enumerate() {
+                    // SAFETY: 8(4h + l) + 4q + 4 ≤ 64.
+                    *row = unsafe { load(group[8 * (4 * h + l) + 4 * q..].as_ptr()) };
+                }
+                half[4 * q..4 * q + 4].copy_from_slice(&transpose4(rows));
+            }
+        }
+        v
+    }
+
+    /// Stores transposed rows: `v[h][c]` to values 8c + 4h..8c + 4h + 4.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn store_rows(group: &mut [u64], v: &[[__m256i; 8]; 2]) {
+        assert!(group.len() >= 64);
+        for (h, half) in v.iter().enumerate() {
+            for (c, x) in half.iter().enumerate() {
+                // SAFETY: 8c + 4h + 4 ≤ 64.
+                unsafe { store(group[8 * c + 4 * h..].as_mut_ptr(), *x) };
+            }
+        }
+    }
+
+    /// Loads transposed rows, the inverse of [`store_rows`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load_rows(group: &[u64]) -> [[__m256i; 8]; 2] {
+        assert!(group.len() >= 64);
+        let mut v = [[_mm256_setzero_si256(); 8]; 2];
+        for (h, half) in v.iter_mut().enumerate() {
+            for (c, x) in half.iter_mut().enumerate() {
+                // SAFETY: 8c + 4h + 4 ≤ 64.
+                *x = unsafe { load(group[8 * c + 4 * h..].as_ptr()) };
+            }
+        }
+        v
+    }
+
+    /// Stores two halves of columns back as row-major blocks, the inverse
+    /// of [`load_transposed`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn store_transposed(group: &mut [u64], v: &[[__m256i; 8]; 2]) {
+        assert!(group.len() >= 64);
+        for (h, half) in v.iter().enumerate() {
+            for q in 0..2 {
+                let rows = transpose4([
+                    half[4 * q],
+                    half[4 * q + 1],
+                    half[4 * q + 2],
+                    half[4 * q + 3],
+                ]);
+                for (l, row) in rows.iter().enumerate() {
+                    // SAFETY: 8(4h + l) + 4q + 4 ≤ 64.
+                    unsafe { store(group[8 * (4 * h + l) + 4 * q..].as_mut_ptr(), *row) };
+                }
+            }
+        }
+    }
+
+    /// The tail of one group: transpose, the last three splits, output
+    /// left transposed. Both halves are loaded before either is stored:
+    /// the transposed rows overlap both halves' blocks.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_group<const SHIFTS: bool>(group: &mut [u64], tail: &[u64]) {
+        let mut v = load_transposed(group);
+        for (h, half) in v.iter_mut().enumerate() {
+            forward_tail::<SHIFTS>(half, &load_twiddles(tail, h));
+        }
+        store_rows(group, &v);
+    }
+
+    /// [`forward_group`] undone, without the factor 8.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_group<const SHIFTS: bool>(group: &mut [u64], tail: &[u64]) {
+        let mut v = load_rows(group);
+        for (h, half) in v.iter_mut().enumerate() {
+            backward_tail::<SHIFTS>(half, &load_twiddles(tail, h));
+        }
+        store_transposed(group, &v);
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn forward_stages(buf: &mut [u64], stages: &[Vec<Twiddle>], mut t: usize) {
+        for stage in stages {
+            for (block, &w) in buf.chunks_exact_mut(2 * t).zip(stage) {
+                let (lo, hi) = block.split_at_mut(t);
+                forward_block(lo, hi, w);
+            }
+            t /= 2;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn backward_stages(buf: &mut [u64], stages: &[Vec<Twiddle>], mut t: usize) {
+        for stage in stages.iter().rev() {
+            for (block, &w) in buf.chunks_exact_mut(2 * t).zip(stage) {
+                let (lo, hi) = block.split_at_mut(t);
+                backward_block(lo, hi, w);
+            }
+            t *= 2;
+        }
+    }
+
+    /// One block of [`BLOCK`] values: the twist, then the cyclic transform.
+    #[target_feature(enable = "avx2")]
+    fn forward_cyclic(tw: &Twisted, block: &mut [u64], twist: &[u64]) {
+        let (lo, hi) = block.split_at_mut(BLOCK / 2);
+        let (twist_lo, twist_hi) = twist.split_at(BLOCK / 2);
+        let pairs = lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4));
+        for ((a, b), (wa, wb)) in pairs.zip(twist_lo.chunks_exact(4).zip(twist_hi.chunks_exact(4)))
+        {
+            // SAFETY: every chunk holds 4 values.
+            let (x, y, wa, wb) = unsafe {
+                (
+                    load(a.as_ptr()),
+                    load(b.as_ptr()),
+                    load(wa.as_ptr()),
+                    load(wb.as_ptr()),
+                )
+            };
+            let x = mul(x, wa, _mm256_srli_epi64::<32>(wa));
+            let y = mul(y, wb, _mm256_srli_epi64::<32>(wb));
+            // SAFETY: as above.
+            unsafe {
+                store(a.as_mut_ptr(), add(x, y));
+                store(b.as_mut_ptr(), sub(x, y));
+            }
+        }
+        forward_stages(block, &tw.fwd, BLOCK / 4);
+        for (group, tail) in block.chunks_exact_mut(64).zip(tw.fwd_tail.chunks_exact(56)) {
+            forward_group::<true>(group, tail);
+        }
+    }
+
+    /// [`forward_cyclic`] undone, without the factor 128.
+    #[target_feature(enable = "avx2")]
+    fn backward_cyclic(tw: &Twisted, block: &mut [u64], untwist: &[u64]) {
+        for (group, tail) in block.chunks_exact_mut(64).zip(tw.inv_tail.chunks_exact(56)) {
+            backward_group::<true>(group, tail);
+        }
+        backward_stages(block, &tw.inv, 8);
+        let (lo, hi) = block.split_at_mut(BLOCK / 2);
+        let (untwist_lo, untwist_hi) = untwist.split_at(BLOCK / 2);
+        let pairs = lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4));
+        for ((a, b), (wa, wb)) in
+            pairs.zip(untwist_lo.chunks_exact(4).zip(untwist_hi.chunks_exact(4)))
+        {
+            // SAFETY: every chunk holds 4 values.
+            let (x, y, wa, wb) = unsafe {
+                (
+                    load(a.as_ptr()),
+                    load(b.as_ptr()),
+                    load(wa.as_ptr()),
+                    load(wb.as_ptr()),
+                )
+            };
+            let (s, d) = (add(x, y), sub(x, y));
+            // SAFETY: as above.
+            unsafe {
+                store(a.as_mut_ptr(), mul(s, wa, _mm256_srli_epi64::<32>(wa)));
+                store(b.as_mut_ptr(), mul(d, wb, _mm256_srli_epi64::<32>(wb)));
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 is available; `buf.len() == plan.n`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn forward(plan: &GoldilocksNtt, buf: &mut [u64]) {
+        forward_stages(buf, &plan.fwd, plan.n / 2);
+        if let Some(tw) = &plan.twisted {
+            for (block, twist) in buf
+                .chunks_exact_mut(BLOCK)
+                .zip(tw.twist.chunks_exact(BLOCK))
+            {
+                forward_cyclic(tw, block, twist);
+            }
+            return;
+        }
+        for (group, tail) in buf.chunks_exact_mut(64).zip(plan.fwd_tail.chunks_exact(56)) {
+            forward_group::<false>(group, tail);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 is available; `buf.len() == plan.n`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn backward(plan: &GoldilocksNtt, buf: &mut [u64]) {
+        if let Some(tw) = &plan.twisted {
+            for (block, untwist) in buf
+                .chunks_exact_mut(BLOCK)
+                .zip(tw.untwist.chunks_exact(BLOCK))
+            {
+                backward_cyclic(tw, block, untwist);
+            }
+        } else {
+            for (group, tail) in buf.chunks_exact_mut(64).zip(plan.inv_tail.chunks_exact(56)) {
+                backward_group::<false>(group, tail);
+            }
+        }
+        backward_stages(buf, &plan.inv, plan.n >> plan.inv.len());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1088,8 +1732,8 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
-        // SIMD-1: the AVX-512 kernels compute the scalar tree exactly, and
-        // the inverse undoes them up to the factor N.
+        // SIMD-1: the kernels (AVX-512, else AVX2) compute the scalar tree
+        // exactly, and the inverse undoes them up to the factor N.
         #[test]
         fn kernels_match_the_scalar_tree_and_invert(
             a in values(4096),
@@ -1131,6 +1775,47 @@ mod tests {
             let n_inv = m.inv(n as u64).unwrap();
             let got: Vec<u64> = fa.iter().map(|&x| m.mul(x, n_inv)).collect();
             prop_assert_eq!(got, negacyclic(a, b));
+        }
+    }
+
+    // SIMD-1: where AVX-512 runs, the AVX2 kernels give its outputs
+    // (elsewhere the proptests above check the AVX2 ones against the
+    // scalar tree).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernels_match_the_avx512_ones() {
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2"))
+        {
+            return;
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for log_n in 6..=13 {
+            let n = 1usize << log_n;
+            let plan = GoldilocksNtt::new(n).unwrap();
+            let mut a: Vec<u64> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % SOLINAS
+                })
+                .collect();
+            (a[0], a[n - 1]) = (SOLINAS - 1, SOLINAS - 1);
+            let (mut wide, mut narrow) = (a.clone(), a.clone());
+            // SAFETY: both features were detected; the lengths are N.
+            unsafe {
+                avx512::forward(&plan, &mut wide);
+                avx2::forward(&plan, &mut narrow);
+            }
+            assert_eq!(wide, narrow, "forward, N = {n}");
+            let (mut wide, mut narrow) = (a.clone(), a);
+            // SAFETY: as above.
+            unsafe {
+                avx512::backward(&plan, &mut wide);
+                avx2::backward(&plan, &mut narrow);
+            }
+            assert_eq!(wide, narrow, "inverse, N = {n}");
         }
     }
 

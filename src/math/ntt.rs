@@ -1,9 +1,10 @@
 //! Negacyclic number-theoretic transforms. Modulo the Goldilocks prime
-//! [`SOLINAS`](super::SOLINAS) on CPUs with AVX-512, the crate's own
-//! transform (`goldilocks_ntt`: shift twiddles, cyclic blocks after a
-//! twist, transposed tail); every other prime, or that one without
-//! AVX-512, is delegated to `tfhe-ntt`, which selects AVX-512 (IFMA), AVX2
-//! or scalar kernels at run time.
+//! [`SOLINAS`](super::SOLINAS) on CPUs with AVX-512 or AVX2, the crate's
+//! own transform (`goldilocks_ntt`: shift twiddles, cyclic blocks after a
+//! twist, transposed tail; the AVX-512 and AVX2 kernels give the same
+//! outputs); every other prime, or that one without either, is delegated
+//! to `tfhe-ntt`, which selects AVX-512 (IFMA), AVX2 or scalar kernels at
+//! run time (SIMD-1).
 
 use super::goldilocks_ntt::GoldilocksNtt;
 use super::Modulus;
@@ -27,8 +28,8 @@ pub struct NttPlan {
 /// about 0.7× the time), else its 64-bit one. Each prime has one
 /// transform, so every operand of a point-wise product is in its domain.
 /// The Goldilocks prime takes the crate's own transform where it runs
-/// (AVX-512, N ≥ 64), keeping tfhe-ntt's plan for `normalize` and the
-/// point-wise products, which do not depend on the order.
+/// (AVX-512 or AVX2, N ≥ 64), keeping tfhe-ntt's plan for `normalize` and
+/// the point-wise products, which do not depend on the order.
 enum Transform {
     Wide(tfhe_ntt::prime64::Plan),
     Narrow(tfhe_ntt::prime32::Plan),
