@@ -1739,7 +1739,9 @@ mod tests {
             a in values(4096),
             log_n in 6u32..=13,
         ) {
-            prop_assume!(GoldilocksNtt::supported());
+            if !GoldilocksNtt::supported() {
+                return Ok(()); // tfhe-ntt serves this CPU; nothing of ours to check
+            }
             let m = field();
             let n = 1usize << log_n;
             let plan = GoldilocksNtt::new(n).unwrap();
@@ -1761,7 +1763,9 @@ mod tests {
             b in values(TWIST_MIN),
             n in prop_oneof![Just(64usize), Just(128), Just(TWIST_MIN)],
         ) {
-            prop_assume!(GoldilocksNtt::supported());
+            if !GoldilocksNtt::supported() {
+                return Ok(()); // tfhe-ntt serves this CPU; nothing of ours to check
+            }
             let m = field();
             let plan = GoldilocksNtt::new(n).unwrap();
             let (a, b) = (&a[..n], &b[..n]);
