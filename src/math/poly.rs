@@ -90,9 +90,10 @@ fn block_segments(
 /// `out += Σ ± X^e · inp` over `terms` on the output block
 /// `lo..lo + out.len()`, the same words as [`monomial_mul_add_block`] term
 /// by term (exact modular sums). Where the CPU has AVX2 but not AVX-512 and
-/// q > 2^63, the block is summed lazily ([`lazy`]): half the vector
-/// operations per term of the reduced add and subtract, which are what
-/// bounds the packer's leaves there (benches/README.md, "Leaves on AVX2").
+/// q > 2^63, the block is summed lazily (in a shifted representation,
+/// reduced once): half the vector operations per term of the reduced add
+/// and subtract, which are what bounds the packer's leaves there
+/// (benches/README.md, "On AVX2: leaves and the key product").
 pub fn monomial_sum_block<'a>(
     m: Modulus,
     out: &mut [u64],

@@ -881,7 +881,8 @@ mod simd {
     /// multiply, for CPUs without AVX-512 or AVX2: without vector lanes one
     /// 64×64 → 128-bit `mul` replaces the split's four (the split ran as
     /// scalar code on AVX2 CPUs until it got its AVX2 build, 11 % of
-    /// ResNet-20's server time on a Zen 3; benches/README.md, "On AVX2").
+    /// ResNet-20's server time on a Zen 3; benches/README.md, "On AVX2:
+    /// leaves and the key product").
     #[inline(always)]
     pub(super) fn key_product_solinas_wide_kernel<const L: usize>(
         d: [&[u64]; L],
