@@ -80,10 +80,12 @@ fn block_segments(
     };
     // Output j < shift receives −inp[j − shift + N] (it wrapped past X^N),
     // output j ≥ shift receives +inp[j − shift].
+    // An empty piece's start may fall outside 0..N (wrapping): callers skip
+    // empty pieces before slicing.
     let split = shift.clamp(lo, hi);
     [
-        (0..split - lo, lo + n - shift, !negate),
-        (split - lo..len, split - shift, negate),
+        (0..split - lo, (lo + n).wrapping_sub(shift), !negate),
+        (split - lo..len, split.wrapping_sub(shift), negate),
     ]
 }
 
