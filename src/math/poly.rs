@@ -46,30 +46,28 @@ pub fn monomial_mul_add_block(
     e: usize,
     negate: bool,
 ) {
-    for (range, src, subtract) in block_segments(inp.len(), lo, out.len(), e, negate) {
-        if range.is_empty() {
-            continue;
-        }
-        let (o, i) = (&mut out[range.clone()], &inp[src..src + range.len()]);
+    for_each_block_piece(out, lo, inp, e, negate, |o, i, subtract| {
         if subtract {
             sub_assign(m, o, i);
         } else {
             add_assign(m, o, i);
         }
-    }
+    });
 }
 
-/// The (at most two) contiguous pieces of `± X^e · inp` on the output block
-/// `lo..lo + len` of an N-coefficient polynomial: for each, the range of
-/// the block, where it starts in `inp`, and whether it is subtracted.
+/// Calls `f(out_piece, inp_piece, subtract)` on the (at most two)
+/// non-empty contiguous pieces of `± X^e · inp` on the output block
+/// `out = lo..lo + out.len()` of an N-coefficient polynomial (`inp` whole).
 #[inline(always)]
-fn block_segments(
-    n: usize,
+fn for_each_block_piece(
+    out: &mut [u64],
     lo: usize,
-    len: usize,
+    inp: &[u64],
     e: usize,
     negate: bool,
-) -> [(std::ops::Range<usize>, usize, bool); 2] {
+    mut f: impl FnMut(&mut [u64], &[u64], bool),
+) {
+    let (n, len) = (inp.len(), out.len());
     let hi = lo + len;
     debug_assert!(hi <= n);
     let e = e % (2 * n);
@@ -80,13 +78,19 @@ fn block_segments(
     };
     // Output j < shift receives −inp[j − shift + N] (it wrapped past X^N),
     // output j ≥ shift receives +inp[j − shift].
-    // An empty piece's start may fall outside 0..N (wrapping): callers skip
-    // empty pieces before slicing.
+    // An empty piece's start may fall outside 0..N (wrapping): empty pieces
+    // are skipped before slicing.
     let split = shift.clamp(lo, hi);
-    [
+    let pieces = [
         (0..split - lo, (lo + n).wrapping_sub(shift), !negate),
         (split - lo..len, split.wrapping_sub(shift), negate),
-    ]
+    ];
+    for (range, src, subtract) in pieces {
+        if !range.is_empty() {
+            let src = &inp[src..src + range.len()];
+            f(&mut out[range], src, subtract);
+        }
+    }
 }
 
 /// `out += Σ ± X^e · inp` over `terms` on the output block
@@ -123,7 +127,7 @@ pub fn monomial_sum_block<'a>(
 /// end reduces it (2^64 < 2q). 4 operations per term and lane, against 8
 /// for the reduced add.
 mod lazy {
-    use super::block_segments;
+    use super::for_each_block_piece;
     #[cfg(target_arch = "x86_64")]
     use super::Modulus;
 
@@ -170,17 +174,13 @@ mod lazy {
             *x ^= SIGN;
         }
         for (inp, e, negate) in terms {
-            for (range, src, subtract) in block_segments(inp.len(), lo, out.len(), e, negate) {
-                if range.is_empty() {
-                    continue;
-                }
-                let (o, i) = (&mut out[range.clone()], &inp[src..src + range.len()]);
+            for_each_block_piece(out, lo, inp, e, negate, |o, i, subtract| {
                 if subtract {
                     sub(o, i, c);
                 } else {
                     add(o, i, c);
                 }
-            }
+            });
         }
         for x in out.iter_mut() {
             let y = *x ^ SIGN;
