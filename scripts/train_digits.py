@@ -438,7 +438,11 @@ pip install -r scripts/requirements.txt && python3 scripts/train_digits.py
 (numpy and scikit-learn only, no download: the data set ships inside
 scikit-learn; well under a minute on one core). The script is deterministic
 (seed {SEED}, one BLAS thread): two runs write byte-identical JSON with the
-pinned versions on the same machine.
+pinned versions on the same machine. numpy and OpenBLAS pick their float
+kernels per CPU, so the bytes depend on it: the shipped export was trained on
+an AVX-512 CPU, and an AVX2-only Zen 3 trains slightly different weights from
+the same seed (`python/tests/test_train_digits.py` compares with the shipped
+export on AVX-512 CPUs, and two runs with each other elsewhere).
 
 ## Your own model: from PyTorch to an encrypted inference
 
