@@ -269,6 +269,13 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
         .unwrap()
         .contains("typed protocol"));
     assert_eq!(report["policy_serves_untrusted_clients"], true);
+    // A time is comparable only with the instruction set it ran on (SIMD-1).
+    assert_eq!(
+        report["machine"]["kernels"],
+        safhire::math::kernels().name(),
+        "{stdout}"
+    );
+    assert!(report["machine"]["logical_cpus"].as_u64().unwrap() >= 1);
     assert!(report["key_bytes"].as_u64().unwrap() > 1 << 20, "{stdout}");
     assert!(report["key_expansion_ms"].as_f64().unwrap() > 0.0);
     let rounds = report["rounds"].as_array().unwrap();
@@ -298,6 +305,7 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
         "agreement with the plaintext reference: 1/1",
         "would policy \"default\" (element shuffling) serve this model to untrusted clients? yes",
         "expanded in",
+        "; kernels: ",
     ] {
         assert!(stdout.contains(line), "infer omits {line:?}:\n{stdout}");
     }
@@ -312,6 +320,7 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
         "sanitise",
         "session setup: keys generated",
         "logits equal the plaintext reference: yes",
+        "; kernels: ",
     ] {
         assert!(stdout.contains(line), "bench omits {line:?}:\n{stdout}");
     }

@@ -1040,6 +1040,7 @@ fn infer(a: Args) -> CliResult {
             "parameter_set": selection_report,
             "granularity": format!("{unit:?}").to_lowercase(),
             "transport": "typed protocol, in process (one session per input)",
+            "machine": machine_json(),
             "policy_serves_untrusted_clients": serves,
             "policy_verdict": serves_text,
             "inputs": count,
@@ -1061,6 +1062,7 @@ fn infer(a: Args) -> CliResult {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        println!("{}", machine_line());
         println!(
             "keys: generated in {:.0} ms by the client, expanded in {:.0} ms by the server (mean per session); evaluation keys {:.2} MiB (sent once per session)",
             setup.client_ms / c,
@@ -1346,6 +1348,7 @@ fn bench(a: Args) -> CliResult {
             "parameter_set": selection_report,
             "compile_ms": compile_ms,
             "transport": "typed protocol, in process",
+            "machine": machine_json(),
             "keygen_ms": out.setup.client_ms,
             "key_expansion_ms": out.setup.server_ms,
             "server_ms": server,
@@ -1387,6 +1390,7 @@ fn bench(a: Args) -> CliResult {
             server / 1e3,
             client
         );
+        println!("  {}", machine_line());
         println!(
             "  session setup: keys generated in {:.0} ms by the client, expanded in {:.0} ms by the server (not in the times above)",
             out.setup.client_ms,
@@ -1490,6 +1494,33 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// The CPU's model name (Linux's /proc/cpuinfo), for reports.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+/// Where a time was measured: the same run takes about four times as long
+/// on AVX2 as on AVX-512, so every reported figure carries it.
+fn machine_json() -> serde_json::Value {
+    serde_json::json!({
+        "cpu": cpu_model(),
+        "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "kernels": safhire::math::kernels().name(),
+    })
+}
+
+/// [`machine_json`] as one line of text.
+fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "machine: {}, {cpus} logical CPU(s); kernels: {}",
+        cpu_model().unwrap_or_else(|| "CPU model unknown".into()),
+        safhire::math::kernels()
+    )
 }
 
 /// `serve`, `query`, `dev-cert` and `new-token` (feature `net`,

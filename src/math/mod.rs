@@ -7,11 +7,13 @@
 //! or accelerated without changing callers.
 
 mod goldilocks_ntt;
+mod kernels;
 mod modulus;
 mod ntt;
 pub mod poly;
 mod rns;
 
+pub use kernels::{kernels, Kernels};
 pub(crate) use modulus::{add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst};
 pub use modulus::{Modulus, SOLINAS};
 pub use ntt::{NttPlan, RnsNttPlan};
