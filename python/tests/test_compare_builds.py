@@ -1,26 +1,14 @@
 """Tests of scripts/compare_builds.py: its statistics against exact
 enumeration, and its refusals, with fake `safhire` binaries that print a
 bench report (standard library only)."""
-import importlib.util
 import itertools
 import json
 import stat
-from pathlib import Path
 
 import pytest
+from scripts_dir import load_script
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPT = ROOT / "scripts" / "compare_builds.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("compare_builds", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cb = load()
+cb = load_script("compare_builds")
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 11])

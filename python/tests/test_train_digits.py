@@ -3,22 +3,18 @@
 numpy and scikit-learn only: they always run. The first one trains the
 shipped model (about 15 s on one core).
 """
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+from scripts_dir import SCRIPTS, load_script
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPT = ROOT / "scripts" / "train_digits.py"
+ROOT = SCRIPTS.parent
+SCRIPT = SCRIPTS / "train_digits.py"
 
 
 def load_trainer():
-    spec = importlib.util.spec_from_file_location("train_digits", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_digits")
 
 
 def cpu_has_avx512f():
