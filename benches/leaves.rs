@@ -16,9 +16,29 @@ use safhire::rng::Csprng;
 use std::hint::black_box;
 use std::time::Instant;
 
+/// `cargo bench -- --test` (as CI runs every bench): each line once, small,
+/// to show that it runs; its figures mean nothing.
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
 /// Rotate-adds per measurement (the node count is this over T).
-const ROTATIONS: usize = 32768;
-const REPEATS: usize = 5;
+fn rotations() -> usize {
+    if quick() {
+        1024
+    } else {
+        32768
+    }
+}
+
+/// Timed runs per line; the minimum is reported.
+fn repeats() -> usize {
+    if quick() {
+        1
+    } else {
+        5
+    }
+}
 
 struct XorShift(u64);
 impl XorShift {
@@ -65,9 +85,9 @@ fn terms(rng: &mut XorShift, count: usize, images: usize, rot: Rotation, n: usiz
         .collect()
 }
 
-/// Minimum over `REPEATS` of `f`'s time, in ns.
+/// Minimum over `repeats()` of `f`'s time, in ns.
 fn best(mut f: impl FnMut()) -> f64 {
-    (0..REPEATS)
+    (0..repeats())
         .map(|_| {
             let t = Instant::now();
             f();
@@ -125,7 +145,11 @@ fn main() {
         })
         .collect();
     let mut rng = XorShift(0x9e3779b97f4a7c15);
-    println!("N = {n}, one limb, {ROTATIONS} rotate-adds per line, min of {REPEATS}");
+    println!(
+        "N = {n}, one limb, {} rotate-adds per line, min of {}",
+        rotations(),
+        repeats()
+    );
 
     println!("\n-- allocation of a zero accumulator alone (per node)");
     let ns = best(|| {
@@ -143,7 +167,7 @@ fn main() {
                 (Rotation::Aligned, "e%8=0"),
                 (Rotation::Any, "any e"),
             ] {
-                let nodes = ROTATIONS / t;
+                let nodes = rotations() / t;
                 let plan: Vec<Vec<Term>> = (0..nodes)
                     .map(|_| terms(&mut rng, t, images, rot, n))
                     .collect();
@@ -155,7 +179,7 @@ fn main() {
                         }
                         black_box(&ct);
                     }
-                }) / ROTATIONS as f64;
+                }) / rotations() as f64;
                 report(
                     &format!("m={images:3} ({:5} KiB) T={t:3} {name}", images * 64),
                     ns,
@@ -168,7 +192,7 @@ fn main() {
     println!("\n-- blocked: per part, per block of B output coefficients, all T terms");
     for &images in &[4usize, 16, 64, 256] {
         for &t in &[16usize, 64, 256] {
-            let nodes = ROTATIONS / t;
+            let nodes = rotations() / t;
             let plan: Vec<Vec<Term>> = (0..nodes)
                 .map(|_| terms(&mut rng, t, images, Rotation::Any, n))
                 .collect();
@@ -197,7 +221,7 @@ fn main() {
                         check.push(acc[0] ^ acc[n + 5]);
                         black_box(&acc);
                     }
-                }) / ROTATIONS as f64;
+                }) / rotations() as f64;
                 report(&format!("m={images:3} T={t:3} any e, B={block}"), ns, n);
             }
             // The packer's kernel: all T terms of a block in one call (lazy
@@ -217,7 +241,7 @@ fn main() {
                     }
                     black_box(&acc);
                 }
-            }) / ROTATIONS as f64;
+            }) / rotations() as f64;
             report(
                 &format!("m={images:3} T={t:3} any e, B=2048, monomial_sum_block"),
                 ns,
@@ -241,7 +265,7 @@ fn main() {
                     }
                     black_box(&acc);
                 }
-            }) / ROTATIONS as f64;
+            }) / rotations() as f64;
             report(&format!("m={images:3} T={t:3} any e, term by term"), ns, n);
         }
     }
@@ -250,7 +274,7 @@ fn main() {
     {
         let mut acc = vec![0u64; 512];
         let img = &raw[0][..512];
-        let reps = ROTATIONS * 16;
+        let reps = rotations() * 16;
         let ns = best(|| {
             for _ in 0..reps {
                 poly::add_assign(m, &mut acc, img);
@@ -273,21 +297,21 @@ fn main() {
 
     println!("\n-- baselines on the same bytes (T = 64, accumulator kept across terms)");
     for &images in &[1usize, 16, 64, 256] {
-        let plan = terms(&mut rng, ROTATIONS, images, Rotation::Any, n);
+        let plan = terms(&mut rng, rotations(), images, Rotation::Any, n);
         let mut acc = vec![0u64; 2 * n];
         let ns = best(|| {
             for term in &plan {
                 acc.copy_from_slice(&raw[term.image]);
             }
             black_box(&acc);
-        }) / ROTATIONS as f64;
+        }) / rotations() as f64;
         report(&format!("m={images:3} copy image → accumulator"), ns, n);
         let ns = best(|| {
             for term in &plan {
                 wrapping_add(&mut acc, &raw[term.image]);
             }
             black_box(&acc);
-        }) / ROTATIONS as f64;
+        }) / rotations() as f64;
         report(&format!("m={images:3} wrapping add (no reduction)"), ns, n);
         acc.fill(0);
         let ns = best(|| {
@@ -295,7 +319,7 @@ fn main() {
                 poly::add_assign(m, &mut acc, &raw[term.image]);
             }
             black_box(&acc);
-        }) / ROTATIONS as f64;
+        }) / rotations() as f64;
         report(
             &format!("m={images:3} modular add, whole 2N (one slice)"),
             ns,
@@ -308,7 +332,7 @@ fn main() {
                 poly::add_assign(m, &mut acc[n..], &img[n..]);
             }
             black_box(&acc);
-        }) / ROTATIONS as f64;
+        }) / rotations() as f64;
         report(&format!("m={images:3} modular add, a then b"), ns, n);
         let ns = best(|| {
             for term in &plan {
@@ -319,7 +343,7 @@ fn main() {
                 }
             }
             black_box(&acc);
-        }) / ROTATIONS as f64;
+        }) / rotations() as f64;
         report(
             &format!("m={images:3} poly::monomial_mul_add, any e"),
             ns,
