@@ -76,6 +76,12 @@ mod tests {
         }
         #[cfg(not(target_arch = "x86_64"))]
         assert_eq!(k, Kernels::Portable);
+        // The transform mod q, the largest dispatched kernel, runs the
+        // crate's own code exactly when the report names an instruction set.
+        assert_eq!(
+            super::super::goldilocks_ntt::GoldilocksNtt::supported(),
+            k != Kernels::Portable
+        );
         assert!(!k.name().is_empty() && !k.to_string().is_empty());
     }
 }
