@@ -533,8 +533,9 @@ fn choose_shared_levels(
 /// values sit at `occupied` (positions below N): the distinct residues of
 /// the positions mod N/2^ℓ. Residue r mod N/2^(ℓ+1) is occupied when r or
 /// r + N/2^(ℓ+1) is mod N/2^ℓ, so one occupancy map is folded in half per
-/// level: 2N steps in all. (A division per position and level took 2 % of
-/// ResNet-20's server time on a Zen 3: benches/README.md.)
+/// level: 2N steps in all. (A division per position and level took 1.9 % of
+/// a ResNet-20 bench process on a Zen 3, mostly in the compile step's
+/// layout pricing: benches/README.md.)
 fn nodes_per_level(n: usize, occupied: &[usize]) -> Vec<u64> {
     debug_assert!(n.is_power_of_two());
     let mut seen = vec![false; n];
