@@ -600,11 +600,10 @@ mod simd {
         digit_step_one_kernel(base_log, y, row)
     }
 
+    /// AVX-512 F, VL and DQ: what `math::kernels()` reports as AVX-512.
     #[cfg(target_arch = "x86_64")]
     fn has_avx512() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512dq")
+        crate::math::kernels() == crate::math::Kernels::Avx512
     }
 
     /// The division by P of one limb and its sum into the output.
