@@ -175,6 +175,19 @@ pub struct Packer<'a> {
     shared_levels: u32,
     /// Choose ℓ* ≤ `shared_levels` per output by cost, or use it as given.
     adaptive: bool,
+    bodies: Bodies,
+}
+
+/// How much of a materialised leaf node's body is computed.
+#[derive(Clone, Copy, Debug)]
+enum Bodies {
+    /// Only the node's slots (PACK-6): no other coefficient of a body can
+    /// reach the output (proofs/packing.md, Lemma 7).
+    AtSlots,
+    /// Every coefficient, as the tree is written in Lemma 2: the reference
+    /// the slot-only bodies are checked against.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Full,
 }
 
 impl<'a> Packer<'a> {
@@ -186,6 +199,7 @@ impl<'a> Packer<'a> {
             keys,
             shared_levels: ctx.params().shared_pack_levels(),
             adaptive: true,
+            bodies: Bodies::AtSlots,
         }
     }
 
@@ -438,7 +452,11 @@ impl<'a> Packer<'a> {
                 .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
                 .collect();
             let mut ct = ctx.zero_ciphertext();
-            ct.monomial_sum_add(q, &sum);
+            match self.bodies {
+                // PACK-6: the body only at the node's slots.
+                Bodies::AtSlots => ct.monomial_sum_add_at_slots(q, &sum, n >> level),
+                Bodies::Full => ct.monomial_sum_add(q, &sum),
+            }
             return Some(ct);
         }
         let half = n >> level;
@@ -728,6 +746,67 @@ fn with_workspace<R>(ctx: &Context, f: impl FnOnce(&mut Workspace) -> R) -> R {
 mod tests {
     use super::*;
     use crate::params::ParameterSet;
+    use crate::rlwe::SecretKey;
+    use crate::rng::Csprng;
+
+    // PACK-6: leaves whose bodies are summed only at their slots give the
+    // same output ciphertexts, word for word, as the full leaves of
+    // Lemma 2, at every ℓ* and chosen per output, for values from several
+    // sources at random positions (one full output and one sparse one).
+    #[test]
+    fn slot_only_bodies_give_the_same_ciphertexts() {
+        for set in ["b8", "s16"] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let n = ctx.n();
+            let mut rng = Csprng::from_seed([7; 16]);
+            let sk = SecretKey::generate(&ctx, &mut rng);
+            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let cts: Vec<Ciphertext> = (0..3)
+                .map(|_| {
+                    let v: Vec<i64> = (0..n)
+                        .map(|_| rng.uniform_below(200) as i64 - 100)
+                        .collect();
+                    ctx.encrypt(&sk, &v, &mut rng)
+                })
+                .collect();
+            let sources: Vec<PackSource> = cts.iter().map(PackSource::plain).collect();
+            let mut positions: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                positions.swap(i, rng.uniform_below(i as u64 + 1) as usize);
+            }
+            let placements: Vec<Placement> = (0..n + n / 5)
+                .map(|k| Placement {
+                    value: ValueRef::new(k % 3, (k * 7) % n),
+                    output: k / n,
+                    position: if k < n {
+                        positions[k]
+                    } else {
+                        positions[k - n]
+                    },
+                })
+                .collect();
+            let fixed: &[u32] = if set == "b8" { &[0, 3, 5] } else { &[2] };
+            let packers = fixed
+                .iter()
+                .map(|&l| Packer::new(&ctx, &keys).with_shared_levels(l).unwrap())
+                .chain([Packer::new(&ctx, &keys)]);
+            for packer in packers {
+                let full = Packer {
+                    bodies: Bodies::Full,
+                    ..packer
+                };
+                let want = full.pack(&sources, &placements).unwrap();
+                let got = packer.pack(&sources, &placements).unwrap();
+                assert_eq!(got.len(), 2);
+                assert!(
+                    got == want,
+                    "{set}, ℓ* ≤ {}: the slot-only leaves changed the output",
+                    packer.shared_levels
+                );
+            }
+        }
+    }
 
     // PACK-2: the fold of the occupancy map counts, at every level, the
     // distinct residues of the positions mod N/2^ℓ (the definition).

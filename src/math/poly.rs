@@ -32,6 +32,35 @@ pub fn monomial_mul_add(m: Modulus, out: &mut [u64], inp: &[u64], e: usize, nega
     }
 }
 
+/// Coefficient `j` (0 ≤ j < N) of `acc + Σ ± X^e·inp` over `terms`, the
+/// value [`monomial_sum_block`] writes there, computed at that one
+/// coefficient: (X^e·f)[j] = f[j − e], indices mod 2N with f[i + N] = −f[i].
+/// The packer's leaves need their bodies only at the node's slots
+/// (proofs/packing.md, Lemma 7).
+pub fn monomial_sum_at<'a>(
+    m: Modulus,
+    mut acc: u64,
+    j: usize,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+) -> u64 {
+    for (inp, e, negate) in terms {
+        let n = inp.len();
+        debug_assert!(j < n);
+        let i = (j + 2 * n - e % (2 * n)) % (2 * n);
+        let (x, wrapped) = if i < n {
+            (inp[i], false)
+        } else {
+            (inp[i - n], true)
+        };
+        acc = if negate ^ wrapped {
+            m.sub(acc, x)
+        } else {
+            m.add(acc, x)
+        };
+    }
+    acc
+}
+
 /// [`monomial_mul_add`] restricted to the output coefficients
 /// `lo..lo + out.len()`: `out` is that block of the full output, `inp` the
 /// whole input polynomial (N coefficients). Summing several terms block by
@@ -479,6 +508,25 @@ mod tests {
             }
             prop_assert_eq!(&lazy_sum, &whole);
             prop_assert_eq!(&dispatched, &whole);
+        }
+
+        // PACK-6: the sum read at one coefficient is the whole sum's word
+        // there, at every coefficient, for exponents anywhere in 0..2N.
+        #[test]
+        fn sum_at_one_coefficient_equals_the_whole(
+            start in proptest::collection::vec(0..SOLINAS, 64),
+            inputs in proptest::collection::vec(proptest::collection::vec(0..SOLINAS, 64), 1..4),
+            terms in proptest::collection::vec((0usize..128, any::<bool>()), 1..20),
+        ) {
+            let m = m();
+            let mut whole = start.clone();
+            for (k, &(e, negate)) in terms.iter().enumerate() {
+                monomial_mul_add(m, &mut whole, &inputs[k % inputs.len()], e, negate);
+            }
+            let term = |k: usize| (&inputs[k % inputs.len()][..], terms[k].0, terms[k].1);
+            for (j, &w) in whole.iter().enumerate() {
+                prop_assert_eq!(monomial_sum_at(m, start[j], j, (0..terms.len()).map(term)), w);
+            }
         }
 
         #[test]

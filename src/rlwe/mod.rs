@@ -210,6 +210,37 @@ impl Ciphertext {
         }
     }
 
+    /// [`monomial_sum_add`](Self::monomial_sum_add) with the body summed
+    /// only at the coefficients that are multiples of `stride` (the rest of
+    /// `b` is left as it is): the mask in full, the body where a packing
+    /// node's slots are (PACK-6, proofs/packing.md, Lemma 7). `stride`
+    /// divides N.
+    pub(crate) fn monomial_sum_add_at_slots(
+        &mut self,
+        q: RnsModulus,
+        terms: &[(&Ciphertext, usize, bool)],
+        stride: usize,
+    ) {
+        let n = self.n;
+        debug_assert!(stride > 0 && n.is_multiple_of(stride));
+        for (l, &m) in q.limbs().iter().enumerate() {
+            let limb = l * n..(l + 1) * n;
+            for (k, block) in self.a[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
+                let inputs = terms
+                    .iter()
+                    .map(|&(ct, e, negate)| (&ct.a[limb.clone()], e, negate));
+                poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
+            }
+            let body = &mut self.b[limb.clone()];
+            for j in (0..n).step_by(stride) {
+                let inputs = terms
+                    .iter()
+                    .map(|&(ct, e, negate)| (&ct.b[limb.clone()], e, negate));
+                body[j] = poly::monomial_sum_at(m, body[j], j, inputs);
+            }
+        }
+    }
+
     /// Multiplies by the scalar whose residue modulo limb l is `c[l]`.
     pub fn scalar_mul_assign(&mut self, q: RnsModulus, c: &[u64]) {
         let n = self.n;
