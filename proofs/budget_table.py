@@ -93,7 +93,7 @@ def pack_variance(log_n, shared_levels, conjugate_levels, key_switch, copies=Non
 
 # ---- mirror of pack::choose_shared_levels (src/pack.rs) --------------------
 
-KEY_SWITCH_IN_ROTATIONS = 96
+KEY_SWITCH_IN_ROTATIONS = 192
 
 
 def _nodes_per_level(n, occupied):
@@ -109,7 +109,7 @@ def shared_level_key_switches(n, occupied, shared):
 
 
 def shared_level_cost(n, occupied, shared):
-    """pack.rs's cost in rotate-adds: K·2^ℓ + key switches · 96."""
+    """pack.rs's cost in rotate-adds: K·2^ℓ + key switches · 192."""
     return len(occupied) * 2 ** shared + \
         shared_level_key_switches(n, occupied, shared) * KEY_SWITCH_IN_ROTATIONS
 

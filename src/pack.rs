@@ -507,8 +507,10 @@ fn distinct_sources(slots: &[Vec<ValueRef>]) -> Vec<u32> {
 /// 0.92× the server time of 384, 128 the same as 192; refitted again after
 /// the fused key switch (0.90× its time): 96 took 0.97× the CPU time of
 /// 192 (geometric mean of 9 pairs, 8 below 1), 128 and 64 no better than
-/// 96 (benches/README.md).
-const KEY_SWITCH_IN_ROTATIONS: u64 = 96;
+/// 96; doubled to 192 when the leaves' bodies went to their slots (PACK-6),
+/// which halved a rotate-add: ResNet-20 0.88× the server time of 96, digits
+/// 0.97×, 144 as 96 and 256 as 192 (benches/README.md).
+const KEY_SWITCH_IN_ROTATIONS: u64 = 192;
 
 /// The same on a multi-limb set (PARAM-8): s16's vectorised key switch
 /// (≈0.44 ms) against its rotate-add of 2 limbs × 8192 coefficients
@@ -831,7 +833,7 @@ mod tests {
     }
 
     // PACK-2: a full output of one source at N = 8192 with 2.5 values per
-    // slot (T = 20480 terms) shares 3 levels at the one-limb cost (96) and
+    // slot (T = 20480 terms) shares 3 levels at the one-limb cost (192) and
     // 2 at the multi-limb one, whose key switch costs fewer rotate-adds:
     // going from 2 to 3 levels adds 4T rotate-adds and saves 1020 key
     // switches, worth it above 80 rotate-adds per key switch (from 3 to 4,
@@ -850,7 +852,7 @@ mod tests {
         let s16 = Context::new(ParameterSet::shipped("s16").unwrap());
         let one = key_switch_in_rotations(&b16);
         let multi = key_switch_in_rotations(&s16);
-        assert_eq!((one, multi), (96, 64));
+        assert_eq!((one, multi), (192, 64));
         assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, one), 3);
         assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, multi), 2);
     }
