@@ -485,7 +485,12 @@ impl<'a> Packer<'a> {
                 ws.diff.monomial_mul_add(q, o, half, true);
             }
             ws.diff.automorphism_into(q, key.g, &mut ws.twisted);
-            ctx.key_switch_add(key, &ws.twisted, &mut sum, &mut ws.scratch);
+            // PACK-6: this node's body matters only at its 2^level slots.
+            let body_slots = match self.bodies {
+                Bodies::AtSlots => Some(1 << level),
+                Bodies::Full => None,
+            };
+            ctx.key_switch_add_at_slots(key, &ws.twisted, &mut sum, &mut ws.scratch, body_slots);
             sum
         }))
     }

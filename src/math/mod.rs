@@ -12,6 +12,7 @@ mod modulus;
 mod ntt;
 pub mod poly;
 mod rns;
+pub(crate) mod slots;
 
 pub use kernels::{kernels, Kernels};
 pub(crate) use modulus::{add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst};

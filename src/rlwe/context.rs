@@ -5,6 +5,7 @@ use super::{
     expand_mask, limbwise1, Ciphertext, NttCiphertext, NttPlaintext, PublicKey, SecretKey,
     SeededCiphertext,
 };
+use crate::math::slots::SlotInverse;
 use crate::math::{poly, NttPlan, RnsModulus, RnsNttPlan, MAX_LIMBS};
 use crate::params::ParameterSet;
 use crate::rng::Csprng;
@@ -21,6 +22,9 @@ pub struct Context {
     delta: [u64; MAX_LIMBS],
     /// The multi-limb key switch's constants (unused with one limb).
     pub(crate) rns_ks: super::keyswitch::RnsKeySwitch,
+    /// On one-limb sets, the inverse transforms mod q and mod P read at a
+    /// packing node's slots (PACK-6).
+    pub(crate) slot_readers: Option<(SlotInverse, SlotInverse)>,
 }
 
 impl Context {
@@ -36,6 +40,10 @@ impl Context {
         let mut delta = [0; MAX_LIMBS];
         q.residues_u128(params.delta(), |l, r| delta[l] = r);
         let rns_ks = super::keyswitch::RnsKeySwitch::new(q, params.p(), params.gadget_base_log());
+        let slot_readers = match q.len() {
+            1 => SlotInverse::new(ntt_q.limb(0)).zip(SlotInverse::new(&ntt_p)),
+            _ => None,
+        };
         Self {
             params,
             q,
@@ -43,6 +51,7 @@ impl Context {
             ntt_p,
             delta,
             rns_ks,
+            slot_readers,
         }
     }
 

@@ -21,6 +21,7 @@
 //! with deferred reductions (`key_switch_add_one_limb`).
 
 use super::{Ciphertext, Context, GaloisKey};
+use crate::math::slots::SlotInverse;
 use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS, SOLINAS};
 
 /// Signed base-2^B digit decomposition of centred residues mod q.
@@ -275,7 +276,7 @@ impl RnsKeySwitch {
                 out_a,
                 out_b,
             };
-            return simd::mod_down_add(consts, ops);
+            return simd::mod_down_add(consts, ops, true);
         }
         let mod_down = |xq: u64, xp: u64| p_inv.mul(m.sub(xq, m.from_i64(p.centered(xp))));
         for i in 0..out_a.len() {
@@ -318,8 +319,14 @@ mod simd {
         pub(super) out_b: &'a mut [u64],
     }
 
+    /// `BODY = false` divides the mask only (`bq`, `bp`, `ct_b` and
+    /// `out_b` are not read and may be empty): the body of a packing node
+    /// is divided at its slots alone (PACK-6).
     #[inline(always)]
-    pub(super) fn mod_down_kernel<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
+    pub(super) fn mod_down_kernel<const SOLINAS_Q: bool, const BODY: bool>(
+        c: ModDown,
+        o: ModDownOperands,
+    ) {
         let (q, half_p) = (c.q, c.p / 2);
         // [x_P] mod q: x_P − P + q when x_P > P/2 (then P − x_P < P/2 < q),
         // else x_P (< q).
@@ -329,7 +336,14 @@ mod simd {
             c.p_inv.mul_split::<SOLINAS_Q>(sub_mod(q, xq, centred))
         };
         let n = o.out_a.len();
-        let (aq, bq, ap, bp, ct_b) = (&o.aq[..n], &o.bq[..n], &o.ap[..n], &o.bp[..n], &o.ct_b[..n]);
+        let (aq, ap) = (&o.aq[..n], &o.ap[..n]);
+        if !BODY {
+            for (i, out_a) in o.out_a.iter_mut().enumerate() {
+                *out_a = sub_mod(q, *out_a, down(aq[i], ap[i]));
+            }
+            return;
+        }
+        let (bq, bp, ct_b) = (&o.bq[..n], &o.bp[..n], &o.ct_b[..n]);
         let out_b = &mut o.out_b[..n];
         for (i, out_a) in o.out_a.iter_mut().enumerate() {
             let a = down(aq[i], ap[i]);
@@ -437,13 +451,19 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    unsafe fn mod_down_avx512<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
-        mod_down_kernel::<SOLINAS_Q>(c, o)
+    unsafe fn mod_down_avx512<const SOLINAS_Q: bool, const BODY: bool>(
+        c: ModDown,
+        o: ModDownOperands,
+    ) {
+        mod_down_kernel::<SOLINAS_Q, BODY>(c, o)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn mod_down_avx2<const SOLINAS_Q: bool>(c: ModDown, o: ModDownOperands) {
-        mod_down_kernel::<SOLINAS_Q>(c, o)
+    unsafe fn mod_down_avx2<const SOLINAS_Q: bool, const BODY: bool>(
+        c: ModDown,
+        o: ModDownOperands,
+    ) {
+        mod_down_kernel::<SOLINAS_Q, BODY>(c, o)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl")]
@@ -606,38 +626,31 @@ mod simd {
         crate::math::kernels() == crate::math::Kernels::Avx512
     }
 
-    /// The division by P of one limb and its sum into the output.
-    pub(super) fn mod_down_add(c: ModDown, o: ModDownOperands) {
+    /// The division by P of one limb and its sum into the output; of the
+    /// mask only unless `body` (`mod_down_kernel`).
+    pub(super) fn mod_down_add(c: ModDown, o: ModDownOperands, body: bool) {
         debug_assert!(c.p / 2 < c.q && c.p_inv.splittable());
-        let solinas = c.q == SOLINAS;
+        match (c.q == SOLINAS, body) {
+            (true, true) => mod_down_dispatch::<true, true>(c, o),
+            (true, false) => mod_down_dispatch::<true, false>(c, o),
+            (false, true) => mod_down_dispatch::<false, true>(c, o),
+            (false, false) => mod_down_dispatch::<false, false>(c, o),
+        }
+    }
+
+    fn mod_down_dispatch<const SOLINAS_Q: bool, const BODY: bool>(c: ModDown, o: ModDownOperands) {
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx512() {
                 // SAFETY: the features were detected on this CPU.
-                return unsafe {
-                    if solinas {
-                        mod_down_avx512::<true>(c, o)
-                    } else {
-                        mod_down_avx512::<false>(c, o)
-                    }
-                };
+                return unsafe { mod_down_avx512::<SOLINAS_Q, BODY>(c, o) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: as above.
-                return unsafe {
-                    if solinas {
-                        mod_down_avx2::<true>(c, o)
-                    } else {
-                        mod_down_avx2::<false>(c, o)
-                    }
-                };
+                return unsafe { mod_down_avx2::<SOLINAS_Q, BODY>(c, o) };
             }
         }
-        if solinas {
-            mod_down_kernel::<true>(c, o)
-        } else {
-            mod_down_kernel::<false>(c, o)
-        }
+        mod_down_kernel::<SOLINAS_Q, BODY>(c, o)
     }
 
     /// The digit residues mod q and mod P, both above |d|: `d + m` when
@@ -1033,10 +1046,32 @@ impl Context {
         out: &mut Ciphertext,
         scratch: &mut KeySwitchScratch,
     ) {
+        self.key_switch_add_at_slots(key, ct, out, scratch, None)
+    }
+
+    /// [`key_switch_add`](Self::key_switch_add), with `Some(M)` adding the
+    /// body only at the M coefficients that are multiples of N/M (the rest
+    /// of `out.b` is left as it is): all a packing node's body needs
+    /// (PACK-6, proofs/packing.md, Lemma 7). Where the one-limb path's
+    /// slot readers serve M, the body's two inverse transforms become
+    /// [`SlotInverse::read`]s; elsewhere the body is added in full, which
+    /// the lemma allows too.
+    pub(crate) fn key_switch_add_at_slots(
+        &self,
+        key: &GaloisKey,
+        ct: &Ciphertext,
+        out: &mut Ciphertext,
+        scratch: &mut KeySwitchScratch,
+        body_slots: Option<usize>,
+    ) {
         let (p, levels) = (self.params().p(), self.params().gadget_levels());
         match self.ntt_p.narrow() {
             Some(p32) if self.limbs() == 1 && self.rns_ks.fused_one_limb_serves(p, levels) => {
-                self.key_switch_add_one_limb(key, ct, out, scratch, p32)
+                let readers = body_slots.and_then(|m| {
+                    let (rq, rp) = self.slot_readers.as_ref()?;
+                    (rq.serves(m) && rp.serves(m)).then_some((m, rq, rp))
+                });
+                self.key_switch_add_one_limb(key, ct, out, scratch, p32, readers)
             }
             _ => self.key_switch_add_rns(key, ct, out, scratch),
         }
@@ -1135,6 +1170,7 @@ impl Context {
         out: &mut Ciphertext,
         scratch: &mut KeySwitchScratch,
         ntt_p: &tfhe_ntt::prime32::Plan,
+        body_slots: Option<(usize, &SlotInverse, &SlotInverse)>,
     ) {
         let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
         let levels = self.params().gadget_levels();
@@ -1206,17 +1242,67 @@ impl Context {
             }
         }
         // The inverse transforms mod P in 32-bit words, widened for the
-        // division by P.
-        for (narrow, wide) in scratch.acc_p32.iter_mut().zip(&mut scratch.acc_p) {
+        // division by P; of the mask only when the body is read at slots.
+        let parts = if body_slots.is_some() { 1 } else { 2 };
+        for (narrow, wide) in scratch
+            .acc_p32
+            .iter_mut()
+            .zip(&mut scratch.acc_p)
+            .take(parts)
+        {
             ntt_p.inv(narrow);
             for (w, &x) in wide.iter_mut().zip(narrow.iter()) {
                 *w = x as u64;
             }
         }
-        for acc in &mut scratch.acc_q {
+        for acc in scratch.acc_q.iter_mut().take(parts) {
             self.ntt_q.backward_unnormalized(acc);
         }
-        self.mod_down_add_all(ct, out, scratch);
+        let Some((slots, read_q, read_p)) = body_slots else {
+            return self.mod_down_add_all(ct, out, scratch);
+        };
+        // The mask in full, the body at the multiples of N/M (PACK-6): its
+        // accumulators read there, then divided by the same kernel.
+        let consts = simd::ModDown {
+            q: q.value(),
+            p,
+            p_inv: self.rns_ks.p_inv[0],
+        };
+        let [acc_aq, acc_bq] = &scratch.acc_q;
+        let ops = simd::ModDownOperands {
+            aq: acc_aq,
+            bq: &[],
+            ap: &scratch.acc_p[0],
+            bp: &[],
+            ct_b: &[],
+            out_a: &mut out.a[..n],
+            out_b: &mut [],
+        };
+        simd::mod_down_add(consts, ops, false);
+        const M: usize = crate::math::slots::MAX_SLOTS;
+        let (mut bq, mut bp) = ([0u64; M], [0u64; M]);
+        read_q.read(acc_bq, &mut bq[..slots]);
+        read_p.read(&scratch.acc_p32[1], &mut bp[..slots]);
+        let stride = n / slots;
+        let (mut ct_b, mut out_b) = ([0u64; M], [0u64; M]);
+        for k in 0..slots {
+            ct_b[k] = ct.b[k * stride];
+            out_b[k] = out.b[k * stride];
+        }
+        let (zeros, mut unused) = ([0u64; M], [0u64; M]);
+        let ops = simd::ModDownOperands {
+            aq: &zeros[..slots],
+            bq: &bq[..slots],
+            ap: &zeros[..slots],
+            bp: &bp[..slots],
+            ct_b: &ct_b[..slots],
+            out_a: &mut unused[..slots],
+            out_b: &mut out_b[..slots],
+        };
+        simd::mod_down_add(consts, ops, true);
+        for (k, &b) in out_b[..slots].iter().enumerate() {
+            out.b[k * stride] = b;
+        }
     }
 
     /// `KS_g(τ_g(ct))`: the automorphism applied homomorphically.
@@ -1363,7 +1449,7 @@ mod tests {
             let (mut fused, mut per_level) = (start.clone(), start.clone());
             let mut scratch = KeySwitchScratch::new(n, levels, q.len());
             let p32 = ctx.ntt_p.narrow().expect("P < 2^31");
-            ctx.key_switch_add_one_limb(&key, &ct, &mut fused, &mut scratch, p32);
+            ctx.key_switch_add_one_limb(&key, &ct, &mut fused, &mut scratch, p32, None);
             ctx.key_switch_add_rns(&key, &ct, &mut per_level, &mut scratch);
             assert!(fused == per_level, "{set}: the fused path differs");
             assert!(fused != start);
@@ -1591,7 +1677,7 @@ mod tests {
             ks.mod_down_add(0, m, p, (&aq, &bq), (&ap, &bp), &ct_b, (&mut fast_a, &mut fast_b));
             let (mut scalar_a, mut scalar_b) = (out_a.clone(), out_b.clone());
             let consts = simd::ModDown { q: SOLINAS, p: p.value(), p_inv: ks.p_inv[0] };
-            simd::mod_down_kernel::<true>(consts, simd::ModDownOperands {
+            simd::mod_down_kernel::<true, true>(consts, simd::ModDownOperands {
                 aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b,
                 out_a: &mut scalar_a, out_b: &mut scalar_b,
             });
