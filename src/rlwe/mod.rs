@@ -231,13 +231,10 @@ impl Ciphertext {
                     .map(|&(ct, e, negate)| (&ct.a[limb.clone()], e, negate));
                 poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
             }
-            let body = &mut self.b[limb.clone()];
-            for j in (0..n).step_by(stride) {
-                let inputs = terms
-                    .iter()
-                    .map(|&(ct, e, negate)| (&ct.b[limb.clone()], e, negate));
-                body[j] = poly::monomial_sum_at(m, body[j], j, inputs);
-            }
+            let inputs = terms
+                .iter()
+                .map(|&(ct, e, negate)| (&ct.b[limb.clone()], e, negate));
+            poly::monomial_sum_at_slots(m, &mut self.b[limb.clone()], stride, inputs);
         }
     }
 
