@@ -21,11 +21,26 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-/// A scratch directory for this test binary.
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory for one test, removed when the test ends (pass or
+/// fail).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn join(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("safhire-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 #[test]
