@@ -34,8 +34,8 @@ pub fn monomial_mul_add(m: Modulus, out: &mut [u64], inp: &[u64], e: usize, nega
 
 /// `out += Σ ± X^e·inp` over `terms` at the multiples of `stride` only,
 /// the words [`monomial_sum_block`] writes there; the other coefficients
-/// are left as they are. (X^e·f)[j] = f[j − e], indices mod 2N with
-/// f[i + N] = −f[i]; N is a power of two, so the indices wrap by masking.
+/// are left as they are. `(X^e·f)[j] = f[j − e]`, indices mod 2N with
+/// `f[i + N] = −f[i]`; N is a power of two, so the indices wrap by masking.
 /// The packer's leaves need their bodies only at the node's slots
 /// (proofs/packing.md, Lemma 7). Term by term, so the slots stay in L1;
 /// with a division per term and slot this was 8 % of ResNet-20's time
