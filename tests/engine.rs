@@ -546,7 +546,7 @@ fn engine_responses_are_flooded_against_the_noise_channel() {
     let mut b = b.to_vec();
     b[0] = q.add(b[0], 1 << 30);
     let spiked = Ciphertext::from_parts(a.to_vec(), b, ctx.n(), q).unwrap();
-    let history = [ReceivedUpload::new(vec![spiked], None)];
+    let mut history = [ReceivedUpload::new(vec![spiked], None)];
     let seed = SessionSeed::from_bytes([9; 32]);
     let round = RoundEvaluator::new(
         ctx,
@@ -556,7 +556,7 @@ fn engine_responses_are_flooded_against_the_noise_channel() {
         ShuffleUnit::Element.into(),
     )
     .unwrap()
-    .evaluate(0, &history, &mut Csprng::from_seed([22; 16]))
+    .evaluate(0, &mut history, &mut Csprng::from_seed([22; 16]))
     .unwrap();
     assert!(round.shuffle.is_none(), "the last round is not shuffled");
     let response = round.ciphertexts;
@@ -750,11 +750,11 @@ fn a_rounds_refusal_says_whose_fault_it_is() {
     let release = ShuffleUnit::Element.into();
     let round = RoundEvaluator::new(&f.ctx, keys("b16"), &compiled, &seed, release).unwrap();
     let mut rng = Csprng::from_seed([5; 16]);
-    let empty = [ReceivedUpload::new(Vec::new(), None)];
-    let err = round.evaluate(0, &empty, &mut rng).unwrap_err();
+    let mut empty = [ReceivedUpload::new(Vec::new(), None)];
+    let err = round.evaluate(0, &mut empty, &mut rng).unwrap_err();
     assert!(matches!(err, EngineError::Pack(_)), "{err}");
     assert_eq!(err.fault(), Fault::Peer);
-    let err = round.evaluate(1, &empty, &mut rng).unwrap_err();
+    let err = round.evaluate(1, &mut empty, &mut rng).unwrap_err();
     assert!(
         matches!(
             err,
@@ -766,7 +766,7 @@ fn a_rounds_refusal_says_whose_fault_it_is() {
         "{err}"
     );
     assert_eq!(err.fault(), Fault::Local);
-    let err = round.evaluate(0, &[], &mut rng).unwrap_err();
+    let err = round.evaluate(0, &mut [], &mut rng).unwrap_err();
     assert!(
         matches!(
             err,
@@ -827,7 +827,7 @@ fn rounds_with_phases(
             .map(|c| c.expand(f.ctx.q()))
             .collect();
         history.push(ReceivedUpload::new(upload, previous.take()));
-        let out = round.evaluate(r, &history, &mut rng).unwrap();
+        let out = round.evaluate(r, &mut history, &mut rng).unwrap();
         repack_ms.push(out.phases.repack_ms);
         let stage_len = compiled.stages()[r].output_len();
         held = client_values(&f.ctx, &f.sk, &out.ciphertexts, stage_len);
@@ -915,4 +915,71 @@ fn reading_the_upload_directly_is_chosen_by_price() {
         rounds_with_phases("b16", &compiled, &input, ShuffleUnit::Element, 5, false);
     assert_eq!(logits, tall.evaluate(&input).unwrap());
     assert!(repack_ms[0] > 0.0);
+}
+
+/// ENG-12: a round whose identity shortcut adds an earlier round's repack
+/// refuses a history on which that round never ran (so its repack was
+/// never kept) as the driver's fault, instead of evaluating without the
+/// operand. Fails if the round skips the operand or panics.
+#[test]
+fn a_round_whose_shortcut_repack_was_not_kept_is_refused() {
+    use safhire::engine::{ReceivedUpload, RoundEvaluator, Shortcut};
+    use safhire::protocol::Fault;
+    let f = fixture("b16");
+    let ctx = &f.ctx;
+    let mut rng = Csprng::from_seed([31; 16]);
+    let mut c = |k: usize| {
+        conv(
+            4,
+            k,
+            1,
+            k / 2,
+            small(&mut rng, 4 * 4 * k * k, 2),
+            vec![0; 4],
+        )
+    };
+    let model = Model::new(
+        "block",
+        input_spec(4, 6, 6, 0, 15),
+        vec![
+            c(3),
+            requantize(1, 3, 15),
+            c(3),
+            requantize(1, 3, 15),
+            c(3),
+            Layer::ResidualAdd { from: 1 },
+        ],
+    )
+    .unwrap();
+    let compiled = engine::compile(ctx, &model).unwrap();
+    assert!(matches!(
+        compiled.stages()[2].shortcut(),
+        Some(Shortcut::RepackedIdentity { round: 1, .. })
+    ));
+    let input = random_input(&mut rng, &model);
+    let mut history: Vec<ReceivedUpload> = (0..3)
+        .map(|_| ReceivedUpload::new(vec![ctx.encrypt(&f.sk, &input, &mut rng)], None))
+        .collect();
+    let seed = SessionSeed::from_bytes([3; 32]);
+    let err = RoundEvaluator::new(
+        ctx,
+        keys("b16"),
+        &compiled,
+        &seed,
+        ShuffleUnit::Element.into(),
+    )
+    .unwrap()
+    .evaluate(2, &mut history, &mut Csprng::from_seed([32; 16]))
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::RepackNotKept {
+                round: 2,
+                operand: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.fault(), Fault::Local);
 }

@@ -186,6 +186,19 @@ fn resnet20_compiles_to_the_same_function() {
     let f = fixture("b16");
     let model = zoo::resnet20(1);
     let compiled = engine::compile(&f.ctx, &model).unwrap();
+    // ENG-12: each of its seven identity shortcuts joins inside its
+    // stage's linear layer (a block's two convs share their input layout).
+    let repacked = compiled
+        .stages()
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.shortcut(),
+                Some(engine::Shortcut::RepackedIdentity { .. })
+            )
+        })
+        .count();
+    assert_eq!(repacked, 7);
     let mut rng = safhire::rng::Csprng::from_seed([6; 16]);
     let spec = model.input();
     let input: Vec<i64> = (0..spec.shape.len().unwrap())
@@ -291,4 +304,98 @@ fn the_digits_stages_are_laid_out_by_price() {
         last.reads_upload_directly(),
         "the digits classifier repacks"
     );
+}
+
+/// Two ResNet-style blocks on 4×6×6: stage 1 and stage 2 are 4 → 4 3×3
+/// convs, and stage 2 adds round 1's upload (the identity shortcut of
+/// ENG-4). With `second_kernel` = 3 the two stages share their input
+/// layout, so ENG-12 adds the operand inside stage 2's linear layer from
+/// round 1's kept repack; with 1 (a 1×1 second conv) the layouts differ
+/// and the operand stays a second term of the output pack.
+fn block_model(seed: u8, second_kernel: usize) -> safhire::model::Model {
+    use safhire::model::{InputSpec, Layer, Model, Shape};
+    let mut rng = safhire::rng::Csprng::from_seed([seed; 16]);
+    let mut w =
+        |len: usize| -> Vec<i64> { (0..len).map(|_| rng.uniform_below(5) as i64 - 2).collect() };
+    let mut conv = |k: usize| Layer::Conv2d {
+        out_channels: 4,
+        kernel_h: k,
+        kernel_w: k,
+        stride: 1,
+        padding: k / 2,
+        groups: 1,
+        weights: w(4 * 4 * k * k),
+        bias: w(4),
+    };
+    let rq = || Layer::Requantize {
+        multiplier: 1,
+        shift: 3,
+        min: 0,
+        max: 15,
+    };
+    let layers = vec![
+        conv(3), // 0: stage 0
+        rq(),    // 1: round 1's upload
+        conv(3), // 2: stage 1
+        rq(),    // 3: round 2's upload
+        conv(second_kernel),
+        Layer::ResidualAdd { from: 1 }, // 5: stage 2 + round 1's upload
+        rq(),
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: 3,
+            weights: w(3 * 4 * 36),
+            bias: w(3),
+        },
+    ];
+    let spec = InputSpec {
+        shape: Shape::new(4, 6, 6),
+        min: 0,
+        max: 15,
+    };
+    Model::new("block-test", spec, layers).unwrap()
+}
+
+// ENG-12: an identity shortcut whose operand was repacked in the stage's
+// own input layout joins inside the linear layer (round 1's repack kept
+// through round 2), one with another layout stays in the output pack;
+// both give the model's logits bit for bit.
+#[test]
+fn identity_shortcuts_reuse_the_repack_in_the_stage_layout() {
+    use safhire::engine::Shortcut;
+    let f = fixture("b16");
+    for (second_kernel, reused) in [(3, true), (1, false)] {
+        for seed in 0..2u8 {
+            let model = block_model(seed, second_kernel);
+            let compiled = engine::compile(&f.ctx, &model).unwrap();
+            let shortcut = compiled.stages()[2].shortcut();
+            assert!(
+                match shortcut {
+                    Some(Shortcut::RepackedIdentity { round: 1, .. }) => reused,
+                    Some(Shortcut::Identity { round: 1 }) => !reused,
+                    _ => false,
+                },
+                "kernel {second_kernel}: {shortcut:?}"
+            );
+            let mut rng = safhire::rng::Csprng::from_seed([seed + 20; 16]);
+            let input: Vec<i64> = (0..144).map(|_| rng.uniform_below(16) as i64).collect();
+            let expected = model.evaluate(&input).unwrap();
+            assert_eq!(compiled.reference(&input).unwrap(), expected);
+            let keys = ServerKeys {
+                galois: &f.galois,
+                public: &f.pk,
+            };
+            let out = engine::run(
+                &f.ctx,
+                &f.sk,
+                keys,
+                &compiled,
+                &input,
+                ShuffleUnit::Element,
+                &SessionSeed::from_bytes([seed + 1; 32]),
+            )
+            .unwrap();
+            assert_eq!(out.logits, expected, "kernel {second_kernel}, seed {seed}");
+        }
+    }
 }

@@ -228,6 +228,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         // The model ends with a pool: its sums are the logits.
         b.push_pool(ctx, model, pool_layer, pool)?;
     }
+    reuse_identity_repacks(ctx, &mut b.stages)?;
     let mut compiled = CompiledModel::assemble(ctx, model, b.stages, b.ops, b.stage_layers)?;
     compiled.self_check(model)?;
     let bounds = model.bounds();
@@ -248,6 +249,46 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         }
     }
     Ok(compiled)
+}
+
+/// ENG-12: an identity shortcut whose operand's round repacked it into
+/// this stage's own input layout (the same placements: in ResNets the
+/// block's first conv has the shape of its second) is added inside the
+/// linear layer, as the identity conv in this stage's layout evaluated on
+/// that repack, instead of as a second term of every output-pack leaf:
+/// half the pack's rotate-adds for those outputs, and no upload sources in
+/// the pack. Taken only where the identity conv exists in the layout and
+/// the stage's noise factor with it stays within LIN-3's budget (the
+/// operand's noise is then a repacked input's, which LIN-3 charges with the
+/// identity's ‖ŵ‖₁ as it charges the stage's own weights); otherwise the
+/// shortcut stays as ENG-4 has it.
+fn reuse_identity_repacks(ctx: &Context, stages: &mut [LinearStage]) -> Result<(), EngineError> {
+    let budget = 1u128 << ctx.params().max_weight_l1_log2();
+    for r in 0..stages.len() {
+        let Some(Shortcut::Identity { round }) = stages[r].shortcut else {
+            continue;
+        };
+        let (operand, stage) = (&stages[round], &stages[r]);
+        let same_layout = !operand.reads_upload_directly()
+            && !stage.reads_upload_directly()
+            && operand.input_ciphertexts() == stage.input_ciphertexts()
+            && operand.input_placements() == stage.input_placements();
+        if !same_layout {
+            continue;
+        }
+        let Some(identity) = stage.identity_in_layout(ctx).transpose()? else {
+            continue;
+        };
+        let shortcut = Shortcut::RepackedIdentity {
+            round,
+            stage: Box::new(identity),
+        };
+        let previous = stages[r].shortcut.replace(shortcut);
+        if stages[r].noise_l1() > budget {
+            stages[r].shortcut = previous;
+        }
+    }
+    Ok(())
 }
 
 /// The stages `compile` has built so far, with the client's steps after

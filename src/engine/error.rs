@@ -121,6 +121,16 @@ pub enum EngineError {
         /// Uploads given.
         got: usize,
     },
+    /// A round adds the repack of an earlier round that was not kept
+    /// (ENG-12): the rounds were not evaluated in order on this history,
+    /// the driver's fault.
+    #[error("round {round} adds round {operand}'s repacked upload, which was not kept: evaluate the rounds in order")]
+    RepackNotKept {
+        /// The round being evaluated (0-based).
+        round: usize,
+        /// The round whose repack it adds.
+        operand: usize,
+    },
     /// The in-process harness ([`super::run`]) could not decode a message
     /// it had just encoded: a bug, not either party's input.
     #[error("internal encoding error: {0}")]
@@ -163,6 +173,7 @@ impl EngineError {
             | EngineError::InputOutOfRange { .. }
             | EngineError::NoSuchRound { .. }
             | EngineError::HistoryLength { .. }
+            | EngineError::RepackNotKept { .. }
             | EngineError::Encoding(_) => Fault::Local,
         }
     }

@@ -63,14 +63,18 @@ pub struct ServerKeys<'a> {
 /// evaluates the stage and adds its bias; or, for a stage that reads its
 /// upload directly (ENG-10), lays the weights out for the upload as it
 /// arrived and evaluates them on it, with no repack.
+/// The stage's outputs (bias added) and, when `keep_repack` (ENG-12), the
+/// upload as the stage repacked it.
 fn evaluate_stage(
     ctx: &Context,
     packer: &Packer<'_>,
     stage: &LinearStage,
     upload: &ReceivedUpload,
     phases: &mut RoundPhases,
-) -> Result<Vec<Ciphertext>, EngineError> {
+    keep_repack: bool,
+) -> Result<(Vec<Ciphertext>, Option<Vec<Ciphertext>>), EngineError> {
     let mut t = Instant::now();
+    let mut kept = None;
     let mut outputs = match stage.encode_for_upload(ctx, upload) {
         // The per-round weight layout is part of the linear work.
         Some(encoded) => {
@@ -94,14 +98,16 @@ fn evaluate_stage(
             repacked.resize_with(stage.input_ciphertexts(), || ctx.zero_ciphertext());
             phases.repack_ms += elapsed_ms(t);
             t = Instant::now();
-            stage.encoded.evaluate(ctx, &repacked)
+            let outputs = stage.encoded.evaluate(ctx, &repacked);
+            kept = keep_repack.then_some(repacked);
+            outputs
         }
     };
     for (ct, bias) in outputs.iter_mut().zip(&stage.bias) {
         ctx.add_plain(ct, bias);
     }
     phases.linear_ms += elapsed_ms(t);
-    Ok(outputs)
+    Ok((outputs, kept))
 }
 
 /// The server's half of every round of one session: the context, the
@@ -169,7 +175,12 @@ impl<'a> RoundEvaluator<'a> {
     /// a mat-vec's weights: ENG-10),
     /// evaluate stage r, add its bias, any DP noise and any residual
     /// operand, shuffle with σ_r (none after the last stage), pack,
-    /// sanitise. `history[j]` is upload j (`history.len() == r + 1`).
+    /// sanitise. `history[j]` is upload j (`history.len() == r + 1`); the
+    /// round keeps its repack in `history[r]` while a round from r on adds
+    /// it as an identity shortcut (ENG-12), and drops the repacks of
+    /// earlier rounds that no round from r on needs. Rounds run in order:
+    /// a round whose shortcut's repack was never kept is refused
+    /// ([`EngineError::RepackNotKept`]).
     ///
     /// The work runs on the caller's rayon pool, by default the global one
     /// shared by every session of the process (ENG-8, `src/par.rs`); the
@@ -178,7 +189,7 @@ impl<'a> RoundEvaluator<'a> {
     pub fn evaluate(
         &self,
         r: usize,
-        history: &[ReceivedUpload],
+        history: &mut [ReceivedUpload],
         rng: &mut Csprng,
     ) -> Result<RoundOutput, EngineError> {
         let (ctx, keys, model, release, seed) =
@@ -196,8 +207,34 @@ impl<'a> RoundEvaluator<'a> {
                 got: history.len(),
             });
         }
+        // ENG-12: repacks that no round from this one on adds are dropped
+        // (each was kept by an earlier round that succeeded).
+        for (j, upload) in history[..r].iter_mut().enumerate() {
+            if upload.repacked().is_some() && !model.repack_needed(j, r) {
+                upload.keep_repacked(None);
+            }
+        }
         let packer = Packer::new(ctx, keys.galois);
-        let mut outputs = evaluate_stage(ctx, &packer, stage, &history[r], &mut phases)?;
+        let keep = model.repack_needed(r, r);
+        let (mut outputs, kept) =
+            evaluate_stage(ctx, &packer, stage, &history[r], &mut phases, keep)?;
+        history[r].keep_repacked(kept);
+        if let Some(Shortcut::RepackedIdentity { round, stage: sc }) = &stage.shortcut {
+            // The operand joins inside the linear layer (ENG-12): its
+            // identity conv lands on this stage's output positions.
+            let t = Instant::now();
+            let repacked = history[*round]
+                .repacked()
+                .ok_or(EngineError::RepackNotKept {
+                    round: r,
+                    operand: *round,
+                })?;
+            let operand = sc.encoded.evaluate(ctx, repacked);
+            for (ct, x) in outputs.iter_mut().zip(&operand) {
+                ct.add_assign(ctx.q(), x);
+            }
+            phases.linear_ms += elapsed_ms(t);
+        }
         let positions = stage.output_positions();
         let t = Instant::now();
         if let Some(noise) = release.noise {
@@ -218,7 +255,7 @@ impl<'a> RoundEvaluator<'a> {
         // `extra_refs[k]` is output k's residual operand (empty: no shortcut).
         let offset = outputs.len();
         let (extra, extra_refs): (Vec<Ciphertext>, Vec<ValueRef>) = match &stage.shortcut {
-            None => (Vec::new(), Vec::new()),
+            None | Some(Shortcut::RepackedIdentity { .. }) => (Vec::new(), Vec::new()),
             Some(Shortcut::Identity { round }) => {
                 let up = &history[*round];
                 let refs = (0..positions.len())
@@ -230,7 +267,8 @@ impl<'a> RoundEvaluator<'a> {
                 (up.ciphertexts().to_vec(), refs)
             }
             Some(Shortcut::Conv { round, stage: sc }) => {
-                let out = evaluate_stage(ctx, &packer, sc, &history[*round], &mut phases)?;
+                let (out, _) =
+                    evaluate_stage(ctx, &packer, sc, &history[*round], &mut phases, false)?;
                 let refs = sc
                     .output_positions()
                     .into_iter()

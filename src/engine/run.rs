@@ -95,7 +95,7 @@ pub fn run_release(
         .collect::<Result<_, _>>()
         .map_err(EngineError::Encoding)?;
         history.push(ReceivedUpload::new(received, previous.take()));
-        let round = evaluator.evaluate(r, &history, &mut server_rng)?;
+        let round = evaluator.evaluate(r, &mut history, &mut server_rng)?;
         let downloads: Vec<Vec<u8>> =
             crate::par::map(&round.ciphertexts, |c| wire::encode_ciphertext(ctx, c));
         stats.server_ms += t.elapsed().as_secs_f64() * 1e3;

@@ -92,6 +92,17 @@ pub enum Shortcut {
         /// The earlier round whose upload is added.
         round: usize,
     },
+    /// ENG-12: the upload of `round` as is, added inside the linear layer:
+    /// `stage` is the identity conv in this stage's own layout (same input
+    /// placements as round `round`'s stage, same output positions as this
+    /// one), evaluated on the ciphertexts round `round` repacked, so the
+    /// output pack takes one term per value instead of two.
+    RepackedIdentity {
+        /// The earlier (or this) round whose repacked upload is added.
+        round: usize,
+        /// The identity conv, encoded in this stage's layout.
+        stage: Box<LinearStage>,
+    },
     /// The upload of `round` through a branch conv (a projection shortcut).
     Conv {
         /// The earlier round whose upload the conv reads.
@@ -107,6 +118,9 @@ pub enum Shortcut {
 pub struct ReceivedUpload {
     ciphertexts: Vec<Ciphertext>,
     arranged_by: Option<Permutation>,
+    /// ENG-12: the upload repacked into its round's stage layout, kept
+    /// while a round not yet evaluated adds it as an identity shortcut.
+    repacked: Option<Vec<Ciphertext>>,
 }
 
 impl ReceivedUpload {
@@ -119,6 +133,7 @@ impl ReceivedUpload {
         Self {
             ciphertexts,
             arranged_by,
+            repacked: None,
         }
     }
 
@@ -131,6 +146,17 @@ impl ReceivedUpload {
     /// they are in true order (round 0).
     pub fn arranged_by(&self) -> Option<&Permutation> {
         self.arranged_by.as_ref()
+    }
+
+    /// ENG-12: the upload as its round's stage repacked it, if a later
+    /// (or the same) round's identity shortcut still needs it.
+    pub(super) fn repacked(&self) -> Option<&[Ciphertext]> {
+        self.repacked.as_deref()
+    }
+
+    /// Keeps (or, with `None`, drops) the repack [`repacked`](Self::repacked) returns.
+    pub(super) fn keep_repacked(&mut self, repacked: Option<Vec<Ciphertext>>) {
+        self.repacked = repacked;
     }
 
     /// Where true value k of this upload sits.
@@ -232,6 +258,64 @@ impl LinearStage {
         })
     }
 
+    /// ENG-12: the identity conv (output (c, y, x) = input (c, y, x)) in
+    /// this stage's own layout, dilation and interleave, so that it reads
+    /// the ciphertexts this stage's repack produces and writes this stage's
+    /// output positions. `None` unless the stage is a conv that maps each
+    /// position to itself: as many output as input channels, stride 1, odd
+    /// kernel padded by half of it, no folded pool (its kernel then has a
+    /// centre tap that reads the same position).
+    pub(super) fn identity_in_layout(&self, ctx: &Context) -> Option<Result<Self, EngineError>> {
+        let StageLayout::Conv(layout, _) = &self.layout else {
+            return None;
+        };
+        let shape = *layout.shape();
+        let (kh, kw) = (shape.kernel_height, shape.kernel_width);
+        let maps_to_itself = shape.in_channels == shape.out_channels
+            && shape.stride == 1
+            && kh % 2 == 1
+            && kw % 2 == 1
+            && shape.padding == kh / 2
+            && shape.padding == kw / 2
+            && layout.output_height() == shape.in_height
+            && layout.output_width() == shape.in_width
+            && self.input_len == shape.input_len().ok()?;
+        if !maps_to_itself {
+            return None;
+        }
+        // OIHW: weight 1 from channel c's centre to output channel c.
+        let c = shape.in_channels;
+        let mut weights = vec![0i64; c * c * kh * kw];
+        for ch in 0..c {
+            weights[((ch * c + ch) * kh + kh / 2) * kw + kw / 2] = 1;
+        }
+        let dilated = Dilated {
+            layout,
+            dilation: self.dilation,
+            interleave: self.interleave,
+        };
+        let encoded = match EncodedLayer::new(ctx, &dilated, &weights) {
+            Ok(encoded) => encoded,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(Ok(Self {
+            input_len: self.input_len,
+            output_len: self.output_len,
+            bias: Vec::new(),
+            bias_values: vec![0; self.output_len],
+            encoded,
+            independent_inputs: self.input_len,
+            fan_in: 1,
+            shortcut: None,
+            public_weights: true,
+            sensitivity: 0.0,
+            layout: StageLayout::Conv(layout.clone(), weights),
+            dilation: self.dilation,
+            interleave: self.interleave,
+            reads_upload: None,
+        }))
+    }
+
     /// A matrix–vector stage with at most `max_rows` rows per output
     /// ciphertext (ENG-7).
     pub(super) fn matvec_stacking(
@@ -320,7 +404,9 @@ impl LinearStage {
         let extra = match &self.shortcut {
             None => 0,
             Some(Shortcut::Identity { .. }) => 1,
-            Some(Shortcut::Conv { stage, .. }) => stage.encoded.max_weight_l1(),
+            Some(Shortcut::RepackedIdentity { stage, .. } | Shortcut::Conv { stage, .. }) => {
+                stage.encoded.max_weight_l1()
+            }
         };
         self.encoded.max_weight_l1() + extra
     }
@@ -1082,6 +1168,14 @@ impl CompiledModel {
         &self.stages
     }
 
+    /// ENG-12: whether a stage from `from` on adds round `round`'s repacked
+    /// upload as an identity shortcut (so the repack must be kept).
+    pub(super) fn repack_needed(&self, round: usize, from: usize) -> bool {
+        self.stages.iter().skip(from).any(|s| {
+            matches!(&s.shortcut, Some(Shortcut::RepackedIdentity { round: r, .. }) if *r == round)
+        })
+    }
+
     /// The client's steps after each stage.
     pub fn client_ops(&self) -> &[Vec<ClientOp>] {
         &self.client_ops
@@ -1263,7 +1357,7 @@ impl CompiledModel {
         }
         let mut out = stage.reference(&uploads[r])?;
         match &stage.shortcut {
-            Some(Shortcut::Identity { round }) => {
+            Some(Shortcut::Identity { round } | Shortcut::RepackedIdentity { round, .. }) => {
                 for (v, s) in out.iter_mut().zip(&uploads[*round]) {
                     *v += s;
                 }

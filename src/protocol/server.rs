@@ -310,7 +310,7 @@ impl Server<AwaitingUpload> {
         // every ciphertext a round returns is re-randomised and flooded
         // (PRIV-1) before it goes into the response.
         let result = RoundEvaluator::new(&self.ctx, keys, &self.model, &s.seed, release)
-            .and_then(|round| round.evaluate(r as usize, &s.history, &mut s.rng));
+            .and_then(|round| round.evaluate(r as usize, &mut s.history, &mut s.rng));
         let RoundOutput {
             ciphertexts,
             shuffle,
