@@ -157,6 +157,25 @@ fn residual_models_compile_and_run_encrypted() {
                 .count(),
             2
         );
+        // ENG-12: the identity operand is the stage's own repacked upload;
+        // the 1×1 projection, embedded in the 3×3 main conv's kernel frame,
+        // reads that conv's repack.
+        use engine::Shortcut;
+        let shortcuts: Vec<_> = compiled
+            .stages()
+            .iter()
+            .filter_map(|s| s.shortcut())
+            .collect();
+        assert!(
+            matches!(
+                shortcuts[..],
+                [
+                    Shortcut::RepackedIdentity { round: 1, .. },
+                    Shortcut::RepackedConv { round: 2, .. }
+                ]
+            ),
+            "{shortcuts:?}"
+        );
         let mut rng = safhire::rng::Csprng::from_seed([seed + 10; 16]);
         let input: Vec<i64> = (0..72).map(|_| rng.uniform_below(16) as i64).collect();
         let expected = model.evaluate(&input).unwrap();
@@ -187,18 +206,23 @@ fn resnet20_compiles_to_the_same_function() {
     let model = zoo::resnet20(1);
     let compiled = engine::compile(&f.ctx, &model).unwrap();
     // ENG-12: each of its seven identity shortcuts joins inside its
-    // stage's linear layer (a block's two convs share their input layout).
-    let repacked = compiled
-        .stages()
-        .iter()
-        .filter(|s| {
-            matches!(
-                s.shortcut(),
-                Some(engine::Shortcut::RepackedIdentity { .. })
-            )
-        })
-        .count();
-    assert_eq!(repacked, 7);
+    // stage's linear layer (a block's two convs share their input layout),
+    // and its two projections read their block's repack.
+    let count = |f: fn(&engine::Shortcut) -> bool| {
+        compiled
+            .stages()
+            .iter()
+            .filter(|s| s.shortcut().is_some_and(f))
+            .count()
+    };
+    assert_eq!(
+        count(|s| matches!(s, engine::Shortcut::RepackedIdentity { .. })),
+        7
+    );
+    assert_eq!(
+        count(|s| matches!(s, engine::Shortcut::RepackedConv { .. })),
+        2
+    );
     let mut rng = safhire::rng::Csprng::from_seed([6; 16]);
     let spec = model.input();
     let input: Vec<i64> = (0..spec.shape.len().unwrap())

@@ -55,7 +55,9 @@ fn transcript(input: &[i64]) -> (Vec<Vec<Ciphertext>>, Vec<i64>) {
             upload.iter().map(|c| c.expand(f.ctx.q())).collect(),
             previous.take(),
         ));
-        let round = evaluator.evaluate(r, &mut history, &mut server_rng).unwrap();
+        let round = evaluator
+            .evaluate(r, &mut history, &mut server_rng)
+            .unwrap();
         held = client_steps::client_values(
             &f.ctx,
             &f.sk,

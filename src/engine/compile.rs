@@ -251,37 +251,57 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
     Ok(compiled)
 }
 
-/// ENG-12: an identity shortcut whose operand's round repacked it into
-/// this stage's own input layout (the same placements: in ResNets the
-/// block's first conv has the shape of its second) is added inside the
-/// linear layer, as the identity conv in this stage's layout evaluated on
-/// that repack, instead of as a second term of every output-pack leaf:
-/// half the pack's rotate-adds for those outputs, and no upload sources in
-/// the pack. Taken only where the identity conv exists in the layout and
-/// the stage's noise factor with it stays within LIN-3's budget (the
-/// operand's noise is then a repacked input's, which LIN-3 charges with the
-/// identity's ‖ŵ‖₁ as it charges the stage's own weights); otherwise the
-/// shortcut stays as ENG-4 has it.
+/// ENG-12: shortcuts that read a repack the server already made.
+///
+/// An identity shortcut whose operand's round repacked it into this
+/// stage's own input layout (the same placements: in ResNets the block's
+/// first conv has the shape of its second) is added inside the linear
+/// layer, as the identity conv in this stage's layout evaluated on that
+/// repack, instead of as a second term of every output-pack leaf: half the
+/// pack's rotate-adds for those outputs, and no upload sources in the pack.
+/// A projection shortcut whose branch conv fits in the kernel frame of the
+/// conv that repacked its operand (a 1×1 stride-2 branch beside a 3×3
+/// stride-2 conv on the same block input) is laid out in that conv's layout
+/// and reads its repack instead of repacking the upload again; its outputs
+/// still join in the pack. Taken only where the layouts allow it and the
+/// stage's noise factor stays within LIN-3's budget (the operand's noise is
+/// then a repacked input's, which LIN-3 charges with the shortcut's ‖ŵ‖₁ as
+/// it charges the stage's own weights); otherwise the shortcut stays as
+/// ENG-4 has it.
 fn reuse_identity_repacks(ctx: &Context, stages: &mut [LinearStage]) -> Result<(), EngineError> {
     let budget = 1u128 << ctx.params().max_weight_l1_log2();
     for r in 0..stages.len() {
-        let Some(Shortcut::Identity { round }) = stages[r].shortcut else {
-            continue;
-        };
-        let (operand, stage) = (&stages[round], &stages[r]);
-        let same_layout = !operand.reads_upload_directly()
-            && !stage.reads_upload_directly()
-            && operand.input_ciphertexts() == stage.input_ciphertexts()
-            && operand.input_placements() == stage.input_placements();
-        if !same_layout {
-            continue;
-        }
-        let Some(identity) = stage.identity_in_layout(ctx).transpose()? else {
-            continue;
-        };
-        let shortcut = Shortcut::RepackedIdentity {
-            round,
-            stage: Box::new(identity),
+        let shortcut = match &stages[r].shortcut {
+            Some(Shortcut::Identity { round }) => {
+                let (operand, stage) = (&stages[*round], &stages[r]);
+                let Some(identity) = stage.identity_in_layout(ctx).transpose()? else {
+                    continue;
+                };
+                if !reads_the_repack_of(&identity, operand) {
+                    continue;
+                }
+                Shortcut::RepackedIdentity {
+                    round: *round,
+                    stage: Box::new(identity),
+                }
+            }
+            Some(Shortcut::Conv {
+                round,
+                stage: branch,
+            }) => {
+                let operand = &stages[*round];
+                let Some(conv) = branch.branch_in_layout_of(ctx, operand).transpose()? else {
+                    continue;
+                };
+                if !reads_the_repack_of(&conv, operand) {
+                    continue;
+                }
+                Shortcut::RepackedConv {
+                    round: *round,
+                    stage: Box::new(conv),
+                }
+            }
+            _ => continue,
         };
         let previous = stages[r].shortcut.replace(shortcut);
         if stages[r].noise_l1() > budget {
@@ -289,6 +309,16 @@ fn reuse_identity_repacks(ctx: &Context, stages: &mut [LinearStage]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether `stage` reads exactly what round `operand`'s repack produces:
+/// the same input ciphertexts and placements, neither reading its upload
+/// directly (ENG-10).
+fn reads_the_repack_of(stage: &LinearStage, operand: &LinearStage) -> bool {
+    !operand.reads_upload_directly()
+        && !stage.reads_upload_directly()
+        && operand.input_ciphertexts() == stage.input_ciphertexts()
+        && operand.input_placements() == stage.input_placements()
 }
 
 /// The stages `compile` has built so far, with the client's steps after

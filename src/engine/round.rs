@@ -110,6 +110,18 @@ fn evaluate_stage(
     Ok((outputs, kept))
 }
 
+/// ENG-12: round `operand`'s repacked upload, which round `round` adds;
+/// refused when it was not kept (the rounds did not run in order).
+fn kept_repack(
+    history: &[ReceivedUpload],
+    round: usize,
+    operand: usize,
+) -> Result<&[Ciphertext], EngineError> {
+    history[operand]
+        .repacked()
+        .ok_or(EngineError::RepackNotKept { round, operand })
+}
+
 /// The server's half of every round of one session: the context, the
 /// client's keys, the compiled model, the session's seed (σ_r) and how
 /// outputs are released, checked once when the evaluator is built (ENG-5,
@@ -223,13 +235,7 @@ impl<'a> RoundEvaluator<'a> {
             // The operand joins inside the linear layer (ENG-12): its
             // identity conv lands on this stage's output positions.
             let t = Instant::now();
-            let repacked = history[*round]
-                .repacked()
-                .ok_or(EngineError::RepackNotKept {
-                    round: r,
-                    operand: *round,
-                })?;
-            let operand = sc.encoded.evaluate(ctx, repacked);
+            let operand = sc.encoded.evaluate(ctx, kept_repack(history, r, *round)?);
             for (ct, x) in outputs.iter_mut().zip(&operand) {
                 ct.add_assign(ctx.q(), x);
             }
@@ -266,9 +272,21 @@ impl<'a> RoundEvaluator<'a> {
                     .collect();
                 (up.ciphertexts().to_vec(), refs)
             }
-            Some(Shortcut::Conv { round, stage: sc }) => {
-                let (out, _) =
-                    evaluate_stage(ctx, &packer, sc, &history[*round], &mut phases, false)?;
+            Some(
+                Shortcut::Conv { round, stage: sc } | Shortcut::RepackedConv { round, stage: sc },
+            ) => {
+                let out = if matches!(stage.shortcut, Some(Shortcut::RepackedConv { .. })) {
+                    // ENG-12: the branch reads round `round`'s kept repack.
+                    let t = Instant::now();
+                    let mut out = sc.encoded.evaluate(ctx, kept_repack(history, r, *round)?);
+                    for (ct, bias) in out.iter_mut().zip(&sc.bias) {
+                        ctx.add_plain(ct, bias);
+                    }
+                    phases.linear_ms += elapsed_ms(t);
+                    out
+                } else {
+                    evaluate_stage(ctx, &packer, sc, &history[*round], &mut phases, false)?.0
+                };
                 let refs = sc
                     .output_positions()
                     .into_iter()

@@ -103,6 +103,16 @@ pub enum Shortcut {
         /// The identity conv, encoded in this stage's layout.
         stage: Box<LinearStage>,
     },
+    /// ENG-12: the upload of `round` through a branch conv laid out in
+    /// round `round`'s stage layout (its kernel embedded in that stage's
+    /// kernel frame), evaluated on the ciphertexts that round repacked: a
+    /// projection shortcut without a repack of its own.
+    RepackedConv {
+        /// The earlier round whose repacked upload the conv reads.
+        round: usize,
+        /// The branch conv, encoded in round `round`'s stage layout.
+        stage: Box<LinearStage>,
+    },
     /// The upload of `round` through a branch conv (a projection shortcut).
     Conv {
         /// The earlier round whose upload the conv reads.
@@ -289,31 +299,102 @@ impl LinearStage {
         for ch in 0..c {
             weights[((ch * c + ch) * kh + kh / 2) * kw + kw / 2] = 1;
         }
+        let bias = vec![0; self.output_len];
+        Some(self.conv_in_this_layout(ctx, layout, weights, bias, 1, true))
+    }
+
+    /// ENG-12: this branch conv (a projection shortcut) laid out in
+    /// `main`'s conv layout, dilation and interleave, so that it reads the
+    /// ciphertexts `main`'s repack produces: its kernel embedded in
+    /// `main`'s kernel frame at offset d = p_main − p_branch on both axes
+    /// (input row s·y + d + i − p_main = s·y + i − p_branch: the same
+    /// inputs), zeros elsewhere. `None` unless both are convs of one input
+    /// shape, output channels, stride and output size, with the branch's
+    /// kernel inside `main`'s frame. Its fan-in stays the branch's own
+    /// (PROTO-6 counts the weights an attack must solve, not the zeros).
+    pub(super) fn branch_in_layout_of(
+        &self,
+        ctx: &Context,
+        main: &LinearStage,
+    ) -> Option<Result<Self, EngineError>> {
+        let (StageLayout::Conv(own, w), StageLayout::Conv(frame, _)) = (&self.layout, &main.layout)
+        else {
+            return None;
+        };
+        let (b, m) = (*own.shape(), *frame.shape());
+        let d = m.padding.checked_sub(b.padding)?;
+        let fits = b.in_channels == m.in_channels
+            && b.in_height == m.in_height
+            && b.in_width == m.in_width
+            && b.out_channels == m.out_channels
+            && b.stride == m.stride
+            && d + b.kernel_height <= m.kernel_height
+            && d + b.kernel_width <= m.kernel_width
+            && own.output_height() == frame.output_height()
+            && own.output_width() == frame.output_width()
+            && self.input_len == main.input_len;
+        if !fits {
+            return None;
+        }
+        let (kh, kw) = (m.kernel_height, m.kernel_width);
+        let mut weights = vec![0i64; m.out_channels * m.in_channels * kh * kw];
+        for o in 0..b.out_channels {
+            for c in 0..b.in_channels {
+                for i in 0..b.kernel_height {
+                    for j in 0..b.kernel_width {
+                        let from =
+                            ((o * b.in_channels + c) * b.kernel_height + i) * b.kernel_width + j;
+                        let to = ((o * m.in_channels + c) * kh + i + d) * kw + j + d;
+                        weights[to] = w[from];
+                    }
+                }
+            }
+        }
+        Some(main.conv_in_this_layout(
+            ctx,
+            frame,
+            weights,
+            self.bias_values.clone(),
+            self.fan_in,
+            self.public_weights,
+        ))
+    }
+
+    /// A conv stage with `weights` (OIHW, in the kernel frame of `layout`,
+    /// this stage's conv layout) and `bias_values` (per output, in output
+    /// order) in this stage's layout, dilation and interleave.
+    fn conv_in_this_layout(
+        &self,
+        ctx: &Context,
+        layout: &Conv2dLayout,
+        weights: Vec<i64>,
+        bias_values: Vec<i64>,
+        fan_in: usize,
+        public_weights: bool,
+    ) -> Result<Self, EngineError> {
         let dilated = Dilated {
             layout,
             dilation: self.dilation,
             interleave: self.interleave,
         };
-        let encoded = match EncodedLayer::new(ctx, &dilated, &weights) {
-            Ok(encoded) => encoded,
-            Err(e) => return Some(Err(e.into())),
-        };
-        Some(Ok(Self {
+        let encoded = EncodedLayer::new(ctx, &dilated, &weights)?;
+        let positions = self.output_positions();
+        Ok(Self {
             input_len: self.input_len,
             output_len: self.output_len,
-            bias: Vec::new(),
-            bias_values: vec![0; self.output_len],
+            bias: bias_polys(ctx, &positions, self.output_ciphertexts(), &bias_values),
+            bias_values,
             encoded,
-            independent_inputs: self.input_len,
-            fan_in: 1,
+            independent_inputs: self.independent_inputs,
+            fan_in,
             shortcut: None,
-            public_weights: true,
+            public_weights,
             sensitivity: 0.0,
             layout: StageLayout::Conv(layout.clone(), weights),
             dilation: self.dilation,
             interleave: self.interleave,
             reads_upload: None,
-        }))
+        })
     }
 
     /// A matrix–vector stage with at most `max_rows` rows per output
@@ -404,9 +485,11 @@ impl LinearStage {
         let extra = match &self.shortcut {
             None => 0,
             Some(Shortcut::Identity { .. }) => 1,
-            Some(Shortcut::RepackedIdentity { stage, .. } | Shortcut::Conv { stage, .. }) => {
-                stage.encoded.max_weight_l1()
-            }
+            Some(
+                Shortcut::RepackedIdentity { stage, .. }
+                | Shortcut::RepackedConv { stage, .. }
+                | Shortcut::Conv { stage, .. },
+            ) => stage.encoded.max_weight_l1(),
         };
         self.encoded.max_weight_l1() + extra
     }
@@ -435,7 +518,9 @@ impl LinearStage {
             return None;
         }
         let shortcut = match &self.shortcut {
-            Some(Shortcut::Conv { stage, .. }) => stage.fan_in,
+            Some(Shortcut::Conv { stage, .. } | Shortcut::RepackedConv { stage, .. }) => {
+                stage.fan_in
+            }
             _ => 0,
         };
         Some(match (&self.layout, unit) {
@@ -1172,7 +1257,11 @@ impl CompiledModel {
     /// upload as an identity shortcut (so the repack must be kept).
     pub(super) fn repack_needed(&self, round: usize, from: usize) -> bool {
         self.stages.iter().skip(from).any(|s| {
-            matches!(&s.shortcut, Some(Shortcut::RepackedIdentity { round: r, .. }) if *r == round)
+            matches!(
+                &s.shortcut,
+                Some(Shortcut::RepackedIdentity { round: r, .. } | Shortcut::RepackedConv { round: r, .. })
+                    if *r == round
+            )
         })
     }
 
@@ -1362,7 +1451,9 @@ impl CompiledModel {
                     *v += s;
                 }
             }
-            Some(Shortcut::Conv { round, stage: sc }) => {
+            Some(
+                Shortcut::Conv { round, stage: sc } | Shortcut::RepackedConv { round, stage: sc },
+            ) => {
                 for (v, s) in out.iter_mut().zip(sc.reference(&uploads[*round])?) {
                     *v += s;
                 }
