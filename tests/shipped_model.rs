@@ -83,6 +83,33 @@ fn encrypted_inference_of_the_shipped_model_is_exact() {
     }
 }
 
+/// Runs `compiled` encrypted on a random input in [0, 15] of length `len`
+/// (seeded by `seed`) and checks that its plaintext reference and its
+/// encrypted logits both equal the model's evaluator, bit for bit.
+fn assert_runs_exactly(model: &Model, compiled: &engine::CompiledModel, len: usize, seed: u8) {
+    let f = fixture("b16");
+    let mut rng = safhire::rng::Csprng::from_seed([seed; 16]);
+    let input: Vec<i64> = (0..len).map(|_| rng.uniform_below(16) as i64).collect();
+    let expected = model.evaluate(&input).unwrap();
+    assert_eq!(compiled.reference(&input).unwrap(), expected);
+    let keys = ServerKeys {
+        galois: &f.galois,
+        public: &f.pk,
+    };
+    let session = SessionSeed::from_bytes([seed; 32]);
+    let out = engine::run(
+        &f.ctx,
+        &f.sk,
+        keys,
+        compiled,
+        &input,
+        ShuffleUnit::Element,
+        &session,
+    )
+    .unwrap();
+    assert_eq!(out.logits, expected, "seed {seed}");
+}
+
 /// A small ResNet-style model with an identity and a projection shortcut
 /// and a standalone global pool.
 fn residual_model(seed: u8) -> safhire::model::Model {
@@ -176,26 +203,7 @@ fn residual_models_compile_and_run_encrypted() {
             ),
             "{shortcuts:?}"
         );
-        let mut rng = safhire::rng::Csprng::from_seed([seed + 10; 16]);
-        let input: Vec<i64> = (0..72).map(|_| rng.uniform_below(16) as i64).collect();
-        let expected = model.evaluate(&input).unwrap();
-        assert_eq!(compiled.reference(&input).unwrap(), expected);
-        let keys = ServerKeys {
-            galois: &f.galois,
-            public: &f.pk,
-        };
-        let session = SessionSeed::from_bytes([seed; 32]);
-        let out = engine::run(
-            &f.ctx,
-            &f.sk,
-            keys,
-            &compiled,
-            &input,
-            ShuffleUnit::Element,
-            &session,
-        )
-        .unwrap();
-        assert_eq!(out.logits, expected, "seed {seed}");
+        assert_runs_exactly(&model, &compiled, 72, seed + 10);
     }
 }
 
@@ -401,25 +409,7 @@ fn identity_shortcuts_reuse_the_repack_in_the_stage_layout() {
                 },
                 "kernel {second_kernel}: {shortcut:?}"
             );
-            let mut rng = safhire::rng::Csprng::from_seed([seed + 20; 16]);
-            let input: Vec<i64> = (0..144).map(|_| rng.uniform_below(16) as i64).collect();
-            let expected = model.evaluate(&input).unwrap();
-            assert_eq!(compiled.reference(&input).unwrap(), expected);
-            let keys = ServerKeys {
-                galois: &f.galois,
-                public: &f.pk,
-            };
-            let out = engine::run(
-                &f.ctx,
-                &f.sk,
-                keys,
-                &compiled,
-                &input,
-                ShuffleUnit::Element,
-                &SessionSeed::from_bytes([seed + 1; 32]),
-            )
-            .unwrap();
-            assert_eq!(out.logits, expected, "kernel {second_kernel}, seed {seed}");
+            assert_runs_exactly(&model, &compiled, 144, seed + 20);
         }
     }
 }
