@@ -156,6 +156,29 @@ pub enum PackError {
     },
 }
 
+/// The work one pack did, counted from its plan (proofs/packing.md, Lemma
+/// 4): what a time depends on, without a clock's noise. Sums over calls
+/// with `+=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackWork {
+    /// Key switches of tree nodes above the shared levels: one per
+    /// non-empty node.
+    pub node_key_switches: u64,
+    /// Key switches that made the shared levels' images (client-supplied
+    /// conjugates excluded).
+    pub image_key_switches: u64,
+    /// Monomial rotate-adds of the materialised leaves: 2^ℓ* per term.
+    pub rotate_adds: u64,
+}
+
+impl std::ops::AddAssign for PackWork {
+    fn add_assign(&mut self, other: Self) {
+        self.node_key_switches += other.node_key_switches;
+        self.image_key_switches += other.image_key_switches;
+        self.rotate_adds += other.rotate_adds;
+    }
+}
+
 /// One symbolic term `± X^exp · D_image(c_source)`.
 #[derive(Clone, Copy, Debug)]
 struct Term {
@@ -246,6 +269,15 @@ impl<'a> Packer<'a> {
         sources: &[PackSource<'_>],
         placements: &[Placement],
     ) -> Result<Vec<Ciphertext>, PackError> {
+        Ok(self.pack_with_work(sources, placements)?.0)
+    }
+
+    /// [`pack`](Self::pack), with the work it did.
+    pub fn pack_with_work(
+        &self,
+        sources: &[PackSource<'_>],
+        placements: &[Placement],
+    ) -> Result<(Vec<Ciphertext>, PackWork), PackError> {
         let sums: Vec<SumPlacement> = placements
             .iter()
             .map(|p| SumPlacement {
@@ -254,7 +286,7 @@ impl<'a> Packer<'a> {
                 position: p.position,
             })
             .collect();
-        self.pack_sums(sources, &sums)
+        self.pack_sums_with_work(sources, &sums)
     }
 
     /// Like [`pack`](Self::pack), each position receiving the sum of its
@@ -265,6 +297,15 @@ impl<'a> Packer<'a> {
         sources: &[PackSource<'_>],
         placements: &[SumPlacement],
     ) -> Result<Vec<Ciphertext>, PackError> {
+        Ok(self.pack_sums_with_work(sources, placements)?.0)
+    }
+
+    /// [`pack_sums`](Self::pack_sums), with the work it did.
+    pub fn pack_sums_with_work(
+        &self,
+        sources: &[PackSource<'_>],
+        placements: &[SumPlacement],
+    ) -> Result<(Vec<Ciphertext>, PackWork), PackError> {
         let n = self.ctx.n();
         let gamma = self.ctx.params().client_conjugate_levels();
         for (i, src) in sources.iter().enumerate() {
@@ -341,14 +382,27 @@ impl<'a> Packer<'a> {
             };
             (shared, sources)
         });
-        let images = Images::compute(self.ctx, self.keys, sources, gamma, &plans);
+        let (images, image_key_switches) =
+            Images::compute(self.ctx, self.keys, sources, gamma, &plans);
+        let mut work = PackWork {
+            image_key_switches,
+            ..PackWork::default()
+        };
+        for (s, &(shared, _)) in slots.iter().zip(&plans) {
+            let occupied: Vec<usize> = (0..n).filter(|&p| !s[p].is_empty()).collect();
+            let terms: u64 = s.iter().map(|v| v.len() as u64).sum();
+            let nodes = nodes_per_level(n, &occupied);
+            work.node_key_switches += nodes[(shared + 1) as usize..].iter().sum::<u64>();
+            work.rotate_adds += terms << shared;
+        }
         // Outputs in parallel, and inside each the two subtrees below every
         // tree node (src/par.rs, ENG-8): every node is computed with the
         // same arithmetic as the sequential tree, so the result does not
         // depend on the schedule.
-        Ok(par::map_range(slots.len(), |k| {
+        let packed = par::map_range(slots.len(), |k| {
             self.pack_one(&slots[k], &images, plans[k].0)
-        }))
+        });
+        Ok((packed, work))
     }
 
     fn pack_one(&self, slots: &[Vec<ValueRef>], images: &Images, shared: u32) -> Ciphertext {
@@ -637,14 +691,15 @@ struct Images {
 impl Images {
     /// Computes them in parallel, by the highest level t applies: an image
     /// is the level-(top+1) key switch of the image without its top bit,
-    /// computed in an earlier group.
+    /// computed in an earlier group. Also returns how many key switches
+    /// that took.
     fn compute(
         ctx: &Context,
         keys: &GaloisKeys,
         sources: &[PackSource<'_>],
         gamma: u32,
         plans: &[(u32, Vec<u32>)],
-    ) -> Self {
+    ) -> (Self, u64) {
         let width = 1usize << plans.iter().map(|p| p.0).max().unwrap_or(0);
         let mut needed = vec![false; sources.len() * width];
         for (shared, used) in plans {
@@ -658,6 +713,7 @@ impl Images {
             table: vec![None; sources.len() * width],
         };
         let q = ctx.q();
+        let mut key_switches = 0u64;
         for group in 0..=width.trailing_zeros() {
             let range = if group == 0 {
                 0..1
@@ -668,6 +724,17 @@ impl Images {
                 .flat_map(|s| range.clone().map(move |t| s * width + t))
                 .filter(|&i| needed[i])
                 .collect();
+            key_switches += todo
+                .iter()
+                .filter(|&&i| {
+                    let gamma_s = if sources[i / width].conjugates.is_empty() {
+                        0
+                    } else {
+                        gamma
+                    };
+                    i % width >= 1 << gamma_s
+                })
+                .count() as u64;
             let done = par::map_range(todo.len(), |k| {
                 {
                     let (s, t) = (todo[k] / width, todo[k] % width);
@@ -708,7 +775,7 @@ impl Images {
                 images.table[i] = Some(ct);
             }
         }
-        images
+        (images, key_switches)
     }
 
     fn get(&self, source: u32, image: u32) -> &Ciphertext {
@@ -760,6 +827,47 @@ mod tests {
     // same output ciphertexts, word for word, as the full leaves of
     // Lemma 2, at every ℓ* and chosen per output, for values from several
     // sources at random positions (one full output and one sparse one).
+    // The counted work is Lemma 4's (proofs/packing.md, its tables): a
+    // full output from one source at ℓ* = 4 takes 255 node and 15 image
+    // key switches and 4096·16 rotate-adds; a second output from the same
+    // source reuses the images; 512 values at 0..511 at ℓ* = 5 take
+    // 127 + 31 key switches and 512·32 rotate-adds.
+    #[test]
+    fn counted_work_is_lemma_4s() {
+        let ctx = Context::new(ParameterSet::shipped("b8").unwrap());
+        let n = ctx.n();
+        let mut rng = Csprng::from_seed([8; 16]);
+        let sk = SecretKey::generate(&ctx, &mut rng);
+        let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+        let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+        let ct = ctx.encrypt(&sk, &vec![1; n], &mut rng);
+        let sources = [PackSource::plain(&ct)];
+        let place = |count: usize, outputs: usize| -> Vec<Placement> {
+            (0..count * outputs)
+                .map(|k| Placement {
+                    value: ValueRef::new(0, (k * 5) % n),
+                    output: k / count,
+                    position: k % count,
+                })
+                .collect()
+        };
+        let at = |l| Packer::new(&ctx, &keys).with_shared_levels(l).unwrap();
+        let work = |l, count, outputs| {
+            at(l)
+                .pack_with_work(&sources, &place(count, outputs))
+                .unwrap()
+                .1
+        };
+        let expect = |node, image, rot| PackWork {
+            node_key_switches: node,
+            image_key_switches: image,
+            rotate_adds: rot,
+        };
+        assert_eq!(work(4, n, 1), expect(255, 15, 4096 * 16));
+        assert_eq!(work(4, n, 2), expect(510, 15, 2 * 4096 * 16));
+        assert_eq!(work(5, 512, 1), expect(127, 31, 512 * 32));
+    }
+
     #[test]
     fn slot_only_bodies_give_the_same_ciphertexts() {
         for set in ["b8", "s16"] {

@@ -310,6 +310,12 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
         // upload as it arrived (ENG-10).
         let repack = phases["repack"].as_f64().unwrap();
         assert_eq!(repack > 0.0, i < 2, "{r}");
+        // The counted work says the same, and every round output-packs.
+        let work = &r["pack_work"];
+        let switches = |part: &str| work[part]["node_key_switches"].as_f64().unwrap();
+        assert_eq!(switches("repack") > 0.0, i < 2, "{r}");
+        assert!(switches("pack") > 0.0, "{r}");
+        assert!(work["pack"]["rotate_adds"].as_f64().unwrap() > 0.0, "{r}");
     }
 
     let out = safhire(&["infer", "--images", "1"]);
@@ -336,6 +342,7 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
         "session setup: keys generated",
         "logits equal the plaintext reference: yes",
         "; kernels: ",
+        "packing work, counted",
     ] {
         assert!(stdout.contains(line), "bench omits {line:?}:\n{stdout}");
     }

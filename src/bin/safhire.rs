@@ -866,8 +866,21 @@ impl RoundTotals {
                 "sanitise": self.phases.sanitise_ms / c,
                 "decode_encode": self.other_ms() / c,
             },
+            "pack_work": {
+                "repack": work_json(&self.phases.repack_work, c),
+                "pack": work_json(&self.phases.pack_work, c),
+            },
         })
     }
+}
+
+/// A pack's counted work (mean over `c` sessions) as JSON.
+fn work_json(w: &safhire::pack::PackWork, c: f64) -> serde_json::Value {
+    serde_json::json!({
+        "node_key_switches": w.node_key_switches as f64 / c,
+        "image_key_switches": w.image_key_switches as f64 / c,
+        "rotate_adds": w.rotate_adds as f64 / c,
+    })
 }
 
 fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
@@ -1396,6 +1409,7 @@ fn bench(a: Args) -> CliResult {
             out.setup.client_ms,
             out.setup.server_ms.unwrap_or(0.0)
         );
+        let mut work = safhire::pack::PackWork::default();
         for (r, t) in round_totals.iter().enumerate() {
             println!(
                 "  round {}: server {:.1} ms = repack (unshuffle) {:.1} + linear {:.1} + output pack {:.1} + sanitise {:.1} + decode/encode {:.1}; client {:.1} ms",
@@ -1408,7 +1422,13 @@ fn bench(a: Args) -> CliResult {
                 t.other_ms(),
                 t.client_ms
             );
+            work += t.phases.repack_work;
+            work += t.phases.pack_work;
         }
+        println!(
+            "  packing work, counted (repacks and output packs): {} node and {} image key switches, {} rotate-adds",
+            work.node_key_switches, work.image_key_switches, work.rotate_adds
+        );
         if let Some((counts, times, profile, t1, all)) = &scaling {
             let base = median(&times[0]);
             println!(

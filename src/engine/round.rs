@@ -5,7 +5,7 @@
 use super::error::EngineError;
 use super::stage::{CompiledModel, LinearStage, ReceivedUpload, Release, Shortcut};
 use crate::extract::ValueRef;
-use crate::pack::{PackSource, Packer, Placement, SumPlacement};
+use crate::pack::{PackSource, PackWork, Packer, Placement, SumPlacement};
 use crate::protocol::client_steps::{output_stride, response_ciphertexts};
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, PublicKey};
 use crate::rng::{Csprng, Seed128};
@@ -29,6 +29,11 @@ pub struct RoundPhases {
     pub pack_ms: f64,
     /// Re-randomising and flooding every response ciphertext (PRIV-1).
     pub sanitise_ms: f64,
+    /// The repack's work (a projection shortcut's own repack included),
+    /// counted: comparable across machines and runs, unlike its time.
+    pub repack_work: PackWork,
+    /// The output pack's work, counted.
+    pub pack_work: PackWork,
 }
 
 impl RoundPhases {
@@ -43,6 +48,8 @@ impl RoundPhases {
         self.linear_ms += other.linear_ms;
         self.pack_ms += other.pack_ms;
         self.sanitise_ms += other.sanitise_ms;
+        self.repack_work += other.repack_work;
+        self.pack_work += other.pack_work;
     }
 }
 
@@ -94,7 +101,8 @@ fn evaluate_stage(
                     position: coeff,
                 })
                 .collect();
-            let mut repacked = packer.pack(&sources, &placements)?;
+            let (mut repacked, work) = packer.pack_with_work(&sources, &placements)?;
+            phases.repack_work += work;
             repacked.resize_with(stage.input_ciphertexts(), || ctx.zero_ciphertext());
             phases.repack_ms += elapsed_ms(t);
             t = Instant::now();
@@ -326,7 +334,8 @@ impl<'a> RoundEvaluator<'a> {
             .chain(&extra)
             .map(PackSource::plain)
             .collect();
-        let mut packed = packer.pack_sums(&out_sources, &placements)?;
+        let (mut packed, work) = packer.pack_sums_with_work(&out_sources, &placements)?;
+        phases.pack_work = work;
         packed.resize_with(response_ciphertexts(n, positions.len()), || {
             ctx.zero_ciphertext()
         });
