@@ -47,6 +47,16 @@ impl<'a> PackSource<'a> {
             conjugates: &[],
         }
     }
+
+    /// The levels whose images the client supplied: γ with conjugates,
+    /// else none (images t < 2^this are rescaled, not key-switched).
+    fn client_levels(&self, gamma: u32) -> u32 {
+        if self.conjugates.is_empty() {
+            0
+        } else {
+            gamma
+        }
+    }
 }
 
 /// Where one value goes: output ciphertext `output`, coefficient `position`.
@@ -726,20 +736,13 @@ impl Images {
                 .collect();
             key_switches += todo
                 .iter()
-                .filter(|&&i| {
-                    let gamma_s = if sources[i / width].conjugates.is_empty() {
-                        0
-                    } else {
-                        gamma
-                    };
-                    i % width >= 1 << gamma_s
-                })
+                .filter(|&&i| i % width >= 1 << sources[i / width].client_levels(gamma))
                 .count() as u64;
             let done = par::map_range(todo.len(), |k| {
                 {
                     let (s, t) = (todo[k] / width, todo[k] % width);
                     let src = &sources[s];
-                    let client_levels = if src.conjugates.is_empty() { 0 } else { gamma };
+                    let client_levels = src.client_levels(gamma);
                     if t < 1 << client_levels {
                         // Supplied by the client (or the source itself): only
                         // rescale, by N^-1, or 2^γ·N^-1 for conjugate-bearing
@@ -823,10 +826,6 @@ mod tests {
     use crate::rlwe::SecretKey;
     use crate::rng::Csprng;
 
-    // PACK-6: leaves whose bodies are summed only at their slots give the
-    // same output ciphertexts, word for word, as the full leaves of
-    // Lemma 2, at every ℓ* and chosen per output, for values from several
-    // sources at random positions (one full output and one sparse one).
     // The counted work is Lemma 4's (proofs/packing.md, its tables): a
     // full output from one source at ℓ* = 4 takes 255 node and 15 image
     // key switches and 4096·16 rotate-adds; a second output from the same
@@ -868,6 +867,10 @@ mod tests {
         assert_eq!(work(5, 512, 1), expect(127, 31, 512 * 32));
     }
 
+    // PACK-6: leaves whose bodies are summed only at their slots give the
+    // same output ciphertexts, word for word, as the full leaves of
+    // Lemma 2, at every ℓ* and chosen per output, for values from several
+    // sources at random positions (one full output and one sparse one).
     #[test]
     fn slot_only_bodies_give_the_same_ciphertexts() {
         for set in ["b8", "s16"] {

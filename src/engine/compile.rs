@@ -228,7 +228,7 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         // The model ends with a pool: its sums are the logits.
         b.push_pool(ctx, model, pool_layer, pool)?;
     }
-    reuse_identity_repacks(ctx, &mut b.stages)?;
+    reuse_repacks(ctx, &mut b.stages)?;
     let mut compiled = CompiledModel::assemble(ctx, model, b.stages, b.ops, b.stage_layers)?;
     compiled.self_check(model)?;
     let bounds = model.bounds();
@@ -268,42 +268,30 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
 /// then a repacked input's, which LIN-3 charges with the shortcut's ‖ŵ‖₁ as
 /// it charges the stage's own weights); otherwise the shortcut stays as
 /// ENG-4 has it.
-fn reuse_identity_repacks(ctx: &Context, stages: &mut [LinearStage]) -> Result<(), EngineError> {
+fn reuse_repacks(ctx: &Context, stages: &mut [LinearStage]) -> Result<(), EngineError> {
     let budget = 1u128 << ctx.params().max_weight_l1_log2();
+    type Wrap = fn(usize, Box<LinearStage>) -> Shortcut;
     for r in 0..stages.len() {
-        let shortcut = match &stages[r].shortcut {
+        let (round, candidate, wrap): (usize, _, Wrap) = match &stages[r].shortcut {
             Some(Shortcut::Identity { round }) => {
-                let (operand, stage) = (&stages[*round], &stages[r]);
-                let Some(identity) = stage.identity_in_layout(ctx).transpose()? else {
-                    continue;
-                };
-                if !reads_the_repack_of(&identity, operand) {
-                    continue;
-                }
-                Shortcut::RepackedIdentity {
-                    round: *round,
-                    stage: Box::new(identity),
-                }
+                (*round, stages[r].identity_in_layout(ctx), |round, stage| {
+                    Shortcut::RepackedIdentity { round, stage }
+                })
             }
-            Some(Shortcut::Conv {
-                round,
-                stage: branch,
-            }) => {
-                let operand = &stages[*round];
-                let Some(conv) = branch.branch_in_layout_of(ctx, operand).transpose()? else {
-                    continue;
-                };
-                if !reads_the_repack_of(&conv, operand) {
-                    continue;
-                }
-                Shortcut::RepackedConv {
-                    round: *round,
-                    stage: Box::new(conv),
-                }
-            }
+            Some(Shortcut::Conv { round, stage }) => (
+                *round,
+                stage.branch_in_layout_of(ctx, &stages[*round]),
+                |round, stage| Shortcut::RepackedConv { round, stage },
+            ),
             _ => continue,
         };
-        let previous = stages[r].shortcut.replace(shortcut);
+        let Some(conv) = candidate.transpose()? else {
+            continue;
+        };
+        if !reads_the_repack_of(&conv, &stages[round]) {
+            continue;
+        }
+        let previous = stages[r].shortcut.replace(wrap(round, Box::new(conv)));
         if stages[r].noise_l1() > budget {
             stages[r].shortcut = previous;
         }

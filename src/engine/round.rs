@@ -118,16 +118,27 @@ fn evaluate_stage(
     Ok((outputs, kept))
 }
 
-/// ENG-12: round `operand`'s repacked upload, which round `round` adds;
-/// refused when it was not kept (the rounds did not run in order).
-fn kept_repack(
+/// ENG-12: shortcut stage `sc` of round `round` evaluated, its bias added,
+/// on round `operand`'s kept repack; refused when that was not kept (the
+/// rounds did not run in order). Linear work.
+fn evaluate_on_kept_repack(
+    ctx: &Context,
+    sc: &LinearStage,
     history: &[ReceivedUpload],
     round: usize,
     operand: usize,
-) -> Result<&[Ciphertext], EngineError> {
-    history[operand]
+    phases: &mut RoundPhases,
+) -> Result<Vec<Ciphertext>, EngineError> {
+    let repacked = history[operand]
         .repacked()
-        .ok_or(EngineError::RepackNotKept { round, operand })
+        .ok_or(EngineError::RepackNotKept { round, operand })?;
+    let t = Instant::now();
+    let mut out = sc.encoded.evaluate(ctx, repacked);
+    for (ct, bias) in out.iter_mut().zip(&sc.bias) {
+        ctx.add_plain(ct, bias);
+    }
+    phases.linear_ms += elapsed_ms(t);
+    Ok(out)
 }
 
 /// The server's half of every round of one session: the context, the
@@ -196,8 +207,8 @@ impl<'a> RoundEvaluator<'a> {
     /// evaluate stage r, add its bias, any DP noise and any residual
     /// operand, shuffle with σ_r (none after the last stage), pack,
     /// sanitise. `history[j]` is upload j (`history.len() == r + 1`); the
-    /// round keeps its repack in `history[r]` while a round from r on adds
-    /// it as an identity shortcut (ENG-12), and drops the repacks of
+    /// round keeps its repack in `history[r]` while a round from r on reads
+    /// it for a shortcut (ENG-12), and drops the repacks of
     /// earlier rounds that no round from r on needs. Rounds run in order:
     /// a round whose shortcut's repack was never kept is refused
     /// ([`EngineError::RepackNotKept`]).
@@ -242,12 +253,10 @@ impl<'a> RoundEvaluator<'a> {
         if let Some(Shortcut::RepackedIdentity { round, stage: sc }) = &stage.shortcut {
             // The operand joins inside the linear layer (ENG-12): its
             // identity conv lands on this stage's output positions.
-            let t = Instant::now();
-            let operand = sc.encoded.evaluate(ctx, kept_repack(history, r, *round)?);
+            let operand = evaluate_on_kept_repack(ctx, sc, history, r, *round, &mut phases)?;
             for (ct, x) in outputs.iter_mut().zip(&operand) {
                 ct.add_assign(ctx.q(), x);
             }
-            phases.linear_ms += elapsed_ms(t);
         }
         let positions = stage.output_positions();
         let t = Instant::now();
@@ -284,14 +293,7 @@ impl<'a> RoundEvaluator<'a> {
                 Shortcut::Conv { round, stage: sc } | Shortcut::RepackedConv { round, stage: sc },
             ) => {
                 let out = if matches!(stage.shortcut, Some(Shortcut::RepackedConv { .. })) {
-                    // ENG-12: the branch reads round `round`'s kept repack.
-                    let t = Instant::now();
-                    let mut out = sc.encoded.evaluate(ctx, kept_repack(history, r, *round)?);
-                    for (ct, bias) in out.iter_mut().zip(&sc.bias) {
-                        ctx.add_plain(ct, bias);
-                    }
-                    phases.linear_ms += elapsed_ms(t);
-                    out
+                    evaluate_on_kept_repack(ctx, sc, history, r, *round, &mut phases)?
                 } else {
                     evaluate_stage(ctx, &packer, sc, &history[*round], &mut phases, false)?.0
                 };

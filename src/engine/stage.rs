@@ -129,7 +129,7 @@ pub struct ReceivedUpload {
     ciphertexts: Vec<Ciphertext>,
     arranged_by: Option<Permutation>,
     /// ENG-12: the upload repacked into its round's stage layout, kept
-    /// while a round not yet evaluated adds it as an identity shortcut.
+    /// while a round not yet evaluated reads it for a shortcut.
     repacked: Option<Vec<Ciphertext>>,
 }
 
@@ -159,7 +159,7 @@ impl ReceivedUpload {
     }
 
     /// ENG-12: the upload as its round's stage repacked it, if a later
-    /// (or the same) round's identity shortcut still needs it.
+    /// (or the same) round's shortcut still reads it.
     pub(super) fn repacked(&self) -> Option<&[Ciphertext]> {
         self.repacked.as_deref()
     }
@@ -1253,8 +1253,8 @@ impl CompiledModel {
         &self.stages
     }
 
-    /// ENG-12: whether a stage from `from` on adds round `round`'s repacked
-    /// upload as an identity shortcut (so the repack must be kept).
+    /// ENG-12: whether a stage from `from` on reads round `round`'s
+    /// repacked upload for a shortcut (so the repack must be kept).
     pub(super) fn repack_needed(&self, round: usize, from: usize) -> bool {
         self.stages.iter().skip(from).any(|s| {
             matches!(
