@@ -890,10 +890,13 @@ fn closest_columns(model: &Model) -> i64 {
 // differences 0 (each with probability ≤ 0.15): never, in practice.
 // Without noise the same model and path recover every column seen exactly
 // (round 0's probes now run too, so the budget is larger; the collection
-// stops at 18 distinct columns or its cap): at least 32 draws from 18
-// columns hit at least 8 of them but with probability ≤ C(18, 7)·(7/18)^32
-// < 3e-9, and all 18 are seen within the cap but with probability ≤ e^-10,
-// so the whole layer is asserted only when the report says so.
+// stops at 18 distinct columns or its cap). It may stop early: all 18 are
+// seen within 30 draws with probability ≈ 1 %, so the session count is
+// bounded only when it did not. Otherwise it ran past 32 draws, and at
+// least 32 draws from 18 columns hit at least 8 of them but with
+// probability ≤ C(18, 7)·(7/18)^32 < 3e-9; all 18 are seen within the cap
+// but with probability ≤ e^-10, so the whole layer is asserted only when
+// the report says so.
 #[test]
 fn noisy_blind_d_plus_one_reports_the_error_sigma_predicts() {
     let model = wide_logits();
@@ -947,12 +950,13 @@ fn noisy_blind_d_plus_one_reports_the_error_sigma_predicts() {
         (last.noisy_columns.clone(), last.weight_error),
         (None, None)
     );
-    assert!(last.sessions > sessions as u64, "{}", last.note);
     assert_eq!(last.weights.0 % rows, 0, "{}", last.note);
-    assert!(last.weights.0 >= 8 * rows, "{}", last.note);
     match last.outcome {
         Outcome::Recovered => assert_eq!(last.weights, (18 * rows, 18 * rows)),
-        Outcome::Partial => {}
+        Outcome::Partial => {
+            assert!(last.sessions > sessions as u64, "{}", last.note);
+            assert!(last.weights.0 >= 8 * rows, "{}", last.note);
+        }
         other => panic!("{other:?}: {}", last.note),
     }
 }
