@@ -376,13 +376,20 @@ fn conv_then_linear() -> Model {
 }
 
 // AUDIT-6: behind an element-shuffled round the logits' columns still fall,
-// one per session and in an unknown order. With 9 columns the collection
-// takes ≈ 9·H_9 ≈ 25 sessions; a budget of 300 leaves 272 after the bias
-// probe and round 0's 27, more than the tool's cap of ⌈9·(ln 9 + 10)⌉ + 1 =
-// 111 sessions (110 columns), so P[some column unseen] ≤ 9·(8/9)^110 <
-// 3e-5 (if two of the random columns coincide the collection is shorter). The audit would run the cheaper located
-// d + 1 here (AUDIT-9), so the blind one is asked for. A budget that stops
-// round 0 leaves the blind d + 1 as the only attack, and stops it too.
+// one per session and in an unknown order: each session's raised slot
+// lands on a uniform one of the 9 (distinct) columns, the base being the
+// bias probe's round-1 reading. The collection takes ≈ 9·H_9 ≈ 25
+// sessions and never fewer than 9, the floor asserted (exactly 9 when the
+// first nine draws are all different: 9!/9^9 ≈ 9.4e-4 of runs). A budget
+// of 300 leaves 272 after the bias probe and round 0's 27, more than the
+// tool's cap of ⌈9·(ln 9 + 10)⌉ + 1 = 111 column sessions, which miss some
+// column with probability 1.9e-5 (inclusion–exclusion; ≤ 9·(8/9)^111):
+// too often for CI, so the layer is asserted whole only when the report
+// says so. Otherwise the cap was reached, with 8 of the 9 columns seen but
+// with probability ≤ C(9, 7)·(7/9)^111 < 3e-11. The audit would run the
+// cheaper located d + 1 here (AUDIT-9), so the blind one is asked for. A
+// budget that stops round 0 leaves the blind d + 1 as the only attack, and
+// stops it too.
 #[test]
 fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
     let model = conv_then_linear();
@@ -390,9 +397,20 @@ fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
     let report = audit_with(&model, policy("element", 300, true), None, options).unwrap();
     let last = &report.stages[1];
     assert_eq!(last.attack, "blind d + 1");
-    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
-    assert_eq!(last.weights, (18, 18));
-    assert!(last.sessions >= 10, "{}", last.sessions);
+    match last.outcome {
+        Outcome::Recovered => assert_eq!(last.weights, (18, 18), "{}", last.note),
+        Outcome::Partial => {
+            assert_eq!(
+                (last.sessions, last.weights),
+                (111, (16, 18)),
+                "{}",
+                last.note
+            );
+            assert!(last.note.contains("session cap"), "{}", last.note);
+        }
+        other => panic!("{other:?}: {}", last.note),
+    }
+    assert!(last.sessions >= 9, "{}", last.note);
     // The first conv falls to the pixel probes too: on a 3×3 input every
     // pixel is an offset class of its own and every footprint overlaps, so
     // nine groups of three sessions.
