@@ -430,8 +430,11 @@ fn blind_d_plus_one_collects_the_columns_behind_element_shuffling() {
 // AUDIT-9: once round 0 is recovered, each session locates the slot of one
 // input of the logits' layer by its predicted value and raises it alone: a
 // column per session, at its position, the biases from the bias probe's
-// zero session, so d = 9 sessions against the blind d + 1's base and at
-// least one session per distinct column, measured on the same model. A
+// zero session, so d = 9 sessions, measured against the blind d + 1 on the
+// same model. That one draws a uniform column per session (its base is
+// the bias probe's too), so it takes more than 9 sessions unless its first
+// nine draws all differ (9!/9^9 ≈ 9.4e-4 of runs: a tie, allowed), and
+// stops short at its cap of 111 in 1.9e-5 of runs (see the test above). A
 // budget that covers round 0 but only 5 of the 9 columns stops it there,
 // and the report says so.
 #[test]
@@ -460,14 +463,13 @@ fn located_d_plus_one_takes_the_logits_behind_element_shuffling() {
     .unwrap();
     let blind_last = &blind.stages[1];
     assert_eq!(blind_last.attack, "blind d + 1");
-    assert_eq!(
-        blind_last.outcome,
-        Outcome::Recovered,
-        "{}",
-        blind_last.note
-    );
+    match blind_last.outcome {
+        Outcome::Recovered => assert_eq!(blind_last.weights, (18, 18)),
+        Outcome::Partial => assert_eq!(blind_last.sessions, 111, "{}", blind_last.note),
+        other => panic!("{other:?}: {}", blind_last.note),
+    }
     assert!(
-        last.sessions < blind_last.sessions,
+        last.sessions < blind_last.sessions || blind_last.sessions == 9,
         "located {} vs blind {}",
         last.sessions,
         blind_last.sessions
