@@ -510,13 +510,26 @@ fn shared_bias_on_three_rows() -> Model {
 // channel's 9 outputs are located (a slot counts only when its value is
 // the only one of its kind among the 27 received; a column is given up
 // after 8 sessions that miss, and with the target's value chosen far from
-// the others misses are rare), and the 18 columns
-// of the two open channels are collected blind, one slot no prediction
-// explains per session: ≈ 18·H_18 ≈ 63 sessions, capped at
-// 18·(ln 18 + 10) ≈ 233, which a budget of 500 covers (were the raised
-// slot uniform over the open positions, some column would stay unseen at
-// the cap with probability ≤ e^-10 ≈ 5e-5). The report says which columns
-// came from which.
+// the others a session misses with probability ≤ 0.063, simulated for each
+// of the 9 targets: 8 in a row < 1e-9), and the 18 columns of the two open
+// channels are collected blind, one slot no prediction explains per
+// session, picked at random: ≈ 18·H_18 ≈ 63 sessions, capped at
+// ⌈18·(ln 18 + 10)⌉ = 233, which a budget of 500 covers. Each open column
+// is drawn with probability between 0.99/18 and 1.02/18 per session
+// (simulated), so some column stays unseen at the cap in ≈ 3.0e-5 of runs:
+// too often for CI, so the logits are asserted whole only when the report
+// says so. Otherwise the cap was reached with 17 of the 18 seen, 16 or
+// fewer but with probability ≤ C(18, 2)·(1 − 1.98/18)^233 < 1e-9. The
+// report says which columns came from which.
+//
+// With its check image (the default) the conv is recovered whole, and
+// every column of the logits' layer is located, unless the one random 3×3
+// image fails to tell the two kernels sharing bias 4 apart: when the four
+// pixels a corner tap reads are all 0, the two kernels with that tap
+// swapped predict the same outputs (16^-4 per corner; 50 of 10^6 random
+// images leave some swap of theirs fitting, simulated). Then the report
+// must say the channel with a bias of its own is exact and the other two
+// have several solutions, and the logits are located + blind as above.
 #[test]
 fn located_d_plus_one_falls_back_to_blind_for_the_open_channels() {
     let model = shared_bias_on_three_rows();
@@ -526,24 +539,41 @@ fn located_d_plus_one_falls_back_to_blind_for_the_open_channels() {
     assert_eq!(first.outcome, Outcome::Partial, "{}", first.note);
     assert_eq!(first.weights.0, 9, "{}", first.note);
     assert_eq!(last.attack, "located + blind");
-    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
-    assert_eq!(last.weights, (4 * 27, 4 * 27));
     let columns = last.columns.expect("the column sources are reported");
     assert_eq!((columns.total, columns.located), (27, 9), "{}", last.note);
-    assert_eq!(columns.blind, 18, "{}", last.note);
+    match last.outcome {
+        Outcome::Recovered => {
+            assert_eq!(last.weights, (4 * 27, 4 * 27));
+            assert_eq!(columns.blind, 18, "{}", last.note);
+        }
+        Outcome::Partial => {
+            assert_eq!(last.weights, (4 * 26, 4 * 27), "{}", last.note);
+            assert_eq!((columns.blind, columns.blind_sessions), (17, 233));
+        }
+        other => panic!("{other:?}: {}", last.note),
+    }
     assert_eq!(
         last.sessions,
         columns.located_sessions + columns.blind_sessions
     );
     assert!(columns.blind_sessions >= 18, "{}", last.note);
     assert!(last.note.contains("2 open channel(s)"), "{}", last.note);
-    // With its check image (the default) the conv is recovered whole, and
-    // every column of the logits' layer is located.
     let report = audit(&model, policy("element", 500, true), None).unwrap();
     let (first, last) = (&report.stages[0], &report.stages[1]);
-    assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
     let columns = last.columns.expect("the column sources are reported");
-    assert_eq!((columns.located, columns.blind), (27, 0), "{}", last.note);
+    match first.outcome {
+        Outcome::Recovered => {
+            assert_eq!((columns.located, columns.blind), (27, 0), "{}", last.note)
+        }
+        Outcome::Partial => {
+            assert_eq!(first.weights.0, 9, "{}", first.note);
+            assert!(first.note.contains("random image"), "{}", first.note);
+            assert!(first.note.contains("solutions fit"), "{}", first.note);
+            assert_eq!(last.attack, "located + blind");
+            assert_eq!(columns.located, 9, "{}", last.note);
+        }
+        other => panic!("{other:?}: {}", first.note),
+    }
 }
 
 // PROTO-6, AUDIT-7 on ResNet-20 (slow: each audit runs one whole zero
