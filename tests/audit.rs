@@ -734,12 +734,17 @@ fn noisy_bias_estimate_averages_each_channels_copies() {
 // weight's value lies ≥ 15 − 7.4 from b̄ and every other value ≤ 7.4: all
 // are taken, each off by < 0.5·15, and the rest of the T taken read < 0.5
 // against reached zeros. A matching with every error < 0.5 exists, so the
-// sorted one has it too: all 36 round to their weight. σ = 1000: b̄ is
-// within 250 of the bias except with probability 2e^(−8) < 7e-4, about 39 %
-// of the 256 values have noise ≥ 855 (≥ 36 of them but with probability
-// ≈ e^(−32)), so every value taken is ≥ 500 from b̄ and reads ≥ 33 in
+// sorted one has it too: all 36 round to their weight. σ = 1000: each of
+// the probe's values is the bias plus v·w (|v·w| ≤ 105) plus its noise.
+// While b̄ is within 250 of the bias, the values whose noise is ≥ 855 in
+// magnitude (about 39 %) lie ≥ 500 from b̄, and fewer than 36 of the 256
+// are so with probability 2e-19 (binomial tail). b̄ (the base's noise,
+// independent of the probe's) is further off with probability ≤ 2e^(−8)
+// < 7e-4, and then the values whose noise is ≥ 395 on the side away from
+// b̄ (35 % each) lie ≥ 540 from it, fewer than 36 of them with probability
+// 3e-14. Either way every value taken is ≥ 500 from b̄ and reads ≥ 33 in
 // magnitude: each estimate is off by > 26, far worse than guessing 0
-// (largest |w| 7).
+// (largest |w| 7), but with probability < 1e-16.
 #[test]
 fn noisy_pixel_probes_read_the_first_conv_up_to_the_noise() {
     let model = four_channel_conv("equal-biases", 8, 39, [7, 7, 7, 7]);
@@ -787,12 +792,16 @@ fn second_conv_with_equal_biases() -> Model {
 // except with probability 2e^(−23.8): then the raised pixel's own weights
 // (zeros past the outputs it reaches) are within 7.4/15 < 0.5 of the
 // estimates one by one, and the best fit is no worse: the mean error is
-// below 0.5 with probability ≥ 1 − 1e-8. σ = 1000: b̄ is within 350 of the
-// bias except with probability 2e^(−12.25) < 1e-5, and about 39 % of the
-// 200 values have noise ≥ 855 (fewer than 18 of them with probability
-// ≈ e^(−20)), so every value taken is ≥ 400 from b̄ and reads ≥ 26 in
-// magnitude: off by > 19 per weight against any pixel, worse than
-// guessing 0.
+// below 0.5 with probability ≥ 1 − 2e-8 (200·2e^(−23.8) = 1.9e-8).
+// σ = 1000: b̄ is within 350 of the bias except with probability
+// 2e^(−12.25) < 1e-5, and then the values whose noise is ≥ 855 in
+// magnitude (about 39 % of the 200; fewer than 18 with probability 6e-23)
+// lie ≥ 400 from b̄ (|v·w| ≤ 105); when b̄ is further off (its noise is
+// the bias probe's, independent of the session's), the values whose noise
+// is ≥ 155 on the side away from b̄ (44 % each; fewer than 18 with
+// probability 2e-28) do. Either way every value taken is ≥ 400 from b̄ and
+// reads ≥ 26 in magnitude: off by > 19 per weight against any pixel, worse
+// than guessing 0.
 #[test]
 fn blind_noisy_probe_reads_a_second_conv_up_to_the_noise() {
     let model = second_conv_with_equal_biases();
@@ -953,12 +962,13 @@ fn closest_columns(model: &Model) -> i64 {
 // Without noise the same model and path recover every column seen exactly
 // (round 0's probes now run too, so the budget is larger; the collection
 // stops at 18 distinct columns or its cap). It may stop early: all 18 are
-// seen within 30 draws with probability ≈ 1 %, so the session count is
-// bounded only when it did not. Otherwise it ran past 32 draws, and at
-// least 32 draws from 18 columns hit at least 8 of them but with
-// probability ≤ C(18, 7)·(7/18)^32 < 3e-9; all 18 are seen within the cap
-// but with probability ≤ e^-10, so the whole layer is asserted only when
-// the report says so.
+// seen within 32 draws in 1.9 % of runs (inclusion–exclusion), so the
+// session count is bounded only when it did not. Otherwise it ran to the
+// cap of ⌈18·(ln 18 + 10)⌉ + 1 = 234 draws, past 32, and at least 32 draws
+// from 18 columns hit at least 8 of them but with probability
+// ≤ C(18, 7)·(7/18)^32 < 3e-9; all 18 are seen within the cap but with
+// probability 2.8e-5, so the whole layer is asserted only when the report
+// says so.
 #[test]
 fn noisy_blind_d_plus_one_reports_the_error_sigma_predicts() {
     let model = wide_logits();
