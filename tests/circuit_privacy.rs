@@ -132,9 +132,13 @@ fn flooding_hides_the_weights_in_the_noise_channel() {
 /// 2^(F−3), not the uniform noise of the same bound. 4096 coefficients of
 /// one flooded encryption of zero (fresh noise ≤ 2^4, negligible):
 /// * the sample variance is within 15% of σ_f² (its standard error is
-///   σ_f²·√(2/4096) ≈ 2.2%: a false failure needs a 6.8-sd deviation, < 1e-11);
+///   σ_f²·√(2/4096) ≈ 2.2%: a false failure needs a 6.8-sd deviation,
+///   4.2e-11 from the χ²(4095) tails);
 /// * the kurtosis is within 0.5 of a Gaussian's 3 (standard error
-///   √(24/4096) ≈ 0.077: 6.5 sd); uniform noise has 1.8 and fails;
+///   √(24/4096) ≈ 0.077, but the sample kurtosis is skewed right: above
+///   3.5 with probability 4.7e-8 by Anscombe and Glynn's approximation,
+///   which matches a simulation at 1e-3 and 1e-4; below 2.5, 6e-19); uniform
+///   noise has 1.8 and fails. Both sets: ≈ 1e-7 per run;
 /// * no coefficient reaches the bound 2^F = 8σ_f (P ≤ 4096·2^-49.5 < 2^-37).
 #[test]
 fn flooding_is_the_discrete_gaussian_of_the_set() {
