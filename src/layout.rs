@@ -995,6 +995,144 @@ pub fn conv2d_reference(
 }
 
 // ---------------------------------------------------------------------------
+// Strided convs over their input's phases (ENG-13)
+// ---------------------------------------------------------------------------
+
+/// ENG-13: a strided conv (stride s ≥ 2) as a stride-1 conv over its
+/// input's s² phases: phase (α, β) of channel c is the image
+/// `X[c, α, β][r, t] = x[c, s·r + α, s·t + β]` (0 past the input), a
+/// channel of its own, ⌈H/s⌉ × ⌈W/s⌉. Writing a kernel tap u − p as
+/// s·a + α, the strided output `y[i] = Σ_u w[u]·x[s·i + u − p]` reads
+/// `X[α][i + a]`: a stride-1 conv with padding p' = ⌈p/s⌉ and tap
+/// t = a + p' carrying `w[s·(t − p') + α + p]` (0 where that is not a tap).
+/// Its kernel is sized so that it has exactly the strided conv's outputs;
+/// every weight appears once, so the sums are the same bit for bit
+/// (proofs/pool-folding.md, "Strided convs over their phases").
+///
+/// A layout of the phase form has every output position densely, where a
+/// strided layout computes the stride-1 conv and keeps 1 in s² of its
+/// positions; which one a stage takes is priced (ENG-13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseSplit {
+    strided: Conv2dShape,
+    phases: Conv2dShape,
+}
+
+/// One axis of a [`PhaseSplit`]: (phase length ⌈len/s⌉, padding p',
+/// kernel k''), or `None` when the phase form cannot have the strided
+/// conv's `out` outputs with a kernel that holds every tap.
+fn phase_axis(
+    len: usize,
+    kernel: usize,
+    s: usize,
+    p: usize,
+    out: usize,
+) -> Option<(usize, usize, usize)> {
+    let len2 = len.div_ceil(s);
+    let pad2 = p.div_ceil(s);
+    // The last tap's phase offset a = ⌊(k − 1 − p)/s⌋ sits at t = a + p'.
+    let last = (kernel as i64 - 1 - p as i64).div_euclid(s as i64) + pad2 as i64;
+    let kernel2 = (len2 + 2 * pad2 + 1).checked_sub(out)?;
+    (last >= 0 && kernel2 as i64 > last).then_some((len2, pad2, kernel2))
+}
+
+impl PhaseSplit {
+    /// The phase form of `strided`; `None` for stride 1, an invalid shape,
+    /// or (not met by usual convs) a kernel that would not fit.
+    pub fn new(strided: Conv2dShape) -> Option<Self> {
+        let geo = strided.geometry().ok()?;
+        let s = strided.stride;
+        if s < 2 {
+            return None;
+        }
+        let p = strided.padding;
+        let (h, pad_h, kh) = phase_axis(strided.in_height, strided.kernel_height, s, p, geo.out_h)?;
+        let (w, pad_w, kw) = phase_axis(strided.in_width, strided.kernel_width, s, p, geo.out_w)?;
+        debug_assert_eq!(pad_h, pad_w);
+        let phases = Conv2dShape {
+            in_channels: strided.in_channels.checked_mul(s * s)?,
+            in_height: h,
+            in_width: w,
+            out_channels: strided.out_channels,
+            kernel_height: kh,
+            kernel_width: kw,
+            stride: 1,
+            padding: pad_h,
+        };
+        let g = phases.geometry().ok()?;
+        (g.out_h == geo.out_h && g.out_w == geo.out_w).then_some(Self { strided, phases })
+    }
+
+    /// The conv as stated (stride s).
+    pub fn strided(&self) -> &Conv2dShape {
+        &self.strided
+    }
+
+    /// The stride-1 conv over the phases: s²·C channels, phase c·s² + α·s + β.
+    pub fn phases(&self) -> &Conv2dShape {
+        &self.phases
+    }
+
+    /// The phase form's weights (OIHW) from the strided conv's.
+    pub fn weights(&self, weights: &[i64]) -> Result<Vec<i64>, LayoutError> {
+        let (a, b) = (&self.strided, &self.phases);
+        check_weights(a.geometry()?.weight_len, weights.len())?;
+        let s = a.stride as i64;
+        let shift = a.padding as i64 - b.padding as i64 * s;
+        let (kh, kw) = (b.kernel_height, b.kernel_width);
+        let mut out = vec![0i64; b.geometry()?.weight_len];
+        for o in 0..a.out_channels {
+            for c2 in 0..b.in_channels {
+                let (c, alpha, beta) = self.phase_of(c2);
+                for t in 0..kh {
+                    let u = s * t as i64 + alpha as i64 + shift;
+                    if !(0..a.kernel_height as i64).contains(&u) {
+                        continue;
+                    }
+                    for v in 0..kw {
+                        let x = s * v as i64 + beta as i64 + shift;
+                        if !(0..a.kernel_width as i64).contains(&x) {
+                            continue;
+                        }
+                        let from = ((o * a.in_channels + c) * a.kernel_height + u as usize)
+                            * a.kernel_width
+                            + x as usize;
+                        out[((o * b.in_channels + c2) * kh + t) * kw + v] = weights[from];
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// (channel c, row phase α, column phase β) of phase channel `c2`.
+    fn phase_of(&self, c2: usize) -> (usize, usize, usize) {
+        let s = self.strided.stride;
+        (c2 / (s * s), (c2 / s) % s, c2 % s)
+    }
+
+    /// The strided conv's flat input index that the phase form's input
+    /// `k` holds, or `None` for a phase position past the input (a 0).
+    pub fn source(&self, k: usize) -> Option<usize> {
+        let (a, b) = (&self.strided, &self.phases);
+        let (col, rest) = (k % b.in_width, k / b.in_width);
+        let (row, c2) = (rest % b.in_height, rest / b.in_height);
+        let (c, alpha, beta) = self.phase_of(c2);
+        let (y, x) = (a.stride * row + alpha, a.stride * col + beta);
+        (c < a.in_channels && y < a.in_height && x < a.in_width)
+            .then(|| (c * a.in_height + y) * a.in_width + x)
+    }
+
+    /// The phase form's input from the strided conv's.
+    pub fn gather(&self, input: &[i64]) -> Result<Vec<i64>, LayoutError> {
+        check_inputs(self.strided.geometry()?.input_len, input.len())?;
+        Ok((0..self.phases.geometry()?.input_len)
+            .map(|k| self.source(k).map_or(0, |i| input[i]))
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Matrix–vector product
 // ---------------------------------------------------------------------------
 
@@ -1757,6 +1895,33 @@ mod tests {
         })
     }
 
+    // ENG-13: the strided convs of the shipped models (ResNet stages and
+    // projections, the digits model's folded pool) have a phase form with
+    // dense outputs; stride 1 has none.
+    #[test]
+    fn shipped_strided_convs_have_a_phase_form() {
+        for (c, h, m, k, p) in [
+            (16, 32, 32, 3, 1),
+            (16, 32, 32, 1, 0),
+            (32, 16, 64, 3, 1),
+            (8, 8, 16, 6, 2),
+        ] {
+            let shape = conv_shape(c, h, h, m, (k, k), 2, p);
+            let split = PhaseSplit::new(shape).unwrap();
+            let phases = split.phases();
+            assert_eq!(
+                (phases.in_channels, phases.in_height, phases.stride),
+                (4 * c, h / 2, 1)
+            );
+            assert_eq!(phases.output_len().unwrap(), shape.output_len().unwrap());
+            assert_eq!(phases.input_len().unwrap(), shape.input_len().unwrap());
+        }
+        assert_eq!(
+            PhaseSplit::new(conv_shape(16, 32, 32, 16, (3, 3), 1, 1)),
+            None
+        );
+    }
+
     /// ENG-9: the layout's inputs and weight polynomials spread by
     /// `dilation` into ring degree `dilation·n`, multiplied there, and read
     /// at `dilation` times the layout's output positions. Every other
@@ -2069,6 +2234,42 @@ mod tests {
             );
             prop_assert_eq!(&dilated, &got);
             prop_assert_eq!(dilated, want);
+        }
+
+        /// (7) ENG-13: a strided conv's phase form, on the gathered input
+        /// with the rewritten weights, gives the strided conv's outputs bit
+        /// for bit, through the coefficient encoding too; its input is the
+        /// strided input once each, padded with zeros.
+        #[test]
+        fn prop_phase_split_matches_the_strided_conv((shape, n, input, weights) in conv_case()) {
+            let Some(split) = PhaseSplit::new(shape) else {
+                prop_assert!(shape.stride == 1 || shape.padding >= shape.kernel_height
+                    || shape.padding >= shape.kernel_width, "{:?}", shape);
+                return Ok(());
+            };
+            prop_assert!(shape.stride >= 2);
+            let want = conv2d_reference(&shape, &input, &weights).unwrap();
+            let (phased, w2) = (split.gather(&input).unwrap(), split.weights(&weights).unwrap());
+            prop_assert_eq!(&conv2d_reference(split.phases(), &phased, &w2).unwrap(), &want);
+            let mut seen = vec![0u8; input.len()];
+            for (k, &value) in phased.iter().enumerate() {
+                match split.source(k) {
+                    Some(i) => {
+                        seen[i] += 1;
+                        prop_assert_eq!(value, input[i]);
+                    }
+                    None => prop_assert_eq!(value, 0),
+                }
+            }
+            prop_assert!(seen.iter().all(|&c| c == 1));
+            prop_assert_eq!(w2.iter().filter(|&&w| w != 0).count(),
+                weights.iter().filter(|&&w| w != 0).count());
+            if let Ok(layout) = Conv2dLayout::new(*split.phases(), n) {
+                let (got, direct) = conv_pipeline(&layout, &phased, &w2);
+                let want: Vec<i128> = want.into_iter().map(i128::from).collect();
+                prop_assert_eq!(&direct, &want);
+                prop_assert_eq!(got, want);
+            }
         }
 
         /// (6) The same for matrix–vector products.

@@ -110,9 +110,9 @@ fn assert_runs_exactly(model: &Model, compiled: &engine::CompiledModel, len: usi
     assert_eq!(out.logits, expected, "seed {seed}");
 }
 
-/// A small ResNet-style model with an identity and a projection shortcut
-/// and a standalone global pool.
-fn residual_model(seed: u8) -> safhire::model::Model {
+/// A small ResNet-style model on 2 × `side` × `side` with an identity and
+/// a projection shortcut and a standalone global pool.
+fn residual_model(seed: u8, side: usize) -> safhire::model::Model {
     use safhire::model::{InputSpec, Layer, Model, Shape};
     let mut rng = safhire::rng::Csprng::from_seed([seed; 16]);
     let mut w =
@@ -161,7 +161,7 @@ fn residual_model(seed: u8) -> safhire::model::Model {
         },
     ];
     let spec = InputSpec {
-        shape: Shape::new(2, 6, 6),
+        shape: Shape::new(2, side, side),
         min: 0,
         max: 15,
     };
@@ -174,7 +174,7 @@ fn residual_model(seed: u8) -> safhire::model::Model {
 fn residual_models_compile_and_run_encrypted() {
     let f = fixture("b16");
     for seed in 0..3u8 {
-        let model = residual_model(seed);
+        let model = residual_model(seed, 6);
         let compiled = engine::compile(&f.ctx, &model).unwrap();
         assert_eq!(
             compiled
@@ -240,6 +240,72 @@ fn resnet20_compiles_to_the_same_function() {
         compiled.reference(&input).unwrap(),
         model.evaluate(&input).unwrap()
     );
+}
+
+// ENG-13: ResNet-20's two stride-2 convs price lower as stride-1 convs
+// over their input's four phases, and the projections that ENG-12 embeds
+// in their kernel frames are rewritten with them; every stage still
+// reports the conv as stated (stride 2, its own fan-in). A small residual
+// model's stride-2 block and projection do the same and run encrypted bit
+// for bit (as does the digits model's folded pool, a 6×6 stride-2 conv
+// over its phases, in `encrypted_inference_of_the_shipped_model_is_exact`).
+#[test]
+fn strided_convs_run_over_their_phases() {
+    let f = fixture("b16");
+    let compiled = engine::compile(&f.ctx, &safhire::model::zoo::resnet20(1)).unwrap();
+    let strided: Vec<usize> = (0..compiled.stages().len())
+        .filter(|&r| {
+            compiled.stages()[r]
+                .conv_shape()
+                .is_some_and(|s| s.stride == 2)
+        })
+        .collect();
+    assert_eq!(strided.len(), 2, "{strided:?}");
+    for &r in &strided {
+        let stage = &compiled.stages()[r];
+        assert!(stage.evaluates_phases(), "stage {r}");
+        assert_eq!(stage.conv_shape().unwrap().kernel_height, 3);
+    }
+    let projections: Vec<_> = compiled
+        .stages()
+        .iter()
+        .filter_map(|s| match s.shortcut() {
+            Some(engine::Shortcut::RepackedConv { round, stage }) => Some((*round, stage)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(projections.len(), 2);
+    for (round, branch) in projections {
+        assert!(strided.contains(&round), "reads round {round}");
+        assert!(branch.evaluates_phases());
+        assert_eq!(branch.conv_shape().unwrap().stride, 2);
+    }
+    assert!(compiled
+        .stages()
+        .iter()
+        .filter(|s| s.conv_shape().is_some_and(|c| c.stride == 1))
+        .all(|s| !s.evaluates_phases()));
+
+    let digits = engine::compile(&f.ctx, &Model::from_json(MODEL).unwrap()).unwrap();
+    assert_eq!(digits.stages()[1].conv_shape().unwrap().stride, 2);
+    assert!(digits.stages()[1].evaluates_phases());
+
+    // On 2×12×12 the block's 4 → 8 stride-2 conv prices lower over its
+    // phases (on 2×6×6 it does not), and its projection reads that repack.
+    for seed in 3..5u8 {
+        let model = residual_model(seed, 12);
+        let compiled = engine::compile(&f.ctx, &model).unwrap();
+        let stage = &compiled.stages()[2];
+        assert_eq!(stage.conv_shape().unwrap().stride, 2);
+        assert!(stage.evaluates_phases(), "seed {seed}");
+        match compiled.stages()[3].shortcut() {
+            Some(engine::Shortcut::RepackedConv { round: 2, stage }) => {
+                assert!(stage.evaluates_phases())
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+        assert_runs_exactly(&model, &compiled, 2 * 12 * 12, seed + 20);
+    }
 }
 
 // PROTO-6: ResNet-20's cheapest stage under element shuffling is its stem

@@ -10,7 +10,7 @@ use super::error::{CompileError, CompileProblem, EngineError};
 use crate::extract::ValueRef;
 use crate::layout::{
     conv2d_reference, dilate_polynomial, matvec_reference, Conv2dLayout, Conv2dShape,
-    InputPlacement, LayoutError, MatVecLayout, MatVecShape,
+    InputPlacement, LayoutError, MatVecLayout, MatVecShape, PhaseSplit,
 };
 use crate::linear::{CoefficientLayout, EncodedLayer, LinearError};
 use crate::pack::{pack_price, PackError};
@@ -63,6 +63,19 @@ pub struct LinearStage {
     /// ENG-10: a mat-vec stage that reads its upload as it arrived, with
     /// the weights' columns permuted per round, instead of repacking it.
     reads_upload: Option<UploadRead>,
+    /// ENG-13: a strided conv evaluated as a stride-1 conv over its
+    /// input's phases; `layout` then holds the phase form's layout and
+    /// weights.
+    phases: Option<Box<Phased>>,
+}
+
+/// ENG-13: a strided conv as the model states it, evaluated in its phase
+/// form: what the audit, PROTO-6 and the threat model see.
+#[derive(Debug)]
+struct Phased {
+    split: PhaseSplit,
+    /// The strided conv's weights, OIHW.
+    weights: Vec<i64>,
 }
 
 /// ENG-10: how a mat-vec stage reads its upload without a repack. The
@@ -233,12 +246,35 @@ impl LinearStage {
         stage: usize,
         max_stack: usize,
     ) -> Result<Self, EngineError> {
+        let direct = priced_conv_layer(ctx, shape, weights, max_stack, None)?;
+        // ENG-13: the phase form when it prices lower at no more noise; a
+        // phase form that does not lay out is not taken (the direct one is
+        // exact either way).
+        let phased = PhaseSplit::new(shape).and_then(|split| {
+            let w = split.weights(weights).ok()?;
+            let choice =
+                priced_conv_layer(ctx, *split.phases(), &w, max_stack, Some(&split)).ok()?;
+            let better = choice.price < direct.price
+                && choice.encoded.max_weight_l1() <= direct.encoded.max_weight_l1();
+            better.then_some((choice, w, split))
+        });
+        let (choice, evaluated_weights, phases) = match phased {
+            Some((choice, w, split)) => {
+                let stated = Phased {
+                    split,
+                    weights: weights.to_vec(),
+                };
+                (choice, w, Some(Box::new(stated)))
+            }
+            None => (direct, weights.to_vec(), None),
+        };
         let ConvChoice {
             layout,
             dilation,
             interleave,
             encoded,
-        } = priced_conv_layer(ctx, shape, weights, max_stack)?;
+            price: _,
+        } = choice;
         let positions = place_outputs(layout.output_positions(), dilation, interleave);
         let per_channel = layout.output_height() * layout.output_width();
         check_bias(bias, shape.out_channels, stage)?;
@@ -261,10 +297,11 @@ impl LinearStage {
             shortcut: None,
             public_weights: false,
             sensitivity: 0.0,
-            layout: StageLayout::Conv(layout, weights.to_vec()),
+            layout: StageLayout::Conv(layout, evaluated_weights),
             dilation,
             interleave,
             reads_upload: None,
+            phases,
         })
     }
 
@@ -279,6 +316,10 @@ impl LinearStage {
         let StageLayout::Conv(layout, _) = &self.layout else {
             return None;
         };
+        // A phase form (ENG-13) is a strided conv: no position maps to itself.
+        if self.phases.is_some() {
+            return None;
+        }
         let shape = *layout.shape();
         let (kh, kw) = (shape.kernel_height, shape.kernel_width);
         let maps_to_itself = shape.in_channels == shape.out_channels
@@ -300,7 +341,7 @@ impl LinearStage {
             weights[((ch * c + ch) * kh + kh / 2) * kw + kw / 2] = 1;
         }
         let bias = vec![0; self.output_len];
-        Some(self.conv_in_this_layout(ctx, layout, weights, bias, 1, true))
+        Some(self.conv_in_this_layout(ctx, layout, weights, bias, 1, true, None))
     }
 
     /// ENG-12: this branch conv (a projection shortcut) laid out in
@@ -317,11 +358,10 @@ impl LinearStage {
         ctx: &Context,
         main: &LinearStage,
     ) -> Option<Result<Self, EngineError>> {
-        let (StageLayout::Conv(own, w), StageLayout::Conv(frame, _)) = (&self.layout, &main.layout)
-        else {
+        let ((b, w), (m, _)) = (self.conv_as_stated()?, main.conv_as_stated()?);
+        let StageLayout::Conv(frame, _) = &main.layout else {
             return None;
         };
-        let (b, m) = (*own.shape(), *frame.shape());
         let d = m.padding.checked_sub(b.padding)?;
         let fits = b.in_channels == m.in_channels
             && b.in_height == m.in_height
@@ -330,8 +370,8 @@ impl LinearStage {
             && b.stride == m.stride
             && d + b.kernel_height <= m.kernel_height
             && d + b.kernel_width <= m.kernel_width
-            && own.output_height() == frame.output_height()
-            && own.output_width() == frame.output_width()
+            && b.output_height().ok()? == m.output_height().ok()?
+            && b.output_width().ok()? == m.output_width().ok()?
             && self.input_len == main.input_len;
         if !fits {
             return None;
@@ -350,19 +390,48 @@ impl LinearStage {
                 }
             }
         }
+        // In `main`'s phase form (ENG-13) when it has one: the embedded
+        // kernel is a strided conv of `main`'s shape.
+        let (evaluated, phases) = match &main.phases {
+            None => (weights, None),
+            Some(p) => match p.split.weights(&weights) {
+                Ok(w) => (
+                    w,
+                    Some(Box::new(Phased {
+                        split: p.split,
+                        weights,
+                    })),
+                ),
+                Err(e) => return Some(Err(e.into())),
+            },
+        };
         Some(main.conv_in_this_layout(
             ctx,
             frame,
-            weights,
+            evaluated,
             self.bias_values.clone(),
             self.fan_in,
             self.public_weights,
+            phases,
         ))
+    }
+
+    /// The conv as the model states it, with its OIHW weights: the strided
+    /// conv of a phase form (ENG-13), else the layout's own; `None` for a
+    /// mat-vec.
+    fn conv_as_stated(&self) -> Option<(Conv2dShape, &[i64])> {
+        match (&self.layout, &self.phases) {
+            (StageLayout::Conv(..), Some(p)) => Some((*p.split.strided(), &p.weights)),
+            (StageLayout::Conv(l, w), None) => Some((*l.shape(), w)),
+            (StageLayout::MatVec(..), _) => None,
+        }
     }
 
     /// A conv stage with `weights` (OIHW, in the kernel frame of `layout`,
     /// this stage's conv layout) and `bias_values` (per output, in output
-    /// order) in this stage's layout, dilation and interleave.
+    /// order) in this stage's layout, dilation and interleave; `phases`
+    /// (ENG-13) when `layout` is a phase form.
+    #[allow(clippy::too_many_arguments)]
     fn conv_in_this_layout(
         &self,
         ctx: &Context,
@@ -371,6 +440,7 @@ impl LinearStage {
         bias_values: Vec<i64>,
         fan_in: usize,
         public_weights: bool,
+        phases: Option<Box<Phased>>,
     ) -> Result<Self, EngineError> {
         let dilated = Dilated {
             layout,
@@ -394,6 +464,7 @@ impl LinearStage {
             dilation: self.dilation,
             interleave: self.interleave,
             reads_upload: None,
+            phases,
         })
     }
 
@@ -437,6 +508,7 @@ impl LinearStage {
             dilation,
             interleave: 1,
             reads_upload,
+            phases: None,
         })
     }
 
@@ -450,10 +522,14 @@ impl LinearStage {
     /// included), or `None` for a matrix–vector stage. Architecture, not
     /// weights: what a client can learn by probing (spec/threat-model.md).
     pub fn conv_shape(&self) -> Option<Conv2dShape> {
-        match &self.layout {
-            StageLayout::Conv(l, _) => Some(*l.shape()),
-            StageLayout::MatVec(..) => None,
-        }
+        self.conv_as_stated().map(|(shape, _)| shape)
+    }
+
+    /// ENG-13: whether this strided conv is evaluated as a stride-1 conv
+    /// over its input's phases ([`PhaseSplit`]); [`conv_shape`](Self::conv_shape)
+    /// is the strided conv either way.
+    pub fn evaluates_phases(&self) -> bool {
+        self.phases.is_some()
     }
 
     /// The stage as a matrix–vector product, or `None` for a convolution.
@@ -467,8 +543,9 @@ impl LinearStage {
     /// The stage's weights as evaluated (OIHW or row-major; a folded pool
     /// repeats them) and its bias per output value: the audit's ground truth.
     pub(crate) fn weights_and_bias(&self) -> (&[i64], &[i64]) {
-        let w = match &self.layout {
-            StageLayout::Conv(_, w) | StageLayout::MatVec(_, w) => w,
+        let w = match (&self.layout, &self.phases) {
+            (_, Some(p)) => &p.weights,
+            (StageLayout::Conv(_, w) | StageLayout::MatVec(_, w), None) => w,
         };
         (w, &self.bias_values)
     }
@@ -587,14 +664,18 @@ impl LinearStage {
         match &self.layout {
             StageLayout::Conv(l, _) => {
                 let shape = l.shape();
+                // ENG-13: a phase form's input k holds the strided input
+                // `source(k)`, or a 0 past it (placed by no one).
+                let split = self.phases.as_ref().map(|p| &p.split);
                 l.input_placements()
                     .iter()
-                    .map(|p| {
-                        (
-                            (p.channel * shape.in_height + p.row) * shape.in_width + p.col,
-                            p.ciphertext,
-                            p.coefficient * s,
-                        )
+                    .filter_map(|p| {
+                        let k = (p.channel * shape.in_height + p.row) * shape.in_width + p.col;
+                        let k = match split {
+                            Some(split) => split.source(k)?,
+                            None => k,
+                        };
+                        Some((k, p.ciphertext, p.coefficient * s))
                     })
                     .collect()
             }
@@ -686,9 +767,14 @@ impl LinearStage {
     /// The plaintext integer result of this stage (the reference), from
     /// the direct convolution / product, independent of the layout.
     pub fn reference(&self, input: &[i64]) -> Result<Vec<i64>, EngineError> {
-        let mut out = match &self.layout {
-            StageLayout::Conv(l, w) => conv2d_reference(l.shape(), input, w)?,
-            StageLayout::MatVec(l, w) => matvec_reference(l.shape(), input, w)?,
+        // A phase form (ENG-13) as evaluated, on the gathered input, so
+        // that the compile's self-check (ENG-3) holds the rewrite too.
+        let mut out = match (&self.layout, &self.phases) {
+            (StageLayout::Conv(l, w), Some(p)) => {
+                conv2d_reference(l.shape(), &p.split.gather(input)?, w)?
+            }
+            (StageLayout::Conv(l, w), None) => conv2d_reference(l.shape(), input, w)?,
+            (StageLayout::MatVec(l, w), _) => matvec_reference(l.shape(), input, w)?,
         };
         for (v, b) in out.iter_mut().zip(&self.bias_values) {
             *v += b;
@@ -820,11 +906,29 @@ fn transforms_price(ins: usize, outs: usize) -> u64 {
 /// repack of its upload (`response_ciphertexts` of the input values;
 /// σ_(r−1) changes no count) into the layout's input ciphertexts. An
 /// estimate that picks the layout, never a result.
-fn conv_repack_price(ctx: &Context, layout: &Conv2dLayout, dilation: usize) -> u64 {
-    let values = layout.shape().input_len().unwrap_or(ctx.n());
+/// A phase form's (ENG-13) upload is the strided conv's input, and its
+/// positions past that input stay empty.
+fn conv_repack_price(
+    ctx: &Context,
+    layout: &Conv2dLayout,
+    dilation: usize,
+    split: Option<&PhaseSplit>,
+) -> u64 {
+    let shape = *layout.shape();
+    let values = split
+        .map_or(shape, |s| *s.strided())
+        .input_len()
+        .unwrap_or(ctx.n());
+    let mut placements = layout.input_placements();
+    if let Some(split) = split {
+        placements.retain(|p| {
+            let k = (p.channel * shape.in_height + p.row) * shape.in_width + p.col;
+            split.source(k).is_some()
+        });
+    }
     repack_price(
         ctx,
-        &layout.input_placements(),
+        &placements,
         layout.input_ciphertexts(),
         dilation,
         values,
@@ -865,6 +969,8 @@ struct ConvChoice {
     dilation: usize,
     interleave: usize,
     encoded: EncodedLayer,
+    /// Its server work in PACK-2's unit (ENG-9).
+    price: u64,
 }
 
 /// ENG-9, ENG-11: a conv stage laid out for the ring degree n' = N/s (a
@@ -885,6 +991,7 @@ fn priced_conv_layer(
     shape: Conv2dShape,
     weights: &[i64],
     max_stack: usize,
+    split: Option<&PhaseSplit>,
 ) -> Result<ConvChoice, EngineError> {
     let n = ctx.n();
     let released = shape.output_len()?;
@@ -895,7 +1002,7 @@ fn priced_conv_layer(
         Err(e) => return Err(e.into()),
     };
     let stack_at_n = full.output_channels_per_ciphertext().min(max_stack);
-    let full_price = conv_repack_price(ctx, &full, 1)
+    let full_price = conv_repack_price(ctx, &full, 1, split)
         + conv_product_price(
             ctx,
             full.input_ciphertexts(),
@@ -916,7 +1023,7 @@ fn priced_conv_layer(
         let dilation = n / degree;
         for layout in alternatives {
             let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
-            let repack = conv_repack_price(ctx, &layout, dilation);
+            let repack = conv_repack_price(ctx, &layout, dilation, split);
             let widest = dilation
                 .min(outs)
                 .min(stack_at_n / layout.output_channels_per_ciphertext())
@@ -947,7 +1054,7 @@ fn priced_conv_layer(
             std::cmp::Reverse(interleave),
         )
     });
-    for (_, dilation, interleave, index) in candidates {
+    for (price, dilation, interleave, index) in candidates {
         let dilated = Dilated {
             layout: &layouts[index],
             dilation,
@@ -964,6 +1071,7 @@ fn priced_conv_layer(
                     dilation,
                     interleave,
                     encoded,
+                    price,
                 })
             }
             Ok(_) | Err(LinearError::NoiseBudget { .. }) => {}
@@ -979,6 +1087,7 @@ fn priced_conv_layer(
         dilation: 1,
         interleave: 1,
         encoded,
+        price: full_price,
     })
 }
 
@@ -1511,18 +1620,18 @@ mod tests {
                 .unwrap()
                 .max_weight_l1();
             let released = shape.output_len().unwrap();
-            let full_price = conv_repack_price(&ctx, &full, 1)
+            let full_price = conv_repack_price(&ctx, &full, 1, None)
                 + conv_product_price(
                     &ctx,
                     full.input_ciphertexts(),
                     full.output_ciphertexts(),
                     released,
                 );
-            let choice = priced_conv_layer(&ctx, shape, &weights, usize::MAX).unwrap();
+            let choice = priced_conv_layer(&ctx, shape, &weights, usize::MAX, None).unwrap();
             let (s, k) = (choice.dilation, choice.interleave);
             assert!(s > 1 && k > 1 && k <= s, "{shape:?}: s = {s}, k = {k}");
             let outs = choice.layout.output_ciphertexts().div_ceil(k);
-            let price = conv_repack_price(&ctx, &choice.layout, s)
+            let price = conv_repack_price(&ctx, &choice.layout, s, None)
                 + conv_product_price(&ctx, choice.layout.input_ciphertexts(), outs, released);
             assert!(price < full_price, "{shape:?}: {price} vs {full_price}");
             assert!(
