@@ -948,6 +948,12 @@ impl Conv2dLayout {
 
 /// Direct integer Conv2d (the oracle): `input` in `[C][H][W]`, `weights` in
 /// `[M][C][kh][kw]` row-major order; returns `[M][Ho][Wo]`.
+///
+/// Exact: where max |x| · max_o Σ|w_o| fits an `i64`, no partial sum can
+/// leave it, so the sums run in `i64` tap by tap over whole output rows
+/// (the compile's self-check and the plaintext baseline run this on whole
+/// models); otherwise every product and sum is checked in `i128`, and a
+/// result outside `i64` is [`LayoutError::ArithmeticOverflow`].
 pub fn conv2d_reference(
     shape: &Conv2dShape,
     input: &[i64],
@@ -956,6 +962,83 @@ pub fn conv2d_reference(
     let geo = shape.geometry()?;
     check_inputs(geo.input_len, input.len())?;
     check_weights(geo.weight_len, weights.len())?;
+    let max_x = u128::from(input.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0));
+    let per_output = shape.in_channels * shape.kernel_height * shape.kernel_width;
+    let max_l1 = weights
+        .chunks(per_output.max(1))
+        .map(|w| w.iter().map(|x| u128::from(x.unsigned_abs())).sum::<u128>())
+        .max()
+        .unwrap_or(0);
+    if max_x.saturating_mul(max_l1) <= i64::MAX as u128 {
+        Ok(conv2d_in_i64(shape, &geo, input, weights))
+    } else {
+        conv2d_checked(shape, &geo, input, weights)
+    }
+}
+
+/// [`conv2d_reference`] where no partial sum can leave `i64`: for each
+/// weight, its products added to the output rows it reaches.
+fn conv2d_in_i64(
+    shape: &Conv2dShape,
+    geo: &ConvGeometry,
+    input: &[i64],
+    weights: &[i64],
+) -> Vec<i64> {
+    let (c_in, h, w) = (shape.in_channels, shape.in_height, shape.in_width);
+    let (kh, kw, s, p) = (
+        shape.kernel_height,
+        shape.kernel_width,
+        shape.stride,
+        shape.padding,
+    );
+    let (out_h, out_w) = (geo.out_h, geo.out_w);
+    // Output j reads padded column j·s + l, the input column j·s + l − p
+    // when that is in 0..w: j in lo(l)..hi(l).
+    let columns = |l: usize| {
+        let lo = p.saturating_sub(l).div_ceil(s);
+        let hi = if p + w > l {
+            ((p + w - 1 - l) / s + 1).min(out_w)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    };
+    let mut out = vec![0i64; geo.output_len];
+    for o in 0..shape.out_channels {
+        let plane = &mut out[o * out_h * out_w..(o + 1) * out_h * out_w];
+        for c in 0..c_in {
+            for k in 0..kh {
+                for l in 0..kw {
+                    let wt = weights[((o * c_in + c) * kh + k) * kw + l];
+                    if wt == 0 {
+                        continue;
+                    }
+                    let (lo, hi) = columns(l);
+                    for i in 0..out_h {
+                        let pr = i * s + k;
+                        if pr < p || pr - p >= h {
+                            continue;
+                        }
+                        let row = &input[(c * h + pr - p) * w..][..w];
+                        let dst = &mut plane[i * out_w..(i + 1) * out_w];
+                        for j in lo..hi {
+                            dst[j] += wt * row[j * s + l - p];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`conv2d_reference`] with every product and sum checked in `i128`.
+fn conv2d_checked(
+    shape: &Conv2dShape,
+    geo: &ConvGeometry,
+    input: &[i64],
+    weights: &[i64],
+) -> Result<Vec<i64>, LayoutError> {
     let (c_in, h, w) = (shape.in_channels, shape.in_height, shape.in_width);
     let (kh, kw, s, p) = (
         shape.kernel_height,
@@ -2270,6 +2353,27 @@ mod tests {
                 prop_assert_eq!(&direct, &want);
                 prop_assert_eq!(got, want);
             }
+        }
+
+        /// (8) The reference's `i64` path gives the checked sums exactly,
+        /// and large values (partial sums past `i64`) take the checked path.
+        #[test]
+        fn prop_reference_in_i64_equals_the_checked_sums(
+            (shape, _n, input, weights) in conv_case(),
+            scale in 0..=3u32,
+        ) {
+            let geo = shape.geometry().unwrap();
+            let checked = conv2d_checked(&shape, &geo, &input, &weights).unwrap();
+            prop_assert_eq!(&conv2d_in_i64(&shape, &geo, &input, &weights), &checked);
+            prop_assert_eq!(conv2d_reference(&shape, &input, &weights).unwrap(), checked);
+            // Scaled by 2^(18·scale) and 2^(17·scale) (products near 2^119 at
+            // scale 3, past i64): both paths agree, errors included.
+            let x: Vec<i64> = input.iter().map(|&v| v << (18 * scale)).collect();
+            let w: Vec<i64> = weights.iter().map(|&v| v << (17 * scale)).collect();
+            prop_assert_eq!(
+                conv2d_reference(&shape, &x, &w),
+                conv2d_checked(&shape, &geo, &x, &w)
+            );
         }
 
         /// (6) The same for matrix–vector products.
