@@ -48,6 +48,34 @@ pub fn monomial_sum_at_slots<'a>(
 ) {
     let n = out.len();
     debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
+    sum_at_slots(m, out, stride, terms);
+}
+
+/// [`monomial_sum_at_slots`] that writes the sum at the multiples of
+/// `stride` whatever `out` held there (the other coefficients are left as
+/// they are): a leaf built in a recycled buffer (`pack`).
+pub fn monomial_sum_at_slots_into<'a>(
+    m: Modulus,
+    out: &mut [u64],
+    stride: usize,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+) {
+    let n = out.len();
+    debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
+    for j in (0..n).step_by(stride) {
+        out[j] = 0;
+    }
+    sum_at_slots(m, out, stride, terms);
+}
+
+#[inline(always)]
+fn sum_at_slots<'a>(
+    m: Modulus,
+    out: &mut [u64],
+    stride: usize,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+) {
+    let n = out.len();
     let wrap = 2 * n - 1;
     for (inp, e, negate) in terms {
         debug_assert_eq!(inp.len(), n);
@@ -139,10 +167,47 @@ pub fn monomial_sum_block<'a>(
     lo: usize,
     terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
 ) {
+    sum_block(m, out, lo, terms, false)
+}
+
+/// [`monomial_sum_block`] that overwrites the block: `out` becomes the sum
+/// whatever it held. The first term is written rather than added, which
+/// spares the leaves of a pack zeroing their buffers (`pack`).
+pub fn monomial_sum_block_into<'a>(
+    m: Modulus,
+    out: &mut [u64],
+    lo: usize,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+) {
+    sum_block(m, out, lo, terms, true)
+}
+
+#[inline(always)]
+fn sum_block<'a>(
+    m: Modulus,
+    out: &mut [u64],
+    lo: usize,
+    mut terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+    overwrite: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     if lazy::serves(m) {
         // SAFETY: `serves` detected AVX2 on this CPU.
-        return unsafe { lazy::sum_avx2(m.value(), out, lo, terms) };
+        return unsafe { lazy::sum_avx2(m.value(), out, lo, terms, overwrite) };
+    }
+    if overwrite {
+        let Some((inp, e, negate)) = terms.next() else {
+            return out.fill(0);
+        };
+        for_each_block_piece(out, lo, inp, e, negate, |o, i, subtract| {
+            if subtract {
+                for (o, &x) in o.iter_mut().zip(i) {
+                    *o = m.neg(x);
+                }
+            } else {
+                o.copy_from_slice(i);
+            }
+        });
     }
     for (inp, e, negate) in terms {
         monomial_mul_add_block(m, out, lo, inp, e, negate);
@@ -195,16 +260,35 @@ mod lazy {
     }
 
     /// Enters the shifted representation, sums, and leaves it reduced.
+    /// With `overwrite`, the first term enters it in place of `out` (as
+    /// y or q − y; q stands for 0, which the final reduction handles).
     #[inline(always)]
     pub(super) fn sum<'a>(
         q: u64,
         out: &mut [u64],
         lo: usize,
-        terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+        mut terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+        overwrite: bool,
     ) {
         let c = q.wrapping_neg();
-        for x in out.iter_mut() {
-            *x ^= SIGN;
+        if !overwrite {
+            for x in out.iter_mut() {
+                *x ^= SIGN;
+            }
+        } else if let Some((inp, e, negate)) = terms.next() {
+            for_each_block_piece(out, lo, inp, e, negate, |o, i, subtract| {
+                if subtract {
+                    for (o, &y) in o.iter_mut().zip(i) {
+                        *o = (q - y) ^ SIGN;
+                    }
+                } else {
+                    for (o, &y) in o.iter_mut().zip(i) {
+                        *o = y ^ SIGN;
+                    }
+                }
+            });
+        } else {
+            return out.fill(0);
         }
         for (inp, e, negate) in terms {
             for_each_block_piece(out, lo, inp, e, negate, |o, i, subtract| {
@@ -230,8 +314,9 @@ mod lazy {
         out: &mut [u64],
         lo: usize,
         terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+        overwrite: bool,
     ) {
-        sum(q, out, lo, terms)
+        sum(q, out, lo, terms, overwrite)
     }
 }
 
@@ -505,10 +590,40 @@ mod tests {
             }
             let term = |k: usize| (&inputs[k % inputs.len()][..], terms[k].0, terms[k].1);
             for (b, chunk) in lazy_sum.chunks_mut(block).enumerate() {
-                lazy::sum(q, chunk, b * block, (0..terms.len()).map(term));
+                lazy::sum(q, chunk, b * block, (0..terms.len()).map(term), false);
             }
             for (b, chunk) in dispatched.chunks_mut(block).enumerate() {
                 monomial_sum_block(m, chunk, b * block, (0..terms.len()).map(term));
+            }
+            prop_assert_eq!(&lazy_sum, &whole);
+            prop_assert_eq!(&dispatched, &whole);
+        }
+
+        // The overwriting sums (a pack's leaves in recycled buffers) give
+        // the sum from zero whatever the block held (`garbage` is not
+        // reduced), lazily and dispatched, and zero for no terms.
+        #[test]
+        fn overwriting_block_sums_ignore_what_the_block_held(
+            q in prop_oneof![Just(SOLINAS), Just(u64::MAX - 58), Just((1u64 << 63) + 29)],
+            garbage in proptest::collection::vec(any::<u64>(), 64),
+            inputs in proptest::collection::vec(proptest::collection::vec(extreme(), 64), 1..4),
+            terms in proptest::collection::vec((0usize..128, any::<bool>()), 0..12),
+            block in 1usize..70,
+        ) {
+            let m = Modulus::new(q).unwrap();
+            let inputs: Vec<Vec<u64>> =
+                inputs.iter().map(|v| v.iter().map(|&x| x % q).collect()).collect();
+            let mut whole = vec![0; 64];
+            for (k, &(e, negate)) in terms.iter().enumerate() {
+                monomial_mul_add(m, &mut whole, &inputs[k % inputs.len()], e, negate);
+            }
+            let term = |k: usize| (&inputs[k % inputs.len()][..], terms[k].0, terms[k].1);
+            let (mut lazy_sum, mut dispatched) = (garbage.clone(), garbage.clone());
+            for (b, chunk) in lazy_sum.chunks_mut(block).enumerate() {
+                lazy::sum(q, chunk, b * block, (0..terms.len()).map(term), true);
+            }
+            for (b, chunk) in dispatched.chunks_mut(block).enumerate() {
+                monomial_sum_block_into(m, chunk, b * block, (0..terms.len()).map(term));
             }
             prop_assert_eq!(&lazy_sum, &whole);
             prop_assert_eq!(&dispatched, &whole);
@@ -536,6 +651,17 @@ mod tests {
             for j in 0..64 {
                 let expected = if j % stride == 0 { whole[j] } else { start[j] };
                 prop_assert_eq!(at[j], expected);
+            }
+            // Overwriting: the sum from zero at the slots, whatever they held.
+            let mut from_zero = vec![0; 64];
+            for (k, &(e, negate)) in terms.iter().enumerate() {
+                monomial_mul_add(m, &mut from_zero, &inputs[k % inputs.len()], e, negate);
+            }
+            let mut into = start.clone();
+            monomial_sum_at_slots_into(m, &mut into, stride, (0..terms.len()).map(term));
+            for j in 0..64 {
+                let expected = if j % stride == 0 { from_zero[j] } else { start[j] };
+                prop_assert_eq!(into[j], expected);
             }
         }
 

@@ -1020,10 +1020,17 @@ impl KeySwitchScratch {
 
     /// Whether this scratch serves key switches at ring degree `n` with
     /// `levels` gadget digits and `limbs` RNS limbs.
+    /// (The buffers' lengths are those [`new`](Self::new) gives: a check
+    /// that disagreed with them once rebuilt every packing workspace.)
     pub(crate) fn fits(&self, n: usize, levels: usize, limbs: usize) -> bool {
         self.digits.len() == levels
-            && self.dp.len() == n * levels
+            && self.digits.iter().all(|d| d.len() == n)
+            && self.acc_q.iter().all(|a| a.len() == n * limbs)
+            && self.acc_p.iter().all(|a| a.len() == n)
             && self.dq.len() == n * limbs * levels
+            && self.dp.len() == n
+            && self.dp32.len() == n * levels
+            && self.acc_p32.iter().all(|a| a.len() == n)
     }
 }
 

@@ -210,12 +210,14 @@ impl Ciphertext {
         }
     }
 
-    /// [`monomial_sum_add`](Self::monomial_sum_add) with the body summed
-    /// only at the coefficients that are multiples of `stride` (the rest of
-    /// `b` is left as it is): the mask in full, the body where a packing
-    /// node's slots are (PACK-6, proofs/packing.md, Lemma 7). `stride`
-    /// divides N.
-    pub(crate) fn monomial_sum_add_at_slots(
+    /// `self = Σ sign · X^e · ct` over `terms` in the mask and at the
+    /// multiples of `stride` in the body, whatever `self` held there; the
+    /// body's other coefficients keep whatever they held. A packing leaf
+    /// built this way in a recycled buffer equals one built from zero at
+    /// every word a packed output depends on (PACK-6, proofs/packing.md,
+    /// Lemma 7: no body word off a node's slots reaches the root), and
+    /// nothing zeroes the buffer first. `stride` divides N.
+    pub(crate) fn set_monomial_sum_at_slots(
         &mut self,
         q: RnsModulus,
         terms: &[(&Ciphertext, usize, bool)],
@@ -229,12 +231,12 @@ impl Ciphertext {
                 let inputs = terms
                     .iter()
                     .map(|&(ct, e, negate)| (&ct.a[limb.clone()], e, negate));
-                poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
+                poly::monomial_sum_block_into(m, block, k * SUM_BLOCK, inputs);
             }
             let inputs = terms
                 .iter()
                 .map(|&(ct, e, negate)| (&ct.b[limb.clone()], e, negate));
-            poly::monomial_sum_at_slots(m, &mut self.b[limb.clone()], stride, inputs);
+            poly::monomial_sum_at_slots_into(m, &mut self.b[limb.clone()], stride, inputs);
         }
     }
 
