@@ -44,7 +44,7 @@ pub fn monomial_sum_at_slots<'a>(
     m: Modulus,
     out: &mut [u64],
     stride: usize,
-    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)> + Clone,
 ) {
     let n = out.len();
     debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
@@ -58,7 +58,7 @@ pub fn monomial_sum_at_slots_into<'a>(
     m: Modulus,
     out: &mut [u64],
     stride: usize,
-    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)> + Clone,
 ) {
     let n = out.len();
     debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
@@ -73,24 +73,55 @@ fn sum_at_slots<'a>(
     m: Modulus,
     out: &mut [u64],
     stride: usize,
-    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)> + Clone,
 ) {
     let n = out.len();
     let wrap = 2 * n - 1;
+    let q = m.value();
+    // The reads are strided across images that are rarely in cache: ask
+    // for those of the term PREFETCH_AHEAD later while this one is summed.
+    const PREFETCH_AHEAD: usize = 4;
+    let mut ahead = terms.clone().skip(PREFETCH_AHEAD);
     for (inp, e, negate) in terms {
         debug_assert_eq!(inp.len(), n);
+        if let Some((later, e, _)) = ahead.next() {
+            let start = (2 * n - (e & wrap)) & wrap;
+            for j in (0..n).step_by(stride) {
+                prefetch(&later[((start + j) & wrap) & (n - 1)]);
+            }
+        }
         // Index of f read at output 0; output j reads j − e = start + j.
         let start = (2 * n - (e & wrap)) & wrap;
+        let negate = u64::from(negate).wrapping_neg();
         for j in (0..n).step_by(stride) {
             let i = (start + j) & wrap;
             let x = inp[i & (n - 1)];
-            out[j] = if negate ^ (i >= n) {
-                m.sub(out[j], x)
-            } else {
-                m.add(out[j], x)
-            };
+            // Without branches: the reads miss the cache (strided, across
+            // images), and a mispredicted sign or carry cancelled the
+            // misses in flight after it (benches/README.md). With flip all
+            // ones, y = !x + q + 1 = q − x ∈ (0, q]; then out + y < 2q,
+            // less q if it carried or reached q.
+            let flip = negate ^ u64::from(i >= n).wrapping_neg();
+            let y = (x ^ flip).wrapping_add(flip & q.wrapping_add(1));
+            let (sum, carry) = out[j].overflowing_add(y);
+            let reduce = u64::from(carry | (sum >= q)).wrapping_neg();
+            out[j] = sum.wrapping_sub(q & reduce);
         }
     }
+}
+
+/// A hint that `x` will be read soon (no effect on the result).
+#[inline(always)]
+fn prefetch(x: &u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch reads nothing architecturally; SSE is part
+        // of x86_64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((x as *const u64).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// [`monomial_mul_add`] restricted to the output coefficients
@@ -630,16 +661,21 @@ mod tests {
         }
 
         // PACK-6: the sum read at the multiples of a stride is the whole
-        // sum's words there, for exponents anywhere in 0..4N, and nothing
-        // else is written.
+        // sum's words there, for exponents anywhere in 0..4N and moduli on
+        // both sides of 2^63 (values near 0 and q among the inputs: the
+        // branch-free sign and carry), and nothing else is written.
         #[test]
         fn sum_at_the_slots_equals_the_whole(
-            start in proptest::collection::vec(0..SOLINAS, 64),
-            inputs in proptest::collection::vec(proptest::collection::vec(0..SOLINAS, 64), 1..4),
+            q in prop_oneof![Just(SOLINAS), Just(u64::MAX - 58), Just((1u64 << 63) + 29), Just(998_244_353u64)],
+            start in proptest::collection::vec(extreme(), 64),
+            inputs in proptest::collection::vec(proptest::collection::vec(extreme(), 64), 1..4),
             terms in proptest::collection::vec((0usize..256, any::<bool>()), 1..20),
             log_stride in 0u32..7,
         ) {
-            let m = m();
+            let m = Modulus::new(q).unwrap();
+            let start: Vec<u64> = start.iter().map(|&x| x % q).collect();
+            let inputs: Vec<Vec<u64>> =
+                inputs.iter().map(|v| v.iter().map(|&x| x % q).collect()).collect();
             let stride = 1 << log_stride;
             let mut whole = start.clone();
             for (k, &(e, negate)) in terms.iter().enumerate() {
