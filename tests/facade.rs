@@ -494,6 +494,14 @@ fn over_tls_the_facade_is_exact_and_the_budget_refusal_is_typed() {
     use safhire::net::{self, ConnectConfig, ServeConfig, TokenTable};
     let dir = std::env::temp_dir().join(format!("safhire-facade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // The directory holds a private key: removed when the test ends.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
     let certs = net::tls::dev_cert(&["localhost".to_owned()]).unwrap();
     let (ca, cert, key) = (dir.join("ca.pem"), dir.join("s.pem"), dir.join("s.key"));
     std::fs::write(&ca, &certs.ca_pem).unwrap();

@@ -41,18 +41,33 @@ mod sqlite {
     use safhire::protocol::SqliteLedger;
     use std::path::PathBuf;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("safhire-ledger-{}", std::process::id()));
+    /// A ledger file in a directory of its own, removed when dropped (so
+    /// a test run leaves nothing in the temporary directory).
+    struct Scratch {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("safhire-ledger-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        path
+        Scratch { dir, path }
     }
 
     // PROTO-8: a restart (closing and reopening the file) keeps every count.
     #[test]
     fn charges_survive_a_restart() {
-        let path = scratch("restart.db");
+        let scratch = scratch("restart.db");
+        let path = scratch.path.clone();
         {
             let mut ledger = SqliteLedger::open(&path).unwrap();
             for want in 1..=3 {
@@ -74,7 +89,8 @@ mod sqlite {
     // times each against a budget of 120: exactly 120 charges succeed.
     #[test]
     fn concurrent_endpoints_never_spend_the_same_unit() {
-        let path = scratch("race.db");
+        let scratch = scratch("race.db");
+        let path = scratch.path.clone();
         SqliteLedger::open(&path).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -102,7 +118,8 @@ mod sqlite {
         use safhire::protocol::{Client, Endpoint, ErrorKind, Fault, Policy};
         use safhire::rlwe::Context;
         use std::sync::Arc;
-        let path = scratch("endpoint.db");
+        let scratch = scratch("endpoint.db");
+        let path = scratch.path.clone();
         let ctx = Arc::new(Context::new(ParameterSet::shipped("b16").unwrap()));
         let model = Model::from_json(include_str!("../models/digits-cnn.json")).unwrap();
         let compiled = Arc::new(engine::compile(&ctx, &model).unwrap());

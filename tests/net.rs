@@ -83,6 +83,14 @@ fn scratch(name: &str) -> Scratch {
     }
 }
 
+/// The directory holds a private key and tokens: removed when the test
+/// ends, passed or failed.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running `safhire serve`; killed when dropped.
 struct Served {
     child: Child,
@@ -464,13 +472,11 @@ fn query_results_are_bit_exact_against_the_plaintext_reference() {
         assert_eq!(mode & 0o077, 0, "the key file is owner-only");
     }
     std::fs::write(&s.tokens, line).unwrap();
-    let s = Scratch {
-        ca: certs.join("ca.pem"),
-        cert: certs.join("server.pem"),
-        key: certs.join("server.key"),
-        alice: carol,
-        ..s
-    };
+    let mut s = s;
+    s.ca = certs.join("ca.pem");
+    s.cert = certs.join("server.pem");
+    s.key = certs.join("server.key");
+    s.alice = carol;
     let server = serve(&s, &["--model", "digits"]);
 
     // The shipped test images 0..3.
