@@ -20,6 +20,7 @@
 //! tree, so the packed ciphertexts are the same on any number of threads.
 
 use crate::extract::ValueRef;
+use crate::math::poly;
 use crate::par;
 use crate::rlwe::{Ciphertext, Context, GaloisKeys, KeySwitchScratch};
 use thiserror::Error;
@@ -511,21 +512,30 @@ impl<'a> Packer<'a> {
             // accumulator does not fit L1 beside an image, so term by term
             // it went to L2 and back for every term (0.84× the time in
             // benches/leaves.rs; benches/README.md).
-            let sum: Vec<(&Ciphertext, usize, bool)> = terms
-                .iter()
-                .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
-                .collect();
             return Some(match self.bodies {
-                // PACK-6: the body only at the node's slots, in a buffer a
-                // finished node left (its stale body words off these slots
-                // never reach the root: Lemma 7), so nothing is zeroed.
+                // PACK-6: the body only at the node's slots, read from the
+                // images' residue-major rows, in a buffer a finished node
+                // left (its stale body words off these slots never reach
+                // the root: Lemma 7), so nothing is zeroed.
                 Bodies::AtSlots => {
+                    let sum: Vec<(&Ciphertext, &[u64], usize, bool)> = terms
+                        .iter()
+                        .map(|t| {
+                            let image = images.get(t.source, t.image);
+                            let rows = images.rows(level, t.source, t.image);
+                            (image, rows, t.exp as usize, t.negate)
+                        })
+                        .collect();
                     let mut ct = with_workspace(ctx, |ws| ws.spare.pop())
                         .unwrap_or_else(|| ctx.zero_ciphertext());
                     ct.set_monomial_sum_at_slots(q, &sum, n >> level);
                     ct
                 }
                 Bodies::Full => {
+                    let sum: Vec<(&Ciphertext, usize, bool)> = terms
+                        .iter()
+                        .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
+                        .collect();
                     let mut ct = ctx.zero_ciphertext();
                     ct.monomial_sum_add(q, &sum);
                     ct
@@ -708,6 +718,11 @@ struct Images {
     width: usize,
     /// `table[s · width + t]`.
     table: Vec<Option<Ciphertext>>,
+    /// `rows[ℓ*]`: the bodies of the images outputs with ℓ* shared levels
+    /// read, residue-major for their leaves' stride N/2^ℓ* (PACK-6), laid
+    /// out as `table`. Empty for ℓ* = 0, whose stride N leaves a body
+    /// its own rows.
+    rows: Vec<Vec<Option<Vec<u64>>>>,
 }
 
 impl Images {
@@ -733,6 +748,7 @@ impl Images {
         let mut images = Self {
             width,
             table: vec![None; sources.len() * width],
+            rows: Vec::new(),
         };
         let q = ctx.q();
         let mut key_switches = 0u64;
@@ -790,7 +806,55 @@ impl Images {
                 images.table[i] = Some(ct);
             }
         }
+        images.add_rows(ctx, plans);
         (images, key_switches)
+    }
+
+    /// The residue-major bodies of [`rows`](Self::rows), in parallel: N
+    /// words per image and ℓ* ≥ 1 that uses it, where a leaf's strided
+    /// reads of the body missed the cache once per slot and term.
+    fn add_rows(&mut self, ctx: &Context, plans: &[(u32, Vec<u32>)]) {
+        let n = ctx.n();
+        let top = plans.iter().map(|p| p.0).max().unwrap_or(0);
+        self.rows = vec![Vec::new(); top as usize + 1];
+        for level in 1..=top {
+            let mut needed = vec![false; self.table.len()];
+            for (_, used) in plans.iter().filter(|p| p.0 == level) {
+                for &s in used {
+                    let row = s as usize * self.width;
+                    needed[row..row + (1 << level)].fill(true);
+                }
+            }
+            let todo: Vec<usize> = (0..needed.len()).filter(|&i| needed[i]).collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let table = &self.table;
+            let built = par::map(&todo, |&i| {
+                let body = &table[i].as_ref().expect("every used image is computed").b;
+                let mut rows = vec![0; body.len()];
+                for (limb, out) in body.chunks_exact(n).zip(rows.chunks_exact_mut(n)) {
+                    poly::residue_major(limb, n >> level, out);
+                }
+                rows
+            });
+            let mut by_index = vec![None; self.table.len()];
+            for (i, rows) in todo.into_iter().zip(built) {
+                by_index[i] = Some(rows);
+            }
+            self.rows[level as usize] = by_index;
+        }
+    }
+
+    /// Image (`source`, `image`)'s body residue-major for the stride
+    /// N/2^`level` of the leaves at that level.
+    fn rows(&self, level: u32, source: u32, image: u32) -> &[u64] {
+        if level == 0 {
+            return &self.get(source, image).b;
+        }
+        self.rows[level as usize][source as usize * self.width + image as usize]
+            .as_ref()
+            .expect("every image a leaf reads has its rows")
     }
 
     fn get(&self, source: u32, image: u32) -> &Ciphertext {

@@ -50,11 +50,29 @@ pub fn monomial_sum_at_slots<'a>(
     debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
     sum_at_slots(m, out, stride, terms);
 }
+/// `f` residue-major for `stride` S: `out[r·M + k] = f[r + k·S]` for
+/// r < S, k < M = N/S, so the M coefficients of one residue class mod S
+/// (the words a packing leaf's slots read from one image: Lemma 7 of
+/// proofs/packing.md) are contiguous. `inp`, `out`: N words; S divides N.
+pub fn residue_major(inp: &[u64], stride: usize, out: &mut [u64]) {
+    let n = inp.len();
+    debug_assert!(out.len() == n && stride > 0 && n.is_multiple_of(stride));
+    let slots = n / stride;
+    for (k, chunk) in inp.chunks_exact(stride).enumerate() {
+        for (r, &x) in chunk.iter().enumerate() {
+            out[r * slots + k] = x;
+        }
+    }
+}
 
-/// [`monomial_sum_at_slots`] that writes the sum at the multiples of
-/// `stride` whatever `out` held there (the other coefficients are left as
-/// they are): a leaf built in a recycled buffer (`pack`).
-pub fn monomial_sum_at_slots_into<'a>(
+/// `out[k·S] = Σ ± (X^e·f)[k·S]` for k < N/S over `terms`, each f given
+/// [`residue_major`] for the same S (`stride`); the other coefficients of
+/// `out` are left as they are, and what `out` held at k·S is ignored. The
+/// words of [`monomial_sum_at_slots`] from zero: output k·S reads
+/// f̃[r + (c + k)·S] with −e ≡ r + c·S (mod 2N), r < S, so one term reads
+/// one row of M contiguous words (negated past the row's end, where the
+/// index passes N), where the strided reads missed the cache once per slot.
+pub fn monomial_sum_at_slots_from_rows<'a>(
     m: Modulus,
     out: &mut [u64],
     stride: usize,
@@ -62,10 +80,48 @@ pub fn monomial_sum_at_slots_into<'a>(
 ) {
     let n = out.len();
     debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
-    for j in (0..n).step_by(stride) {
-        out[j] = 0;
+    let (wrap, slots, q) = (2 * n - 1, n / stride, m.value());
+    let row_of = |e: usize| {
+        let start = (2 * n - (e & wrap)) & wrap;
+        (start & (stride - 1), start / stride)
+    };
+    for k in 0..slots {
+        out[k * stride] = 0;
     }
-    sum_at_slots(m, out, stride, terms);
+    let mut ahead = terms.clone().skip(PREFETCH_AHEAD);
+    for (rows, e, negate) in terms {
+        debug_assert_eq!(rows.len(), n);
+        if let Some((later, e, _)) = ahead.next() {
+            let r = row_of(e).0;
+            for k in (0..slots).step_by(8) {
+                prefetch(&later[r * slots + k]);
+            }
+        }
+        let (r, c) = row_of(e);
+        let row = &rows[r * slots..(r + 1) * slots];
+        let negate = u64::from(negate).wrapping_neg();
+        for k in 0..slots {
+            let col = (c + k) & (2 * slots - 1);
+            let flip = negate ^ u64::from(col >= slots).wrapping_neg();
+            out[k * stride] = add_flipped(q, out[k * stride], row[col & (slots - 1)], flip);
+        }
+    }
+}
+
+/// Terms ahead whose words are prefetched while one is summed.
+const PREFETCH_AHEAD: usize = 4;
+
+/// `a + x` (flip = 0) or `a − x` (flip = all ones) mod q, for a, x < q,
+/// without branches: the callers' loads miss the cache, and a
+/// mispredicted sign or carry cancelled the loads in flight after it
+/// (benches/README.md). With flip all ones, y = !x + q + 1 = q − x ∈ (0, q];
+/// then a + y < 2q, less q if it carried or reached q.
+#[inline(always)]
+fn add_flipped(q: u64, a: u64, x: u64, flip: u64) -> u64 {
+    let y = (x ^ flip).wrapping_add(flip & q.wrapping_add(1));
+    let (sum, carry) = a.overflowing_add(y);
+    let reduce = u64::from(carry | (sum >= q)).wrapping_neg();
+    sum.wrapping_sub(q & reduce)
 }
 
 #[inline(always)]
@@ -80,7 +136,6 @@ fn sum_at_slots<'a>(
     let q = m.value();
     // The reads are strided across images that are rarely in cache: ask
     // for those of the term PREFETCH_AHEAD later while this one is summed.
-    const PREFETCH_AHEAD: usize = 4;
     let mut ahead = terms.clone().skip(PREFETCH_AHEAD);
     for (inp, e, negate) in terms {
         debug_assert_eq!(inp.len(), n);
@@ -95,17 +150,8 @@ fn sum_at_slots<'a>(
         let negate = u64::from(negate).wrapping_neg();
         for j in (0..n).step_by(stride) {
             let i = (start + j) & wrap;
-            let x = inp[i & (n - 1)];
-            // Without branches: the reads miss the cache (strided, across
-            // images), and a mispredicted sign or carry cancelled the
-            // misses in flight after it (benches/README.md). With flip all
-            // ones, y = !x + q + 1 = q − x ∈ (0, q]; then out + y < 2q,
-            // less q if it carried or reached q.
             let flip = negate ^ u64::from(i >= n).wrapping_neg();
-            let y = (x ^ flip).wrapping_add(flip & q.wrapping_add(1));
-            let (sum, carry) = out[j].overflowing_add(y);
-            let reduce = u64::from(carry | (sum >= q)).wrapping_neg();
-            out[j] = sum.wrapping_sub(q & reduce);
+            out[j] = add_flipped(q, out[j], inp[i & (n - 1)], flip);
         }
     }
 }
@@ -688,13 +734,23 @@ mod tests {
                 let expected = if j % stride == 0 { whole[j] } else { start[j] };
                 prop_assert_eq!(at[j], expected);
             }
-            // Overwriting: the sum from zero at the slots, whatever they held.
+            // From residue-major rows: the sum from zero at the slots,
+            // whatever they held, and nothing else written.
             let mut from_zero = vec![0; 64];
             for (k, &(e, negate)) in terms.iter().enumerate() {
                 monomial_mul_add(m, &mut from_zero, &inputs[k % inputs.len()], e, negate);
             }
+            let rows: Vec<Vec<u64>> = inputs
+                .iter()
+                .map(|f| {
+                    let mut r = vec![0; 64];
+                    residue_major(f, stride, &mut r);
+                    r
+                })
+                .collect();
+            let by_row = |k: usize| (&rows[k % rows.len()][..], terms[k].0, terms[k].1);
             let mut into = start.clone();
-            monomial_sum_at_slots_into(m, &mut into, stride, (0..terms.len()).map(term));
+            monomial_sum_at_slots_from_rows(m, &mut into, stride, (0..terms.len()).map(by_row));
             for j in 0..64 {
                 let expected = if j % stride == 0 { from_zero[j] } else { start[j] };
                 prop_assert_eq!(into[j], expected);

@@ -212,15 +212,17 @@ impl Ciphertext {
 
     /// `self = Σ sign · X^e · ct` over `terms` in the mask and at the
     /// multiples of `stride` in the body, whatever `self` held there; the
-    /// body's other coefficients keep whatever they held. A packing leaf
-    /// built this way in a recycled buffer equals one built from zero at
-    /// every word a packed output depends on (PACK-6, proofs/packing.md,
-    /// Lemma 7: no body word off a node's slots reaches the root), and
-    /// nothing zeroes the buffer first. `stride` divides N.
+    /// body's other coefficients keep whatever they held. Each term comes
+    /// with its ciphertext's body residue-major for `stride`
+    /// ([`poly::residue_major`], limb by limb), which the slots read. A
+    /// packing leaf built this way in a recycled buffer equals one built
+    /// from zero at every word a packed output depends on (PACK-6,
+    /// proofs/packing.md, Lemma 7: no body word off a node's slots reaches
+    /// the root), and nothing zeroes the buffer first. `stride` divides N.
     pub(crate) fn set_monomial_sum_at_slots(
         &mut self,
         q: RnsModulus,
-        terms: &[(&Ciphertext, usize, bool)],
+        terms: &[(&Ciphertext, &[u64], usize, bool)],
         stride: usize,
     ) {
         let n = self.n;
@@ -230,13 +232,13 @@ impl Ciphertext {
             for (k, block) in self.a[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
                 let inputs = terms
                     .iter()
-                    .map(|&(ct, e, negate)| (&ct.a[limb.clone()], e, negate));
+                    .map(|&(ct, _, e, negate)| (&ct.a[limb.clone()], e, negate));
                 poly::monomial_sum_block_into(m, block, k * SUM_BLOCK, inputs);
             }
-            let inputs = terms
+            let rows = terms
                 .iter()
-                .map(|&(ct, e, negate)| (&ct.b[limb.clone()], e, negate));
-            poly::monomial_sum_at_slots_into(m, &mut self.b[limb.clone()], stride, inputs);
+                .map(|&(_, rows, e, negate)| (&rows[limb.clone()], e, negate));
+            poly::monomial_sum_at_slots_from_rows(m, &mut self.b[limb.clone()], stride, rows);
         }
     }
 
