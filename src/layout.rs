@@ -285,6 +285,14 @@ pub struct InputPlacement {
     pub col: usize,
 }
 
+impl InputPlacement {
+    /// The value's index in the flat (channel, row, column) input of a
+    /// conv of `shape`.
+    pub fn flat_index(&self, shape: &Conv2dShape) -> usize {
+        (self.channel * shape.in_height + self.row) * shape.in_width + self.col
+    }
+}
+
 fn check_ring_degree(n: usize) -> Result<(), LayoutError> {
     if !n.is_power_of_two() {
         return Err(LayoutError::RingDegreeNotPowerOfTwo { n });
@@ -1527,6 +1535,30 @@ mod tests {
             kernel_width: k.1,
             stride: s,
             padding: p,
+        }
+    }
+
+    // A conv layout places every input value once: the flat indices of its
+    // placements are 0..input_len, each once, and decode to the
+    // placement's (channel, row, column).
+    #[test]
+    fn placements_flat_indices_cover_the_input_once() {
+        for (shape, n) in [
+            (conv_shape(3, 5, 7, 4, (3, 3), 1, 1), 256),
+            (conv_shape(16, 32, 32, 16, (3, 3), 1, 1), 4096),
+        ] {
+            let layout = Conv2dLayout::new(shape, n).unwrap();
+            let mut seen = vec![false; shape.input_len().unwrap()];
+            for p in layout.input_placements() {
+                let k = p.flat_index(&shape);
+                assert!(!std::mem::replace(&mut seen[k], true), "index {k} twice");
+                let (plane, col) = (k / shape.in_width, k % shape.in_width);
+                assert_eq!(
+                    (plane / shape.in_height, plane % shape.in_height, col),
+                    (p.channel, p.row, p.col)
+                );
+            }
+            assert!(seen.iter().all(|&s| s), "a value placed by no one");
         }
     }
 

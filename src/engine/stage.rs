@@ -670,7 +670,7 @@ impl LinearStage {
                 l.input_placements()
                     .iter()
                     .filter_map(|p| {
-                        let k = (p.channel * shape.in_height + p.row) * shape.in_width + p.col;
+                        let k = p.flat_index(shape);
                         let k = match split {
                             Some(split) => split.source(k)?,
                             None => k,
@@ -921,10 +921,7 @@ fn conv_repack_price(
         .unwrap_or(ctx.n());
     let mut placements = layout.input_placements();
     if let Some(split) = split {
-        placements.retain(|p| {
-            let k = (p.channel * shape.in_height + p.row) * shape.in_width + p.col;
-            split.source(k).is_some()
-        });
+        placements.retain(|p| split.source(p.flat_index(&shape)).is_some());
     }
     repack_price(
         ctx,
