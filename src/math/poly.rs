@@ -36,20 +36,34 @@ pub fn monomial_mul_add(m: Modulus, out: &mut [u64], inp: &[u64], e: usize, nega
 /// the words [`monomial_sum_block`] writes there; the other coefficients
 /// are left as they are. `(X^e·f)[j] = f[j − e]`, indices mod 2N with
 /// `f[i + N] = −f[i]`; N is a power of two, so the indices wrap by masking.
-/// The packer's leaves need their bodies only at the node's slots
-/// (proofs/packing.md, Lemma 7). Term by term, so the slots stay in L1;
-/// with a division per term and slot this was 8 % of ResNet-20's time
-/// (benches/README.md).
+/// The reference for [`monomial_sum_at_slots_from_rows`], which the
+/// packer's leaves use (their bodies matter only at the node's slots:
+/// proofs/packing.md, Lemma 7).
 pub fn monomial_sum_at_slots<'a>(
     m: Modulus,
     out: &mut [u64],
     stride: usize,
-    terms: impl Iterator<Item = (&'a [u64], usize, bool)> + Clone,
+    terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
 ) {
     let n = out.len();
     debug_assert!(n.is_power_of_two() && stride > 0 && n.is_multiple_of(stride));
-    sum_at_slots(m, out, stride, terms);
+    let wrap = 2 * n - 1;
+    for (inp, e, negate) in terms {
+        debug_assert_eq!(inp.len(), n);
+        // Index of f read at output 0; output j reads j − e = start + j.
+        let start = (2 * n - (e & wrap)) & wrap;
+        for j in (0..n).step_by(stride) {
+            let i = (start + j) & wrap;
+            let x = inp[i & (n - 1)];
+            out[j] = if negate ^ (i >= n) {
+                m.sub(out[j], x)
+            } else {
+                m.add(out[j], x)
+            };
+        }
+    }
 }
+
 /// `f` residue-major for `stride` S: `out[r·M + k] = f[r + k·S]` for
 /// r < S, k < M = N/S, so the M coefficients of one residue class mod S
 /// (the words a packing leaf's slots read from one image: Lemma 7 of
@@ -112,7 +126,7 @@ pub fn monomial_sum_at_slots_from_rows<'a>(
 const PREFETCH_AHEAD: usize = 4;
 
 /// `a + x` (flip = 0) or `a − x` (flip = all ones) mod q, for a, x < q,
-/// without branches: the callers' loads miss the cache, and a
+/// without branches: the caller's loads miss the cache, and a
 /// mispredicted sign or carry cancelled the loads in flight after it
 /// (benches/README.md). With flip all ones, y = !x + q + 1 = q − x ∈ (0, q];
 /// then a + y < 2q, less q if it carried or reached q.
@@ -122,38 +136,6 @@ fn add_flipped(q: u64, a: u64, x: u64, flip: u64) -> u64 {
     let (sum, carry) = a.overflowing_add(y);
     let reduce = u64::from(carry | (sum >= q)).wrapping_neg();
     sum.wrapping_sub(q & reduce)
-}
-
-#[inline(always)]
-fn sum_at_slots<'a>(
-    m: Modulus,
-    out: &mut [u64],
-    stride: usize,
-    terms: impl Iterator<Item = (&'a [u64], usize, bool)> + Clone,
-) {
-    let n = out.len();
-    let wrap = 2 * n - 1;
-    let q = m.value();
-    // The reads are strided across images that are rarely in cache: ask
-    // for those of the term PREFETCH_AHEAD later while this one is summed.
-    let mut ahead = terms.clone().skip(PREFETCH_AHEAD);
-    for (inp, e, negate) in terms {
-        debug_assert_eq!(inp.len(), n);
-        if let Some((later, e, _)) = ahead.next() {
-            let start = (2 * n - (e & wrap)) & wrap;
-            for j in (0..n).step_by(stride) {
-                prefetch(&later[((start + j) & wrap) & (n - 1)]);
-            }
-        }
-        // Index of f read at output 0; output j reads j − e = start + j.
-        let start = (2 * n - (e & wrap)) & wrap;
-        let negate = u64::from(negate).wrapping_neg();
-        for j in (0..n).step_by(stride) {
-            let i = (start + j) & wrap;
-            let flip = negate ^ u64::from(i >= n).wrapping_neg();
-            out[j] = add_flipped(q, out[j], inp[i & (n - 1)], flip);
-        }
-    }
 }
 
 /// A hint that `x` will be read soon (no effect on the result).
@@ -709,7 +691,7 @@ mod tests {
         // PACK-6: the sum read at the multiples of a stride is the whole
         // sum's words there, for exponents anywhere in 0..4N and moduli on
         // both sides of 2^63 (values near 0 and q among the inputs: the
-        // branch-free sign and carry), and nothing else is written.
+        // rows' branch-free sign and carry), and nothing else is written.
         #[test]
         fn sum_at_the_slots_equals_the_whole(
             q in prop_oneof![Just(SOLINAS), Just(u64::MAX - 58), Just((1u64 << 63) + 29), Just(998_244_353u64)],
