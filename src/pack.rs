@@ -552,27 +552,24 @@ impl<'a> Packer<'a> {
         }
         let key = self.keys.key_for_level(level);
         Some(with_workspace(ctx, |ws| {
-            // sum = E + X^half O (in E's buffer), diff = E − X^half O.
-            let mut sum = match even {
-                Some(e) => {
-                    ws.diff.copy_from(&e);
-                    e
-                }
-                None => {
-                    ws.diff.clear();
-                    ctx.zero_ciphertext()
-                }
-            };
-            if let Some(o) = &odd {
-                sum.monomial_mul_add(q, o, half, false);
-                ws.diff.monomial_mul_add(q, o, half, true);
-            }
-            ws.diff.automorphism_into(q, key.g, &mut ws.twisted);
             // PACK-6: this node's body matters only at its 2^level slots.
             let body_slots = match self.bodies {
                 Bodies::AtSlots => Some(1 << level),
                 Bodies::Full => None,
             };
+            // sum = E + X^half O (in E's buffer), twisted = τ_g(E − X^half O).
+            let mut sum = even.unwrap_or_else(|| ctx.zero_ciphertext());
+            match &odd {
+                Some(o) => sum.pack_node_step(
+                    q,
+                    o,
+                    (half, key.g),
+                    &mut ws.diff,
+                    &mut ws.twisted,
+                    body_slots.is_some(),
+                ),
+                None => sum.automorphism_into(q, key.g, &mut ws.twisted),
+            }
             ctx.key_switch_add_at_slots(key, &ws.twisted, &mut sum, &mut ws.scratch, body_slots);
             if let Some(o) = odd {
                 ws.recycle(o);

@@ -398,6 +398,56 @@ pub fn sub_assign(m: Modulus, out: &mut [u64], inp: &[u64]) {
     simd::dispatch_sub(m.value(), out, inp);
 }
 
+/// `e ← e + X^h·o` and `d ← e − X^h·o` (with the `e` it held) in one pass,
+/// for 0 ≤ h < N: a packing node's sum and difference of its children
+/// (proofs/packing.md, Alg. 2), where separate passes copied E and read O
+/// twice. The words of [`monomial_mul_add`] with and without `negate`.
+pub fn add_sub_monomial(m: Modulus, e: &mut [u64], d: &mut [u64], o: &[u64], h: usize) {
+    let n = o.len();
+    debug_assert!(h < n && e.len() == n && d.len() == n);
+    // Coefficient j ≥ h receives +o[j − h]; j < h receives −o[j − h + N],
+    // which swaps the sum and the difference.
+    let (e_low, e_high) = e.split_at_mut(h);
+    let (d_low, d_high) = d.split_at_mut(h);
+    let (head, tail) = o.split_at(n - h);
+    simd::dispatch_add_sub::<false>(m.value(), e_high, d_high, head);
+    simd::dispatch_add_sub::<true>(m.value(), e_low, d_low, tail);
+}
+
+/// [`add_sub_monomial`] at the multiples of h only, its difference
+/// written through τ_g: `e[j] ← e[j] + (X^h·o)[j]` and `t[τ_g(j)] ←
+/// ±(e[j] − (X^h·o)[j])` for j ≡ 0 mod h (τ_g maps these to themselves:
+/// g is odd and h divides N); every other word of `e` and `t` is left as it
+/// is. A packing node's bodies, which matter only at its slots (PACK-6,
+/// proofs/packing.md, Lemma 7).
+pub fn add_sub_monomial_twisted_at_slots(
+    m: Modulus,
+    e: &mut [u64],
+    t: &mut [u64],
+    o: &[u64],
+    h: usize,
+    g: usize,
+) {
+    let n = o.len();
+    debug_assert!(h > 0 && h < n && n.is_multiple_of(h) && g % 2 == 1);
+    let wrap = 2 * n - 1;
+    for j in (0..n).step_by(h) {
+        let (sum, diff) = if j >= h {
+            (m.add(e[j], o[j - h]), m.sub(e[j], o[j - h]))
+        } else {
+            // X^h·o at 0 is −o[N − h].
+            (m.sub(e[j], o[n - h]), m.add(e[j], o[n - h]))
+        };
+        e[j] = sum;
+        let k = (j * g) & wrap;
+        if k < n {
+            t[k] = diff;
+        } else {
+            t[k - n] = m.neg(diff);
+        }
+    }
+}
+
 /// Branch-free kernels, compiled once per instruction set (SIMD-1).
 mod simd {
     #[inline(always)]
@@ -416,6 +466,59 @@ mod simd {
             let d = o.wrapping_sub(i);
             *o = if *o < i { d.wrapping_add(q) } else { d };
         }
+    }
+
+    /// `(e, d) ← (e + o, e − o)`, or `(e − o, e + o)` with `swap`.
+    #[inline(always)]
+    fn add_sub_kernel<const SWAP: bool>(q: u64, e: &mut [u64], d: &mut [u64], o: &[u64]) {
+        for ((e, d), &i) in e.iter_mut().zip(d.iter_mut()).zip(o) {
+            let x = *e;
+            let s = x.wrapping_add(i);
+            let s = if (s < i) | (s >= q) {
+                s.wrapping_sub(q)
+            } else {
+                s
+            };
+            let t = x.wrapping_sub(i);
+            let t = if x < i { t.wrapping_add(q) } else { t };
+            (*e, *d) = if SWAP { (t, s) } else { (s, t) };
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn add_sub_avx512<const SWAP: bool>(q: u64, e: &mut [u64], d: &mut [u64], o: &[u64]) {
+        add_sub_kernel::<SWAP>(q, e, d, o)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_sub_avx2<const SWAP: bool>(q: u64, e: &mut [u64], d: &mut [u64], o: &[u64]) {
+        add_sub_kernel::<SWAP>(q, e, d, o)
+    }
+
+    #[inline]
+    pub(super) fn dispatch_add_sub<const SWAP: bool>(
+        q: u64,
+        e: &mut [u64],
+        d: &mut [u64],
+        o: &[u64],
+    ) {
+        debug_assert!(e.len() == o.len() && d.len() == o.len());
+        debug_assert!(e.iter().chain(o).all(|&x| x < q));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { add_sub_avx512::<SWAP>(q, e, d, o) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { add_sub_avx2::<SWAP>(q, e, d, o) };
+            }
+        }
+        add_sub_kernel::<SWAP>(q, e, d, o)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -506,6 +609,12 @@ mod simd {
                 let mut o = a.clone();
                 dispatch_sub(SOLINAS, &mut o, b);
                 prop_assert_eq!(&o, &sub);
+                let (mut o, mut d) = (a.clone(), vec![0; a.len()]);
+                dispatch_add_sub::<false>(SOLINAS, &mut o, &mut d, b);
+                prop_assert_eq!((&o, &d), (&add, &sub));
+                let (mut o, mut d) = (a.clone(), vec![0; a.len()]);
+                dispatch_add_sub::<true>(SOLINAS, &mut o, &mut d, b);
+                prop_assert_eq!((&o, &d), (&sub, &add));
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx2") {
                     let mut o = a.clone();
@@ -514,6 +623,12 @@ mod simd {
                     let mut o = a.clone();
                     unsafe { sub_avx2(SOLINAS, &mut o, b) };
                     prop_assert_eq!(&o, &sub);
+                    let (mut o, mut d) = (a.clone(), vec![0; a.len()]);
+                    unsafe { add_sub_avx2::<false>(SOLINAS, &mut o, &mut d, b) };
+                    prop_assert_eq!((&o, &d), (&add, &sub));
+                    let (mut o, mut d) = (a.clone(), vec![0; a.len()]);
+                    add_sub_kernel::<true>(SOLINAS, &mut o, &mut d, b);
+                    prop_assert_eq!((&o, &d), (&sub, &add));
                 }
             }
         }
@@ -624,6 +739,52 @@ mod tests {
                 }
             }
             prop_assert_eq!(blocked, whole);
+        }
+
+        // A packing node's one-pass sum and difference are the two monomial
+        // adds it replaced, word for word, for any shift 0 ≤ h < N (both
+        // pieces, the wrapped one swapping sum and difference), with words
+        // where sums wrap past q and differences borrow.
+        #[test]
+        fn add_sub_monomial_equals_two_monomial_adds(
+            e in proptest::collection::vec(extreme(), 64),
+            o in proptest::collection::vec(extreme(), 64),
+            h in 0usize..64,
+        ) {
+            let m = m();
+            let e: Vec<u64> = e.iter().map(|&x| x % SOLINAS).collect();
+            let o: Vec<u64> = o.iter().map(|&x| x % SOLINAS).collect();
+            let (mut sum, mut diff) = (e.clone(), e.clone());
+            monomial_mul_add(m, &mut sum, &o, h, false);
+            monomial_mul_add(m, &mut diff, &o, h, true);
+            let (mut got_sum, mut got_diff) = (e, vec![0u64; 64]);
+            add_sub_monomial(m, &mut got_sum, &mut got_diff, &o, h);
+            prop_assert_eq!(got_sum, sum);
+            prop_assert_eq!(got_diff, diff);
+        }
+
+        // PACK-6: the bodies' step at the slots writes, at the multiples of
+        // h, the words of the full sum and of the twisted full difference,
+        // and leaves every other word as it was (g odd, h | N).
+        #[test]
+        fn twisted_step_at_slots_equals_the_full_one_there(
+            e in proptest::collection::vec(0..SOLINAS, 64),
+            o in proptest::collection::vec(0..SOLINAS, 64),
+            stale in proptest::collection::vec(0..SOLINAS, 64),
+            log_h in 0u32..6,
+            g in (0usize..64).prop_map(|k| 2 * k + 1),
+        ) {
+            let (m, h) = (m(), 1usize << log_h);
+            let (mut sum, mut diff, mut twisted) = (e.clone(), vec![0u64; 64], vec![0u64; 64]);
+            add_sub_monomial(m, &mut sum, &mut diff, &o, h);
+            automorphism(m, &mut twisted, &diff, g);
+            let (mut got_sum, mut got_twisted) = (e.clone(), stale.clone());
+            add_sub_monomial_twisted_at_slots(m, &mut got_sum, &mut got_twisted, &o, h, g);
+            for j in 0..64 {
+                let slot = j % h == 0;
+                prop_assert_eq!(got_sum[j], if slot { sum[j] } else { e[j] });
+                prop_assert_eq!(got_twisted[j], if slot { twisted[j] } else { stale[j] });
+            }
         }
 
         // SIMD-1: the lazy block sum (shifted representation, wraps folded

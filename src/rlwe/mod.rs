@@ -139,19 +139,6 @@ impl Ciphertext {
         ok.then_some(Self { a, b, n })
     }
 
-    /// Sets every coefficient to zero, keeping the buffers.
-    pub(crate) fn clear(&mut self) {
-        self.a.fill(0);
-        self.b.fill(0);
-    }
-
-    /// Becomes a copy of `other`, reusing the buffers.
-    pub(crate) fn copy_from(&mut self, other: &Ciphertext) {
-        self.a.clone_from(&other.a);
-        self.b.clone_from(&other.b);
-        self.n = other.n;
-    }
-
     /// `self += other` modulo `q`, limb by limb: the phases add, and so do the
     /// noises. Both ciphertexts must have the same N and be under `q`.
     pub fn add_assign(&mut self, q: RnsModulus, other: &Ciphertext) {
@@ -257,6 +244,56 @@ impl Ciphertext {
         out
     }
 
+    /// A packing node's step (proofs/packing.md, Alg. 2) at shift h and
+    /// Galois element g: `self`, the even child E, becomes E + X^h·O, and
+    /// `twisted` τ_g(E − X^h·O), with `diff` as scratch for the
+    /// difference's mask; one pass over E and O instead of a copy and two
+    /// monomial adds. With `bodies_at_slots` the
+    /// bodies are formed only at the multiples of h, the node's slots
+    /// (PACK-6): elsewhere `self.b` keeps E's words and `twisted.b` what it
+    /// held, words that never reach the root (Lemma 7). 0 < h < N.
+    pub(crate) fn pack_node_step(
+        &mut self,
+        q: RnsModulus,
+        odd: &Ciphertext,
+        (h, g): (usize, usize),
+        diff: &mut Ciphertext,
+        twisted: &mut Ciphertext,
+        bodies_at_slots: bool,
+    ) {
+        let n = self.n;
+        for (l, &m) in q.limbs().iter().enumerate() {
+            let r = l * n..(l + 1) * n;
+            poly::add_sub_monomial(
+                m,
+                &mut self.a[r.clone()],
+                &mut diff.a[r.clone()],
+                &odd.a[r.clone()],
+                h,
+            );
+            poly::automorphism(m, &mut twisted.a[r.clone()], &diff.a[r.clone()], g);
+            if bodies_at_slots {
+                poly::add_sub_monomial_twisted_at_slots(
+                    m,
+                    &mut self.b[r.clone()],
+                    &mut twisted.b[r.clone()],
+                    &odd.b[r],
+                    h,
+                    g,
+                );
+            } else {
+                poly::add_sub_monomial(
+                    m,
+                    &mut self.b[r.clone()],
+                    &mut diff.b[r.clone()],
+                    &odd.b[r.clone()],
+                    h,
+                );
+                poly::automorphism(m, &mut twisted.b[r.clone()], &diff.b[r], g);
+            }
+        }
+    }
+
     /// [`automorphism`](Self::automorphism) written into `out` (of the same
     /// ring degree and limbs; every coefficient is overwritten), reusing its
     /// buffers.
@@ -340,6 +377,55 @@ mod tests {
             }
         }
         ct
+    }
+
+    // A packing node's one-pass step with full bodies is the sequence it
+    // replaced (copy E, add and subtract X^h·O, twist the difference),
+    // word for word, on one limb and on two, at the shifts of the lowest
+    // and highest levels; at the slots its bodies are those words at the
+    // multiples of h (PACK-6), E's elsewhere.
+    #[test]
+    fn pack_node_step_equals_the_separate_passes() {
+        for set in ["b16", "s16"] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let (q, n) = (ctx.q(), ctx.n());
+            let mut rng = Csprng::from_seed([5; 16]);
+            for level in [1u32, 2, 5, n.trailing_zeros()] {
+                let (h, g) = (n >> level, (n >> (level - 1)) + 1);
+                let even = random_ciphertext(q, n, &mut rng);
+                let odd = random_ciphertext(q, n, &mut rng);
+                let mut sum = even.clone();
+                sum.monomial_mul_add(q, &odd, h, false);
+                let mut diff = even.clone();
+                diff.monomial_mul_add(q, &odd, h, true);
+                let twisted = diff.automorphism(q, g);
+                let mut scratch = random_ciphertext(q, n, &mut rng);
+                let (mut got, mut got_twisted) = (even.clone(), random_ciphertext(q, n, &mut rng));
+                got.pack_node_step(q, &odd, (h, g), &mut scratch, &mut got_twisted, false);
+                assert_eq!(
+                    (&got, &got_twisted),
+                    (&sum, &twisted),
+                    "{set}, level {level}"
+                );
+                let stale = random_ciphertext(q, n, &mut rng);
+                let (mut got, mut got_twisted) = (even.clone(), stale.clone());
+                got.pack_node_step(q, &odd, (h, g), &mut scratch, &mut got_twisted, true);
+                assert_eq!((&got.a, &got_twisted.a), (&sum.a, &twisted.a));
+                for i in 0..n * q.len() {
+                    let slot = (i % n) % h == 0;
+                    let (b, t) = if slot {
+                        (&sum.b, &twisted.b)
+                    } else {
+                        (&even.b, &stale.b)
+                    };
+                    assert_eq!(
+                        (got.b[i], got_twisted.b[i]),
+                        (b[i], t[i]),
+                        "{set}, level {level}, {i}"
+                    );
+                }
+            }
+        }
     }
 
     // The packer's leaves (src/pack.rs) sum their terms block by block; the
