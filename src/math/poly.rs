@@ -430,7 +430,6 @@ pub fn add_sub_monomial_twisted_at_slots(
 ) {
     let n = o.len();
     debug_assert!(h > 0 && h < n && n.is_multiple_of(h) && g % 2 == 1);
-    let wrap = 2 * n - 1;
     for j in (0..n).step_by(h) {
         let (sum, diff) = if j >= h {
             (m.add(e[j], o[j - h]), m.sub(e[j], o[j - h]))
@@ -439,32 +438,47 @@ pub fn add_sub_monomial_twisted_at_slots(
             (m.sub(e[j], o[n - h]), m.add(e[j], o[n - h]))
         };
         e[j] = sum;
-        let k = (j * g) & wrap;
-        if k < n {
-            t[k] = diff;
-        } else {
-            t[k - n] = m.neg(diff);
-        }
+        put_twisted(m, t, j, g, diff);
     }
 }
 
 /// Branch-free kernels, compiled once per instruction set (SIMD-1).
 mod simd {
+    /// `x + i mod q` for x, i < q, branch-free.
+    #[inline(always)]
+    fn add_word(q: u64, x: u64, i: u64) -> u64 {
+        let s = x.wrapping_add(i);
+        let t = s.wrapping_sub(q);
+        // The true sum is ≥ q when it wrapped (s < i) or when s ≥ q.
+        if (s < i) | (s >= q) {
+            t
+        } else {
+            s
+        }
+    }
+
+    /// `x − i mod q` for x, i < q, branch-free.
+    #[inline(always)]
+    fn sub_word(q: u64, x: u64, i: u64) -> u64 {
+        let d = x.wrapping_sub(i);
+        if x < i {
+            d.wrapping_add(q)
+        } else {
+            d
+        }
+    }
+
     #[inline(always)]
     fn add_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
         for (o, &i) in out.iter_mut().zip(inp) {
-            let s = o.wrapping_add(i);
-            let t = s.wrapping_sub(q);
-            // The true sum is ≥ q when it wrapped (s < i) or when s ≥ q.
-            *o = if (s < i) | (s >= q) { t } else { s };
+            *o = add_word(q, *o, i);
         }
     }
 
     #[inline(always)]
     fn sub_kernel(q: u64, out: &mut [u64], inp: &[u64]) {
         for (o, &i) in out.iter_mut().zip(inp) {
-            let d = o.wrapping_sub(i);
-            *o = if *o < i { d.wrapping_add(q) } else { d };
+            *o = sub_word(q, *o, i);
         }
     }
 
@@ -472,15 +486,7 @@ mod simd {
     #[inline(always)]
     fn add_sub_kernel<const SWAP: bool>(q: u64, e: &mut [u64], d: &mut [u64], o: &[u64]) {
         for ((e, d), &i) in e.iter_mut().zip(d.iter_mut()).zip(o) {
-            let x = *e;
-            let s = x.wrapping_add(i);
-            let s = if (s < i) | (s >= q) {
-                s.wrapping_sub(q)
-            } else {
-                s
-            };
-            let t = x.wrapping_sub(i);
-            let t = if x < i { t.wrapping_add(q) } else { t };
+            let (s, t) = (add_word(q, *e, i), sub_word(q, *e, i));
             (*e, *d) = if SWAP { (t, s) } else { (s, t) };
         }
     }
@@ -627,7 +633,7 @@ mod simd {
                     unsafe { add_sub_avx2::<false>(SOLINAS, &mut o, &mut d, b) };
                     prop_assert_eq!((&o, &d), (&add, &sub));
                     let (mut o, mut d) = (a.clone(), vec![0; a.len()]);
-                    add_sub_kernel::<true>(SOLINAS, &mut o, &mut d, b);
+                    unsafe { add_sub_avx2::<true>(SOLINAS, &mut o, &mut d, b) };
                     prop_assert_eq!((&o, &d), (&sub, &add));
                 }
             }
@@ -645,16 +651,21 @@ pub fn scalar_mul_assign(m: Modulus, out: &mut [u64], c: u64) {
 /// `out = τ_g(inp)`, the ring automorphism `X ↦ X^g` for odd `g`: a signed
 /// permutation of the coefficients.
 pub fn automorphism(m: Modulus, out: &mut [u64], inp: &[u64], g: usize) {
-    let n = inp.len();
-    debug_assert!(g % 2 == 1);
-    let mask = 2 * n - 1;
+    debug_assert!(g % 2 == 1 && out.len() == inp.len());
     for (i, &c) in inp.iter().enumerate() {
-        let j = (i * g) & mask;
-        if j < n {
-            out[j] = c;
-        } else {
-            out[j - n] = m.neg(c);
-        }
+        put_twisted(m, out, i, g, c);
+    }
+}
+
+/// `τ_g(X^i)·c` into `out`: `out[i·g mod 2N] = c`, negated past N (X^N = −1).
+#[inline(always)]
+fn put_twisted(m: Modulus, out: &mut [u64], i: usize, g: usize, c: u64) {
+    let n = out.len();
+    let j = (i * g) & (2 * n - 1);
+    if j < n {
+        out[j] = c;
+    } else {
+        out[j - n] = m.neg(c);
     }
 }
 

@@ -264,32 +264,24 @@ impl Ciphertext {
         let n = self.n;
         for (l, &m) in q.limbs().iter().enumerate() {
             let r = l * n..(l + 1) * n;
-            poly::add_sub_monomial(
-                m,
-                &mut self.a[r.clone()],
-                &mut diff.a[r.clone()],
-                &odd.a[r.clone()],
-                h,
-            );
-            poly::automorphism(m, &mut twisted.a[r.clone()], &diff.a[r.clone()], g);
-            if bodies_at_slots {
-                poly::add_sub_monomial_twisted_at_slots(
-                    m,
-                    &mut self.b[r.clone()],
-                    &mut twisted.b[r.clone()],
-                    &odd.b[r],
-                    h,
-                    g,
-                );
-            } else {
-                poly::add_sub_monomial(
-                    m,
-                    &mut self.b[r.clone()],
-                    &mut diff.b[r.clone()],
-                    &odd.b[r.clone()],
-                    h,
-                );
-                poly::automorphism(m, &mut twisted.b[r.clone()], &diff.b[r], g);
+            let parts = [
+                (&mut self.a, &mut diff.a, &mut twisted.a, &odd.a, false),
+                (
+                    &mut self.b,
+                    &mut diff.b,
+                    &mut twisted.b,
+                    &odd.b,
+                    bodies_at_slots,
+                ),
+            ];
+            for (e, d, t, o, at_slots) in parts {
+                let (e, t, o) = (&mut e[r.clone()], &mut t[r.clone()], &o[r.clone()]);
+                if at_slots {
+                    poly::add_sub_monomial_twisted_at_slots(m, e, t, o, h, g);
+                } else {
+                    poly::add_sub_monomial(m, e, &mut d[r.clone()], o, h);
+                    poly::automorphism(m, t, &d[r.clone()], g);
+                }
             }
         }
     }
@@ -381,8 +373,8 @@ mod tests {
 
     // A packing node's one-pass step with full bodies is the sequence it
     // replaced (copy E, add and subtract X^h·O, twist the difference),
-    // word for word, on one limb and on two, at the shifts of the lowest
-    // and highest levels; at the slots its bodies are those words at the
+    // word for word, on one limb and on two, at the shifts and Galois
+    // elements of the lowest and highest levels; at the slots its bodies are those words at the
     // multiples of h (PACK-6), E's elsewhere.
     #[test]
     fn pack_node_step_equals_the_separate_passes() {
@@ -391,7 +383,8 @@ mod tests {
             let (q, n) = (ctx.q(), ctx.n());
             let mut rng = Csprng::from_seed([5; 16]);
             for level in [1u32, 2, 5, n.trailing_zeros()] {
-                let (h, g) = (n >> level, (n >> (level - 1)) + 1);
+                // The level's shift and Galois element (`GaloisKeys::key_for_level`).
+                let (h, g) = (n >> level, (1 << level) + 1);
                 let even = random_ciphertext(q, n, &mut rng);
                 let odd = random_ciphertext(q, n, &mut rng);
                 let mut sum = even.clone();
