@@ -9,6 +9,8 @@
 mod goldilocks_ntt;
 mod kernels;
 mod modulus;
+#[cfg(target_arch = "x86_64")]
+mod narrow_ntt;
 mod ntt;
 pub mod poly;
 mod rns;
@@ -17,6 +19,7 @@ pub(crate) mod slots;
 pub use kernels::{kernels, Kernels};
 pub(crate) use modulus::{add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst};
 pub use modulus::{Modulus, SOLINAS};
+pub(crate) use ntt::Narrow;
 pub use ntt::{NttPlan, RnsNttPlan};
 pub(crate) use rns::CrtComposer;
 pub use rns::{RnsModulus, MAX_LIMBS};

@@ -2,11 +2,14 @@
 //! [`SOLINAS`](super::SOLINAS) on CPUs with AVX-512 or AVX2, the crate's
 //! own transform (`goldilocks_ntt`: shift twiddles, cyclic blocks after a
 //! twist, transposed tail; the AVX-512 and AVX2 kernels give the same
-//! outputs); every other prime, or that one without either, is delegated
-//! to `tfhe-ntt`, which selects AVX-512 (IFMA), AVX2 or scalar kernels at
-//! run time (SIMD-1).
+//! outputs); modulo a prime below 2^31 on AVX2 without AVX-512, the
+//! crate's own 32-bit transform (`narrow_ntt`, tfhe-ntt's outputs word for
+//! word); every other case is delegated to `tfhe-ntt`, which selects
+//! AVX-512 (IFMA), AVX2 or scalar kernels at run time (SIMD-1).
 
 use super::goldilocks_ntt::GoldilocksNtt;
+#[cfg(target_arch = "x86_64")]
+use super::narrow_ntt::NarrowNtt;
 use super::Modulus;
 
 /// A transform of length `N` modulo one prime `p ≡ 1 (mod 2N)`.
@@ -23,16 +26,16 @@ pub struct NttPlan {
     n_inv: u64,
 }
 
-/// tfhe-ntt's transform for one prime: its 32-bit plan for primes below
-/// 2^31 (the b-sets' P: sixteen lanes per AVX-512 vector instead of eight,
-/// about 0.7× the time), else its 64-bit one. Each prime has one
+/// One prime's transform: 32-bit words for primes below 2^31 (the b-sets'
+/// P: sixteen lanes per AVX-512 vector instead of eight, about 0.7× the
+/// time; [`Narrow`]), else tfhe-ntt's 64-bit plan. Each prime has one
 /// transform, so every operand of a point-wise product is in its domain.
 /// The Goldilocks prime takes the crate's own transform where it runs
 /// (AVX-512 or AVX2, N ≥ 64), keeping tfhe-ntt's plan for `normalize` and
 /// the point-wise products, which do not depend on the order.
 enum Transform {
     Wide(tfhe_ntt::prime64::Plan),
-    Narrow(tfhe_ntt::prime32::Plan),
+    Narrow(Narrow),
     Goldilocks(GoldilocksNtt, tfhe_ntt::prime64::Plan),
 }
 
@@ -40,7 +43,7 @@ impl Transform {
     fn size(&self) -> usize {
         match self {
             Self::Wide(p) => p.ntt_size(),
-            Self::Narrow(p) => p.ntt_size(),
+            Self::Narrow(p) => p.tfhe.ntt_size(),
             Self::Goldilocks(g, _) => g.n(),
         }
     }
@@ -54,6 +57,47 @@ impl Transform {
         for (o, &x) in buf.iter_mut().zip(&tmp) {
             *o = x as u64;
         }
+    }
+}
+
+/// A prime below 2^31's transform in 32-bit words: the crate's own AVX2
+/// kernels where they run (`narrow_ntt`: tfhe-ntt's outputs word for word,
+/// faster on AVX2), else tfhe-ntt's plan, which also serves `normalize`.
+pub(crate) struct Narrow {
+    tfhe: tfhe_ntt::prime32::Plan,
+    #[cfg(target_arch = "x86_64")]
+    own: Option<NarrowNtt>,
+}
+
+impl Narrow {
+    fn new(n: usize, p: u32) -> Option<Self> {
+        let tfhe = tfhe_ntt::prime32::Plan::try_new(n, p)?;
+        Some(Self {
+            #[cfg(target_arch = "x86_64")]
+            own: NarrowNtt::supported()
+                .then(|| NarrowNtt::new(&tfhe))
+                .flatten(),
+            tfhe,
+        })
+    }
+
+    /// Forward transform of reduced coefficients, reduced evaluations out
+    /// in bit-reversed order.
+    pub(crate) fn fwd(&self, buf: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(own) = &self.own {
+            return own.fwd(buf);
+        }
+        self.tfhe.fwd(buf)
+    }
+
+    /// Inverse transform without the 1/N factor, reduced.
+    pub(crate) fn inv(&self, buf: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(own) = &self.own {
+            return own.inv(buf);
+        }
+        self.tfhe.inv(buf)
     }
 }
 
@@ -71,7 +115,7 @@ impl NttPlan {
     pub fn new(n: usize, p: u64) -> Option<Self> {
         let modulus = Modulus::new(p)?;
         let plan = if p < 1 << 31 {
-            Transform::Narrow(tfhe_ntt::prime32::Plan::try_new(n, p as u32)?)
+            Transform::Narrow(Narrow::new(n, p as u32)?)
         } else {
             let wide = tfhe_ntt::prime64::Plan::try_new(n, p)?;
             match GoldilocksNtt::new(n) {
@@ -96,7 +140,7 @@ impl NttPlan {
 
     /// The 32-bit transform, when p < 2^31: for callers that keep their
     /// residues in 32-bit words (the one-limb key switch's mod-P side).
-    pub(crate) fn narrow(&self) -> Option<&tfhe_ntt::prime32::Plan> {
+    pub(crate) fn narrow(&self) -> Option<&Narrow> {
         match &self.plan {
             Transform::Narrow(p) => Some(p),
             Transform::Wide(_) | Transform::Goldilocks(..) => None,
@@ -146,7 +190,7 @@ impl NttPlan {
             }
             Transform::Narrow(p) => Transform::narrowed(buf, |b| {
                 p.inv(b);
-                p.normalize(b);
+                p.tfhe.normalize(b);
             }),
         }
     }
@@ -155,7 +199,7 @@ impl NttPlan {
     pub fn normalize(&self, buf: &mut [u64]) {
         match &self.plan {
             Transform::Wide(p) | Transform::Goldilocks(_, p) => p.normalize(buf),
-            Transform::Narrow(p) => Transform::narrowed(buf, |b| p.normalize(b)),
+            Transform::Narrow(p) => Transform::narrowed(buf, |b| p.tfhe.normalize(b)),
         }
     }
 

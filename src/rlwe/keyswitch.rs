@@ -1176,7 +1176,7 @@ impl Context {
         ct: &Ciphertext,
         out: &mut Ciphertext,
         scratch: &mut KeySwitchScratch,
-        ntt_p: &tfhe_ntt::prime32::Plan,
+        ntt_p: &crate::math::Narrow,
         body_slots: Option<(usize, &SlotInverse, &SlotInverse)>,
     ) {
         let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
