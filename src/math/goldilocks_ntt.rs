@@ -1024,7 +1024,7 @@ mod avx512 {
 /// also `x + 2^63`) turns it into `_mm256_cmpgt_epi64`, and the masked
 /// corrections become an `and` with the all-ones lane mask.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::{GoldilocksNtt, Twiddle, Twisted, BLOCK, EPS, SOLINAS};
     use std::arch::x86_64::*;
 
@@ -1098,10 +1098,12 @@ mod avx2 {
         _mm256_add_epi64(s_flipped, _mm256_and_si256(carry, splat(EPS)))
     }
 
-    /// `lo + mid·2^64 + top·2^96 mod q` as in the AVX-512 `fold`.
+    /// `lo + mid·2^64 + top·2^96 mod q` as in the AVX-512 `fold`: of `mid`
+    /// only the low 32 bits count, top < q; reduced. Also the key
+    /// product's reduction (`rlwe::keyswitch`).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn fold(lo: __m256i, mid: __m256i, top: __m256i) -> __m256i {
+    pub(crate) fn fold(lo: __m256i, mid: __m256i, top: __m256i) -> __m256i {
         let mid_lo = _mm256_and_si256(mid, splat(EPS));
         let mid_term = _mm256_sub_epi64(_mm256_slli_epi64::<32>(mid), mid_lo);
         let borrow = lt(lo, top);

@@ -816,15 +816,74 @@ mod simd {
     ) {
         key_product_solinas_kernel(d, k, out_a, out_b)
     }
+    /// The key product modulo the Solinas prime on AVX2's four lanes, by
+    /// 32-bit columns: with x = x1·2^32 + x0 and k likewise, each of the
+    /// four `vpmuludq` products x_a·k_b (weight 2^(32(a+b))) adds its low
+    /// half to column a + b and its high half to column a + b + 1. Each
+    /// column sums at most 3·L halves below 2^32, exact in 64 bits, and the
+    /// value Σ c_w·2^(32w) is reduced once per output. The compiler's AVX2
+    /// build of [`key_product_solinas_kernel`] emulated its 128-bit carries
+    /// with scalar `mul`s and lane moves (benches/README.md, "The key
+    /// product by columns"). Outputs reduced, as the other kernels'.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn key_product_solinas_avx2<const L: usize>(
-        d: [&[u64]; L],
-        k: ([&[u64]; L], [&[u64]; L]),
+    unsafe fn key_product_solinas_avx2<'a, const L: usize>(
+        d: [&'a [u64]; L],
+        (ka, kb): ([&'a [u64]; L], [&'a [u64]; L]),
         out_a: &mut [u64],
         out_b: &mut [u64],
     ) {
-        key_product_solinas_kernel(d, k, out_a, out_b)
+        use std::arch::x86_64::*;
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        let low = _mm256_set1_epi64x(0xffff_ffff);
+        // SAFETY (loads, stores): i + 4 ≤ n, and every row holds n words.
+        let load = |row: &[u64], i: usize| unsafe { _mm256_loadu_si256(row[i..].as_ptr().cast()) };
+        let mac = |c: &mut [__m256i; 4], x: __m256i, x1: __m256i, k: __m256i| {
+            let k1 = _mm256_srli_epi64::<32>(k);
+            let products = [
+                (0, _mm256_mul_epu32(x, k)),
+                (1, _mm256_mul_epu32(x, k1)),
+                (1, _mm256_mul_epu32(x1, k)),
+                (2, _mm256_mul_epu32(x1, k1)),
+            ];
+            for (w, p) in products {
+                c[w] = _mm256_add_epi64(c[w], _mm256_and_si256(p, low));
+                c[w + 1] = _mm256_add_epi64(c[w + 1], _mm256_srli_epi64::<32>(p));
+            }
+        };
+        // c0 + c1·2^32 + c2·2^64 + c3·2^96 as lo + mid·2^64 + top·2^96
+        // with lo < 2^64 (the carries of c0 and c1 moved up), then folded.
+        let reduce = |c: [__m256i; 4]| {
+            let t1 = _mm256_add_epi64(c[1], _mm256_srli_epi64::<32>(c[0]));
+            let lo = _mm256_or_si256(_mm256_and_si256(c[0], low), _mm256_slli_epi64::<32>(t1));
+            let mid = _mm256_add_epi64(c[2], _mm256_srli_epi64::<32>(t1));
+            let top = _mm256_add_epi64(c[3], _mm256_srli_epi64::<32>(mid));
+            crate::math::solinas_fold_avx2(lo, mid, top)
+        };
+        let whole = n - n % 4;
+        for i in (0..whole).step_by(4) {
+            let (mut a, mut b) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+            for j in 0..L {
+                let x = load(d[j], i);
+                let x1 = _mm256_srli_epi64::<32>(x);
+                mac(&mut a, x, x1, load(ka[j], i));
+                mac(&mut b, x, x1, load(kb[j], i));
+            }
+            // SAFETY: as for the loads.
+            unsafe {
+                _mm256_storeu_si256(out_a[i..].as_mut_ptr().cast(), reduce(a));
+                _mm256_storeu_si256(out_b[i..].as_mut_ptr().cast(), reduce(b));
+            }
+        }
+        let rest = |r: [&'a [u64]; L]| r.map(|s| &s[whole..]);
+        key_product_solinas_kernel(
+            rest(d),
+            (rest(ka), rest(kb)),
+            &mut out_a[whole..],
+            &mut out_b[whole..],
+        );
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
