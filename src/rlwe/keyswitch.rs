@@ -896,16 +896,79 @@ mod simd {
     ) {
         key_product_small_kernel(p, d, k, out_a, out_b)
     }
+    /// [`key_product_small_kernel`]'s sums on AVX2's four 64-bit lanes,
+    /// reduced without a 64-bit high product (which AVX2 lacks; the
+    /// compiler's build moved every lane to a scalar `mul`): a sum s =
+    /// s_hi·2^32 + s_lo becomes s_hi·(2^32 mod P) + s_lo·1, each product by
+    /// Shoup's method in [0, 2P) (exact in 64 bits for 32-bit operands),
+    /// and their sum below 4P takes two conditional subtractions.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn key_product_small_avx2<const L: usize>(
+    unsafe fn key_product_small_avx2<'a, const L: usize>(
         p: u64,
-        d: [&[u32]; L],
-        k: ([&[u64]; L], [&[u64]; L]),
+        d: [&'a [u32]; L],
+        (ka, kb): ([&'a [u64]; L], [&'a [u64]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
-        key_product_small_kernel(p, d, k, out_a, out_b)
+        use std::arch::x86_64::*;
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        let splat = |x: u64| _mm256_set1_epi64x(x as i64);
+        let r = (1u64 << 32) % p;
+        // Shoup companions ⌊w·2^32/P⌋ of w = 2^32 mod P and w = 1.
+        let (hi_w, hi_shoup, lo_shoup) = (splat(r), splat((r << 32) / p), splat((1 << 32) / p));
+        let (pv, two_p, low) = (splat(p), splat(2 * p), splat(0xffff_ffff));
+        // x − m where x ≥ m, for x < 2m (signed compares: x < 2^34).
+        let sub_if = |x: __m256i, m: __m256i| {
+            let below = _mm256_cmpgt_epi64(m, x);
+            _mm256_sub_epi64(x, _mm256_andnot_si256(below, m))
+        };
+        let reduce = |s: __m256i| {
+            let (s_hi, s_lo) = (_mm256_srli_epi64::<32>(s), _mm256_and_si256(s, low));
+            let q_hi = _mm256_srli_epi64::<32>(_mm256_mul_epu32(s_hi, hi_shoup));
+            let t_hi = _mm256_sub_epi64(_mm256_mul_epu32(s_hi, hi_w), _mm256_mul_epu32(q_hi, pv));
+            let q_lo = _mm256_srli_epi64::<32>(_mm256_mul_epu32(s_lo, lo_shoup));
+            let t_lo = _mm256_sub_epi64(s_lo, _mm256_mul_epu32(q_lo, pv));
+            sub_if(sub_if(_mm256_add_epi64(t_hi, t_lo), two_p), pv)
+        };
+        // The low words of four 64-bit lanes, in order.
+        let narrow = |v: __m256i| {
+            let packed = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+            _mm256_castsi256_si128(packed)
+        };
+        let whole = n - n % 4;
+        for i in (0..whole).step_by(4) {
+            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for j in 0..L {
+                // SAFETY (loads and stores): i + 4 ≤ n, every row holds n words.
+                let (x, k_a, k_b) = unsafe {
+                    (
+                        _mm256_cvtepu32_epi64(_mm_loadu_si128(d[j][i..].as_ptr().cast())),
+                        _mm256_loadu_si256(ka[j][i..].as_ptr().cast()),
+                        _mm256_loadu_si256(kb[j][i..].as_ptr().cast()),
+                    )
+                };
+                // The keys' words are below P < 2^32: `vpmuludq` reads them whole.
+                a = _mm256_add_epi64(a, _mm256_mul_epu32(x, k_a));
+                b = _mm256_add_epi64(b, _mm256_mul_epu32(x, k_b));
+            }
+            // SAFETY: as above.
+            unsafe {
+                _mm_storeu_si128(out_a[i..].as_mut_ptr().cast(), narrow(reduce(a)));
+                _mm_storeu_si128(out_b[i..].as_mut_ptr().cast(), narrow(reduce(b)));
+            }
+        }
+        let rest32 = |r: [&'a [u32]; L]| r.map(|s| &s[whole..]);
+        let rest = |r: [&'a [u64]; L]| r.map(|s| &s[whole..]);
+        key_product_small_kernel(
+            p,
+            rest32(d),
+            (rest(ka), rest(kb)),
+            &mut out_a[whole..],
+            &mut out_b[whole..],
+        );
     }
 
     /// One digit of every one-word `y` into its residues mod q and mod P
