@@ -1032,7 +1032,7 @@ pub(crate) mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn splat(x: u64) -> __m256i {
+    pub(crate) fn splat(x: u64) -> __m256i {
         _mm256_set1_epi64x(x as i64)
     }
 
@@ -1056,7 +1056,7 @@ pub(crate) mod avx2 {
     /// a blend, which cannot absorb a negation the way `vpandn` does.)
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn add(a: __m256i, b: __m256i) -> __m256i {
+    pub(crate) fn add(a: __m256i, b: __m256i) -> __m256i {
         // (q − 1 − b) ^ 2^63 = ((q − 1) ^ 2^63) − b, with b ≤ q − 1.
         let limit_flipped = _mm256_sub_epi64(splat((SOLINAS - 1) ^ SIGN), b);
         let wraps = _mm256_cmpgt_epi64(flip(a), limit_flipped);
@@ -1066,7 +1066,7 @@ pub(crate) mod avx2 {
     /// `a − b mod q` for a, b < q: on a borrow adding q is subtracting EPS.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn sub(a: __m256i, b: __m256i) -> __m256i {
+    pub(crate) fn sub(a: __m256i, b: __m256i) -> __m256i {
         let borrow = lt(a, b);
         let d = _mm256_sub_epi64(a, b);
         _mm256_sub_epi64(d, _mm256_and_si256(borrow, splat(EPS)))
@@ -1115,7 +1115,7 @@ pub(crate) mod avx2 {
     /// `x·w mod q` for x < 2^64, w < q, with `w_hi` = w >> 32.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn mul(x: __m256i, w: __m256i, w_hi: __m256i) -> __m256i {
+    pub(crate) fn mul(x: __m256i, w: __m256i, w_hi: __m256i) -> __m256i {
         let x_hi = _mm256_srli_epi64::<32>(x);
         let ll = _mm256_mul_epu32(x, w);
         let lh = _mm256_mul_epu32(x, w_hi);

@@ -16,9 +16,10 @@ pub mod poly;
 mod rns;
 pub(crate) mod slots;
 
-/// AVX2's reduction of lo + mid·2^64 + top·2^96 modulo the Solinas prime.
+/// AVX2 arithmetic modulo the Solinas prime on four lanes (reduced
+/// operands and results), for kernels outside the transform.
 #[cfg(target_arch = "x86_64")]
-pub(crate) use goldilocks_ntt::avx2::fold as solinas_fold_avx2;
+pub(crate) use goldilocks_ntt::avx2 as solinas_avx2;
 pub use kernels::{kernels, Kernels};
 pub(crate) use modulus::{add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst};
 pub use modulus::{Modulus, SOLINAS};

@@ -206,6 +206,11 @@ impl MulConst {
         }
     }
 
+    /// The factor w, reduced.
+    pub(crate) fn factor(self) -> u64 {
+        self.w
+    }
+
     /// Whether [`mul_split`](Self::mul_split) serves this modulus (Shoup's
     /// q < 2^63, or [`SOLINAS`]).
     pub(crate) fn splittable(self) -> bool {

@@ -353,6 +353,60 @@ mod simd {
         }
     }
 
+    /// [`mod_down_kernel`] for the Solinas q on AVX2's four lanes, with
+    /// the Goldilocks transform's reduced add, subtract and multiply (the
+    /// compiler's build of the portable kernel took its 64-bit high
+    /// products lane by lane in scalar code).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mod_down_solinas_avx2<const BODY: bool>(c: ModDown, o: ModDownOperands) {
+        use crate::math::solinas_avx2::{add, mul, splat, sub};
+        use std::arch::x86_64::*;
+        debug_assert_eq!(c.q, SOLINAS);
+        let n = o.out_a.len();
+        let (aq, ap) = (&o.aq[..n], &o.ap[..n]);
+        let (bq, bp, ct_b) = if BODY {
+            (&o.bq[..n], &o.bp[..n], &o.ct_b[..n])
+        } else {
+            (&[][..], &[][..], &[][..])
+        };
+        let out_b = if BODY { &mut o.out_b[..n] } else { &mut [][..] };
+        let out_a = o.out_a;
+        let w = c.p_inv.factor();
+        let (w, w_hi) = (splat(w), splat(w >> 32));
+        // x_P ≤ P/2 as a signed compare: x_P < P < 2^63.
+        let (half_p, lift) = (splat(c.p / 2), splat(c.q.wrapping_sub(c.p)));
+        let down = |xq: __m256i, xp: __m256i| {
+            let above = _mm256_cmpgt_epi64(xp, half_p);
+            let centred = _mm256_add_epi64(xp, _mm256_and_si256(above, lift));
+            mul(sub(xq, centred), w, w_hi)
+        };
+        // SAFETY (all loads and stores): i + 4 ≤ n, and each slice holds
+        // n words (the body's only when BODY).
+        let load = |s: &[u64], i: usize| unsafe { _mm256_loadu_si256(s[i..].as_ptr().cast()) };
+        let whole = n - n % 4;
+        for i in (0..whole).step_by(4) {
+            let a = down(load(aq, i), load(ap, i));
+            let new_a = sub(load(out_a, i), a);
+            unsafe { _mm256_storeu_si256(out_a[i..].as_mut_ptr().cast(), new_a) };
+            if BODY {
+                let b = down(load(bq, i), load(bp, i));
+                let new_b = add(load(out_b, i), sub(load(ct_b, i), b));
+                unsafe { _mm256_storeu_si256(out_b[i..].as_mut_ptr().cast(), new_b) };
+            }
+        }
+        let rest = ModDownOperands {
+            aq: &aq[whole..],
+            bq: if BODY { &bq[whole..] } else { bq },
+            ap: &ap[whole..],
+            bp: if BODY { &bp[whole..] } else { bp },
+            ct_b: if BODY { &ct_b[whole..] } else { ct_b },
+            out_a: &mut out_a[whole..],
+            out_b: if BODY { &mut out_b[whole..] } else { out_b },
+        };
+        mod_down_kernel::<true, BODY>(c, rest)
+    }
+
     /// The constants of the two-limb CRT: x = r_0 + q_0·v_1 with
     /// v_1 = (r_1 − r_0)·q_0^-1 mod q_1, then centred modulo q = q_0·q_1.
     #[derive(Clone, Copy, Debug)]
@@ -645,6 +699,10 @@ mod simd {
                 // SAFETY: the features were detected on this CPU.
                 return unsafe { mod_down_avx512::<SOLINAS_Q, BODY>(c, o) };
             }
+            if SOLINAS_Q && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above.
+                return unsafe { mod_down_solinas_avx2::<BODY>(c, o) };
+            }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: as above.
                 return unsafe { mod_down_avx2::<SOLINAS_Q, BODY>(c, o) };
@@ -860,7 +918,7 @@ mod simd {
             let lo = _mm256_or_si256(_mm256_and_si256(c[0], low), _mm256_slli_epi64::<32>(t1));
             let mid = _mm256_add_epi64(c[2], _mm256_srli_epi64::<32>(t1));
             let top = _mm256_add_epi64(c[3], _mm256_srli_epi64::<32>(mid));
-            crate::math::solinas_fold_avx2(lo, mid, top)
+            crate::math::solinas_avx2::fold(lo, mid, top)
         };
         let whole = n - n % 4;
         for i in (0..whole).step_by(4) {
