@@ -424,7 +424,9 @@ mod tests {
         }
         let (p, log_n) = (PRIMES[0], 12);
         let (_, own) = plans(log_n, p);
-        let x: Vec<u32> = (0..1u32 << log_n).map(|i| (i * 2654435761) % p).collect();
+        let x: Vec<u32> = (0..1u32 << log_n)
+            .map(|i| i.wrapping_mul(2654435761) % p)
+            .collect();
         let mut y = x.clone();
         own.fwd(&mut y);
         assert_ne!(x, y);
