@@ -179,15 +179,12 @@ fn splat_twiddle(t: Shoup) -> Twiddle {
     (splat(t.w), s, s)
 }
 
-/// The forward butterfly on [0, 2p): (x + y·w, x − y·w), reduced when
-/// `last`.
+/// (x + y, x − y + p) for x, y < p: both in [0, 2p); reduced when `last`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn forward_pair(x: __m256i, y: __m256i, w: Twiddle, p: __m256i, last: bool) -> (__m256i, __m256i) {
-    let t = reduce(mul_shoup(y, w.0, w.1, w.2, p), p);
-    let x = reduce(x, p);
-    let s = _mm256_add_epi32(x, t);
-    let d = _mm256_add_epi32(_mm256_sub_epi32(x, t), p);
+fn sum_and_difference(x: __m256i, y: __m256i, p: __m256i, last: bool) -> (__m256i, __m256i) {
+    let s = _mm256_add_epi32(x, y);
+    let d = _mm256_add_epi32(_mm256_sub_epi32(x, y), p);
     if last {
         (reduce(s, p), reduce(d, p))
     } else {
@@ -195,14 +192,19 @@ fn forward_pair(x: __m256i, y: __m256i, w: Twiddle, p: __m256i, last: bool) -> (
     }
 }
 
-/// The inverse butterfly on [0, 2p): (x + y, (x − y)·w), reduced when
-/// `last`.
+/// The forward butterfly on [0, 2p): (x + y·w, x − y·w).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn forward_pair(x: __m256i, y: __m256i, w: Twiddle, p: __m256i, last: bool) -> (__m256i, __m256i) {
+    let t = reduce(mul_shoup(y, w.0, w.1, w.2, p), p);
+    sum_and_difference(reduce(x, p), t, p, last)
+}
+
+/// The inverse butterfly on [0, 2p): (x + y, (x − y)·w).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn backward_pair(x: __m256i, y: __m256i, w: Twiddle, p: __m256i, last: bool) -> (__m256i, __m256i) {
-    let (x, y) = (reduce(x, p), reduce(y, p));
-    let s = _mm256_add_epi32(x, y);
-    let d = _mm256_add_epi32(_mm256_sub_epi32(x, y), p);
+    let (s, d) = sum_and_difference(reduce(x, p), reduce(y, p), p, false);
     let d = mul_shoup(d, w.0, w.1, w.2, p);
     if last {
         (reduce(s, p), reduce(d, p))
