@@ -388,10 +388,12 @@ mod simd {
         for i in (0..whole).step_by(4) {
             let a = down(load(aq, i), load(ap, i));
             let new_a = sub(load(out_a, i), a);
+            // SAFETY: as for the loads.
             unsafe { _mm256_storeu_si256(out_a[i..].as_mut_ptr().cast(), new_a) };
             if BODY {
                 let b = down(load(bq, i), load(bp, i));
                 let new_b = add(load(out_b, i), sub(load(ct_b, i), b));
+                // SAFETY: as for the loads.
                 unsafe { _mm256_storeu_si256(out_b[i..].as_mut_ptr().cast(), new_b) };
             }
         }
@@ -881,8 +883,9 @@ mod simd {
     /// column sums at most 3·L halves below 2^32, exact in 64 bits, and the
     /// value Σ c_w·2^(32w) is reduced once per output. The compiler's AVX2
     /// build of [`key_product_solinas_kernel`] emulated its 128-bit carries
-    /// with scalar `mul`s and lane moves (benches/README.md, "The key
-    /// product by columns"). Outputs reduced, as the other kernels'.
+    /// with scalar `mul`s and lane moves (benches/README.md, "An own AVX2
+    /// transform mod P; the key products and the division by P on AVX2").
+    /// Outputs reduced, as the other kernels'.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn key_product_solinas_avx2<'a, const L: usize>(
