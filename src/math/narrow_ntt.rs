@@ -57,16 +57,17 @@ pub(crate) struct NarrowNtt {
 impl NarrowNtt {
     /// Where this transform runs: AVX2 without AVX-512 (tfhe-ntt's
     /// AVX-512 kernels are kept there).
-    pub(crate) fn supported() -> bool {
+    fn supported() -> bool {
         std::arch::is_x86_feature_detected!("avx2")
             && !std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// The tables for tfhe-ntt's `plan` (p < 2^31, N ≥ 64): its root is
-    /// read off its transform of X, whose first evaluation is w itself.
+    /// The tables for tfhe-ntt's `plan` (p < 2^31, N ≥ 64) on a CPU the
+    /// kernels serve ([`supported`](Self::supported)), else `None`: the
+    /// root is read off its transform of X, whose first evaluation is w.
     pub(crate) fn new(plan: &tfhe_ntt::prime32::Plan) -> Option<Self> {
         let (n, p) = (plan.ntt_size(), plan.modulus());
-        if n < GROUP || p >= 1 << 31 {
+        if n < GROUP || p >= 1 << 31 || !Self::supported() {
             return None;
         }
         let mut x = vec![0u32; n];
@@ -125,14 +126,15 @@ impl NarrowNtt {
     /// The forward transform: coefficients in [0, p) in, evaluations in
     /// tfhe-ntt's bit-reversed order out, reduced.
     pub(crate) fn fwd(&self, buf: &mut [u32]) {
-        assert!(buf.len() == self.n && Self::supported());
-        // SAFETY: `supported` detected AVX2 on this CPU.
+        assert_eq!(buf.len(), self.n);
+        // SAFETY: `new` built this plan only where `supported` detected
+        // AVX2 on this CPU.
         unsafe { forward(self, buf) }
     }
 
     /// The inverse without the 1/N factor, reduced.
     pub(crate) fn inv(&self, buf: &mut [u32]) {
-        assert!(buf.len() == self.n && Self::supported());
+        assert_eq!(buf.len(), self.n);
         // SAFETY: as in `fwd`.
         unsafe { backward(self, buf) }
     }

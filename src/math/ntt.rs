@@ -74,9 +74,7 @@ impl Narrow {
         let tfhe = tfhe_ntt::prime32::Plan::try_new(n, p)?;
         Some(Self {
             #[cfg(target_arch = "x86_64")]
-            own: NarrowNtt::supported()
-                .then(|| NarrowNtt::new(&tfhe))
-                .flatten(),
+            own: NarrowNtt::new(&tfhe),
             tfhe,
         })
     }
