@@ -181,17 +181,24 @@ fn splat_twiddle(t: Shoup) -> Twiddle {
     (splat(t.w), s, s)
 }
 
-/// (x + y, x − y + p) for x, y < p: both in [0, 2p); reduced when `last`.
+/// Both halves of a butterfly's output reduced when it is the `last`
+/// stage's, else left in [0, 2p).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn sum_and_difference(x: __m256i, y: __m256i, p: __m256i, last: bool) -> (__m256i, __m256i) {
-    let s = _mm256_add_epi32(x, y);
-    let d = _mm256_add_epi32(_mm256_sub_epi32(x, y), p);
+fn finish((s, d): (__m256i, __m256i), p: __m256i, last: bool) -> (__m256i, __m256i) {
     if last {
         (reduce(s, p), reduce(d, p))
     } else {
         (s, d)
     }
+}
+
+/// (x + y, x − y + p) for x, y < p: both in [0, 2p).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sum_and_difference(x: __m256i, y: __m256i, p: __m256i) -> (__m256i, __m256i) {
+    let s = _mm256_add_epi32(x, y);
+    (s, _mm256_add_epi32(_mm256_sub_epi32(x, y), p))
 }
 
 /// The forward butterfly on [0, 2p): (x + y·w, x − y·w).
@@ -199,20 +206,15 @@ fn sum_and_difference(x: __m256i, y: __m256i, p: __m256i, last: bool) -> (__m256
 #[target_feature(enable = "avx2")]
 fn forward_pair(x: __m256i, y: __m256i, w: Twiddle, p: __m256i, last: bool) -> (__m256i, __m256i) {
     let t = reduce(mul_shoup(y, w.0, w.1, w.2, p), p);
-    sum_and_difference(reduce(x, p), t, p, last)
+    finish(sum_and_difference(reduce(x, p), t, p), p, last)
 }
 
 /// The inverse butterfly on [0, 2p): (x + y, (x − y)·w).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn backward_pair(x: __m256i, y: __m256i, w: Twiddle, p: __m256i, last: bool) -> (__m256i, __m256i) {
-    let (s, d) = sum_and_difference(reduce(x, p), reduce(y, p), p, false);
-    let d = mul_shoup(d, w.0, w.1, w.2, p);
-    if last {
-        (reduce(s, p), reduce(d, p))
-    } else {
-        (s, d)
-    }
+    let (s, d) = sum_and_difference(reduce(x, p), reduce(y, p), p);
+    finish((s, mul_shoup(d, w.0, w.1, w.2, p)), p, last)
 }
 
 #[inline]

@@ -876,6 +876,13 @@ mod simd {
     ) {
         key_product_solinas_kernel(d, k, out_a, out_b)
     }
+    /// Every row from word `start` on: the words a vector kernel leaves
+    /// to the portable one.
+    #[cfg(target_arch = "x86_64")]
+    fn rows_from<T, const L: usize>(rows: [&[T]; L], start: usize) -> [&[T]; L] {
+        rows.map(|r| &r[start..])
+    }
+
     /// The key product modulo the Solinas prime on AVX2's four lanes, by
     /// 32-bit columns: with x = x1·2^32 + x0 and k likewise, each of the
     /// four `vpmuludq` products x_a·k_b (weight 2^(32(a+b))) adds its low
@@ -888,9 +895,9 @@ mod simd {
     /// Outputs reduced, as the other kernels'.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn key_product_solinas_avx2<'a, const L: usize>(
-        d: [&'a [u64]; L],
-        (ka, kb): ([&'a [u64]; L], [&'a [u64]; L]),
+    unsafe fn key_product_solinas_avx2<const L: usize>(
+        d: [&[u64]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u64],
         out_b: &mut [u64],
     ) {
@@ -938,10 +945,9 @@ mod simd {
                 _mm256_storeu_si256(out_b[i..].as_mut_ptr().cast(), reduce(b));
             }
         }
-        let rest = |r: [&'a [u64]; L]| r.map(|s| &s[whole..]);
         key_product_solinas_kernel(
-            rest(d),
-            (rest(ka), rest(kb)),
+            rows_from(d, whole),
+            (rows_from(ka, whole), rows_from(kb, whole)),
             &mut out_a[whole..],
             &mut out_b[whole..],
         );
@@ -965,10 +971,10 @@ mod simd {
     /// and their sum below 4P takes two conditional subtractions.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn key_product_small_avx2<'a, const L: usize>(
+    unsafe fn key_product_small_avx2<const L: usize>(
         p: u64,
-        d: [&'a [u32]; L],
-        (ka, kb): ([&'a [u64]; L], [&'a [u64]; L]),
+        d: [&[u32]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
@@ -1021,12 +1027,10 @@ mod simd {
                 _mm_storeu_si128(out_b[i..].as_mut_ptr().cast(), narrow(reduce(b)));
             }
         }
-        let rest32 = |r: [&'a [u32]; L]| r.map(|s| &s[whole..]);
-        let rest = |r: [&'a [u64]; L]| r.map(|s| &s[whole..]);
         key_product_small_kernel(
             p,
-            rest32(d),
-            (rest(ka), rest(kb)),
+            rows_from(d, whole),
+            (rows_from(ka, whole), rows_from(kb, whole)),
             &mut out_a[whole..],
             &mut out_b[whole..],
         );
