@@ -720,43 +720,37 @@ mod simd {
         (d as u64).wrapping_add(m & (d >> 63) as u64)
     }
 
-    /// [`digit_step_one_kernel`] that writes the digit's residues mod q and
-    /// mod P (both above every digit; P < 2^32, in 32-bit words) instead
-    /// of the digit: the one-limb fused path needs no signed digit rows.
+    /// The one-limb fused path's digits in one pass: each `a[i]` centred
+    /// modulo q (as [`centre_kernel`]), cut into `L` gadget digits (as
+    /// [`digit_step_one_kernel`], the rest last), and each digit written as
+    /// its residues mod q and mod P (both above every digit; P < 2^32, in
+    /// 32-bit words). The rest stays in a register: one pass per digit
+    /// wrote it and read it back.
     #[inline(always)]
-    pub(super) fn digit_step_residues_kernel(
+    pub(super) fn one_limb_digits_kernel<const L: usize>(
         base_log: u32,
         (q, p): (u64, u64),
-        y: &mut [i64],
-        out_q: &mut [u64],
-        out_p: &mut [u32],
+        a: &[u64],
+        out_q: [&mut [u64]; L],
+        out_p: [&mut [u32]; L],
     ) {
+        let half_q = q / 2;
         let half = 1i64 << (base_log - 1);
         let mask = (1i64 << base_log) - 1;
-        let n = y.len();
-        let (out_q, out_p) = (&mut out_q[..n], &mut out_p[..n]);
-        for (i, y) in y.iter_mut().enumerate() {
-            let t = (*y & mask) + half;
-            let d = (t & mask) - half;
-            *y = (*y >> base_log) + (t >> base_log);
-            out_q[i] = residue(q, d);
-            out_p[i] = residue(p, d) as u32;
-        }
-    }
-
-    /// The top digit (the rest `y`) as residues mod q and mod P (32-bit).
-    #[inline(always)]
-    pub(super) fn top_residues_kernel(
-        (q, p): (u64, u64),
-        y: &[i64],
-        out_q: &mut [u64],
-        out_p: &mut [u32],
-    ) {
-        let n = y.len();
-        let (out_q, out_p) = (&mut out_q[..n], &mut out_p[..n]);
-        for (i, &d) in y.iter().enumerate() {
-            out_q[i] = residue(q, d);
-            out_p[i] = residue(p, d) as u32;
+        let n = a.len();
+        let out_q = out_q.map(|row| &mut row[..n]);
+        let out_p = out_p.map(|row| &mut row[..n]);
+        for (i, &x) in a.iter().enumerate() {
+            let mut y = x.wrapping_sub(select(x > half_q, q)) as i64;
+            for j in 0..L - 1 {
+                let t = (y & mask) + half;
+                let d = (t & mask) - half;
+                y = (y >> base_log) + (t >> base_log);
+                out_q[j][i] = residue(q, d);
+                out_p[j][i] = residue(p, d) as u32;
+            }
+            out_q[L - 1][i] = residue(q, y);
+            out_p[L - 1][i] = residue(p, y) as u32;
         }
     }
 
@@ -836,35 +830,25 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    unsafe fn digit_step_residues_avx512(
+    unsafe fn one_limb_digits_avx512<const L: usize>(
         b: u32,
         m: (u64, u64),
-        y: &mut [i64],
-        out_q: &mut [u64],
-        out_p: &mut [u32],
+        a: &[u64],
+        out_q: [&mut [u64]; L],
+        out_p: [&mut [u32]; L],
     ) {
-        digit_step_residues_kernel(b, m, y, out_q, out_p)
+        one_limb_digits_kernel(b, m, a, out_q, out_p)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn digit_step_residues_avx2(
+    unsafe fn one_limb_digits_avx2<const L: usize>(
         b: u32,
         m: (u64, u64),
-        y: &mut [i64],
-        out_q: &mut [u64],
-        out_p: &mut [u32],
+        a: &[u64],
+        out_q: [&mut [u64]; L],
+        out_p: [&mut [u32]; L],
     ) {
-        digit_step_residues_kernel(b, m, y, out_q, out_p)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    unsafe fn top_residues_avx512(m: (u64, u64), y: &[i64], out_q: &mut [u64], out_p: &mut [u32]) {
-        top_residues_kernel(m, y, out_q, out_p)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn top_residues_avx2(m: (u64, u64), y: &[i64], out_q: &mut [u64], out_p: &mut [u32]) {
-        top_residues_kernel(m, y, out_q, out_p)
+        one_limb_digits_kernel(b, m, a, out_q, out_p)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
@@ -1036,44 +1020,27 @@ mod simd {
         );
     }
 
-    /// One digit of every one-word `y` into its residues mod q and mod P
-    /// (1 ≤ `base_log` ≤ 32, every digit below both).
-    pub(super) fn digit_step_residues(
+    /// [`one_limb_digits_kernel`] for this CPU (1 ≤ `base_log` ≤ 32).
+    pub(super) fn one_limb_digits<const L: usize>(
         base_log: u32,
         m: (u64, u64),
-        y: &mut [i64],
-        out_q: &mut [u64],
-        out_p: &mut [u32],
+        a: &[u64],
+        out_q: [&mut [u64]; L],
+        out_p: [&mut [u32]; L],
     ) {
         debug_assert!((1..=32).contains(&base_log));
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx512() {
                 // SAFETY: the features were detected on this CPU.
-                return unsafe { digit_step_residues_avx512(base_log, m, y, out_q, out_p) };
+                return unsafe { one_limb_digits_avx512(base_log, m, a, out_q, out_p) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: as above.
-                return unsafe { digit_step_residues_avx2(base_log, m, y, out_q, out_p) };
+                return unsafe { one_limb_digits_avx2(base_log, m, a, out_q, out_p) };
             }
         }
-        digit_step_residues_kernel(base_log, m, y, out_q, out_p)
-    }
-
-    /// The top digits `y` as residues mod q and mod P.
-    pub(super) fn top_residues(m: (u64, u64), y: &[i64], out_q: &mut [u64], out_p: &mut [u32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if has_avx512() {
-                // SAFETY: the features were detected on this CPU.
-                return unsafe { top_residues_avx512(m, y, out_q, out_p) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: as above.
-                return unsafe { top_residues_avx2(m, y, out_q, out_p) };
-            }
-        }
-        top_residues_kernel(m, y, out_q, out_p)
+        one_limb_digits_kernel(base_log, m, a, out_q, out_p)
     }
 
     /// [`key_product_solinas_kernel`]'s sums with the CPU's widening
@@ -1374,19 +1341,18 @@ impl Context {
             &mut scratch.dq[..levels * n],
             &mut scratch.dp32[..levels * n],
         );
-        // The centred residues become the rest after each digit and, at
-        // the end, the top digit (as `decompose_one_limb`).
-        let rest = &mut scratch.digits[0][..n];
-        simd::centre(q.value(), &ct.a[..n], rest);
-        for (cq, cp) in dq
-            .chunks_exact_mut(n)
-            .zip(dp.chunks_exact_mut(n))
-            .take(levels - 1)
-        {
-            simd::digit_step_residues(base_log, moduli, rest, cq, cp);
+        fn rows_mut<T, const L: usize>(v: &mut [T], n: usize) -> [&mut [T]; L] {
+            let mut rows = v.chunks_exact_mut(n);
+            std::array::from_fn(|_| rows.next().expect("L rows of n words"))
         }
-        let top = (levels - 1) * n..levels * n;
-        simd::top_residues(moduli, rest, &mut dq[top.clone()], &mut dp[top]);
+        let a = &ct.a[..n];
+        match levels {
+            3 => simd::one_limb_digits::<3>(base_log, moduli, a, rows_mut(dq, n), rows_mut(dp, n)),
+            _ => {
+                debug_assert_eq!(levels, 4, "fused_one_limb_serves");
+                simd::one_limb_digits::<4>(base_log, moduli, a, rows_mut(dq, n), rows_mut(dp, n))
+            }
+        }
         for (cq, cp) in dq.chunks_exact_mut(n).zip(dp.chunks_exact_mut(n)) {
             self.ntt_q.forward(cq);
             ntt_p.fwd(cp);
@@ -2029,7 +1995,7 @@ mod tests {
             }
         }
 
-        // SIMD-1: the fused digit kernels (dispatched and scalar) write
+        // SIMD-1: the one-pass digit kernel (dispatched and scalar) writes
         // the residues mod q and mod P of `Decomposer::digits`.
         #[test]
         fn digit_residue_kernels_match_digits(
@@ -2047,19 +2013,24 @@ mod tests {
             let moduli = (SOLINAS, p.value());
             let run = |fast: bool| {
                 let (mut rq, mut rp) = (vec![vec![0u64; n]; l], vec![vec![0u32; n]; l]);
-                let mut rest = vec![0i64; n];
-                simd::centre(SOLINAS, &a, &mut rest);
-                for j in 0..l - 1 {
-                    if fast {
-                        simd::digit_step_residues(b, moduli, &mut rest, &mut rq[j], &mut rp[j]);
-                    } else {
-                        simd::digit_step_residues_kernel(b, moduli, &mut rest, &mut rq[j], &mut rp[j]);
+                {
+                    let mut iq = rq.iter_mut().map(|r| &mut r[..]);
+                    let mut ip = rp.iter_mut().map(|r| &mut r[..]);
+                    macro_rules! digits {
+                        ($l:literal) => {{
+                            let out_q: [&mut [u64]; $l] = std::array::from_fn(|_| iq.next().unwrap());
+                            let out_p: [&mut [u32]; $l] = std::array::from_fn(|_| ip.next().unwrap());
+                            if fast {
+                                simd::one_limb_digits(b, moduli, &a, out_q, out_p);
+                            } else {
+                                simd::one_limb_digits_kernel(b, moduli, &a, out_q, out_p);
+                            }
+                        }};
                     }
-                }
-                if fast {
-                    simd::top_residues(moduli, &rest, &mut rq[l - 1], &mut rp[l - 1]);
-                } else {
-                    simd::top_residues_kernel(moduli, &rest, &mut rq[l - 1], &mut rp[l - 1]);
+                    match l {
+                        3 => digits!(3),
+                        _ => digits!(4),
+                    }
                 }
                 (rq, rp)
             };
