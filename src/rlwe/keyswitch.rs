@@ -85,6 +85,12 @@ impl Decomposer {
     }
 }
 
+/// The first `L` rows of n words of `v` (which holds at least L·n).
+fn rows_mut<T, const L: usize>(v: &mut [T], n: usize) -> [&mut [T]; L] {
+    let mut rows = v.chunks_exact_mut(n);
+    std::array::from_fn(|_| rows.next().expect("L rows of n words"))
+}
+
 /// The key switch's constants, built once per context (PARAM-8): a
 /// division-free CRT for a multi-limb decomposition and P^-1 per limb for
 /// the division by P (one limb included).
@@ -471,29 +477,41 @@ mod simd {
         }
     }
 
-    /// `y[i]` = `a[i]` centred modulo q: a − q when a > ⌊q/2⌋ (then
-    /// q − a < 2^63, so the i64 is exact), else a; `Modulus::centered`.
+    /// x centred modulo q: x − q when x > ⌊q/2⌋ = `half_q` (then
+    /// q − x < 2^63, so the i64 is exact), else x; `Modulus::centered`.
     #[inline(always)]
-    pub(super) fn centre_kernel(q: u64, a: &[u64], y: &mut [i64]) {
-        let half = q / 2;
-        for (y, &x) in y.iter_mut().zip(a) {
-            *y = x.wrapping_sub(select(x > half, q)) as i64;
-        }
+    fn centred(q: u64, half_q: u64, x: u64) -> i64 {
+        x.wrapping_sub(select(x > half_q, q)) as i64
     }
 
-    /// One gadget digit of the signed integers `y`, which become the rest,
-    /// without overflow at any |y| < 2^63: with y = 2^B·h + r (h = y >> B,
+    /// One gadget digit of a signed integer y and the rest, without
+    /// overflow at any |y| < 2^63: with y = 2^B·h + r (h = y >> B,
     /// 0 ≤ r < 2^B) and t = r + 2^(B−1), the digit is (t mod 2^B) − 2^(B−1)
     /// and the rest h + (t >> B) = ⌊(y + 2^(B−1)) / 2^B⌋, which is
     /// `digits_centered`'s (y − d) >> B.
     #[inline(always)]
-    pub(super) fn digit_step_one_kernel(base_log: u32, y: &mut [i64], row: &mut [i64]) {
+    fn digit_and_rest(base_log: u32, y: i64) -> (i64, i64) {
         let half = 1i64 << (base_log - 1);
         let mask = (1i64 << base_log) - 1;
+        let t = (y & mask) + half;
+        ((t & mask) - half, (y >> base_log) + (t >> base_log))
+    }
+
+    /// `y[i]` = `a[i]` centred modulo q ([`centred`]).
+    #[inline(always)]
+    pub(super) fn centre_kernel(q: u64, a: &[u64], y: &mut [i64]) {
+        let half_q = q / 2;
+        for (y, &x) in y.iter_mut().zip(a) {
+            *y = centred(q, half_q, x);
+        }
+    }
+
+    /// One gadget digit of the signed integers `y` into `row`; `y` become
+    /// the rests ([`digit_and_rest`]).
+    #[inline(always)]
+    pub(super) fn digit_step_one_kernel(base_log: u32, y: &mut [i64], row: &mut [i64]) {
         for (y, d) in y.iter_mut().zip(row.iter_mut()) {
-            let t = (*y & mask) + half;
-            *d = (t & mask) - half;
-            *y = (*y >> base_log) + (t >> base_log);
+            (*d, *y) = digit_and_rest(base_log, *y);
         }
     }
 
@@ -721,8 +739,8 @@ mod simd {
     }
 
     /// The one-limb fused path's digits in one pass: each `a[i]` centred
-    /// modulo q (as [`centre_kernel`]), cut into `L` gadget digits (as
-    /// [`digit_step_one_kernel`], the rest last), and each digit written as
+    /// modulo q ([`centred`]), cut into `L` gadget digits
+    /// ([`digit_and_rest`], the rest last), and each digit written as
     /// its residues mod q and mod P (both above every digit; P < 2^32, in
     /// 32-bit words). The rest stays in a register: one pass per digit
     /// wrote it and read it back.
@@ -735,17 +753,14 @@ mod simd {
         out_p: [&mut [u32]; L],
     ) {
         let half_q = q / 2;
-        let half = 1i64 << (base_log - 1);
-        let mask = (1i64 << base_log) - 1;
         let n = a.len();
         let out_q = out_q.map(|row| &mut row[..n]);
         let out_p = out_p.map(|row| &mut row[..n]);
         for (i, &x) in a.iter().enumerate() {
-            let mut y = x.wrapping_sub(select(x > half_q, q)) as i64;
+            let mut y = centred(q, half_q, x);
             for j in 0..L - 1 {
-                let t = (y & mask) + half;
-                let d = (t & mask) - half;
-                y = (y >> base_log) + (t >> base_log);
+                let d;
+                (d, y) = digit_and_rest(base_log, y);
                 out_q[j][i] = residue(q, d);
                 out_p[j][i] = residue(p, d) as u32;
             }
@@ -1341,10 +1356,6 @@ impl Context {
             &mut scratch.dq[..levels * n],
             &mut scratch.dp32[..levels * n],
         );
-        fn rows_mut<T, const L: usize>(v: &mut [T], n: usize) -> [&mut [T]; L] {
-            let mut rows = v.chunks_exact_mut(n);
-            std::array::from_fn(|_| rows.next().expect("L rows of n words"))
-        }
         let a = &ct.a[..n];
         match levels {
             3 => simd::one_limb_digits::<3>(base_log, moduli, a, rows_mut(dq, n), rows_mut(dp, n)),
@@ -2011,28 +2022,21 @@ mod tests {
             a.extend(random);
             let n = a.len();
             let moduli = (SOLINAS, p.value());
-            let run = |fast: bool| {
-                let (mut rq, mut rp) = (vec![vec![0u64; n]; l], vec![vec![0u32; n]; l]);
-                {
-                    let mut iq = rq.iter_mut().map(|r| &mut r[..]);
-                    let mut ip = rp.iter_mut().map(|r| &mut r[..]);
-                    macro_rules! digits {
-                        ($l:literal) => {{
-                            let out_q: [&mut [u64]; $l] = std::array::from_fn(|_| iq.next().unwrap());
-                            let out_p: [&mut [u32]; $l] = std::array::from_fn(|_| ip.next().unwrap());
-                            if fast {
-                                simd::one_limb_digits(b, moduli, &a, out_q, out_p);
-                            } else {
-                                simd::one_limb_digits_kernel(b, moduli, &a, out_q, out_p);
-                            }
-                        }};
-                    }
-                    match l {
-                        3 => digits!(3),
-                        _ => digits!(4),
-                    }
+            // Rows of n words, digit by digit.
+            fn run<const L: usize>(fast: bool, b: u32, m: (u64, u64), a: &[u64]) -> (Vec<u64>, Vec<u32>) {
+                let n = a.len();
+                let (mut rq, mut rp) = (vec![0u64; L * n], vec![0u32; L * n]);
+                let (out_q, out_p) = (rows_mut::<_, L>(&mut rq, n), rows_mut::<_, L>(&mut rp, n));
+                if fast {
+                    simd::one_limb_digits(b, m, a, out_q, out_p);
+                } else {
+                    simd::one_limb_digits_kernel(b, m, a, out_q, out_p);
                 }
                 (rq, rp)
+            }
+            let run = |fast: bool| match l {
+                3 => run::<3>(fast, b, moduli, &a),
+                _ => run::<4>(fast, b, moduli, &a),
             };
             let (fast, scalar) = (run(true), run(false));
             prop_assert_eq!(&fast, &scalar);
@@ -2040,8 +2044,8 @@ mod tests {
             for (i, &x) in a.iter().enumerate() {
                 dec.digits(q, x, &mut expect);
                 for (j, &d) in expect.iter().enumerate() {
-                    prop_assert_eq!(fast.0[j][i], q.from_i64(d), "x = {}, digit {}", x, j);
-                    prop_assert_eq!(fast.1[j][i] as u64, p.from_i64(d), "x = {}, digit {}", x, j);
+                    prop_assert_eq!(fast.0[j * n + i], q.from_i64(d), "x = {}, digit {}", x, j);
+                    prop_assert_eq!(fast.1[j * n + i] as u64, p.from_i64(d), "x = {}, digit {}", x, j);
                 }
             }
         }
