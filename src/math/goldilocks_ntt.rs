@@ -428,20 +428,20 @@ fn transpose8(group: &mut [u64]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{GoldilocksNtt, Twiddle, Twisted, BLOCK, EPS, SOLINAS};
     use std::arch::x86_64::*;
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn splat(x: u64) -> __m512i {
+    pub(crate) fn splat(x: u64) -> __m512i {
         _mm512_set1_epi64(x as i64)
     }
 
     /// `a + b mod q` for a, b < q.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn add(a: __m512i, b: __m512i) -> __m512i {
+    pub(crate) fn add(a: __m512i, b: __m512i) -> __m512i {
         let neg_b = _mm512_sub_epi64(splat(SOLINAS), b);
         let wraps = _mm512_cmpge_epu64_mask(a, neg_b);
         _mm512_mask_sub_epi64(_mm512_add_epi64(a, b), wraps, a, neg_b)
@@ -450,7 +450,7 @@ mod avx512 {
     /// `a − b mod q` for a, b < q.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn sub(a: __m512i, b: __m512i) -> __m512i {
+    pub(crate) fn sub(a: __m512i, b: __m512i) -> __m512i {
         let borrow = _mm512_cmplt_epu64_mask(a, b);
         let d = _mm512_sub_epi64(a, b);
         _mm512_mask_add_epi64(d, borrow, d, splat(SOLINAS))
@@ -461,7 +461,7 @@ mod avx512 {
     /// 2^96 ≡ −1.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn fold(lo: __m512i, mid: __m512i, top: __m512i) -> __m512i {
+    pub(crate) fn fold(lo: __m512i, mid: __m512i, top: __m512i) -> __m512i {
         // mid_lo·(2^32 − 1) < 2^64.
         let mid_lo = _mm512_and_si512(mid, splat(EPS));
         let mid_term = _mm512_sub_epi64(_mm512_slli_epi64::<32>(mid), mid_lo);
@@ -481,7 +481,7 @@ mod avx512 {
     /// `x·w mod q` for x < 2^64, w < q, with `w_hi` = w >> 32.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn mul(x: __m512i, w: __m512i, w_hi: __m512i) -> __m512i {
+    pub(crate) fn mul(x: __m512i, w: __m512i, w_hi: __m512i) -> __m512i {
         let x_hi = _mm512_srli_epi64::<32>(x);
         let ll = _mm512_mul_epu32(x, w);
         let lh = _mm512_mul_epu32(x, w_hi);

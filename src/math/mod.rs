@@ -20,6 +20,8 @@ pub(crate) mod slots;
 /// operands and results), for kernels outside the transform.
 #[cfg(target_arch = "x86_64")]
 pub(crate) use goldilocks_ntt::avx2 as solinas_avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use goldilocks_ntt::avx512 as solinas_avx512;
 pub use kernels::{kernels, Kernels};
 pub(crate) use modulus::{add_mod, mulhi_split, select, solinas_reduce_split, sub_mod, MulConst};
 pub use modulus::{Modulus, SOLINAS};

@@ -365,7 +365,7 @@ mod simd {
     /// products lane by lane in scalar code).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn mod_down_solinas_avx2<const BODY: bool>(c: ModDown, o: ModDownOperands) {
+    pub(super) unsafe fn mod_down_solinas_avx2<const BODY: bool>(c: ModDown, o: ModDownOperands) {
         use crate::math::solinas_avx2::{add, mul, splat, sub};
         use std::arch::x86_64::*;
         debug_assert_eq!(c.q, SOLINAS);
@@ -401,6 +401,60 @@ mod simd {
                 let new_b = add(load(out_b, i), sub(load(ct_b, i), b));
                 // SAFETY: as for the loads.
                 unsafe { _mm256_storeu_si256(out_b[i..].as_mut_ptr().cast(), new_b) };
+            }
+        }
+        let rest = ModDownOperands {
+            aq: &aq[whole..],
+            bq: if BODY { &bq[whole..] } else { bq },
+            ap: &ap[whole..],
+            bp: if BODY { &bp[whole..] } else { bp },
+            ct_b: if BODY { &ct_b[whole..] } else { ct_b },
+            out_a: &mut out_a[whole..],
+            out_b: if BODY { &mut out_b[whole..] } else { out_b },
+        };
+        mod_down_kernel::<true, BODY>(c, rest)
+    }
+
+    /// [`mod_down_solinas_avx2`] on AVX-512's eight lanes (the
+    /// compiler's build of the portable kernel formed each 64-bit high
+    /// product from four `vpmuludq` and its carries).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    pub(super) unsafe fn mod_down_solinas_avx512<const BODY: bool>(c: ModDown, o: ModDownOperands) {
+        use crate::math::solinas_avx512::{add, mul, splat, sub};
+        use std::arch::x86_64::*;
+        debug_assert_eq!(c.q, SOLINAS);
+        let n = o.out_a.len();
+        let (aq, ap) = (&o.aq[..n], &o.ap[..n]);
+        let (bq, bp, ct_b) = if BODY {
+            (&o.bq[..n], &o.bp[..n], &o.ct_b[..n])
+        } else {
+            (&[][..], &[][..], &[][..])
+        };
+        let out_b = if BODY { &mut o.out_b[..n] } else { &mut [][..] };
+        let out_a = o.out_a;
+        let w = c.p_inv.factor();
+        let (w, w_hi) = (splat(w), splat(w >> 32));
+        let (half_p, lift) = (splat(c.p / 2), splat(c.q.wrapping_sub(c.p)));
+        let down = |xq: __m512i, xp: __m512i| {
+            let above = _mm512_cmpgt_epu64_mask(xp, half_p);
+            let centred = _mm512_mask_add_epi64(xp, above, xp, lift);
+            mul(sub(xq, centred), w, w_hi)
+        };
+        // SAFETY (all loads and stores): i + 8 ≤ n, and each slice holds
+        // n words (the body's only when BODY).
+        let load = |s: &[u64], i: usize| unsafe { _mm512_loadu_si512(s[i..].as_ptr().cast()) };
+        let whole = n - n % 8;
+        for i in (0..whole).step_by(8) {
+            let a = down(load(aq, i), load(ap, i));
+            let new_a = sub(load(out_a, i), a);
+            // SAFETY: as for the loads.
+            unsafe { _mm512_storeu_si512(out_a[i..].as_mut_ptr().cast(), new_a) };
+            if BODY {
+                let b = down(load(bq, i), load(bp, i));
+                let new_b = add(load(out_b, i), sub(load(ct_b, i), b));
+                // SAFETY: as for the loads.
+                unsafe { _mm512_storeu_si512(out_b[i..].as_mut_ptr().cast(), new_b) };
             }
         }
         let rest = ModDownOperands {
@@ -715,6 +769,10 @@ mod simd {
     fn mod_down_dispatch<const SOLINAS_Q: bool, const BODY: bool>(c: ModDown, o: ModDownOperands) {
         #[cfg(target_arch = "x86_64")]
         {
+            if SOLINAS_Q && has_avx512() {
+                // SAFETY: the features were detected on this CPU.
+                return unsafe { mod_down_solinas_avx512::<BODY>(c, o) };
+            }
             if has_avx512() {
                 // SAFETY: the features were detected on this CPU.
                 return unsafe { mod_down_avx512::<SOLINAS_Q, BODY>(c, o) };
@@ -865,15 +923,67 @@ mod simd {
     ) {
         one_limb_digits_kernel(b, m, a, out_q, out_p)
     }
+    /// [`key_product_solinas_avx2`]'s 32-bit columns on AVX-512's eight
+    /// lanes. The compiler's AVX-512 build of
+    /// [`key_product_solinas_kernel`] kept its 128-bit carry chain:
+    /// compares and masked adds per product, where a column adds halves.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    unsafe fn key_product_solinas_avx512<const L: usize>(
+    pub(super) unsafe fn key_product_solinas_avx512<const L: usize>(
         d: [&[u64]; L],
-        k: ([&[u64]; L], [&[u64]; L]),
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u64],
         out_b: &mut [u64],
     ) {
-        key_product_solinas_kernel(d, k, out_a, out_b)
+        use std::arch::x86_64::*;
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        let low = _mm512_set1_epi64(0xffff_ffff);
+        // SAFETY (loads, stores): i + 8 ≤ n, and every row holds n words.
+        let load = |row: &[u64], i: usize| unsafe { _mm512_loadu_si512(row[i..].as_ptr().cast()) };
+        let mac = |c: &mut [__m512i; 4], x: __m512i, x1: __m512i, k: __m512i| {
+            let k1 = _mm512_srli_epi64::<32>(k);
+            let products = [
+                (0, _mm512_mul_epu32(x, k)),
+                (1, _mm512_mul_epu32(x, k1)),
+                (1, _mm512_mul_epu32(x1, k)),
+                (2, _mm512_mul_epu32(x1, k1)),
+            ];
+            for (w, p) in products {
+                c[w] = _mm512_add_epi64(c[w], _mm512_and_si512(p, low));
+                c[w + 1] = _mm512_add_epi64(c[w + 1], _mm512_srli_epi64::<32>(p));
+            }
+        };
+        // As on AVX2: lo + mid·2^64 + top·2^96, lo < 2^64, then folded.
+        let reduce = |c: [__m512i; 4]| {
+            let t1 = _mm512_add_epi64(c[1], _mm512_srli_epi64::<32>(c[0]));
+            let lo = _mm512_or_si512(_mm512_and_si512(c[0], low), _mm512_slli_epi64::<32>(t1));
+            let mid = _mm512_add_epi64(c[2], _mm512_srli_epi64::<32>(t1));
+            let top = _mm512_add_epi64(c[3], _mm512_srli_epi64::<32>(mid));
+            crate::math::solinas_avx512::fold(lo, mid, top)
+        };
+        let whole = n - n % 8;
+        for i in (0..whole).step_by(8) {
+            let (mut a, mut b) = ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
+            for j in 0..L {
+                let x = load(d[j], i);
+                let x1 = _mm512_srli_epi64::<32>(x);
+                mac(&mut a, x, x1, load(ka[j], i));
+                mac(&mut b, x, x1, load(kb[j], i));
+            }
+            // SAFETY: as for the loads.
+            unsafe {
+                _mm512_storeu_si512(out_a[i..].as_mut_ptr().cast(), reduce(a));
+                _mm512_storeu_si512(out_b[i..].as_mut_ptr().cast(), reduce(b));
+            }
+        }
+        key_product_solinas_kernel(
+            rows_from(d, whole),
+            (rows_from(ka, whole), rows_from(kb, whole)),
+            &mut out_a[whole..],
+            &mut out_b[whole..],
+        );
     }
     /// Every row from word `start` on: the words a vector kernel leaves
     /// to the portable one.
@@ -894,7 +1004,7 @@ mod simd {
     /// Outputs reduced, as the other kernels'.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn key_product_solinas_avx2<const L: usize>(
+    pub(super) unsafe fn key_product_solinas_avx2<const L: usize>(
         d: [&[u64]; L],
         (ka, kb): ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u64],
@@ -951,16 +1061,71 @@ mod simd {
             &mut out_b[whole..],
         );
     }
+    /// [`key_product_small_avx2`]'s reduction on AVX-512's eight lanes:
+    /// the compiler's build of [`key_product_small_kernel`] formed the
+    /// 64-bit high product of Barrett's estimate from four `vpmuludq`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    unsafe fn key_product_small_avx512<const L: usize>(
+    pub(super) unsafe fn key_product_small_avx512<const L: usize>(
         p: u64,
         d: [&[u32]; L],
-        k: ([&[u64]; L], [&[u64]; L]),
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
-        key_product_small_kernel(p, d, k, out_a, out_b)
+        use std::arch::x86_64::*;
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        let splat = |x: u64| _mm512_set1_epi64(x as i64);
+        let r = (1u64 << 32) % p;
+        let (hi_w, hi_shoup, lo_shoup) = (splat(r), splat((r << 32) / p), splat((1 << 32) / p));
+        let (pv, two_p, low) = (splat(p), splat(2 * p), splat(0xffff_ffff));
+        let sub_if =
+            |x: __m512i, m: __m512i| _mm512_mask_sub_epi64(x, _mm512_cmpge_epu64_mask(x, m), x, m);
+        let reduce = |s: __m512i| {
+            let (s_hi, s_lo) = (_mm512_srli_epi64::<32>(s), _mm512_and_si512(s, low));
+            let q_hi = _mm512_srli_epi64::<32>(_mm512_mul_epu32(s_hi, hi_shoup));
+            let t_hi = _mm512_sub_epi64(_mm512_mul_epu32(s_hi, hi_w), _mm512_mul_epu32(q_hi, pv));
+            let q_lo = _mm512_srli_epi64::<32>(_mm512_mul_epu32(s_lo, lo_shoup));
+            let t_lo = _mm512_sub_epi64(s_lo, _mm512_mul_epu32(q_lo, pv));
+            sub_if(sub_if(_mm512_add_epi64(t_hi, t_lo), two_p), pv)
+        };
+        let whole = n - n % 8;
+        for i in (0..whole).step_by(8) {
+            let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for j in 0..L {
+                // SAFETY (loads and stores): i + 8 ≤ n, every row holds n words.
+                let (x, k_a, k_b) = unsafe {
+                    (
+                        _mm512_cvtepu32_epi64(_mm256_loadu_si256(d[j][i..].as_ptr().cast())),
+                        _mm512_loadu_si512(ka[j][i..].as_ptr().cast()),
+                        _mm512_loadu_si512(kb[j][i..].as_ptr().cast()),
+                    )
+                };
+                // The keys' words are below P < 2^32: `vpmuludq` reads them whole.
+                a = _mm512_add_epi64(a, _mm512_mul_epu32(x, k_a));
+                b = _mm512_add_epi64(b, _mm512_mul_epu32(x, k_b));
+            }
+            // SAFETY: as above.
+            unsafe {
+                _mm256_storeu_si256(
+                    out_a[i..].as_mut_ptr().cast(),
+                    _mm512_cvtepi64_epi32(reduce(a)),
+                );
+                _mm256_storeu_si256(
+                    out_b[i..].as_mut_ptr().cast(),
+                    _mm512_cvtepi64_epi32(reduce(b)),
+                );
+            }
+        }
+        key_product_small_kernel(
+            p,
+            rows_from(d, whole),
+            (rows_from(ka, whole), rows_from(kb, whole)),
+            &mut out_a[whole..],
+            &mut out_b[whole..],
+        );
     }
     /// [`key_product_small_kernel`]'s sums on AVX2's four 64-bit lanes,
     /// reduced without a 64-bit high product (which AVX2 lacks; the
@@ -970,7 +1135,7 @@ mod simd {
     /// and their sum below 4P takes two conditional subtractions.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn key_product_small_avx2<const L: usize>(
+    pub(super) unsafe fn key_product_small_avx2<const L: usize>(
         p: u64,
         d: [&[u32]; L],
         (ka, kb): ([&[u64]; L], [&[u64]; L]),
@@ -1490,7 +1655,7 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::SOLINAS;
+    use crate::math::{Kernels, SOLINAS};
     use proptest::prelude::*;
 
     /// The multi-limb key switch as first written (per-coefficient Garner
@@ -1852,6 +2017,23 @@ mod tests {
                 aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b,
                 out_a: &mut scalar_a, out_b: &mut scalar_b,
             });
+            let mut builds = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            for isa in vector_builds() {
+                let (mut va, mut vb) = (out_a.clone(), out_b.clone());
+                let ops = simd::ModDownOperands {
+                    aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b,
+                    out_a: &mut va, out_b: &mut vb,
+                };
+                // SAFETY: `vector_builds` detected the features on this CPU.
+                unsafe {
+                    match isa {
+                        Kernels::Avx512 => simd::mod_down_solinas_avx512::<true>(consts, ops),
+                        _ => simd::mod_down_solinas_avx2::<true>(consts, ops),
+                    }
+                }
+                builds.push((isa, va, vb));
+            }
             let p_inv = m.inv(p.value()).unwrap();
             let down = |xq: u64, xp: u64| m.mul(m.sub(xq, m.from_i64(p.centered(xp))), p_inv);
             for i in 0..n {
@@ -1859,6 +2041,9 @@ mod tests {
                 let b = m.add(out_b[i], m.sub(ct_b[i], down(bq[i], bp[i])));
                 prop_assert_eq!((fast_a[i], fast_b[i]), (a, b), "coefficient {}", i);
                 prop_assert_eq!((scalar_a[i], scalar_b[i]), (a, b), "coefficient {}", i);
+                for (isa, va, vb) in &builds {
+                    prop_assert_eq!((va[i], vb[i]), (a, b), "{} build, coefficient {}", isa, i);
+                }
             }
         }
 
@@ -1913,6 +2098,19 @@ mod tests {
         std::array::from_fn(|j| &v[j][..])
     }
 
+    /// The vector builds of the kernels this CPU can run, widest first.
+    #[cfg(target_arch = "x86_64")]
+    fn vector_builds() -> Vec<Kernels> {
+        let mut builds = Vec::new();
+        if crate::math::kernels() == Kernels::Avx512 {
+            builds.push(Kernels::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            builds.push(Kernels::Avx2);
+        }
+        builds
+    }
+
     fn key_product_matches<const L: usize>(seed: [u8; 16], p: u64) -> Result<(), TestCaseError> {
         let n = 67; // not a multiple of any vector width
         let mut rng = crate::rng::Csprng::from_seed(seed);
@@ -1952,6 +2150,22 @@ mod tests {
                     &mut wide_b,
                 );
                 prop_assert_eq!((&wide_a, &wide_b), (&expect.0, &expect.1), "wide kernel");
+                // Every vector build this CPU runs, not only the dispatched one.
+                #[cfg(target_arch = "x86_64")]
+                for isa in vector_builds() {
+                    let (mut va, mut vb) = (vec![1u64; n], vec![1u64; n]);
+                    let (d, k) = (rows(&d), (rows(&ka), rows(&kb)));
+                    // SAFETY: `vector_builds` detected the features on this CPU.
+                    unsafe {
+                        match isa {
+                            Kernels::Avx512 => {
+                                simd::key_product_solinas_avx512::<L>(d, k, &mut va, &mut vb)
+                            }
+                            _ => simd::key_product_solinas_avx2::<L>(d, k, &mut va, &mut vb),
+                        }
+                    }
+                    prop_assert_eq!((&va, &vb), (&expect.0, &expect.1), "{} build", isa);
+                }
             } else {
                 // The digits mod P in 32-bit words, as the fused path keeps them.
                 let d32: Vec<Vec<u32>> = d
@@ -1975,6 +2189,21 @@ mod tests {
                     &mut s32b,
                 );
                 let widen = |v: &[u32]| -> Vec<u64> { v.iter().map(|&x| x as u64).collect() };
+                #[cfg(target_arch = "x86_64")]
+                for isa in vector_builds() {
+                    let (mut va, mut vb) = (vec![1u32; n], vec![1u32; n]);
+                    let (d, k) = (rows(&d32), (rows(&ka), rows(&kb)));
+                    // SAFETY: `vector_builds` detected the features on this CPU.
+                    unsafe {
+                        match isa {
+                            Kernels::Avx512 => {
+                                simd::key_product_small_avx512::<L>(m, d, k, &mut va, &mut vb)
+                            }
+                            _ => simd::key_product_small_avx2::<L>(m, d, k, &mut va, &mut vb),
+                        }
+                    }
+                    prop_assert_eq!((widen(&va), widen(&vb)), expect.clone(), "{} build", isa);
+                }
                 (fast_a, fast_b, scalar_a, scalar_b) =
                     (widen(&f32a), widen(&f32b), widen(&s32a), widen(&s32b));
             }
