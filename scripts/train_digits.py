@@ -440,9 +440,10 @@ scikit-learn; well under a minute on one core). The script is deterministic
 (seed {SEED}, one BLAS thread): two runs write byte-identical JSON with the
 pinned versions on the same machine. numpy and OpenBLAS pick their float
 kernels per CPU, so the bytes depend on it: the shipped export was trained on
-an AVX-512 CPU, and an AVX2-only Zen 3 trains slightly different weights from
-the same seed (`python/tests/test_train_digits.py` compares with the shipped
-export on AVX-512 CPUs, and two runs with each other elsewhere).
+an AMD Zen 5 (AVX-512); an AVX2-only Zen 3 and an Intel Xeon with AVX-512
+train slightly different weights from the same seed
+(`python/tests/test_train_digits.py` compares with the shipped export on AMD
+CPUs with AVX-512, and two runs with each other elsewhere).
 
 ## Your own model: from PyTorch to an encrypted inference
 
