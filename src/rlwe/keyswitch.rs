@@ -325,6 +325,44 @@ mod simd {
         pub(super) out_b: &'a mut [u64],
     }
 
+    #[cfg(target_arch = "x86_64")]
+    impl<'a> ModDownOperands<'a> {
+        /// Every slice cut to the output's length N, and the body's to
+        /// nothing unless `BODY`: the vector kernels' operands.
+        fn trimmed<const BODY: bool>(self) -> Self {
+            let n = self.out_a.len();
+            let body = |s: &'a [u64]| if BODY { &s[..n] } else { &[] };
+            Self {
+                aq: &self.aq[..n],
+                bq: body(self.bq),
+                ap: &self.ap[..n],
+                bp: body(self.bp),
+                ct_b: body(self.ct_b),
+                out_a: self.out_a,
+                out_b: if BODY { &mut self.out_b[..n] } else { &mut [] },
+            }
+        }
+
+        /// The [`trimmed`](Self::trimmed) operands from word `start` on:
+        /// what a vector kernel leaves to the portable one.
+        fn rest_from<const BODY: bool>(self, start: usize) -> Self {
+            let body = |s: &'a [u64]| if BODY { &s[start..] } else { s };
+            Self {
+                aq: &self.aq[start..],
+                bq: body(self.bq),
+                ap: &self.ap[start..],
+                bp: body(self.bp),
+                ct_b: body(self.ct_b),
+                out_a: &mut self.out_a[start..],
+                out_b: if BODY {
+                    &mut self.out_b[start..]
+                } else {
+                    self.out_b
+                },
+            }
+        }
+    }
+
     /// `BODY = false` divides the mask only (`bq`, `bp`, `ct_b` and
     /// `out_b` are not read and may be empty): the body of a packing node
     /// is divided at its slots alone (PACK-6).
@@ -369,15 +407,8 @@ mod simd {
         use crate::math::solinas_avx2::{add, mul, splat, sub};
         use std::arch::x86_64::*;
         debug_assert_eq!(c.q, SOLINAS);
+        let o = o.trimmed::<BODY>();
         let n = o.out_a.len();
-        let (aq, ap) = (&o.aq[..n], &o.ap[..n]);
-        let (bq, bp, ct_b) = if BODY {
-            (&o.bq[..n], &o.bp[..n], &o.ct_b[..n])
-        } else {
-            (&[][..], &[][..], &[][..])
-        };
-        let out_b = if BODY { &mut o.out_b[..n] } else { &mut [][..] };
-        let out_a = o.out_a;
         let w = c.p_inv.factor();
         let (w, w_hi) = (splat(w), splat(w >> 32));
         // x_P ≤ P/2 as a signed compare: x_P < P < 2^63.
@@ -392,27 +423,18 @@ mod simd {
         let load = |s: &[u64], i: usize| unsafe { _mm256_loadu_si256(s[i..].as_ptr().cast()) };
         let whole = n - n % 4;
         for i in (0..whole).step_by(4) {
-            let a = down(load(aq, i), load(ap, i));
-            let new_a = sub(load(out_a, i), a);
+            let a = down(load(o.aq, i), load(o.ap, i));
+            let new_a = sub(load(o.out_a, i), a);
             // SAFETY: as for the loads.
-            unsafe { _mm256_storeu_si256(out_a[i..].as_mut_ptr().cast(), new_a) };
+            unsafe { _mm256_storeu_si256(o.out_a[i..].as_mut_ptr().cast(), new_a) };
             if BODY {
-                let b = down(load(bq, i), load(bp, i));
-                let new_b = add(load(out_b, i), sub(load(ct_b, i), b));
+                let b = down(load(o.bq, i), load(o.bp, i));
+                let new_b = add(load(o.out_b, i), sub(load(o.ct_b, i), b));
                 // SAFETY: as for the loads.
-                unsafe { _mm256_storeu_si256(out_b[i..].as_mut_ptr().cast(), new_b) };
+                unsafe { _mm256_storeu_si256(o.out_b[i..].as_mut_ptr().cast(), new_b) };
             }
         }
-        let rest = ModDownOperands {
-            aq: &aq[whole..],
-            bq: if BODY { &bq[whole..] } else { bq },
-            ap: &ap[whole..],
-            bp: if BODY { &bp[whole..] } else { bp },
-            ct_b: if BODY { &ct_b[whole..] } else { ct_b },
-            out_a: &mut out_a[whole..],
-            out_b: if BODY { &mut out_b[whole..] } else { out_b },
-        };
-        mod_down_kernel::<true, BODY>(c, rest)
+        mod_down_kernel::<true, BODY>(c, o.rest_from::<BODY>(whole))
     }
 
     /// [`mod_down_solinas_avx2`] on AVX-512's eight lanes (the
@@ -424,15 +446,8 @@ mod simd {
         use crate::math::solinas_avx512::{add, mul, splat, sub};
         use std::arch::x86_64::*;
         debug_assert_eq!(c.q, SOLINAS);
+        let o = o.trimmed::<BODY>();
         let n = o.out_a.len();
-        let (aq, ap) = (&o.aq[..n], &o.ap[..n]);
-        let (bq, bp, ct_b) = if BODY {
-            (&o.bq[..n], &o.bp[..n], &o.ct_b[..n])
-        } else {
-            (&[][..], &[][..], &[][..])
-        };
-        let out_b = if BODY { &mut o.out_b[..n] } else { &mut [][..] };
-        let out_a = o.out_a;
         let w = c.p_inv.factor();
         let (w, w_hi) = (splat(w), splat(w >> 32));
         let (half_p, lift) = (splat(c.p / 2), splat(c.q.wrapping_sub(c.p)));
@@ -446,27 +461,18 @@ mod simd {
         let load = |s: &[u64], i: usize| unsafe { _mm512_loadu_si512(s[i..].as_ptr().cast()) };
         let whole = n - n % 8;
         for i in (0..whole).step_by(8) {
-            let a = down(load(aq, i), load(ap, i));
-            let new_a = sub(load(out_a, i), a);
+            let a = down(load(o.aq, i), load(o.ap, i));
+            let new_a = sub(load(o.out_a, i), a);
             // SAFETY: as for the loads.
-            unsafe { _mm512_storeu_si512(out_a[i..].as_mut_ptr().cast(), new_a) };
+            unsafe { _mm512_storeu_si512(o.out_a[i..].as_mut_ptr().cast(), new_a) };
             if BODY {
-                let b = down(load(bq, i), load(bp, i));
-                let new_b = add(load(out_b, i), sub(load(ct_b, i), b));
+                let b = down(load(o.bq, i), load(o.bp, i));
+                let new_b = add(load(o.out_b, i), sub(load(o.ct_b, i), b));
                 // SAFETY: as for the loads.
-                unsafe { _mm512_storeu_si512(out_b[i..].as_mut_ptr().cast(), new_b) };
+                unsafe { _mm512_storeu_si512(o.out_b[i..].as_mut_ptr().cast(), new_b) };
             }
         }
-        let rest = ModDownOperands {
-            aq: &aq[whole..],
-            bq: if BODY { &bq[whole..] } else { bq },
-            ap: &ap[whole..],
-            bp: if BODY { &bp[whole..] } else { bp },
-            ct_b: if BODY { &ct_b[whole..] } else { ct_b },
-            out_a: &mut out_a[whole..],
-            out_b: if BODY { &mut out_b[whole..] } else { out_b },
-        };
-        mod_down_kernel::<true, BODY>(c, rest)
+        mod_down_kernel::<true, BODY>(c, o.rest_from::<BODY>(whole))
     }
 
     /// The constants of the two-limb CRT: x = r_0 + q_0·v_1 with
@@ -769,13 +775,15 @@ mod simd {
     fn mod_down_dispatch<const SOLINAS_Q: bool, const BODY: bool>(c: ModDown, o: ModDownOperands) {
         #[cfg(target_arch = "x86_64")]
         {
-            if SOLINAS_Q && has_avx512() {
-                // SAFETY: the features were detected on this CPU.
-                return unsafe { mod_down_solinas_avx512::<BODY>(c, o) };
-            }
             if has_avx512() {
                 // SAFETY: the features were detected on this CPU.
-                return unsafe { mod_down_avx512::<SOLINAS_Q, BODY>(c, o) };
+                return unsafe {
+                    if SOLINAS_Q {
+                        mod_down_solinas_avx512::<BODY>(c, o)
+                    } else {
+                        mod_down_avx512::<SOLINAS_Q, BODY>(c, o)
+                    }
+                };
             }
             if SOLINAS_Q && std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: as above.
