@@ -256,13 +256,13 @@ impl RnsKeySwitch {
     /// [·] centred in (−P/2, P/2].
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn mod_down_add(
+    fn mod_down_add<W: simd::PWord>(
         &self,
         l: usize,
         m: Modulus,
         p: Modulus,
         (aq, bq): (&[u64], &[u64]),
-        (ap, bp): (&[u64], &[u64]),
+        (ap, bp): (&[W], &[W]),
         ct_b: &[u64],
         (out_a, out_b): (&mut [u64], &mut [u64]),
     ) {
@@ -284,7 +284,7 @@ impl RnsKeySwitch {
             };
             return simd::mod_down_add(consts, ops, true);
         }
-        let mod_down = |xq: u64, xp: u64| p_inv.mul(m.sub(xq, m.from_i64(p.centered(xp))));
+        let mod_down = |xq: u64, xp: W| p_inv.mul(m.sub(xq, m.from_i64(p.centered(xp.widen()))));
         for i in 0..out_a.len() {
             let a = mod_down(aq[i], ap[i]);
             let b = mod_down(bq[i], bp[i]);
@@ -313,30 +313,92 @@ mod simd {
         pub(super) p_inv: MulConst,
     }
 
-    /// One limb of the key-switch accumulators (mod q_i and mod P), the
-    /// input body and the output ciphertext, all of length N.
-    pub(super) struct ModDownOperands<'a> {
+    /// A word of the accumulators mod P: `u64`, or `u32` where the
+    /// one-limb path's narrow transform (P < 2^31) left them, read as they
+    /// are instead of widened by a pass of their own.
+    pub(super) trait PWord: Copy {
+        fn widen(self) -> u64;
+        /// Words i..i + 4 as 64-bit lanes. The caller enables AVX2, and
+        /// `inline(always)` puts the intrinsic inside its body.
+        ///
+        /// # Safety
+        /// i + 4 ≤ s.len(), on a CPU with AVX2.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load4(s: &[Self], i: usize) -> std::arch::x86_64::__m256i;
+        /// Words i..i + 8 as 64-bit lanes, the caller enabling AVX-512 F.
+        ///
+        /// # Safety
+        /// i + 8 ≤ s.len(), on a CPU with AVX-512 F.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load8(s: &[Self], i: usize) -> std::arch::x86_64::__m512i;
+    }
+
+    impl PWord for u64 {
+        #[inline(always)]
+        fn widen(self) -> u64 {
+            self
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn load4(s: &[u64], i: usize) -> std::arch::x86_64::__m256i {
+            // SAFETY (caller): 4 words at i.
+            unsafe { std::arch::x86_64::_mm256_loadu_si256(s.as_ptr().add(i).cast()) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn load8(s: &[u64], i: usize) -> std::arch::x86_64::__m512i {
+            // SAFETY (caller): 8 words at i.
+            unsafe { std::arch::x86_64::_mm512_loadu_si512(s.as_ptr().add(i).cast()) }
+        }
+    }
+
+    impl PWord for u32 {
+        #[inline(always)]
+        fn widen(self) -> u64 {
+            self as u64
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn load4(s: &[u32], i: usize) -> std::arch::x86_64::__m256i {
+            use std::arch::x86_64::*;
+            // SAFETY (caller): 4 words at i, AVX2.
+            unsafe { _mm256_cvtepu32_epi64(_mm_loadu_si128(s.as_ptr().add(i).cast())) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn load8(s: &[u32], i: usize) -> std::arch::x86_64::__m512i {
+            use std::arch::x86_64::*;
+            // SAFETY (caller): 8 words at i, AVX-512 F.
+            unsafe { _mm512_cvtepu32_epi64(_mm256_loadu_si256(s.as_ptr().add(i).cast())) }
+        }
+    }
+
+    /// One limb of the key-switch accumulators (mod q_i and mod P, in
+    /// words `W`), the input body and the output ciphertext, all of
+    /// length N.
+    pub(super) struct ModDownOperands<'a, W: PWord = u64> {
         pub(super) aq: &'a [u64],
         pub(super) bq: &'a [u64],
-        pub(super) ap: &'a [u64],
-        pub(super) bp: &'a [u64],
+        pub(super) ap: &'a [W],
+        pub(super) bp: &'a [W],
         pub(super) ct_b: &'a [u64],
         pub(super) out_a: &'a mut [u64],
         pub(super) out_b: &'a mut [u64],
     }
 
     #[cfg(target_arch = "x86_64")]
-    impl<'a> ModDownOperands<'a> {
+    impl<'a, W: PWord> ModDownOperands<'a, W> {
         /// Every slice cut to the output's length N, and the body's to
         /// nothing unless `BODY`: the vector kernels' operands.
         fn trimmed<const BODY: bool>(self) -> Self {
             let n = self.out_a.len();
             let body = |s: &'a [u64]| if BODY { &s[..n] } else { &[] };
+            let body_p = |s: &'a [W]| if BODY { &s[..n] } else { &[] };
             Self {
                 aq: &self.aq[..n],
                 bq: body(self.bq),
                 ap: &self.ap[..n],
-                bp: body(self.bp),
+                bp: body_p(self.bp),
                 ct_b: body(self.ct_b),
                 out_a: self.out_a,
                 out_b: if BODY { &mut self.out_b[..n] } else { &mut [] },
@@ -347,11 +409,12 @@ mod simd {
         /// what a vector kernel leaves to the portable one.
         fn rest_from<const BODY: bool>(self, start: usize) -> Self {
             let body = |s: &'a [u64]| if BODY { &s[start..] } else { s };
+            let body_p = |s: &'a [W]| if BODY { &s[start..] } else { s };
             Self {
                 aq: &self.aq[start..],
                 bq: body(self.bq),
                 ap: &self.ap[start..],
-                bp: body(self.bp),
+                bp: body_p(self.bp),
                 ct_b: body(self.ct_b),
                 out_a: &mut self.out_a[start..],
                 out_b: if BODY {
@@ -367,15 +430,16 @@ mod simd {
     /// `out_b` are not read and may be empty): the body of a packing node
     /// is divided at its slots alone (PACK-6).
     #[inline(always)]
-    pub(super) fn mod_down_kernel<const SOLINAS_Q: bool, const BODY: bool>(
+    pub(super) fn mod_down_kernel<W: PWord, const SOLINAS_Q: bool, const BODY: bool>(
         c: ModDown,
-        o: ModDownOperands,
+        o: ModDownOperands<W>,
     ) {
         let (q, half_p) = (c.q, c.p / 2);
         // [x_P] mod q: x_P − P + q when x_P > P/2 (then P − x_P < P/2 < q),
         // else x_P (< q).
         let lift = q.wrapping_sub(c.p);
-        let down = |xq: u64, xp: u64| {
+        let down = |xq: u64, xp: W| {
+            let xp = xp.widen();
             let centred = xp.wrapping_add(select(xp > half_p, lift));
             c.p_inv.mul_split::<SOLINAS_Q>(sub_mod(q, xq, centred))
         };
@@ -403,7 +467,10 @@ mod simd {
     /// products lane by lane in scalar code).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn mod_down_solinas_avx2<const BODY: bool>(c: ModDown, o: ModDownOperands) {
+    pub(super) unsafe fn mod_down_solinas_avx2<W: PWord, const BODY: bool>(
+        c: ModDown,
+        o: ModDownOperands<W>,
+    ) {
         use crate::math::solinas_avx2::{add, mul, splat, sub};
         use std::arch::x86_64::*;
         debug_assert_eq!(c.q, SOLINAS);
@@ -421,20 +488,21 @@ mod simd {
         // SAFETY (all loads and stores): i + 4 ≤ n, and each slice holds
         // n words (the body's only when BODY).
         let load = |s: &[u64], i: usize| unsafe { _mm256_loadu_si256(s[i..].as_ptr().cast()) };
+        let load_p = |s: &[W], i: usize| unsafe { W::load4(s, i) };
         let whole = n - n % 4;
         for i in (0..whole).step_by(4) {
-            let a = down(load(o.aq, i), load(o.ap, i));
+            let a = down(load(o.aq, i), load_p(o.ap, i));
             let new_a = sub(load(o.out_a, i), a);
             // SAFETY: as for the loads.
             unsafe { _mm256_storeu_si256(o.out_a[i..].as_mut_ptr().cast(), new_a) };
             if BODY {
-                let b = down(load(o.bq, i), load(o.bp, i));
+                let b = down(load(o.bq, i), load_p(o.bp, i));
                 let new_b = add(load(o.out_b, i), sub(load(o.ct_b, i), b));
                 // SAFETY: as for the loads.
                 unsafe { _mm256_storeu_si256(o.out_b[i..].as_mut_ptr().cast(), new_b) };
             }
         }
-        mod_down_kernel::<true, BODY>(c, o.rest_from::<BODY>(whole))
+        mod_down_kernel::<W, true, BODY>(c, o.rest_from::<BODY>(whole))
     }
 
     /// [`mod_down_solinas_avx2`] on AVX-512's eight lanes (the
@@ -442,7 +510,10 @@ mod simd {
     /// product from four `vpmuludq` and its carries).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    pub(super) unsafe fn mod_down_solinas_avx512<const BODY: bool>(c: ModDown, o: ModDownOperands) {
+    pub(super) unsafe fn mod_down_solinas_avx512<W: PWord, const BODY: bool>(
+        c: ModDown,
+        o: ModDownOperands<W>,
+    ) {
         use crate::math::solinas_avx512::{add, mul, splat, sub};
         use std::arch::x86_64::*;
         debug_assert_eq!(c.q, SOLINAS);
@@ -459,20 +530,21 @@ mod simd {
         // SAFETY (all loads and stores): i + 8 ≤ n, and each slice holds
         // n words (the body's only when BODY).
         let load = |s: &[u64], i: usize| unsafe { _mm512_loadu_si512(s[i..].as_ptr().cast()) };
+        let load_p = |s: &[W], i: usize| unsafe { W::load8(s, i) };
         let whole = n - n % 8;
         for i in (0..whole).step_by(8) {
-            let a = down(load(o.aq, i), load(o.ap, i));
+            let a = down(load(o.aq, i), load_p(o.ap, i));
             let new_a = sub(load(o.out_a, i), a);
             // SAFETY: as for the loads.
             unsafe { _mm512_storeu_si512(o.out_a[i..].as_mut_ptr().cast(), new_a) };
             if BODY {
-                let b = down(load(o.bq, i), load(o.bp, i));
+                let b = down(load(o.bq, i), load_p(o.bp, i));
                 let new_b = add(load(o.out_b, i), sub(load(o.ct_b, i), b));
                 // SAFETY: as for the loads.
                 unsafe { _mm512_storeu_si512(o.out_b[i..].as_mut_ptr().cast(), new_b) };
             }
         }
-        mod_down_kernel::<true, BODY>(c, o.rest_from::<BODY>(whole))
+        mod_down_kernel::<W, true, BODY>(c, o.rest_from::<BODY>(whole))
     }
 
     /// The constants of the two-limb CRT: x = r_0 + q_0·v_1 with
@@ -585,19 +657,19 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
-    unsafe fn mod_down_avx512<const SOLINAS_Q: bool, const BODY: bool>(
+    unsafe fn mod_down_avx512<W: PWord, const SOLINAS_Q: bool, const BODY: bool>(
         c: ModDown,
-        o: ModDownOperands,
+        o: ModDownOperands<W>,
     ) {
-        mod_down_kernel::<SOLINAS_Q, BODY>(c, o)
+        mod_down_kernel::<W, SOLINAS_Q, BODY>(c, o)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn mod_down_avx2<const SOLINAS_Q: bool, const BODY: bool>(
+    unsafe fn mod_down_avx2<W: PWord, const SOLINAS_Q: bool, const BODY: bool>(
         c: ModDown,
-        o: ModDownOperands,
+        o: ModDownOperands<W>,
     ) {
-        mod_down_kernel::<SOLINAS_Q, BODY>(c, o)
+        mod_down_kernel::<W, SOLINAS_Q, BODY>(c, o)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl")]
@@ -762,39 +834,42 @@ mod simd {
 
     /// The division by P of one limb and its sum into the output; of the
     /// mask only unless `body` (`mod_down_kernel`).
-    pub(super) fn mod_down_add(c: ModDown, o: ModDownOperands, body: bool) {
+    pub(super) fn mod_down_add<W: PWord>(c: ModDown, o: ModDownOperands<W>, body: bool) {
         debug_assert!(c.p / 2 < c.q && c.p_inv.splittable());
         match (c.q == SOLINAS, body) {
-            (true, true) => mod_down_dispatch::<true, true>(c, o),
-            (true, false) => mod_down_dispatch::<true, false>(c, o),
-            (false, true) => mod_down_dispatch::<false, true>(c, o),
-            (false, false) => mod_down_dispatch::<false, false>(c, o),
+            (true, true) => mod_down_dispatch::<W, true, true>(c, o),
+            (true, false) => mod_down_dispatch::<W, true, false>(c, o),
+            (false, true) => mod_down_dispatch::<W, false, true>(c, o),
+            (false, false) => mod_down_dispatch::<W, false, false>(c, o),
         }
     }
 
-    fn mod_down_dispatch<const SOLINAS_Q: bool, const BODY: bool>(c: ModDown, o: ModDownOperands) {
+    fn mod_down_dispatch<W: PWord, const SOLINAS_Q: bool, const BODY: bool>(
+        c: ModDown,
+        o: ModDownOperands<W>,
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx512() {
                 // SAFETY: the features were detected on this CPU.
                 return unsafe {
                     if SOLINAS_Q {
-                        mod_down_solinas_avx512::<BODY>(c, o)
+                        mod_down_solinas_avx512::<W, BODY>(c, o)
                     } else {
-                        mod_down_avx512::<SOLINAS_Q, BODY>(c, o)
+                        mod_down_avx512::<W, SOLINAS_Q, BODY>(c, o)
                     }
                 };
             }
             if SOLINAS_Q && std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: as above.
-                return unsafe { mod_down_solinas_avx2::<BODY>(c, o) };
+                return unsafe { mod_down_solinas_avx2::<W, BODY>(c, o) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: as above.
-                return unsafe { mod_down_avx2::<SOLINAS_Q, BODY>(c, o) };
+                return unsafe { mod_down_avx2::<W, SOLINAS_Q, BODY>(c, o) };
             }
         }
-        mod_down_kernel::<SOLINAS_Q, BODY>(c, o)
+        mod_down_kernel::<W, SOLINAS_Q, BODY>(c, o)
     }
 
     /// The digit residues mod q and mod P, both above |d|: `d + m` when
@@ -1476,16 +1551,22 @@ impl Context {
         for acc in [&mut *acc_ap, &mut *acc_bp] {
             self.ntt_p.backward_unnormalized(acc);
         }
-        self.mod_down_add_all(ct, out, scratch);
+        let [acc_ap, acc_bp] = &scratch.acc_p;
+        self.mod_down_add_all(ct, out, &scratch.acc_q, [&acc_ap[..], &acc_bp[..]]);
     }
 
-    /// The division by P of the four accumulators in `scratch` (inverse
-    /// transformed) into `out`.
-    fn mod_down_add_all(&self, ct: &Ciphertext, out: &mut Ciphertext, scratch: &KeySwitchScratch) {
+    /// The division by P of the four accumulators (inverse transformed:
+    /// mod q in `acc_q`, mod P in `acc_p`) into `out`.
+    fn mod_down_add_all<W: simd::PWord>(
+        &self,
+        ct: &Ciphertext,
+        out: &mut Ciphertext,
+        acc_q: &[Vec<u64>; 2],
+        [acc_ap, acc_bp]: [&[W]; 2],
+    ) {
         let (q, p, n) = (self.q(), self.params().p(), self.n());
         let rns = &self.rns_ks;
-        let [acc_aq, acc_bq] = &scratch.acc_q;
-        let [acc_ap, acc_bp] = &scratch.acc_p;
+        let [acc_aq, acc_bq] = acc_q;
         // Divide by P with rounding, limb by limb: (x_qi − [x_P]) · P^-1 mod
         // q_i, [·] centred (P is one prime, so [x_P] is the same integer in
         // every limb); then out += (−a, b' − b).
@@ -1585,25 +1666,19 @@ impl Context {
                 );
             }
         }
-        // The inverse transforms mod P in 32-bit words, widened for the
-        // division by P; of the mask only when the body is read at slots.
+        // The inverse transforms mod P in 32-bit words, which the division
+        // by P reads as they are; of the mask only when the body is read at
+        // slots.
         let parts = if body_slots.is_some() { 1 } else { 2 };
-        for (narrow, wide) in scratch
-            .acc_p32
-            .iter_mut()
-            .zip(&mut scratch.acc_p)
-            .take(parts)
-        {
-            ntt_p.inv(narrow);
-            for (w, &x) in wide.iter_mut().zip(narrow.iter()) {
-                *w = x as u64;
-            }
+        for acc in scratch.acc_p32.iter_mut().take(parts) {
+            ntt_p.inv(acc);
         }
         for acc in scratch.acc_q.iter_mut().take(parts) {
             self.ntt_q.backward_unnormalized(acc);
         }
+        let [acc_ap, acc_bp] = &scratch.acc_p32;
         let Some((slots, read_q, read_p)) = body_slots else {
-            return self.mod_down_add_all(ct, out, scratch);
+            return self.mod_down_add_all(ct, out, &scratch.acc_q, [&acc_ap[..], &acc_bp[..]]);
         };
         // The mask in full, the body at the multiples of N/M (PACK-6): its
         // accumulators read there, then divided by the same kernel.
@@ -1616,7 +1691,7 @@ impl Context {
         let ops = simd::ModDownOperands {
             aq: acc_aq,
             bq: &[],
-            ap: &scratch.acc_p[0],
+            ap: &acc_ap[..],
             bp: &[],
             ct_b: &[],
             out_a: &mut out.a[..n],
@@ -1991,7 +2066,8 @@ mod tests {
         }
 
         // SIMD-1: the division by P on the b-sets' one limb (Solinas q,
-        // P ≈ 2^31), dispatched and scalar, is the formula the one-limb
+        // P ≈ 2^31), dispatched, portable and every vector build, from
+        // 64-bit and from 32-bit words mod P, is the formula the one-limb
         // key switch used with `Modulus` ops, at the centring edges and
         // the ends of [0, q).
         #[test]
@@ -2017,15 +2093,27 @@ mod tests {
             let (mut out_a, mut out_b) = (draw(SOLINAS), draw(SOLINAS));
             out_a[..2].copy_from_slice(&[0, SOLINAS - 1]);
             out_b[2..4].copy_from_slice(&[0, SOLINAS - 1]);
+            // The accumulators mod P as 64-bit words and as the narrow
+            // transform's 32-bit ones (P < 2^31): every kernel reads both.
+            let narrow = |v: &[u64]| v.iter().map(|&x| u32::try_from(x).unwrap()).collect::<Vec<_>>();
+            let (ap32, bp32) = (narrow(&ap), narrow(&bp));
             let (mut fast_a, mut fast_b) = (out_a.clone(), out_b.clone());
             ks.mod_down_add(0, m, p, (&aq, &bq), (&ap, &bp), &ct_b, (&mut fast_a, &mut fast_b));
-            let (mut scalar_a, mut scalar_b) = (out_a.clone(), out_b.clone());
+            let (mut fast32_a, mut fast32_b) = (out_a.clone(), out_b.clone());
+            ks.mod_down_add(0, m, p, (&aq, &bq), (&ap32, &bp32), &ct_b, (&mut fast32_a, &mut fast32_b));
             let consts = simd::ModDown { q: SOLINAS, p: p.value(), p_inv: ks.p_inv[0] };
-            simd::mod_down_kernel::<true, true>(consts, simd::ModDownOperands {
-                aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b,
-                out_a: &mut scalar_a, out_b: &mut scalar_b,
-            });
             let mut builds = Vec::new();
+            builds.push(("dispatched, 32-bit P words".to_string(), fast32_a, fast32_b));
+            let (mut va, mut vb) = (out_a.clone(), out_b.clone());
+            simd::mod_down_kernel::<u64, true, true>(consts, simd::ModDownOperands {
+                aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b, out_a: &mut va, out_b: &mut vb,
+            });
+            builds.push(("portable".to_string(), va, vb));
+            let (mut va, mut vb) = (out_a.clone(), out_b.clone());
+            simd::mod_down_kernel::<u32, true, true>(consts, simd::ModDownOperands {
+                aq: &aq, bq: &bq, ap: &ap32, bp: &bp32, ct_b: &ct_b, out_a: &mut va, out_b: &mut vb,
+            });
+            builds.push(("portable, 32-bit P words".to_string(), va, vb));
             #[cfg(target_arch = "x86_64")]
             for isa in vector_builds() {
                 let (mut va, mut vb) = (out_a.clone(), out_b.clone());
@@ -2033,14 +2121,26 @@ mod tests {
                     aq: &aq, bq: &bq, ap: &ap, bp: &bp, ct_b: &ct_b,
                     out_a: &mut va, out_b: &mut vb,
                 };
+                let (mut na, mut nb) = (out_a.clone(), out_b.clone());
+                let ops32 = simd::ModDownOperands {
+                    aq: &aq, bq: &bq, ap: &ap32, bp: &bp32, ct_b: &ct_b,
+                    out_a: &mut na, out_b: &mut nb,
+                };
                 // SAFETY: `vector_builds` detected the features on this CPU.
                 unsafe {
                     match isa {
-                        Kernels::Avx512 => simd::mod_down_solinas_avx512::<true>(consts, ops),
-                        _ => simd::mod_down_solinas_avx2::<true>(consts, ops),
+                        Kernels::Avx512 => {
+                            simd::mod_down_solinas_avx512::<u64, true>(consts, ops);
+                            simd::mod_down_solinas_avx512::<u32, true>(consts, ops32);
+                        }
+                        _ => {
+                            simd::mod_down_solinas_avx2::<u64, true>(consts, ops);
+                            simd::mod_down_solinas_avx2::<u32, true>(consts, ops32);
+                        }
                     }
                 }
-                builds.push((isa, va, vb));
+                builds.push((format!("{isa}"), va, vb));
+                builds.push((format!("{isa}, 32-bit P words"), na, nb));
             }
             let p_inv = m.inv(p.value()).unwrap();
             let down = |xq: u64, xp: u64| m.mul(m.sub(xq, m.from_i64(p.centered(xp))), p_inv);
@@ -2048,7 +2148,6 @@ mod tests {
                 let a = m.sub(out_a[i], down(aq[i], ap[i]));
                 let b = m.add(out_b[i], m.sub(ct_b[i], down(bq[i], bp[i])));
                 prop_assert_eq!((fast_a[i], fast_b[i]), (a, b), "coefficient {}", i);
-                prop_assert_eq!((scalar_a[i], scalar_b[i]), (a, b), "coefficient {}", i);
                 for (isa, va, vb) in &builds {
                     prop_assert_eq!((va[i], vb[i]), (a, b), "{} build, coefficient {}", isa, i);
                 }
