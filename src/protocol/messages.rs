@@ -499,34 +499,71 @@ impl SessionAccept {
     }
 }
 
+/// The body both round messages share: session, round and their
+/// ciphertexts as counted objects, in the envelope of `kind`.
+fn encode_round<T>(
+    ctx: &Context,
+    kind: MessageKind,
+    (session, round): (&SessionId, u32),
+    ciphertexts: &[T],
+    encode: impl Fn(&Context, &T) -> Vec<u8>,
+) -> Vec<u8> {
+    let mut body = session.to_vec();
+    put_u32(&mut body, round as usize);
+    put_u32(&mut body, ciphertexts.len());
+    for c in ciphertexts {
+        put_object(&mut body, &encode(ctx, c));
+    }
+    envelope(ctx, kind, body)
+}
+
+/// [`encode_round`]'s inverse on untrusted bytes (PROTO-4): the envelope
+/// first (magic, version, kind, fingerprint, length), then the body and
+/// every embedded object with the validating `wire` decoder `decode`; the
+/// count is bounded by what fits in [`MAX_BODY`]. Every error is the
+/// peer's fault.
+fn decode_round<T>(
+    ctx: &Context,
+    bytes: &[u8],
+    kind: MessageKind,
+    decode: impl Fn(&Context, &[u8]) -> Result<T, WireError>,
+) -> Result<(SessionId, u32, Vec<T>), ProtocolError> {
+    let mut b = Body {
+        buf: open(ctx, bytes, kind)?,
+    };
+    let session = b.session()?;
+    let round = b.u32()?;
+    let count = b.count(max_ciphertexts(ctx))?;
+    let ciphertexts = (0..count)
+        .map(|_| decode(ctx, b.object()?).map_err(peer))
+        .collect::<Result<Vec<_>, _>>()?;
+    b.finish()?;
+    Ok((session, round, ciphertexts))
+}
+
 impl Upload {
     /// The message in its envelope, bound to `ctx`'s parameter set by its
     /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
-        let mut body = self.session.to_vec();
-        put_u32(&mut body, self.round as usize);
-        put_u32(&mut body, self.ciphertexts.len());
-        for c in &self.ciphertexts {
-            put_object(&mut body, &wire::encode_seeded_ciphertext(ctx, c));
-        }
-        envelope(ctx, MessageKind::Upload, body)
+        let id = (&self.session, self.round);
+        encode_round(
+            ctx,
+            MessageKind::Upload,
+            id,
+            &self.ciphertexts,
+            wire::encode_seeded_ciphertext,
+        )
     }
 
-    /// Decodes an upload from untrusted bytes (PROTO-4): the envelope first
-    /// (magic, version, kind, fingerprint, length), then the body and every
-    /// embedded object with the validating `wire` decoders; the count is
-    /// bounded by what fits in [`MAX_BODY`]. Every error is the peer's fault.
+    /// Decodes an upload from untrusted bytes (PROTO-4) by
+    /// [`decode_round`]. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let mut b = Body {
-            buf: open(ctx, bytes, MessageKind::Upload)?,
-        };
-        let session = b.session()?;
-        let round = b.u32()?;
-        let count = b.count(max_ciphertexts(ctx))?;
-        let ciphertexts = (0..count)
-            .map(|_| wire::decode_seeded_ciphertext(ctx, b.object()?).map_err(peer))
-            .collect::<Result<Vec<_>, _>>()?;
-        b.finish()?;
+        let (session, round, ciphertexts) = decode_round(
+            ctx,
+            bytes,
+            MessageKind::Upload,
+            wire::decode_seeded_ciphertext,
+        )?;
         Ok(Self {
             session,
             round,
@@ -539,30 +576,21 @@ impl Response {
     /// The message in its envelope, bound to `ctx`'s parameter set by its
     /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
-        let mut body = self.session.to_vec();
-        put_u32(&mut body, self.round as usize);
-        put_u32(&mut body, self.ciphertexts.len());
-        for c in &self.ciphertexts {
-            put_object(&mut body, &wire::encode_ciphertext(ctx, c));
-        }
-        envelope(ctx, MessageKind::Response, body)
+        let id = (&self.session, self.round);
+        encode_round(
+            ctx,
+            MessageKind::Response,
+            id,
+            &self.ciphertexts,
+            wire::encode_ciphertext,
+        )
     }
 
-    /// Decodes a response from untrusted bytes (PROTO-4): the envelope first
-    /// (magic, version, kind, fingerprint, length), then the body and every
-    /// embedded object with the validating `wire` decoders; the count is
-    /// bounded by what fits in [`MAX_BODY`]. Every error is the peer's fault.
+    /// Decodes a response from untrusted bytes (PROTO-4) by
+    /// [`decode_round`]. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let mut b = Body {
-            buf: open(ctx, bytes, MessageKind::Response)?,
-        };
-        let session = b.session()?;
-        let round = b.u32()?;
-        let count = b.count(max_ciphertexts(ctx))?;
-        let ciphertexts = (0..count)
-            .map(|_| wire::decode_ciphertext(ctx, b.object()?).map_err(peer))
-            .collect::<Result<Vec<_>, _>>()?;
-        b.finish()?;
+        let (session, round, ciphertexts) =
+            decode_round(ctx, bytes, MessageKind::Response, wire::decode_ciphertext)?;
         Ok(Self {
             session,
             round,
