@@ -517,11 +517,8 @@ fn encode_round<T>(
     envelope(ctx, kind, body)
 }
 
-/// [`encode_round`]'s inverse on untrusted bytes (PROTO-4): the envelope
-/// first (magic, version, kind, fingerprint, length), then the body and
-/// every embedded object with the validating `wire` decoder `decode`; the
-/// count is bounded by what fits in [`MAX_BODY`]. Every error is the
-/// peer's fault.
+/// [`encode_round`]'s inverse on untrusted bytes, for both messages'
+/// `decode`, with the validating `wire` decoder `decode` for each object.
 fn decode_round<T>(
     ctx: &Context,
     bytes: &[u8],
@@ -555,8 +552,10 @@ impl Upload {
         )
     }
 
-    /// Decodes an upload from untrusted bytes (PROTO-4) by
-    /// [`decode_round`]. Every error is the peer's fault.
+    /// Decodes an upload from untrusted bytes (PROTO-4): the envelope first
+    /// (magic, version, kind, fingerprint, length), then the body and every
+    /// embedded object with the validating `wire` decoders; the count is
+    /// bounded by what fits in [`MAX_BODY`]. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let (session, round, ciphertexts) = decode_round(
             ctx,
@@ -586,8 +585,10 @@ impl Response {
         )
     }
 
-    /// Decodes a response from untrusted bytes (PROTO-4) by
-    /// [`decode_round`]. Every error is the peer's fault.
+    /// Decodes a response from untrusted bytes (PROTO-4): the envelope first
+    /// (magic, version, kind, fingerprint, length), then the body and every
+    /// embedded object with the validating `wire` decoders; the count is
+    /// bounded by what fits in [`MAX_BODY`]. Every error is the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let (session, round, ciphertexts) =
             decode_round(ctx, bytes, MessageKind::Response, wire::decode_ciphertext)?;
