@@ -106,8 +106,10 @@ impl SeedSource for DeterministicSeeds {
     }
 }
 
-/// AES blocks encrypted per refill: eight keep the AES-NI pipeline full.
-const BLOCKS: usize = 8;
+/// AES blocks encrypted per refill. VAES encrypts four per instruction:
+/// 32 blocks (512 bytes) took flooding from 465 to 355–362 µs per b16
+/// ciphertext against 8 (16: 374, 64: 349); the stream is the same.
+const BLOCKS: usize = 32;
 const BUFFER: usize = 16 * BLOCKS;
 
 /// An AES-CTR generator with the samplers the scheme needs.
@@ -208,7 +210,15 @@ impl Csprng {
     /// The next 8 bytes of the stream, little-endian: uniform on `u64`.
     pub fn next_u64(&mut self) -> u64 {
         let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
+        // The samplers' hot path: a fixed-size read while the buffer holds
+        // 8 bytes (`fill_bytes`'s variable-length copy was a `memmove`
+        // call per draw, 13 % of flooding's samples); the same bytes.
+        if let Some(word) = self.buffer.as_flattened().get(self.used..self.used + 8) {
+            b.copy_from_slice(word);
+            self.used += 8;
+        } else {
+            self.fill_bytes(&mut b);
+        }
         u64::from_le_bytes(b)
     }
 
@@ -257,9 +267,12 @@ impl Csprng {
 
     /// Binary secret-key coefficient.
     pub fn bit(&mut self) -> u64 {
-        let mut b = [0u8; 1];
-        self.fill_bytes(&mut b);
-        (b[0] & 1) as u64
+        if self.used == BUFFER {
+            self.refill();
+        }
+        let byte = self.buffer.as_flattened()[self.used];
+        self.used += 1;
+        (byte & 1) as u64
     }
 }
 
