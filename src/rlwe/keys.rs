@@ -75,8 +75,78 @@ pub struct GaloisKey {
     pub(crate) g: usize,
     pub(crate) a_q: Vec<Vec<u64>>,
     pub(crate) b_q: Vec<Vec<u64>>,
-    pub(crate) a_p: Vec<Vec<u64>>,
-    pub(crate) b_p: Vec<Vec<u64>>,
+    pub(crate) a_p: PRows,
+    pub(crate) b_p: PRows,
+}
+
+/// A [`GaloisKey`]'s rows with those mod P in 32-bit words: what the
+/// one-limb key switch reads.
+#[derive(Clone, Copy)]
+pub(crate) struct NarrowKey<'a> {
+    pub(crate) a_q: &'a [Vec<u64>],
+    pub(crate) b_q: &'a [Vec<u64>],
+    pub(crate) a_p: &'a [Vec<u32>],
+    pub(crate) b_p: &'a [Vec<u32>],
+}
+
+impl GaloisKey {
+    /// The rows as a [`NarrowKey`], if those mod P are 32-bit.
+    pub(crate) fn narrow(&self) -> Option<NarrowKey<'_>> {
+        Some(NarrowKey {
+            a_q: &self.a_q,
+            b_q: &self.b_q,
+            a_p: self.a_p.narrow()?,
+            b_p: self.b_p.narrow()?,
+        })
+    }
+}
+
+/// A key part's rows modulo P, in the NTT domain: in 32-bit words where P
+/// fits them (the b-sets' P < 2^31, whose one-limb key switch reads them
+/// so: a third of its key bytes saved), else in 64-bit words.
+#[derive(Clone)]
+pub(crate) enum PRows {
+    Narrow(Vec<Vec<u32>>),
+    Wide(Vec<Vec<u64>>),
+}
+
+impl PRows {
+    /// Empty rows of the width `narrow` says.
+    fn new(narrow: bool) -> Self {
+        if narrow {
+            Self::Narrow(vec![])
+        } else {
+            Self::Wide(vec![])
+        }
+    }
+
+    /// Appends a row of residues mod P (each below 2^32 when narrow).
+    fn push(&mut self, row: Vec<u64>) {
+        match self {
+            Self::Narrow(rows) => rows.push(row.iter().map(|&x| x as u32).collect()),
+            Self::Wide(rows) => rows.push(row),
+        }
+    }
+
+    /// The 32-bit rows, if these are.
+    pub(crate) fn narrow(&self) -> Option<&[Vec<u32>]> {
+        match self {
+            Self::Narrow(rows) => Some(rows),
+            Self::Wide(_) => None,
+        }
+    }
+
+    /// Row `j` in 64-bit words: the row itself, or widened into `buf`.
+    pub(crate) fn row64<'a>(&'a self, j: usize, buf: &'a mut Vec<u64>) -> &'a [u64] {
+        match self {
+            Self::Wide(rows) => &rows[j],
+            Self::Narrow(rows) => {
+                buf.clear();
+                buf.extend(rows[j].iter().map(|&x| u64::from(x)));
+                buf
+            }
+        }
+    }
 }
 
 /// The compact (seeded) form a client sends: one seed and two bodies per row (KEY-2).
@@ -185,12 +255,13 @@ impl SeededGaloisKey {
     /// The server's working form.
     pub fn expand(&self, ctx: &Context) -> GaloisKey {
         let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
+        let narrow = p.value() < 1 << 32;
         let mut key = GaloisKey {
             g: self.g,
             a_q: vec![],
             b_q: vec![],
-            a_p: vec![],
-            b_p: vec![],
+            a_p: PRows::new(narrow),
+            b_p: PRows::new(narrow),
         };
         let to_ntt_q = |mut v: Vec<u64>| {
             ctx.ntt_q.forward(&mut v);

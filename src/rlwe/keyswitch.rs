@@ -20,6 +20,7 @@
 //! plan), then one pass per prime forms both key products over all levels
 //! with deferred reductions (`key_switch_add_one_limb`).
 
+use super::keys::NarrowKey;
 use super::{Ciphertext, Context, GaloisKey};
 use crate::math::slots::SlotInverse;
 use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS, SOLINAS};
@@ -957,11 +958,10 @@ mod simd {
     pub(super) fn key_product_small_kernel<const L: usize>(
         p: u64,
         d: [&[u32]; L],
-        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        (ka, kb): ([&[u32]; L], [&[u32]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
-        const LOW: u64 = 0xffff_ffff;
         let m = u64::MAX / p;
         let reduce = |s: u64| {
             let r = s.wrapping_sub(mulhi_split(s, m).wrapping_mul(p));
@@ -974,10 +974,10 @@ mod simd {
         for (i, out_a) in out_a.iter_mut().enumerate() {
             let (mut a, mut b) = (0u64, 0u64);
             for j in 0..L {
-                // Masked to 32 bits so the product is one 32×32 multiply.
+                // 32-bit operands: the product is one 32×32 multiply.
                 let x = d[j][i] as u64;
-                a = a.wrapping_add(x * (ka[j][i] & LOW));
-                b = b.wrapping_add(x * (kb[j][i] & LOW));
+                a = a.wrapping_add(x * ka[j][i] as u64);
+                b = b.wrapping_add(x * kb[j][i] as u64);
             }
             *out_a = reduce(a) as u32;
             out_b[i] = reduce(b) as u32;
@@ -1152,7 +1152,7 @@ mod simd {
     pub(super) unsafe fn key_product_small_avx512<const L: usize>(
         p: u64,
         d: [&[u32]; L],
-        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        (ka, kb): ([&[u32]; L], [&[u32]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
@@ -1179,14 +1179,10 @@ mod simd {
             let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             for j in 0..L {
                 // SAFETY (loads and stores): i + 8 ≤ n, every row holds n words.
-                let (x, k_a, k_b) = unsafe {
-                    (
-                        _mm512_cvtepu32_epi64(_mm256_loadu_si256(d[j][i..].as_ptr().cast())),
-                        _mm512_loadu_si512(ka[j][i..].as_ptr().cast()),
-                        _mm512_loadu_si512(kb[j][i..].as_ptr().cast()),
-                    )
+                let load = |row: &[u32]| unsafe {
+                    _mm512_cvtepu32_epi64(_mm256_loadu_si256(row[i..].as_ptr().cast()))
                 };
-                // The keys' words are below P < 2^32: `vpmuludq` reads them whole.
+                let (x, k_a, k_b) = (load(d[j]), load(ka[j]), load(kb[j]));
                 a = _mm512_add_epi64(a, _mm512_mul_epu32(x, k_a));
                 b = _mm512_add_epi64(b, _mm512_mul_epu32(x, k_b));
             }
@@ -1221,7 +1217,7 @@ mod simd {
     pub(super) unsafe fn key_product_small_avx2<const L: usize>(
         p: u64,
         d: [&[u32]; L],
-        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        (ka, kb): ([&[u32]; L], [&[u32]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
@@ -1257,14 +1253,10 @@ mod simd {
             let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             for j in 0..L {
                 // SAFETY (loads and stores): i + 4 ≤ n, every row holds n words.
-                let (x, k_a, k_b) = unsafe {
-                    (
-                        _mm256_cvtepu32_epi64(_mm_loadu_si128(d[j][i..].as_ptr().cast())),
-                        _mm256_loadu_si256(ka[j][i..].as_ptr().cast()),
-                        _mm256_loadu_si256(kb[j][i..].as_ptr().cast()),
-                    )
+                let load = |row: &[u32]| unsafe {
+                    _mm256_cvtepu32_epi64(_mm_loadu_si128(row[i..].as_ptr().cast()))
                 };
-                // The keys' words are below P < 2^32: `vpmuludq` reads them whole.
+                let (x, k_a, k_b) = (load(d[j]), load(ka[j]), load(kb[j]));
                 a = _mm256_add_epi64(a, _mm256_mul_epu32(x, k_a));
                 b = _mm256_add_epi64(b, _mm256_mul_epu32(x, k_b));
             }
@@ -1372,7 +1364,7 @@ mod simd {
     pub(super) fn key_product_small<const L: usize>(
         p: u64,
         d: [&[u32]; L],
-        k: ([&[u64]; L], [&[u64]; L]),
+        k: ([&[u32]; L], [&[u32]; L]),
         out_a: &mut [u32],
         out_b: &mut [u32],
     ) {
@@ -1418,6 +1410,8 @@ pub(crate) struct KeySwitchScratch {
     /// The fused one-limb path's digits and accumulators mod P < 2^31.
     dp32: Vec<u32>,
     acc_p32: [Vec<u32>; 2],
+    /// A key row mod P widened to 64 bits for the per-level path.
+    key_p: Vec<u64>,
 }
 
 impl KeySwitchScratch {
@@ -1432,6 +1426,7 @@ impl KeySwitchScratch {
             dp: vec![0; n],
             dp32: vec![0; n * levels],
             acc_p32: [vec![0; n], vec![0; n]],
+            key_p: Vec::with_capacity(n),
         }
     }
 
@@ -1489,8 +1484,10 @@ impl Context {
         body_slots: Option<usize>,
     ) {
         let (p, levels) = (self.params().p(), self.params().gadget_levels());
-        match self.ntt_p.narrow() {
-            Some(p32) if self.limbs() == 1 && self.rns_ks.fused_one_limb_serves(p, levels) => {
+        match (self.ntt_p.narrow(), key.narrow()) {
+            (Some(p32), Some(key))
+                if self.limbs() == 1 && self.rns_ks.fused_one_limb_serves(p, levels) =>
+            {
                 let readers = body_slots.and_then(|m| {
                     let (rq, rp) = self.slot_readers.as_ref()?;
                     (rq.serves(m) && rp.serves(m)).then_some((m, rq, rp))
@@ -1542,8 +1539,11 @@ impl Context {
             self.ntt_p.forward(dp);
             self.ntt_q.mul_accumulate(acc_aq, dq, &key.a_q[j]);
             self.ntt_q.mul_accumulate(acc_bq, dq, &key.b_q[j]);
-            self.ntt_p.mul_accumulate(acc_ap, dp, &key.a_p[j]);
-            self.ntt_p.mul_accumulate(acc_bp, dp, &key.b_p[j]);
+            let wide = &mut scratch.key_p;
+            self.ntt_p
+                .mul_accumulate(acc_ap, dp, key.a_p.row64(j, wide));
+            self.ntt_p
+                .mul_accumulate(acc_bp, dp, key.b_p.row64(j, wide));
         }
         for acc in [&mut *acc_aq, &mut *acc_bq] {
             self.ntt_q.backward_unnormalized(acc);
@@ -1595,7 +1595,7 @@ impl Context {
     /// are reduced once).
     fn key_switch_add_one_limb(
         &self,
-        key: &GaloisKey,
+        key: NarrowKey,
         ct: &Ciphertext,
         out: &mut Ciphertext,
         scratch: &mut KeySwitchScratch,
@@ -1628,10 +1628,15 @@ impl Context {
         fn rows<T, const L: usize>(v: &[T], n: usize) -> [&[T]; L] {
             std::array::from_fn(|j| &v[j * n..(j + 1) * n])
         }
-        fn keys<const L: usize>(k: &[Vec<u64>]) -> [&[u64]; L] {
+        fn keys<T, const L: usize>(k: &[Vec<T>]) -> [&[T]; L] {
             std::array::from_fn(|j| &k[j][..])
         }
-        let (ka_q, kb_q, ka_p, kb_p) = (&key.a_q, &key.b_q, &key.a_p, &key.b_p);
+        let NarrowKey {
+            a_q: ka_q,
+            b_q: kb_q,
+            a_p: ka_p,
+            b_p: kb_p,
+        } = key;
         let p = p.value();
         match levels {
             3 => {
@@ -1776,8 +1781,11 @@ mod tests {
             ctx.ntt_p.forward(&mut dp);
             ctx.ntt_q.mul_accumulate(&mut acc_aq, &dq, &key.a_q[j]);
             ctx.ntt_q.mul_accumulate(&mut acc_bq, &dq, &key.b_q[j]);
-            ctx.ntt_p.mul_accumulate(&mut acc_ap, &dp, &key.a_p[j]);
-            ctx.ntt_p.mul_accumulate(&mut acc_bp, &dp, &key.b_p[j]);
+            let mut wide = vec![];
+            ctx.ntt_p
+                .mul_accumulate(&mut acc_ap, &dp, key.a_p.row64(j, &mut wide));
+            ctx.ntt_p
+                .mul_accumulate(&mut acc_bp, &dp, key.b_p.row64(j, &mut wide));
         }
         ctx.ntt_q.backward_unnormalized(&mut acc_aq);
         ctx.ntt_q.backward_unnormalized(&mut acc_bq);
@@ -1868,7 +1876,8 @@ mod tests {
             let (mut fused, mut per_level) = (start.clone(), start.clone());
             let mut scratch = KeySwitchScratch::new(n, levels, q.len());
             let p32 = ctx.ntt_p.narrow().expect("P < 2^31");
-            ctx.key_switch_add_one_limb(&key, &ct, &mut fused, &mut scratch, p32, None);
+            let narrow = key.narrow().expect("P < 2^31: 32-bit rows");
+            ctx.key_switch_add_one_limb(narrow, &ct, &mut fused, &mut scratch, p32, None);
             ctx.key_switch_add_rns(&key, &ct, &mut per_level, &mut scratch);
             assert!(fused == per_level, "{set}: the fused path differs");
             assert!(fused != start);
@@ -2274,11 +2283,14 @@ mod tests {
                     prop_assert_eq!((&va, &vb), (&expect.0, &expect.1), "{} build", isa);
                 }
             } else {
-                // The digits mod P in 32-bit words, as the fused path keeps them.
-                let d32: Vec<Vec<u32>> = d
-                    .iter()
-                    .map(|r| r.iter().map(|&x| x as u32).collect())
-                    .collect();
+                // The digits and the key rows mod P in 32-bit words, as the
+                // fused path keeps them.
+                let narrow = |rows: &[Vec<u64>]| -> Vec<Vec<u32>> {
+                    rows.iter()
+                        .map(|r| r.iter().map(|&x| u32::try_from(x).unwrap()).collect())
+                        .collect()
+                };
+                let (d32, ka, kb) = (narrow(&d), narrow(&ka), narrow(&kb));
                 let (mut f32a, mut f32b) = (vec![1u32; n], vec![1u32; n]);
                 let (mut s32a, mut s32b) = (vec![1u32; n], vec![1u32; n]);
                 simd::key_product_small::<L>(
