@@ -833,6 +833,12 @@ mod simd {
         crate::math::kernels() == crate::math::Kernels::Avx512
     }
 
+    /// [`has_avx512`] with IFMA's 52-bit multiply-adds.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn has_ifma() -> bool {
+        has_avx512() && std::arch::is_x86_feature_detected!("avx512ifma")
+    }
+
     /// The division by P of one limb and its sum into the output; of the
     /// mask only unless `body` (`mod_down_kernel`).
     pub(super) fn mod_down_add<W: PWord>(c: ModDown, o: ModDownOperands<W>, body: bool) {
@@ -1054,6 +1060,81 @@ mod simd {
                 let x1 = _mm512_srli_epi64::<32>(x);
                 mac(&mut a, x, x1, load(ka[j], i));
                 mac(&mut b, x, x1, load(kb[j], i));
+            }
+            // SAFETY: as for the loads.
+            unsafe {
+                _mm512_storeu_si512(out_a[i..].as_mut_ptr().cast(), reduce(a));
+                _mm512_storeu_si512(out_b[i..].as_mut_ptr().cast(), reduce(b));
+            }
+        }
+        key_product_solinas_kernel(
+            rows_from(d, whole),
+            (rows_from(ka, whole), rows_from(kb, whole)),
+            &mut out_a[whole..],
+            &mut out_b[whole..],
+        );
+    }
+    /// [`key_product_solinas_avx512`] by IFMA's 52-bit products: with
+    /// x = x_0 + x_1·2^52 (x_0 < 2^52, x_1 < 2^12) and k likewise, the
+    /// products x_a·k_b add their low and high 52-bit halves to columns of
+    /// weight 2^52 (`vpmadd52luq`/`vpmadd52huq` multiply and accumulate in
+    /// one instruction, where the 32-bit columns take a multiply, a mask, a
+    /// shift and two adds per half). With L ≤ 4 terms the columns stay
+    /// below 2^56 (c_0, c_1) and 2^27 (c_2), and Σ c_w·2^(52w) is reduced
+    /// once per output.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512ifma")]
+    pub(super) unsafe fn key_product_solinas_ifma<const L: usize>(
+        d: [&[u64]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u64],
+        out_b: &mut [u64],
+    ) {
+        use std::arch::x86_64::*;
+        debug_assert!(L <= 4);
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        let (m52, m32) = (
+            _mm512_set1_epi64((1 << 52) - 1),
+            _mm512_set1_epi64(0xffff_ffff),
+        );
+        let m12 = _mm512_set1_epi64(0xfff);
+        // SAFETY (loads, stores): i + 8 ≤ n, and every row holds n words.
+        let load = |row: &[u64], i: usize| unsafe { _mm512_loadu_si512(row[i..].as_ptr().cast()) };
+        let split = |x: __m512i| (_mm512_and_si512(x, m52), _mm512_srli_epi64::<52>(x));
+        // x_1·k_1 < 2^24 has no high half.
+        let mac = |c: &mut [__m512i; 3], (x0, x1): (__m512i, __m512i), (k0, k1)| {
+            c[0] = _mm512_madd52lo_epu64(c[0], x0, k0);
+            c[1] = _mm512_madd52hi_epu64(c[1], x0, k0);
+            c[1] = _mm512_madd52lo_epu64(c[1], x0, k1);
+            c[1] = _mm512_madd52lo_epu64(c[1], x1, k0);
+            c[2] = _mm512_madd52hi_epu64(c[2], x0, k1);
+            c[2] = _mm512_madd52hi_epu64(c[2], x1, k0);
+            c[2] = _mm512_madd52lo_epu64(c[2], x1, k1);
+        };
+        // c_0 + c_1·2^52 + c_2·2^104 as lo + mid·2^64 + top·2^96: c_0's
+        // carry moved into c_1, whose low 12 bits complete lo; mid is the
+        // next 32 bits of c_1 (c_2·2^104 has none there) and top the rest,
+        // c_1 >> 44 + c_2·2^8 < 2^36 < q.
+        let reduce = |c: [__m512i; 3]| {
+            let c1 = _mm512_add_epi64(c[1], _mm512_srli_epi64::<52>(c[0]));
+            let lo = _mm512_or_si512(
+                _mm512_and_si512(c[0], m52),
+                _mm512_slli_epi64::<52>(_mm512_and_si512(c1, m12)),
+            );
+            let high = _mm512_srli_epi64::<12>(c1);
+            let mid = _mm512_and_si512(high, m32);
+            let top = _mm512_add_epi64(_mm512_srli_epi64::<32>(high), _mm512_slli_epi64::<8>(c[2]));
+            crate::math::solinas_avx512::fold(lo, mid, top)
+        };
+        let whole = n - n % 8;
+        for i in (0..whole).step_by(8) {
+            let (mut a, mut b) = ([_mm512_setzero_si512(); 3], [_mm512_setzero_si512(); 3]);
+            for j in 0..L {
+                let x = split(load(d[j], i));
+                mac(&mut a, x, split(load(ka[j], i)));
+                mac(&mut b, x, split(load(kb[j], i)));
             }
             // SAFETY: as for the loads.
             unsafe {
@@ -1348,8 +1429,12 @@ mod simd {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if has_avx512() {
+            if has_ifma() {
                 // SAFETY: the features were detected on this CPU.
+                return unsafe { key_product_solinas_ifma(d, k, out_a, out_b) };
+            }
+            if has_avx512() {
+                // SAFETY: as above.
                 return unsafe { key_product_solinas_avx512(d, k, out_a, out_b) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -2281,6 +2366,14 @@ mod tests {
                         }
                     }
                     prop_assert_eq!((&va, &vb), (&expect.0, &expect.1), "{} build", isa);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if simd::has_ifma() {
+                    let (mut va, mut vb) = (vec![1u64; n], vec![1u64; n]);
+                    let (d, k) = (rows(&d), (rows(&ka), rows(&kb)));
+                    // SAFETY: `has_ifma` detected the features on this CPU.
+                    unsafe { simd::key_product_solinas_ifma::<L>(d, k, &mut va, &mut vb) };
+                    prop_assert_eq!((&va, &vb), (&expect.0, &expect.1), "IFMA build");
                 }
             } else {
                 // The digits and the key rows mod P in 32-bit words, as the
