@@ -255,7 +255,8 @@ impl SeededGaloisKey {
     /// The server's working form.
     pub fn expand(&self, ctx: &Context) -> GaloisKey {
         let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
-        let narrow = p.value() < 1 << 32;
+        // Narrow exactly where the one-limb key switch reads 32-bit words.
+        let narrow = ctx.ntt_p.narrow().is_some();
         let mut key = GaloisKey {
             g: self.g,
             a_q: vec![],

@@ -1260,9 +1260,7 @@ mod simd {
             let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             for j in 0..L {
                 // SAFETY (loads and stores): i + 8 ≤ n, every row holds n words.
-                let load = |row: &[u32]| unsafe {
-                    _mm512_cvtepu32_epi64(_mm256_loadu_si256(row[i..].as_ptr().cast()))
-                };
+                let load = |row: &[u32]| unsafe { PWord::load8(row, i) };
                 let (x, k_a, k_b) = (load(d[j]), load(ka[j]), load(kb[j]));
                 a = _mm512_add_epi64(a, _mm512_mul_epu32(x, k_a));
                 b = _mm512_add_epi64(b, _mm512_mul_epu32(x, k_b));
@@ -1334,9 +1332,7 @@ mod simd {
             let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             for j in 0..L {
                 // SAFETY (loads and stores): i + 4 ≤ n, every row holds n words.
-                let load = |row: &[u32]| unsafe {
-                    _mm256_cvtepu32_epi64(_mm_loadu_si128(row[i..].as_ptr().cast()))
-                };
+                let load = |row: &[u32]| unsafe { PWord::load4(row, i) };
                 let (x, k_a, k_b) = (load(d[j]), load(ka[j]), load(kb[j]));
                 a = _mm256_add_epi64(a, _mm256_mul_epu32(x, k_a));
                 b = _mm256_add_epi64(b, _mm256_mul_epu32(x, k_b));
