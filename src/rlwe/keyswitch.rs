@@ -1095,11 +1095,7 @@ mod simd {
         let n = out_a.len();
         let out_b = &mut out_b[..n];
         let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
-        let (m52, m32) = (
-            _mm512_set1_epi64((1 << 52) - 1),
-            _mm512_set1_epi64(0xffff_ffff),
-        );
-        let m12 = _mm512_set1_epi64(0xfff);
+        let (m52, m12) = (_mm512_set1_epi64((1 << 52) - 1), _mm512_set1_epi64(0xfff));
         // SAFETY (loads, stores): i + 8 ≤ n, and every row holds n words.
         let load = |row: &[u64], i: usize| unsafe { _mm512_loadu_si512(row[i..].as_ptr().cast()) };
         let split = |x: __m512i| (_mm512_and_si512(x, m52), _mm512_srli_epi64::<52>(x));
@@ -1115,7 +1111,8 @@ mod simd {
         };
         // c_0 + c_1·2^52 + c_2·2^104 as lo + mid·2^64 + top·2^96: c_0's
         // carry moved into c_1, whose low 12 bits complete lo; mid is the
-        // next 32 bits of c_1 (c_2·2^104 has none there) and top the rest,
+        // next 32 bits of c_1 (c_2·2^104 has none there; `fold` reads only
+        // mid's low half, so c_1 >> 12 goes in unmasked) and top the rest,
         // c_1 >> 44 + c_2·2^8 < 2^36 < q.
         let reduce = |c: [__m512i; 3]| {
             let c1 = _mm512_add_epi64(c[1], _mm512_srli_epi64::<52>(c[0]));
@@ -1123,9 +1120,8 @@ mod simd {
                 _mm512_and_si512(c[0], m52),
                 _mm512_slli_epi64::<52>(_mm512_and_si512(c1, m12)),
             );
-            let high = _mm512_srli_epi64::<12>(c1);
-            let mid = _mm512_and_si512(high, m32);
-            let top = _mm512_add_epi64(_mm512_srli_epi64::<32>(high), _mm512_slli_epi64::<8>(c[2]));
+            let mid = _mm512_srli_epi64::<12>(c1);
+            let top = _mm512_add_epi64(_mm512_srli_epi64::<32>(mid), _mm512_slli_epi64::<8>(c[2]));
             crate::math::solinas_avx512::fold(lo, mid, top)
         };
         let whole = n - n % 8;
