@@ -5,7 +5,7 @@
     python3 proofs/conjugate_noise_check.py
 
 Mirrors the symbolic levels of src/pack.rs (`pack_one`) and the image rule of
-`ImageCache::compute` for a conjugate-bearing source, at a small ring degree,
+`Images::compute` for a conjugate-bearing source, at a small ring degree,
 on noise alone: image t < 2^γ of source s is the client's noise polynomial
 e_{s,t} (all i.i.d., unit variance), images with bits above γ are τ_g of the
 image below (their key-switch noise is Lemma 3's business, left out), levels

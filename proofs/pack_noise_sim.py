@@ -21,7 +21,7 @@ fixed binary key, as in the crate. The tree mirrors pack.rs: symbolic terms
 one key switch per node. With γ > 0 the images D_t, t ⊆ {1..γ}, are the
 client's conjugates: they carry no key-switch noise (their fresh noise, up to
 4^γ·σ² in total, packing.md Lemma 5(c), is left out like the leaf noise), and images with bits above γ are
-key-switched from them, as in ImageCache::compute.
+key-switched from them, as in Images::compute.
 
 "bound" is PackNoise::pack_variance (copies 0 for ℓ ≤ γ, 2^(3ℓ−1) for
 ℓ ≤ ℓ*, 1 above): the ratios must stay ≤ 1 on average for every placement.

@@ -723,10 +723,10 @@ struct Images {
 }
 
 impl Images {
-    /// Computes them in parallel, by the highest level t applies: an image
-    /// is the level-(top+1) key switch of the image without its top bit,
-    /// computed in an earlier group. Also returns how many key switches
-    /// that took.
+    /// Computes them in parallel: an image is the level-(top+1) key switch
+    /// of the image without its top bit, and the children of one image
+    /// share its gadget decomposition (PACK-7). Also returns how many key
+    /// switches that took.
     fn compute(
         ctx: &Context,
         keys: &GaloisKeys,
@@ -748,59 +748,73 @@ impl Images {
             rows: Vec::new(),
         };
         let q = ctx.q();
-        let mut key_switches = 0u64;
-        for group in 0..=width.trailing_zeros() {
-            let range = if group == 0 {
-                0..1
+        // The images the client supplied (t < 2^γ of a conjugate-bearing
+        // source; t = 0 of every source): only rescaled, by N^-1, or
+        // 2^γ·N^-1 for conjugate-bearing sources.
+        let supplied: Vec<usize> = (0..needed.len())
+            .filter(|&i| needed[i] && i % width < 1 << sources[i / width].client_levels(gamma))
+            .collect();
+        let rescaled = par::map(&supplied, |&i| {
+            let (s, t) = (i / width, i % width);
+            let src = &sources[s];
+            let client_levels = src.client_levels(gamma);
+            let base = if t == 0 {
+                src.ciphertext
             } else {
-                1 << (group - 1)..1 << group
+                &src.conjugates[t - 1]
             };
-            let todo: Vec<usize> = (0..sources.len())
-                .flat_map(|s| range.clone().map(move |t| s * width + t))
-                .filter(|&i| needed[i])
+            let mut ct = base.clone();
+            // Per limb: the residues of 2^γ·N^-1 mod q.
+            let mut scale = [0u64; crate::math::MAX_LIMBS];
+            for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
+                let m = plan.modulus();
+                scale[l] = m.mul(plan.n_inv(), 1u64 << client_levels);
+            }
+            ct.scalar_mul_assign(q, &scale);
+            ct
+        });
+        for (i, ct) in supplied.into_iter().zip(rescaled) {
+            images.table[i] = Some(ct);
+        }
+        // The rest by key switches: D_t = KS_g τ_g (D_{t without its top
+        // bit}), g of the top bit's level. An image's children (its index
+        // plus a bit above its top one) are switched from one gadget
+        // decomposition of it (PACK-7); parents with k bits set are
+        // computed before those with k + 1.
+        let log_width = width.trailing_zeros();
+        let mut key_switches = 0u64;
+        for bits in 0..log_width {
+            let jobs: Vec<(usize, Vec<u32>)> = (0..needed.len())
+                .filter(|&i| images.table[i].is_some() && (i % width).count_ones() == bits)
+                .filter_map(|i| {
+                    let (s, t) = (i / width, i % width);
+                    let first = if t == 0 { 0 } else { t.ilog2() + 1 };
+                    let client = 1usize << sources[s].client_levels(gamma);
+                    let children: Vec<u32> = (first..log_width)
+                        .filter(|&b| {
+                            let child = t | 1 << b;
+                            needed[s * width + child] && child >= client
+                        })
+                        .collect();
+                    (!children.is_empty()).then_some((i, children))
+                })
                 .collect();
-            key_switches += todo
-                .iter()
-                .filter(|&&i| i % width >= 1 << sources[i / width].client_levels(gamma))
-                .count() as u64;
-            let done = par::map_range(todo.len(), |k| {
-                {
-                    let (s, t) = (todo[k] / width, todo[k] % width);
-                    let src = &sources[s];
-                    let client_levels = src.client_levels(gamma);
-                    if t < 1 << client_levels {
-                        // Supplied by the client (or the source itself): only
-                        // rescale, by N^-1, or 2^γ·N^-1 for conjugate-bearing
-                        // sources.
-                        let base = if t == 0 {
-                            src.ciphertext
-                        } else {
-                            &src.conjugates[t - 1]
-                        };
-                        let mut ct = base.clone();
-                        // Per limb: the residues of 2^γ·N^-1 mod q.
-                        let mut scale = [0u64; crate::math::MAX_LIMBS];
-                        for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
-                            let m = plan.modulus();
-                            scale[l] = m.mul(plan.n_inv(), 1u64 << client_levels);
-                        }
-                        ct.scalar_mul_assign(q, &scale);
-                        return ct;
-                    }
-                    // Apply the highest level last: D_t = KS_g τ_g (D_{t without top}).
-                    let top = t.ilog2();
-                    let prev = images.get(s as u32, (t & !(1 << top)) as u32);
-                    let key = keys.key_for_level(top + 1);
-                    with_workspace(ctx, |ws| {
-                        prev.automorphism_into(q, key.g, &mut ws.twisted);
-                        let mut out = ctx.zero_ciphertext();
-                        ctx.key_switch_add(key, &ws.twisted, &mut out, &mut ws.scratch);
-                        out
-                    })
-                }
+            key_switches += jobs.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
+            let table = &images.table;
+            let done = par::map(&jobs, |(i, children)| {
+                let parent = table[*i].as_ref().expect("parents come first");
+                let hoisted: Vec<_> = children
+                    .iter()
+                    .map(|&b| keys.hoisted_for_level(b + 1))
+                    .collect();
+                with_workspace(ctx, |ws| {
+                    ctx.key_switch_images(&hoisted, parent, &mut ws.twisted, &mut ws.scratch)
+                })
             });
-            for (i, ct) in todo.into_iter().zip(done) {
-                images.table[i] = Some(ct);
+            for ((i, children), cts) in jobs.into_iter().zip(done) {
+                for (b, ct) in children.into_iter().zip(cts) {
+                    images.table[i | 1 << b] = Some(ct);
+                }
             }
         }
         images.add_rows(ctx, plans);

@@ -80,6 +80,43 @@ fn key_switch_noise_matches_model() {
     );
 }
 
+// PACK-7: the images a pack computes from one shared gadget decomposition
+// (`apply_galois_shared`, keys twisted by τ_g⁻¹, proofs/packing.md, Lemma 8)
+// carry the noise of a plain key switch. One estimate per ciphertext (its
+// images share digits, so they are not independent): the image of level
+// 1 + i mod ℓ*, all ℓ* levels formed in the same call.
+#[test]
+fn shared_image_noise_matches_model() {
+    let f = fixture("b8");
+    let ctx = &f.ctx;
+    let q = ctx.q().limb(0);
+    let levels: Vec<u32> = (1..=ctx.params().shared_pack_levels()).collect();
+    let estimates: Vec<f64> = (0..64u32)
+        .map(|i| {
+            let mut rng = Csprng::from_seed([100 + i as u8; 16]);
+            let vals = random_values(ctx, &mut rng, ctx.n());
+            let ct = ctx.encrypt(&f.sk, &vals, &mut rng);
+            let images = ctx.apply_galois_shared(&f.galois, &levels, &ct);
+            let k = i as usize % levels.len();
+            let g = (1usize << levels[k]) + 1;
+            let mut twisted = vec![0u64; ctx.n()];
+            safhire::math::poly::automorphism(q, &mut twisted, &ctx.phase(&f.sk, &ct), g);
+            let after = ctx.phase(&f.sk, &images[k]);
+            let noise: Vec<i64> = after
+                .iter()
+                .zip(&twisted)
+                .map(|(&a, &b)| q.centered(q.sub(a, b)))
+                .collect();
+            mean_square(&noise)
+        })
+        .collect();
+    assert_within(
+        &estimates,
+        ctx.params().budget().pack.key_switch,
+        "one shared image",
+    );
+}
+
 /// The unshuffle repack of one fresh ciphertext in the given order, with
 /// the set's ℓ* (what the budget covers): the packed ciphertext and the
 /// values it must decrypt to.

@@ -84,7 +84,8 @@ pub struct AwaitingUpload {
     /// PROTO-10: the identifier every upload of the session must carry.
     session: SessionId,
     round: u32,
-    galois: GaloisKeys,
+    /// Boxed, as the seed below.
+    galois: Box<GaloisKeys>,
     public: PublicKey,
     /// Boxed: the state stays small enough to move by value cheaply.
     seed: Box<SessionSeed>,
@@ -205,6 +206,7 @@ impl Endpoint {
             other => ProtocolError::local(ErrorKind::Ledger(other)),
         })?;
         let galois = GaloisKeys::from_seeded(&self.ctx, &request.galois)
+            .map(Box::new)
             .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
         let public = request.public.expand(&self.ctx);
         let mut rng = Box::new(Csprng::from_source(&*self.seeds));

@@ -170,6 +170,24 @@ pub struct SeededKeyRow {
 #[derive(Clone)]
 pub struct GaloisKeys {
     pub(crate) keys: Vec<GaloisKey>,
+    /// `hoisted[ℓ − 1]`: level ℓ's key made [`HoistedKey`], for the
+    /// levels a pack shares (ℓ ≤ the set's `shared_pack_levels`).
+    pub(crate) hoisted: Vec<HoistedKey>,
+}
+
+/// Key `g` with `τ_g⁻¹` applied to every row (g⁻¹ mod 2N): rows encrypting
+/// `P·β^j·s` under `τ_g⁻¹(s)`. A key switch with it takes a ciphertext
+/// under s to one under `τ_g⁻¹(s)`, and τ_g maps that back under s, so
+/// `τ_g(KS′(D))` is an image `KS_g(τ_g(D))` whose gadget decomposition is
+/// that of D's own mask: one decomposition (and its forward transforms)
+/// serves every automorphism of D (PACK-7, proofs/packing.md, Lemma 8).
+/// The server forms it from the client's key; nothing new travels.
+#[derive(Clone)]
+pub(crate) struct HoistedKey {
+    /// The automorphism applied after the key switch.
+    pub(crate) g: usize,
+    /// The twisted rows, in the same form as any key's.
+    pub(crate) key: GaloisKey,
 }
 
 /// Public key `(a, a·s + e)` for re-randomising server responses.
@@ -254,6 +272,12 @@ impl SeededGaloisKey {
 
     /// The server's working form.
     pub fn expand(&self, ctx: &Context) -> GaloisKey {
+        self.expand_twisted(ctx, 1)
+    }
+
+    /// The server's working form of this key's rows with τ_h applied to
+    /// each (h = 1: the key itself).
+    fn expand_twisted(&self, ctx: &Context, h: usize) -> GaloisKey {
         let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
         // Narrow exactly where the one-limb key switch reads 32-bit words.
         let narrow = ctx.ntt_p.narrow().is_some();
@@ -274,14 +298,52 @@ impl SeededGaloisKey {
             ctx.ntt_p.normalize(&mut v);
             v
         };
+        // τ_h limb by limb (the identity for h = 1).
+        let twist_q = |v: Vec<u64>| {
+            if h == 1 {
+                return v;
+            }
+            let mut out = vec![0; v.len()];
+            for ((o, c), &m) in out
+                .chunks_exact_mut(n)
+                .zip(v.chunks_exact(n))
+                .zip(q.limbs())
+            {
+                crate::math::poly::automorphism(m, o, c, h);
+            }
+            out
+        };
+        let twist_p = |v: Vec<u64>| {
+            if h == 1 {
+                return v;
+            }
+            let mut out = vec![0; n];
+            crate::math::poly::automorphism(p, &mut out, &v, h);
+            out
+        };
         for row in &self.rows {
             let (a_q, a_p) = expand_key_masks(row.seed, n, q, p);
-            key.a_q.push(to_ntt_q(a_q));
-            key.a_p.push(to_ntt_p(a_p));
-            key.b_q.push(to_ntt_q(row.b_q.clone()));
-            key.b_p.push(to_ntt_p(row.b_p.clone()));
+            key.a_q.push(to_ntt_q(twist_q(a_q)));
+            key.a_p.push(to_ntt_p(twist_p(a_p)));
+            key.b_q.push(to_ntt_q(twist_q(row.b_q.clone())));
+            key.b_p.push(to_ntt_p(twist_p(row.b_p.clone())));
         }
         key
+    }
+
+    /// [`HoistedKey`] of this key: its rows twisted by τ_g⁻¹.
+    fn expand_hoisted(&self, ctx: &Context) -> HoistedKey {
+        let two_n = 2 * ctx.n();
+        // g is odd, so a unit mod 2N: its inverse is g^(φ(2N) − 1) = g^(N − 1).
+        let mut inverse = 1usize;
+        for _ in 1..ctx.n() {
+            inverse = inverse * self.g % two_n;
+        }
+        debug_assert_eq!(inverse * self.g % two_n, 1);
+        HoistedKey {
+            g: self.g,
+            key: self.expand_twisted(ctx, inverse),
+        }
     }
 
     /// The Galois element g (odd, < 2N): the key switches τ_g(s) back to s.
@@ -319,8 +381,13 @@ impl GaloisKeys {
     pub fn from_seeded(ctx: &Context, seeded: &[SeededGaloisKey]) -> Option<Self> {
         let expected: Vec<usize> = packing_galois_elements(ctx.n()).collect();
         let got: Vec<usize> = seeded.iter().map(|k| k.g).collect();
+        let shared = ctx.params().shared_pack_levels() as usize;
         (expected == got).then(|| Self {
             keys: seeded.iter().map(|k| k.expand(ctx)).collect(),
+            hoisted: seeded[..shared.min(seeded.len())]
+                .iter()
+                .map(|k| k.expand_hoisted(ctx))
+                .collect(),
         })
     }
 
@@ -330,6 +397,14 @@ impl GaloisKeys {
     /// If ℓ is outside 1..=log2 N (a caller bug).
     pub fn key_for_level(&self, l: u32) -> &GaloisKey {
         &self.keys[l as usize - 1]
+    }
+
+    /// Level ℓ's [`HoistedKey`], ℓ ∈ 1..=`shared_pack_levels`.
+    ///
+    /// # Panics
+    /// If ℓ is outside that range (a caller bug).
+    pub(crate) fn hoisted_for_level(&self, l: u32) -> &HoistedKey {
+        &self.hoisted[l as usize - 1]
     }
 }
 

@@ -20,8 +20,8 @@
 //! plan), then one pass per prime forms both key products over all levels
 //! with deferred reductions (`key_switch_add_one_limb`).
 
-use super::keys::NarrowKey;
-use super::{Ciphertext, Context, GaloisKey};
+use super::keys::{HoistedKey, NarrowKey};
+use super::{Ciphertext, Context, GaloisKey, GaloisKeys};
 use crate::math::slots::SlotInverse;
 use crate::math::{CrtComposer, Modulus, MulConst, RnsModulus, MAX_LIMBS, SOLINAS};
 
@@ -1560,19 +1560,75 @@ impl Context {
         scratch: &mut KeySwitchScratch,
         body_slots: Option<usize>,
     ) {
-        let (p, levels) = (self.params().p(), self.params().gadget_levels());
-        match (self.ntt_p.narrow(), key.narrow()) {
-            (Some(p32), Some(key))
-                if self.limbs() == 1 && self.rns_ks.fused_one_limb_serves(p, levels) =>
-            {
+        match self.one_limb_plan(key) {
+            Some((p32, key)) => {
                 let readers = body_slots.and_then(|m| {
                     let (rq, rp) = self.slot_readers.as_ref()?;
                     (rq.serves(m) && rp.serves(m)).then_some((m, rq, rp))
                 });
                 self.key_switch_add_one_limb(key, ct, out, scratch, p32, readers)
             }
-            _ => self.key_switch_add_rns(key, ct, out, scratch),
+            None => self.key_switch_add_rns(key, ct, out, scratch),
         }
+    }
+
+    /// The images `τ_g(KS′_g(ct))` of `ct` for each of `keys`
+    /// (proofs/packing.md, Lemma 8): with the fused one-limb key switch,
+    /// the digits of `ct`'s mask and their forward transforms are formed
+    /// once and serve every key (PACK-7); elsewhere each key switch forms
+    /// its own. `work` is a buffer of `ct`'s shape, overwritten.
+    pub(crate) fn key_switch_images(
+        &self,
+        keys: &[&HoistedKey],
+        ct: &Ciphertext,
+        work: &mut Ciphertext,
+        scratch: &mut KeySwitchScratch,
+    ) -> Vec<Ciphertext> {
+        let q = self.q();
+        let mut formed = false;
+        keys.iter()
+            .map(|hoisted| {
+                work.a.fill(0);
+                work.b.fill(0);
+                match self.one_limb_plan(&hoisted.key) {
+                    Some((p32, key)) => {
+                        if !formed {
+                            self.one_limb_digits_forward(&ct.a, scratch, p32);
+                            formed = true;
+                        }
+                        self.one_limb_products_add(key, ct, work, scratch, p32, None);
+                    }
+                    None => {
+                        // Overwrites the scratch's digit rows.
+                        self.key_switch_add_rns(&hoisted.key, ct, work, scratch);
+                        formed = false;
+                    }
+                }
+                work.automorphism(q, hoisted.g)
+            })
+            .collect()
+    }
+
+    /// The automorphisms τ_g of `ct` for the packing tree's `levels`
+    /// (g = 2^ℓ + 1), key-switched back to s, as a pack computes its
+    /// images: one gadget decomposition of `ct`'s mask serves all of them
+    /// (PACK-7). Each equals [`apply_galois`](Self::apply_galois) of that
+    /// level's key up to the key switch's noise, which has the same bound.
+    ///
+    /// # Panics
+    /// If a level is outside 1..=`shared_pack_levels` of the set (the
+    /// levels a pack shares; a caller bug).
+    pub fn apply_galois_shared(
+        &self,
+        keys: &GaloisKeys,
+        levels: &[u32],
+        ct: &Ciphertext,
+    ) -> Vec<Ciphertext> {
+        let hoisted: Vec<&HoistedKey> = levels.iter().map(|&l| keys.hoisted_for_level(l)).collect();
+        let mut scratch =
+            KeySwitchScratch::new(self.n(), self.params().gadget_levels(), self.limbs());
+        let mut work = self.zero_ciphertext();
+        self.key_switch_images(&hoisted, ct, &mut work, &mut scratch)
     }
 
     /// The key switch on any modulus (PARAM-8): digits as signed rows, then
@@ -1679,6 +1735,33 @@ impl Context {
         ntt_p: &crate::math::Narrow,
         body_slots: Option<(usize, &SlotInverse, &SlotInverse)>,
     ) {
+        self.one_limb_digits_forward(&ct.a, scratch, ntt_p);
+        self.one_limb_products_add(key, ct, out, scratch, ntt_p, body_slots)
+    }
+
+    /// The fused one-limb path (`key_switch_add_one_limb`) when it serves
+    /// this set and key: the plan mod P its rows are in.
+    fn one_limb_plan<'k>(
+        &self,
+        key: &'k GaloisKey,
+    ) -> Option<(&crate::math::Narrow, NarrowKey<'k>)> {
+        let (p, levels) = (self.params().p(), self.params().gadget_levels());
+        let p32 = self.ntt_p.narrow()?;
+        let key = key.narrow()?;
+        (self.limbs() == 1 && self.rns_ks.fused_one_limb_serves(p, levels)).then_some((p32, key))
+    }
+
+    /// The first half of the fused one-limb key switch: the gadget digits
+    /// of the mask `a`, mod q and mod P, forward transformed into
+    /// `scratch.dq` and `scratch.dp32`, where
+    /// [`one_limb_products_add`](Self::one_limb_products_add) reads them
+    /// (and leaves them, for another key: PACK-7).
+    fn one_limb_digits_forward(
+        &self,
+        a: &[u64],
+        scratch: &mut KeySwitchScratch,
+        ntt_p: &crate::math::Narrow,
+    ) {
         let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
         let levels = self.params().gadget_levels();
         let base_log = self.params().gadget_base_log();
@@ -1687,7 +1770,7 @@ impl Context {
             &mut scratch.dq[..levels * n],
             &mut scratch.dp32[..levels * n],
         );
-        let a = &ct.a[..n];
+        let a = &a[..n];
         match levels {
             3 => simd::one_limb_digits::<3>(base_log, moduli, a, rows_mut(dq, n), rows_mut(dp, n)),
             _ => {
@@ -1699,9 +1782,25 @@ impl Context {
             self.ntt_q.forward(cq);
             ntt_p.fwd(cp);
         }
+    }
+
+    /// The second half: the key products of the transformed digits in
+    /// `scratch` with `key`, their inverse transforms and the division by
+    /// P, adding the switched `ct` (its body `ct.b`) to `out`.
+    fn one_limb_products_add(
+        &self,
+        key: NarrowKey,
+        ct: &Ciphertext,
+        out: &mut Ciphertext,
+        scratch: &mut KeySwitchScratch,
+        ntt_p: &crate::math::Narrow,
+        body_slots: Option<(usize, &SlotInverse, &SlotInverse)>,
+    ) {
+        let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
+        let levels = self.params().gadget_levels();
+        let (dq, dp) = (&scratch.dq[..levels * n], &scratch.dp32[..levels * n]);
         let [acc_aq, acc_bq] = &mut scratch.acc_q;
         let [acc_ap, acc_bp] = &mut scratch.acc_p32;
-        let (dq, dp) = (&*dq, &*dp);
         fn rows<T, const L: usize>(v: &[T], n: usize) -> [&[T]; L] {
             std::array::from_fn(|j| &v[j * n..(j + 1) * n])
         }
@@ -1919,6 +2018,43 @@ mod tests {
                 "{set}, g = {g}: the kernels differ from the reference"
             );
             assert!(fast != start);
+        }
+    }
+
+    // PACK-7: the images of one ciphertext formed from one shared gadget
+    // decomposition are, word for word, what each key's own key switch
+    // gives (the transformed digits survive every key's products), on the
+    // fused one-limb path (b16, wide) and the per-level one (s16).
+    #[test]
+    fn shared_images_equal_their_own_key_switches() {
+        for set in ["b16", "wide", "s16"] {
+            let ctx = Context::new(crate::params::ParameterSet::shipped(set).unwrap());
+            let (q, n) = (ctx.q(), ctx.n());
+            let mut rng = crate::rng::Csprng::from_seed([11; 16]);
+            let sk = super::super::SecretKey::generate(&ctx, &mut rng);
+            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let levels: Vec<u32> = (1..=ctx.params().shared_pack_levels()).collect();
+            assert!(levels.len() >= 2, "{set}");
+            let ct = Ciphertext {
+                a: random_residues(q, n, &mut rng),
+                b: random_residues(q, n, &mut rng),
+                n,
+            };
+            let shared = ctx.apply_galois_shared(&keys, &levels, &ct);
+            assert_eq!(shared.len(), levels.len(), "{set}");
+            for (&l, image) in levels.iter().zip(&shared) {
+                let hoisted = keys.hoisted_for_level(l);
+                assert_eq!(hoisted.g, (1 << l) + 1, "{set}");
+                let mut own = ctx.zero_ciphertext();
+                let mut scratch = KeySwitchScratch::new(n, ctx.params().gadget_levels(), q.len());
+                ctx.key_switch_add(&hoisted.key, &ct, &mut own, &mut scratch);
+                assert!(
+                    own.automorphism(q, hoisted.g) == *image,
+                    "{set}, level {l}: the shared decomposition changed the image"
+                );
+            }
+            assert!(shared[0] != shared[1], "{set}");
         }
     }
 
