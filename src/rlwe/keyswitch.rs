@@ -1020,19 +1020,14 @@ mod simd {
     #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
     pub(super) unsafe fn key_product_solinas_avx512<const L: usize>(
         d: [&[u64]; L],
-        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        k: ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u64],
         out_b: &mut [u64],
     ) {
         use std::arch::x86_64::*;
-        let n = out_a.len();
-        let out_b = &mut out_b[..n];
-        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
         let low = _mm512_set1_epi64(0xffff_ffff);
-        // SAFETY (loads, stores): i + 8 ≤ n, and every row holds n words.
-        let load = |row: &[u64], i: usize| unsafe { _mm512_loadu_si512(row[i..].as_ptr().cast()) };
-        let mac = |c: &mut [__m512i; 4], x: __m512i, x1: __m512i, k: __m512i| {
-            let k1 = _mm512_srli_epi64::<32>(k);
+        let split = |x: __m512i| (x, _mm512_srli_epi64::<32>(x));
+        let mac = |c: &mut [__m512i; 4], (x, x1): (__m512i, __m512i), (k, k1)| {
             let products = [
                 (0, _mm512_mul_epu32(x, k)),
                 (1, _mm512_mul_epu32(x, k1)),
@@ -1052,14 +1047,49 @@ mod simd {
             let top = _mm512_add_epi64(c[3], _mm512_srli_epi64::<32>(mid));
             crate::math::solinas_avx512::fold(lo, mid, top)
         };
+        let zero = [_mm512_setzero_si512(); 4];
+        // SAFETY: this function's features are the ones the driver needs.
+        unsafe { key_product_solinas_lanes8(d, k, out_a, out_b, (zero, split, mac, reduce)) }
+    }
+
+    /// The loop both AVX-512 key products mod q share: eight outputs at a
+    /// time, every operand word split once by `split`, each level's two
+    /// products accumulated by `mac` into the column sums `C`, reduced once
+    /// per output by `reduce`; the last n mod 8 words by the portable
+    /// kernel. Inlined into each kernel, whose target features its
+    /// closures' intrinsics need (checked on the binary: neither kernel
+    /// calls out of its loop).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn key_product_solinas_lanes8<const L: usize, C: Copy, X: Copy>(
+        d: [&[u64]; L],
+        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        out_a: &mut [u64],
+        out_b: &mut [u64],
+        (zero, split, mac, reduce): (
+            C,
+            impl Fn(std::arch::x86_64::__m512i) -> X,
+            impl Fn(&mut C, X, X),
+            impl Fn(C) -> std::arch::x86_64::__m512i,
+        ),
+    ) {
+        use std::arch::x86_64::*;
+        let n = out_a.len();
+        let out_b = &mut out_b[..n];
+        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
+        // SAFETY (loads, stores): i + 8 ≤ n, and every row holds n words;
+        // AVX-512 F is the caller's promise.
+        let load = |row: &[u64], i: usize| unsafe { _mm512_loadu_si512(row[i..].as_ptr().cast()) };
         let whole = n - n % 8;
         for i in (0..whole).step_by(8) {
-            let (mut a, mut b) = ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
+            let (mut a, mut b) = (zero, zero);
             for j in 0..L {
-                let x = load(d[j], i);
-                let x1 = _mm512_srli_epi64::<32>(x);
-                mac(&mut a, x, x1, load(ka[j], i));
-                mac(&mut b, x, x1, load(kb[j], i));
+                let x = split(load(d[j], i));
+                mac(&mut a, x, split(load(ka[j], i)));
+                mac(&mut b, x, split(load(kb[j], i)));
             }
             // SAFETY: as for the loads.
             unsafe {
@@ -1086,18 +1116,13 @@ mod simd {
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512ifma")]
     pub(super) unsafe fn key_product_solinas_ifma<const L: usize>(
         d: [&[u64]; L],
-        (ka, kb): ([&[u64]; L], [&[u64]; L]),
+        k: ([&[u64]; L], [&[u64]; L]),
         out_a: &mut [u64],
         out_b: &mut [u64],
     ) {
         use std::arch::x86_64::*;
         debug_assert!(L <= 4);
-        let n = out_a.len();
-        let out_b = &mut out_b[..n];
-        let (d, ka, kb) = (d.map(|s| &s[..n]), ka.map(|s| &s[..n]), kb.map(|s| &s[..n]));
         let (m52, m12) = (_mm512_set1_epi64((1 << 52) - 1), _mm512_set1_epi64(0xfff));
-        // SAFETY (loads, stores): i + 8 ≤ n, and every row holds n words.
-        let load = |row: &[u64], i: usize| unsafe { _mm512_loadu_si512(row[i..].as_ptr().cast()) };
         let split = |x: __m512i| (_mm512_and_si512(x, m52), _mm512_srli_epi64::<52>(x));
         // x_1·k_1 < 2^24 has no high half.
         let mac = |c: &mut [__m512i; 3], (x0, x1): (__m512i, __m512i), (k0, k1)| {
@@ -1124,26 +1149,9 @@ mod simd {
             let top = _mm512_add_epi64(_mm512_srli_epi64::<32>(mid), _mm512_slli_epi64::<8>(c[2]));
             crate::math::solinas_avx512::fold(lo, mid, top)
         };
-        let whole = n - n % 8;
-        for i in (0..whole).step_by(8) {
-            let (mut a, mut b) = ([_mm512_setzero_si512(); 3], [_mm512_setzero_si512(); 3]);
-            for j in 0..L {
-                let x = split(load(d[j], i));
-                mac(&mut a, x, split(load(ka[j], i)));
-                mac(&mut b, x, split(load(kb[j], i)));
-            }
-            // SAFETY: as for the loads.
-            unsafe {
-                _mm512_storeu_si512(out_a[i..].as_mut_ptr().cast(), reduce(a));
-                _mm512_storeu_si512(out_b[i..].as_mut_ptr().cast(), reduce(b));
-            }
-        }
-        key_product_solinas_kernel(
-            rows_from(d, whole),
-            (rows_from(ka, whole), rows_from(kb, whole)),
-            &mut out_a[whole..],
-            &mut out_b[whole..],
-        );
+        let zero = [_mm512_setzero_si512(); 3];
+        // SAFETY: this function's features include the driver's.
+        unsafe { key_product_solinas_lanes8(d, k, out_a, out_b, (zero, split, mac, reduce)) }
     }
     /// Every row from word `start` on: the words a vector kernel leaves
     /// to the portable one.
