@@ -24,6 +24,16 @@ pub struct NttPlan {
     plan: Transform,
     modulus: Modulus,
     n_inv: u64,
+    /// The evaluation order, read off the plan on first use.
+    order: std::sync::OnceLock<EvalOrder>,
+}
+
+/// Where a plan puts its evaluations: point i is ψ^`exp[i]` for the
+/// primitive 2N-th root ψ at index 0 (exponents odd, below 2N), and the
+/// point ψ^e is at index `index[e]`.
+struct EvalOrder {
+    exp: Vec<u32>,
+    index: Vec<u32>,
 }
 
 /// One prime's transform: 32-bit words for primes below 2^31 (the b-sets'
@@ -128,7 +138,44 @@ impl NttPlan {
             plan,
             modulus,
             n_inv,
+            order: std::sync::OnceLock::new(),
         })
+    }
+
+    /// τ_h in the evaluation domain (h odd): `perm` with
+    /// forward(τ_h(x))[i] = forward(x)[perm[i]], since τ_h(x) at a point ζ
+    /// is x(ζ^h). Read off this plan's own order (its transform of X lists
+    /// the points), so it holds whatever order its kernels use.
+    pub(crate) fn automorphism_permutation(&self, h: usize) -> Vec<u32> {
+        let order = self.order.get_or_init(|| self.eval_order());
+        let mask = 2 * self.n() - 1;
+        order
+            .exp
+            .iter()
+            .map(|&e| order.index[(e as usize * h) & mask])
+            .collect()
+    }
+
+    fn eval_order(&self) -> EvalOrder {
+        let (m, n) = (self.modulus, self.n());
+        let mut points = vec![0u64; n];
+        points[1] = 1;
+        self.forward(&mut points);
+        let mut sorted: Vec<(u64, u32)> = points.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
+        sorted.sort_unstable();
+        let (mut exp, mut index) = (vec![0u32; n], vec![0u32; 2 * n]);
+        let (psi, step) = (points[0], m.mul(points[0], points[0]));
+        let mut power = psi;
+        for e in (1..2 * n).step_by(2) {
+            let k = sorted
+                .binary_search_by_key(&power, |&(x, _)| x)
+                .map(|k| sorted[k].1)
+                .expect("a negacyclic transform evaluates at the odd powers of its first point");
+            exp[k as usize] = e as u32;
+            index[e] = k;
+            power = m.mul(power, step);
+        }
+        EvalOrder { exp, index }
     }
 
     /// The transform length N (the ring degree).

@@ -90,6 +90,46 @@ pub(crate) struct NarrowKey<'a> {
 }
 
 impl GaloisKey {
+    /// This key's [`HoistedKey`]: every row twisted by τ_h, h = g⁻¹ mod 2N,
+    /// as the permutation τ_h is in each plan's evaluation domain (no
+    /// transform: the rows are already there).
+    pub(crate) fn hoisted(&self, ctx: &Context) -> HoistedKey {
+        let two_n = 2 * ctx.n();
+        // g is odd, so a unit mod 2N, whose units have order N: g⁻¹ = g^(N−1).
+        let mut h = 1usize;
+        for _ in 1..ctx.n() {
+            h = h * self.g % two_n;
+        }
+        debug_assert_eq!(h * self.g % two_n, 1);
+        let permute = |row: &[u64], perm: &[u32]| -> Vec<u64> {
+            perm.iter().map(|&i| row[i as usize]).collect()
+        };
+        let n = ctx.n();
+        let q_perms: Vec<Vec<u32>> = ctx
+            .ntt_q
+            .limbs()
+            .iter()
+            .map(|plan| plan.automorphism_permutation(h))
+            .collect();
+        let limbwise = |row: &Vec<u64>| -> Vec<u64> {
+            row.chunks_exact(n)
+                .zip(&q_perms)
+                .flat_map(|(limb, perm)| permute(limb, perm))
+                .collect()
+        };
+        let p_perm = ctx.ntt_p.automorphism_permutation(h);
+        HoistedKey {
+            g: self.g,
+            key: GaloisKey {
+                g: self.g,
+                a_q: self.a_q.iter().map(limbwise).collect(),
+                b_q: self.b_q.iter().map(limbwise).collect(),
+                a_p: self.a_p.permuted(&p_perm),
+                b_p: self.b_p.permuted(&p_perm),
+            },
+        }
+    }
+
     /// The rows as a [`NarrowKey`], if those mod P are 32-bit.
     pub(crate) fn narrow(&self) -> Option<NarrowKey<'_>> {
         Some(NarrowKey {
@@ -133,6 +173,19 @@ impl PRows {
         match self {
             Self::Narrow(rows) => Some(rows),
             Self::Wide(_) => None,
+        }
+    }
+
+    /// Every row with its words taken in the order `perm` lists.
+    fn permuted(&self, perm: &[u32]) -> Self {
+        fn each<T: Copy>(rows: &[Vec<T>], perm: &[u32]) -> Vec<Vec<T>> {
+            rows.iter()
+                .map(|r| perm.iter().map(|&i| r[i as usize]).collect())
+                .collect()
+        }
+        match self {
+            Self::Narrow(rows) => Self::Narrow(each(rows, perm)),
+            Self::Wide(rows) => Self::Wide(each(rows, perm)),
         }
     }
 
@@ -181,7 +234,8 @@ pub struct GaloisKeys {
 /// `τ_g(KS′(D))` is an image `KS_g(τ_g(D))` whose gadget decomposition is
 /// that of D's own mask: one decomposition (and its forward transforms)
 /// serves every automorphism of D (PACK-7, proofs/packing.md, Lemma 8).
-/// The server forms it from the client's key; nothing new travels.
+/// The server forms it from the client's expanded key by a permutation
+/// of each row's evaluations ([`GaloisKey::hoisted`]); nothing new travels.
 #[derive(Clone)]
 pub(crate) struct HoistedKey {
     /// The automorphism applied after the key switch.
@@ -272,12 +326,6 @@ impl SeededGaloisKey {
 
     /// The server's working form.
     pub fn expand(&self, ctx: &Context) -> GaloisKey {
-        self.expand_twisted(ctx, 1)
-    }
-
-    /// The server's working form of this key's rows with τ_h applied to
-    /// each (h = 1: the key itself).
-    fn expand_twisted(&self, ctx: &Context, h: usize) -> GaloisKey {
         let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
         // Narrow exactly where the one-limb key switch reads 32-bit words.
         let narrow = ctx.ntt_p.narrow().is_some();
@@ -298,52 +346,14 @@ impl SeededGaloisKey {
             ctx.ntt_p.normalize(&mut v);
             v
         };
-        // τ_h limb by limb (the identity for h = 1).
-        let twist_q = |v: Vec<u64>| {
-            if h == 1 {
-                return v;
-            }
-            let mut out = vec![0; v.len()];
-            for ((o, c), &m) in out
-                .chunks_exact_mut(n)
-                .zip(v.chunks_exact(n))
-                .zip(q.limbs())
-            {
-                crate::math::poly::automorphism(m, o, c, h);
-            }
-            out
-        };
-        let twist_p = |v: Vec<u64>| {
-            if h == 1 {
-                return v;
-            }
-            let mut out = vec![0; n];
-            crate::math::poly::automorphism(p, &mut out, &v, h);
-            out
-        };
         for row in &self.rows {
             let (a_q, a_p) = expand_key_masks(row.seed, n, q, p);
-            key.a_q.push(to_ntt_q(twist_q(a_q)));
-            key.a_p.push(to_ntt_p(twist_p(a_p)));
-            key.b_q.push(to_ntt_q(twist_q(row.b_q.clone())));
-            key.b_p.push(to_ntt_p(twist_p(row.b_p.clone())));
+            key.a_q.push(to_ntt_q(a_q));
+            key.a_p.push(to_ntt_p(a_p));
+            key.b_q.push(to_ntt_q(row.b_q.clone()));
+            key.b_p.push(to_ntt_p(row.b_p.clone()));
         }
         key
-    }
-
-    /// [`HoistedKey`] of this key: its rows twisted by τ_g⁻¹.
-    fn expand_hoisted(&self, ctx: &Context) -> HoistedKey {
-        let two_n = 2 * ctx.n();
-        // g is odd, so a unit mod 2N: its inverse is g^(φ(2N) − 1) = g^(N − 1).
-        let mut inverse = 1usize;
-        for _ in 1..ctx.n() {
-            inverse = inverse * self.g % two_n;
-        }
-        debug_assert_eq!(inverse * self.g % two_n, 1);
-        HoistedKey {
-            g: self.g,
-            key: self.expand_twisted(ctx, inverse),
-        }
     }
 
     /// The Galois element g (odd, < 2N): the key switches τ_g(s) back to s.
@@ -381,14 +391,13 @@ impl GaloisKeys {
     pub fn from_seeded(ctx: &Context, seeded: &[SeededGaloisKey]) -> Option<Self> {
         let expected: Vec<usize> = packing_galois_elements(ctx.n()).collect();
         let got: Vec<usize> = seeded.iter().map(|k| k.g).collect();
-        let shared = ctx.params().shared_pack_levels() as usize;
-        (expected == got).then(|| Self {
-            keys: seeded.iter().map(|k| k.expand(ctx)).collect(),
-            hoisted: seeded[..shared.min(seeded.len())]
-                .iter()
-                .map(|k| k.expand_hoisted(ctx))
-                .collect(),
-        })
+        if expected != got {
+            return None;
+        }
+        let keys: Vec<GaloisKey> = seeded.iter().map(|k| k.expand(ctx)).collect();
+        let shared = (ctx.params().shared_pack_levels() as usize).min(keys.len());
+        let hoisted = keys[..shared].iter().map(|k| k.hoisted(ctx)).collect();
+        Some(Self { keys, hoisted })
     }
 
     /// The key for tree level ℓ ∈ 1..=log2 N (g = 2^ℓ + 1).
@@ -447,5 +456,106 @@ impl std::fmt::Debug for SeededKeyRow {
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PublicKey({} residues)", self.a_ntt.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParameterSet;
+
+    /// Key `seeded` expanded with τ_h applied to every row in the
+    /// coefficient domain, before the transforms: what a hoisted key's rows
+    /// are by definition (proofs/packing.md, Lemma 8).
+    fn twisted_in_coefficients(ctx: &Context, seeded: &SeededGaloisKey, h: usize) -> GaloisKey {
+        let (q, p, n) = (ctx.q(), ctx.params().p(), ctx.n());
+        let twist_q = |v: Vec<u64>| {
+            let mut out = vec![0; v.len()];
+            for ((o, c), &m) in out
+                .chunks_exact_mut(n)
+                .zip(v.chunks_exact(n))
+                .zip(q.limbs())
+            {
+                crate::math::poly::automorphism(m, o, c, h);
+            }
+            ctx.ntt_q.forward(&mut out);
+            ctx.ntt_q.normalize(&mut out);
+            out
+        };
+        let twist_p = |v: Vec<u64>| {
+            let mut out = vec![0; n];
+            crate::math::poly::automorphism(p, &mut out, &v, h);
+            ctx.ntt_p.forward(&mut out);
+            ctx.ntt_p.normalize(&mut out);
+            out
+        };
+        let narrow = ctx.ntt_p.narrow().is_some();
+        let mut key = GaloisKey {
+            g: seeded.g,
+            a_q: vec![],
+            b_q: vec![],
+            a_p: PRows::new(narrow),
+            b_p: PRows::new(narrow),
+        };
+        for row in &seeded.rows {
+            let (a_q, a_p) = expand_key_masks(row.seed, n, q, p);
+            key.a_q.push(twist_q(a_q));
+            key.a_p.push(twist_p(a_p));
+            key.b_q.push(twist_q(row.b_q.clone()));
+            key.b_p.push(twist_p(row.b_p.clone()));
+        }
+        key
+    }
+
+    fn rows64(rows: &PRows) -> Vec<Vec<u64>> {
+        let mut buf = Vec::new();
+        (0..match rows {
+            PRows::Narrow(r) => r.len(),
+            PRows::Wide(r) => r.len(),
+        })
+            .map(|j| rows.row64(j, &mut buf).to_vec())
+            .collect()
+    }
+
+    // PACK-7: a hoisted key's rows, permuted in each plan's evaluation
+    // domain, are word for word the key's rows twisted by τ_g⁻¹ in the
+    // coefficient domain and transformed, for every shared level, on
+    // one-limb sets (P in 32-bit words) and on s16 (two limbs).
+    #[test]
+    fn hoisted_rows_are_the_twisted_rows_transformed() {
+        for set in ["b8", "wide", "s16"] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let mut rng = Csprng::from_seed([5; 16]);
+            let sk = SecretKey::generate(&ctx, &mut rng);
+            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let two_n = 2 * ctx.n();
+            for l in 1..=ctx.params().shared_pack_levels() {
+                let hoisted = keys.hoisted_for_level(l);
+                let g = (1usize << l) + 1;
+                assert_eq!(hoisted.g, g);
+                let h = (1..two_n).find(|h| h * g % two_n == 1).unwrap();
+                let reference = twisted_in_coefficients(&ctx, &seeded[l as usize - 1], h);
+                let got = &hoisted.key;
+                assert!(
+                    got.a_q == reference.a_q && got.b_q == reference.b_q,
+                    "{set}, level {l}: mod q"
+                );
+                assert_eq!(
+                    rows64(&got.a_p),
+                    rows64(&reference.a_p),
+                    "{set}, level {l}: masks mod P"
+                );
+                assert_eq!(
+                    rows64(&got.b_p),
+                    rows64(&reference.b_p),
+                    "{set}, level {l}: bodies mod P"
+                );
+                assert!(
+                    got.a_q != keys.key_for_level(l).a_q,
+                    "{set}, level {l}: not twisted"
+                );
+            }
+        }
     }
 }
