@@ -251,10 +251,6 @@ fn sum_block<'a>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if lazy::serves(m) {
-        if lazy::has_avx512() {
-            // SAFETY: `has_avx512` detected AVX-512 F on this CPU.
-            return unsafe { lazy::sum_avx512(m.value(), out, lo, terms, overwrite) };
-        }
         // SAFETY: `serves` detected AVX2 on this CPU.
         return unsafe { lazy::sum_avx2(m.value(), out, lo, terms, overwrite) };
     }
@@ -294,19 +290,14 @@ mod lazy {
 
     const SIGN: u64 = 1 << 63;
 
-    /// AVX2 (AVX-512 too: its reduced kernels' masked compares are cheap,
-    /// but a lazy term is still fewer operations) and a modulus above 2^63.
+    /// AVX2 without AVX-512 (where the reduced kernels' masked compares
+    /// are as cheap), and a modulus above 2^63.
     #[cfg(target_arch = "x86_64")]
     #[inline]
     pub(super) fn serves(m: Modulus) -> bool {
-        m.value() > SIGN && std::arch::is_x86_feature_detected!("avx2")
-    }
-
-    /// Whether the AVX-512 build runs.
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    pub(super) fn has_avx512() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
+        m.value() > SIGN
+            && std::arch::is_x86_feature_detected!("avx2")
+            && !std::arch::is_x86_feature_detected!("avx512f")
     }
 
     #[inline(always)]
@@ -378,20 +369,6 @@ mod lazy {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn sum_avx2<'a>(
-        q: u64,
-        out: &mut [u64],
-        lo: usize,
-        terms: impl Iterator<Item = (&'a [u64], usize, bool)>,
-        overwrite: bool,
-    ) {
-        sum(q, out, lo, terms, overwrite)
-    }
-
-    /// # Safety
-    /// The CPU must have AVX-512 F.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn sum_avx512<'a>(
         q: u64,
         out: &mut [u64],
         lo: usize,
@@ -851,16 +828,6 @@ mod tests {
             }
             prop_assert_eq!(&lazy_sum, &whole);
             prop_assert_eq!(&dispatched, &whole);
-            // The AVX2 build too where AVX-512's is the one dispatched.
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                let mut avx2 = reduce(&start);
-                for (b, chunk) in avx2.chunks_mut(block).enumerate() {
-                    // SAFETY: AVX2 detected just above.
-                    unsafe { lazy::sum_avx2(q, chunk, b * block, (0..terms.len()).map(term), false) };
-                }
-                prop_assert_eq!(&avx2, &whole);
-            }
         }
 
         // The overwriting sums (a pack's leaves in recycled buffers) give
