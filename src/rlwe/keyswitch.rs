@@ -18,7 +18,7 @@
 //! from one-word kernels, which write their residues mod q and mod P
 //! directly; all digits are transformed first (mod P by tfhe-ntt's 32-bit
 //! plan), then one pass per prime forms both key products over all levels
-//! with deferred reductions (`key_switch_add_one_limb`).
+//! with deferred reductions (`one_limb_plan`).
 
 use super::keys::{HoistedKey, NarrowKey};
 use super::{Ciphertext, Context, GaloisKey, GaloisKeys};
@@ -1574,7 +1574,8 @@ impl Context {
                     let (rq, rp) = self.slot_readers.as_ref()?;
                     (rq.serves(m) && rp.serves(m)).then_some((m, rq, rp))
                 });
-                self.key_switch_add_one_limb(key, ct, out, scratch, p32, readers)
+                self.one_limb_digits_forward(&ct.a, scratch, p32);
+                self.one_limb_products_add(key, ct, out, scratch, p32, readers)
             }
             None => self.key_switch_add_rns(key, ct, out, scratch),
         }
@@ -1725,30 +1726,20 @@ impl Context {
         }
     }
 
-    /// [`key_switch_add`](Self::key_switch_add) on the b-sets' one limb
-    /// (`RnsKeySwitch::fused_one_limb_serves`), the same integers with
-    /// fewer passes: the digit kernels write the residues mod q and mod P
-    /// directly (no signed digit rows, no `digits_mod` passes), every
-    /// digit is transformed first (mod P in 32-bit words by `ntt_p`, the
-    /// plan of [`NttPlan::narrow`](crate::math::NttPlan::narrow), the
-    /// domain the key's P rows are in), and then one pass per prime forms
-    /// both key products over all levels (no accumulator passes; the sums
-    /// are reduced once).
-    fn key_switch_add_one_limb(
-        &self,
-        key: NarrowKey,
-        ct: &Ciphertext,
-        out: &mut Ciphertext,
-        scratch: &mut KeySwitchScratch,
-        ntt_p: &crate::math::Narrow,
-        body_slots: Option<(usize, &SlotInverse, &SlotInverse)>,
-    ) {
-        self.one_limb_digits_forward(&ct.a, scratch, ntt_p);
-        self.one_limb_products_add(key, ct, out, scratch, ntt_p, body_slots)
-    }
-
-    /// The fused one-limb path (`key_switch_add_one_limb`) when it serves
-    /// this set and key: the plan mod P its rows are in.
+    /// The fused key switch on the b-sets' one limb
+    /// (`RnsKeySwitch::fused_one_limb_serves`) computes the same integers
+    /// as the per-level path in fewer passes: the digit kernels write the
+    /// residues mod q and mod P directly (no signed digit rows, no
+    /// `digits_mod` passes), every digit is transformed first (mod P in
+    /// 32-bit words by the plan of
+    /// [`NttPlan::narrow`](crate::math::NttPlan::narrow), the domain the
+    /// key's P rows are in), and one pass per prime then forms both key
+    /// products over all levels (no accumulator passes; the sums are
+    /// reduced once). Its two halves are
+    /// [`one_limb_digits_forward`](Self::one_limb_digits_forward) and
+    /// [`one_limb_products_add`](Self::one_limb_products_add). Where it
+    /// serves this set and `key`, this gives the plan mod P and the key's
+    /// narrow rows.
     fn one_limb_plan<'k>(
         &self,
         key: &'k GaloisKey,
@@ -2096,9 +2087,9 @@ mod tests {
             };
             let (mut fused, mut per_level) = (start.clone(), start.clone());
             let mut scratch = KeySwitchScratch::new(n, levels, q.len());
-            let p32 = ctx.ntt_p.narrow().expect("P < 2^31");
-            let narrow = key.narrow().expect("P < 2^31: 32-bit rows");
-            ctx.key_switch_add_one_limb(narrow, &ct, &mut fused, &mut scratch, p32, None);
+            let (p32, narrow) = ctx.one_limb_plan(&key).expect("the fused path serves");
+            ctx.one_limb_digits_forward(&ct.a, &mut scratch, p32);
+            ctx.one_limb_products_add(narrow, &ct, &mut fused, &mut scratch, p32, None);
             ctx.key_switch_add_rns(&key, &ct, &mut per_level, &mut scratch);
             assert!(fused == per_level, "{set}: the fused path differs");
             assert!(fused != start);
