@@ -101,9 +101,6 @@ impl GaloisKey {
             h = h * self.g % two_n;
         }
         debug_assert_eq!(h * self.g % two_n, 1);
-        let permute = |row: &[u64], perm: &[u32]| -> Vec<u64> {
-            perm.iter().map(|&i| row[i as usize]).collect()
-        };
         let n = ctx.n();
         let q_perms: Vec<Vec<u32>> = ctx
             .ntt_q
@@ -114,12 +111,11 @@ impl GaloisKey {
         let limbwise = |row: &Vec<u64>| -> Vec<u64> {
             row.chunks_exact(n)
                 .zip(&q_perms)
-                .flat_map(|(limb, perm)| permute(limb, perm))
+                .flat_map(|(limb, perm)| gather(limb, perm))
                 .collect()
         };
         let p_perm = ctx.ntt_p.automorphism_permutation(h);
         HoistedKey {
-            g: self.g,
             key: GaloisKey {
                 g: self.g,
                 a_q: self.a_q.iter().map(limbwise).collect(),
@@ -178,14 +174,9 @@ impl PRows {
 
     /// Every row with its words taken in the order `perm` lists.
     fn permuted(&self, perm: &[u32]) -> Self {
-        fn each<T: Copy>(rows: &[Vec<T>], perm: &[u32]) -> Vec<Vec<T>> {
-            rows.iter()
-                .map(|r| perm.iter().map(|&i| r[i as usize]).collect())
-                .collect()
-        }
         match self {
-            Self::Narrow(rows) => Self::Narrow(each(rows, perm)),
-            Self::Wide(rows) => Self::Wide(each(rows, perm)),
+            Self::Narrow(rows) => Self::Narrow(rows.iter().map(|r| gather(r, perm)).collect()),
+            Self::Wide(rows) => Self::Wide(rows.iter().map(|r| gather(r, perm)).collect()),
         }
     }
 
@@ -238,10 +229,20 @@ pub struct GaloisKeys {
 /// of each row's evaluations ([`GaloisKey::hoisted`]); nothing new travels.
 #[derive(Clone)]
 pub(crate) struct HoistedKey {
-    /// The automorphism applied after the key switch.
-    pub(crate) g: usize,
-    /// The twisted rows, in the same form as any key's.
+    /// The twisted rows, in the same form as any key's; `key.g` is g.
     pub(crate) key: GaloisKey,
+}
+
+impl HoistedKey {
+    /// g, the automorphism applied after the key switch.
+    pub(crate) fn g(&self) -> usize {
+        self.key.g
+    }
+}
+
+/// `row`'s words in the order `perm` lists: a row's evaluations permuted.
+fn gather<T: Copy>(row: &[T], perm: &[u32]) -> Vec<T> {
+    perm.iter().map(|&i| row[i as usize]).collect()
 }
 
 /// Public key `(a, a·s + e)` for re-randomising server responses.
@@ -533,7 +534,7 @@ mod tests {
             for l in 1..=ctx.params().shared_pack_levels() {
                 let hoisted = keys.hoisted_for_level(l);
                 let g = (1usize << l) + 1;
-                assert_eq!(hoisted.g, g);
+                assert_eq!(hoisted.g(), g);
                 let h = (1..two_n).find(|h| h * g % two_n == 1).unwrap();
                 let reference = twisted_in_coefficients(&ctx, &seeded[l as usize - 1], h);
                 let got = &hoisted.key;

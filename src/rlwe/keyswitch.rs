@@ -1613,7 +1613,7 @@ impl Context {
                         formed = false;
                     }
                 }
-                work.automorphism(q, hoisted.g)
+                work.automorphism(q, hoisted.g())
             })
             .collect()
     }
@@ -2044,12 +2044,12 @@ mod tests {
             assert_eq!(shared.len(), levels.len(), "{set}");
             for (&l, image) in levels.iter().zip(&shared) {
                 let hoisted = keys.hoisted_for_level(l);
-                assert_eq!(hoisted.g, (1 << l) + 1, "{set}");
+                assert_eq!(hoisted.g(), (1 << l) + 1, "{set}");
                 let mut own = ctx.zero_ciphertext();
                 let mut scratch = KeySwitchScratch::new(n, ctx.params().gadget_levels(), q.len());
                 ctx.key_switch_add(&hoisted.key, &ct, &mut own, &mut scratch);
                 assert!(
-                    own.automorphism(q, hoisted.g) == *image,
+                    own.automorphism(q, hoisted.g()) == *image,
                     "{set}, level {l}: the shared decomposition changed the image"
                 );
             }
