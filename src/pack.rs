@@ -210,6 +210,7 @@ pub struct Packer<'a> {
     /// Choose ℓ* ≤ `shared_levels` per output by cost, or use it as given.
     adaptive: bool,
     bodies: Bodies,
+    grouping: LeafGroups,
 }
 
 /// How much of a materialised leaf node's body is computed.
@@ -224,6 +225,56 @@ enum Bodies {
     Full,
 }
 
+/// Whether an output's leaves are materialised in groups, image chunk by
+/// image chunk (`Packer::leaf_group`). A leaf sums ≈ 2^ℓ* terms per value
+/// from the images of every source the output draws on; read leaf by leaf,
+/// those images stream from memory once they outgrow L2 (b16, one leaf's
+/// mask sum, per rotate-add: 0.51 µs from 1 MiB of images, 0.80 µs from
+/// 4 MiB, 1.17 µs from 16 MiB on a 2 MiB-L2 Xeon). In groups of 32 leaves
+/// and chunks of 1 MiB of images, the leaves of a group read a chunk from
+/// L2 (0.64 µs from 4 MiB, 0.91 µs from 16 MiB). Grouping only the
+/// outputs whose images outgrow L2 gained less end to end than grouping
+/// all (benches/README.md, "Leaves in groups, image chunk by image chunk").
+#[derive(Clone, Copy, Debug)]
+enum LeafGroups {
+    /// On the one-limb sets (measured there); leaf by leaf on the others.
+    OneLimb,
+    /// Leaf by leaf: the order the tests hold the groups' words to.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Never,
+    /// In groups on every set.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Always,
+}
+
+impl LeafGroups {
+    /// A group is the 2^LEVELS leaves below one node (32: 16 and 64 were
+    /// no faster on ResNet-20).
+    const LEVELS: u32 = 5;
+    /// A chunk's image masks, in bytes (half L2 on the project's hosts; 512
+    /// KiB and 2 MiB were no faster).
+    const CHUNK_BYTES: usize = 1 << 20;
+
+    /// The group's levels above ℓ* = `shared`: `None` leaf by leaf (and at
+    /// ℓ* = log2 N, where the leaf is the root).
+    fn levels(self, ctx: &Context, shared: u32) -> Option<u32> {
+        let above = ctx.params().log_ring_degree() - shared;
+        let group = match self {
+            Self::OneLimb => ctx.limbs() == 1,
+            Self::Never => false,
+            Self::Always => true,
+        };
+        (group && above > 0).then(|| Self::LEVELS.min(above))
+    }
+
+    /// Sources whose images make up one chunk at ℓ* = `shared` (at least
+    /// one).
+    fn sources_per_chunk(ctx: &Context, shared: u32) -> u32 {
+        let mask_bytes = ctx.n() * ctx.limbs() * std::mem::size_of::<u64>();
+        (Self::CHUNK_BYTES / (mask_bytes << shared)).max(1) as u32
+    }
+}
+
 impl<'a> Packer<'a> {
     /// A packer with the Galois keys `keys` of `ctx`'s set, choosing ℓ* per
     /// output by cost, up to the set's `shared_pack_levels` (PACK-2).
@@ -234,6 +285,7 @@ impl<'a> Packer<'a> {
             shared_levels: ctx.params().shared_pack_levels(),
             adaptive: true,
             bodies: Bodies::AtSlots,
+            grouping: LeafGroups::OneLimb,
         }
     }
 
@@ -479,77 +531,184 @@ impl<'a> Packer<'a> {
         // On multi-limb sets, a node's terms image by image: the rotate-adds
         // that read one image then follow each other while it is in cache
         // (an s16 image is 256 KiB; ResNet-20 on s16 took 9 % less CPU).
-        // Exact modular sums, so the order changes no result. The one-limb
+        // Exact modular sums, so the order changes no result. Grouped
+        // leaves need the order too (`leaf_group`); otherwise the one-limb
         // sets keep their order: no gain measured there.
-        if ctx.limbs() > 1 {
+        let group = match self.bodies {
+            Bodies::AtSlots => self.grouping.levels(ctx, shared),
+            Bodies::Full => None,
+        };
+        if ctx.limbs() > 1 || group.is_some() {
             for terms in &mut nodes {
                 terms.sort_by_key(|t| (t.source, t.image));
             }
         }
-        self.subtree(&nodes, images, shared, log_n, 0)
+        self.subtree(&nodes, images, shared, group, log_n, 0)
             .unwrap_or_else(|| ctx.zero_ciphertext())
     }
 
     /// Node `r` of tree level `level` of one output: materialised from its
     /// symbolic terms at level `shared`, else the combination of its two
     /// subtrees with the level's key switch. `None` for an empty subtree.
+    /// With `group` levels, the leaves below a node at level
+    /// `shared + group` are materialised together, image chunk by image
+    /// chunk ([`leaf_group`](Self::leaf_group)), and combined below it in
+    /// this thread.
     fn subtree(
+        &self,
+        nodes: &[Vec<Term>],
+        images: &Images,
+        shared: u32,
+        group: Option<u32>,
+        level: u32,
+        r: usize,
+    ) -> Option<Ciphertext> {
+        if level == shared {
+            return self.leaf(&nodes[r], images, level);
+        }
+        if group.is_some_and(|g| level == shared + g) {
+            let mut below = self.leaf_group(nodes, images, shared, level, r);
+            for l in shared + 1..=level {
+                let odd = below.split_off(below.len() / 2);
+                below = below
+                    .into_iter()
+                    .zip(odd)
+                    .map(|(even, odd)| self.join(l, even, odd))
+                    .collect();
+            }
+            return below.pop().flatten();
+        }
+        let half = self.ctx.n() >> level;
+        let (even, odd) = par::join(
+            || self.subtree(nodes, images, shared, group, level - 1, r),
+            || self.subtree(nodes, images, shared, group, level - 1, r + half),
+        );
+        self.join(level, even, odd)
+    }
+
+    /// A leaf (a node at level ℓ* = `level`) from its symbolic terms; `None`
+    /// without terms.
+    fn leaf(&self, terms: &[Term], images: &Images, level: u32) -> Option<Ciphertext> {
+        let ctx = self.ctx;
+        let (q, n) = (ctx.q(), ctx.n());
+        if terms.is_empty() {
+            return None;
+        }
+        // All terms at once, block by block of the output: the 64 KiB
+        // accumulator does not fit L1 beside an image, so term by term
+        // it went to L2 and back for every term (0.84× the time in
+        // benches/leaves.rs; benches/README.md).
+        Some(match self.bodies {
+            // PACK-6: the body only at the node's slots, read from the
+            // images' residue-major rows, in a buffer a finished node
+            // left (its stale body words off these slots never reach
+            // the root: Lemma 7), so nothing is zeroed.
+            Bodies::AtSlots => {
+                let sum: Vec<(&Ciphertext, &[u64], usize, bool)> = terms
+                    .iter()
+                    .map(|t| {
+                        let image = images.get(t.source, t.image);
+                        let rows = images.rows(level, t.source, t.image);
+                        (image, rows, t.exp as usize, t.negate)
+                    })
+                    .collect();
+                let mut ct = with_workspace(ctx, |ws| ws.spare.pop())
+                    .unwrap_or_else(|| ctx.zero_ciphertext());
+                ct.set_monomial_sum_at_slots(q, &sum, n >> level);
+                ct
+            }
+            Bodies::Full => {
+                let sum: Vec<(&Ciphertext, usize, bool)> = terms
+                    .iter()
+                    .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
+                    .collect();
+                let mut ct = ctx.zero_ciphertext();
+                ct.monomial_sum_add(q, &sum);
+                ct
+            }
+        })
+    }
+
+    /// The leaves below node `r` of level `level` (> `shared`), in the
+    /// order the combination pairs them: leaf k is node
+    /// r + k·N/2^`level` of level `shared`. Their masks are summed image
+    /// chunk by image chunk ([`LeafGroups`]: each leaf's terms sorted by
+    /// source, every leaf takes the terms of the chunk's sources before
+    /// the next chunk), so a chunk's images are read from L2 by every
+    /// leaf instead of from memory by each; their bodies at the slots
+    /// (PACK-6) in one pass each, as [`leaf`](Self::leaf) does. Exact
+    /// modular sums in another order: the same words as the leaves made
+    /// one by one (PACK-8).
+    fn leaf_group(
         &self,
         nodes: &[Vec<Term>],
         images: &Images,
         shared: u32,
         level: u32,
         r: usize,
-    ) -> Option<Ciphertext> {
+    ) -> Vec<Option<Ciphertext>> {
         let ctx = self.ctx;
         let (q, n) = (ctx.q(), ctx.n());
-        if level == shared {
-            let terms = &nodes[r];
-            if terms.is_empty() {
-                return None;
+        let step = n >> level;
+        let leaves: Vec<&[Term]> = (0..1usize << (level - shared))
+            .map(|k| &nodes[r + k * step][..])
+            .collect();
+        let mut out: Vec<Option<Ciphertext>> = leaves
+            .iter()
+            .map(|terms| {
+                if terms.is_empty() {
+                    return None;
+                }
+                let rows: Vec<(&Ciphertext, &[u64], usize, bool)> = terms
+                    .iter()
+                    .map(|t| {
+                        let image = images.get(t.source, t.image);
+                        let rows = images.rows(shared, t.source, t.image);
+                        (image, rows, t.exp as usize, t.negate)
+                    })
+                    .collect();
+                let mut ct = with_workspace(ctx, |ws| ws.spare.pop())
+                    .unwrap_or_else(|| ctx.zero_ciphertext());
+                ct.set_body_sum_at_slots(q, &rows, n >> shared);
+                Some(ct)
+            })
+            .collect();
+        let per_chunk = LeafGroups::sources_per_chunk(ctx, shared);
+        let mut next = vec![0usize; leaves.len()];
+        // The chunks in order, skipping those no leaf draws on.
+        while let Some(chunk) = leaves
+            .iter()
+            .zip(&next)
+            .filter_map(|(terms, &i)| terms.get(i).map(|t| t.source / per_chunk))
+            .min()
+        {
+            let end = (chunk + 1) * per_chunk;
+            for ((terms, i), ct) in leaves.iter().zip(&mut next).zip(&mut out) {
+                let stop = *i + terms[*i..].partition_point(|t| t.source < end);
+                if stop == *i {
+                    continue;
+                }
+                let sum: Vec<(&Ciphertext, usize, bool)> = terms[*i..stop]
+                    .iter()
+                    .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
+                    .collect();
+                let ct = ct.as_mut().expect("a leaf with terms has a buffer");
+                ct.mask_sum(q, &sum, *i == 0);
+                *i = stop;
             }
-            // All terms at once, block by block of the output: the 64 KiB
-            // accumulator does not fit L1 beside an image, so term by term
-            // it went to L2 and back for every term (0.84× the time in
-            // benches/leaves.rs; benches/README.md).
-            return Some(match self.bodies {
-                // PACK-6: the body only at the node's slots, read from the
-                // images' residue-major rows, in a buffer a finished node
-                // left (its stale body words off these slots never reach
-                // the root: Lemma 7), so nothing is zeroed.
-                Bodies::AtSlots => {
-                    let sum: Vec<(&Ciphertext, &[u64], usize, bool)> = terms
-                        .iter()
-                        .map(|t| {
-                            let image = images.get(t.source, t.image);
-                            let rows = images.rows(level, t.source, t.image);
-                            (image, rows, t.exp as usize, t.negate)
-                        })
-                        .collect();
-                    let mut ct = with_workspace(ctx, |ws| ws.spare.pop())
-                        .unwrap_or_else(|| ctx.zero_ciphertext());
-                    ct.set_monomial_sum_at_slots(q, &sum, n >> level);
-                    ct
-                }
-                Bodies::Full => {
-                    let sum: Vec<(&Ciphertext, usize, bool)> = terms
-                        .iter()
-                        .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
-                        .collect();
-                    let mut ct = ctx.zero_ciphertext();
-                    ct.monomial_sum_add(q, &sum);
-                    ct
-                }
-            });
         }
-        let half = n >> level;
-        let (even, odd) = par::join(
-            || self.subtree(nodes, images, shared, level - 1, r),
-            || self.subtree(nodes, images, shared, level - 1, r + half),
-        );
+        out
+    }
+
+    /// Node (`level`, r) from its two children (`None` for an empty one):
+    /// E + X^h·O + KS_g(τ_g(E − X^h·O)), h = N/2^level, g = 2^level + 1.
+    fn join(&self, level: u32, even: Option<Ciphertext>, odd: Option<Ciphertext>) -> Option<Ciphertext> {
+        let ctx = self.ctx;
+        let (q, n) = (ctx.q(), ctx.n());
         if even.is_none() && odd.is_none() {
             return None;
         }
+        let half = n >> level;
         let key = self.keys.key_for_level(level);
         Some(with_workspace(ctx, |ws| {
             // PACK-6: this node's body matters only at its 2^level slots.
@@ -889,9 +1048,10 @@ struct Workspace {
 }
 
 impl Workspace {
-    /// Depth first, a thread finishes a node before it builds the next
-    /// leaves, so a few spares serve it.
-    const SPARES: usize = 4;
+    /// Depth first, a thread finishes a node (or a group of leaves,
+    /// `LeafGroups`) before it builds the next leaves, so a group's worth
+    /// of spares serves it.
+    const SPARES: usize = 1 << LeafGroups::LEVELS;
 
     fn recycle(&mut self, ct: Ciphertext) {
         if self.spare.len() < Self::SPARES && ct.a.len() == self.diff.a.len() {
@@ -1025,6 +1185,76 @@ mod tests {
                 assert!(
                     got == want,
                     "{set}, ℓ* ≤ {}: the slot-only leaves changed the output",
+                    packer.shared_levels
+                );
+            }
+        }
+    }
+
+    // PACK-8: leaves in groups (`LeafGroups`), their masks summed image
+    // chunk by image chunk, give the same words as leaves made one by one,
+    // on b16 (ℓ* = 0, 3, 5 and chosen per output) and s16 (ℓ* = 2 and
+    // chosen): values from enough sources for several chunks, sums of two
+    // values at some positions (PACK-5), a dense output and a sparse one
+    // (leaves without terms).
+    #[test]
+    fn grouped_leaves_give_the_same_ciphertexts() {
+        for (set, count, levels) in [("b16", 10, &[0, 3, 5][..]), ("s16", 4, &[2][..])] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let n = ctx.n();
+            let mut rng = Csprng::from_seed([11; 16]);
+            let sk = SecretKey::generate(&ctx, &mut rng);
+            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let cts: Vec<Ciphertext> = (0..count)
+                .map(|_| {
+                    let v: Vec<i64> = (0..n)
+                        .map(|_| rng.uniform_below(200) as i64 - 100)
+                        .collect();
+                    ctx.encrypt(&sk, &v, &mut rng)
+                })
+                .collect();
+            let sources: Vec<PackSource> = cts.iter().map(PackSource::plain).collect();
+            let mut positions: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                positions.swap(i, rng.uniform_below(i as u64 + 1) as usize);
+            }
+            let mut value = || {
+                ValueRef::new(
+                    rng.uniform_below(count as u64) as usize,
+                    rng.uniform_below(n as u64) as usize,
+                )
+            };
+            let placements: Vec<SumPlacement> = (0..n + n / 5)
+                .map(|k| SumPlacement {
+                    values: if k % 7 == 0 {
+                        vec![value(), value()]
+                    } else {
+                        vec![value()]
+                    },
+                    output: k / n,
+                    position: positions[k % n],
+                })
+                .collect();
+            let packers = levels
+                .iter()
+                .map(|&l| Packer::new(&ctx, &keys).with_shared_levels(l).unwrap())
+                .chain([Packer::new(&ctx, &keys)]);
+            for packer in packers {
+                let one_by_one = Packer {
+                    grouping: LeafGroups::Never,
+                    ..packer
+                };
+                let grouped = Packer {
+                    grouping: LeafGroups::Always,
+                    ..packer
+                };
+                let want = one_by_one.pack_sums(&sources, &placements).unwrap();
+                let got = grouped.pack_sums(&sources, &placements).unwrap();
+                assert_eq!(got.len(), 2);
+                assert!(
+                    got == want,
+                    "{set}, ℓ* ≤ {}: grouped leaves changed the output",
                     packer.shared_levels
                 );
             }

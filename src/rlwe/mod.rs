@@ -212,16 +212,51 @@ impl Ciphertext {
         terms: &[(&Ciphertext, &[u64], usize, bool)],
         stride: usize,
     ) {
+        let masks: Vec<(&Ciphertext, usize, bool)> =
+            terms.iter().map(|&(ct, _, e, negate)| (ct, e, negate)).collect();
+        self.mask_sum(q, &masks, true);
+        self.set_body_sum_at_slots(q, terms, stride);
+    }
+
+    /// The mask of `Σ sign · X^e · ct` over `terms`, block by block of
+    /// [`SUM_BLOCK`] coefficients: written over the mask (`overwrite`) or
+    /// added to it. The body is left as it is.
+    pub(crate) fn mask_sum(
+        &mut self,
+        q: RnsModulus,
+        terms: &[(&Ciphertext, usize, bool)],
+        overwrite: bool,
+    ) {
         let n = self.n;
-        debug_assert!(stride > 0 && n.is_multiple_of(stride));
         for (l, &m) in q.limbs().iter().enumerate() {
             let limb = l * n..(l + 1) * n;
             for (k, block) in self.a[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
                 let inputs = terms
                     .iter()
-                    .map(|&(ct, _, e, negate)| (&ct.a[limb.clone()], e, negate));
-                poly::monomial_sum_block_into(m, block, k * SUM_BLOCK, inputs);
+                    .map(|&(ct, e, negate)| (&ct.a[limb.clone()], e, negate));
+                if overwrite {
+                    poly::monomial_sum_block_into(m, block, k * SUM_BLOCK, inputs);
+                } else {
+                    poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
+                }
             }
+        }
+    }
+
+    /// The body of `Σ sign · X^e · ct` over `terms` written at the
+    /// multiples of `stride` (from each term's residue-major rows, as in
+    /// [`set_monomial_sum_at_slots`](Self::set_monomial_sum_at_slots));
+    /// the mask and the body's other coefficients are left as they are.
+    pub(crate) fn set_body_sum_at_slots(
+        &mut self,
+        q: RnsModulus,
+        terms: &[(&Ciphertext, &[u64], usize, bool)],
+        stride: usize,
+    ) {
+        let n = self.n;
+        debug_assert!(stride > 0 && n.is_multiple_of(stride));
+        for (l, &m) in q.limbs().iter().enumerate() {
+            let limb = l * n..(l + 1) * n;
             let rows = terms
                 .iter()
                 .map(|&(_, rows, e, negate)| (&rows[limb.clone()], e, negate));
