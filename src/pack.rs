@@ -435,15 +435,19 @@ impl<'a> Packer<'a> {
         };
         let hi = self.shared_levels.min(self.ctx.params().log_ring_degree());
         // ℓ* of each output, and the sources it draws on (PACK-2).
-        let key_switch = key_switch_in_rotations(self.ctx);
-        let plans: Vec<(u32, Vec<u32>)> = par::map(&slots, |s| {
-            let sources = distinct_sources(s);
+        let drawn: Vec<Vec<u32>> = par::map(&slots, |s| distinct_sources(s));
+        let mut uses = vec![0u32; sources.len()];
+        for &s in drawn.iter().flatten() {
+            uses[s as usize] += 1;
+        }
+        let price = LevelPrice::new(self.ctx, self.grouping, &uses);
+        let plans: Vec<(u32, Vec<u32>)> = par::map_range(slots.len(), |k| {
             let shared = if self.adaptive {
-                choose_shared_levels(s, &sources, min_shared.min(hi), hi, key_switch)
+                choose_shared_levels(&slots[k], &drawn[k], min_shared.min(hi), hi, &price)
             } else {
                 hi
             };
-            (shared, sources)
+            (shared, drawn[k].clone())
         });
         let (images, image_key_switches) =
             Images::compute(self.ctx, self.keys, sources, gamma, &plans);
@@ -702,7 +706,12 @@ impl<'a> Packer<'a> {
 
     /// Node (`level`, r) from its two children (`None` for an empty one):
     /// E + X^h·O + KS_g(τ_g(E − X^h·O)), h = N/2^level, g = 2^level + 1.
-    fn join(&self, level: u32, even: Option<Ciphertext>, odd: Option<Ciphertext>) -> Option<Ciphertext> {
+    fn join(
+        &self,
+        level: u32,
+        even: Option<Ciphertext>,
+        odd: Option<Ciphertext>,
+    ) -> Option<Ciphertext> {
         let ctx = self.ctx;
         let (q, n) = (ctx.q(), ctx.n());
         if even.is_none() && odd.is_none() {
@@ -775,25 +784,86 @@ fn key_switch_in_rotations(ctx: &Context) -> u64 {
     }
 }
 
-/// Picks ℓ* in `lo..=hi` for one output by a cost model (PACK-2): sharing
-/// level ℓ costs 2^ℓ rotate-adds per value and 2^ℓ − 1 key switches per
-/// source, and saves the key switches of every non-empty node at levels ≤ ℓ.
-/// `key_switch` is a key switch's cost in rotate-adds. With one limb (96) a
-/// full dense output (one value per slot) lands on ℓ* = 3, sparser ones
-/// higher.
+/// What PACK-2's cost model prices, in rotate-adds of a leaf whose images
+/// are in cache.
+struct LevelPrice<'u> {
+    /// A key switch (with its node's bookkeeping).
+    key_switch: u64,
+    /// Where leaves are grouped (`LeafGroups`): the bytes of one image's
+    /// mask, and for each source the number of the pack's outputs that draw
+    /// on it. A rotate-add is then priced by the images its output reads
+    /// ([`rotate_add_price`]), and an image at its share of the outputs
+    /// that read it (a source's images are computed once per pack).
+    /// Elsewhere a rotate-add costs 1 and every output pays for all its
+    /// sources' images.
+    grouped: Option<(usize, &'u [u32])>,
+}
+
+impl<'u> LevelPrice<'u> {
+    fn new(ctx: &Context, grouping: LeafGroups, uses: &'u [u32]) -> Self {
+        let mask_bytes = ctx.n() * ctx.limbs() * std::mem::size_of::<u64>();
+        Self {
+            key_switch: key_switch_in_rotations(ctx),
+            grouped: grouping.levels(ctx, 0).map(|_| (mask_bytes, uses)),
+        }
+    }
+}
+
+/// The price of a rotate-add whose leaf group reads `bytes` of images,
+/// against one that reads them from L2: 1 up to 2 MiB, then 0.35 more per
+/// doubling. Grouped leaves on b16 (a 2 MiB-L2 Xeon) took 0.64 µs per
+/// rotate-add from 4 MiB of images and 0.91 µs from 16 MiB, against
+/// 0.51 µs from 1 MiB (≈ 0.25 per doubling); end to end 0.35 was fastest
+/// on ResNet-18 (119.4 and 119.7 s against 120.8 s at 0.25, 123–124 s at
+/// 0.5 and 0.7) and ResNet-20 the same at all four (benches/README.md,
+/// "Leaves in groups").
+fn rotate_add_price(bytes: usize) -> f64 {
+    const IN_CACHE: f64 = (2 << 20) as f64;
+    const PER_DOUBLING: f64 = 0.35;
+    1.0 + PER_DOUBLING * (bytes as f64 / IN_CACHE).log2().max(0.0)
+}
+
+/// Picks ℓ* in `lo..=hi` for one output drawing on `sources` by a cost
+/// model (PACK-2): sharing level ℓ costs 2^ℓ rotate-adds per value and
+/// 2^ℓ − 1 key switches per source, and saves the key switches of every
+/// non-empty node at levels ≤ ℓ (`price` says what they cost). A full
+/// dense output (one value per slot) lands on ℓ* = 3, sparser ones higher.
 fn choose_shared_levels(
     slots: &[Vec<ValueRef>],
     sources: &[u32],
     lo: u32,
     hi: u32,
-    key_switch: u64,
+    price: &LevelPrice,
 ) -> u32 {
     let n = slots.len();
     let occupied: Vec<usize> = (0..n).filter(|&p| !slots[p].is_empty()).collect();
     let terms: u64 = slots.iter().map(|v| v.len() as u64).sum();
     let nodes = nodes_per_level(n, &occupied);
-    let cost = |shared| shared_level_cost(&nodes, terms, sources.len() as u64, shared, key_switch);
-    (lo..=hi).min_by_key(|&l| cost(l)).unwrap_or(lo)
+    let key_switch = price.key_switch as f64;
+    let cost = |shared: u32| -> f64 {
+        let Some((mask_bytes, uses)) = price.grouped else {
+            let flat = shared_level_cost(
+                &nodes,
+                terms,
+                sources.len() as u64,
+                shared,
+                price.key_switch,
+            );
+            return flat as f64;
+        };
+        let per_source = (1u64 << shared) as f64;
+        let images = (mask_bytes * sources.len()) << shared;
+        let rotations = terms as f64 * per_source * rotate_add_price(images);
+        let share: f64 = sources
+            .iter()
+            .map(|&s| 1.0 / uses[s as usize].max(1) as f64)
+            .sum();
+        let upper: u64 = nodes[(shared + 1) as usize..].iter().sum();
+        rotations + (share * (per_source - 1.0) + upper as f64) * key_switch
+    };
+    (lo..=hi)
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+        .unwrap_or(lo)
 }
 
 /// Non-empty tree nodes at each level ℓ = 0..=log2 N of one output whose
@@ -1362,6 +1432,34 @@ mod tests {
         }
     }
 
+    // PACK-2: where leaves are grouped (PACK-8), a dense output drawing on
+    // 128 sources that 16 outputs share (ResNet-18's output packs) pays
+    // its share of their images and a rotate-add priced by the 32 MiB of
+    // images its leaves read: ℓ* = 3, the fastest measured
+    // (benches/README.md, "Leaves in groups"); the flat model charges
+    // every output all 128 sources' images and picks 2. The price is 1
+    // while the images fit L2 and grows with their bytes.
+    #[test]
+    fn shared_images_are_priced_at_their_share() {
+        let n = 4096;
+        let slots: Vec<Vec<ValueRef>> = (0..n).map(|i| vec![ValueRef::new(i % 128, i)]).collect();
+        let sources: Vec<u32> = (0..128).collect();
+        let uses = vec![16; 128];
+        let grouped = LevelPrice {
+            key_switch: 192,
+            grouped: Some((n * 8, &uses)),
+        };
+        let flat = LevelPrice {
+            key_switch: 192,
+            grouped: None,
+        };
+        assert_eq!(choose_shared_levels(&slots, &sources, 0, 5, &grouped), 3);
+        assert_eq!(choose_shared_levels(&slots, &sources, 0, 5, &flat), 2);
+        assert_eq!(rotate_add_price(1 << 20), 1.0);
+        assert_eq!(rotate_add_price(2 << 20), 1.0);
+        assert!((rotate_add_price(16 << 20) - 2.05).abs() < 1e-9);
+    }
+
     // PACK-2: a full output of one source at N = 8192 with 2.5 values per
     // slot (T = 20480 terms) shares 3 levels at the one-limb cost (192) and
     // 2 at the multi-limb one, whose key switch costs fewer rotate-adds:
@@ -1383,7 +1481,11 @@ mod tests {
         let one = key_switch_in_rotations(&b16);
         let multi = key_switch_in_rotations(&s16);
         assert_eq!((one, multi), (192, 64));
-        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, one), 3);
-        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, multi), 2);
+        let flat = |key_switch| LevelPrice {
+            key_switch,
+            grouped: None,
+        };
+        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, &flat(one)), 3);
+        assert_eq!(choose_shared_levels(&slots, &[0], 0, 5, &flat(multi)), 2);
     }
 }

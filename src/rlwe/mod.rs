@@ -212,8 +212,10 @@ impl Ciphertext {
         terms: &[(&Ciphertext, &[u64], usize, bool)],
         stride: usize,
     ) {
-        let masks: Vec<(&Ciphertext, usize, bool)> =
-            terms.iter().map(|&(ct, _, e, negate)| (ct, e, negate)).collect();
+        let masks: Vec<(&Ciphertext, usize, bool)> = terms
+            .iter()
+            .map(|&(ct, _, e, negate)| (ct, e, negate))
+            .collect();
         self.mask_sum(q, &masks, true);
         self.set_body_sum_at_slots(q, terms, stride);
     }
