@@ -232,17 +232,20 @@ enum Bodies {
 /// mask sum, per rotate-add: 0.51 µs from 1 MiB of images, 0.80 µs from
 /// 4 MiB, 1.17 µs from 16 MiB on a 2 MiB-L2 Xeon). In groups of 32 leaves
 /// and chunks of 1 MiB of images, the leaves of a group read a chunk from
-/// L2 (0.64 µs from 4 MiB, 0.91 µs from 16 MiB). Grouping only the
-/// outputs whose images outgrow L2 gained less end to end than grouping
-/// all (benches/README.md, "Leaves in groups, image chunk by image chunk").
+/// L2 (0.64 µs from 4 MiB, 0.91 µs from 16 MiB). Below 1 MiB of images
+/// the leaves stay one by one: no faster in groups, and a group's leaves
+/// are one task, which lengthened the small packs' critical path on two
+/// threads (benches/README.md, "Leaves in groups, image chunk by image
+/// chunk").
 #[derive(Clone, Copy, Debug)]
 enum LeafGroups {
-    /// On the one-limb sets (measured there); leaf by leaf on the others.
+    /// On the one-limb sets (measured there), for outputs whose images
+    /// pass [`Self::SPILL_BYTES`]; leaf by leaf elsewhere.
     OneLimb,
     /// Leaf by leaf: the order the tests hold the groups' words to.
     #[cfg_attr(not(test), allow(dead_code))]
     Never,
-    /// In groups on every set.
+    /// In groups on every set and output.
     #[cfg_attr(not(test), allow(dead_code))]
     Always,
 }
@@ -254,25 +257,43 @@ impl LeafGroups {
     /// A chunk's image masks, in bytes (half L2 on the project's hosts; 512
     /// KiB and 2 MiB were no faster).
     const CHUNK_BYTES: usize = 1 << 20;
+    /// An output's image masks past which its leaves are grouped.
+    const SPILL_BYTES: usize = 1 << 20;
 
-    /// The group's levels above ℓ* = `shared`: `None` leaf by leaf (and at
-    /// ℓ* = log2 N, where the leaf is the root).
-    fn levels(self, ctx: &Context, shared: u32) -> Option<u32> {
+    /// The group's levels above ℓ* = `shared` for an output drawing on
+    /// `sources` sources: `None` leaf by leaf (and at ℓ* = log2 N, where
+    /// the leaf is the root).
+    fn levels(self, ctx: &Context, shared: u32, sources: usize) -> Option<u32> {
         let above = ctx.params().log_ring_degree() - shared;
         let group = match self {
-            Self::OneLimb => ctx.limbs() == 1,
+            Self::OneLimb => {
+                ctx.limbs() == 1 && (sources << shared) * mask_bytes(ctx) > Self::SPILL_BYTES
+            }
             Self::Never => false,
             Self::Always => true,
         };
         (group && above > 0).then(|| Self::LEVELS.min(above))
     }
 
+    /// Whether this set's outputs may have grouped leaves.
+    fn on(self, ctx: &Context) -> bool {
+        match self {
+            Self::OneLimb => ctx.limbs() == 1,
+            Self::Never => false,
+            Self::Always => true,
+        }
+    }
+
     /// Sources whose images make up one chunk at ℓ* = `shared` (at least
     /// one).
     fn sources_per_chunk(ctx: &Context, shared: u32) -> u32 {
-        let mask_bytes = ctx.n() * ctx.limbs() * std::mem::size_of::<u64>();
-        (Self::CHUNK_BYTES / (mask_bytes << shared)).max(1) as u32
+        (Self::CHUNK_BYTES / (mask_bytes(ctx) << shared)).max(1) as u32
     }
+}
+
+/// The bytes of one image's mask on `ctx`'s set.
+fn mask_bytes(ctx: &Context) -> usize {
+    ctx.n() * ctx.limbs() * std::mem::size_of::<u64>()
 }
 
 impl<'a> Packer<'a> {
@@ -467,12 +488,17 @@ impl<'a> Packer<'a> {
         // same arithmetic as the sequential tree, so the result does not
         // depend on the schedule.
         let packed = par::map_range(slots.len(), |k| {
-            self.pack_one(&slots[k], &images, plans[k].0)
+            self.pack_one(&slots[k], &images, (plans[k].0, plans[k].1.len()))
         });
         Ok((packed, work))
     }
 
-    fn pack_one(&self, slots: &[Vec<ValueRef>], images: &Images, shared: u32) -> Ciphertext {
+    fn pack_one(
+        &self,
+        slots: &[Vec<ValueRef>],
+        images: &Images,
+        (shared, sources): (u32, usize),
+    ) -> Ciphertext {
         let ctx = self.ctx;
         let n = ctx.n();
         let log_n = ctx.params().log_ring_degree();
@@ -539,7 +565,7 @@ impl<'a> Packer<'a> {
         // leaves need the order too (`leaf_group`); otherwise the one-limb
         // sets keep their order: no gain measured there.
         let group = match self.bodies {
-            Bodies::AtSlots => self.grouping.levels(ctx, shared),
+            Bodies::AtSlots => self.grouping.levels(ctx, shared, sources),
             Bodies::Full => None,
         };
         if ctx.limbs() > 1 || group.is_some() {
@@ -571,16 +597,8 @@ impl<'a> Packer<'a> {
             return self.leaf(&nodes[r], images, level);
         }
         if group.is_some_and(|g| level == shared + g) {
-            let mut below = self.leaf_group(nodes, images, shared, level, r);
-            for l in shared + 1..=level {
-                let odd = below.split_off(below.len() / 2);
-                below = below
-                    .into_iter()
-                    .zip(odd)
-                    .map(|(even, odd)| self.join(l, even, odd))
-                    .collect();
-            }
-            return below.pop().flatten();
+            let leaves = self.leaf_group(nodes, images, shared, level, r);
+            return self.join_group(leaves, level);
         }
         let half = self.ctx.n() >> level;
         let (even, odd) = par::join(
@@ -704,6 +722,30 @@ impl<'a> Packer<'a> {
         out
     }
 
+    /// The node of `level` above `leaves`, in [`leaf_group`](Self::leaf_group)'s
+    /// order (leaf k is node r + k·N/2^`level` of level ℓ*): the
+    /// even-indexed leaves lie below its even child (r), the odd-indexed
+    /// below its odd child (r + N/2^`level`). The two children run in
+    /// parallel, as in [`subtree`](Self::subtree).
+    fn join_group(&self, leaves: Vec<Option<Ciphertext>>, level: u32) -> Option<Ciphertext> {
+        if leaves.len() == 1 {
+            return leaves.into_iter().next().flatten();
+        }
+        let (mut even, mut odd) = (Vec::new(), Vec::new());
+        for (k, leaf) in leaves.into_iter().enumerate() {
+            if k % 2 == 0 {
+                even.push(leaf)
+            } else {
+                odd.push(leaf)
+            }
+        }
+        let (even, odd) = par::join(
+            || self.join_group(even, level - 1),
+            || self.join_group(odd, level - 1),
+        );
+        self.join(level, even, odd)
+    }
+
     /// Node (`level`, r) from its two children (`None` for an empty one):
     /// E + X^h·O + KS_g(τ_g(E − X^h·O)), h = N/2^level, g = 2^level + 1.
     fn join(
@@ -789,22 +831,22 @@ fn key_switch_in_rotations(ctx: &Context) -> u64 {
 struct LevelPrice<'u> {
     /// A key switch (with its node's bookkeeping).
     key_switch: u64,
-    /// Where leaves are grouped (`LeafGroups`): the bytes of one image's
-    /// mask, and for each source the number of the pack's outputs that draw
-    /// on it. A rotate-add is then priced by the images its output reads
-    /// ([`rotate_add_price`]), and an image at its share of the outputs
-    /// that read it (a source's images are computed once per pack).
-    /// Elsewhere a rotate-add costs 1 and every output pays for all its
-    /// sources' images.
+    /// On the sets whose leaves may be grouped (`LeafGroups`): the bytes
+    /// of one image's mask, and for each source the number of the pack's
+    /// outputs that draw on it. A rotate-add is then priced by the images
+    /// its output reads ([`rotate_add_price`]: 1 below 2 MiB, where no
+    /// group is needed or a group keeps them in L2), and an image at its
+    /// share of the outputs that read it (a source's images are computed
+    /// once per pack). Elsewhere a rotate-add costs 1 and every output pays
+    /// for all its sources' images.
     grouped: Option<(usize, &'u [u32])>,
 }
 
 impl<'u> LevelPrice<'u> {
     fn new(ctx: &Context, grouping: LeafGroups, uses: &'u [u32]) -> Self {
-        let mask_bytes = ctx.n() * ctx.limbs() * std::mem::size_of::<u64>();
         Self {
             key_switch: key_switch_in_rotations(ctx),
-            grouped: grouping.levels(ctx, 0).map(|_| (mask_bytes, uses)),
+            grouped: grouping.on(ctx).then(|| (mask_bytes(ctx), uses)),
         }
     }
 }
