@@ -626,26 +626,13 @@ impl<'a> Packer<'a> {
             // left (its stale body words off these slots never reach
             // the root: Lemma 7), so nothing is zeroed.
             Bodies::AtSlots => {
-                let sum: Vec<(&Ciphertext, &[u64], usize, bool)> = terms
-                    .iter()
-                    .map(|t| {
-                        let image = images.get(t.source, t.image);
-                        let rows = images.rows(level, t.source, t.image);
-                        (image, rows, t.exp as usize, t.negate)
-                    })
-                    .collect();
-                let mut ct = with_workspace(ctx, |ws| ws.spare.pop())
-                    .unwrap_or_else(|| ctx.zero_ciphertext());
-                ct.set_monomial_sum_at_slots(q, &sum, n >> level);
+                let mut ct = spare_ciphertext(ctx);
+                ct.set_monomial_sum_at_slots(q, &images.with_rows(level, terms), n >> level);
                 ct
             }
             Bodies::Full => {
-                let sum: Vec<(&Ciphertext, usize, bool)> = terms
-                    .iter()
-                    .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
-                    .collect();
                 let mut ct = ctx.zero_ciphertext();
-                ct.monomial_sum_add(q, &sum);
+                ct.monomial_sum_add(q, &images.masks(terms));
                 ct
             }
         })
@@ -681,17 +668,8 @@ impl<'a> Packer<'a> {
                 if terms.is_empty() {
                     return None;
                 }
-                let rows: Vec<(&Ciphertext, &[u64], usize, bool)> = terms
-                    .iter()
-                    .map(|t| {
-                        let image = images.get(t.source, t.image);
-                        let rows = images.rows(shared, t.source, t.image);
-                        (image, rows, t.exp as usize, t.negate)
-                    })
-                    .collect();
-                let mut ct = with_workspace(ctx, |ws| ws.spare.pop())
-                    .unwrap_or_else(|| ctx.zero_ciphertext());
-                ct.set_body_sum_at_slots(q, &rows, n >> shared);
+                let mut ct = spare_ciphertext(ctx);
+                ct.set_body_sum_at_slots(q, &images.with_rows(shared, terms), n >> shared);
                 Some(ct)
             })
             .collect();
@@ -710,12 +688,8 @@ impl<'a> Packer<'a> {
                 if stop == *i {
                     continue;
                 }
-                let sum: Vec<(&Ciphertext, usize, bool)> = terms[*i..stop]
-                    .iter()
-                    .map(|t| (images.get(t.source, t.image), t.exp as usize, t.negate))
-                    .collect();
                 let ct = ct.as_mut().expect("a leaf with terms has a buffer");
-                ct.mask_sum(q, &sum, *i == 0);
+                ct.mask_sum(q, &images.masks(&terms[*i..stop]), *i == 0);
                 *i = stop;
             }
         }
@@ -1139,6 +1113,26 @@ impl Images {
             .expect("every image a leaf reads has its rows")
     }
 
+    /// Each term's image, rotation and sign, as the mask sums take them.
+    fn masks(&self, terms: &[Term]) -> Vec<(&Ciphertext, usize, bool)> {
+        terms
+            .iter()
+            .map(|t| (self.get(t.source, t.image), t.exp as usize, t.negate))
+            .collect()
+    }
+
+    /// [`masks`](Self::masks) with each image's body rows for the leaves
+    /// of `level` (PACK-6).
+    fn with_rows(&self, level: u32, terms: &[Term]) -> Vec<(&Ciphertext, &[u64], usize, bool)> {
+        terms
+            .iter()
+            .map(|t| {
+                let rows = self.rows(level, t.source, t.image);
+                (self.get(t.source, t.image), rows, t.exp as usize, t.negate)
+            })
+            .collect()
+    }
+
     fn get(&self, source: u32, image: u32) -> &Ciphertext {
         self.table[source as usize * self.width + image as usize]
             .as_ref()
@@ -1174,6 +1168,12 @@ impl Workspace {
 
 thread_local! {
     static WORKSPACE: std::cell::RefCell<Option<Workspace>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A buffer for a leaf: a spare of this thread's workspace (its words are
+/// overwritten where a leaf needs them: Lemma 7), else a new one.
+fn spare_ciphertext(ctx: &Context) -> Ciphertext {
+    with_workspace(ctx, |ws| ws.spare.pop()).unwrap_or_else(|| ctx.zero_ciphertext())
 }
 
 /// Runs `f` with this thread's workspace for `ctx` (made on first use).
@@ -1244,6 +1244,32 @@ mod tests {
         assert_eq!(work(5, 512, 1), expect(127, 31, 512 * 32));
     }
 
+    /// Galois keys, `count` encryptions of random values in −100..100 and a
+    /// random order of the N positions, for the packing tests.
+    fn random_sources(
+        ctx: &Context,
+        count: usize,
+        rng: &mut Csprng,
+    ) -> (GaloisKeys, Vec<Ciphertext>, Vec<usize>) {
+        let n = ctx.n();
+        let sk = SecretKey::generate(ctx, rng);
+        let seeded = GaloisKeys::generate_seeded(ctx, &sk, rng);
+        let keys = GaloisKeys::from_seeded(ctx, &seeded).unwrap();
+        let cts: Vec<Ciphertext> = (0..count)
+            .map(|_| {
+                let v: Vec<i64> = (0..n)
+                    .map(|_| rng.uniform_below(200) as i64 - 100)
+                    .collect();
+                ctx.encrypt(&sk, &v, rng)
+            })
+            .collect();
+        let mut positions: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            positions.swap(i, rng.uniform_below(i as u64 + 1) as usize);
+        }
+        (keys, cts, positions)
+    }
+
     // PACK-6: leaves whose bodies are summed only at their slots give the
     // same output ciphertexts, word for word, as the full leaves of
     // Lemma 2, at every ℓ* and chosen per output, for values from several
@@ -1254,22 +1280,8 @@ mod tests {
             let ctx = Context::new(ParameterSet::shipped(set).unwrap());
             let n = ctx.n();
             let mut rng = Csprng::from_seed([7; 16]);
-            let sk = SecretKey::generate(&ctx, &mut rng);
-            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
-            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
-            let cts: Vec<Ciphertext> = (0..3)
-                .map(|_| {
-                    let v: Vec<i64> = (0..n)
-                        .map(|_| rng.uniform_below(200) as i64 - 100)
-                        .collect();
-                    ctx.encrypt(&sk, &v, &mut rng)
-                })
-                .collect();
+            let (keys, cts, positions) = random_sources(&ctx, 3, &mut rng);
             let sources: Vec<PackSource> = cts.iter().map(PackSource::plain).collect();
-            let mut positions: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                positions.swap(i, rng.uniform_below(i as u64 + 1) as usize);
-            }
             let placements: Vec<Placement> = (0..n + n / 5)
                 .map(|k| Placement {
                     value: ValueRef::new(k % 3, (k * 7) % n),
@@ -1315,22 +1327,8 @@ mod tests {
             let ctx = Context::new(ParameterSet::shipped(set).unwrap());
             let n = ctx.n();
             let mut rng = Csprng::from_seed([11; 16]);
-            let sk = SecretKey::generate(&ctx, &mut rng);
-            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
-            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
-            let cts: Vec<Ciphertext> = (0..count)
-                .map(|_| {
-                    let v: Vec<i64> = (0..n)
-                        .map(|_| rng.uniform_below(200) as i64 - 100)
-                        .collect();
-                    ctx.encrypt(&sk, &v, &mut rng)
-                })
-                .collect();
+            let (keys, cts, positions) = random_sources(&ctx, count, &mut rng);
             let sources: Vec<PackSource> = cts.iter().map(PackSource::plain).collect();
-            let mut positions: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                positions.swap(i, rng.uniform_below(i as u64 + 1) as usize);
-            }
             let mut value = || {
                 ValueRef::new(
                     rng.uniform_below(count as u64) as usize,

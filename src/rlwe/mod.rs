@@ -67,6 +67,32 @@ pub struct NttPlaintext {
 /// L1 (48 KiB on the project's Zen 5). 1024 and 4096 were slower.
 pub(crate) const SUM_BLOCK: usize = 2048;
 
+/// `out` (one part of a ciphertext, limb by limb) `= / +=` the same part of
+/// `Σ sign · X^e · ct` over `terms`, block by block of [`SUM_BLOCK`]
+/// coefficients (`overwrite` writes the sum over `out`, else adds it).
+fn blocked_sum(
+    q: RnsModulus,
+    n: usize,
+    out: &mut [u64],
+    terms: &[(&Ciphertext, usize, bool)],
+    part: fn(&Ciphertext) -> &[u64],
+    overwrite: bool,
+) {
+    for (l, &m) in q.limbs().iter().enumerate() {
+        let limb = l * n..(l + 1) * n;
+        for (k, block) in out[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
+            let inputs = terms
+                .iter()
+                .map(|&(ct, e, negate)| (&part(ct)[limb.clone()], e, negate));
+            if overwrite {
+                poly::monomial_sum_block_into(m, block, k * SUM_BLOCK, inputs);
+            } else {
+                poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
+            }
+        }
+    }
+}
+
 /// Applies `f` to each limb of `out` (and the matching limb of `inp`). One
 /// limb: a direct call, no loop (PARAM-8's fast path).
 #[inline(always)]
@@ -183,18 +209,8 @@ impl Ciphertext {
     /// (benches/README.md, "Pack leaves: what bounds them").
     pub(crate) fn monomial_sum_add(&mut self, q: RnsModulus, terms: &[(&Ciphertext, usize, bool)]) {
         let n = self.n;
-        for (l, &m) in q.limbs().iter().enumerate() {
-            let limb = l * n..(l + 1) * n;
-            for (out, part) in [(&mut self.a, 0), (&mut self.b, 1)] {
-                for (k, block) in out[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
-                    let inputs = terms.iter().map(|&(ct, e, negate)| {
-                        let inp = if part == 0 { &ct.a } else { &ct.b };
-                        (&inp[limb.clone()], e, negate)
-                    });
-                    poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
-                }
-            }
-        }
+        blocked_sum(q, n, &mut self.a, terms, |ct| &ct.a, false);
+        blocked_sum(q, n, &mut self.b, terms, |ct| &ct.b, false);
     }
 
     /// `self = Σ sign · X^e · ct` over `terms` in the mask and at the
@@ -229,20 +245,7 @@ impl Ciphertext {
         terms: &[(&Ciphertext, usize, bool)],
         overwrite: bool,
     ) {
-        let n = self.n;
-        for (l, &m) in q.limbs().iter().enumerate() {
-            let limb = l * n..(l + 1) * n;
-            for (k, block) in self.a[limb.clone()].chunks_mut(SUM_BLOCK).enumerate() {
-                let inputs = terms
-                    .iter()
-                    .map(|&(ct, e, negate)| (&ct.a[limb.clone()], e, negate));
-                if overwrite {
-                    poly::monomial_sum_block_into(m, block, k * SUM_BLOCK, inputs);
-                } else {
-                    poly::monomial_sum_block(m, block, k * SUM_BLOCK, inputs);
-                }
-            }
-        }
+        blocked_sum(q, self.n, &mut self.a, terms, |ct| &ct.a, overwrite);
     }
 
     /// The body of `Σ sign · X^e · ct` over `terms` written at the
