@@ -582,8 +582,8 @@ impl<'a> Packer<'a> {
     /// subtrees with the level's key switch. `None` for an empty subtree.
     /// With `group` levels, the leaves below a node at level
     /// `shared + group` are materialised together, image chunk by image
-    /// chunk ([`leaf_group`](Self::leaf_group)), and combined below it in
-    /// this thread.
+    /// chunk ([`leaf_group`](Self::leaf_group)), then joined as
+    /// [`join_group`](Self::join_group) does.
     fn subtree(
         &self,
         nodes: &[Vec<Term>],
