@@ -252,7 +252,8 @@ enum LeafGroups {
 
 impl LeafGroups {
     /// A group is the 2^LEVELS leaves below one node (32: 16 and 64 were
-    /// no faster on ResNet-20).
+    /// no faster on ResNet-20; 64 was ≈ 1.3 % faster on ResNet-18,
+    /// benches/README.md).
     const LEVELS: u32 = 5;
     /// A chunk's image masks, in bytes (half L2 on the project's hosts; 512
     /// KiB and 2 MiB were no faster).
@@ -265,13 +266,8 @@ impl LeafGroups {
     /// the leaf is the root).
     fn levels(self, ctx: &Context, shared: u32, sources: usize) -> Option<u32> {
         let above = ctx.params().log_ring_degree() - shared;
-        let group = match self {
-            Self::OneLimb => {
-                ctx.limbs() == 1 && (sources << shared) * mask_bytes(ctx) > Self::SPILL_BYTES
-            }
-            Self::Never => false,
-            Self::Always => true,
-        };
+        let spill = (sources << shared) * mask_bytes(ctx) > Self::SPILL_BYTES;
+        let group = self.on(ctx) && (spill || matches!(self, Self::Always));
         (group && above > 0).then(|| Self::LEVELS.min(above))
     }
 
@@ -462,14 +458,14 @@ impl<'a> Packer<'a> {
             uses[s as usize] += 1;
         }
         let price = LevelPrice::new(self.ctx, self.grouping, &uses);
-        let plans: Vec<(u32, Vec<u32>)> = par::map_range(slots.len(), |k| {
-            let shared = if self.adaptive {
+        let levels: Vec<u32> = par::map_range(slots.len(), |k| {
+            if self.adaptive {
                 choose_shared_levels(&slots[k], &drawn[k], min_shared.min(hi), hi, &price)
             } else {
                 hi
-            };
-            (shared, drawn[k].clone())
+            }
         });
+        let plans: Vec<(u32, Vec<u32>)> = levels.into_iter().zip(drawn).collect();
         let (images, image_key_switches) =
             Images::compute(self.ctx, self.keys, sources, gamma, &plans);
         let mut work = PackWork {
