@@ -251,10 +251,10 @@ enum LeafGroups {
 }
 
 impl LeafGroups {
-    /// A group is the 2^LEVELS leaves below one node (32: 16 and 64 were
-    /// no faster on ResNet-20; 64 was ≈ 1.3 % faster on ResNet-18,
-    /// benches/README.md).
-    const LEVELS: u32 = 5;
+    /// A group is the 2^LEVELS leaves below one node (64: ResNet-18 0.95–0.99
+    /// of 32's time in 8 alternated pairs, ResNet-20 the same as 32, 16 no
+    /// faster; benches/README.md).
+    const LEVELS: u32 = 6;
     /// A chunk's image masks, in bytes (half L2 on the project's hosts; 512
     /// KiB and 2 MiB were no faster).
     const CHUNK_BYTES: usize = 1 << 20;
