@@ -165,6 +165,14 @@ pub enum PackError {
         /// The set's `shared_pack_levels`.
         allowed: u32,
     },
+    /// [`Packer::trace`] was given a stride that is not a power of two ≤ N.
+    #[error("trace stride {stride} is not a power of two at most N = {n}")]
+    TraceStride {
+        /// The stride asked for.
+        stride: usize,
+        /// N, the ring degree.
+        n: usize,
+    },
 }
 
 /// The work one pack did, counted from its plan (proofs/packing.md, Lemma
@@ -487,6 +495,45 @@ impl<'a> Packer<'a> {
             self.pack_one(&slots[k], &images, (plans[k].0, plans[k].1.len()))
         });
         Ok((packed, work))
+    }
+
+    /// ENG-14: the trace of `source` to the multiples of `stride` (S, a
+    /// power of two ≤ N), scaled back: coefficient S·j of the result holds
+    /// coefficient S·j of `source`, every other coefficient zero, each with
+    /// the noise of log2 S key switches more (proofs/packing.md, Lemma 9).
+    /// It is the pack of the values at those coefficients to the same
+    /// positions when `source` holds nothing else at them: the top log2 S
+    /// levels of the tree, each joining a node to an empty sibling, on
+    /// `source` pre-scaled by S^-1 (q is odd).
+    pub fn trace(
+        &self,
+        source: &Ciphertext,
+        stride: usize,
+    ) -> Result<(Ciphertext, PackWork), PackError> {
+        let ctx = self.ctx;
+        let n = ctx.n();
+        if !stride.is_power_of_two() || stride > n {
+            return Err(PackError::TraceStride { stride, n });
+        }
+        let levels = stride.trailing_zeros();
+        let log_n = ctx.params().log_ring_degree();
+        // Per limb: the residues of S^-1 = N^-1·(N/S) mod q.
+        let mut scale = [0u64; crate::math::MAX_LIMBS];
+        for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
+            scale[l] = plan.modulus().mul(plan.n_inv(), (n / stride) as u64);
+        }
+        let mut ct = source.clone();
+        ct.scalar_mul_assign(ctx.q(), &scale);
+        for level in log_n - levels + 1..=log_n {
+            ct = self
+                .join(level, Some(ct), None)
+                .expect("a node with a child is never empty");
+        }
+        let work = PackWork {
+            node_key_switches: u64::from(levels),
+            ..PackWork::default()
+        };
+        Ok((ct, work))
     }
 
     fn pack_one(
@@ -1238,6 +1285,49 @@ mod tests {
         assert_eq!(work(4, n, 1), expect(255, 15, 4096 * 16));
         assert_eq!(work(4, n, 2), expect(510, 15, 2 * 4096 * 16));
         assert_eq!(work(5, 512, 1), expect(127, 31, 512 * 32));
+    }
+
+    // ENG-14 (proofs/packing.md, Lemma 9): the trace keeps a ciphertext's
+    // coefficients at the multiples of S, exactly, and zeroes every other
+    // one, on a one-limb and a multi-limb set; it costs log2 S key
+    // switches; a stride that is not a power of two ≤ N is refused. (A
+    // level left out keeps the odd multiples of S/2; a wrong scale moves
+    // every kept value.)
+    #[test]
+    fn the_trace_keeps_the_multiples_of_its_stride() {
+        for set in ["b16", "s16"] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let n = ctx.n();
+            let mut rng = Csprng::from_seed([12; 16]);
+            let sk = SecretKey::generate(&ctx, &mut rng);
+            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let v: Vec<i64> = (0..n)
+                .map(|_| rng.uniform_below(201) as i64 - 100)
+                .collect();
+            let ct = ctx.encrypt(&sk, &v, &mut rng);
+            let packer = Packer::new(&ctx, &keys);
+            for stride in [1, 2, 16, 256, n] {
+                let (traced, work) = packer.trace(&ct, stride).unwrap();
+                let want: Vec<i64> = (0..n)
+                    .map(|i| if i % stride == 0 { v[i] } else { 0 })
+                    .collect();
+                assert_eq!(ctx.decrypt(&sk, &traced), want, "{set}, S = {stride}");
+                assert_eq!(
+                    work,
+                    PackWork {
+                        node_key_switches: u64::from(stride.trailing_zeros()),
+                        ..PackWork::default()
+                    }
+                );
+            }
+            for stride in [0, 3, 2 * n] {
+                assert_eq!(
+                    packer.trace(&ct, stride).unwrap_err(),
+                    PackError::TraceStride { stride, n }
+                );
+            }
+        }
     }
 
     /// Galois keys, `count` encryptions of random values in −100..100 and a

@@ -388,10 +388,15 @@ fn the_digits_stages_are_laid_out_by_price() {
         if stage.reads_upload_directly() {
             // ENG-10: the last stage, a mat-vec, reads its upload as it
             // arrived (no repack into the layout), one row per output
-            // ciphertext; the layout's counts price the repack it replaces.
+            // ciphertext, or all of them in one where ENG-14 stacks them;
+            // the layout's counts price the repack it replaces.
             assert!(stage.matvec_shape().is_some(), "stage {r}");
             assert_eq!(stage.input_ciphertexts(), stage.input_len().div_ceil(n));
-            assert_eq!(stage.output_ciphertexts(), stage.output_len());
+            let rows = match stage.response_by_trace() {
+                Some(_) => 1,
+                None => stage.output_len(),
+            };
+            assert_eq!(stage.output_ciphertexts(), rows);
         } else {
             assert_eq!(stage.input_ciphertexts(), inputs, "stage {r}");
             assert_eq!(stage.output_ciphertexts(), outputs, "stage {r}");
@@ -402,6 +407,60 @@ fn the_digits_stages_are_laid_out_by_price() {
         last.reads_upload_directly(),
         "the digits classifier repacks"
     );
+}
+
+// ENG-14: a final mat-vec that reads its upload, with columns no more than
+// the response's stride, lands all its rows in one ciphertext at the
+// response's coefficients and is packed by the trace: the digits
+// classifier (10 rows of 256 columns, S = 256) and ResNet-20's (10 × 64).
+// One with more columns than the stride (40 rows of 256 columns: S = 64)
+// keeps a row per ciphertext. All run encrypted bit for bit (the digits
+// model also in `encrypted_inference_of_the_shipped_model_is_exact`).
+#[test]
+fn a_final_classifier_lands_at_the_response_and_is_traced() {
+    let f = fixture("b16");
+    let n = f.ctx.n();
+    let digits = Model::from_json(MODEL).unwrap();
+    let compiled = engine::compile(&f.ctx, &digits).unwrap();
+    let last = compiled.stages().last().unwrap();
+    assert_eq!(last.response_by_trace(), Some(256));
+    assert_eq!(last.output_ciphertexts(), 1);
+    assert!(compiled.stages()[..compiled.stages().len() - 1]
+        .iter()
+        .all(|s| s.response_by_trace().is_none()));
+    assert_runs_exactly(&digits, &compiled, 64, 21);
+
+    let resnet = engine::compile(&f.ctx, &safhire::model::zoo::resnet20(1)).unwrap();
+    assert_eq!(
+        resnet.stages().last().unwrap().response_by_trace(),
+        Some(n / 16)
+    );
+
+    // 8×8 input, a 4-channel conv, flatten (256 values) and 40 outputs.
+    let mut rng = safhire::rng::Csprng::from_seed([22; 16]);
+    let mut w =
+        |len: usize| -> Vec<i64> { (0..len).map(|_| rng.uniform_below(7) as i64 - 3).collect() };
+    let json = format!(
+        r#"{{"format": "safhire-model", "version": 1, "name": "wide-classifier",
+        "input": {{"shape": [1, 8, 8], "min": 0, "max": 15}},
+        "layers": [
+          {{"op": "conv2d", "out_channels": 4, "kernel_h": 3, "kernel_w": 3,
+            "stride": 1, "padding": 1, "weights": {:?}, "bias": [1, 2, 3, 4]}},
+          {{"op": "requantize", "multiplier": 1, "shift": 4, "min": 0, "max": 15}},
+          {{"op": "flatten"}},
+          {{"op": "linear", "out_features": 40, "weights": {:?}, "bias": {:?}}}
+        ]}}"#,
+        w(36),
+        w(40 * 256),
+        w(40)
+    );
+    let wide = Model::from_json(&json).unwrap();
+    let compiled = engine::compile(&f.ctx, &wide).unwrap();
+    let last = compiled.stages().last().unwrap();
+    assert!(last.reads_upload_directly());
+    assert_eq!(last.response_by_trace(), None);
+    assert_eq!(last.output_ciphertexts(), 40);
+    assert_runs_exactly(&wide, &compiled, 64, 23);
 }
 
 /// Two ResNet-style blocks on 4×6×6: stage 1 and stage 2 are 4 → 4 3×3

@@ -229,6 +229,10 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         b.push_pool(ctx, model, pool_layer, pool)?;
     }
     reuse_repacks(ctx, &mut b.stages)?;
+    // ENG-14: the last round releases in true order.
+    if let Some(last) = b.stages.last_mut() {
+        last.stack_rows_at_response(ctx);
+    }
     let mut compiled = CompiledModel::assemble(ctx, model, b.stages, b.ops, b.stage_layers)?;
     compiled.self_check(model)?;
     let bounds = model.bounds();

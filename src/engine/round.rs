@@ -336,7 +336,15 @@ impl<'a> RoundEvaluator<'a> {
             .chain(&extra)
             .map(PackSource::plain)
             .collect();
-        let (mut packed, work) = packer.pack_sums_with_work(&out_sources, &placements)?;
+        let (mut packed, work) = match stage.response_by_trace() {
+            // ENG-14: the final stage's rows already sit at the response's
+            // coefficients, in true order, alone among its multiples of S.
+            Some(s) if s == stride && shuffle.is_none() && extra.is_empty() => {
+                let (ct, work) = packer.trace(&outputs[0], s)?;
+                (vec![ct], work)
+            }
+            _ => packer.pack_sums_with_work(&out_sources, &placements)?,
+        };
         phases.pack_work = work;
         packed.resize_with(response_ciphertexts(n, positions.len()), || {
             ctx.zero_ciphertext()

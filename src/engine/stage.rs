@@ -86,6 +86,7 @@ struct Phased {
 /// Σ_k W[i][k]·x_k. One row per output ciphertext: the weights reach no
 /// other coefficient of the upload, so a coefficient the upload should not
 /// use (past its values) meets only zeros, as in the repack, which drops it.
+/// ENG-14 stacks a final stage's rows into one ciphertext instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UploadRead {
     /// Upload ciphertexts read: ⌈cols/N⌉.
@@ -94,6 +95,10 @@ struct UploadRead {
     /// min(cols, N) − 1, the highest a used slot reaches, so no product
     /// term wraps around (X^N = −1) onto it.
     output_coefficient: usize,
+    /// ENG-14: every row in output ciphertext 0, row i at coefficient S·i
+    /// for this S, the response's stride: the output pack is then the
+    /// trace to the multiples of S ([`crate::pack::Packer::trace`]).
+    response_stride: Option<usize>,
 }
 
 /// The second operand of a residual connection (ENG-4): an activation the
@@ -715,6 +720,39 @@ impl LinearStage {
         self.reads_upload.is_some()
     }
 
+    /// ENG-14: the stride S when the stage's rows land in one ciphertext at
+    /// the response's coefficients S·i, so that its output pack is the
+    /// trace to the multiples of S; `None` for a stage packed as usual.
+    pub fn response_by_trace(&self) -> Option<usize> {
+        self.reads_upload.and_then(|read| read.response_stride)
+    }
+
+    /// ENG-14: stacks the rows of the final stage (its round releases in
+    /// true order, no shuffle) into one ciphertext at the response's
+    /// coefficients, where it reads its upload (ENG-10), has no residual
+    /// operand, holds at most N rows and S = the response's stride is at
+    /// least its columns (its one upload ciphertext's values then reach row
+    /// i's coefficient only through row i), and the stacked ‖ŵ‖₁ (every
+    /// row's) stays within the compiled layout's, which LIN-3, the flooding
+    /// and PRIV-3 are computed for. Otherwise the stage is left as it is.
+    pub(super) fn stack_rows_at_response(&mut self, ctx: &Context) {
+        let n = ctx.n();
+        let (Some(read), None, StageLayout::MatVec(layout, weights)) =
+            (&mut self.reads_upload, &self.shortcut, &self.layout)
+        else {
+            return;
+        };
+        let MatVecShape { rows, cols } = *layout.shape();
+        let stride = output_stride(n, rows);
+        let stacked_l1: u128 = weights.iter().map(|w| u128::from(w.unsigned_abs())).sum();
+        if rows > n || cols > stride || stacked_l1 > self.encoded.max_weight_l1() {
+            return;
+        }
+        read.response_stride = Some(stride);
+        let positions = read.output_positions(rows);
+        self.bias = bias_polys(ctx, &positions, 1, &self.bias_values);
+    }
+
     /// ENG-10: the stage's weights laid out for `upload` as it arrived:
     /// row i into output ciphertext i, W[i][k] placed for the slot σ(k)
     /// that holds x_k. `None` for a stage that repacks. Per-output
@@ -759,6 +797,7 @@ impl LinearStage {
             cols,
             rows: layout.shape().rows,
             output_coefficient: read.output_coefficient,
+            response_stride: read.response_stride,
             by_ciphertext,
         };
         Some(EncodedLayer::new(ctx, &permuted, weights).map_err(EngineError::from))
@@ -786,7 +825,10 @@ impl LinearStage {
 impl UploadRead {
     /// (output ciphertext, coefficient) of row i, in row order.
     fn output_positions(&self, rows: usize) -> Vec<(usize, usize)> {
-        (0..rows).map(|i| (i, self.output_coefficient)).collect()
+        match self.response_stride {
+            Some(stride) => (0..rows).map(|i| (0, stride * i)).collect(),
+            None => (0..rows).map(|i| (i, self.output_coefficient)).collect(),
+        }
     }
 }
 
@@ -796,8 +838,54 @@ struct UploadMatVec {
     rows: usize,
     cols: usize,
     output_coefficient: usize,
+    /// ENG-14: all rows in output ciphertext 0, row i landing at S·i.
+    response_stride: Option<usize>,
     /// (coefficient, true column) of every value, by upload ciphertext.
     by_ciphertext: Vec<Vec<(usize, usize)>>,
+}
+
+impl UploadMatVec {
+    fn row<'w>(&self, weights: &'w [i64], i: usize) -> Result<&'w [i64], LayoutError> {
+        weights
+            .get(i * self.cols..(i + 1) * self.cols)
+            .ok_or(LayoutError::WeightCountMismatch {
+                expected: self.rows * self.cols,
+                got: weights.len(),
+            })
+    }
+
+    /// ENG-14: every row in one polynomial, W[i][k] where x_k's coefficient
+    /// c lands on S·i: at S·i − c, or negated at N + S·i − c when that is
+    /// negative (X^N = −1). A product coefficient S·j then holds row j's sum
+    /// alone: row i ≠ j reaches it only from coefficients S·(j − i) + c
+    /// (mod N), none of them below cols ≤ S.
+    fn stacked_polynomial(
+        &self,
+        weights: &[i64],
+        values: &[(usize, usize)],
+        stride: usize,
+    ) -> Result<Vec<i64>, LayoutError> {
+        let mut poly = vec![0i64; self.n];
+        for i in 0..self.rows {
+            let row = self.row(weights, i)?;
+            for &(coeff, k) in values {
+                if coeff >= stride {
+                    return Err(LayoutError::IndexOutOfRange {
+                        field: "coefficient",
+                        index: coeff,
+                        bound: stride,
+                    });
+                }
+                let target = stride * i;
+                if target >= coeff {
+                    poly[target - coeff] = row[k];
+                } else {
+                    poly[self.n + target - coeff] = -row[k];
+                }
+            }
+        }
+        Ok(poly)
+    }
 }
 
 impl CoefficientLayout for UploadMatVec {
@@ -805,7 +893,10 @@ impl CoefficientLayout for UploadMatVec {
         self.by_ciphertext.len()
     }
     fn output_ciphertexts(&self) -> usize {
-        self.rows
+        match self.response_stride {
+            Some(_) => 1,
+            None => self.rows,
+        }
     }
     fn weight_polynomial(
         &self,
@@ -813,12 +904,6 @@ impl CoefficientLayout for UploadMatVec {
         output_ct: usize,
         input_ct: usize,
     ) -> Result<Option<Vec<i64>>, LayoutError> {
-        let row = weights
-            .get(output_ct * self.cols..(output_ct + 1) * self.cols)
-            .ok_or(LayoutError::WeightCountMismatch {
-                expected: self.rows * self.cols,
-                got: weights.len(),
-            })?;
         let values = self
             .by_ciphertext
             .get(input_ct)
@@ -827,6 +912,17 @@ impl CoefficientLayout for UploadMatVec {
                 index: input_ct,
                 bound: self.by_ciphertext.len(),
             })?;
+        if let Some(stride) = self.response_stride {
+            if output_ct != 0 {
+                return Err(LayoutError::IndexOutOfRange {
+                    field: "output_ct",
+                    index: output_ct,
+                    bound: 1,
+                });
+            }
+            return self.stacked_polynomial(weights, values, stride).map(Some);
+        }
+        let row = self.row(weights, output_ct)?;
         let mut poly = vec![0i64; self.n];
         for &(coeff, k) in values {
             // Slots fill coefficients 0..min(cols, N): coeff ≤ output_coefficient.
@@ -868,6 +964,7 @@ fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Op
     let read = UploadRead {
         input_ciphertexts: cols.div_ceil(n),
         output_coefficient: cols.min(n) - 1,
+        response_stride: None,
     };
     let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
     let repack = repack_price(ctx, &layout.input_placements(), ins, dilation, cols);
