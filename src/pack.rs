@@ -210,7 +210,7 @@ struct Term {
 }
 
 /// Packs values from source ciphertexts into dense ciphertexts.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Packer<'a> {
     ctx: &'a Context,
     keys: &'a GaloisKeys,
@@ -219,6 +219,9 @@ pub struct Packer<'a> {
     adaptive: bool,
     bodies: Bodies,
     grouping: LeafGroups,
+    /// PACK-9: the tree levels lo..hi at which a node with an empty
+    /// sibling is doubled instead of joined (lo = hi: none).
+    doubled: (u32, u32),
 }
 
 /// How much of a materialised leaf node's body is computed.
@@ -311,7 +314,26 @@ impl<'a> Packer<'a> {
             adaptive: true,
             bodies: Bodies::AtSlots,
             grouping: LeafGroups::OneLimb,
+            doubled: (0, 0),
         }
+    }
+
+    /// PACK-9: for a repack whose outputs hold values only at multiples of
+    /// `dilation` (s = 2^b), read by a product that never brings a
+    /// coefficient at a residue mod s of 2-adic valuation ≥ c = `cleared`
+    /// onto a coefficient it releases: at the top levels L − b + 1 ..= L − c
+    /// of the tree, where each node's sibling is empty and the join would
+    /// only clear the residues of valuation L − level, the node is doubled
+    /// instead of key-switched (proofs/packing.md, Lemma 10). The values
+    /// and the residues of valuation < c are the full tree's; the others
+    /// keep what the lower levels left there.
+    pub(crate) fn leaving_residues(mut self, dilation: usize, cleared: u32) -> Self {
+        let log_n = self.ctx.params().log_ring_degree();
+        let b = dilation.trailing_zeros().min(log_n);
+        if dilation.is_power_of_two() && cleared < b {
+            self.doubled = (log_n - b + 1, log_n - cleared + 1);
+        }
+        self
     }
 
     /// Uses exactly `levels` shared levels instead of choosing per output
@@ -485,6 +507,11 @@ impl<'a> Packer<'a> {
             let terms: u64 = s.iter().map(|v| v.len() as u64).sum();
             let nodes = nodes_per_level(n, &occupied);
             work.node_key_switches += nodes[(shared + 1) as usize..].iter().sum::<u64>();
+            // PACK-9: a doubled node (an empty sibling) costs no key switch.
+            for l in (self.doubled.0..self.doubled.1).filter(|&l| l > shared) {
+                let (here, below) = (nodes[l as usize], nodes[l as usize - 1]);
+                work.node_key_switches -= 2 * here - below;
+            }
             work.rotate_adds += terms << shared;
         }
         // Outputs in parallel, and inside each the two subtrees below every
@@ -775,6 +802,12 @@ impl<'a> Packer<'a> {
         let (q, n) = (ctx.q(), ctx.n());
         if even.is_none() && odd.is_none() {
             return None;
+        }
+        // PACK-9: what this level would clear may stay (Lemma 10).
+        if odd.is_none() && (self.doubled.0..self.doubled.1).contains(&level) {
+            let mut node = even?;
+            node.scalar_mul_assign(q, &[2; crate::math::MAX_LIMBS]);
+            return Some(node);
         }
         let half = n >> level;
         let key = self.keys.key_for_level(level);
@@ -1326,6 +1359,65 @@ mod tests {
                     packer.trace(&ct, stride).unwrap_err(),
                     PackError::TraceStride { stride, n }
                 );
+            }
+        }
+    }
+
+    // PACK-9 (proofs/packing.md, Lemma 10): values at multiples of s = 16,
+    // packed with the top levels doubled down to valuation c: the values
+    // and every residue mod s of valuation < c are as the full tree has
+    // them (zero off the values), and each output saves 4 − c key
+    // switches. (Doubling one level more leaves residues of valuation
+    // c − 1 uncleared, which fails it.)
+    #[test]
+    fn doubled_top_levels_keep_the_values_and_the_low_residues() {
+        let ctx = Context::new(ParameterSet::shipped("b16").unwrap());
+        let n = ctx.n();
+        let s = 16;
+        let mut rng = Csprng::from_seed([13; 16]);
+        let sk = SecretKey::generate(&ctx, &mut rng);
+        let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+        let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+        let v: Vec<i64> = (0..n)
+            .map(|_| rng.uniform_below(201) as i64 - 100)
+            .collect();
+        let ct = ctx.encrypt(&sk, &v, &mut rng);
+        let sources = [PackSource::plain(&ct)];
+        // Two outputs: 100 values in a block of multiples of s, and 7
+        // scattered ones.
+        let mut placements: Vec<Placement> = (0..100)
+            .map(|k| Placement {
+                value: ValueRef::new(0, (k * 37 + 5) % n),
+                output: 0,
+                position: s * (k + 40),
+            })
+            .collect();
+        placements.extend((0..7).map(|k| Placement {
+            value: ValueRef::new(0, k * 3),
+            output: 1,
+            position: s * ((k * 29) % (n / s)),
+        }));
+        let (full, full_work) = Packer::new(&ctx, &keys)
+            .pack_with_work(&sources, &placements)
+            .unwrap();
+        for cleared in [0u32, 1, 3] {
+            let (left, work) = Packer::new(&ctx, &keys)
+                .leaving_residues(s, cleared)
+                .pack_with_work(&sources, &placements)
+                .unwrap();
+            assert_eq!(
+                work.node_key_switches,
+                full_work.node_key_switches - 2 * u64::from(4 - cleared),
+                "c = {cleared}"
+            );
+            for (o, (f, l)) in full.iter().zip(&left).enumerate() {
+                let (f, l) = (ctx.decrypt(&sk, f), ctx.decrypt(&sk, l));
+                for j in 0..n {
+                    let residue = j % s;
+                    if residue == 0 || residue.trailing_zeros() < cleared {
+                        assert_eq!(l[j], f[j], "output {o}, coefficient {j}, c = {cleared}");
+                    }
+                }
             }
         }
     }

@@ -101,7 +101,18 @@ fn evaluate_stage(
                     position: coeff,
                 })
                 .collect();
-            let (mut repacked, work) = packer.pack_with_work(&sources, &placements)?;
+            // PACK-9: a repack only this stage's product reads may keep,
+            // off its multiples of s, the residues its interleave never
+            // brings onto an output's (valuation ≥ ⌈log2 k⌉).
+            let (mut repacked, work) = if keep_repack {
+                packer.pack_with_work(&sources, &placements)?
+            } else {
+                let cleared = stage.interleave().next_power_of_two().trailing_zeros();
+                packer
+                    .clone()
+                    .leaving_residues(stage.dilation(), cleared)
+                    .pack_with_work(&sources, &placements)?
+            };
             phases.repack_work += work;
             repacked.resize_with(stage.input_ciphertexts(), || ctx.zero_ciphertext());
             phases.repack_ms += elapsed_ms(t);
