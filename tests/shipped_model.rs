@@ -416,6 +416,8 @@ fn the_digits_stages_are_laid_out_by_price() {
 // One with more columns than the stride (40 rows of 256 columns: S = 64)
 // keeps a row per ciphertext. All run encrypted bit for bit (the digits
 // model also in `encrypted_inference_of_the_shipped_model_is_exact`).
+// PROTO-6 counts the stacked classifier's 10 rows of 64 pooled inputs
+// and a bias, 650 unknowns, at the response's 16 slots per query.
 #[test]
 fn a_final_classifier_lands_at_the_response_and_is_traced() {
     let f = fixture("b16");
@@ -425,6 +427,11 @@ fn a_final_classifier_lands_at_the_response_and_is_traced() {
     let last = compiled.stages().last().unwrap();
     assert_eq!(last.response_by_trace(), Some(256));
     assert_eq!(last.output_ciphertexts(), 1);
+    assert_eq!(last.independent_inputs(), 64);
+    assert_eq!(
+        last.attack_queries(ShuffleUnit::Element),
+        Some((10 * 65u64).div_ceil(16))
+    );
     assert!(compiled.stages()[..compiled.stages().len() - 1]
         .iter()
         .all(|s| s.response_by_trace().is_none()));
@@ -460,6 +467,7 @@ fn a_final_classifier_lands_at_the_response_and_is_traced() {
     assert!(last.reads_upload_directly());
     assert_eq!(last.response_by_trace(), None);
     assert_eq!(last.output_ciphertexts(), 40);
+    assert_eq!(last.attack_queries(ShuffleUnit::Element), Some(257));
     assert_runs_exactly(&wide, &compiled, 64, 23);
 }
 

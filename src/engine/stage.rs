@@ -592,7 +592,8 @@ impl LinearStage {
     /// `unit`; `None` for a stage with public weights. Element shuffling:
     /// fan-in + 1 (the d+1 attack, d = C_in·k_h·k_w for a conv, the
     /// independent inputs for a mat-vec), plus a projection shortcut's
-    /// fan-in. Channel shuffling leaves a conv's spatial order in the clear,
+    /// fan-in; for rows stacked at the response (ENG-14), rows·(d + 1)
+    /// over the response's N/S slots. Channel shuffling leaves a conv's spatial order in the clear,
     /// and one query suffices; a mat-vec's channels are single values, so
     /// it is element shuffling there.
     pub fn attack_queries(&self, unit: ShuffleUnit) -> Option<u64> {
@@ -605,9 +606,20 @@ impl LinearStage {
             }
             _ => 0,
         };
+        let per_row = (self.fan_in.min(self.independent_inputs) + shortcut) as u64 + 1;
         Some(match (&self.layout, unit) {
             (StageLayout::Conv(..), ShuffleUnit::Channel) => 1,
-            _ => (self.fan_in.min(self.independent_inputs) + shortcut) as u64 + 1,
+            // ENG-14: a client that writes values past its upload's reaches
+            // every one of the response's N/S slots through the stacked
+            // rows, not only the `rows` released ones: rows·(d + 1)
+            // unknowns at N/S equations per query.
+            _ => match self.response_by_trace() {
+                Some(stride) => {
+                    let slots = (self.bias[0].len() / stride) as u64;
+                    (self.output_len as u64 * per_row).div_ceil(slots)
+                }
+                None => per_row,
+            },
         })
     }
 
