@@ -1320,6 +1320,20 @@ mod tests {
         assert_eq!(work(5, 512, 1), expect(127, 31, 512 * 32));
     }
 
+    /// A secret key, its Galois keys, N random values in −100..=100 and
+    /// their encryption, from `seed`.
+    fn encrypted_values(ctx: &Context, seed: u8) -> (SecretKey, GaloisKeys, Vec<i64>, Ciphertext) {
+        let mut rng = Csprng::from_seed([seed; 16]);
+        let sk = SecretKey::generate(ctx, &mut rng);
+        let seeded = GaloisKeys::generate_seeded(ctx, &sk, &mut rng);
+        let keys = GaloisKeys::from_seeded(ctx, &seeded).unwrap();
+        let v: Vec<i64> = (0..ctx.n())
+            .map(|_| rng.uniform_below(201) as i64 - 100)
+            .collect();
+        let ct = ctx.encrypt(&sk, &v, &mut rng);
+        (sk, keys, v, ct)
+    }
+
     // ENG-14 (proofs/packing.md, Lemma 9): the trace keeps a ciphertext's
     // coefficients at the multiples of S, exactly, and zeroes every other
     // one, on a one-limb and a multi-limb set; it costs log2 S key
@@ -1331,14 +1345,7 @@ mod tests {
         for set in ["b16", "s16"] {
             let ctx = Context::new(ParameterSet::shipped(set).unwrap());
             let n = ctx.n();
-            let mut rng = Csprng::from_seed([12; 16]);
-            let sk = SecretKey::generate(&ctx, &mut rng);
-            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
-            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
-            let v: Vec<i64> = (0..n)
-                .map(|_| rng.uniform_below(201) as i64 - 100)
-                .collect();
-            let ct = ctx.encrypt(&sk, &v, &mut rng);
+            let (sk, keys, v, ct) = encrypted_values(&ctx, 12);
             let packer = Packer::new(&ctx, &keys);
             for stride in [1, 2, 16, 256, n] {
                 let (traced, work) = packer.trace(&ct, stride).unwrap();
@@ -1374,14 +1381,7 @@ mod tests {
         let ctx = Context::new(ParameterSet::shipped("b16").unwrap());
         let n = ctx.n();
         let s = 16;
-        let mut rng = Csprng::from_seed([13; 16]);
-        let sk = SecretKey::generate(&ctx, &mut rng);
-        let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
-        let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
-        let v: Vec<i64> = (0..n)
-            .map(|_| rng.uniform_below(201) as i64 - 100)
-            .collect();
-        let ct = ctx.encrypt(&sk, &v, &mut rng);
+        let (sk, keys, _, ct) = encrypted_values(&ctx, 13);
         let sources = [PackSource::plain(&ct)];
         // Two outputs: 100 values in a block of multiples of s, and 7
         // scattered ones.
