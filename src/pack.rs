@@ -298,6 +298,16 @@ impl LeafGroups {
     }
 }
 
+/// The residues of N^-1·`m` mod each limb of q: the pre-scale of a source
+/// whose tree (or trace) multiplies it back by N/`m`.
+fn n_inv_times(ctx: &Context, m: u64) -> [u64; crate::math::MAX_LIMBS] {
+    let mut scale = [0u64; crate::math::MAX_LIMBS];
+    for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
+        scale[l] = plan.modulus().mul(plan.n_inv(), m);
+    }
+    scale
+}
+
 /// The bytes of one image's mask on `ctx`'s set.
 fn mask_bytes(ctx: &Context) -> usize {
     ctx.n() * ctx.limbs() * std::mem::size_of::<u64>()
@@ -544,13 +554,9 @@ impl<'a> Packer<'a> {
         }
         let levels = stride.trailing_zeros();
         let log_n = ctx.params().log_ring_degree();
-        // Per limb: the residues of S^-1 = N^-1·(N/S) mod q.
-        let mut scale = [0u64; crate::math::MAX_LIMBS];
-        for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
-            scale[l] = plan.modulus().mul(plan.n_inv(), (n / stride) as u64);
-        }
+        // S^-1 = N^-1·(N/S) mod q.
         let mut ct = source.clone();
-        ct.scalar_mul_assign(ctx.q(), &scale);
+        ct.scalar_mul_assign(ctx.q(), &n_inv_times(ctx, (n / stride) as u64));
         for level in log_n - levels + 1..=log_n {
             ct = self
                 .join(level, Some(ct), None)
@@ -1085,13 +1091,7 @@ impl Images {
                 &src.conjugates[t - 1]
             };
             let mut ct = base.clone();
-            // Per limb: the residues of 2^γ·N^-1 mod q.
-            let mut scale = [0u64; crate::math::MAX_LIMBS];
-            for (l, plan) in ctx.ntt_q.limbs().iter().enumerate() {
-                let m = plan.modulus();
-                scale[l] = m.mul(plan.n_inv(), 1u64 << client_levels);
-            }
-            ct.scalar_mul_assign(q, &scale);
+            ct.scalar_mul_assign(q, &n_inv_times(ctx, 1u64 << client_levels));
             ct
         });
         for (i, ct) in supplied.into_iter().zip(rescaled) {

@@ -593,9 +593,9 @@ impl LinearStage {
     /// fan-in + 1 (the d+1 attack, d = C_in·k_h·k_w for a conv, the
     /// independent inputs for a mat-vec), plus a projection shortcut's
     /// fan-in; for rows stacked at the response (ENG-14), rows·(d + 1)
-    /// over the response's N/S slots. Channel shuffling leaves a conv's spatial order in the clear,
-    /// and one query suffices; a mat-vec's channels are single values, so
-    /// it is element shuffling there.
+    /// over the response's N/S slots. Channel shuffling leaves a conv's
+    /// spatial order in the clear, and one query suffices; a mat-vec's
+    /// channels are single values, so it is element shuffling there.
     pub fn attack_queries(&self, unit: ShuffleUnit) -> Option<u64> {
         if self.public_weights {
             return None;
@@ -613,10 +613,11 @@ impl LinearStage {
             // every one of the response's N/S slots through the stacked
             // rows, not only the `rows` released ones: rows·(d + 1)
             // unknowns at N/S equations per query.
+            // The response's N/S slots are rows rounded up to a power of two.
             _ => match self.response_by_trace() {
-                Some(stride) => {
-                    let slots = (self.bias[0].len() / stride) as u64;
-                    (self.output_len as u64 * per_row).div_ceil(slots)
+                Some(_) => {
+                    let rows = self.output_len as u64;
+                    (rows * per_row).div_ceil(rows.next_power_of_two())
                 }
                 None => per_row,
             },
