@@ -19,7 +19,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked -j "$CARGO_BUILD_JOBS"
 fi
 
-all_targets=(wire_decode layout_conv layout_matvec decompose extract protocol_decode inputs_decode)
+all_targets=(wire_decode layout_conv layout_matvec decompose extract protocol_decode inputs_decode model_compile)
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
