@@ -2,7 +2,9 @@
 //! "Goldilocks NTT"): tfhe-ntt's 64-bit plan against the crate's own
 //! Goldilocks transform (`NttPlan` for q = 2^64 − 2^32 + 1 on AVX-512 or
 //! AVX2) at the shipped degrees, and tfhe-ntt's 32-bit plan for the
-//! b-sets' special prime P at theirs (N = 4096).
+//! b-sets' special prime P at theirs (N = 4096), and its 64-bit plan for
+//! the wider special primes a two-digit gadget would need (benches/README.md,
+//! "The next lever, costed": 37 and 44 bits, IFMA-sized on AVX-512).
 //! Run: `cargo bench --bench ntt`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -11,6 +13,11 @@ use std::hint::black_box;
 
 /// The b-sets' special prime P (spec/parameters.toml).
 const P: u32 = 2147377153;
+
+/// Primes ≡ 1 mod 2^13 of 37 and 44 bits: the special prime of a
+/// two-digit gadget (B = 32) at N = 4096, at the noise floor and at the
+/// security bound (benches/README.md, "The next lever, costed").
+const WIDE_P: [u64; 2] = [137438822401, 17592186028033];
 
 fn values(n: usize, modulus: u64) -> Vec<u64> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -56,6 +63,17 @@ fn transforms(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("p_inv_tfhe32", n), |b| {
             b.iter(|| narrow.inv(black_box(&mut p)))
         });
+        for wide in WIDE_P {
+            let bits = 64 - wide.leading_zeros();
+            let plan = tfhe_ntt::prime64::Plan::try_new(n, wide).unwrap();
+            let mut w = values(n, wide);
+            g.bench_function(BenchmarkId::new(format!("p{bits}_fwd_tfhe64"), n), |b| {
+                b.iter(|| plan.fwd(black_box(&mut w)))
+            });
+            g.bench_function(BenchmarkId::new(format!("p{bits}_inv_tfhe64"), n), |b| {
+                b.iter(|| plan.inv(black_box(&mut w)))
+            });
+        }
     }
     g.finish();
 }

@@ -3,9 +3,10 @@
 //! compiles computes exactly what the model's own evaluator computes.
 //!
 //! Input starting with `{` is a JSON model file (MODEL-8). Anything else
-//! is read as a small model, layer by layer, each layer's weights sized
-//! for the shape the layers before it produce, so that most inputs are
-//! valid models and reach the compiler: its folds (sum pools into the
+//! is read as a small model, block by block (a layer and usually its
+//! client step), each layer's weights sized for the shape the layers
+//! before it produce, so that most inputs are valid models and reach the
+//! compiler: its folds (sum pools into the
 //! next layer, ENG-3), pool rounds (ENG-6), split output stacks (ENG-7),
 //! phase splits (ENG-13) and shortcuts (ENG-4, ENG-12). For a compiled
 //! model, the compiled stages' plaintext reference (the encrypted
