@@ -57,10 +57,7 @@ impl<'a> Bytes<'a> {
             self.data = rest;
             return b;
         }
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        (self.state >> 32) as u8
+        (xorshift(&mut self.state) >> 32) as u8
     }
 
     /// A value in `lo..=hi`.
@@ -71,12 +68,11 @@ impl<'a> Bytes<'a> {
     /// `n` small signed weights from a generator seeded by two bytes:
     /// mostly −3..=3, one in eight zero, one in 64 up to ±100.
     fn weights(&mut self, n: usize) -> Vec<i64> {
-        let mut x = (u64::from(self.byte()) << 8 | u64::from(self.byte())) ^ 0x9e37_79b9_7f4a_7c15;
+        let mut state =
+            (u64::from(self.byte()) << 8 | u64::from(self.byte())) ^ 0x9e37_79b9_7f4a_7c15;
         (0..n)
             .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
+                let x = xorshift(&mut state);
                 match x % 64 {
                     0 => (x >> 8) as i64 % 101 * if x & 64 == 0 { 1 } else { -1 },
                     1..=8 => 0,
@@ -87,8 +83,17 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// A conv on input `here`: kernel up to 3 (within the padded input),
-/// padding below the kernel, stride 1 or 2.
+/// Marsaglia's xorshift64 step: advances `x` (never 0) and returns it.
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// A conv on input `here`: kernel up to 3, padding below the kernel,
+/// stride 1 or 2 (a kernel wider than the padded input is refused by
+/// validation, and its block dropped).
 fn conv(b: &mut Bytes<'_>, here: Shape) -> Layer {
     let out_channels = b.pick(1, 6);
     let kernel = b.pick(1, 3);
