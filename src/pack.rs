@@ -1122,16 +1122,48 @@ impl Images {
                 .collect();
             key_switches += jobs.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
             let table = &images.table;
-            let done = par::map(&jobs, |(i, children)| {
-                let parent = table[*i].as_ref().expect("parents come first");
-                let hoisted: Vec<_> = children
+            let parent = |i: usize| table[i].as_ref().expect("parents come first");
+            let done: Vec<Vec<Ciphertext>> = if jobs.len() < par::threads() {
+                // Fewer parents than threads (a pack's first generations;
+                // PACK-7, ENG-8): each parent's digits are formed once,
+                // then every child's key switch is a task of its own, so
+                // the other threads need not wait for one parent's
+                // children in turn.
+                let digits = par::map(&jobs, |(i, children)| {
+                    ctx.hoist_digits(keys.hoisted_for_level(children[0] + 1), parent(*i))
+                });
+                let pairs: Vec<(usize, u32)> = jobs
                     .iter()
-                    .map(|&b| keys.hoisted_for_level(b + 1))
+                    .enumerate()
+                    .flat_map(|(j, (_, children))| children.iter().map(move |&b| (j, b)))
                     .collect();
-                with_workspace(ctx, |ws| {
-                    ctx.key_switch_images(&hoisted, parent, &mut ws.twisted, &mut ws.scratch)
+                let mut cts = par::map(&pairs, |&(j, b)| {
+                    with_workspace(ctx, |ws| {
+                        let key = keys.hoisted_for_level(b + 1);
+                        let (ct, digits) = (parent(jobs[j].0), digits[j].as_ref());
+                        ctx.key_switch_image(digits, key, ct, &mut ws.twisted, &mut ws.scratch)
+                    })
                 })
-            });
+                .into_iter();
+                jobs.iter()
+                    .map(|(_, children)| cts.by_ref().take(children.len()).collect())
+                    .collect()
+            } else {
+                par::map(&jobs, |(i, children)| {
+                    let hoisted: Vec<_> = children
+                        .iter()
+                        .map(|&b| keys.hoisted_for_level(b + 1))
+                        .collect();
+                    with_workspace(ctx, |ws| {
+                        ctx.key_switch_images(
+                            &hoisted,
+                            parent(*i),
+                            &mut ws.twisted,
+                            &mut ws.scratch,
+                        )
+                    })
+                })
+            };
             for ((i, children), cts) in jobs.into_iter().zip(done) {
                 for (b, ct) in children.into_iter().zip(cts) {
                     images.table[i | 1 << b] = Some(ct);

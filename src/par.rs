@@ -207,6 +207,11 @@ fn task<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
+/// The threads of the pool the caller's loops run on.
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// `f` on every item, in parallel; results in item order.
 pub(crate) fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
     region(|| items.par_iter().map(|x| task(|| f(x))).collect())

@@ -27,6 +27,12 @@ pub struct Context {
     pub(crate) slot_readers: Option<(SlotInverse, SlotInverse)>,
 }
 
+/// How many runs of coefficients [`Context::flood`] samples as separate
+/// tasks: enough to keep two to eight threads busy on one ciphertext
+/// (≈ 80 µs of sampling each at N = 4096), few enough that seeding their
+/// generators costs nothing.
+pub(crate) const FLOOD_CHUNKS: usize = 8;
+
 impl Context {
     /// Builds the transforms for every limb of q and for P, and Δ = ⌊q/t⌋ per
     /// limb. Cannot fail: a [`ParameterSet`] only exists once its primes were
@@ -447,27 +453,44 @@ impl Context {
     /// 2^(s−57)·y + z with y, z ~ N_Z(0, 2^114): within statistical distance
     /// [`crate::params::WIDE_FLOODING_SD_LOG2`] of N_Z(0, 2^(2s) + 2^114),
     /// whose σ is at least 2^s (proofs/noise-budget.md, "Circuit privacy").
+    ///
+    /// The N samples are drawn in [`FLOOD_CHUNKS`] runs of consecutive
+    /// coefficients, each from a generator of its own seeded from `rng` in
+    /// order, and the runs go to the thread pool (ENG-8): one response
+    /// ciphertext's flooding no longer holds one thread while the others
+    /// wait, and the samples do not depend on the number of threads.
     pub fn flood(&self, ct: &mut Ciphertext, rng: &mut Csprng) {
         let n = self.n();
         let s = self.params.flooding_sigma_log2();
         let max = crate::dp::MAX_LOG2_SIGMA_POW2;
         let flood = crate::dp::DiscreteGaussian::with_sigma_pow2(s.min(max))
             .expect("PARAM validation keeps F − 3 within the sampler's range");
+        let chunk = n.div_ceil(FLOOD_CHUNKS);
+        let seeds: Vec<crate::rng::Seed128> = (0..n.div_ceil(chunk)).map(|_| rng.seed()).collect();
+        let samples: Vec<Vec<i128>> = crate::par::map_range(seeds.len(), |k| {
+            let mut rng = Csprng::from_seed(seeds[k]);
+            let len = chunk.min(n - k * chunk);
+            (0..len)
+                .map(|_| {
+                    if s <= max {
+                        flood.sample(&mut rng) as i128
+                    } else {
+                        let y = flood.sample(&mut rng) as i128;
+                        let z = flood.sample(&mut rng) as i128;
+                        (y << (s - max)) + z
+                    }
+                })
+                .collect()
+        });
+        let samples = samples.iter().flatten();
         if let Some(q) = self.q.single_limb() {
             debug_assert!(s <= max);
-            for c in ct.b.iter_mut() {
-                *c = q.add(*c, q.from_i64(flood.sample(rng)));
+            for (c, &e) in ct.b.iter_mut().zip(samples) {
+                *c = q.add(*c, q.from_i64(e as i64));
             }
             return;
         }
-        for i in 0..n {
-            let e: i128 = if s <= max {
-                flood.sample(rng) as i128
-            } else {
-                let y = flood.sample(rng) as i128;
-                let z = flood.sample(rng) as i128;
-                (y << (s - max)) + z
-            };
+        for (i, &e) in samples.enumerate() {
             for (l, q) in self.q.limbs().iter().enumerate() {
                 let x = &mut ct.b[l * n + i];
                 *x = q.add(*x, q.from_i128(e));

@@ -1485,6 +1485,15 @@ mod simd {
     }
 }
 
+/// A mask's gadget digits, forward transformed mod q and mod P (P's in
+/// 32-bit words), as the fused one-limb key switch reads them: formed once
+/// by [`Context::hoist_digits`] and shared, read only, by the key switches
+/// of several keys (PACK-7).
+pub(crate) struct HoistedDigits {
+    dq: Vec<u64>,
+    dp32: Vec<u32>,
+}
+
 /// Scratch space for key switches, reused across calls.
 pub(crate) struct KeySwitchScratch {
     digits: Vec<Vec<i64>>,
@@ -1574,8 +1583,16 @@ impl Context {
                     let (rq, rp) = self.slot_readers.as_ref()?;
                     (rq.serves(m) && rp.serves(m)).then_some((m, rq, rp))
                 });
-                self.one_limb_digits_forward(&ct.a, scratch, p32);
-                self.one_limb_products_add(key, ct, out, scratch, p32, readers)
+                self.one_limb_digits_forward(&ct.a, (&mut scratch.dq, &mut scratch.dp32), p32);
+                self.one_limb_products_add(
+                    key,
+                    ct,
+                    out,
+                    (&scratch.dq, &scratch.dp32),
+                    (&mut scratch.acc_q, &mut scratch.acc_p32),
+                    p32,
+                    readers,
+                )
             }
             None => self.key_switch_add_rns(key, ct, out, scratch),
         }
@@ -1602,10 +1619,22 @@ impl Context {
                 match self.one_limb_plan(&hoisted.key) {
                     Some((p32, key)) => {
                         if !formed {
-                            self.one_limb_digits_forward(&ct.a, scratch, p32);
+                            self.one_limb_digits_forward(
+                                &ct.a,
+                                (&mut scratch.dq, &mut scratch.dp32),
+                                p32,
+                            );
                             formed = true;
                         }
-                        self.one_limb_products_add(key, ct, work, scratch, p32, None);
+                        self.one_limb_products_add(
+                            key,
+                            ct,
+                            work,
+                            (&scratch.dq, &scratch.dp32),
+                            (&mut scratch.acc_q, &mut scratch.acc_p32),
+                            p32,
+                            None,
+                        );
                     }
                     None => {
                         // Overwrites the scratch's digit rows.
@@ -1616,6 +1645,52 @@ impl Context {
                 work.automorphism(q, hoisted.g())
             })
             .collect()
+    }
+
+    /// The digits of `ct`'s mask for [`key_switch_image`](Self::key_switch_image),
+    /// formed once (PACK-7) so that the key switches of several keys can
+    /// read them on several threads; `None` where the fused one-limb key
+    /// switch does not serve this set and `key`'s kind (each key switch then
+    /// forms its own).
+    pub(crate) fn hoist_digits(&self, key: &HoistedKey, ct: &Ciphertext) -> Option<HoistedDigits> {
+        let (p32, _) = self.one_limb_plan(&key.key)?;
+        let len = self.params().gadget_levels() * self.n();
+        let mut digits = HoistedDigits {
+            dq: vec![0; len],
+            dp32: vec![0; len],
+        };
+        self.one_limb_digits_forward(&ct.a, (&mut digits.dq, &mut digits.dp32), p32);
+        Some(digits)
+    }
+
+    /// The image `τ_g(KS′_g(ct))` of `ct` for one key, as
+    /// [`key_switch_images`](Self::key_switch_images) gives it, from the
+    /// `digits` [`hoist_digits`](Self::hoist_digits) formed of `ct` (or,
+    /// without them, from a key switch of its own). `work` is a buffer of
+    /// `ct`'s shape, overwritten.
+    pub(crate) fn key_switch_image(
+        &self,
+        digits: Option<&HoistedDigits>,
+        hoisted: &HoistedKey,
+        ct: &Ciphertext,
+        work: &mut Ciphertext,
+        scratch: &mut KeySwitchScratch,
+    ) -> Ciphertext {
+        work.a.fill(0);
+        work.b.fill(0);
+        match (digits, self.one_limb_plan(&hoisted.key)) {
+            (Some(d), Some((p32, key))) => self.one_limb_products_add(
+                key,
+                ct,
+                work,
+                (&d.dq, &d.dp32),
+                (&mut scratch.acc_q, &mut scratch.acc_p32),
+                p32,
+                None,
+            ),
+            _ => self.key_switch_add_rns(&hoisted.key, ct, work, scratch),
+        }
+        work.automorphism(self.q(), hoisted.g())
     }
 
     /// The automorphisms τ_g of `ct` for the packing tree's `levels`
@@ -1751,24 +1826,21 @@ impl Context {
     }
 
     /// The first half of the fused one-limb key switch: the gadget digits
-    /// of the mask `a`, mod q and mod P, forward transformed into
-    /// `scratch.dq` and `scratch.dp32`, where
+    /// of the mask `a`, mod q and mod P, forward transformed into `dq` and
+    /// `dp` (a scratch's `dq` and `dp32`, or a [`HoistedDigits`]), where
     /// [`one_limb_products_add`](Self::one_limb_products_add) reads them
     /// (and leaves them, for another key: PACK-7).
     fn one_limb_digits_forward(
         &self,
         a: &[u64],
-        scratch: &mut KeySwitchScratch,
+        (dq, dp): (&mut [u64], &mut [u32]),
         ntt_p: &crate::math::Narrow,
     ) {
         let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
         let levels = self.params().gadget_levels();
         let base_log = self.params().gadget_base_log();
         let moduli = (q.value(), p.value());
-        let (dq, dp) = (
-            &mut scratch.dq[..levels * n],
-            &mut scratch.dp32[..levels * n],
-        );
+        let (dq, dp) = (&mut dq[..levels * n], &mut dp[..levels * n]);
         let a = &a[..n];
         match levels {
             3 => simd::one_limb_digits::<3>(base_log, moduli, a, rows_mut(dq, n), rows_mut(dp, n)),
@@ -1786,20 +1858,22 @@ impl Context {
     /// The second half: the key products of the transformed digits in
     /// `scratch` with `key`, their inverse transforms and the division by
     /// P, adding the switched `ct` (its body `ct.b`) to `out`.
+    #[allow(clippy::too_many_arguments)]
     fn one_limb_products_add(
         &self,
         key: NarrowKey,
         ct: &Ciphertext,
         out: &mut Ciphertext,
-        scratch: &mut KeySwitchScratch,
+        (dq, dp): (&[u64], &[u32]),
+        (acc_q, acc_p32): (&mut [Vec<u64>; 2], &mut [Vec<u32>; 2]),
         ntt_p: &crate::math::Narrow,
         body_slots: Option<(usize, &SlotInverse, &SlotInverse)>,
     ) {
         let (q, p, n) = (self.q().limb(0), self.params().p(), self.n());
         let levels = self.params().gadget_levels();
-        let (dq, dp) = (&scratch.dq[..levels * n], &scratch.dp32[..levels * n]);
-        let [acc_aq, acc_bq] = &mut scratch.acc_q;
-        let [acc_ap, acc_bp] = &mut scratch.acc_p32;
+        let (dq, dp) = (&dq[..levels * n], &dp[..levels * n]);
+        let [acc_aq, acc_bq] = &mut *acc_q;
+        let [acc_ap, acc_bp] = &mut *acc_p32;
         fn rows<T, const L: usize>(v: &[T], n: usize) -> [&[T]; L] {
             std::array::from_fn(|j| &v[j * n..(j + 1) * n])
         }
@@ -1850,15 +1924,15 @@ impl Context {
         // by P reads as they are; of the mask only when the body is read at
         // slots.
         let parts = if body_slots.is_some() { 1 } else { 2 };
-        for acc in scratch.acc_p32.iter_mut().take(parts) {
+        for acc in acc_p32.iter_mut().take(parts) {
             ntt_p.inv(acc);
         }
-        for acc in scratch.acc_q.iter_mut().take(parts) {
+        for acc in acc_q.iter_mut().take(parts) {
             self.ntt_q.backward_unnormalized(acc);
         }
-        let [acc_ap, acc_bp] = &scratch.acc_p32;
+        let [acc_ap, acc_bp] = &*acc_p32;
         let Some((slots, read_q, read_p)) = body_slots else {
-            return self.mod_down_add_all(ct, out, &scratch.acc_q, [&acc_ap[..], &acc_bp[..]]);
+            return self.mod_down_add_all(ct, out, &*acc_q, [&acc_ap[..], &acc_bp[..]]);
         };
         // The mask in full, the body at the multiples of N/M (PACK-6): its
         // accumulators read there, then divided by the same kernel.
@@ -1867,7 +1941,7 @@ impl Context {
             p,
             p_inv: self.rns_ks.p_inv[0],
         };
-        let [acc_aq, acc_bq] = &scratch.acc_q;
+        let [acc_aq, acc_bq] = &*acc_q;
         let ops = simd::ModDownOperands {
             aq: acc_aq,
             bq: &[],
@@ -1881,7 +1955,7 @@ impl Context {
         const M: usize = crate::math::slots::MAX_SLOTS;
         let (mut bq, mut bp) = ([0u64; M], [0u64; M]);
         read_q.read(acc_bq, &mut bq[..slots]);
-        read_p.read(&scratch.acc_p32[1], &mut bp[..slots]);
+        read_p.read(&acc_p32[1], &mut bp[..slots]);
         let stride = n / slots;
         let (mut ct_b, mut out_b) = ([0u64; M], [0u64; M]);
         for k in 0..slots {
@@ -2052,6 +2126,18 @@ mod tests {
                     own.automorphism(q, hoisted.g()) == *image,
                     "{set}, level {l}: the shared decomposition changed the image"
                 );
+                // The same image from digits hoisted once and read by a
+                // key switch of its own (the split generations of PACK-7);
+                // the first level's key hoists them, as the packer does.
+                let digits = ctx.hoist_digits(keys.hoisted_for_level(levels[0]), &ct);
+                assert_eq!(digits.is_some(), q.len() == 1, "{set}");
+                let mut work = ctx.zero_ciphertext();
+                let from_hoisted =
+                    ctx.key_switch_image(digits.as_ref(), hoisted, &ct, &mut work, &mut scratch);
+                assert!(
+                    from_hoisted == *image,
+                    "{set}, level {l}: the hoisted digits changed the image"
+                );
             }
             assert!(shared[0] != shared[1], "{set}");
         }
@@ -2088,8 +2174,16 @@ mod tests {
             let (mut fused, mut per_level) = (start.clone(), start.clone());
             let mut scratch = KeySwitchScratch::new(n, levels, q.len());
             let (p32, narrow) = ctx.one_limb_plan(&key).expect("the fused path serves");
-            ctx.one_limb_digits_forward(&ct.a, &mut scratch, p32);
-            ctx.one_limb_products_add(narrow, &ct, &mut fused, &mut scratch, p32, None);
+            ctx.one_limb_digits_forward(&ct.a, (&mut scratch.dq, &mut scratch.dp32), p32);
+            ctx.one_limb_products_add(
+                narrow,
+                &ct,
+                &mut fused,
+                (&scratch.dq, &scratch.dp32),
+                (&mut scratch.acc_q, &mut scratch.acc_p32),
+                p32,
+                None,
+            );
             ctx.key_switch_add_rns(&key, &ct, &mut per_level, &mut scratch);
             assert!(fused == per_level, "{set}: the fused path differs");
             assert!(fused != start);
