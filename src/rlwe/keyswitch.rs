@@ -1524,6 +1524,15 @@ impl KeySwitchScratch {
         }
     }
 
+    /// The fused one-limb path's digit rows (read) and accumulators
+    /// (written), borrowed apart so that one call can take both.
+    #[allow(clippy::type_complexity)]
+    fn digits_and_accumulators(
+        &mut self,
+    ) -> ((&[u64], &[u32]), (&mut [Vec<u64>; 2], &mut [Vec<u32>; 2])) {
+        ((&self.dq, &self.dp32), (&mut self.acc_q, &mut self.acc_p32))
+    }
+
     /// Whether this scratch serves key switches at ring degree `n` with
     /// `levels` gadget digits and `limbs` RNS limbs.
     /// (The buffers' lengths are those [`new`](Self::new) gives: a check
@@ -1584,15 +1593,8 @@ impl Context {
                     (rq.serves(m) && rp.serves(m)).then_some((m, rq, rp))
                 });
                 self.one_limb_digits_forward(&ct.a, (&mut scratch.dq, &mut scratch.dp32), p32);
-                self.one_limb_products_add(
-                    key,
-                    ct,
-                    out,
-                    (&scratch.dq, &scratch.dp32),
-                    (&mut scratch.acc_q, &mut scratch.acc_p32),
-                    p32,
-                    readers,
-                )
+                let (digits, acc) = scratch.digits_and_accumulators();
+                self.one_limb_products_add(key, ct, out, digits, acc, p32, readers)
             }
             None => self.key_switch_add_rns(key, ct, out, scratch),
         }
@@ -1626,15 +1628,8 @@ impl Context {
                             );
                             formed = true;
                         }
-                        self.one_limb_products_add(
-                            key,
-                            ct,
-                            work,
-                            (&scratch.dq, &scratch.dp32),
-                            (&mut scratch.acc_q, &mut scratch.acc_p32),
-                            p32,
-                            None,
-                        );
+                        let (digits, acc) = scratch.digits_and_accumulators();
+                        self.one_limb_products_add(key, ct, work, digits, acc, p32, None);
                     }
                     None => {
                         // Overwrites the scratch's digit rows.
@@ -1679,15 +1674,10 @@ impl Context {
         work.a.fill(0);
         work.b.fill(0);
         match (digits, self.one_limb_plan(&hoisted.key)) {
-            (Some(d), Some((p32, key))) => self.one_limb_products_add(
-                key,
-                ct,
-                work,
-                (&d.dq, &d.dp32),
-                (&mut scratch.acc_q, &mut scratch.acc_p32),
-                p32,
-                None,
-            ),
+            (Some(d), Some((p32, key))) => {
+                let (_, acc) = scratch.digits_and_accumulators();
+                self.one_limb_products_add(key, ct, work, (&d.dq, &d.dp32), acc, p32, None)
+            }
             _ => self.key_switch_add_rns(&hoisted.key, ct, work, scratch),
         }
         work.automorphism(self.q(), hoisted.g())
@@ -2175,15 +2165,8 @@ mod tests {
             let mut scratch = KeySwitchScratch::new(n, levels, q.len());
             let (p32, narrow) = ctx.one_limb_plan(&key).expect("the fused path serves");
             ctx.one_limb_digits_forward(&ct.a, (&mut scratch.dq, &mut scratch.dp32), p32);
-            ctx.one_limb_products_add(
-                narrow,
-                &ct,
-                &mut fused,
-                (&scratch.dq, &scratch.dp32),
-                (&mut scratch.acc_q, &mut scratch.acc_p32),
-                p32,
-                None,
-            );
+            let (digits, acc) = scratch.digits_and_accumulators();
+            ctx.one_limb_products_add(narrow, &ct, &mut fused, digits, acc, p32, None);
             ctx.key_switch_add_rns(&key, &ct, &mut per_level, &mut scratch);
             assert!(fused == per_level, "{set}: the fused path differs");
             assert!(fused != start);
