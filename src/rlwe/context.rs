@@ -9,6 +9,7 @@ use crate::math::slots::SlotInverse;
 use crate::math::{poly, NttPlan, RnsModulus, RnsNttPlan, MAX_LIMBS};
 use crate::params::ParameterSet;
 use crate::rng::Csprng;
+use zeroize::Zeroizing;
 
 /// Everything the arithmetic needs for one parameter set, built once.
 #[derive(Debug)]
@@ -465,24 +466,29 @@ impl Context {
         let max = crate::dp::MAX_LOG2_SIGMA_POW2;
         let flood = crate::dp::DiscreteGaussian::with_sigma_pow2(s.min(max))
             .expect("PARAM validation keeps F − 3 within the sampler's range");
+        // The seeds and samples are secret: wiped when dropped, as KEY-1
+        // wipes the generators they come from.
         let chunk = n.div_ceil(FLOOD_CHUNKS);
-        let seeds: Vec<crate::rng::Seed128> = (0..n.div_ceil(chunk)).map(|_| rng.seed()).collect();
-        let samples: Vec<Vec<i128>> = crate::par::map_range(seeds.len(), |k| {
+        let seeds: Zeroizing<Vec<crate::rng::Seed128>> =
+            Zeroizing::new((0..n.div_ceil(chunk)).map(|_| rng.seed()).collect());
+        let samples: Vec<Zeroizing<Vec<i128>>> = crate::par::map_range(seeds.len(), |k| {
             let mut rng = Csprng::from_seed(seeds[k]);
             let len = chunk.min(n - k * chunk);
-            (0..len)
-                .map(|_| {
-                    if s <= max {
-                        flood.sample(&mut rng) as i128
-                    } else {
-                        let y = flood.sample(&mut rng) as i128;
-                        let z = flood.sample(&mut rng) as i128;
-                        (y << (s - max)) + z
-                    }
-                })
-                .collect()
+            Zeroizing::new(
+                (0..len)
+                    .map(|_| {
+                        if s <= max {
+                            flood.sample(&mut rng) as i128
+                        } else {
+                            let y = flood.sample(&mut rng) as i128;
+                            let z = flood.sample(&mut rng) as i128;
+                            (y << (s - max)) + z
+                        }
+                    })
+                    .collect(),
+            )
         });
-        let samples = samples.iter().flatten();
+        let samples = samples.iter().flat_map(|run| run.iter());
         if let Some(q) = self.q.single_limb() {
             debug_assert!(s <= max);
             for (c, &e) in ct.b.iter_mut().zip(samples) {
