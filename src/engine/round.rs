@@ -365,7 +365,8 @@ impl<'a> RoundEvaluator<'a> {
         // Sanitise each response ciphertext in parallel, each with a generator
         // of its own seeded from `rng` in order (ENG-8, src/par.rs): the result
         // does not depend on the number of threads.
-        let seeds: Vec<Seed128> = packed.iter().map(|_| rng.seed()).collect();
+        let seeds: zeroize::Zeroizing<Vec<Seed128>> =
+            zeroize::Zeroizing::new(packed.iter().map(|_| rng.seed()).collect());
         crate::par::update(&mut packed, |i, ct| {
             let mut rng = Csprng::from_seed(seeds[i]);
             ctx.rerandomize(ct, keys.public, &mut rng);

@@ -409,13 +409,10 @@ impl Context {
     pub fn rerandomize(&self, ct: &mut Ciphertext, pk: &PublicKey, rng: &mut Csprng) {
         let n = self.n();
         let bound = self.params.noise_bound_log2();
-        let bits: Vec<u64> = (0..n).map(|_| rng.bit()).collect();
-        // The binary u in every limb (one limb: the vector itself).
-        let mut u = if self.limbs() == 1 {
-            bits
-        } else {
-            bits.repeat(self.limbs())
-        };
+        let bits: Zeroizing<Vec<u64>> = Zeroizing::new((0..n).map(|_| rng.bit()).collect());
+        // The binary u in every limb (one limb: the vector itself), secret:
+        // wiped when dropped.
+        let mut u = Zeroizing::new(bits.repeat(self.limbs()));
         self.ntt_q.forward(&mut u);
         for (key, ct_part) in [(&pk.a_ntt, &mut ct.a), (&pk.b_ntt, &mut ct.b)] {
             let prod = self.times_public_key_part(&u, key);
