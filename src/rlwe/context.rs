@@ -452,7 +452,7 @@ impl Context {
     /// [`crate::params::WIDE_FLOODING_SD_LOG2`] of N_Z(0, 2^(2s) + 2^114),
     /// whose σ is at least 2^s (proofs/noise-budget.md, "Circuit privacy").
     ///
-    /// The N samples are drawn in [`FLOOD_CHUNKS`] runs of consecutive
+    /// The N samples are drawn in 8 runs (`FLOOD_CHUNKS`) of consecutive
     /// coefficients, each from a generator of its own seeded from `rng` in
     /// order, and the runs go to the thread pool (ENG-8): one response
     /// ciphertext's flooding no longer holds one thread while the others
