@@ -1845,9 +1845,10 @@ impl Context {
         }
     }
 
-    /// The second half: the key products of the transformed digits in
-    /// `scratch` with `key`, their inverse transforms and the division by
-    /// P, adding the switched `ct` (its body `ct.b`) to `out`.
+    /// The second half: the key products of the transformed digits
+    /// (`dq`, `dp`: a scratch's own or a [`HoistedDigits`]) with `key` into
+    /// the accumulators, their inverse transforms and the division by P,
+    /// adding the switched `ct` (its body `ct.b`) to `out`.
     #[allow(clippy::too_many_arguments)]
     fn one_limb_products_add(
         &self,
