@@ -1565,3 +1565,314 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// ENG-15: k images side by side (Model::batched)
+// ---------------------------------------------------------------------------
+
+const DIGITS: &str = include_str!("../models/digits-cnn.json");
+const DIGITS_TEST: &str = include_str!("../models/digits-test.json");
+
+/// Every layer's outputs of `model` on each of `inputs`, one after another
+/// (entry `l`: layer `l`'s output on input 1, then on input 2, …), or `None`
+/// if any evaluation fails.
+fn per_image(model: &Model, inputs: &[Vec<i64>]) -> Option<Vec<Vec<i64>>> {
+    let mut out = vec![Vec::new(); model.layers().len()];
+    for x in inputs {
+        for (layer, y) in out.iter_mut().zip(model.evaluate_all(x).ok()?) {
+            layer.extend(y);
+        }
+    }
+    Some(out)
+}
+
+/// ENG-15: `batched` evaluates the k images side by side: every layer's
+/// output is bit-exact against the per-image reference's (not only the
+/// logits: a batch whose blocks were permuted could compose back to the
+/// identity), fails exactly when one of the images fails,
+/// every shape is the base shape with k× the channels, and the worst-case
+/// bounds of MODEL-5 are the base model's.
+fn check_batched(m: &Model, k: usize, inputs: &[Vec<i64>]) -> Result<(), TestCaseError> {
+    let b = m.batched(k).unwrap();
+    prop_assert_eq!(b.name(), m.name());
+    prop_assert_eq!(b.layers().len(), m.layers().len());
+    let (bi, mi) = (b.input(), m.input());
+    prop_assert_eq!(
+        bi.shape,
+        Shape::new(k * mi.shape.channels, mi.shape.height, mi.shape.width)
+    );
+    prop_assert_eq!((bi.min, bi.max), (mi.min, mi.max));
+    for (bs, ms) in b.shapes().iter().zip(m.shapes()) {
+        prop_assert_eq!(*bs, Shape::new(k * ms.channels, ms.height, ms.width));
+    }
+    prop_assert_eq!(b.weight_count(), k * k * m.weight_count());
+    prop_assert_eq!(b.bounds(), m.bounds());
+    prop_assert_eq!(b.accumulator_bounds(), m.accumulator_bounds());
+    prop_assert_eq!(
+        b.check_against(&b16()).is_ok(),
+        m.check_against(&b16()).is_ok()
+    );
+    let concat: Vec<i64> = inputs.concat();
+    match (b.evaluate_all(&concat), per_image(m, inputs)) {
+        (Ok(got), Some(want)) => {
+            prop_assert_eq!(&b.evaluate(&concat).unwrap(), want.last().unwrap());
+            for (layer, (g, w)) in got.iter().zip(&want).enumerate() {
+                prop_assert_eq!(g, w, "layer {}", layer);
+            }
+        }
+        (Err(ModelError::Overflow { .. }), None) => {}
+        (got, want) => prop_assert!(false, "batched {:?}, per image {:?}", got, want),
+    }
+    Ok(())
+}
+
+/// A ResNet basic block with a projection shortcut (branch · 1×1 stride-2
+/// conv · residual_add) between a stem and a global-pool classifier, random
+/// sizes and weights.
+fn projection_model(c: usize, side: usize, width: usize, classes: usize, seed: u64) -> Model {
+    let mut rng = Mix(seed);
+    let mut w = |n: usize| rng.vec(n, -3, 3);
+    let (m, half) = (width, side.div_ceil(2));
+    let layers = vec![
+        conv(m, 3, 3, 1, 1, w(m * c * 9), w(m)),             // 0
+        Layer::Relu,                                         // 1
+        rq(1, 2, 0, 7),                                      // 2: X
+        conv(2 * m, 3, 3, 2, 1, w(2 * m * m * 9), w(2 * m)), // 3
+        Layer::Relu,                                         // 4
+        rq(1, 3, 0, 7),                                      // 5
+        conv(2 * m, 3, 3, 1, 1, w(4 * m * m * 9), w(2 * m)), // 6: C
+        Layer::Branch { from: 2 },                           // 7
+        conv(2 * m, 1, 1, 2, 0, w(2 * m * m), w(2 * m)),     // 8
+        Layer::ResidualAdd { from: 6 },                      // 9
+        Layer::Relu,                                         // 10
+        Layer::AvgPool {
+            kernel: 1,
+            stride: 1,
+        },
+        Layer::GlobalAvgPool,
+        Layer::Flatten,
+        Layer::Linear {
+            out_features: classes,
+            weights: w(classes * 2 * m),
+            bias: w(classes),
+        },
+    ];
+    let model = Model::new("projection", spec(c, side, side, 0, 15), layers).unwrap();
+    assert_eq!(model.shapes()[8], Shape::new(2 * m, half, half));
+    model
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// ENG-15 on random valid models (every op of the IR, convs with stride
+    /// and padding): the batched model on the concatenated inputs equals
+    /// the per-image references, concatenated, bit for bit.
+    #[test]
+    fn eng_15_batched_equals_per_image_references(
+        m in model_strategy(),
+        k in 1usize..=4,
+        seed in any::<u64>(),
+    ) {
+        let inputs: Vec<Vec<i64>> = (0..k as u64).map(|i| random_input(&m, seed.wrapping_add(i))).collect();
+        check_batched(&m, k, &inputs)?;
+    }
+
+    /// ENG-15 on a ResNet block with a projection shortcut (branch + conv).
+    #[test]
+    fn eng_15_batched_projection_block_equals_per_image_references(
+        c in 1usize..=3,
+        side in 2usize..=6,
+        width in 1usize..=3,
+        classes in 1usize..=4,
+        k in 1usize..=4,
+        seed in any::<u64>(),
+    ) {
+        let m = projection_model(c, side, width, classes, seed);
+        let inputs: Vec<Vec<i64>> = (0..k as u64).map(|i| random_input(&m, seed ^ (i + 1))).collect();
+        check_batched(&m, k, &inputs)?;
+    }
+}
+
+/// ENG-15: the block-diagonal layout itself, by hand: block i maps input
+/// channel(s) of image i to its output channels, zeros elsewhere; the bias
+/// is repeated.
+#[test]
+fn eng_15_batched_weights_are_block_diagonal() {
+    let b = hand_model(1).batched(2).unwrap();
+    let Layer::Conv2d {
+        out_channels,
+        weights,
+        bias,
+        groups,
+        ..
+    } = &b.layers()[0]
+    else {
+        panic!("layer 0 is a conv")
+    };
+    assert_eq!((*out_channels, *groups), (4, 1));
+    #[rustfmt::skip]
+    let expected = [
+        2, 0, 0, -1,  0, 0, 0, 0,
+        1, 1, 1, 1,   0, 0, 0, 0,
+        0, 0, 0, 0,   2, 0, 0, -1,
+        0, 0, 0, 0,   1, 1, 1, 1,
+    ];
+    assert_eq!(weights, &expected);
+    assert_eq!(bias, &[1, -20, 1, -20]);
+    let Layer::Linear {
+        out_features,
+        weights,
+        bias,
+    } = &b.layers()[4]
+    else {
+        panic!("layer 4 is a linear")
+    };
+    assert_eq!(*out_features, 4);
+    let (r0, r1) = (vec![1; 8], vec![0, 0, -1, 0, 0, 0, 2, -1]);
+    let z = vec![0; 8];
+    assert_eq!(weights, &[&r0[..], &z, &r1, &z, &z, &r0, &z, &r1].concat());
+    assert_eq!(bias, &[0, 10, 0, 10]);
+    // By hand: image 1 is 1..=9 (logits [11, 10]), image 2 is 9..=1.
+    let x2: Vec<i64> = (1..=9).rev().collect();
+    let x: Vec<i64> = (1..=9).chain(x2.iter().copied()).collect();
+    let want = [vec![11, 10], hand_model(1).evaluate(&x2).unwrap()].concat();
+    assert_eq!(b.evaluate(&x).unwrap(), want);
+    // k = 1 is the model itself.
+    assert_eq!(hand_model(1).batched(1).unwrap(), hand_model(1));
+}
+
+/// ENG-15: the shipped digits CNN batched by 3 gives each image's logits
+/// (and the exporter's), and its worst-case accumulators are the base
+/// model's: the zero blocks add nothing.
+#[test]
+fn eng_15_digits_batched_by_3_equals_per_image_references() {
+    let m = Model::from_json(DIGITS).unwrap();
+    let set = safhire::model::TestSet::from_json("digits-test.json", DIGITS_TEST).unwrap();
+    let logits = set.expected_logits.unwrap();
+    let b = m.batched(3).unwrap();
+    assert_eq!(b.input().shape, Shape::new(3, 8, 8));
+    assert_eq!(
+        b.output_shape(),
+        Shape::new(3 * m.output_shape().channels, 1, 1)
+    );
+    for (i, chunk) in set.inputs.chunks_exact(3).take(4).enumerate() {
+        let got = b.evaluate_all(&chunk.concat()).unwrap();
+        assert_eq!(got, per_image(&m, chunk).unwrap(), "batch {i}");
+        let logits_got = b.evaluate(&chunk.concat()).unwrap();
+        assert_eq!(&logits_got, got.last().unwrap());
+        assert_eq!(logits_got, logits[3 * i..3 * i + 3].concat(), "batch {i}");
+    }
+    // A batch mixing images in another order keeps the order.
+    let mixed = [
+        set.inputs[7].clone(),
+        set.inputs[0].clone(),
+        set.inputs[7].clone(),
+    ];
+    assert_eq!(
+        b.evaluate(&mixed.concat()).unwrap(),
+        [&logits[7][..], &logits[0], &logits[7]].concat()
+    );
+    assert_eq!(b.accumulator_bounds(), m.accumulator_bounds());
+    assert_eq!(b.bounds(), m.bounds());
+    b.check_against(&b16()).unwrap();
+    // An input out of range in any image is refused, as for one image.
+    let mut bad = mixed.concat();
+    bad[2 * 64 + 5] = 16;
+    assert!(matches!(
+        b.evaluate(&bad),
+        Err(ModelError::InputOutOfRange {
+            index: 133,
+            value: 16,
+            ..
+        })
+    ));
+}
+
+/// ENG-15: a batch of zero images is refused with a named error.
+#[test]
+fn eng_15_batch_of_zero_images_is_refused() {
+    let err = hand_model(1).batched(0).unwrap_err();
+    assert_eq!(err, ModelError::EmptyBatch);
+    assert!(err.to_string().contains("k = 0"), "{err}");
+}
+
+/// ENG-15: a huge k is refused by checked size arithmetic, before anything
+/// is allocated: too large a tensor (or an overflowing one) as Model::new
+/// would report it, too many weights as BatchTooLarge.
+#[test]
+fn eng_15_huge_batches_are_refused_without_allocating() {
+    // 64 → 64 linear: 4096 weights, tensors of 64 values.
+    let linear = Model::new(
+        "linear",
+        spec(64, 1, 1, 0, 1),
+        vec![Layer::Linear {
+            out_features: 64,
+            weights: vec![1; 64 * 64],
+            bias: vec![0; 64],
+        }],
+    )
+    .unwrap();
+    // Tensors fit (2^20 · 64 = 2^26) but 2^40 · 4096 weights do not.
+    let k = 1 << 20;
+    let err = linear.batched(k).unwrap_err();
+    assert_eq!(
+        err,
+        ModelError::BatchTooLarge {
+            k,
+            max: Limits::DEFAULT.max_parameters
+        }
+    );
+    assert!(err.to_string().contains("smaller batch"), "{err}");
+    // Just over the limit: (k²·4096 + k·64 > 10^8 from k = 157).
+    assert!(matches!(
+        linear.batched(157),
+        Err(ModelError::BatchTooLarge { k: 157, .. })
+    ));
+    assert_eq!(
+        linear.batched(156).unwrap().parameter_count(),
+        156 * 156 * 4096 + 156 * 64
+    );
+    // The input tensor would exceed MAX_TENSOR_LEN.
+    assert!(matches!(
+        linear.batched((1 << 20) + 1),
+        Err(ModelError::Input {
+            problem: LayerProblem::TensorTooLarge {
+                max: MAX_TENSOR_LEN,
+                ..
+            }
+        })
+    ));
+    // k·C·H·W overflows usize.
+    for k in [usize::MAX, usize::MAX / 2 + 1] {
+        assert!(matches!(
+            linear.batched(k),
+            Err(ModelError::Input {
+                problem: LayerProblem::SizeOverflow { .. }
+            })
+        ));
+    }
+    // A layer's output (not the input) too large: names the layer.
+    let wide = Model::new(
+        "wide",
+        spec(1, 64, 64, 0, 1),
+        vec![conv(64, 1, 1, 1, 0, vec![1; 64], vec![0; 64])],
+    )
+    .unwrap();
+    let k = MAX_TENSOR_LEN / (64 * 64 * 64) + 1;
+    assert!(matches!(
+        wide.batched(k),
+        Err(ModelError::Layer {
+            layer: 0,
+            op: "conv2d",
+            problem: LayerProblem::TensorTooLarge { .. }
+        })
+    ));
+    // Pure layers: only tensors limit k.
+    let relu = Model::new("relu", spec(1, 1, 1, 0, 1), vec![Layer::Relu]).unwrap();
+    assert_eq!(
+        relu.batched(MAX_TENSOR_LEN).unwrap().input().shape.channels,
+        MAX_TENSOR_LEN
+    );
+    assert!(relu.batched(MAX_TENSOR_LEN + 1).is_err());
+}

@@ -227,6 +227,23 @@ pub enum ModelError {
         source: ParamError,
     },
 
+    // ----- batching (ENG-15) -----
+    /// [`Model::batched`](super::Model::batched) was asked for a batch of
+    /// `k = 0` images; a batch holds at least one.
+    #[error("a batch must hold at least one image, got k = 0")]
+    EmptyBatch,
+    /// [`Model::batched`](super::Model::batched) would build a model with
+    /// more than `max` weights and biases in total (the block-diagonal
+    /// weights grow as `k²`), or counting them overflows; refused before
+    /// anything is allocated. Batch fewer images per session.
+    #[error("batching {k} images needs more than {max} weights and biases; use a smaller batch")]
+    BatchTooLarge {
+        /// The number of images asked for.
+        k: usize,
+        /// The limit on weights and biases of the batched model.
+        max: usize,
+    },
+
     // ----- model file (MODEL-6, MODEL-7) -----
     /// The model file is not well-formed for the format (bad JSON, unknown
     /// or duplicate field, `null`, wrong type, out-of-range integer, trailing

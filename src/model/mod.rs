@@ -14,6 +14,8 @@
 //! * `onnx` (feature `onnx`): import of quantised ONNX graphs (QDQ and
 //!   QOperator) into the IR, MODEL-10;
 //! * [`inputs`]: input and label files (JSON or `.npy`) for a model;
+//! * `batch`: [`Model::batched`], `k` images side by side as one
+//!   block-diagonal model, for a session that batches `k` queries (ENG-15);
 //! * [`zoo`]: ResNet-20 / ResNet-18 shaped models with random weights, for
 //!   benchmarks.
 //!
@@ -27,6 +29,7 @@
 //! are integer *sums* over the window: the `1/k²` (or `1/(H·W)`) is folded
 //! into the multiplier of the next `requantize` (or the next layer's weights).
 
+mod batch;
 pub mod bounds;
 mod error;
 pub mod format;
