@@ -301,6 +301,122 @@ fn charges_up_to_the_budget_then_refuses() {
     assert_eq!(ledger.charge(&id("bob"), u64::MAX), Ok(1));
 }
 
+// PROTO-8, PROTO-9 with batches: a session of k images is charged k
+// queries at once, up to exactly the budget; a batch that would cross it,
+// or of zero queries, charges nothing.
+#[test]
+fn charges_batches_whole_or_not_at_all() {
+    let Some(pg) = cluster() else { return };
+    let mut ledger = pg.ledger();
+    // Two batches that reach exactly the budget, then not one more query.
+    assert_eq!(ledger.charge_queries(&id("a"), 4, 10), Ok(4));
+    assert_eq!(ledger.charge_queries(&id("a"), 6, 10), Ok(10));
+    assert_eq!(
+        ledger.charge_queries(&id("a"), 1, 10),
+        Err(LedgerError::Exhausted {
+            used: 10,
+            budget: 10
+        })
+    );
+    assert_eq!(ledger.used(&id("a")), Ok(10));
+
+    // A batch that would cross the budget is refused whole.
+    assert_eq!(ledger.charge_queries(&id("b"), 7, 10), Ok(7));
+    assert_eq!(
+        ledger.charge_queries(&id("b"), 4, 10),
+        Err(LedgerError::Exhausted {
+            used: 7,
+            budget: 10
+        })
+    );
+    assert_eq!(ledger.used(&id("b")), Ok(7));
+    assert_eq!(ledger.charge(&id("b"), 10), Ok(8));
+    assert_eq!(ledger.charge_queries(&id("b"), 2, 10), Ok(10));
+
+    // A first batch larger than the whole budget creates no count.
+    assert_eq!(
+        ledger.charge_queries(&id("c"), 11, 10),
+        Err(LedgerError::Exhausted {
+            used: 0,
+            budget: 10
+        })
+    );
+    assert_eq!(ledger.used(&id("c")), Ok(0));
+    assert_eq!(ledger.charge_queries(&id("c"), 10, 10), Ok(10));
+
+    // Budget 0 refuses every batch, and reports the real count.
+    assert_eq!(
+        ledger.charge_queries(&id("b"), 3, 0),
+        Err(LedgerError::Exhausted {
+            used: 10,
+            budget: 0
+        })
+    );
+
+    // Zero queries is the caller's mistake, whatever the budget and the
+    // count, and charges nothing.
+    for (who, budget) in [("e", 10), ("e", 0), ("e", u64::MAX), ("a", 10), ("b", 20)] {
+        assert_eq!(
+            ledger.charge_queries(&id(who), 0, budget),
+            Err(LedgerError::ZeroQueries),
+            "{who} {budget}"
+        );
+    }
+    assert_eq!(ledger.used(&id("e")), Ok(0));
+    assert_eq!(ledger.used(&id("a")), Ok(10));
+
+    // Another server sees the batches, and a larger budget lets one go on.
+    let mut other = pg.ledger();
+    assert_eq!(other.used(&id("b")), Ok(10));
+    assert_eq!(other.charge_queries(&id("a"), 5, 15), Ok(15));
+    assert_eq!(ledger.used(&id("a")), Ok(15));
+}
+
+// PROTO-9: counts are `bigint`, so a budget above i64::MAX acts as
+// i64::MAX; a batch whose sum with the count would pass it is refused with
+// no charge, never wrapped and never a storage error (`bigint out of
+// range`), however close the count is to the limit.
+#[test]
+fn budgets_near_u64_max_never_overflow() {
+    let Some(pg) = cluster() else { return };
+    let mut ledger = pg.ledger();
+    let (max, top) = (u64::MAX, i64::MAX as u64);
+    for (queries, budget) in [(max, max), (top + 1, max), (top + 1, top + 1), (11, 10)] {
+        assert_eq!(
+            ledger.charge_queries(&id("x"), queries, budget),
+            Err(LedgerError::Exhausted { used: 0, budget }),
+            "{queries} of {budget}"
+        );
+    }
+    assert_eq!(ledger.used(&id("x")), Ok(0));
+    assert_eq!(ledger.charge_queries(&id("x"), top - 1, max), Ok(top - 1));
+    // Near the limit: `used + queries` would overflow bigint for these.
+    for queries in [2, top - 1, top, top + 1, max] {
+        assert_eq!(
+            ledger.charge_queries(&id("x"), queries, max),
+            Err(LedgerError::Exhausted {
+                used: top - 1,
+                budget: max
+            }),
+            "{queries}"
+        );
+    }
+    assert_eq!(ledger.used(&id("x")), Ok(top - 1));
+    assert_eq!(ledger.charge(&id("x"), max), Ok(top));
+    assert_eq!(
+        ledger.charge(&id("x"), max),
+        Err(LedgerError::Exhausted {
+            used: top,
+            budget: max
+        })
+    );
+    assert_eq!(ledger.used(&id("x")), Ok(top));
+    // The whole largest budget in one batch, exactly at the limit.
+    assert_eq!(ledger.charge_queries(&id("y"), top, top), Ok(top));
+    assert_eq!(ledger.charge_queries(&id("z"), top, max), Ok(top));
+    assert_eq!(pg.ledger().used(&id("z")), Ok(top));
+}
+
 // PROTO-5, PROTO-9: identities are compared byte for byte, each with its
 // own count.
 #[test]
@@ -431,6 +547,70 @@ fn concurrent_charges_never_exceed_the_budget() {
     let ledger = pg.ledger();
     assert_eq!(ledger.used(&id("eve")), Ok(BUDGET));
     assert_eq!(ledger.used(&id("frank")), Ok((THREADS * TRIES) as u64));
+}
+
+// PROTO-9 with batches: 8 threads, each with 2 connections of its own (16
+// servers), race to charge one identity batches of 1, 2, 3, 5, 7, 11, 13
+// and 64 queries (one size per thread) until refused, against a budget of
+// 500. The count never passes the budget, every refusal left too few
+// queries for its batch, the queries of the successful batches sum to the
+// stored count (no double spending, no partial charge), and the thread of
+// single queries drains it exactly.
+#[test]
+fn concurrent_batches_never_exceed_the_budget() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.url();
+    const BUDGET: u64 = 500;
+    const BATCHES: [u64; 8] = [1, 2, 3, 5, 7, 11, 13, 64];
+    // Made before the race: this test is about the charges, not the schema.
+    drop(pg.ledger());
+    let start = Arc::new(Barrier::new(BATCHES.len()));
+    let t = Instant::now();
+    let threads: Vec<_> = BATCHES
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let (url, start) = (url.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut ledgers = [
+                    PostgresLedger::connect(&url).unwrap(),
+                    PostgresLedger::connect(&url).unwrap(),
+                ];
+                start.wait();
+                let (mut charged, mut calls) = (0u64, 0usize);
+                loop {
+                    let ledger = &mut ledgers[(i + calls) % 2];
+                    calls += 1;
+                    match ledger.charge_queries(&id("eve"), k, BUDGET) {
+                        Ok(after) => {
+                            assert!((k..=BUDGET).contains(&after), "{k}: count {after}");
+                            charged += k;
+                            assert!(charged <= BUDGET, "charged past the budget");
+                        }
+                        Err(LedgerError::Exhausted { used, budget }) => {
+                            assert_eq!(budget, BUDGET);
+                            assert!(used <= BUDGET && used + k > BUDGET, "{k}: {used}");
+                            return (charged, calls);
+                        }
+                        Err(e) => panic!("charge failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut charged, mut calls) = (0, 0);
+    for thread in threads {
+        let (c, n) = thread.join().unwrap();
+        charged += c;
+        calls += n;
+    }
+    eprintln!(
+        "{calls} batch charges from {} threads x 2 connections in {:.2?}",
+        BATCHES.len(),
+        t.elapsed()
+    );
+    assert_eq!(charged, BUDGET, "queries of the successful batches");
+    assert_eq!(pg.ledger().used(&id("eve")), Ok(BUDGET));
 }
 
 // PROTO-9 through the protocol: an endpoint restarted on the same database

@@ -1,6 +1,8 @@
-//! The query ledger (PROTO-5, PROTO-8, PROTO-9): how many sessions each
-//! client identity has started, charged atomically before the server does
-//! any work for a session.
+//! The query ledger (PROTO-5, PROTO-8, PROTO-9): how many queries each
+//! client identity has been charged, charged atomically before the server
+//! does any work for a session. The unit is the query, one inference on one
+//! image: a plain session is charged 1, a session of k images k, in one
+//! step.
 //!
 //! [`MemoryLedger`] lives in one `Endpoint` and forgets everything on a
 //! restart. [`SqliteLedger`] (feature `sqlite`) keeps the counts in a SQLite
@@ -14,31 +16,54 @@ use super::server::ClientId;
 use std::collections::HashMap;
 use thiserror::Error;
 
-/// Why a charge was refused.
+/// Why a charge was refused. Nothing was charged.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LedgerError {
-    /// The identity has used its whole budget: the peer's fault.
+    /// The identity's budget has too few queries left for the charge (none,
+    /// or fewer than a batch asked for): the peer's fault.
     #[error("query budget exhausted: {used} of {budget} inferences used")]
     Exhausted {
-        /// Sessions the identity has been charged (no charge was made).
+        /// Queries the identity has been charged (no charge was made).
         used: u64,
         /// The budget the charge was checked against.
         budget: u64,
     },
+    /// A charge of zero queries: this side's fault (the caller's; a session
+    /// is charged at least one query).
+    #[error("query ledger: a charge of zero queries (a session is charged at least one)")]
+    ZeroQueries,
     /// The ledger's storage failed: this side's fault. The message names
     /// the operation, never an identity.
     #[error("query ledger: {0}")]
     Storage(String),
 }
 
-/// Counts sessions per identity. `charge` MUST check and increment in one
-/// atomic step, so that concurrent sessions cannot spend the same unit.
+/// Counts queries per identity. [`charge_queries`](Ledger::charge_queries)
+/// MUST check and add in one atomic step, so that concurrent sessions
+/// cannot spend the same query, and MUST charge all of a session's queries
+/// or none.
 pub trait Ledger: Send + std::fmt::Debug {
-    /// Charges one session to `client` if it has used fewer than `budget`;
-    /// returns the count after the charge.
-    fn charge(&mut self, client: &ClientId, budget: u64) -> Result<u64, LedgerError>;
-    /// Sessions `client` has been charged so far.
+    /// Charges `queries` to `client` (a session of k images is k queries)
+    /// if its count plus `queries` is at most `budget`; returns the count
+    /// after the charge. Otherwise charges nothing and fails with
+    /// [`LedgerError::Exhausted`], also where the sum would overflow.
+    /// `queries = 0` charges nothing and fails with
+    /// [`LedgerError::ZeroQueries`].
+    fn charge_queries(
+        &mut self,
+        client: &ClientId,
+        queries: u64,
+        budget: u64,
+    ) -> Result<u64, LedgerError>;
+
+    /// Charges one query (a plain session of one image) to `client`:
+    /// [`charge_queries`](Ledger::charge_queries) with `queries = 1`.
+    fn charge(&mut self, client: &ClientId, budget: u64) -> Result<u64, LedgerError> {
+        self.charge_queries(client, 1, budget)
+    }
+
+    /// Queries `client` has been charged so far.
     fn used(&self, client: &ClientId) -> Result<u64, LedgerError>;
 }
 
@@ -49,13 +74,24 @@ pub struct MemoryLedger {
 }
 
 impl Ledger for MemoryLedger {
-    fn charge(&mut self, client: &ClientId, budget: u64) -> Result<u64, LedgerError> {
-        let used = self.used.get(client).copied().unwrap_or(0);
-        if used >= budget {
-            return Err(LedgerError::Exhausted { used, budget });
+    fn charge_queries(
+        &mut self,
+        client: &ClientId,
+        queries: u64,
+        budget: u64,
+    ) -> Result<u64, LedgerError> {
+        if queries == 0 {
+            return Err(LedgerError::ZeroQueries);
         }
-        self.used.insert(client.clone(), used + 1);
-        Ok(used + 1)
+        let used = self.used.get(client).copied().unwrap_or(0);
+        match used.checked_add(queries) {
+            Some(after) if after <= budget => {
+                self.used.insert(client.clone(), after);
+                Ok(after)
+            }
+            // Over the budget, or past u64::MAX (hence over any budget).
+            _ => Err(LedgerError::Exhausted { used, budget }),
+        }
     }
 
     fn used(&self, client: &ClientId) -> Result<u64, LedgerError> {
@@ -63,9 +99,33 @@ impl Ledger for MemoryLedger {
     }
 }
 
+/// The SQL ledgers' arguments for a charge of `queries` against `budget`:
+/// `(queries, budget)` as the signed 64-bit integers the tables store, or
+/// `None` where `queries` alone exceeds the budget (nothing to ask the
+/// database: the charge is refused). Counts are stored as signed 64-bit
+/// integers, so a budget above `i64::MAX` acts as `i64::MAX`.
+///
+/// With `1 <= queries <= budget <= i64::MAX`, the charge's condition
+/// `used <= budget - queries` (the same as `used + queries <= budget`) and
+/// the new count `used + queries` never overflow in SQL, whatever the
+/// stored count: the subtraction is at least 0, and the addition runs only
+/// where the condition held, so it is at most `budget`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn sql_arguments(queries: u64, budget: u64) -> Result<Option<(i64, i64)>, LedgerError> {
+    if queries == 0 {
+        return Err(LedgerError::ZeroQueries);
+    }
+    let budget = i64::try_from(budget).unwrap_or(i64::MAX);
+    Ok(i64::try_from(queries)
+        .ok()
+        .filter(|&queries| queries <= budget)
+        .map(|queries| (queries, budget)))
+}
+
 /// A ledger in a SQLite file (PROTO-8): one row per identity, charged by a
-/// single conditional upsert, so the check and the increment are one
-/// atomic statement even across processes.
+/// single conditional upsert, so the check and the addition of a session's
+/// queries are one atomic statement even across processes. Counts are
+/// signed 64-bit integers: a budget above `i64::MAX` acts as `i64::MAX`.
 #[cfg(feature = "sqlite")]
 pub struct SqliteLedger {
     conn: rusqlite::Connection,
@@ -104,27 +164,34 @@ impl SqliteLedger {
 
 #[cfg(feature = "sqlite")]
 impl Ledger for SqliteLedger {
-    fn charge(&mut self, client: &ClientId, budget: u64) -> Result<u64, LedgerError> {
-        let budget_sql = i64::try_from(budget).unwrap_or(i64::MAX);
-        if budget_sql == 0 {
-            return Err(LedgerError::Exhausted { used: 0, budget });
-        }
-        // One statement: insert at 1, or increment only while under budget.
-        // No row back means the budget was already spent.
-        let charged: Option<i64> = self
-            .conn
-            .query_row(
-                "INSERT INTO sessions (client, used) VALUES (?1, 1)
-                 ON CONFLICT (client) DO UPDATE SET used = used + 1 WHERE used < ?2
-                 RETURNING used",
-                rusqlite::params![client.0.as_bytes(), budget_sql],
-                |row| row.get(0),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(LedgerError::Storage(format!("charging a session: {e}"))),
-            })?;
+    fn charge_queries(
+        &mut self,
+        client: &ClientId,
+        queries: u64,
+        budget: u64,
+    ) -> Result<u64, LedgerError> {
+        let charged: Option<i64> = match sql_arguments(queries, budget)? {
+            None => None,
+            // One statement: insert at `queries` (at most the budget, checked
+            // above), or add `queries` only if the sum stays within the
+            // budget (`used <= budget - queries`, which cannot overflow; see
+            // `sql_arguments`). No row back means too few queries were left.
+            Some((queries_sql, budget_sql)) => self
+                .conn
+                .query_row(
+                    "INSERT INTO sessions (client, used) VALUES (?1, ?3)
+                     ON CONFLICT (client) DO UPDATE SET used = used + ?3
+                     WHERE used <= ?2 - ?3
+                     RETURNING used",
+                    rusqlite::params![client.0.as_bytes(), budget_sql, queries_sql],
+                    |row| row.get(0),
+                )
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(LedgerError::Storage(format!("charging a session: {e}"))),
+                })?,
+        };
         match charged {
             Some(used) => Ok(used as u64),
             None => Err(LedgerError::Exhausted {
@@ -164,23 +231,30 @@ mod pg {
     use std::sync::{Mutex, PoisonError};
     use std::time::Duration;
 
-    /// The charge: one statement, one implicit transaction (autocommit).
+    /// The charge of `$3` queries against the budget `$2`: one statement,
+    /// one implicit transaction (autocommit). The caller has checked
+    /// `1 <= $3 <= $2` (`sql_arguments`), so the new row's count is within
+    /// the budget, and `s.used <= $2 - $3` (the same as
+    /// `s.used + $3 <= $2`) cannot overflow `bigint`, nor can the sum it
+    /// guards.
     ///
     /// Why one conditional upsert and not a SERIALIZABLE transaction with
     /// retries: under READ COMMITTED (forced per connection below),
     /// `INSERT … ON CONFLICT DO UPDATE` either inserts the row or locks the
-    /// existing one and evaluates `WHERE s.used < $2` on its latest
+    /// existing one and evaluates `WHERE s.used <= $2 - $3` on its latest
     /// committed version; a concurrent charge of the same identity waits
     /// for that lock and then sees the new count. Two first charges of a
     /// new identity race on the primary key's speculative insertion: one
     /// inserts, the other waits for it and takes the update path. So the
-    /// check and the increment are one atomic step across connections,
-    /// processes and hosts, with one round trip and no retry loop. No row
-    /// back means the budget was already spent. When the statement returns,
-    /// the charge is committed (durable under PostgreSQL's default
-    /// `synchronous_commit = on`).
-    const CHARGE: &str = "INSERT INTO safhire_sessions AS s (client, used) VALUES ($1, 1) \
-         ON CONFLICT (client) DO UPDATE SET used = s.used + 1 WHERE s.used < $2 \
+    /// check and the addition of all `$3` queries are one atomic step
+    /// across connections, processes and hosts, with one round trip and no
+    /// retry loop. No row back means too few queries were left, and nothing
+    /// was charged. When the statement returns, the charge is committed
+    /// (durable under PostgreSQL's default `synchronous_commit = on`).
+    const CHARGE: &str = "INSERT INTO safhire_sessions AS s (client, used) \
+         VALUES ($1::BYTEA, $3::BIGINT) \
+         ON CONFLICT (client) DO UPDATE SET used = s.used + $3::BIGINT \
+         WHERE s.used <= $2::BIGINT - $3::BIGINT \
          RETURNING s.used";
     const USED: &str = "SELECT used FROM safhire_sessions WHERE client = $1";
     /// Identities are compared byte for byte (PROTO-5): `bytea`, not `text`,
@@ -204,9 +278,11 @@ mod pg {
 
     /// A ledger in a PostgreSQL table (PROTO-9), `safhire_sessions` in the
     /// connection's search path, created if missing: one row per identity,
-    /// charged by a single conditional upsert, so servers on several hosts
-    /// share the counts without double spending, and the counts survive
-    /// restarts of the servers and of the database.
+    /// charged by a single conditional upsert (a session's queries all at
+    /// once, or none), so servers on several hosts share the counts without
+    /// double spending, and the counts survive restarts of the servers and
+    /// of the database. Counts are `bigint`: a budget above `i64::MAX` acts
+    /// as `i64::MAX`.
     ///
     /// No TLS to the database: connect over a Unix socket or a trusted
     /// network (`sslmode=require` is refused). The connection is
@@ -460,7 +536,12 @@ mod pg {
     }
 
     impl Ledger for PostgresLedger {
-        fn charge(&mut self, client: &ClientId, budget: u64) -> Result<u64, LedgerError> {
+        fn charge_queries(
+            &mut self,
+            client: &ClientId,
+            queries: u64,
+            budget: u64,
+        ) -> Result<u64, LedgerError> {
             // A panic mid-call may have left the connection mid-protocol:
             // start from a fresh one.
             let slot = match self.session.get_mut() {
@@ -471,16 +552,19 @@ mod pg {
                     slot
                 }
             };
-            let budget_sql = i64::try_from(budget).unwrap_or(i64::MAX);
-            let charged = if budget_sql == 0 {
-                None
-            } else {
-                self.target.run(slot, "charging a session", false, |s| {
-                    s.client
-                        .query_opt(&s.charge, &[&client.0.as_bytes(), &budget_sql])?
-                        .map(|row| row.try_get::<_, i64>(0))
-                        .transpose()
-                })?
+            let charged = match super::sql_arguments(queries, budget)? {
+                None => None,
+                Some((queries_sql, budget_sql)) => {
+                    self.target.run(slot, "charging a session", false, |s| {
+                        s.client
+                            .query_opt(
+                                &s.charge,
+                                &[&client.0.as_bytes(), &budget_sql, &queries_sql],
+                            )?
+                            .map(|row| row.try_get::<_, i64>(0))
+                            .transpose()
+                    })?
+                }
             };
             match charged {
                 Some(used) => Ok(used.max(0) as u64),
