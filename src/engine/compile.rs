@@ -29,6 +29,47 @@ use crate::rlwe::Context;
 /// accumulator error) that names the layer, its op, the quantity and the
 /// limit.
 pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledModel, EngineError> {
+    let mut compiled = compile_layers(ctx, model, 1)?;
+    compiled.model_digest = model_digest(model);
+    Ok(compiled)
+}
+
+/// Compiles `model` for sessions of `batch` images (ENG-15, PROTO-11): the
+/// block-diagonal model of [`crate::model::Model::batched`], whose input
+/// is the images' inputs one after another and whose logits are theirs in
+/// the same order. It is the same model for the endpoint
+/// ([`CompiledModel::batch`] and its digest name the model it batches), so
+/// an `Endpoint` serves it beside `model` and charges each of its sessions
+/// `batch` queries. Refused like [`compile`], and also when the batched
+/// model is too large.
+pub fn compile_batch(
+    ctx: &Context,
+    model: &crate::model::Model,
+    batch: usize,
+) -> Result<CompiledModel, EngineError> {
+    let batched = model.batched(batch)?;
+    let mut compiled = compile_layers(ctx, &batched, batch)?;
+    compiled.batch = batch;
+    compiled.model_digest = model_digest(model);
+    Ok(compiled)
+}
+
+/// Names a model for [`CompiledModel::batches_the_same_model`]: a guard
+/// against serving a batch of another model by mistake (the operator
+/// configures both), not a cryptographic commitment.
+fn model_digest(model: &crate::model::Model) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (model.name(), model.input(), model.layers()).hash(&mut h);
+    h.finish()
+}
+
+/// `batch`: the images `model` lays side by side (ENG-15), 1 if none.
+fn compile_layers(
+    ctx: &Context,
+    model: &crate::model::Model,
+    batch: usize,
+) -> Result<CompiledModel, EngineError> {
     use crate::model::Layer;
     model.check_against(ctx.params())?;
     let mut b = Stages::default();
@@ -229,8 +270,11 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
         b.push_pool(ctx, model, pool_layer, pool)?;
     }
     reuse_repacks(ctx, &mut b.stages)?;
-    // ENG-14: the last round releases in true order.
-    if let Some(last) = b.stages.last_mut() {
+    // ENG-14: the last round releases in true order. Not in a batch
+    // (ENG-15): stacked rows answer an upload written past its values with
+    // more equations per image than one image's session gives, which
+    // PROTO-6 does not count.
+    if let Some(last) = b.stages.last_mut().filter(|_| batch == 1) {
         last.stack_rows_at_response(ctx);
     }
     let mut compiled = CompiledModel::assemble(ctx, model, b.stages, b.ops, b.stage_layers)?;

@@ -30,7 +30,7 @@ mod round;
 mod run;
 mod stage;
 
-pub use compile::compile;
+pub use compile::{compile, compile_batch};
 pub use error::{CompileError, CompileProblem, EngineError, LayerNoise};
 pub use round::{RoundEvaluator, RoundOutput, RoundPhases, ServerKeys};
 pub use run::{run, run_release, Inference, RoundStats};

@@ -1367,6 +1367,12 @@ pub struct CompiledModel {
     pub(super) stage_layers: Vec<usize>,
     /// The largest worst-case |accumulator| of any layer (MODEL-5).
     pub(super) worst_accumulator: u128,
+    /// Images per session (ENG-15): 1, or k for the block-diagonal model of
+    /// `compile_batch`.
+    pub(super) batch: usize,
+    /// The model this one evaluates (the base model when batched): an
+    /// endpoint serves batches of its own model only.
+    pub(super) model_digest: u64,
 }
 
 impl CompiledModel {
@@ -1436,6 +1442,8 @@ impl CompiledModel {
             fingerprint: ctx.params().fingerprint(),
             stage_layers,
             worst_accumulator: 0,
+            batch: 1,
+            model_digest: 0,
         })
     }
 
@@ -1462,6 +1470,19 @@ impl CompiledModel {
             }
         }
         Ok(())
+    }
+
+    /// Images per session (ENG-15): 1 unless compiled by
+    /// [`compile_batch`](super::compile_batch). The input is the images'
+    /// inputs one after another and the logits theirs, in the same order.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Whether `other` evaluates the same model as this one, batched or not
+    /// (PROTO-11: an endpoint serves batches of its own model only).
+    pub fn batches_the_same_model(&self, other: &CompiledModel) -> bool {
+        self.model_digest == other.model_digest && self.fingerprint == other.fingerprint
     }
 
     /// The encrypted stages, one per round.
