@@ -175,6 +175,7 @@ impl<'e> Oracle<'e> {
     fn open_with(&mut self, public: SeededPublicKey) -> Result<Live, Stop> {
         let ctx = self.ctx.clone();
         let request = SessionRequest {
+            batch: 1,
             galois: self.galois.clone(),
             public,
         };

@@ -608,7 +608,7 @@ pub fn describe_noise_channel(g: &Guarantee, budget: u64) -> String {
         Verdict::NoMeaningfulProtection => "no meaningful protection (ε > 10)",
     };
     format!(
-        "over {budget} session(s): ε = {:.3} at δ = {:.1e} (zCDP ρ = {:.3e}), between any two models that release the same values, against clients with honest keys and uploads: {words}",
+        "over {budget} query(ies), one per image: ε = {:.3} at δ = {:.1e} (zCDP ρ = {:.3e}), between any two models that release the same values, against clients with honest keys and uploads: {words}",
         g.epsilon, g.delta, g.rho
     )
 }

@@ -143,19 +143,27 @@ fn slot(client: &ClientId) -> usize {
 }
 
 impl Ledger for SharedLedger {
-    fn charge(&mut self, client: &ClientId, budget: u64) -> Result<u64, LedgerError> {
+    fn charge_queries(
+        &mut self,
+        client: &ClientId,
+        queries: u64,
+        budget: u64,
+    ) -> Result<u64, LedgerError> {
+        if queries == 0 {
+            return Err(LedgerError::ZeroQueries);
+        }
         let mut counts = self.counts.lock().unwrap();
         let used = counts[slot(client)];
-        if used >= budget {
+        let Some(after) = used.checked_add(queries).filter(|&after| after <= budget) else {
             if self.counts_refusals {
-                counts[slot(client)] = used + 1;
+                counts[slot(client)] = used.saturating_add(queries);
             }
             return Err(LedgerError::Exhausted { used, budget });
-        }
+        };
         if !self.charge_after_work {
-            counts[slot(client)] = used + 1;
+            counts[slot(client)] = after;
         }
-        Ok(used + 1)
+        Ok(after)
     }
 
     fn used(&self, client: &ClientId) -> Result<u64, LedgerError> {

@@ -2147,6 +2147,7 @@ fn the_grammar_constants_are_the_codes() {
     assert_eq!(k("MAX_BODY"), protocol::MAX_BODY as i128);
     assert_eq!(k("MAX_ROUNDS"), protocol::MAX_ROUNDS as i128);
     assert_eq!(k("MAX_OPS"), protocol::MAX_OPS as i128);
+    assert_eq!(k("MAX_BATCH"), protocol::MAX_BATCH as i128);
     let g = grammar();
     let magic = |h: &str| g.layout(h).field[0].value.clone().unwrap().into_bytes();
     assert_eq!(magic("object"), wire::MAGIC);

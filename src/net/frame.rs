@@ -298,7 +298,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::BudgetExhausted { used, budget } => write!(
                 f,
-                "query budget exhausted: {used} of {budget} inferences used"
+                "query budget exhausted: {used} of {budget} queries used, too few left for this session"
             ),
             Refusal::Unauthenticated => f.write_str("unauthenticated: no valid bearer token"),
             Refusal::Busy => f.write_str("busy: every session slot is taken, try again later"),

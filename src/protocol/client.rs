@@ -22,6 +22,14 @@ pub const TRANSITIONS: &[(&str, &str, &str)] = &[
     ("AwaitingResponse", "recv Response(R-1)", "Done"),
 ];
 
+/// The logits of a session of `batch` images, split image by image
+/// (PROTO-11: the logits come back one image after another).
+pub fn image_logits(logits: &[i64], batch: usize) -> impl Iterator<Item = &[i64]> {
+    logits
+        .chunks((logits.len() / batch.max(1)).max(1))
+        .take(batch)
+}
+
 /// A client session in state `S`.
 pub struct Client<S> {
     ctx: Arc<Context>,
@@ -45,12 +53,16 @@ impl<S> std::fmt::Debug for Client<S> {
 
 /// Waiting for the server to accept the session.
 #[derive(Debug)]
-pub struct AwaitingAccept;
+pub struct AwaitingAccept {
+    /// The images the request asked for (PROTO-11).
+    batch: u32,
+}
 
 /// Session accepted; the model's metadata is known.
 #[derive(Debug)]
 pub struct Ready {
     accept: SessionAccept,
+    batch: u32,
 }
 
 /// An upload for round `round` is out.
@@ -65,7 +77,8 @@ pub struct AwaitingResponse {
 pub enum ClientStep {
     /// The next round's upload is ready to send.
     Continue(Client<AwaitingResponse>, Upload),
-    /// The inference is complete: the logits, in true order.
+    /// The inference is complete: the logits, in true order; for a
+    /// session of k images, the k images' logits one after another.
     Done(Vec<i64>),
 }
 
@@ -79,6 +92,36 @@ impl Client<AwaitingAccept> {
     /// [`Client::start`] with the session's secret generator (keys, noise,
     /// re-encryptions) seeded from `seeds` (KEY-3: injected randomness).
     pub fn start_with(ctx: Arc<Context>, seeds: &dyn SeedSource) -> (Self, SessionRequest) {
+        Self::open(ctx, 1, seeds)
+    }
+
+    /// [`Client::start`] for a session of `batch` images (PROTO-11), 1 to
+    /// [`MAX_BATCH`](super::MAX_BATCH): one session, one set of keys and
+    /// the rounds of one inference for all of them, charged `batch`
+    /// queries. The server refuses a batch it does not serve.
+    pub fn start_batch(
+        ctx: Arc<Context>,
+        batch: u32,
+    ) -> Result<(Self, SessionRequest), ProtocolError> {
+        Self::start_batch_with(ctx, batch, &OsSeeds)
+    }
+
+    /// [`Client::start_batch`] with injected randomness (KEY-3).
+    pub fn start_batch_with(
+        ctx: Arc<Context>,
+        batch: u32,
+        seeds: &dyn SeedSource,
+    ) -> Result<(Self, SessionRequest), ProtocolError> {
+        if batch == 0 || batch as usize > super::MAX_BATCH {
+            return Err(ProtocolError::local(ErrorKind::Malformed(
+                "a session carries 1 to MAX_BATCH images",
+            )));
+        }
+        Ok(Self::open(ctx, batch, seeds))
+    }
+
+    /// The keys and the request of a session of `batch` images (checked).
+    fn open(ctx: Arc<Context>, batch: u32, seeds: &dyn SeedSource) -> (Self, SessionRequest) {
         let mut rng = Box::new(Csprng::from_source(seeds));
         let sk = SecretKey::generate(&ctx, &mut rng);
         let galois = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
@@ -88,9 +131,13 @@ impl Client<AwaitingAccept> {
                 ctx,
                 sk,
                 rng,
-                state: AwaitingAccept,
+                state: AwaitingAccept { batch },
             },
-            SessionRequest { galois, public },
+            SessionRequest {
+                batch,
+                galois,
+                public,
+            },
         )
     }
 
@@ -99,31 +146,49 @@ impl Client<AwaitingAccept> {
     /// built inside the crate cannot reach a later round with nothing to
     /// index either (outside it the fields are private and the decoder is
     /// the only way in); a refusal returns this state unchanged.
+    /// For a session of k images the input and the logits must split into
+    /// k equal parts (PROTO-11).
     pub fn receive_accept(self, accept: SessionAccept) -> Result<Client<Ready>, Rejected<Self>> {
         if let Err(error) = accept.validate(&self.ctx) {
             return Err(Rejected { state: self, error });
+        }
+        let batch = self.state.batch;
+        let logits = accept.rounds.last().map_or(0, |r| r.outputs);
+        if !accept.input_len.is_multiple_of(batch) || !logits.is_multiple_of(batch) {
+            return Err(Rejected {
+                state: self,
+                error: ProtocolError::peer(ErrorKind::Malformed(
+                    "the model's input or logits do not split into the session's images",
+                )),
+            });
         }
         Ok(Client {
             ctx: self.ctx,
             sk: self.sk,
             rng: self.rng,
-            state: Ready { accept },
+            state: Ready { accept, batch },
         })
     }
 }
 
 impl Client<Ready> {
-    /// The number of input values the model takes.
+    /// The number of input values the model takes per image.
     pub fn input_len(&self) -> usize {
-        self.state.accept.input_len as usize
+        (self.state.accept.input_len / self.state.batch) as usize
     }
 
-    /// Encrypts the input and starts round 0.
+    /// The number of images the session carries (PROTO-11).
+    pub fn batch(&self) -> usize {
+        self.state.batch as usize
+    }
+
+    /// Encrypts the input and starts round 0: `batch() · input_len()`
+    /// values, the images' inputs one after another.
     pub fn send_input(
         mut self,
         input: &[i64],
     ) -> Result<(Client<AwaitingResponse>, Upload), Rejected<Self>> {
-        let expected = self.input_len();
+        let expected = self.state.accept.input_len as usize;
         let half = self.ctx.plaintext_half_range();
         if input.len() != expected {
             return Err(Rejected {

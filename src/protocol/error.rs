@@ -97,20 +97,31 @@ pub enum ErrorKind {
     /// out of order is refused at decoding as `Wire(WrongGaloisElement)`.
     #[error("the session's keys are incomplete or out of order")]
     BadKeySet,
-    /// The client identity has used its whole query budget (PROTO-5): the
-    /// session is refused before any work. Not retryable under this policy.
-    #[error("query budget exhausted: {used} of {budget} inferences used")]
+    /// The client identity has too few queries left for the session's
+    /// images (PROTO-5, PROTO-11): the session is refused before any work,
+    /// and nothing is charged. A smaller batch may still fit.
+    #[error(
+        "query budget exhausted: {used} of {budget} queries used, too few left for this session"
+    )]
     BudgetExhausted {
-        /// Sessions the identity has been charged.
+        /// Queries the identity has been charged (one per image).
         used: u64,
         /// The policy's budget per identity.
         budget: u64,
+    },
+    /// The session request asks for a number of images per session the
+    /// endpoint does not serve (PROTO-11): the client's fault, refused
+    /// before the session is charged.
+    #[error("the server does not serve sessions of {batch} images")]
+    BatchNotServed {
+        /// The number of images the request asked for.
+        batch: u32,
     },
     /// The caller's input does not have the model's input length: a local
     /// fault, caught before anything is encrypted.
     #[error("input has {got} values, the model takes {expected}")]
     InputLength {
-        /// The model's input length (`C·H·W`).
+        /// The model's input length (`C·H·W`, times the session's images).
         expected: usize,
         /// Number of values passed.
         got: usize,
@@ -126,8 +137,9 @@ pub enum ErrorKind {
     /// fit).
     #[error("evaluation failed: {0}")]
     Engine(#[from] EngineError),
-    /// The query ledger's storage failed (PROTO-8): this side's fault; the
-    /// message never names an identity.
+    /// The query ledger's storage failed, or it was asked to charge zero
+    /// queries (PROTO-8): this side's fault; the message never names an
+    /// identity.
     #[error("{0}")]
     Ledger(super::ledger::LedgerError),
 }

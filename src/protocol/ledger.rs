@@ -22,7 +22,9 @@ use thiserror::Error;
 pub enum LedgerError {
     /// The identity's budget has too few queries left for the charge (none,
     /// or fewer than a batch asked for): the peer's fault.
-    #[error("query budget exhausted: {used} of {budget} inferences used")]
+    #[error(
+        "query budget exhausted: {used} of {budget} queries used, too few left for this session"
+    )]
     Exhausted {
         /// Queries the identity has been charged (no charge was made).
         used: u64,

@@ -17,8 +17,9 @@ use crate::wire::{self, WireError};
 /// The first four bytes of every protocol message.
 pub const MAGIC: [u8; 4] = *b"SFHP";
 /// The message format's version, in every envelope. Version 2 binds each
-/// upload and response to its session ([`SessionId`]).
-pub const VERSION: u16 = 2;
+/// upload and response to its session ([`SessionId`]); version 3 adds the
+/// number of images a session carries to its request (PROTO-11).
+pub const VERSION: u16 = 3;
 
 /// A session's identifier (PROTO-10): 16 bytes the server draws from its
 /// CSPRNG when it accepts a session and sends in the SessionAccept; every
@@ -34,6 +35,8 @@ pub const MAX_BODY: usize = 64 << 20;
 pub const MAX_ROUNDS: usize = 1024;
 /// Most client ops after one stage.
 pub const MAX_OPS: usize = 8;
+/// Most images one session may carry (PROTO-11).
+pub const MAX_BATCH: usize = 64;
 
 /// The kind byte of a message envelope (spec/protocol.md): 16–19, apart
 /// from the wire object kinds 1–4 of spec/wire-format.md.
@@ -64,6 +67,9 @@ impl MessageKind {
 /// Client → server: the evaluation keys of a new session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRequest {
+    /// How many images the session carries, 1 to [`MAX_BATCH`] (PROTO-11):
+    /// each is one query of the identity's budget.
+    pub(crate) batch: u32,
     /// The packing Galois keys, one per level `1..=log2 N` in order (the
     /// server needs exactly these to repack). Fewer keys are
     /// [`ErrorKind::BadKeySet`], more than log2 N a `Malformed` count, and a
@@ -76,6 +82,11 @@ pub struct SessionRequest {
 }
 
 impl SessionRequest {
+    /// How many images the session carries (PROTO-11).
+    pub fn batch(&self) -> u32 {
+        self.batch
+    }
+
     /// The packing Galois keys, one per level `1..=log2 N` in order.
     pub fn galois(&self) -> &[SeededGaloisKey] {
         &self.galois
@@ -344,6 +355,7 @@ impl SessionRequest {
     /// fingerprint.
     pub fn encode(&self, ctx: &Context) -> Vec<u8> {
         let mut body = Vec::new();
+        put_u32(&mut body, self.batch as usize);
         put_u32(&mut body, self.galois.len());
         for k in &self.galois {
             put_object(&mut body, &wire::encode_galois_key(ctx, k));
@@ -354,12 +366,17 @@ impl SessionRequest {
 
     /// Decodes a session request from untrusted bytes (PROTO-4): the envelope
     /// first (magic, version, kind, fingerprint, length), then the body and
-    /// every embedded object with the validating `wire` decoders; the key count
-    /// must be `log2 N`. Every error is the peer's fault.
+    /// every embedded object with the validating `wire` decoders; the batch
+    /// must be 1 to [`MAX_BATCH`] and the key count `log2 N`. Every error is
+    /// the peer's fault.
     pub fn decode(ctx: &Context, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let mut b = Body {
             buf: open(ctx, bytes, MessageKind::SessionRequest)?,
         };
+        let batch = b.u32()?;
+        if batch == 0 || batch as usize > MAX_BATCH {
+            return Err(peer(ErrorKind::Malformed("batch out of range")));
+        }
         let expected = packing_galois_elements(ctx.n()).count();
         let count = b.count(expected)?;
         if count != expected {
@@ -370,7 +387,11 @@ impl SessionRequest {
             .collect::<Result<Vec<_>, _>>()?;
         let public = wire::decode_public_key(ctx, b.object()?).map_err(peer)?;
         b.finish()?;
-        Ok(Self { galois, public })
+        Ok(Self {
+            batch,
+            galois,
+            public,
+        })
     }
 }
 

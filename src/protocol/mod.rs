@@ -23,7 +23,8 @@ mod policy;
 mod server;
 
 pub use client::{
-    AwaitingAccept, AwaitingResponse, Client, ClientStep, Ready, TRANSITIONS as CLIENT_TRANSITIONS,
+    image_logits, AwaitingAccept, AwaitingResponse, Client, ClientStep, Ready,
+    TRANSITIONS as CLIENT_TRANSITIONS,
 };
 pub use error::{ErrorKind, Fault, ProtocolError, Rejected};
 #[cfg(feature = "postgres")]
@@ -33,7 +34,7 @@ pub use ledger::SqliteLedger;
 pub use ledger::{Ledger, LedgerError, MemoryLedger};
 pub use messages::{
     MessageKind, Response, RoundInfo, SessionAccept, SessionId, SessionRequest, Upload,
-    ENVELOPE_LEN, MAGIC, MAX_BODY, MAX_OPS, MAX_ROUNDS, VERSION,
+    ENVELOPE_LEN, MAGIC, MAX_BATCH, MAX_BODY, MAX_OPS, MAX_ROUNDS, VERSION,
 };
 pub use policy::{Policy, SHIPPED_POLICIES};
 pub use server::{

@@ -42,6 +42,8 @@ pub struct ClientId(pub String);
 pub struct Endpoint {
     ctx: Arc<Context>,
     model: Arc<CompiledModel>,
+    /// PROTO-11: the same model compiled for sessions of k ≥ 2 images.
+    batches: std::collections::BTreeMap<u32, Arc<CompiledModel>>,
     policy: Policy,
     ledger: Box<dyn Ledger>,
     /// Seeds each session's generator and session seed (KEY-1).
@@ -142,6 +144,7 @@ impl Endpoint {
         Ok(Self {
             ctx,
             model,
+            batches: Default::default(),
             policy,
             ledger: Box::new(MemoryLedger::default()),
             seeds: crate::rng::os_seeds(),
@@ -166,6 +169,46 @@ impl Endpoint {
         self
     }
 
+    /// The same endpoint also serving sessions of `batched.batch()` images
+    /// (PROTO-11), `batched` being its model compiled by
+    /// [`engine::compile_batch`]: such a session is charged that many
+    /// queries in one step, so the policy's budget counts images whatever
+    /// the batch. Refused (this side's fault) when `batched` is not a batch
+    /// of 2 to [`MAX_BATCH`](super::MAX_BATCH) images of this endpoint's
+    /// model on its parameter set, when its noise does not fit under the
+    /// policy, or when one session of it would need more queries than the
+    /// budget holds.
+    pub fn with_batch(mut self, batched: Arc<CompiledModel>) -> Result<Self, ProtocolError> {
+        let refuse = |why: String| ProtocolError::local(ErrorKind::Policy(why));
+        let k = batched.batch();
+        if !(2..=super::MAX_BATCH).contains(&k) {
+            return Err(refuse(format!(
+                "a batch of {k} images; an endpoint serves batches of 2 to {}",
+                super::MAX_BATCH
+            )));
+        }
+        if !self.model.batches_the_same_model(&batched) {
+            return Err(refuse(
+                "the batched model is not a batch of the endpoint's model".into(),
+            ));
+        }
+        batched.check_context(&self.ctx)?;
+        batched.check_noise(&self.ctx, self.policy.noise())?;
+        let budget = self.policy.query_budget();
+        if k as u64 > budget {
+            return Err(refuse(format!(
+                "a session of {k} images costs {k} queries, more than the budget of {budget}"
+            )));
+        }
+        self.batches.insert(k as u32, batched);
+        Ok(self)
+    }
+
+    /// The numbers of images a session may carry, 1 first (PROTO-11).
+    pub fn batches(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(1).chain(self.batches.keys().map(|&k| k as usize))
+    }
+
     /// The context (parameter set) sessions run under.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
@@ -182,29 +225,42 @@ impl Endpoint {
         &self.policy
     }
 
-    /// Inferences `client` has started so far.
+    /// Queries (images) `client` has been charged so far.
     pub fn queries_used(&self, client: &ClientId) -> Result<u64, ProtocolError> {
         self.ledger
             .used(client)
             .map_err(|e| ProtocolError::local(ErrorKind::Ledger(e)))
     }
 
-    /// Accepts a session: charges it to `client`'s budget before any work
-    /// (PROTO-5, PROTO-8: a session whose keys then fail to expand still
-    /// counts), expands the keys, draws the session seed (PROTO-3).
+    /// Accepts a session: charges its images to `client`'s budget before
+    /// any work (PROTO-5, PROTO-8: a session whose keys then fail to expand
+    /// still counts; PROTO-11: a session of k images is k queries), expands
+    /// the keys, draws the session seed (PROTO-3). A batch the endpoint
+    /// does not serve is refused before the charge.
     pub fn accept(
         &mut self,
         client: &ClientId,
         request: SessionRequest,
     ) -> Result<(Server<AwaitingUpload>, SessionAccept), ProtocolError> {
+        let model = match request.batch {
+            1 => self.model.clone(),
+            batch => self
+                .batches
+                .get(&batch)
+                .cloned()
+                .ok_or_else(|| ProtocolError::peer(ErrorKind::BatchNotServed { batch }))?,
+        };
         let budget = self.policy.query_budget();
         // MC-1: one atomic charge before any work, whichever endpoint.
-        self.ledger.charge(client, budget).map_err(|e| match e {
-            LedgerError::Exhausted { used, budget } => {
-                ProtocolError::peer(ErrorKind::BudgetExhausted { used, budget })
-            }
-            other => ProtocolError::local(ErrorKind::Ledger(other)),
-        })?;
+        let queries = u64::from(request.batch);
+        self.ledger
+            .charge_queries(client, queries, budget)
+            .map_err(|e| match e {
+                LedgerError::Exhausted { used, budget } => {
+                    ProtocolError::peer(ErrorKind::BudgetExhausted { used, budget })
+                }
+                other => ProtocolError::local(ErrorKind::Ledger(other)),
+            })?;
         let galois = GaloisKeys::from_seeded(&self.ctx, &request.galois)
             .map(Box::new)
             .ok_or_else(|| ProtocolError::peer(ErrorKind::BadKeySet))?;
@@ -216,14 +272,13 @@ impl Endpoint {
         rng.fill_bytes(&mut id);
         let accept = SessionAccept {
             session: id,
-            input_len: self.model.input_len() as u32,
-            input_min: self.model.input().min,
-            input_max: self.model.input().max,
-            rounds: self
-                .model
+            input_len: model.input_len() as u32,
+            input_min: model.input().min,
+            input_max: model.input().max,
+            rounds: model
                 .stages()
                 .iter()
-                .zip(self.model.client_ops())
+                .zip(model.client_ops())
                 .map(|(s, ops)| RoundInfo {
                     outputs: s.output_len() as u32,
                     ops: ops.clone(),
@@ -232,7 +287,7 @@ impl Endpoint {
         };
         let session = Server {
             ctx: self.ctx.clone(),
-            model: self.model.clone(),
+            model,
             state: AwaitingUpload {
                 session: id,
                 round: 0,
