@@ -255,6 +255,10 @@ enum Source {
 /// [`ModelServer::builder_compiled`], then [`Self::build`].
 pub struct ModelServerBuilder {
     source: Source,
+    /// PROTO-11: sizes to compile (needs `Source::Model`) and batches
+    /// already compiled.
+    batch_sizes: Vec<usize>,
+    batches: Vec<Arc<CompiledModel>>,
     policy: Option<Policy>,
     set: Option<String>,
     ledger: Option<Box<dyn Ledger>>,
@@ -286,6 +290,25 @@ impl ModelServerBuilder {
         self
     }
 
+    /// Also serves sessions of each of `sizes` images (PROTO-11), the model
+    /// compiled for each by [`engine::compile_batch`](crate::engine::compile_batch)
+    /// on the chosen set when the server is built; a session of k images is
+    /// charged k queries. Needs [`ModelServer::builder`] (the model itself);
+    /// with a compiled model use [`Self::compiled_batch`]. A size of 1 is
+    /// always served and ignored here.
+    pub fn batches(mut self, sizes: &[usize]) -> Self {
+        self.batch_sizes.extend(sizes.iter().filter(|&&k| k != 1));
+        self
+    }
+
+    /// Also serves sessions of `batched.batch()` images (PROTO-11), a batch
+    /// of the same model compiled for the same set
+    /// ([`engine::compile_batch`](crate::engine::compile_batch)).
+    pub fn compiled_batch(mut self, batched: Arc<CompiledModel>) -> Self {
+        self.batches.push(batched);
+        self
+    }
+
     /// Counts sessions in `ledger` instead of in memory (PROTO-8), e.g. a
     /// `SqliteLedger` (feature `sqlite`) shared by every process on the
     /// host.
@@ -311,12 +334,18 @@ impl ModelServerBuilder {
             Some(p) => p,
             None => Policy::shipped("default")?,
         };
+        let mut batches = self.batches;
         let (ctx, model, candidates, explanation) = match self.source {
             Source::Model(model) => {
                 let selection =
                     select::select(&model, Requirement::of(&policy), self.set.as_deref())
                         .map_err(|e| ServiceError::local(ServiceErrorKind::Select(Box::new(e))))?;
                 let explanation = selection.explain();
+                for &k in &self.batch_sizes {
+                    let batched = crate::engine::compile_batch(&selection.context, &model, k)
+                        .map_err(ProtocolError::from)?;
+                    batches.push(Arc::new(batched));
+                }
                 (
                     Arc::new(selection.context),
                     Arc::new(selection.model),
@@ -325,6 +354,11 @@ impl ModelServerBuilder {
                 )
             }
             Source::Compiled(ctx, model) => {
+                if !self.batch_sizes.is_empty() {
+                    return Err(ServiceError::state(
+                        "batches of a compiled model are given compiled (compiled_batch)",
+                    ));
+                }
                 if let Some(set) = &self.set {
                     if set != ctx.params().name() {
                         return Err(ServiceError::state(
@@ -336,6 +370,9 @@ impl ModelServerBuilder {
             }
         };
         let mut endpoint = Endpoint::new(ctx.clone(), model.clone(), policy.clone())?;
+        for batched in batches {
+            endpoint = endpoint.with_batch(batched)?;
+        }
         if let Some(ledger) = self.ledger {
             endpoint = endpoint.with_ledger(ledger);
         }
@@ -367,6 +404,8 @@ impl ModelServer {
     pub fn builder(model: Model) -> ModelServerBuilder {
         ModelServerBuilder {
             source: Source::Model(model),
+            batch_sizes: Vec::new(),
+            batches: Vec::new(),
             policy: None,
             set: None,
             ledger: None,
@@ -382,6 +421,8 @@ impl ModelServer {
     ) -> ModelServerBuilder {
         ModelServerBuilder {
             source: Source::Compiled(context, model),
+            batch_sizes: Vec::new(),
+            batches: Vec::new(),
             policy: None,
             set: None,
             ledger: None,
@@ -421,7 +462,12 @@ impl ModelServer {
         &self.shared.explanation
     }
 
-    /// Inferences `client` has started so far.
+    /// The numbers of images a session may carry, 1 first (PROTO-11).
+    pub fn batches(&self) -> Result<Vec<usize>, ServiceError> {
+        Ok(lock(&self.shared)?.batches().collect())
+    }
+
+    /// Queries (images) `client` has been charged so far.
     pub fn queries_used(&self, client: &ClientId) -> Result<u64, ServiceError> {
         Ok(lock(&self.shared)?.queries_used(client)?)
     }
@@ -641,6 +687,7 @@ pub enum ClientEvent {
 /// server message with the next one, and the last with the logits.
 pub struct ClientSession {
     ctx: Arc<Context>,
+    /// The images' inputs one after another (PROTO-11).
     input: Vec<i64>,
     state: ClientState,
 }
@@ -681,6 +728,29 @@ impl ClientSession {
             },
             message,
         )
+    }
+
+    /// [`Self::start_with`] for a session of several images (PROTO-11):
+    /// `inputs` holds one input per image (1 to
+    /// [`MAX_BATCH`](crate::protocol::MAX_BATCH) of them, checked against
+    /// the model once it is accepted), and the logits come back image after
+    /// image.
+    pub fn start_batch_with(
+        ctx: Arc<Context>,
+        inputs: &[&[i64]],
+        seeds: &dyn SeedSource,
+    ) -> Result<(Self, Vec<u8>), ServiceError> {
+        let batch = u32::try_from(inputs.len()).unwrap_or(u32::MAX);
+        let (client, request) = Client::start_batch_with(ctx.clone(), batch, seeds)?;
+        let message = request.encode(&ctx);
+        Ok((
+            Self {
+                ctx,
+                input: inputs.concat(),
+                state: ClientState::AwaitingAccept(client),
+            },
+            message,
+        ))
     }
 
     /// Handles one message from the server (PROTO-1): the SessionAccept
@@ -847,8 +917,11 @@ pub struct ExchangeStats {
 /// One inference through the protocol.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inference {
-    /// The logits, in true order.
+    /// The logits, in true order; for a session of several images, theirs
+    /// one after another.
     pub logits: Vec<i64>,
+    /// The images the session carried (PROTO-11).
+    pub batch: usize,
     /// SessionRequest → SessionAccept: the keys.
     pub setup: ExchangeStats,
     /// One per encrypted round.
@@ -856,6 +929,11 @@ pub struct Inference {
 }
 
 impl Inference {
+    /// Each image's logits, in the order the images were given.
+    pub fn image_logits(&self) -> impl Iterator<Item = &[i64]> {
+        crate::protocol::image_logits(&self.logits, self.batch)
+    }
+
     /// The server's time over the rounds (the setup not included).
     pub fn server_ms(&self) -> f64 {
         self.rounds.iter().filter_map(|r| r.server_ms).sum()
@@ -988,20 +1066,33 @@ impl<T: Transport> ModelClient<T> {
     /// known. On an error in the middle of a session the session is
     /// abandoned ([`Transport::abandon`]); the client stays usable.
     pub fn infer(&mut self, input: &[i64]) -> Result<Inference, ServiceError> {
+        self.infer_batch(&[input])
+    }
+
+    /// Runs the inferences of several images as one session (PROTO-11):
+    /// one set of keys and one round trip per round for all of them,
+    /// charged one query per image; [`Inference::logits`] holds their
+    /// logits image after image ([`Inference::image_logits`]). The server
+    /// must serve sessions of `inputs.len()` images
+    /// ([`ModelServerBuilder::batches`]), else it refuses the session
+    /// before charging it. Inputs are checked as [`Self::infer`]'s.
+    pub fn infer_batch(&mut self, inputs: &[&[i64]]) -> Result<Inference, ServiceError> {
         if let Some(range) = &self.input {
-            range.check(input)?;
+            for input in inputs {
+                range.check(input)?;
+            }
         }
-        let result = self.run(input);
+        let result = self.run(inputs);
         if result.is_err() {
             self.transport.abandon();
         }
         result
     }
 
-    fn run(&mut self, input: &[i64]) -> Result<Inference, ServiceError> {
+    fn run(&mut self, inputs: &[&[i64]]) -> Result<Inference, ServiceError> {
         let t = Instant::now();
         let (mut session, request) =
-            ClientSession::start_with(self.ctx.clone(), input, &*self.seeds);
+            ClientSession::start_batch_with(self.ctx.clone(), inputs, &*self.seeds)?;
         let keygen_ms = ms(t);
         let (reply, mut setup) = self.exchange(&request)?;
         setup.client_ms = keygen_ms;
@@ -1015,6 +1106,7 @@ impl<T: Transport> ModelClient<T> {
                 ClientEvent::Done(logits) => {
                     return Ok(Inference {
                         logits,
+                        batch: inputs.len(),
                         setup,
                         rounds,
                     })

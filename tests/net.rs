@@ -477,7 +477,7 @@ fn query_results_are_bit_exact_against_the_plaintext_reference() {
     s.cert = certs.join("server.pem");
     s.key = certs.join("server.key");
     s.alice = carol;
-    let server = serve(&s, &["--model", "digits"]);
+    let server = serve(&s, &["--model", "digits", "--batches", "2"]);
 
     // The shipped test images 0..3.
     let (code, report, stderr) = query(&server, &s, &s.alice, &["--images", "3"]);
@@ -489,8 +489,10 @@ fn query_results_are_bit_exact_against_the_plaintext_reference() {
     let got = logits(&report);
     assert_eq!(got, (0..3).map(reference).collect::<Vec<_>>());
     assert_eq!(report["accuracy"], 1.0);
-    for image in report["images"].as_array().unwrap() {
-        let rounds = image["rounds"].as_array().unwrap();
+    assert_eq!(report["sessions"].as_array().unwrap().len(), 3);
+    for session in report["sessions"].as_array().unwrap() {
+        assert_eq!(session["images"], 1);
+        let rounds = session["rounds"].as_array().unwrap();
         assert_eq!(rounds.len(), 3);
         for r in rounds {
             assert!(r["server_ms"].as_f64().unwrap() > 0.0, "{r}");
@@ -498,7 +500,7 @@ fn query_results_are_bit_exact_against_the_plaintext_reference() {
             assert!(r["up_bytes"].as_u64().unwrap() > 4096, "{r}");
             assert!(r["down_bytes"].as_u64().unwrap() > 4096, "{r}");
         }
-        assert!(image["setup"]["up_bytes"].as_u64().unwrap() > 1 << 20);
+        assert!(session["setup"]["up_bytes"].as_u64().unwrap() > 1 << 20);
     }
 
     // Inputs from a file, with labels, in the text report.
@@ -541,6 +543,31 @@ fn query_results_are_bit_exact_against_the_plaintext_reference() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("input 0"));
     let (_, report, _) = query(&server, &s, &s.alice, &["--images", "1"]);
     assert_eq!(report["budget"]["used_before"], 5);
+
+    // PROTO-11: sessions of two images (the server serves --batches 2),
+    // the fifth image alone; one query per image.
+    let (code, report, stderr) = query(&server, &s, &s.alice, &["--images", "5", "--batch", "2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(logits(&report), (0..5).map(reference).collect::<Vec<_>>());
+    let sizes: Vec<u64> = report["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["images"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(report["budget"]["used_before"], 6);
+    assert_eq!(report["budget"]["used_after"], 11);
+    // A batch the server does not serve is refused before the charge.
+    let (code, report, _) = query(&server, &s, &s.alice, &["--images", "3", "--batch", "3"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(report["completed"], 0);
+    assert!(
+        report["error"].to_string().contains("sessions of 3 images"),
+        "{report}"
+    );
+    let (_, report, _) = query(&server, &s, &s.alice, &["--images", "1"]);
+    assert_eq!(report["budget"]["used_before"], 11);
 }
 
 // NET-3, NET-4, NET-5, NET-7: without a valid token nothing is charged; the

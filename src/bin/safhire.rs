@@ -108,6 +108,8 @@ per-round client and server time, traffic, key size, peak memory.
                         projected from the 1-thread run's per-task work
   --repeat K            with --threads-sweep: K runs per thread count,
                         interleaved; medians reported (default 1)
+  --batch K             K random images in one session (PROTO-11), charged
+                        K queries: the policy's budget must hold K
   --json                machine-readable report on stdout
   -h, --help            this text";
 
@@ -271,7 +273,7 @@ fn main() -> ExitCode {
         .and_then(infer),
         "bench" => parse(
             rest,
-            &["model", "set", "policy", "threads", "repeat"],
+            &["model", "set", "policy", "threads", "repeat", "batch"],
             &["json", "threads-sweep"],
         )
         .and_then(bench),
@@ -689,7 +691,7 @@ fn dp_statement(compiled: &CompiledModel, policy: &Policy) -> (String, serde_jso
         ),
         Some(g) => (
             format!(
-                "discrete Gaussian noise σ = {sigma} on every released value; over one identity's budget of {budget} sessions, \
+                "discrete Gaussian noise σ = {sigma} on every released value; over one identity's budget of {budget} queries (one per image, PROTO-11), \
                  ρ = {:.4}-zCDP, {} — for one weight or bias changed by 1, uploads in the declared ranges (a client that \
                  uploads out-of-range values gets more; spec/dp.md), ρ summed over stages; the ciphertexts' own leakage \
                  (circuit privacy above) is not included",
@@ -817,12 +819,14 @@ fn owner_server(
     compiled: CompiledModel,
     policy: &Policy,
     unit: ShuffleUnit,
+    batched: Option<CompiledModel>,
 ) -> Result<ModelServer, Box<dyn std::error::Error>> {
-    Ok(
-        ModelServer::builder_compiled(Arc::new(context), Arc::new(compiled))
-            .policy(derived_policy(policy, unit, true)?)
-            .build()?,
-    )
+    let mut builder = ModelServer::builder_compiled(Arc::new(context), Arc::new(compiled))
+        .policy(derived_policy(policy, unit, true)?);
+    if let Some(b) = batched {
+        builder = builder.compiled_batch(Arc::new(b));
+    }
+    Ok(builder.build()?)
 }
 
 /// Per-round sums over inferences: the client's and the server's time,
@@ -1011,7 +1015,7 @@ fn infer(a: Args) -> CliResult {
     // decoded (src/service.rs). Each input is its own identity's single
     // session: the owner's queries of its own model spend no budget of
     // anyone's.
-    let server = owner_server(selection.context, selection.model, &policy, unit)?;
+    let server = owner_server(selection.context, selection.model, &policy, unit, None)?;
     let compiled = server.model().clone();
     let rounds = compiled.rounds();
     let mut totals: Vec<RoundTotals> = (0..rounds).map(|_| RoundTotals::default()).collect();
@@ -1185,6 +1189,14 @@ fn bench(a: Args) -> CliResult {
     };
     let threads = positive("threads")?;
     let repeat = positive("repeat")?;
+    let batch = positive("batch")?.unwrap_or(1);
+    if batch > safhire::protocol::MAX_BATCH {
+        return Err(Usage(format!(
+            "--batch: at most {} images per session",
+            safhire::protocol::MAX_BATCH
+        ))
+        .into());
+    }
     let sweep = a.has("threads-sweep");
     if sweep && threads.is_some() {
         return Err(Usage("--threads and --threads-sweep exclude each other".into()).into());
@@ -1226,22 +1238,46 @@ fn bench(a: Args) -> CliResult {
     let spec = model.input();
     let mut rng = Csprng::from_os();
     let span = spec.max.abs_diff(spec.min).saturating_add(1);
-    let input: Vec<i64> = (0..spec.shape.len().unwrap_or(0))
-        .map(|_| spec.min.wrapping_add(rng.uniform_below(span) as i64))
+    let inputs: Vec<Vec<i64>> = (0..batch)
+        .map(|_| {
+            (0..spec.shape.len().unwrap_or(0))
+                .map(|_| spec.min.wrapping_add(rng.uniform_below(span) as i64))
+                .collect()
+        })
         .collect();
     let t = Instant::now();
-    let reference = model.evaluate(&input)?;
+    let reference = inputs
+        .iter()
+        .map(|x| model.evaluate(x))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let plain_ms = ms(t);
+    // PROTO-11: a session of several images runs the block-diagonal model
+    // compiled for them.
+    let t = Instant::now();
+    let batched = (batch > 1)
+        .then(|| safhire::engine::compile_batch(&selection.context, &model, batch))
+        .transpose()?;
+    let batch_compile_ms = ms(t);
     // One inference = one session of the typed protocol over the
     // in-process transport (src/service.rs), fresh keys included; each run
     // is its own identity's single session.
     let selection_report = selection_json(&selection, &policy);
-    let server = owner_server(selection.context, selection.model, &policy, policy.unit())?;
+    let server = owner_server(
+        selection.context,
+        selection.model,
+        &policy,
+        policy.unit(),
+        batched,
+    )?;
     let compiled = server.model().clone();
     let runs = std::sync::atomic::AtomicUsize::new(0);
+    let input_refs: Vec<&[i64]> = inputs.iter().map(Vec::as_slice).collect();
     let infer = || {
         let k = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        server.client(ClientId(format!("bench-{k}"))).infer(&input)
+        server
+            .client(ClientId(format!("bench-{k}")))
+            .infer_batch(&input_refs)
     };
     let pool = |n: usize| rayon::ThreadPoolBuilder::new().num_threads(n).build();
     let server_of = |o: &Inference| o.server_ms();
@@ -1362,6 +1398,9 @@ fn bench(a: Args) -> CliResult {
             "compile_ms": compile_ms,
             "transport": "typed protocol, in process",
             "machine": machine_json(),
+            "batch": batch,
+            "batch_compile_ms": batch_compile_ms,
+            "server_ms_per_image": server / batch as f64,
             "keygen_ms": out.setup.client_ms,
             "key_expansion_ms": out.setup.server_ms,
             "server_ms": server,
@@ -1403,6 +1442,12 @@ fn bench(a: Args) -> CliResult {
             server / 1e3,
             client
         );
+        if batch > 1 {
+            println!(
+                "  {batch} images in the session (the block-diagonal model, compiled in {batch_compile_ms:.0} ms): server {:.2} ms per image",
+                server / batch as f64
+            );
+        }
         println!("  {}", machine_line());
         println!(
             "  session setup: keys generated in {:.0} ms by the client, expanded in {:.0} ms by the server (not in the times above)",
@@ -1583,8 +1628,11 @@ accepting, lets sessions in flight finish (up to --grace-secs), and exits.
   --cert PEM            the server's certificate chain (PEM)
   --key PEM             its private key (PEM: PKCS#8, PKCS#1 or SEC1)
   --tokens FILE         `CLIENT-ID SHA256-HEX` lines (safhire new-token makes them)
+  --batches LIST        also serve sessions of these numbers of images
+                        (comma-separated, 2 to 64; PROTO-11), each image one
+                        query of the budget (default: single images only)
   --ledger FILE|URL|memory
-                        count sessions in this SQLite file or PostgreSQL
+                        count queries in this SQLite file or PostgreSQL
                         database (postgres://…, --features postgres), so budgets
                         survive restarts; `memory`: counts a restart resets
                         (default: the SQLite file safhire-ledger.sqlite in the
@@ -1625,6 +1673,9 @@ reported as such after the results of the inputs already done; exit code 1.
   --set NAME            insist on this parameter set (default: the one the
                         server names, if this build ships it)
   --timeout-secs N      connecting and each wait for the server (default 120)
+  --batch K             K images per session (the server must serve K:
+                        serve --batches; PROTO-11), the remainder one by one;
+                        each image is one query of the budget (default 1)
   --json                machine-readable report with the logits on stdout
   -h, --help            this text";
 
@@ -1669,6 +1720,7 @@ overwrite FILE.
                     "max-handshakes",
                     "timeout-secs",
                     "grace-secs",
+                    "batches",
                 ],
                 &["json"],
             )
@@ -1685,6 +1737,7 @@ overwrite FILE.
                     "images",
                     "set",
                     "timeout-secs",
+                    "batch",
                 ],
                 &["json"],
             )
@@ -1692,6 +1745,27 @@ overwrite FILE.
             "dev-cert" => parse(rest, &["out", "names"], &[]).and_then(dev_cert),
             _ => parse(rest, &["id", "out"], &[]).and_then(new_token),
         }
+    }
+
+    /// `--batches 2,4`: numbers of images per session, each 2 to MAX_BATCH.
+    fn batch_list(arg: Option<&str>) -> Result<Vec<usize>, Usage> {
+        let Some(text) = arg else {
+            return Ok(Vec::new());
+        };
+        text.split(',')
+            .map(|k| {
+                k.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|k| (2..=safhire::protocol::MAX_BATCH).contains(k))
+                    .ok_or_else(|| {
+                        Usage(format!(
+                            "--batches: {k:?} is not a number of images from 2 to {}",
+                            safhire::protocol::MAX_BATCH
+                        ))
+                    })
+            })
+            .collect()
     }
 
     fn no_positional(a: &Args) -> CliResult {
@@ -1778,7 +1852,16 @@ overwrite FILE.
         let set = ctx.params().name().to_owned();
         let budget = policy.query_budget();
         let policy_name = policy.name().to_owned();
-        let endpoint = Endpoint::new(ctx, Arc::new(selection.model), policy)?;
+        let mut endpoint = Endpoint::new(ctx.clone(), Arc::new(selection.model), policy)?;
+        // PROTO-11: the batches to serve besides single images.
+        for k in batch_list(a.get("batches"))? {
+            let batched = safhire::engine::compile_batch(&ctx, &model, k)
+                .map_err(|e| format!("--batches {k}: {e}"))?;
+            endpoint = endpoint
+                .with_batch(Arc::new(batched))
+                .map_err(|e| format!("--batches {k}: {e}"))?;
+        }
+        let batches: Vec<usize> = endpoint.batches().collect();
         let (endpoint, ledger) = match (ledger_arg, ledger_url) {
             ("memory", _) => (endpoint, "memory (a restart resets every count)".to_owned()),
             // The URL may hold a password: only `target()` is ever shown.
@@ -1820,14 +1903,14 @@ overwrite FILE.
                     serde_json::json!({"listening": addr.to_string(), "model": model.name(),
                         "rounds": rounds, "parameter_set": set, "policy": policy_name,
                         "budget": budget, "identities": identities, "ledger": ledger,
-                        "max_sessions": max_sessions})
+                        "max_sessions": max_sessions, "batches": batches})
                 );
             } else {
                 println!("listening on {addr}");
                 println!(
                     "serving {} ({rounds} encrypted rounds) with parameter set {set} under policy {policy_name:?}: \
-                     {budget} sessions per client identity ({identities} in {tokens_path}); \
-                     at most {max_sessions} connections at once; ledger: {ledger}",
+                     {budget} queries (images) per client identity ({identities} in {tokens_path}); \
+                     sessions of {batches:?} image(s); at most {max_sessions} connections at once; ledger: {ledger}",
                     model.name()
                 );
             }
@@ -1914,6 +1997,14 @@ overwrite FILE.
         let ca = required(&a, "ca")?;
         let token_file = required(&a, "token-file")?;
         let timeout = Duration::from_secs(positive(&a, "timeout-secs", 120)?);
+        let batch = positive(&a, "batch", 1)? as usize;
+        if batch > safhire::protocol::MAX_BATCH {
+            return Err(Usage(format!(
+                "--batch: at most {} images per session",
+                safhire::protocol::MAX_BATCH
+            ))
+            .into());
+        }
         let (set, default_count) = match (a.get("inputs"), a.get("labels")) {
             (None, Some(_)) => return Err(Usage("--labels needs --inputs".into()).into()),
             (None, None) => (
@@ -1973,7 +2064,7 @@ overwrite FILE.
         let left = info.budget.saturating_sub(info.used);
         if !json {
             println!(
-                "connected to {server} as {:?} in {:.0} ms: parameter set {} (fingerprint {:#018x}); {} of {} sessions used",
+                "connected to {server} as {:?} in {:.0} ms: parameter set {} (fingerprint {:#018x}); {} of {} queries used",
                 info.client_id,
                 connect_ms,
                 info.set,
@@ -1983,7 +2074,7 @@ overwrite FILE.
             );
             if count as u64 > left {
                 println!(
-                    "note: {count} inputs but {left} sessions left: the server will refuse the rest"
+                    "note: {count} inputs but {left} queries left: the server will refuse the rest"
                 );
             }
         }
@@ -1994,23 +2085,36 @@ overwrite FILE.
         let mut total = Exchange::default();
         let mut correct = 0usize;
         let mut failure = None;
-        for (k, x) in set.inputs.iter().take(count).enumerate() {
-            let out = match rt.block_on(conn.infer(x)) {
+        // PROTO-11: sessions of --batch images; the remainder one by one.
+        let inputs: Vec<&[i64]> = set.inputs[..count].iter().map(Vec::as_slice).collect();
+        let full = count - count % batch;
+        let sessions = inputs[..full].chunks(batch).chain(inputs[full..].chunks(1));
+        let mut first = 0usize;
+        let mut session_reports = Vec::new();
+        for chunk in sessions {
+            let out = match rt.block_on(conn.infer_batch(chunk)) {
                 Ok(out) => out,
                 Err(e) => {
-                    failure = Some((k, e));
+                    failure = Some((first, e));
                     break;
                 }
             };
-            let prediction = argmax(&out.logits);
-            let label = set.labels.as_ref().map(|l| l[k]);
-            correct += usize::from(label == Some(prediction));
-            if !json {
-                match label {
-                    Some(l) => println!("image {k}: predicted {prediction} (label {l})"),
-                    None => println!("image {k}: predicted {prediction}"),
+            let session_first = first;
+            for (i, logits) in out.image_logits().enumerate() {
+                let k = session_first + i;
+                let prediction = argmax(logits);
+                let label = set.labels.as_ref().map(|l| l[k]);
+                correct += usize::from(label == Some(prediction));
+                if !json {
+                    match label {
+                        Some(l) => println!("image {k}: predicted {prediction} (label {l})"),
+                        None => println!("image {k}: predicted {prediction}"),
+                    }
                 }
+                images.push(serde_json::json!({"index": k, "prediction": prediction,
+                    "label": label, "logits": logits, "session_first_image": session_first}));
             }
+            first += chunk.len();
             setup.add(&out.setup);
             if rounds.len() < out.rounds.len() {
                 rounds.resize(out.rounds.len(), Exchange::default());
@@ -2019,11 +2123,9 @@ overwrite FILE.
                 rounds[r].add(e);
             }
             total.add(&out.total());
-            images.push(
-                serde_json::json!({"index": k, "prediction": prediction, "label": label,
-                "logits": out.logits, "setup": exchange_json(&out.setup),
-                "rounds": out.rounds.iter().map(exchange_json).collect::<Vec<_>>()}),
-            );
+            session_reports.push(serde_json::json!({"first_image": session_first,
+                "images": chunk.len(), "setup": exchange_json(&out.setup),
+                "rounds": out.rounds.iter().map(exchange_json).collect::<Vec<_>>()}));
         }
         rt.block_on(conn.close());
         rt.shutdown_timeout(Duration::from_secs(1));
@@ -2041,7 +2143,9 @@ overwrite FILE.
                     "used_after": failure.is_none().then_some(used_after)},
                 "inputs": count,
                 "completed": done,
+                "batch": batch,
                 "images": images,
+                "sessions": session_reports,
                 "mean": {"setup": exchange_json(&scaled(&setup, c)),
                     "rounds": rounds.iter().map(|r| exchange_json(&scaled(r, c))).collect::<Vec<_>>(),
                     "total": exchange_json(&scaled(&total, c))},

@@ -99,8 +99,11 @@ impl Exchange {
 /// One inference over the network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inference {
-    /// The logits, in true order.
+    /// The logits, in true order; for a session of several images, theirs
+    /// one after another.
     pub logits: Vec<i64>,
+    /// The images the session carried (PROTO-11).
+    pub batch: usize,
     /// SessionRequest → SessionAccept: the keys.
     pub setup: Exchange,
     /// One per encrypted round.
@@ -108,6 +111,11 @@ pub struct Inference {
 }
 
 impl Inference {
+    /// Each image's logits, in the order the images were given.
+    pub fn image_logits(&self) -> impl Iterator<Item = &[i64]> {
+        crate::protocol::image_logits(&self.logits, self.batch)
+    }
+
     /// The setup and every round, summed.
     pub fn total(&self) -> Exchange {
         let mut t = self.setup;
@@ -297,12 +305,24 @@ impl Connection {
     /// Runs one inference as one session (NET-6): the server charges it to
     /// this client's budget when it accepts it.
     pub async fn infer(&mut self, input: &[i64]) -> Result<Inference, NetError> {
-        self.check_input(input)?;
+        self.infer_batch(&[input]).await
+    }
+
+    /// Runs the inferences of several images as one session (PROTO-11),
+    /// charged one query per image; the logits come back image after image
+    /// ([`Inference::image_logits`]). The server refuses a number of images
+    /// it does not serve before charging the session.
+    pub async fn infer_batch(&mut self, inputs: &[&[i64]]) -> Result<Inference, NetError> {
+        for input in inputs {
+            self.check_input(input)?;
+        }
+        let batch = inputs.len();
         let t = Instant::now();
         let ctx = self.ctx.clone();
         let seeds = self.seeds.clone();
         let (client, request) = blocking(move || {
-            let (client, request) = Client::start_with(ctx.clone(), &*seeds);
+            let k = u32::try_from(batch).unwrap_or(u32::MAX);
+            let (client, request) = Client::start_batch_with(ctx.clone(), k, &*seeds)?;
             Ok((client, request.encode(&ctx)))
         })
         .await?;
@@ -311,7 +331,7 @@ impl Connection {
         setup.client_ms = keygen_ms;
 
         let t = Instant::now();
-        let (ctx, input) = (self.ctx.clone(), input.to_vec());
+        let (ctx, input) = (self.ctx.clone(), inputs.concat());
         let (mut client, mut upload) = blocking(move || {
             let accept = SessionAccept::decode(&ctx, &accept)?;
             let client = client.receive_accept(accept).map_err(|r| r.error)?;
@@ -341,6 +361,7 @@ impl Connection {
                 Next::Done(logits) => {
                     return Ok(Inference {
                         logits,
+                        batch,
                         setup,
                         rounds,
                     })
