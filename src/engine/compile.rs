@@ -40,8 +40,9 @@ pub fn compile(ctx: &Context, model: &crate::model::Model) -> Result<CompiledMod
 /// the same order. It is the same model for the endpoint
 /// ([`CompiledModel::batch`] and its digest name the model it batches), so
 /// an `Endpoint` serves it beside `model` and charges each of its sessions
-/// `batch` queries. Refused like [`compile`], and also when the batched
-/// model is too large.
+/// `batch` queries. Its last stage stacks its rows (ENG-14) only when
+/// `batch` is a power of two. Refused like [`compile`], and also when the
+/// batched model is too large.
 pub fn compile_batch(
     ctx: &Context,
     model: &crate::model::Model,
@@ -270,11 +271,12 @@ fn compile_layers(
         b.push_pool(ctx, model, pool_layer, pool)?;
     }
     reuse_repacks(ctx, &mut b.stages)?;
-    // ENG-14: the last round releases in true order. Not in a batch
-    // (ENG-15): stacked rows answer an upload written past its values with
-    // more equations per image than one image's session gives, which
-    // PROTO-6 does not count.
-    if let Some(last) = b.stages.last_mut().filter(|_| batch == 1) {
+    // ENG-14: the last round releases in true order. In a batch (ENG-15)
+    // only for k a power of two: stacked rows answer an upload written past
+    // its values with N/S equations, the next power of two above k·rows,
+    // which is k times one image's exactly when k is a power of two (k = 3,
+    // rows = 16: 64 > 48), and PROTO-6 counts per image.
+    if let Some(last) = b.stages.last_mut().filter(|_| batch.is_power_of_two()) {
         last.stack_rows_at_response(ctx);
     }
     let mut compiled = CompiledModel::assemble(ctx, model, b.stages, b.ops, b.stage_layers)?;
