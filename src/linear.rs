@@ -172,7 +172,11 @@ impl EncodedLayer {
             let mut row = Vec::with_capacity(inputs);
             let mut l1 = 0u128;
             for m in 0..inputs {
-                let poly = layout.weight_polynomial(weights, k, m)?;
+                // An all-zero polynomial (e.g. a batch's off-diagonal
+                // block, ENG-15) adds nothing: no product is formed for it.
+                let poly = layout
+                    .weight_polynomial(weights, k, m)?
+                    .filter(|w| w.iter().any(|&c| c != 0));
                 if let Some(w) = &poly {
                     l1 += w.iter().map(|&c| c.unsigned_abs() as u128).sum::<u128>();
                 }
