@@ -366,3 +366,112 @@ fn a_batch_compiles_as_the_block_diagonal_model_and_stacks_rows_only_for_powers_
     assert_eq!(strides, [Some(2048), Some(1024), None, Some(512)]);
     assert!(engine::compile_batch(&s.ctx, &s.model, 0).is_err());
 }
+
+/// A one-layer model: linear 6 → 3 on inputs in −8..=8, weights −7..=7.
+fn one_linear_layer() -> Model {
+    use safhire::model::{InputSpec, Layer, Shape};
+    let weights: Vec<i64> = (0..18).map(|i| (i * 5 % 15) as i64 - 7).collect();
+    Model::new(
+        "one-linear",
+        InputSpec {
+            shape: Shape::new(6, 1, 1),
+            min: -8,
+            max: 8,
+        },
+        vec![Layer::Linear {
+            out_features: 3,
+            weights,
+            bias: vec![3, -2, 5],
+        }],
+    )
+    .unwrap()
+}
+
+// PROTO-5, PROTO-11, proofs/batching.md: the published d + 1 attack (Kim &
+// Lee) run through batched sessions of the real protocol. Each image is
+// one chosen query (the base input, or the base plus v on one input), read
+// from the unshuffled logits image by image: the layer's 6 columns and its
+// bias fall to 7 images whatever the sessions' sizes, and a budget of 6
+// images stops it one column short, batched or not.
+#[test]
+fn d_plus_one_through_batched_sessions_costs_the_same_queries() {
+    let model = one_linear_layer();
+    let ctx = Arc::new(Context::new(ParameterSet::shipped("b16").unwrap()));
+    let compiled = Arc::new(engine::compile(&ctx, &model).unwrap());
+    let (true_w, true_b) = match &model.layers()[0] {
+        safhire::model::Layer::Linear { weights, bias, .. } => (weights.clone(), bias.clone()),
+        _ => unreachable!(),
+    };
+    let (d, rows, base, v) = (6usize, 3usize, 0i64, 8i64);
+    // Query q: the base input, then the base plus v on input q − 1.
+    let query = |q: usize| {
+        let mut x = vec![base; d];
+        if q > 0 {
+            x[q - 1] = base + v;
+        }
+        x
+    };
+    for budget in [7u64, 6] {
+        let policy = Policy::load(
+            &format!(
+                "[[policy]]\nname = \"p\"\ngranularity = \"element\"\nquery_budget = {budget}\n\
+                 allow_budget_above_attack_threshold = true\n"
+            ),
+            "p",
+        )
+        .unwrap();
+        let mut server = Endpoint::new(ctx.clone(), compiled.clone(), policy)
+            .unwrap()
+            .with_batch(Arc::new(engine::compile_batch(&ctx, &model, 4).unwrap()))
+            .unwrap();
+        let who = ClientId("mallory".into());
+        // Sessions of 4 images while 4 queries are left, then single images.
+        let mut answers: Vec<Vec<i64>> = Vec::new();
+        let mut sessions = Vec::new();
+        while answers.len() < d + 1 {
+            let k = if d + 1 - answers.len() >= 4 { 4 } else { 1 };
+            let xs: Vec<Vec<i64>> = (answers.len()..answers.len() + k).map(query).collect();
+            let (client, request) = Client::start_batch(ctx.clone(), k as u32).unwrap();
+            let request = SessionRequest::decode(&ctx, &request.encode(&ctx)).unwrap();
+            let (session, accept) = match server.accept(&who, request) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    assert!(matches!(e.kind, ErrorKind::BudgetExhausted { .. }), "{e}");
+                    break;
+                }
+            };
+            sessions.push(k);
+            let client = client.receive_accept(accept).unwrap();
+            let (client, upload) = client.send_input(&xs.concat()).unwrap();
+            let ServerStep::Closed(response) = session.receive_upload(upload).unwrap() else {
+                panic!("a one-round model closes after its round");
+            };
+            let ClientStep::Done(logits) = client.receive_response(response).unwrap() else {
+                panic!("a one-round model ends after its response");
+            };
+            answers.extend(image_logits(&logits, k).map(<[i64]>::to_vec));
+        }
+        assert_eq!(server.queries_used(&who).unwrap(), answers.len() as u64);
+        // Column q − 1 of W is (answer q − answer 0) / v; the bias is answer
+        // 0 (base 0).
+        let columns: Vec<Vec<i64>> = (1..answers.len())
+            .map(|q| {
+                (0..rows)
+                    .map(|i| (answers[q][i] - answers[0][i]) / v)
+                    .collect()
+            })
+            .collect();
+        for (c, column) in columns.iter().enumerate() {
+            let truth: Vec<i64> = (0..rows).map(|i| true_w[i * d + c]).collect();
+            assert_eq!(column, &truth, "column {c}");
+        }
+        assert_eq!(answers[0], true_b);
+        if budget == 7 {
+            assert_eq!(sessions, [4, 1, 1, 1]);
+            assert_eq!(columns.len(), d, "the whole layer in d + 1 queries");
+        } else {
+            assert_eq!(sessions, [4, 1, 1]);
+            assert_eq!(columns.len(), d - 1, "one column short of the layer");
+        }
+    }
+}
