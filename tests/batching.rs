@@ -475,3 +475,47 @@ fn d_plus_one_through_batched_sessions_costs_the_same_queries() {
         }
     }
 }
+
+// PROTO-11 through the facade: the builder compiles the batches on the set
+// it chooses, a client runs two images as one session, each image is one
+// query, and a batch of a compiled model must come compiled.
+#[test]
+fn the_facade_serves_batches_it_was_asked_for() {
+    use safhire::service::ModelServer;
+    let s = setup();
+    let server = ModelServer::builder(s.model.clone())
+        .policy(Policy::shipped("default").unwrap())
+        .batches(&[2])
+        .build()
+        .unwrap();
+    assert_eq!(server.batches().unwrap(), [1, 2]);
+    let mut client = server.client(ClientId("erin".into()));
+    let inputs = [s.set.inputs[20].as_slice(), s.set.inputs[21].as_slice()];
+    let inference = client.infer_batch(&inputs).unwrap();
+    assert_eq!(inference.batch, 2);
+    let got: Vec<&[i64]> = inference.image_logits().collect();
+    assert_eq!(
+        got,
+        [
+            s.set.integer_logits[20].as_slice(),
+            s.set.integer_logits[21].as_slice()
+        ]
+    );
+    assert_eq!(server.queries_used(&ClientId("erin".into())).unwrap(), 2);
+    let over = client.infer(inputs[0]).unwrap_err();
+    assert_eq!(over.budget_exhausted(), Some((2, 2)));
+    // Three images are not served: refused, nothing charged.
+    let mut frank = server.client(ClientId("frank".into()));
+    let three = [inputs[0], inputs[1], inputs[0]];
+    assert!(frank.infer_batch(&three).is_err());
+    assert_eq!(server.queries_used(&ClientId("frank".into())).unwrap(), 0);
+    // An input out of range is refused before any session.
+    assert!(frank.infer_batch(&[inputs[0], &[99; 64]]).is_err());
+    assert_eq!(server.queries_used(&ClientId("frank".into())).unwrap(), 0);
+    // A compiled model's batches come compiled.
+    let err = ModelServer::builder_compiled(s.ctx.clone(), s.single.clone())
+        .batches(&[2])
+        .build()
+        .unwrap_err();
+    assert!(!err.is_peer_fault());
+}
