@@ -11,19 +11,22 @@
 //! panics included. As root the cluster runs as the `postgres` user
 //! (PostgreSQL refuses root). Where no server can be started the test
 //! prints why and returns, except under `CI=true`, where it fails.
+//!
+//! The checks every SQL ledger keeps are in tests/common/ledger_contract.rs,
+//! shared with the SQLite ledger (tests/ledger.rs); the tests here run them
+//! on PostgreSQL, and add what only a database server has.
 #![cfg(feature = "postgres")]
 
-use safhire::protocol::{ClientId, Ledger, LedgerError, PostgresLedger};
+#[path = "common/ledger_contract.rs"]
+mod contract;
+
+use contract::{drain, id, ChargeRace};
+use safhire::protocol::{Ledger, LedgerError, PostgresLedger};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::time::Instant;
-
-fn id(name: &str) -> ClientId {
-    ClientId(name.into())
-}
 
 /// A PostgreSQL cluster in a temporary directory, stopped and removed on
 /// drop.
@@ -265,174 +268,49 @@ fn cluster() -> Option<Cluster> {
     }
 }
 
-/// Charges until the ledger refuses; returns how many charges it took.
-fn drain(ledger: &mut dyn Ledger, who: &ClientId, budget: u64) -> u64 {
-    let mut n = 0;
-    while ledger.charge(who, budget).is_ok() {
-        n += 1;
-        assert!(n <= budget, "charged past the budget");
-    }
-    n
+/// Runs `check` on a new cluster, each open a new connection to it; skips
+/// (or fails, under `CI=true`) as [`cluster`] says.
+fn on_cluster(check: impl FnOnce(contract::Open)) {
+    let Some(pg) = cluster() else { return };
+    let open = || -> Box<dyn Ledger> { Box::new(pg.ledger()) };
+    check(&open);
 }
 
 // PROTO-9: up to the budget, then a refusal that is the client's; budget 0
 // refuses the first session.
 #[test]
 fn charges_up_to_the_budget_then_refuses() {
-    let Some(pg) = cluster() else { return };
-    let mut ledger = pg.ledger();
-    assert_eq!(ledger.used(&id("alice")), Ok(0));
-    for want in 1..=3 {
-        assert_eq!(ledger.charge(&id("alice"), 3), Ok(want));
-    }
-    assert_eq!(
-        ledger.charge(&id("alice"), 3),
-        Err(LedgerError::Exhausted { used: 3, budget: 3 })
-    );
-    // A refusal charges nothing.
-    assert_eq!(ledger.used(&id("alice")), Ok(3));
-    // A larger budget (a new policy) lets the same identity go on.
-    assert_eq!(ledger.charge(&id("alice"), 4), Ok(4));
-    assert_eq!(
-        ledger.charge(&id("bob"), 0),
-        Err(LedgerError::Exhausted { used: 0, budget: 0 })
-    );
-    assert_eq!(ledger.used(&id("bob")), Ok(0));
-    assert_eq!(ledger.charge(&id("bob"), u64::MAX), Ok(1));
+    on_cluster(contract::charges_up_to_the_budget_then_refuses);
 }
 
 // PROTO-8, PROTO-9 with batches: a session of k images is charged k
 // queries at once, up to exactly the budget; a batch that would cross it,
-// or of zero queries, charges nothing.
+// or of zero queries, charges nothing; another server sees the batches.
 #[test]
 fn charges_batches_whole_or_not_at_all() {
-    let Some(pg) = cluster() else { return };
-    let mut ledger = pg.ledger();
-    // Two batches that reach exactly the budget, then not one more query.
-    assert_eq!(ledger.charge_queries(&id("a"), 4, 10), Ok(4));
-    assert_eq!(ledger.charge_queries(&id("a"), 6, 10), Ok(10));
-    assert_eq!(
-        ledger.charge_queries(&id("a"), 1, 10),
-        Err(LedgerError::Exhausted {
-            used: 10,
-            budget: 10
-        })
-    );
-    assert_eq!(ledger.used(&id("a")), Ok(10));
-
-    // A batch that would cross the budget is refused whole.
-    assert_eq!(ledger.charge_queries(&id("b"), 7, 10), Ok(7));
-    assert_eq!(
-        ledger.charge_queries(&id("b"), 4, 10),
-        Err(LedgerError::Exhausted {
-            used: 7,
-            budget: 10
-        })
-    );
-    assert_eq!(ledger.used(&id("b")), Ok(7));
-    assert_eq!(ledger.charge(&id("b"), 10), Ok(8));
-    assert_eq!(ledger.charge_queries(&id("b"), 2, 10), Ok(10));
-
-    // A first batch larger than the whole budget creates no count.
-    assert_eq!(
-        ledger.charge_queries(&id("c"), 11, 10),
-        Err(LedgerError::Exhausted {
-            used: 0,
-            budget: 10
-        })
-    );
-    assert_eq!(ledger.used(&id("c")), Ok(0));
-    assert_eq!(ledger.charge_queries(&id("c"), 10, 10), Ok(10));
-
-    // Budget 0 refuses every batch, and reports the real count.
-    assert_eq!(
-        ledger.charge_queries(&id("b"), 3, 0),
-        Err(LedgerError::Exhausted {
-            used: 10,
-            budget: 0
-        })
-    );
-
-    // Zero queries is the caller's mistake, whatever the budget and the
-    // count, and charges nothing.
-    for (who, budget) in [("e", 10), ("e", 0), ("e", u64::MAX), ("a", 10), ("b", 20)] {
-        assert_eq!(
-            ledger.charge_queries(&id(who), 0, budget),
-            Err(LedgerError::ZeroQueries),
-            "{who} {budget}"
-        );
-    }
-    assert_eq!(ledger.used(&id("e")), Ok(0));
-    assert_eq!(ledger.used(&id("a")), Ok(10));
-
-    // Another server sees the batches, and a larger budget lets one go on.
-    let mut other = pg.ledger();
-    assert_eq!(other.used(&id("b")), Ok(10));
-    assert_eq!(other.charge_queries(&id("a"), 5, 15), Ok(15));
-    assert_eq!(ledger.used(&id("a")), Ok(15));
+    on_cluster(contract::charges_batches_whole_or_not_at_all);
 }
 
 // PROTO-9: counts are `bigint`, so a budget above i64::MAX acts as
-// i64::MAX; a batch whose sum with the count would pass it is refused with
-// no charge, never wrapped and never a storage error (`bigint out of
-// range`), however close the count is to the limit.
+// i64::MAX, and no batch near it is a storage error (`bigint out of
+// range`).
 #[test]
 fn budgets_near_u64_max_never_overflow() {
-    let Some(pg) = cluster() else { return };
-    let mut ledger = pg.ledger();
-    let (max, top) = (u64::MAX, i64::MAX as u64);
-    for (queries, budget) in [(max, max), (top + 1, max), (top + 1, top + 1), (11, 10)] {
-        assert_eq!(
-            ledger.charge_queries(&id("x"), queries, budget),
-            Err(LedgerError::Exhausted { used: 0, budget }),
-            "{queries} of {budget}"
-        );
-    }
-    assert_eq!(ledger.used(&id("x")), Ok(0));
-    assert_eq!(ledger.charge_queries(&id("x"), top - 1, max), Ok(top - 1));
-    // Near the limit: `used + queries` would overflow bigint for these.
-    for queries in [2, top - 1, top, top + 1, max] {
-        assert_eq!(
-            ledger.charge_queries(&id("x"), queries, max),
-            Err(LedgerError::Exhausted {
-                used: top - 1,
-                budget: max
-            }),
-            "{queries}"
-        );
-    }
-    assert_eq!(ledger.used(&id("x")), Ok(top - 1));
-    assert_eq!(ledger.charge(&id("x"), max), Ok(top));
-    assert_eq!(
-        ledger.charge(&id("x"), max),
-        Err(LedgerError::Exhausted {
-            used: top,
-            budget: max
-        })
-    );
-    assert_eq!(ledger.used(&id("x")), Ok(top));
-    // The whole largest budget in one batch, exactly at the limit.
-    assert_eq!(ledger.charge_queries(&id("y"), top, top), Ok(top));
-    assert_eq!(ledger.charge_queries(&id("z"), top, max), Ok(top));
-    assert_eq!(pg.ledger().used(&id("z")), Ok(top));
+    on_cluster(contract::budgets_near_u64_max_never_overflow);
 }
 
 // PROTO-5, PROTO-9: identities are compared byte for byte, each with its
 // own count.
 #[test]
 fn distinct_identities_are_independent() {
-    let Some(pg) = cluster() else { return };
-    let mut ledger = pg.ledger();
-    // Case, trailing space, Unicode normalisation and NUL all distinguish.
-    let names = ["a", "A", "a ", "é", "e\u{301}", "a\0b", "a\0c", ""];
-    for (i, name) in names.iter().enumerate() {
-        let budget = i as u64 + 1;
-        assert_eq!(drain(&mut ledger, &id(name), budget), budget, "{name:?}");
-    }
-    for (i, name) in names.iter().enumerate() {
-        assert_eq!(ledger.used(&id(name)), Ok(i as u64 + 1), "{name:?}");
-    }
-    assert_eq!(ledger.used(&id("nobody")), Ok(0));
+    on_cluster(contract::distinct_identities_are_independent);
+}
+
+// PROTO-9: dropping the ledger and connecting again (a server restart)
+// keeps every count.
+#[test]
+fn charges_survive_a_restart() {
+    on_cluster(contract::charges_survive_a_restart);
 }
 
 // PROTO-9: dropping the ledger and connecting again (a server restart), and
@@ -470,20 +348,7 @@ fn counts_survive_restarts_of_the_server_and_the_database() {
 // one count per identity.
 #[test]
 fn two_ledgers_share_the_counts() {
-    let Some(pg) = cluster() else { return };
-    let (mut first, mut second) = (pg.ledger(), pg.ledger());
-    assert_eq!(first.charge(&id("carol"), 4), Ok(1));
-    assert_eq!(second.charge(&id("carol"), 4), Ok(2));
-    assert_eq!(first.charge(&id("carol"), 4), Ok(3));
-    assert_eq!(second.used(&id("carol")), Ok(3));
-    assert_eq!(second.charge(&id("carol"), 4), Ok(4));
-    assert_eq!(
-        first.charge(&id("carol"), 4),
-        Err(LedgerError::Exhausted { used: 4, budget: 4 })
-    );
-    assert_eq!(first.used(&id("dave")), Ok(0));
-    assert_eq!(second.charge(&id("dave"), 4), Ok(1));
-    assert_eq!(first.used(&id("dave")), Ok(1));
+    on_cluster(contract::two_ledgers_share_the_counts);
 }
 
 // PROTO-9: 8 threads, each with 2 connections of its own (16 servers),
@@ -493,163 +358,41 @@ fn two_ledgers_share_the_counts() {
 // 150. A second identity charged in the same race is unaffected.
 #[test]
 fn concurrent_charges_never_exceed_the_budget() {
-    let Some(pg) = cluster() else { return };
-    let url = pg.url();
-    const THREADS: usize = 8;
-    const TRIES: usize = 25;
-    const BUDGET: u64 = 150;
-    let start = Arc::new(Barrier::new(THREADS));
-    let t = Instant::now();
-    let threads: Vec<_> = (0..THREADS)
-        .map(|i| {
-            let (url, start) = (url.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                let mut ledgers = [
-                    PostgresLedger::connect(&url).unwrap(),
-                    PostgresLedger::connect(&url).unwrap(),
-                ];
-                start.wait();
-                let (mut charged, mut others) = (0u64, 0u64);
-                for k in 0..TRIES {
-                    let ledger = &mut ledgers[(i + k) % 2];
-                    match ledger.charge(&id("eve"), BUDGET) {
-                        Ok(used) => {
-                            assert!((1..=BUDGET).contains(&used), "count {used}");
-                            charged += 1;
-                        }
-                        Err(LedgerError::Exhausted { used, budget }) => {
-                            assert_eq!((used, budget), (BUDGET, BUDGET));
-                        }
-                        Err(e) => panic!("charge failed: {e}"),
-                    }
-                    if ledger.charge(&id("frank"), 1_000).is_ok() {
-                        others += 1;
-                    }
-                }
-                (charged, others)
-            })
-        })
-        .collect();
-    let (mut charged, mut others) = (0, 0);
-    for thread in threads {
-        let (c, o) = thread.join().unwrap();
-        charged += c;
-        others += o;
-    }
-    eprintln!(
-        "{} charges of two identities from {THREADS} threads x 2 connections in {:.2?}",
-        2 * THREADS * TRIES,
-        t.elapsed()
-    );
-    assert_eq!(charged, BUDGET, "successful charges");
-    assert_eq!(others, (THREADS * TRIES) as u64);
-    let ledger = pg.ledger();
-    assert_eq!(ledger.used(&id("eve")), Ok(BUDGET));
-    assert_eq!(ledger.used(&id("frank")), Ok((THREADS * TRIES) as u64));
+    on_cluster(|open| {
+        contract::concurrent_charges_never_exceed_the_budget(
+            open,
+            ChargeRace {
+                threads: 8,
+                connections: 2,
+                tries: 25,
+                budget: 150,
+                fresh: true,
+            },
+        )
+    });
 }
 
 // PROTO-9 with batches: 8 threads, each with 2 connections of its own (16
 // servers), race to charge one identity batches of 1, 2, 3, 5, 7, 11, 13
 // and 64 queries (one size per thread) until refused, against a budget of
-// 500. The count never passes the budget, every refusal left too few
-// queries for its batch, the queries of the successful batches sum to the
-// stored count (no double spending, no partial charge), and the thread of
-// single queries drains it exactly.
+// 500.
 #[test]
 fn concurrent_batches_never_exceed_the_budget() {
-    let Some(pg) = cluster() else { return };
-    let url = pg.url();
-    const BUDGET: u64 = 500;
-    const BATCHES: [u64; 8] = [1, 2, 3, 5, 7, 11, 13, 64];
-    // Made before the race: this test is about the charges, not the schema.
-    drop(pg.ledger());
-    let start = Arc::new(Barrier::new(BATCHES.len()));
-    let t = Instant::now();
-    let threads: Vec<_> = BATCHES
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let (url, start) = (url.clone(), start.clone());
-            std::thread::spawn(move || {
-                let mut ledgers = [
-                    PostgresLedger::connect(&url).unwrap(),
-                    PostgresLedger::connect(&url).unwrap(),
-                ];
-                start.wait();
-                let (mut charged, mut calls) = (0u64, 0usize);
-                loop {
-                    let ledger = &mut ledgers[(i + calls) % 2];
-                    calls += 1;
-                    match ledger.charge_queries(&id("eve"), k, BUDGET) {
-                        Ok(after) => {
-                            assert!((k..=BUDGET).contains(&after), "{k}: count {after}");
-                            charged += k;
-                            assert!(charged <= BUDGET, "charged past the budget");
-                        }
-                        Err(LedgerError::Exhausted { used, budget }) => {
-                            assert_eq!(budget, BUDGET);
-                            assert!(used <= BUDGET && used + k > BUDGET, "{k}: {used}");
-                            return (charged, calls);
-                        }
-                        Err(e) => panic!("charge failed: {e}"),
-                    }
-                }
-            })
-        })
-        .collect();
-    let (mut charged, mut calls) = (0, 0);
-    for thread in threads {
-        let (c, n) = thread.join().unwrap();
-        charged += c;
-        calls += n;
-    }
-    eprintln!(
-        "{calls} batch charges from {} threads x 2 connections in {:.2?}",
-        BATCHES.len(),
-        t.elapsed()
-    );
-    assert_eq!(charged, BUDGET, "queries of the successful batches");
-    assert_eq!(pg.ledger().used(&id("eve")), Ok(BUDGET));
+    on_cluster(|open| {
+        contract::concurrent_batches_never_exceed_the_budget(
+            open,
+            &[1, 2, 3, 5, 7, 11, 13, 64],
+            2,
+            500,
+        )
+    });
 }
 
 // PROTO-9 through the protocol: an endpoint restarted on the same database
 // refuses, as the peer's fault, an identity that spent its budget before.
 #[test]
 fn an_endpoint_restarted_on_the_database_keeps_the_budget() {
-    use safhire::engine;
-    use safhire::model::Model;
-    use safhire::params::ParameterSet;
-    use safhire::protocol::{Client, Endpoint, ErrorKind, Fault, Policy};
-    use safhire::rlwe::Context;
-    let Some(pg) = cluster() else { return };
-    let ctx = Arc::new(Context::new(ParameterSet::shipped("b16").unwrap()));
-    let model = Model::from_json(include_str!("../models/digits-cnn.json")).unwrap();
-    let compiled = Arc::new(engine::compile(&ctx, &model).unwrap());
-    let start = || {
-        Endpoint::new(
-            ctx.clone(),
-            compiled.clone(),
-            Policy::shipped("default").unwrap(),
-        )
-        .unwrap()
-        .with_ledger(Box::new(pg.ledger()))
-    };
-    let budget = Policy::shipped("default").unwrap().query_budget();
-    let who = id("alice");
-    {
-        let mut server = start();
-        for _ in 0..budget {
-            let (_, request) = Client::start(ctx.clone());
-            server.accept(&who, request).unwrap();
-        }
-    }
-    let mut restarted = start();
-    assert_eq!(restarted.queries_used(&who).unwrap(), budget);
-    let (_, request) = Client::start(ctx.clone());
-    let err = restarted.accept(&who, request).unwrap_err();
-    assert_eq!(err.fault, Fault::Peer);
-    assert!(matches!(err.kind, ErrorKind::BudgetExhausted { .. }));
+    on_cluster(contract::an_endpoint_restarted_on_the_ledger_keeps_the_budget);
 }
 
 // PROTO-9 as the `net` server uses it: charged on a blocking thread of a
