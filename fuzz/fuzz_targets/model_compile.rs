@@ -11,7 +11,9 @@
 //! phase splits (ENG-13) and shortcuts (ENG-4, ENG-12). For a compiled
 //! model, the compiled stages' plaintext reference (the encrypted
 //! semantics, rewrites included) must equal `Model::evaluate` on inputs
-//! drawn from the fuzz data, within the declared range.
+//! drawn from the fuzz data, within the declared range; and so must the
+//! compiled batch of 2 to 4 images (ENG-15) on the images laid one after
+//! another.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -248,5 +250,22 @@ fuzz_target!(|data: &[u8]| {
                 ctx.params().name()
             );
         }
+        // ENG-15: the model's batch of k images (k from the data) is
+        // refused or computes the images' own results, one after another.
+        let k = 2 + usize::from(data.last().copied().unwrap_or(0) % 3);
+        let Ok(batch) = engine::compile_batch(ctx, &model, k) else {
+            continue;
+        };
+        let inputs: Vec<Vec<i64>> = (0..k as u8)
+            .map(|salt| input_for(&model, data, salt.wrapping_mul(0x3b)))
+            .collect();
+        let want: Vec<i64> = inputs
+            .iter()
+            .flat_map(|x| model.evaluate(x).expect("in-range inputs evaluate"))
+            .collect();
+        let got = batch
+            .reference(&inputs.concat())
+            .expect("the batch's stages evaluate in-range inputs");
+        assert_eq!(got, want, "batch of {k} differs ({})", ctx.params().name());
     }
 });
