@@ -352,6 +352,44 @@ fn infer_and_bench_run_through_the_protocol_and_break_the_rounds_down() {
     }
 }
 
+// PROTO-11 from the command line: `infer --batch K` runs sessions of K
+// images (the remainder one by one), bit-exact, and refuses a K the
+// policy's budget cannot pay for; `bench --batch K` reports the time per
+// image.
+#[test]
+fn infer_and_bench_run_sessions_of_several_images() {
+    let out = safhire(&["infer", "--images", "5", "--batch", "2", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["bit_exact_all"], true, "{stdout}");
+    assert_eq!(report["inputs"], 5);
+    assert_eq!(report["batch"], 2);
+    assert_eq!(report["sessions"], 3, "2 + 2 + 1");
+    assert!(report["key_bytes"].as_u64().unwrap() > 1 << 20, "{stdout}");
+
+    // The default policy's budget is 2 queries: a session of 3 is refused.
+    let out = safhire(&["infer", "--images", "3", "--batch", "3"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("a session of 3 images costs 3 queries"),
+        "{stderr}"
+    );
+
+    let out = safhire(&["bench", "digits", "--batch", "2", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["bit_exact"], true, "{stdout}");
+    assert_eq!(report["batch"], 2);
+    let (server, per_image) = (
+        report["server_ms"].as_f64().unwrap(),
+        report["server_ms_per_image"].as_f64().unwrap(),
+    );
+    assert!((server / 2.0 - per_image).abs() < 1e-9, "{stdout}");
+}
+
 // The same `infer` under a policy that would not serve the model to
 // untrusted clients: it still runs (the owner is its own client) and says so.
 #[test]

@@ -86,6 +86,9 @@ runs the shipped digits CNN on its test images (models/).
                         accumulator units, instead of the policy's dp_sigma
                         (only for a policy with noise: dp); the printed ε is
                         for this σ (spec/dp.md)
+  --batch K             K images per session (PROTO-11: the model's
+                        block-diagonal batch), the remainder one by one
+                        (default 1)
   --json                machine-readable report on stdout
   -h, --help            this text";
 
@@ -99,7 +102,7 @@ per-round client and server time, traffic, key size, peak memory.
 
   --model FILE          benchmark this model instead
   --set NAME|auto       parameter set (default auto)
-  --policy NAME         policy the set must satisfy (default: benchmark)
+  --policy NAME         policy the set must satisfy (default: default)
   --threads N           run the server on a local pool of N threads
                         (default: rayon's global pool, one thread per core
                         or RAYON_NUM_THREADS)
@@ -267,6 +270,7 @@ fn main() -> ExitCode {
                 "policy",
                 "granularity",
                 "dp-sigma",
+                "batch",
             ],
             &["json"],
         )
@@ -1011,11 +1015,27 @@ fn infer(a: Args) -> CliResult {
     }
 
     // Client and server in this process, through the typed protocol: one
-    // session per input, each with fresh keys, every message encoded and
-    // decoded (src/service.rs). Each input is its own identity's single
-    // session: the owner's queries of its own model spend no budget of
-    // anyone's.
-    let server = owner_server(selection.context, selection.model, &policy, unit, None)?;
+    // session per input (or per --batch inputs), each with fresh keys,
+    // every message encoded and decoded (src/service.rs). Each session is
+    // its own identity's single session: the owner's queries of its own
+    // model spend no budget of anyone's.
+    let batch = match a.get("batch") {
+        None => 1,
+        Some(k) => k
+            .parse::<usize>()
+            .ok()
+            .filter(|k| (1..=safhire::protocol::MAX_BATCH).contains(k))
+            .ok_or_else(|| {
+                Usage(format!(
+                    "--batch: {k:?} is not a number of images from 1 to {}",
+                    safhire::protocol::MAX_BATCH
+                ))
+            })?,
+    };
+    let batched = (batch > 1)
+        .then(|| safhire::engine::compile_batch(&selection.context, &model, batch))
+        .transpose()?;
+    let server = owner_server(selection.context, selection.model, &policy, unit, batched)?;
     let compiled = server.model().clone();
     let rounds = compiled.rounds();
     let mut totals: Vec<RoundTotals> = (0..rounds).map(|_| RoundTotals::default()).collect();
@@ -1024,24 +1044,36 @@ fn infer(a: Args) -> CliResult {
     let mut exporter_disagrees = 0usize;
     let mut plain_ms = 0f64;
     let bar = progress_bar(count, "inputs");
-    for (k, x) in set.inputs.iter().take(count).enumerate() {
-        let out = server.client(ClientId(format!("infer-{k}"))).infer(x)?;
-        let t = Instant::now();
-        let reference = model.evaluate(x)?;
-        plain_ms += ms(t);
-        agree += usize::from(out.logits == reference);
-        if let Some(expected) = &set.expected_logits {
-            exporter_disagrees += usize::from(expected[k] != reference);
-        }
-        if let Some(labels) = &set.labels {
-            correct += usize::from(argmax(&out.logits) == labels[k]);
-            plain_correct += usize::from(argmax(&reference) == labels[k]);
+    // Sessions of `batch` inputs, the remainder one by one (PROTO-11).
+    let inputs: Vec<&[i64]> = set.inputs[..count].iter().map(Vec::as_slice).collect();
+    let full = count - count % batch;
+    let mut sessions = 0usize;
+    let mut first = 0usize;
+    for chunk in inputs[..full].chunks(batch).chain(inputs[full..].chunks(1)) {
+        let out = server
+            .client(ClientId(format!("infer-{first}")))
+            .infer_batch(chunk)?;
+        for (i, (x, logits)) in chunk.iter().zip(out.image_logits()).enumerate() {
+            let k = first + i;
+            let t = Instant::now();
+            let reference = model.evaluate(x)?;
+            plain_ms += ms(t);
+            agree += usize::from(logits == reference.as_slice());
+            if let Some(expected) = &set.expected_logits {
+                exporter_disagrees += usize::from(expected[k] != reference);
+            }
+            if let Some(labels) = &set.labels {
+                correct += usize::from(argmax(logits) == labels[k]);
+                plain_correct += usize::from(argmax(&reference) == labels[k]);
+            }
+            bar.inc(1);
         }
         setup.add(&out.setup);
         for (total, r) in totals.iter_mut().zip(&out.rounds) {
             total.add(r);
         }
-        bar.inc(1);
+        sessions += 1;
+        first += chunk.len();
     }
     bar.finish_and_clear();
     let c = count.max(1) as f64;
@@ -1049,21 +1081,24 @@ fn infer(a: Args) -> CliResult {
     let ts: f64 = totals.iter().map(|r| r.server_ms).sum();
     let up: usize = totals.iter().map(|r| r.up).sum();
     let down: usize = totals.iter().map(|r| r.down).sum();
-    let key_bytes = setup.up / count.max(1);
+    let key_bytes = setup.up / sessions.max(1);
+    let per_session = sessions.max(1) as f64;
     if json {
         let report = serde_json::json!({
             "command": "infer",
             "model": model_json(&model, &compiled),
             "parameter_set": selection_report,
             "granularity": format!("{unit:?}").to_lowercase(),
-            "transport": "typed protocol, in process (one session per input)",
+            "transport": "typed protocol, in process (one session per input, or per --batch inputs)",
+            "batch": batch,
+            "sessions": sessions,
             "machine": machine_json(),
             "policy_serves_untrusted_clients": serves,
             "policy_verdict": serves_text,
             "inputs": count,
             "key_bytes": key_bytes,
-            "keygen_ms": setup.client_ms / c,
-            "key_expansion_ms": setup.server_ms / c,
+            "keygen_ms": setup.client_ms / per_session,
+            "key_expansion_ms": setup.server_ms / per_session,
             "rounds": totals.iter().map(|r| r.json(c)).collect::<Vec<_>>(),
             "client_ms": tc / c,
             "server_ms": ts / c,
@@ -1082,12 +1117,12 @@ fn infer(a: Args) -> CliResult {
         println!("{}", machine_line());
         println!(
             "keys: generated in {:.0} ms by the client, expanded in {:.0} ms by the server (mean per session); evaluation keys {:.2} MiB (sent once per session)",
-            setup.client_ms / c,
-            setup.server_ms / c,
+            setup.client_ms / per_session,
+            setup.server_ms / per_session,
             key_bytes as f64 / 1048576.0
         );
         println!(
-            "\nper inference (mean of {count}; each a session of the typed protocol, in process):"
+            "\nper inference (mean of {count} images in {sessions} session(s) of the typed protocol, in process):"
         );
         println!("  round   client ms   server ms =  repack  linear    pack sanitise   other");
         let row = |label: &str, r: &RoundTotals| {
