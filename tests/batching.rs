@@ -21,10 +21,18 @@ use std::sync::{Arc, OnceLock};
 const MODEL: &str = include_str!("../models/digits-cnn.json");
 const TEST_SET: &str = include_str!("../models/digits-test.json");
 
-#[derive(serde::Deserialize)]
+/// The shipped test images and the exporter's integer logits of each.
 struct TestSet {
     inputs: Vec<Vec<i64>>,
     integer_logits: Vec<Vec<i64>>,
+}
+
+fn test_set() -> TestSet {
+    let set = safhire::model::TestSet::from_json("digits-test", TEST_SET).unwrap();
+    TestSet {
+        integer_logits: set.expected_logits.unwrap(),
+        inputs: set.inputs,
+    }
 }
 
 struct Setup {
@@ -48,7 +56,7 @@ fn setup() -> &'static Setup {
             triple: compile(3),
             ctx,
             model,
-            set: serde_json::from_str(TEST_SET).unwrap(),
+            set: test_set(),
         }
     })
 }
