@@ -708,6 +708,13 @@ fn dp_statement(compiled: &CompiledModel, policy: &Policy) -> (String, serde_jso
     }
 }
 
+/// The sessions `infer --batch` and `query --batch` run (PROTO-11): `batch`
+/// inputs each, the remainder one by one.
+fn sessions_of<'a>(inputs: &'a [&'a [i64]], batch: usize) -> impl Iterator<Item = &'a [&'a [i64]]> {
+    let full = inputs.len() - inputs.len() % batch;
+    inputs[..full].chunks(batch).chain(inputs[full..].chunks(1))
+}
+
 fn argmax(v: &[i64]) -> usize {
     (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
@@ -1046,10 +1053,9 @@ fn infer(a: Args) -> CliResult {
     let bar = progress_bar(count, "inputs");
     // Sessions of `batch` inputs, the remainder one by one (PROTO-11).
     let inputs: Vec<&[i64]> = set.inputs[..count].iter().map(Vec::as_slice).collect();
-    let full = count - count % batch;
     let mut sessions = 0usize;
     let mut first = 0usize;
-    for chunk in inputs[..full].chunks(batch).chain(inputs[full..].chunks(1)) {
+    for chunk in sessions_of(&inputs, batch) {
         let out = server
             .client(ClientId(format!("infer-{first}")))
             .infer_batch(chunk)?;
@@ -2122,8 +2128,7 @@ overwrite FILE.
         let mut failure = None;
         // PROTO-11: sessions of --batch images; the remainder one by one.
         let inputs: Vec<&[i64]> = set.inputs[..count].iter().map(Vec::as_slice).collect();
-        let full = count - count % batch;
-        let sessions = inputs[..full].chunks(batch).chain(inputs[full..].chunks(1));
+        let sessions = super::sessions_of(&inputs, batch);
         let mut first = 0usize;
         let mut session_reports = Vec::new();
         for chunk in sessions {
