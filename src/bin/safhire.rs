@@ -708,6 +708,20 @@ fn dp_statement(compiled: &CompiledModel, policy: &Policy) -> (String, serde_jso
     }
 }
 
+/// `--batch K`: images per session, 1 (the default) to MAX_BATCH.
+fn batch_arg(text: Option<&str>) -> Result<usize, Usage> {
+    let Some(k) = text else { return Ok(1) };
+    k.parse::<usize>()
+        .ok()
+        .filter(|k| (1..=safhire::protocol::MAX_BATCH).contains(k))
+        .ok_or_else(|| {
+            Usage(format!(
+                "--batch: {k:?} is not a number of images from 1 to {}",
+                safhire::protocol::MAX_BATCH
+            ))
+        })
+}
+
 /// The sessions `infer --batch` and `query --batch` run (PROTO-11): `batch`
 /// inputs each, the remainder one by one.
 fn sessions_of<'a>(inputs: &'a [&'a [i64]], batch: usize) -> impl Iterator<Item = &'a [&'a [i64]]> {
@@ -1026,19 +1040,7 @@ fn infer(a: Args) -> CliResult {
     // every message encoded and decoded (src/service.rs). Each session is
     // its own identity's single session: the owner's queries of its own
     // model spend no budget of anyone's.
-    let batch = match a.get("batch") {
-        None => 1,
-        Some(k) => k
-            .parse::<usize>()
-            .ok()
-            .filter(|k| (1..=safhire::protocol::MAX_BATCH).contains(k))
-            .ok_or_else(|| {
-                Usage(format!(
-                    "--batch: {k:?} is not a number of images from 1 to {}",
-                    safhire::protocol::MAX_BATCH
-                ))
-            })?,
-    };
+    let batch = batch_arg(a.get("batch"))?;
     let batched = (batch > 1)
         .then(|| safhire::engine::compile_batch(&selection.context, &model, batch))
         .transpose()?;
@@ -1230,14 +1232,7 @@ fn bench(a: Args) -> CliResult {
     };
     let threads = positive("threads")?;
     let repeat = positive("repeat")?;
-    let batch = positive("batch")?.unwrap_or(1);
-    if batch > safhire::protocol::MAX_BATCH {
-        return Err(Usage(format!(
-            "--batch: at most {} images per session",
-            safhire::protocol::MAX_BATCH
-        ))
-        .into());
-    }
+    let batch = batch_arg(a.get("batch"))?;
     let sweep = a.has("threads-sweep");
     if sweep && threads.is_some() {
         return Err(Usage("--threads and --threads-sweep exclude each other".into()).into());
@@ -2038,14 +2033,7 @@ overwrite FILE.
         let ca = required(&a, "ca")?;
         let token_file = required(&a, "token-file")?;
         let timeout = Duration::from_secs(positive(&a, "timeout-secs", 120)?);
-        let batch = positive(&a, "batch", 1)? as usize;
-        if batch > safhire::protocol::MAX_BATCH {
-            return Err(Usage(format!(
-                "--batch: at most {} images per session",
-                safhire::protocol::MAX_BATCH
-            ))
-            .into());
-        }
+        let batch = super::batch_arg(a.get("batch"))?;
         let (set, default_count) = match (a.get("inputs"), a.get("labels")) {
             (None, Some(_)) => return Err(Usage("--labels needs --inputs".into()).into()),
             (None, None) => (
