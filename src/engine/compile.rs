@@ -273,7 +273,7 @@ fn compile_layers(
     reuse_repacks(ctx, &mut b.stages)?;
     // ENG-14: the last round releases in true order. In a batch (ENG-15)
     // only for k a power of two: stacked rows answer an upload written past
-    // its values with N/S equations, the next power of two above k·rows,
+    // its values with N/S equations, the least power of two ≥ k·rows,
     // which is k times one image's exactly when k is a power of two (k = 3,
     // rows = 16: 64 > 48), and PROTO-6 counts per image.
     if let Some(last) = b.stages.last_mut().filter(|_| batch.is_power_of_two()) {
