@@ -165,13 +165,28 @@ pub enum PackError {
         /// The set's `shared_pack_levels`.
         allowed: u32,
     },
-    /// [`Packer::trace`] was given a stride that is not a power of two ≤ N.
+    /// [`Packer::trace`] or [`Packer::trace_groups`] was given a stride
+    /// that is not a power of two ≤ N.
     #[error("trace stride {stride} is not a power of two at most N = {n}")]
     TraceStride {
         /// The stride asked for.
         stride: usize,
         /// N, the ring degree.
         n: usize,
+    },
+    /// [`Packer::trace_groups`] was given no group, more groups than
+    /// S_g/S, or a group stride below the stride.
+    #[error(
+        "{groups} groups at stride {group_stride} do not trace to stride {stride} \
+         (1 to S_g/S groups, S ≤ S_g)"
+    )]
+    TraceGroups {
+        /// The groups given.
+        groups: usize,
+        /// S_g, the stride of each group's values.
+        group_stride: usize,
+        /// S, the result's stride.
+        stride: usize,
     },
 }
 
@@ -541,29 +556,76 @@ impl<'a> Packer<'a> {
     /// It is the pack of the values at those coefficients to the same
     /// positions when `source` holds nothing else at them: the top log2 S
     /// levels of the tree, each joining a node to an empty sibling, on
-    /// `source` pre-scaled by S^-1 (q is odd).
+    /// `source` pre-scaled by S^-1 (q is odd). The one-group case of
+    /// [`trace_groups`](Self::trace_groups).
     pub fn trace(
         &self,
         source: &Ciphertext,
         stride: usize,
     ) -> Result<(Ciphertext, PackWork), PackError> {
+        self.trace_groups(std::slice::from_ref(source), stride, stride)
+    }
+
+    /// ENG-14: the pack of groups of values held at the multiples of
+    /// S_g = `group_stride` into one ciphertext at the multiples of
+    /// S = `stride` (powers of two, S ≤ S_g ≤ N): coefficient S_g·j of
+    /// `groups[g]` goes to S·(g + j·G), G = S_g/S, and every coefficient of
+    /// the result that is not a multiple of S is zero (proofs/packing.md,
+    /// Lemma 9). Group g, pre-scaled by S_g^-1, stands for the tree's node
+    /// (L − log2 S_g, g·S); the nodes above it are joined up to the one
+    /// that holds the multiples of S, then traced: one key switch per
+    /// non-empty node, G − 1 at most below S and log2 S above it. At most G
+    /// groups, at least one.
+    pub fn trace_groups(
+        &self,
+        groups: &[Ciphertext],
+        group_stride: usize,
+        stride: usize,
+    ) -> Result<(Ciphertext, PackWork), PackError> {
         let ctx = self.ctx;
         let n = ctx.n();
-        if !stride.is_power_of_two() || stride > n {
-            return Err(PackError::TraceStride { stride, n });
+        for s in [stride, group_stride] {
+            if !s.is_power_of_two() || s > n {
+                return Err(PackError::TraceStride { stride: s, n });
+            }
         }
-        let levels = stride.trailing_zeros();
+        // G = S_g/S, 0 when S > S_g.
+        let slots = group_stride / stride;
+        if groups.is_empty() || groups.len() > slots {
+            return Err(PackError::TraceGroups {
+                groups: groups.len(),
+                group_stride,
+                stride,
+            });
+        }
         let log_n = ctx.params().log_ring_degree();
-        // S^-1 = N^-1·(N/S) mod q.
-        let mut ct = source.clone();
-        ct.scalar_mul_assign(ctx.q(), &n_inv_times(ctx, (n / stride) as u64));
-        for level in log_n - levels + 1..=log_n {
+        let top = log_n - stride.trailing_zeros();
+        // S_g^-1 = N^-1·(N/S_g) mod q.
+        let scale = n_inv_times(ctx, (n / group_stride) as u64);
+        let mut leaves: Vec<Option<Ciphertext>> = groups
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.scalar_mul_assign(ctx.q(), &scale);
+                Some(c)
+            })
+            .collect();
+        leaves.resize_with(slots, || None);
+        let mut ct = self
+            .join_group(leaves, top)
+            .expect("a node above a group is never empty");
+        for level in top + 1..=log_n {
             ct = self
                 .join(level, Some(ct), None)
                 .expect("a node with a child is never empty");
         }
+        // Below S, node r of the j-th level up holds groups r, r + G/2^j,
+        // …: it is non-empty when r < the number of groups.
+        let joins: usize = (1..=slots.trailing_zeros())
+            .map(|j| groups.len().min(slots >> j))
+            .sum();
         let work = PackWork {
-            node_key_switches: u64::from(levels),
+            node_key_switches: (joins + stride.trailing_zeros() as usize) as u64,
             ..PackWork::default()
         };
         Ok((ct, work))
@@ -1399,6 +1461,77 @@ mod tests {
                     PackError::TraceStride { stride, n }
                 );
             }
+        }
+    }
+
+    // ENG-14 (proofs/packing.md, Lemma 9): groups at the multiples of S_g
+    // traced into one ciphertext at the multiples of S: coefficient S_g·j
+    // of group g lands at S·(g + j·S_g/S), every other coefficient is zero
+    // (the groups' values off their multiples of S_g are random here, so
+    // a join that let one through, or a group at the wrong node, fails);
+    // one key switch per non-empty node; bad strides and counts refused.
+    #[test]
+    fn traced_groups_interleave_at_the_multiples_of_the_stride() {
+        for set in ["b16", "s16"] {
+            let ctx = Context::new(ParameterSet::shipped(set).unwrap());
+            let n = ctx.n();
+            let mut rng = Csprng::from_seed([13; 16]);
+            let sk = SecretKey::generate(&ctx, &mut rng);
+            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
+            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let packer = Packer::new(&ctx, &keys);
+            let values: Vec<Vec<i64>> = (0..5)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| rng.uniform_below(201) as i64 - 100)
+                        .collect()
+                })
+                .collect();
+            let cts: Vec<Ciphertext> = values
+                .iter()
+                .map(|v| ctx.encrypt(&sk, v, &mut rng))
+                .collect();
+            // (groups, S_g, S, key switches): 3 of 4 groups join in 2 + 1
+            // nodes below S = 128, then 7 levels; 5 of 8 in 4 + 2 + 1.
+            for (count, group_stride, stride, switches) in [
+                (3, 512, 128, 3 + 7),
+                (5, 1024, 128, 7 + 7),
+                (2, 2, 1, 1),
+                (1, 256, 256, 8),
+            ] {
+                let (traced, work) = packer
+                    .trace_groups(&cts[..count], group_stride, stride)
+                    .unwrap();
+                let groups = group_stride / stride;
+                let mut want = vec![0i64; n];
+                for (g, v) in values[..count].iter().enumerate() {
+                    for j in 0..n / group_stride {
+                        want[stride * (g + j * groups)] = v[group_stride * j];
+                    }
+                }
+                assert_eq!(
+                    ctx.decrypt(&sk, &traced),
+                    want,
+                    "{set}: {count} groups, S_g = {group_stride}, S = {stride}"
+                );
+                assert_eq!(work.node_key_switches, switches);
+            }
+            for (count, group_stride, stride) in [(0, 512, 128), (5, 512, 128), (1, 128, 256)] {
+                assert_eq!(
+                    packer
+                        .trace_groups(&cts[..count], group_stride, stride)
+                        .unwrap_err(),
+                    PackError::TraceGroups {
+                        groups: count,
+                        group_stride,
+                        stride
+                    }
+                );
+            }
+            assert_eq!(
+                packer.trace_groups(&cts[..1], 3 * 128, 128).unwrap_err(),
+                PackError::TraceStride { stride: 384, n }
+            );
         }
     }
 

@@ -359,10 +359,21 @@ fn a_batch_compiles_as_the_block_diagonal_model_and_stacks_rows_only_for_powers_
     for (a, b) in s.single.stages().iter().zip(s.triple.stages()) {
         assert_eq!(b.output_len(), 3 * a.output_len());
     }
-    let stride = |m: &CompiledModel| m.stages().last().unwrap().response_by_trace();
-    // The digits model's 10 logits stack at S = 4096/16 for one image;
-    // three images never stack (3 is not a power of two).
+    let stride = |m: &CompiledModel| {
+        let stacked = m.stages().last().unwrap().stacked_rows();
+        stacked.map(|s| s.stride())
+    };
+    // The digits model's 10 logits stack at S = 4096/16 for one image; a
+    // pair's 20 rows of 512 columns at S = 4096/32 in 512/128 = 4 groups of
+    // 5 rows; three images never stack (3 is not a power of two).
     assert_eq!(stride(&s.single), Some(256));
+    let pair = s.pair.stages().last().unwrap();
+    let stacked = pair.stacked_rows().unwrap();
+    assert_eq!(
+        (stacked.stride(), stacked.group_stride(), stacked.groups()),
+        (128, 512, 4)
+    );
+    assert_eq!(pair.output_ciphertexts(), 4);
     assert_eq!(stride(&s.triple), None);
     // A last layer of 2 rows over 18 inputs stacks at S = N/P(2k) for k =
     // 1, 2, 4 (the rows fit, and the stacked ‖ŵ‖₁ is within the layout's),

@@ -842,16 +842,16 @@ fn rounds_with_phases(
 // switch before the product: the repack phase is never entered), the conv
 // before it still repacks, and the logits equal the reference bit for bit
 // under several session seeds (random σ), element and channel shuffling,
-// for an upload of one ciphertext (6·8·8 values) and of two (5·30·30 =
-// 4500 > N = 4096, the second ciphertext partly used). Values a client
-// puts past its upload's values change nothing, as the repack drops them:
-// with one row per output ciphertext no weight reaches them. (9 and 3
-// rows: their response strides, 256 and 1024, are below the columns, so
-// ENG-14 does not stack them; `tests/shipped_model.rs` has a stacked one.)
+// for an upload of one ciphertext (6·20·20 = 2400 values) and of two
+// (5·30·30 = 4500 > N = 4096, the second ciphertext partly used). Values a
+// client puts past its upload's values change nothing, as the repack drops
+// them: with one row per output ciphertext no weight reaches them. (More
+// columns than N/2, so ENG-14 could only lay one row per group and does
+// not stack them; `tests/shipped_model.rs` has stacked ones.)
 #[test]
 fn a_matvec_stage_reads_its_upload_without_a_repack_and_stays_exact() {
     for (set, model) in [
-        ("b16", conv_then_wide_linear(21, 8, 6, 9)),
+        ("b16", conv_then_wide_linear(21, 20, 6, 9)),
         ("b20", conv_then_wide_linear(22, 30, 5, 3)),
     ] {
         let f = fixture(set);
@@ -859,7 +859,7 @@ fn a_matvec_stage_reads_its_upload_without_a_repack_and_stays_exact() {
         let stages = compiled.stages();
         assert!(!stages[0].reads_upload_directly(), "{set}: a conv repacks");
         assert!(stages[1].reads_upload_directly(), "{set}: the mat-vec");
-        assert_eq!(stages[1].response_by_trace(), None, "{set}: one row each");
+        assert_eq!(stages[1].stacked_rows(), None, "{set}: one row each");
         let cols = stages[1].input_len();
         assert_eq!(stages[1].input_ciphertexts(), cols.div_ceil(f.ctx.n()));
         let mut rng = Csprng::from_seed([23; 16]);

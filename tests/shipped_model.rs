@@ -392,8 +392,8 @@ fn the_digits_stages_are_laid_out_by_price() {
             // the layout's counts price the repack it replaces.
             assert!(stage.matvec_shape().is_some(), "stage {r}");
             assert_eq!(stage.input_ciphertexts(), stage.input_len().div_ceil(n));
-            let rows = match stage.response_by_trace() {
-                Some(_) => 1,
+            let rows = match stage.stacked_rows() {
+                Some(stacked) => stacked.groups().min(stage.output_len()),
                 None => stage.output_len(),
             };
             assert_eq!(stage.output_ciphertexts(), rows);
@@ -414,10 +414,13 @@ fn the_digits_stages_are_laid_out_by_price() {
 // response's coefficients and is packed by the trace: the digits
 // classifier (10 rows of 256 columns, S = 256) and ResNet-20's (10 × 64).
 // One with more columns than the stride (40 rows of 256 columns: S = 64)
-// keeps a row per ciphertext. All run encrypted bit for bit (the digits
-// model also in `encrypted_inference_of_the_shipped_model_is_exact`).
-// PROTO-6 counts the stacked classifier's 10 rows of 64 pooled inputs
-// and a bias, 650 unknowns, at the response's 16 slots per query.
+// lays its rows in S_g/S = 256/64 = 4 groups, row i in ciphertext i mod 4
+// at 256·⌊i/4⌋, and traces the 4 to the multiples of 64. All run encrypted
+// bit for bit (the digits model also in
+// `encrypted_inference_of_the_shipped_model_is_exact`). PROTO-6 counts the
+// stacked classifier's 10 rows of 64 pooled inputs and a bias, 650
+// unknowns, at the response's 16 slots per query; the wide one's 40 rows
+// of 257 unknowns at 64 slots.
 #[test]
 fn a_final_classifier_lands_at_the_response_and_is_traced() {
     let f = fixture("b16");
@@ -425,7 +428,8 @@ fn a_final_classifier_lands_at_the_response_and_is_traced() {
     let digits = Model::from_json(MODEL).unwrap();
     let compiled = engine::compile(&f.ctx, &digits).unwrap();
     let last = compiled.stages().last().unwrap();
-    assert_eq!(last.response_by_trace(), Some(256));
+    let stacked = last.stacked_rows().unwrap();
+    assert_eq!((stacked.stride(), stacked.groups()), (256, 1));
     assert_eq!(last.output_ciphertexts(), 1);
     assert_eq!(last.independent_inputs(), 64);
     assert_eq!(
@@ -434,14 +438,12 @@ fn a_final_classifier_lands_at_the_response_and_is_traced() {
     );
     assert!(compiled.stages()[..compiled.stages().len() - 1]
         .iter()
-        .all(|s| s.response_by_trace().is_none()));
+        .all(|s| s.stacked_rows().is_none()));
     assert_runs_exactly(&digits, &compiled, 64, 21);
 
     let resnet = engine::compile(&f.ctx, &safhire::model::zoo::resnet20(1)).unwrap();
-    assert_eq!(
-        resnet.stages().last().unwrap().response_by_trace(),
-        Some(n / 16)
-    );
+    let stacked = resnet.stages().last().unwrap().stacked_rows().unwrap();
+    assert_eq!((stacked.stride(), stacked.groups()), (n / 16, 1));
 
     // 8×8 input, a 4-channel conv, flatten (256 values) and 40 outputs.
     let mut rng = safhire::rng::Csprng::from_seed([22; 16]);
@@ -465,9 +467,16 @@ fn a_final_classifier_lands_at_the_response_and_is_traced() {
     let compiled = engine::compile(&f.ctx, &wide).unwrap();
     let last = compiled.stages().last().unwrap();
     assert!(last.reads_upload_directly());
-    assert_eq!(last.response_by_trace(), None);
-    assert_eq!(last.output_ciphertexts(), 40);
-    assert_eq!(last.attack_queries(ShuffleUnit::Element), Some(257));
+    let stacked = last.stacked_rows().unwrap();
+    assert_eq!(
+        (stacked.stride(), stacked.group_stride(), stacked.groups()),
+        (64, 256, 4)
+    );
+    assert_eq!(last.output_ciphertexts(), 4);
+    assert_eq!(
+        last.attack_queries(ShuffleUnit::Element),
+        Some((40 * 257u64).div_ceil(64))
+    );
     assert_runs_exactly(&wide, &compiled, 64, 23);
 }
 

@@ -34,4 +34,6 @@ pub use compile::{compile, compile_batch};
 pub use error::{CompileError, CompileProblem, EngineError, LayerNoise};
 pub use round::{RoundEvaluator, RoundOutput, RoundPhases, ServerKeys};
 pub use run::{run, run_release, Inference, RoundStats};
-pub use stage::{ClientOp, CompiledModel, LinearStage, ReceivedUpload, Release, Shortcut};
+pub use stage::{
+    ClientOp, CompiledModel, LinearStage, ReceivedUpload, Release, Shortcut, StackedRows,
+};

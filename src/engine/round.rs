@@ -347,11 +347,12 @@ impl<'a> RoundEvaluator<'a> {
             .chain(&extra)
             .map(PackSource::plain)
             .collect();
-        let (mut packed, work) = match stage.response_by_trace() {
-            // ENG-14: the final stage's rows already sit at the response's
-            // coefficients, in true order, alone among its multiples of S.
-            Some(s) if s == stride && shuffle.is_none() && extra.is_empty() => {
-                let (ct, work) = packer.trace(&outputs[0], s)?;
+        let (mut packed, work) = match stage.stacked_rows() {
+            // ENG-14: the final stage's rows already sit in their groups at
+            // the response's coefficients, in true order, alone among the
+            // multiples of S_g.
+            Some(s) if s.stride() == stride && shuffle.is_none() && extra.is_empty() => {
+                let (ct, work) = packer.trace_groups(&outputs, s.group_stride(), s.stride())?;
                 (vec![ct], work)
             }
             _ => packer.pack_sums_with_work(&out_sources, &placements)?,

@@ -86,7 +86,8 @@ struct Phased {
 /// Σ_k W[i][k]·x_k. One row per output ciphertext: the weights reach no
 /// other coefficient of the upload, so a coefficient the upload should not
 /// use (past its values) meets only zeros, as in the repack, which drops it.
-/// ENG-14 stacks a final stage's rows into one ciphertext instead.
+/// ENG-14 stacks a final stage's rows at the response's coefficients
+/// instead ([`StackedRows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UploadRead {
     /// Upload ciphertexts read: ⌈cols/N⌉.
@@ -95,10 +96,46 @@ struct UploadRead {
     /// min(cols, N) − 1, the highest a used slot reaches, so no product
     /// term wraps around (X^N = −1) onto it.
     output_coefficient: usize,
-    /// ENG-14: every row in output ciphertext 0, row i at coefficient S·i
-    /// for this S, the response's stride: the output pack is then the
-    /// trace to the multiples of S ([`crate::pack::Packer::trace`]).
-    response_stride: Option<usize>,
+    /// ENG-14: the rows stacked at the response's coefficients, packed by
+    /// a trace ([`crate::pack::Packer::trace_groups`]).
+    stacked: Option<StackedRows>,
+}
+
+/// ENG-14: a final stage's rows stacked so that row i lands at coefficient
+/// S·i of the response, S its stride. Row i is laid into output ciphertext
+/// g = i mod G at coefficient S_g·⌊i/G⌋, G = S_g/S, where S_g ≥ the
+/// stage's columns: a product coefficient S_g·j then holds one row's sum
+/// (an upload's values reach it through that row only). The output pack
+/// joins the G groups and traces them to the multiples of S
+/// ([`crate::pack::Packer::trace_groups`]); G = 1 where the columns fit in
+/// S, every row in one ciphertext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackedRows {
+    stride: usize,
+    group_stride: usize,
+}
+
+impl StackedRows {
+    /// S, the response's stride: row i lands at coefficient S·i.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// S_g, the stride of the rows within one output ciphertext.
+    pub fn group_stride(&self) -> usize {
+        self.group_stride
+    }
+
+    /// G = S_g/S: the groups the rows are laid in, row i in group i mod G.
+    pub fn groups(&self) -> usize {
+        self.group_stride / self.stride
+    }
+
+    /// (output ciphertext, coefficient) of row i.
+    fn position(&self, i: usize) -> (usize, usize) {
+        let groups = self.groups();
+        (i % groups, self.group_stride * (i / groups))
+    }
 }
 
 /// The second operand of a residual connection (ENG-4): an activation the
@@ -614,7 +651,7 @@ impl LinearStage {
             // rows, not only the `rows` released ones: rows·(d + 1)
             // unknowns at N/S equations per query.
             // The response's N/S slots are rows rounded up to a power of two.
-            _ => match self.response_by_trace() {
+            _ => match self.stacked_rows() {
                 Some(_) => {
                     let rows = self.output_len as u64;
                     (rows * per_row).div_ceil(rows.next_power_of_two())
@@ -733,21 +770,22 @@ impl LinearStage {
         self.reads_upload.is_some()
     }
 
-    /// ENG-14: the stride S when the stage's rows land in one ciphertext at
-    /// the response's coefficients S·i, so that its output pack is the
-    /// trace to the multiples of S; `None` for a stage packed as usual.
-    pub fn response_by_trace(&self) -> Option<usize> {
-        self.reads_upload.and_then(|read| read.response_stride)
+    /// ENG-14: how the stage's rows are stacked at the response's
+    /// coefficients, its output pack then a trace; `None` for a stage
+    /// packed as usual.
+    pub fn stacked_rows(&self) -> Option<StackedRows> {
+        self.reads_upload.and_then(|read| read.stacked)
     }
 
     /// ENG-14: stacks the rows of the final stage (its round releases in
-    /// true order, no shuffle) into one ciphertext at the response's
-    /// coefficients, where it reads its upload (ENG-10), has no residual
-    /// operand, holds at most N rows and S = the response's stride is at
-    /// least its columns (its one upload ciphertext's values then reach row
-    /// i's coefficient only through row i), and the stacked ‖ŵ‖₁ (every
-    /// row's) stays within the compiled layout's, which LIN-3, the flooding
-    /// and PRIV-3 are computed for. Otherwise the stage is left as it is.
+    /// true order, no shuffle) at the response's coefficients
+    /// ([`StackedRows`]), where it reads its upload (ENG-10), has no
+    /// residual operand, holds at most N rows and columns (its one upload
+    /// ciphertext's values then reach row i's coefficient only through row
+    /// i), some output ciphertext holds two rows or more (or there is one
+    /// group), and every output ciphertext's stacked ‖ŵ‖₁ (its rows')
+    /// stays within the compiled layout's, which LIN-3, the flooding and
+    /// PRIV-3 are computed for. Otherwise the stage is left as it is.
     pub(super) fn stack_rows_at_response(&mut self, ctx: &Context) {
         let n = ctx.n();
         let (Some(read), None, StageLayout::MatVec(layout, weights)) =
@@ -756,14 +794,32 @@ impl LinearStage {
             return;
         };
         let MatVecShape { rows, cols } = *layout.shape();
-        let stride = output_stride(n, rows);
-        let stacked_l1: u128 = weights.iter().map(|w| u128::from(w.unsigned_abs())).sum();
-        if rows > n || cols > stride || stacked_l1 > self.encoded.max_weight_l1() {
+        if rows == 0 || cols == 0 || rows > n || cols > n {
             return;
         }
-        read.response_stride = Some(stride);
+        let stride = output_stride(n, rows);
+        let stacked = StackedRows {
+            stride,
+            group_stride: stride.max(cols.next_power_of_two()),
+        };
+        // As many groups as rows would be a row per ciphertext, as ENG-10
+        // lays them, with none of its immunity to values past the upload's.
+        if stacked.groups() > 1 && stacked.groups() >= rows {
+            return;
+        }
+        let mut l1 = vec![0u128; stacked.groups().min(rows)];
+        for (i, row) in weights.chunks(cols).enumerate() {
+            l1[i % stacked.groups()] += row
+                .iter()
+                .map(|w| u128::from(w.unsigned_abs()))
+                .sum::<u128>();
+        }
+        if l1.iter().any(|&l1| l1 > self.encoded.max_weight_l1()) {
+            return;
+        }
+        read.stacked = Some(stacked);
         let positions = read.output_positions(rows);
-        self.bias = bias_polys(ctx, &positions, 1, &self.bias_values);
+        self.bias = bias_polys(ctx, &positions, l1.len(), &self.bias_values);
     }
 
     /// ENG-10: the stage's weights laid out for `upload` as it arrived:
@@ -810,7 +866,7 @@ impl LinearStage {
             cols,
             rows: layout.shape().rows,
             output_coefficient: read.output_coefficient,
-            response_stride: read.response_stride,
+            stacked: read.stacked,
             by_ciphertext,
         };
         Some(EncodedLayer::new(ctx, &permuted, weights).map_err(EngineError::from))
@@ -838,8 +894,8 @@ impl LinearStage {
 impl UploadRead {
     /// (output ciphertext, coefficient) of row i, in row order.
     fn output_positions(&self, rows: usize) -> Vec<(usize, usize)> {
-        match self.response_stride {
-            Some(stride) => (0..rows).map(|i| (0, stride * i)).collect(),
+        match self.stacked {
+            Some(stacked) => (0..rows).map(|i| stacked.position(i)).collect(),
             None => (0..rows).map(|i| (i, self.output_coefficient)).collect(),
         }
     }
@@ -851,8 +907,8 @@ struct UploadMatVec {
     rows: usize,
     cols: usize,
     output_coefficient: usize,
-    /// ENG-14: all rows in output ciphertext 0, row i landing at S·i.
-    response_stride: Option<usize>,
+    /// ENG-14: row i in output ciphertext i mod G, landing at S_g·⌊i/G⌋.
+    stacked: Option<StackedRows>,
     /// (coefficient, true column) of every value, by upload ciphertext.
     by_ciphertext: Vec<Vec<(usize, usize)>>,
 }
@@ -867,19 +923,22 @@ impl UploadMatVec {
             })
     }
 
-    /// ENG-14: every row in one polynomial, W[i][k] where x_k's coefficient
-    /// c lands on S·i: at S·i − c, or negated at N + S·i − c when that is
-    /// negative (X^N = −1). A product coefficient S·j then holds row j's sum
-    /// alone: row i ≠ j reaches it only from coefficients S·(j − i) + c
-    /// (mod N), none of them below cols ≤ S.
+    /// ENG-14: the rows of group g in one polynomial, W[i][k] where x_k's
+    /// coefficient c lands on t = S_g·⌊i/G⌋: at t − c, or negated at
+    /// N + t − c when that is negative (X^N = −1). A product coefficient
+    /// S_g·j then holds one row's sum alone: another row of the group
+    /// reaches it only from coefficients S_g·(j − j') + c (mod N), none of
+    /// them below cols ≤ S_g.
     fn stacked_polynomial(
         &self,
         weights: &[i64],
         values: &[(usize, usize)],
-        stride: usize,
+        stacked: StackedRows,
+        group: usize,
     ) -> Result<Vec<i64>, LayoutError> {
         let mut poly = vec![0i64; self.n];
-        for i in 0..self.rows {
+        let stride = stacked.group_stride();
+        for i in (group..self.rows).step_by(stacked.groups()) {
             let row = self.row(weights, i)?;
             for &(coeff, k) in values {
                 if coeff >= stride {
@@ -889,7 +948,7 @@ impl UploadMatVec {
                         bound: stride,
                     });
                 }
-                let target = stride * i;
+                let target = stacked.position(i).1;
                 if target >= coeff {
                     poly[target - coeff] = row[k];
                 } else {
@@ -906,8 +965,8 @@ impl CoefficientLayout for UploadMatVec {
         self.by_ciphertext.len()
     }
     fn output_ciphertexts(&self) -> usize {
-        match self.response_stride {
-            Some(_) => 1,
+        match self.stacked {
+            Some(stacked) => stacked.groups().min(self.rows),
             None => self.rows,
         }
     }
@@ -925,15 +984,18 @@ impl CoefficientLayout for UploadMatVec {
                 index: input_ct,
                 bound: self.by_ciphertext.len(),
             })?;
-        if let Some(stride) = self.response_stride {
-            if output_ct != 0 {
+        if let Some(stacked) = self.stacked {
+            let bound = self.output_ciphertexts();
+            if output_ct >= bound {
                 return Err(LayoutError::IndexOutOfRange {
                     field: "output_ct",
                     index: output_ct,
-                    bound: 1,
+                    bound,
                 });
             }
-            return self.stacked_polynomial(weights, values, stride).map(Some);
+            return self
+                .stacked_polynomial(weights, values, stacked, output_ct)
+                .map(Some);
         }
         let row = self.row(weights, output_ct)?;
         let mut poly = vec![0i64; self.n];
@@ -977,7 +1039,7 @@ fn upload_read_pays(ctx: &Context, layout: &MatVecLayout, dilation: usize) -> Op
     let read = UploadRead {
         input_ciphertexts: cols.div_ceil(n),
         output_coefficient: cols.min(n) - 1,
-        response_stride: None,
+        stacked: None,
     };
     let (ins, outs) = (layout.input_ciphertexts(), layout.output_ciphertexts());
     let repack = repack_price(ctx, &layout.input_placements(), ins, dilation, cols);
