@@ -50,7 +50,6 @@ pub fn compile_batch(
 ) -> Result<CompiledModel, EngineError> {
     let batched = model.batched(batch)?;
     let mut compiled = compile_layers(ctx, &batched, batch)?;
-    compiled.batch = batch;
     compiled.model_digest = model_digest(model);
     Ok(compiled)
 }
@@ -280,6 +279,7 @@ fn compile_layers(
         last.stack_rows_at_response(ctx);
     }
     let mut compiled = CompiledModel::assemble(ctx, model, b.stages, b.ops, b.stage_layers)?;
+    compiled.batch = batch;
     compiled.self_check(model)?;
     let bounds = model.bounds();
     compiled.worst_accumulator = bounds
