@@ -1417,15 +1417,31 @@ mod tests {
     /// A secret key, its Galois keys, N random values in −100..=100 and
     /// their encryption, from `seed`.
     fn encrypted_values(ctx: &Context, seed: u8) -> (SecretKey, GaloisKeys, Vec<i64>, Ciphertext) {
+        let (sk, keys, mut encrypted) = encrypted_vectors(ctx, seed, 1);
+        let (v, ct) = encrypted.remove(0);
+        (sk, keys, v, ct)
+    }
+
+    /// As [`encrypted_values`], `count` vectors under one key.
+    fn encrypted_vectors(
+        ctx: &Context,
+        seed: u8,
+        count: usize,
+    ) -> (SecretKey, GaloisKeys, Vec<(Vec<i64>, Ciphertext)>) {
         let mut rng = Csprng::from_seed([seed; 16]);
         let sk = SecretKey::generate(ctx, &mut rng);
         let seeded = GaloisKeys::generate_seeded(ctx, &sk, &mut rng);
         let keys = GaloisKeys::from_seeded(ctx, &seeded).unwrap();
-        let v: Vec<i64> = (0..ctx.n())
-            .map(|_| rng.uniform_below(201) as i64 - 100)
+        let encrypted = (0..count)
+            .map(|_| {
+                let v: Vec<i64> = (0..ctx.n())
+                    .map(|_| rng.uniform_below(201) as i64 - 100)
+                    .collect();
+                let ct = ctx.encrypt(&sk, &v, &mut rng);
+                (v, ct)
+            })
             .collect();
-        let ct = ctx.encrypt(&sk, &v, &mut rng);
-        (sk, keys, v, ct)
+        (sk, keys, encrypted)
     }
 
     // ENG-14 (proofs/packing.md, Lemma 9): the trace keeps a ciphertext's
@@ -1475,22 +1491,9 @@ mod tests {
         for set in ["b16", "s16"] {
             let ctx = Context::new(ParameterSet::shipped(set).unwrap());
             let n = ctx.n();
-            let mut rng = Csprng::from_seed([13; 16]);
-            let sk = SecretKey::generate(&ctx, &mut rng);
-            let seeded = GaloisKeys::generate_seeded(&ctx, &sk, &mut rng);
-            let keys = GaloisKeys::from_seeded(&ctx, &seeded).unwrap();
+            let (sk, keys, encrypted) = encrypted_vectors(&ctx, 13, 5);
             let packer = Packer::new(&ctx, &keys);
-            let values: Vec<Vec<i64>> = (0..5)
-                .map(|_| {
-                    (0..n)
-                        .map(|_| rng.uniform_below(201) as i64 - 100)
-                        .collect()
-                })
-                .collect();
-            let cts: Vec<Ciphertext> = values
-                .iter()
-                .map(|v| ctx.encrypt(&sk, v, &mut rng))
-                .collect();
+            let (values, cts): (Vec<Vec<i64>>, Vec<Ciphertext>) = encrypted.into_iter().unzip();
             // (groups, S_g, S, key switches): 3 of 4 groups join in 2 + 1
             // nodes below S = 128, then 7 levels; 5 of 8 in 4 + 2 + 1.
             for (count, group_stride, stride, switches) in [
