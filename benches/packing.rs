@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use safhire::extract::ValueRef;
 use safhire::pack::{PackSource, Packer, Placement};
 use safhire::params::ParameterSet;
-use safhire::rlwe::{Context, GaloisKeys, SecretKey};
+use safhire::rlwe::{Ciphertext, Context, GaloisKeys, SecretKey};
 use safhire::rng::Csprng;
 use std::hint::black_box;
 use std::time::Duration;
@@ -195,5 +195,47 @@ fn tfhe_baseline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, arithmetic, key_switch_by_set, tfhe_baseline);
+/// ENG-14 (issue 9): the last round of a pair of digits images, 20 rows of
+/// 512 columns at the response's stride S = 128 on b16. Baseline, in the
+/// same run: the rows packed one per source ciphertext (ENG-10's layout,
+/// each row's sum at its last used coefficient); against it the rows
+/// stacked in 4 groups at S_g = 512 and traced (`Packer::trace_groups`).
+fn last_rows(c: &mut Criterion) {
+    let s = setup_set("b16");
+    let ctx = &s.ctx;
+    let n = ctx.n();
+    let mut rng = Csprng::from_seed([4; 16]);
+    let vals: Vec<i64> = (0..n as i64).map(|i| i % 100).collect();
+    let (rows, cols, stride, group_stride) = (20, 512, n / 32, 512);
+    let products: Vec<Ciphertext> = (0..rows)
+        .map(|_| ctx.encrypt(&s.sk, &vals, &mut rng))
+        .collect();
+    let sources: Vec<PackSource> = products.iter().map(PackSource::plain).collect();
+    let placements: Vec<Placement> = (0..rows)
+        .map(|i| Placement {
+            value: ValueRef::new(i, cols - 1),
+            output: 0,
+            position: i * stride,
+        })
+        .collect();
+    let groups = &products[..group_stride / stride];
+    let packer = Packer::new(ctx, &s.keys);
+    let mut g = c.benchmark_group("last_rows");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("rows_20_one_per_source", |b| {
+        b.iter(|| packer.pack(&sources, &placements).unwrap())
+    });
+    g.bench_function("rows_20_in_4_groups_traced", |b| {
+        b.iter(|| packer.trace_groups(groups, group_stride, stride).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    arithmetic,
+    key_switch_by_set,
+    last_rows,
+    tfhe_baseline
+);
 criterion_main!(benches);
