@@ -57,6 +57,8 @@
 //!   raising a slot no recovered channel's prediction explains; the report
 //!   says which columns came from which ([`ColumnSources`]). The audit runs
 //!   it wherever it applies, the blind d + 1 elsewhere;
+//!   with [`AuditOptions::batch`] = k it runs in sessions of k images
+//!   (PROTO-11), one located column per image, each image one query;
 //! * **malicious public key** (AUDIT-5, one session as a second identity):
 //!   Δ/2 added to the key's body exposes the server's re-randomiser u in
 //!   every coefficient of a response; the tool confirms the reading and
@@ -118,6 +120,16 @@ pub enum AuditError {
     /// crate or the audit, not a finding about the model.
     #[error("the protocol failed during the audit: {0}")]
     Protocol(String),
+    /// [`AuditOptions::batch`] asked for sessions of k images that the
+    /// endpoint does not serve under this policy (k above the budget, the
+    /// batch's noise or compile refused): choose a smaller k.
+    #[error("sessions of {batch} images cannot be audited: {reason}")]
+    BatchRefused {
+        /// The images per session asked for.
+        batch: usize,
+        /// The endpoint's or the compiler's refusal.
+        reason: String,
+    },
 }
 
 impl From<select::SelectError> for AuditError {
@@ -144,6 +156,10 @@ struct Oracle<'e> {
     public: SeededPublicKey,
     rng: Csprng,
     sessions: u64,
+    /// Images per session that [`open`](Self::open) asks for (PROTO-11).
+    batch: u32,
+    /// Queries charged: `batch` per session.
+    queries: u64,
 }
 
 impl<'e> Oracle<'e> {
@@ -161,6 +177,8 @@ impl<'e> Oracle<'e> {
             public,
             rng,
             sessions: 0,
+            batch: 1,
+            queries: 0,
         }
     }
 
@@ -175,7 +193,7 @@ impl<'e> Oracle<'e> {
     fn open_with(&mut self, public: SeededPublicKey) -> Result<Live, Stop> {
         let ctx = self.ctx.clone();
         let request = SessionRequest {
-            batch: 1,
+            batch: self.batch,
             galois: self.galois.clone(),
             public,
         };
@@ -188,6 +206,7 @@ impl<'e> Oracle<'e> {
             Err(e) => return Err(protocol(e)),
         };
         self.sessions += 1;
+        self.queries += u64::from(self.batch);
         let accept = SessionAccept::decode(&ctx, &accept.encode(&ctx)).map_err(protocol)?;
         Ok(Live {
             server: Some(server),
@@ -321,6 +340,10 @@ pub struct StageReport {
     pub outcome: Outcome,
     /// Sessions the weight attack used.
     pub sessions: u64,
+    /// Images per session of the weight attack (PROTO-11): 1, or the k of
+    /// [`AuditOptions::batch`] for the located d + 1 run in sessions of k
+    /// images; each image is one query of the budget.
+    pub images_per_session: usize,
     /// (recovered exactly, total), up to the permutation the policy hides.
     pub weights: (usize, usize),
     /// (recovered exactly, total) biases of the layer, as a multiset: the
@@ -502,6 +525,11 @@ pub struct AuditReport {
     pub dp_sigma: Option<u32>,
     /// Sessions used by all attacks together, under one identity.
     pub sessions: u64,
+    /// Queries (images) those sessions were charged: the sessions, plus
+    /// k − 1 for each session of k images (PROTO-5, PROTO-11).
+    pub queries: u64,
+    /// Images per session asked for by [`AuditOptions::batch`] (1: none).
+    pub batch: usize,
     /// One report per stage, in round order.
     pub stages: Vec<StageReport>,
     /// AUDIT-5: the malicious-public-key attack, run as a second identity;
@@ -564,6 +592,13 @@ pub struct AuditOptions {
     /// probes alone give, and what the next round's attack does behind
     /// open channels.
     pub skip_check_images: bool,
+    /// Run the located d + 1 (AUDIT-9) in sessions of this many images
+    /// (PROTO-11; 0 and 1: single images): each session locates and
+    /// raises one column per image, so the layer takes k times fewer
+    /// sessions for the same queries (`proofs/batching.md`). The endpoint
+    /// then serves the model's batch of k beside it; every other attack
+    /// opens single sessions.
+    pub batch: usize,
 }
 
 impl AuditOptions {
@@ -580,6 +615,14 @@ impl AuditOptions {
     pub fn without_check_images() -> Self {
         AuditOptions {
             skip_check_images: true,
+            ..Self::default()
+        }
+    }
+
+    /// The default options with [`batch`](Self::batch) = `k`.
+    pub fn batched(k: usize) -> Self {
+        AuditOptions {
+            batch: k,
             ..Self::default()
         }
     }
@@ -613,6 +656,8 @@ pub fn audit_with(
         threshold: policy.attack_threshold(&compiled),
         dp_sigma: policy.dp_sigma(),
         sessions: 0,
+        queries: 0,
+        batch: options.batch.max(1),
         malicious_key: None,
         stages: compiled
             .stages()
@@ -631,6 +676,7 @@ pub fn audit_with(
                 attack: "none",
                 outcome: Outcome::NotAttacked,
                 sessions: 0,
+                images_per_session: 1,
                 weights: (0, layer_counts(model, compiled.stage_layers()[r], s).0),
                 biases: (0, layer_counts(model, compiled.stage_layers()[r], s).1),
                 bias_error: None,
@@ -652,6 +698,19 @@ pub fn audit_with(
             return Ok(report);
         }
     };
+    let batched = match options.batch {
+        0 | 1 => None,
+        k => {
+            let refused = |reason: String| AuditError::BatchRefused { batch: k, reason };
+            let batch =
+                crate::engine::compile_batch(&ctx, model, k).map_err(|e| refused(e.to_string()))?;
+            let batch = Arc::new(batch);
+            endpoint = endpoint
+                .with_batch(batch.clone())
+                .map_err(|e| refused(e.to_string()))?;
+            Some(batch)
+        }
+    };
     let mut oracle = Oracle::new(ctx.clone(), &mut endpoint, ClientId("auditor".into()));
     let base = bias_probe(&mut oracle, &compiled, &mut report)?;
     let mut known: Vec<Option<Known>> = vec![None; compiled.rounds()];
@@ -660,7 +719,7 @@ pub fn audit_with(
         let base_r = base.as_ref().and_then(|b| b.get(r)).map(Vec::as_slice);
         weight_attack(
             &mut oracle,
-            &compiled,
+            (&compiled, batched.as_deref()),
             model,
             r,
             base_r,
@@ -671,6 +730,7 @@ pub fn audit_with(
         )?;
     }
     report.sessions = oracle.sessions;
+    report.queries = oracle.queries;
     let noisy = policy_noise;
     let mut second = Oracle::new(ctx.clone(), &mut endpoint, ClientId("auditor-key".into()));
     report.malicious_key = Some(malicious_key(&mut second, &compiled, noisy)?);
@@ -880,11 +940,13 @@ fn mask_quotient_small(ctx: &Context, response_mask: &[u64], upload_mask: &[u64]
     )
 }
 
-/// The weight attack that applies to stage `r`, if any.
+/// The weight attack that applies to stage `r`, if any. `models`: the
+/// compiled model, and its batch when the audit asks for sessions of
+/// several images.
 #[allow(clippy::too_many_arguments)]
 fn weight_attack(
     oracle: &mut Oracle<'_>,
-    model: &CompiledModel,
+    (model, batched): (&CompiledModel, Option<&CompiledModel>),
     source: &Model,
     r: usize,
     base: Option<&[i64]>,
@@ -958,7 +1020,13 @@ fn weight_attack(
                         complete,
                         base,
                     };
-                    located_columns(oracle, model, spec, r, known, located, sigma, entry)
+                    match batched {
+                        Some(batched) if complete && sigma.is_none() && base.is_some() => {
+                            let models = (model, batched);
+                            located_columns_batched(oracle, models, spec, r, known, located, entry)
+                        }
+                        _ => located_columns(oracle, model, spec, r, known, located, sigma, entry),
+                    }
                 }
                 None => blind_columns(oracle, model, spec, r, base, sigma, entry),
             }
@@ -992,6 +1060,39 @@ struct Known {
 }
 
 impl Known {
+    /// The same stage for sessions of `k` images (ENG-15): k·C_in → k·C_out
+    /// channels with these weights in the k diagonal blocks, biases and
+    /// labels repeated per image (image i's label o is i·C_out + o), so
+    /// that it predicts the batched model's stage on the images' inputs
+    /// laid one after another.
+    fn batched(&self, k: usize) -> Known {
+        let s = self.shape;
+        let (o, c) = (s.out_channels, s.in_channels);
+        let kernel = s.kernel_height * s.kernel_width;
+        let mut weights = vec![0i64; k * o * k * c * kernel];
+        for image in 0..k {
+            for out in 0..o {
+                for input in 0..c {
+                    let from = (out * c + input) * kernel;
+                    let to = ((image * o + out) * k * c + image * c + input) * kernel;
+                    weights[to..to + kernel].copy_from_slice(&self.weights[from..from + kernel]);
+                }
+            }
+        }
+        Known {
+            shape: Conv2dShape {
+                in_channels: k * c,
+                out_channels: k * o,
+                ..s
+            },
+            weights,
+            bias: self.bias.repeat(k),
+            truth: (0..k)
+                .flat_map(|image| self.truth.iter().map(move |t| image * o + t))
+                .collect(),
+        }
+    }
+
     /// The recovered stage's outputs (bias added, label order) for input
     /// `x`; `None` if `x` does not fit its shape.
     fn predict(&self, x: &[i64]) -> Option<Vec<i64>> {
@@ -3747,6 +3848,211 @@ fn column_session(
     Ok(Column::Seen(step(oracle, &mut live, &upload)?))
 }
 
+/// The folded pool's window side p over the planes of `last`'s outputs
+/// (1: none), from the architecture: the layer's `layer_cols` columns are
+/// the stage's `cols` inputs pooled p × p; and the label offset within a
+/// plane of each window's first position, the one AUDIT-9 raises.
+fn pool_windows(last: &Known, cols: usize, layer_cols: usize) -> (usize, Vec<usize>) {
+    let (h, w) = (
+        last.shape.output_height().unwrap_or(0),
+        last.shape.output_width().unwrap_or(0),
+    );
+    let p = (1..=h.max(1))
+        .find(|&p| h % p == 0 && w % p == 0 && p * p * layer_cols == cols)
+        .unwrap_or(1);
+    let windows = (0..h / p)
+        .flat_map(|y| (0..w / p).map(move |x| y * p * w + x * p))
+        .collect();
+    (p, windows)
+}
+
+/// AUDIT-9 in sessions of k images (PROTO-11, [`AuditOptions::batch`]):
+/// the located d + 1 with one column per image. The walk is
+/// [`walk_to_round`]'s on the batched model, whose recovered stages are
+/// the single ones block-diagonal ([`Known::batched`]): one σ per round
+/// over the k images' values, located as one image's are. Round r − 1's
+/// input is searched offline so that every image's target position
+/// predicts a value of its own among all k images' values, and each image
+/// raises its own; a target whose slot could not be told apart is tried
+/// again in a later session. Each session is charged k queries, so the
+/// columns cost the queries single sessions cost (`proofs/batching.md`),
+/// in about k times fewer sessions. Run only behind a round recovered
+/// whole, without noise, with the bias probe's logits as the base.
+#[allow(clippy::too_many_arguments)]
+fn located_columns_batched(
+    oracle: &mut Oracle<'_>,
+    (model, batched): (&CompiledModel, &CompiledModel),
+    spec: crate::model::InputSpec,
+    r: usize,
+    known: &[Option<Known>],
+    located: Located<'_>,
+    entry: &mut StageReport,
+) -> Result<(), AuditError> {
+    let stage = &model.stages()[r];
+    let (Some(shape), Some(y0)) = (stage.matvec_shape(), located.base) else {
+        return Ok(());
+    };
+    let k = batched.batch();
+    let (zero, v) = probe_step(upload_ranges(model, spec, r)[r]);
+    let last = located.last;
+    let hw = plane(&last.shape);
+    if zero != 0 || v == 0 || hw == 0 || shape.cols % hw != 0 {
+        return located_columns(oracle, model, spec, r, known, located, None, entry);
+    }
+    entry.attack = "located d + 1";
+    entry.images_per_session = k;
+    let layer_cols = entry.weights.1 / shape.rows.max(1);
+    let (p, windows) = pool_windows(last, shape.cols, layer_cols);
+    let (true_w, true_b) = stage.weights_and_bias();
+    let column = |j: usize| -> Vec<i64> {
+        (0..shape.rows)
+            .map(|i| v * true_w[i * shape.cols + j])
+            .collect()
+    };
+    // The recovered rounds, for k images.
+    let lifted: Vec<Option<Known>> = known[..r]
+        .iter()
+        .map(|kn| kn.as_ref().map(|kn| kn.batched(k)))
+        .collect();
+    let last_lifted = last.batched(k);
+    let stages = |i: usize| {
+        if i + 1 == r {
+            Some(&last_lifted)
+        } else {
+            lifted[i].as_ref()
+        }
+    };
+    // (label position in one image, attempts so far), in column order.
+    let mut pending: std::collections::VecDeque<(usize, usize)> = (0..last.shape.out_channels)
+        .flat_map(|c| windows.iter().map(move |&offset| (c * hw + offset, 0)))
+        .collect();
+    let wanted = pending.len();
+    let (mut exact, mut misses, mut sessions) = (0usize, 0usize, 0u64);
+    let (mut budget_hit, mut lost) = (false, String::new());
+    oracle.batch = k as u32;
+    while !pending.is_empty() && !budget_hit && lost.is_empty() {
+        let targets: Vec<(usize, usize)> = (0..k.min(pending.len()))
+            .filter_map(|_| pending.pop_front())
+            .collect();
+        // Image i's target, in the batched labels of round r's input.
+        let labels: Vec<usize> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, &(j, _))| i * shape.cols + j)
+            .collect();
+        let apart = |y: &[i64]| {
+            let mut sorted = y.to_vec();
+            sorted.sort_unstable();
+            let middle = sorted[sorted.len() / 2];
+            labels
+                .iter()
+                .map(|&l| {
+                    let &t = y.get(l)?;
+                    let alone = sorted.partition_point(|&u| u < t) + 1
+                        == sorted.partition_point(|&u| u <= t);
+                    alone.then(|| t.abs_diff(middle))
+                })
+                .min()
+                .flatten()
+        };
+        let choice = LastInput {
+            score: &apart,
+            enough: CANDIDATE_INPUTS,
+            wanted: "gives every image's raised position a value of its own",
+        };
+        let walked = walk_to_round(oracle, batched, spec, r, &stages, choice, true);
+        let (mut live, seen, predicted) = match walked {
+            Ok(Walk::At {
+                live,
+                seen,
+                predicted,
+                ..
+            }) => (live, seen, predicted),
+            Ok(Walk::Budget) => {
+                budget_hit = true;
+                break;
+            }
+            Ok(Walk::Lost(why)) => {
+                sessions += 1;
+                lost = why;
+                break;
+            }
+            Err(e) => {
+                oracle.batch = 1;
+                return Err(e);
+            }
+        };
+        sessions += 1;
+        let mut upload = vec![0i64; batched.stages()[r].input_len()];
+        let mut raised = vec![false; targets.len()];
+        for (i, &l) in labels.iter().enumerate() {
+            let mut at = (0..seen.len()).filter(|&s| seen[s] == predicted[l]);
+            if let (Some(s), None) = (at.next(), at.next()) {
+                upload[s] = v;
+                raised[i] = true;
+            }
+        }
+        let y = match step(oracle, &mut live, &upload) {
+            Ok(y) => y,
+            Err(e) => {
+                oracle.batch = 1;
+                return Err(e);
+            }
+        };
+        for (i, (&(j, attempts), logits)) in targets.iter().zip(y.chunks(shape.rows)).enumerate() {
+            if !raised[i] {
+                misses += 1;
+                if attempts + 1 < LOCATE_ATTEMPTS {
+                    pending.push_back((j, attempts + 1));
+                }
+                continue;
+            }
+            let diff: Vec<i64> = logits.iter().zip(y0).map(|(a, b)| a - b).collect();
+            let truth = last.truth.get(j / hw).map(|&t| t * hw + j % hw);
+            exact += usize::from(truth.map(&column) == Some(diff));
+        }
+    }
+    oracle.batch = 1;
+    entry.sessions = sessions;
+    entry.columns = Some(ColumnSources {
+        total: layer_cols,
+        located: exact,
+        located_sessions: sessions,
+        ..ColumnSources::default()
+    });
+    let all = exact == wanted;
+    entry.weights.0 = if all {
+        entry.weights.1
+    } else {
+        (exact * shape.rows).min(entry.weights.1)
+    };
+    entry.outcome = if all && y0 == true_b {
+        Outcome::Recovered
+    } else if budget_hit {
+        Outcome::StoppedByBudget
+    } else {
+        Outcome::Partial
+    };
+    let pool = if p > 1 {
+        format!(", one position per {p}×{p} window of the folded pool")
+    } else {
+        String::new()
+    };
+    let mut note = format!(
+        "{exact} of {wanted} columns located and exact in {sessions} sessions of {k} images ({} queries, {misses} missed{pool}), biases from the bias probe's session",
+        sessions * k as u64
+    );
+    if budget_hit {
+        note.push_str(&format!(
+            "; the budget stopped it after {sessions} session(s), during the located columns"
+        ));
+    } else if !lost.is_empty() {
+        note.push_str(&format!("; stopped: {lost}"));
+    }
+    entry.note = note;
+    Ok(())
+}
+
 /// AUDIT-9 (located d + 1: a mat-vec in the last round behind element-
 /// shuffled rounds the audit recovered): the logits return in true order,
 /// so with each slot of the input located a one-hot of v at label position
@@ -3775,10 +4081,6 @@ fn located_columns(
     let (zero, v) = probe_step(upload_ranges(model, spec, r)[r]);
     let last = located.last;
     let hw = plane(&last.shape);
-    let (h, w) = (
-        last.shape.output_height().unwrap_or(0),
-        last.shape.output_width().unwrap_or(0),
-    );
     if zero != 0 || v == 0 || hw == 0 || shape.cols % hw != 0 {
         // The one-hot needs 0 around its raised slot, and whole planes.
         return blind_columns(oracle, model, spec, r, located.base, sigma, entry);
@@ -3790,13 +4092,7 @@ fn located_columns(
     };
     let channels = shape.cols / hw;
     let layer_cols = entry.weights.1 / shape.rows.max(1);
-    // The folded pool's window side, from the architecture (1: none).
-    let p = (1..=h.max(1))
-        .find(|&p| h % p == 0 && w % p == 0 && p * p * layer_cols == shape.cols)
-        .unwrap_or(1);
-    let windows: Vec<usize> = (0..h / p)
-        .flat_map(|y| (0..w / p).map(move |x| y * p * w + x * p))
-        .collect();
+    let (p, windows) = pool_windows(last, shape.cols, layer_cols);
     let (true_w, true_b) = stage.weights_and_bias();
     let column = |j: usize| -> Vec<i64> {
         (0..shape.rows)
@@ -3985,9 +4281,23 @@ impl AuditReport {
             ));
         }
         out.push_str(&format!(
-            "sessions used, all attacks, one identity: {}\n\n",
+            "sessions used, all attacks, one identity: {}",
             self.sessions
         ));
+        if self.batch > 1 {
+            out.push_str(&if self.stages.iter().any(|s| s.images_per_session > 1) {
+                format!(
+                    " ({} queries: the located d + 1 in sessions of {} images, one query each)",
+                    self.queries, self.batch
+                )
+            } else {
+                format!(
+                    " (sessions of {} images asked for: the located d + 1, which uses them, did not run)",
+                    self.batch
+                )
+            });
+        }
+        out.push_str("\n\n");
         out.push_str("round  layer  kind                       attack           sessions  weights exact   biases exact  outcome\n");
         for s in &self.stages {
             out.push_str(&format!(
@@ -4089,6 +4399,8 @@ impl AuditReport {
             "threshold": self.threshold.map(|(q, r)| serde_json::json!({"queries": q, "round": r})),
             "dp_sigma": self.dp_sigma,
             "sessions": self.sessions,
+            "queries": self.queries,
+            "batch": self.batch,
             "stages": self.stages.iter().map(|s| serde_json::json!({
                 "round": s.round,
                 "layer": s.layer,
@@ -4096,6 +4408,7 @@ impl AuditReport {
                 "attack": s.attack,
                 "outcome": s.outcome.name(),
                 "sessions": s.sessions,
+                "images_per_session": s.images_per_session,
                 "weights_exact": s.weights.0,
                 "weights_total": s.weights.1,
                 "biases_exact": s.biases.0,

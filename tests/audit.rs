@@ -502,6 +502,60 @@ fn located_d_plus_one_takes_the_logits_behind_element_shuffling() {
     assert_eq!(short.sessions, budget);
 }
 
+// AUDIT-9, PROTO-11 (`audit --batch K`, proofs/batching.md): the located
+// d + 1 in sessions of 3 images locates one slot per image through the
+// batched model's shuffle of all three images' values and raises it, so
+// the 9 columns take 3 sessions and 9 queries, the queries single
+// sessions take (the test above: 9 sessions of one image), each image one
+// query of the budget. A budget that leaves 5 queries after round 0 stops
+// it after one session of 3 (the next would cost 3 more than the 2 left):
+// batches buy the attacker no column the same budget of single sessions
+// would not. A batch above the budget is refused before any session.
+#[test]
+fn located_d_plus_one_in_batches_costs_the_same_queries() {
+    let model = conv_then_linear();
+    let batched = AuditOptions::batched(3);
+    let report = audit_with(&model, policy("element", 300, true), None, batched).unwrap();
+    let (first, last) = (&report.stages[0], &report.stages[1]);
+    assert_eq!(first.outcome, Outcome::Recovered, "{}", first.note);
+    assert_eq!(first.images_per_session, 1);
+    assert_eq!(last.attack, "located d + 1");
+    assert_eq!(last.outcome, Outcome::Recovered, "{}", last.note);
+    assert_eq!((last.weights, last.biases), ((18, 18), (2, 2)));
+    assert_eq!(
+        (last.sessions, last.images_per_session),
+        (3, 3),
+        "{}",
+        last.note
+    );
+    let columns = last.columns.expect("the column sources are reported");
+    assert_eq!((columns.total, columns.located), (9, 9));
+    assert_eq!(report.sessions, 1 + first.sessions + 3);
+    assert_eq!(report.queries, 1 + first.sessions + 9);
+    assert_eq!(report.batch, 3);
+    let json = report.to_json();
+    assert_eq!(json["queries"], report.queries);
+    assert_eq!(json["stages"][1]["images_per_session"], 3);
+    assert!(report.to_text().contains("sessions of 3 images"));
+
+    let budget = 1 + first.sessions + 5;
+    let short = audit_with(&model, policy("element", budget, true), None, batched).unwrap();
+    let last = &short.stages[1];
+    assert_eq!(short.stages[0].outcome, Outcome::Recovered);
+    assert_eq!(last.outcome, Outcome::StoppedByBudget, "{}", last.note);
+    assert_eq!((last.sessions, last.weights.0), (1, 3 * 2), "{}", last.note);
+    assert_eq!(short.queries, budget - 2);
+
+    let err = audit_with(&model, policy("element", 2, true), None, batched).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            safhire::audit::AuditError::BatchRefused { batch: 3, .. }
+        ),
+        "{err}"
+    );
+}
+
 /// conv 1→3 on a 3×3 input, channels 0 and 1 sharing a bias → requantise
 /// → linear 27 → 4: the pixel probes solve channel 2 alone; without the
 /// check image channels 0 and 1 stay open.

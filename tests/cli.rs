@@ -266,6 +266,23 @@ fn audit_reports_every_stage_as_json() {
     assert!(stages
         .iter()
         .all(|s| s["biases_exact"] == s["biases_total"]));
+    assert_eq!(report["queries"], 2);
+    assert_eq!(report["batch"], 1);
+
+    // PROTO-11: `--batch K` asks for sessions of K images, refused when the
+    // policy's budget of 2 cannot pay for one (a local fault, exit 1), and
+    // outside 1..=64 as a usage error (exit 2).
+    let out = safhire(&["audit", "--batch", "4"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sessions of 4 images cannot be audited"),
+        "{stderr}"
+    );
+    let out = safhire(&["audit", "--batch", "0"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--batch"), "{stderr}");
 }
 
 // `infer` and `bench` run every inference as a session of the typed

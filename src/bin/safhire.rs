@@ -123,7 +123,7 @@ The shipped parameter sets (spec/parameters.toml) with their security and
 noise budgets, computed by the code that enforces them.";
 
 const AUDIT_HELP: &str = "\
-usage: safhire audit [--model FILE] [--policy NAME] [--dp-sigma S] [--set NAME|auto] [--json]
+usage: safhire audit [--model FILE] [--policy NAME] [--dp-sigma S] [--set NAME|auto] [--batch K] [--json]
 
 Runs the attacks of `safhire::audit` as the client side of real sessions
 against a real endpoint serving the model (default: the shipped digits CNN)
@@ -138,6 +138,9 @@ lists the attacks this tool does not run yet.
                         accumulator units, instead of the policy's dp_sigma
                         (only for a policy with noise: dp)
   --set NAME|auto       parameter set (default auto)
+  --batch K             run the located d + 1 on the logits in sessions of K
+                        images (1 to 64, at most the budget; PROTO-11): K
+                        columns per session, one query per image
   --json                machine-readable report on stdout
   -h, --help            this text";
 
@@ -283,7 +286,12 @@ fn main() -> ExitCode {
         .and_then(bench),
         "params" => parse(rest, &[], &["json"]).and_then(|a| params(a.has("json"))),
         "layer" => parse(rest, &["set"], &[]).and_then(|a| layer(a.get("set").unwrap_or("b16"))),
-        "audit" => parse(rest, &["model", "policy", "set", "dp-sigma"], &["json"]).and_then(audit),
+        "audit" => parse(
+            rest,
+            &["model", "policy", "set", "dp-sigma", "batch"],
+            &["json"],
+        )
+        .and_then(audit),
         #[cfg(feature = "net")]
         "serve" | "query" | "dev-cert" | "new-token" => net_commands::run(command, rest),
         _ => parse(rest, &[], &[]).map(|_| print!("{}", safhire::protocol::state_graph())),
@@ -1206,7 +1214,8 @@ fn audit(a: Args) -> CliResult {
     };
     let policy = policy_from_args(&a)?;
     let set = a.get("set").filter(|s| *s != "auto");
-    let report = safhire::audit::audit(&model, policy, set)?;
+    let options = safhire::audit::AuditOptions::batched(batch_arg(a.get("batch"))?);
+    let report = safhire::audit::audit_with(&model, policy, set, options)?;
     if a.has("json") {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
