@@ -4020,24 +4020,14 @@ fn located_columns_batched(
         located_sessions: sessions,
         ..ColumnSources::default()
     });
-    let all = exact == wanted;
-    entry.weights.0 = if all {
-        entry.weights.1
-    } else {
-        (exact * shape.rows).min(entry.weights.1)
-    };
-    entry.outcome = if all && y0 == true_b {
-        Outcome::Recovered
-    } else if budget_hit {
-        Outcome::StoppedByBudget
-    } else {
-        Outcome::Partial
-    };
-    let pool = if p > 1 {
-        format!(", one position per {p}×{p} window of the folded pool")
-    } else {
-        String::new()
-    };
+    settle_columns(
+        entry,
+        exact == wanted,
+        y0 == true_b,
+        budget_hit,
+        exact * shape.rows,
+    );
+    let pool = folded_pool_phrase(p);
     let mut note = format!(
         "{exact} of {wanted} columns located and exact in {sessions} sessions of {k} images ({} queries, {misses} missed{pool}), biases from the bias probe's session",
         sessions * k as u64
@@ -4051,6 +4041,39 @@ fn located_columns_batched(
     }
     entry.note = note;
     Ok(())
+}
+
+/// The located d + 1's verdict: every weight when every column is exact
+/// (otherwise `exact_weights`, capped at the layer's), and recovered only
+/// with the biases exact too.
+fn settle_columns(
+    entry: &mut StageReport,
+    all_columns: bool,
+    bias_exact: bool,
+    budget_hit: bool,
+    exact_weights: usize,
+) {
+    entry.weights.0 = if all_columns {
+        entry.weights.1
+    } else {
+        exact_weights.min(entry.weights.1)
+    };
+    entry.outcome = if all_columns && bias_exact {
+        Outcome::Recovered
+    } else if budget_hit {
+        Outcome::StoppedByBudget
+    } else {
+        Outcome::Partial
+    };
+}
+
+/// The note's phrase for a folded sum pool of window side `p` (1: none).
+fn folded_pool_phrase(p: usize) -> String {
+    if p > 1 {
+        format!(", one position per {p}×{p} window of the folded pool")
+    } else {
+        String::new()
+    }
 }
 
 /// AUDIT-9 (located d + 1: a mat-vec in the last round behind element-
@@ -4203,25 +4226,14 @@ fn located_columns(
     sources.blind = matched.iter().filter(|&&x| x).count();
     entry.sessions = sources.located_sessions + sources.blind_sessions;
     entry.columns = Some(sources);
-    let all = sources.located == located_wanted && sources.blind == distinct.len();
-    let bias_exact = y0.as_deref() == Some(true_b);
-    entry.weights.0 = if all {
-        entry.weights.1
-    } else {
-        ((sources.located + sources.blind) * shape.rows).min(entry.weights.1)
-    };
-    entry.outcome = if all && bias_exact {
-        Outcome::Recovered
-    } else if budget_hit {
-        Outcome::StoppedByBudget
-    } else {
-        Outcome::Partial
-    };
-    let pool = if p > 1 {
-        format!(", one position per {p}×{p} window of the folded pool")
-    } else {
-        String::new()
-    };
+    settle_columns(
+        entry,
+        sources.located == located_wanted && sources.blind == distinct.len(),
+        y0.as_deref() == Some(true_b),
+        budget_hit,
+        (sources.located + sources.blind) * shape.rows,
+    );
+    let pool = folded_pool_phrase(p);
     let mut note = format!(
         "{} of {located_wanted} columns located and exact in {} sessions ({misses} missed{pool}), biases {}",
         sources.located,
