@@ -42,7 +42,8 @@ commands:
 
 parameter sets: b8 b12 b16 b20 b24 wide, or auto (the cheapest that carries
 the model under the policy; the default); s16 (N = 8192, 40-bit statistical
-circuit privacy, about 5× the cost of b16) only when named
+circuit privacy, several times b16's server time: benches/README.md) only
+when named
 policies: default channel benchmark dp (spec/shuffling.toml; dp adds noise, DP-8)";
 
 /// The commands of feature `net`, listed in the usage text when built with it.
